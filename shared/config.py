@@ -1,0 +1,229 @@
+"""The one settings object: defaults < config/genesis.toml (or $GENESIS_CONFIG) < environment.
+
+API keys are deliberately *not* part of it: they are read from the environment only by the
+worker process that makes the call (see shared.providers), so they can never end up in a
+config snapshot, a task argument, SQL or a report.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+Provider = Literal["openai", "anthropic", "mistral"]
+PROVIDERS: tuple[str, ...] = ("openai", "anthropic", "mistral")
+DEFAULT_CONFIG_PATH = "config/genesis.toml"
+
+
+class ConfigError(ValueError):
+    """Bad configuration or bad input: the CLI turns it into one line and exit code 2."""
+
+
+class AgentsConfig(BaseModel):
+    names: list[str] = ["qa", "content", "legal", "support", "analyst"]
+
+
+class BackendConfig(BaseModel):
+    provider: Provider
+    role: Literal["candidate", "baseline", "reference"] = "reference"
+    baseline: str | None = None
+    model: str | None = None
+    models: dict[str, str] = {}
+    model_id_file: str | None = None
+    max_tokens: int | None = None  # caps every task's own max_tokens when set
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _has_a_model_source(self) -> "BackendConfig":
+        if not (self.model or self.models or self.model_id_file):
+            raise ValueError("needs one of model, models or model_id_file")
+        if self.role == "candidate" and not self.baseline:
+            raise ValueError("a candidate needs `baseline = \"<backend name>\"`")
+        return self
+
+
+class Price(BaseModel):
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+class RateLimit(BaseModel):
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    max_in_flight: int | None = Field(default=None, gt=0)
+
+
+class BudgetConfig(BaseModel):
+    limit_usd: float = 30.0
+    warning: float = 0.25
+    critical: float = 0.50
+    emergency: float = 0.83
+    webhook_url: str | None = None
+
+    @model_validator(mode="after")
+    def _sane(self) -> "BudgetConfig":
+        if self.limit_usd <= 0:
+            raise ValueError(f"budget.limit_usd must be > 0 (got {self.limit_usd})")
+        if not (0 < self.warning < self.critical < self.emergency <= 1):
+            raise ValueError(
+                "budget thresholds must satisfy 0 < warning < critical < emergency <= 1 "
+                f"(got {self.warning}, {self.critical}, {self.emergency})"
+            )
+        return self
+
+
+class DecisionConfig(BaseModel):
+    min_improvement: float = 0.08  # relative to the baseline's accuracy
+
+
+class RetryConfig(BaseModel):
+    max_attempts: int = Field(default=5, ge=1)
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    call_timeout_s: float = 60.0
+
+
+class WorkerConfig(BaseModel):
+    concurrency: int = 16
+    pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"
+    task_time_limit_s: int = 300
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GENESIS_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    database_url: str = "sqlite:///genesis.db"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    reports_dir: str = "reports"
+    suite: str = "genesis-custom"
+    agents: AgentsConfig = AgentsConfig()
+    backends: dict[str, BackendConfig] = {}
+    pricing: dict[str, Price] = {}
+    limits: dict[str, RateLimit] = {}
+    budget: BudgetConfig = BudgetConfig()
+    decision: DecisionConfig = DecisionConfig()
+    retry: RetryConfig = RetryConfig()
+    worker: WorkerConfig = WorkerConfig()
+    # Where relative paths in the TOML (model_id_file) are resolved from; set by load_settings.
+    config_dir: str = "."
+
+    @field_validator("backends")
+    @classmethod
+    def _baselines_exist(cls, backends: dict[str, BackendConfig]) -> dict[str, BackendConfig]:
+        for name, b in backends.items():
+            if b.baseline and b.baseline not in backends:
+                raise ValueError(f"backend {name!r}: baseline {b.baseline!r} is not a backend")
+        return backends
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = config_path()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    # --- derived views -------------------------------------------------------------
+
+    def enabled_backends(self) -> list[str]:
+        return [n for n, b in self.backends.items() if b.enabled]
+
+    def model_for(self, backend: str, agent: str) -> str:
+        """The model id a backend uses for an agent (fine-tuned ids differ per agent)."""
+        b = self.backends[backend]
+        if agent in b.models:
+            return b.models[agent]
+        if b.model_id_file:
+            path = self._resolve(b.model_id_file.format(agent=agent))
+            if path.is_file() and (model := path.read_text().strip()):
+                return model
+            if not b.model:
+                raise ConfigError(
+                    f"backend {backend!r}: no model id for agent {agent!r} ({path} missing or empty)"
+                )
+        if b.model:
+            return b.model
+        raise ConfigError(f"backend {backend!r}: no model id for agent {agent!r}")
+
+    def _resolve(self, relative: str) -> Path:
+        """A path from the TOML: as given, else next to the config file or its parent."""
+        path = Path(relative)
+        if path.is_absolute() or path.exists():
+            return path
+        for base in (Path(self.config_dir), Path(self.config_dir).parent):
+            if (base / path).exists():
+                return base / path
+        return path
+
+    def price_for(self, model: str) -> Price:
+        """Exact key first, then the longest matching glob (e.g. "ft:open-mistral-7b:*")."""
+        if model in self.pricing:
+            return self.pricing[model]
+        matches = [p for p in self.pricing if fnmatch.fnmatchcase(model, p)]
+        if not matches:
+            raise ConfigError(f"model {model!r} has no price: add [pricing.\"{model}\"] to the config")
+        return self.pricing[max(matches, key=len)]
+
+    def limit_for(self, provider: str, model: str | None = None) -> RateLimit:
+        """Per-model override ([limits."mistral:model"]) merged over the provider's limits."""
+        base = self.limits.get(provider, RateLimit())
+        override = self.limits.get(f"{provider}:{model}") if model else None
+        if not override:
+            return base
+        return base.model_copy(update=override.model_dump(exclude_none=True))
+
+    def snapshot(self) -> dict:
+        """What a run was priced and scored with; URLs (which may hold passwords) left out."""
+        return self.model_dump(mode="json", exclude={"database_url", "redis_url", "config_dir"})
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("GENESIS_CONFIG", DEFAULT_CONFIG_PATH))
+
+
+def load_settings() -> Settings:
+    """Build the settings afresh (tests change the environment between calls)."""
+    path = config_path()
+    if "GENESIS_CONFIG" in os.environ and not path.is_file():
+        raise ConfigError(f"GENESIS_CONFIG={path}: no such file")
+    try:
+        settings = Settings()
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise ConfigError(f"invalid configuration ({path}): {_first_error(exc)}") from None
+    settings.config_dir = str(path.resolve().parent) if path.is_file() else "."
+    return settings
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (workers and the CLI build them once)."""
+    return load_settings()
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        loc = ".".join(str(p) for p in first.get("loc", ()))
+        return f"{loc}: {first.get('msg')}" if loc else str(first.get("msg"))
+    return str(exc)

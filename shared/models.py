@@ -1,0 +1,110 @@
+"""Every table of genesis-bench, in one place. SQL is the source of truth; Redis only holds
+queues, chord state and the limiter/budget counters, all rebuildable from these rows."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class RunStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    halted = "halted"
+    completed = "completed"
+    cancelled = "cancelled"
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    ok = "ok"
+    error = "error"
+    halted = "halted"
+
+
+FINAL_JOB_STATUSES = frozenset({JobStatus.ok, JobStatus.error})
+
+
+class Run(SQLModel, table=True):
+    __tablename__ = "run"
+
+    id: str = Field(primary_key=True, max_length=32)
+    created_at: datetime = Field(default_factory=utcnow)
+    suite: str
+    agents: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    backends: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default=RunStatus.queued, index=True)
+    total_jobs: int = 0
+    simulated: bool = False
+    finished_at: datetime | None = None
+    report_path: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "job"
+    __table_args__ = (UniqueConstraint("run_id", "agent", "task_id", "backend", name="uq_job_slot"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="run.id", index=True, max_length=32)
+    agent: str
+    task_id: str
+    difficulty: str = "medium"
+    backend: str
+    provider: str
+    model: str
+    status: str = Field(default=JobStatus.queued, index=True)
+    output: str | None = Field(default=None, sa_column=Column(Text))
+    score: float | None = None
+    scorer_detail: str | None = Field(default=None, sa_column=Column(Text))
+    latency_ms: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None
+    attempts: int = 0
+    error_type: str | None = None
+    error_message: str | None = Field(default=None, sa_column=Column(Text))
+    worker: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class CostEntry(SQLModel, table=True):
+    """The ledger. job_id is unique when set, so a redelivered job never costs twice."""
+
+    __tablename__ = "cost_entry"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    run_id: str | None = Field(default=None, index=True, max_length=32)
+    job_id: int | None = Field(default=None, unique=True)
+    agent: str | None = None
+    backend: str | None = None
+    model: str | None = None
+    operation: str = "inference"  # inference | judge | manual | ...
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    source: str = "api"  # api (usage the provider returned) | manual | ...
+
+
+class BudgetEvent(SQLModel, table=True):
+    __tablename__ = "budget_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    kind: str  # warning | critical | emergency | halt | resume | limit
+    level: str
+    spent_usd: float
+    limit_usd: float
+    run_id: str | None = Field(default=None, max_length=32)
+    message: str = Field(default="", sa_column=Column(Text))
