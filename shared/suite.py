@@ -1,0 +1,180 @@
+"""Benchmark suites: a folder of JSONL files, one task object per line.
+
+The agent of a task comes from its `agent` field; the file name only groups tasks. Suites are
+validated as a whole when loaded, so `producer submit` fails early with `file:line: reason`
+instead of a worker failing on one task later.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared.config import ConfigError
+from shared.scoring import reference_answer, score, validate_scorer
+
+SUITES_DIR = Path(__file__).parent / "suites"
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class SuiteError(ConfigError):
+    """A suite that cannot be used; the message is one line naming the file and line."""
+
+
+class SuiteTask(BaseModel):
+    # Unknown fields are errors: a typo such as "max_token" would otherwise silently default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=_NAME_PATTERN)
+    agent: str = Field(pattern=_NAME_PATTERN)
+    prompt: str = Field(min_length=1)
+    system: str | None = None
+    difficulty: Literal["easy", "medium", "hard"]
+    max_tokens: int = Field(default=256, gt=0, strict=True)
+    scorer: dict[str, Any]
+
+    @field_validator("scorer")
+    @classmethod
+    def _valid_scorer(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        validate_scorer(spec)
+        return spec
+
+    @property
+    def key(self) -> str:
+        return f"{self.agent}/{self.id}"
+
+
+@dataclass
+class Suite:
+    name: str
+    path: Path
+    tasks: list[SuiteTask]
+    _by_key: dict[str, SuiteTask] = field(init=False, repr=False)
+    _by_prompt: dict[str, SuiteTask] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_key = {t.key: t for t in self.tasks}
+        self._by_prompt = {}
+        for task in self.tasks:
+            self._by_prompt.setdefault(task.prompt.strip(), task)
+
+    def agents(self) -> list[str]:
+        return sorted({t.agent for t in self.tasks})
+
+    def tasks_for(self, agent: str, limit: int | None = None) -> list[SuiteTask]:
+        tasks = [t for t in self.tasks if t.agent == agent]
+        return tasks if limit is None else tasks[:limit]
+
+    def get(self, agent: str, task_id: str) -> SuiteTask:
+        try:
+            return self._by_key[f"{agent}/{task_id}"]
+        except KeyError:
+            raise KeyError(f"suite {self.name!r} has no task {agent}/{task_id}") from None
+
+    def by_prompt(self, prompt: str) -> SuiteTask | None:
+        """The task whose prompt this is (surrounding whitespace ignored); the first if shared."""
+        return self._by_prompt.get(prompt.strip())
+
+
+def resolve_suite_path(name_or_path: str) -> Path:
+    """An existing directory as given, else a suite shipped in shared/suites/<name>."""
+    given = Path(name_or_path).expanduser()
+    if given.is_dir():
+        return given.resolve()
+    looks_like_path = "/" in name_or_path or "\\" in name_or_path or name_or_path.startswith(".")
+    candidate = given if looks_like_path else SUITES_DIR / name_or_path
+    if not looks_like_path and candidate.is_dir():
+        return candidate.resolve()
+    known = ", ".join(known_suites()) or "none"
+    raise SuiteError(f"unknown suite {name_or_path!r}: no folder at {candidate} (known: {known})")
+
+
+def known_suites() -> list[str]:
+    return sorted(p.name for p in SUITES_DIR.iterdir() if p.is_dir()) if SUITES_DIR.is_dir() else []
+
+
+_cache: dict[Path, tuple[tuple, Suite]] = {}
+_cache_lock = threading.Lock()
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """Load and validate a suite; reloaded only when one of its files changes (workers call
+    this once per job, so after the first load it costs a few stat calls)."""
+    path = resolve_suite_path(name_or_path)
+    files = sorted(path.glob("*.jsonl"))
+    if not files:
+        raise SuiteError(f"suite {name_or_path!r}: no *.jsonl files in {path}")
+    signature = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+    with _cache_lock:
+        cached = _cache.get(path)
+    if cached and cached[0] == signature:
+        return cached[1]
+    suite = Suite(name=path.name, path=path, tasks=_read_tasks(files))
+    with _cache_lock:
+        _cache[path] = (signature, suite)
+    return suite
+
+
+def _read_tasks(files: list[Path]) -> list[SuiteTask]:
+    tasks: list[SuiteTask] = []
+    seen: dict[str, str] = {}
+    for file in files:
+        with file.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                where = f"{file}:{number}"
+                task = _parse_line(line, where)
+                if task.key in seen:
+                    raise SuiteError(
+                        f"{where}: duplicate id {task.id!r} for agent {task.agent!r}"
+                        f" (first at {seen[task.key]})"
+                    )
+                seen[task.key] = where
+                tasks.append(task)
+    if not tasks:
+        raise SuiteError(f"suite in {files[0].parent}: no tasks")
+    return tasks
+
+
+def _parse_line(line: str, where: str) -> SuiteTask:
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise SuiteError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise SuiteError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    try:
+        task = SuiteTask.model_validate(data)
+    except ValidationError as exc:
+        raise SuiteError(f"{where}: {_describe(exc)}") from None
+    result = score(task, reference_answer(task))
+    if result.score != 1.0:
+        raise SuiteError(
+            f"{where}: bad scorer: its reference answer scores {result.score:.2f}, not 1.0"
+            f" ({result.detail})"
+        )
+    return task
+
+
+def _describe(exc: ValidationError) -> str:
+    """The first problem of a task line, in words a suite author acts on."""
+    error = exc.errors()[0]
+    name = ".".join(str(p) for p in error["loc"])
+    kind = error["type"]
+    if kind == "missing":
+        return f"missing field {name!r}"
+    if kind == "extra_forbidden":
+        return f"unknown field {name!r}"
+    if name == "difficulty":
+        return f"unknown difficulty {error['input']!r} (expected easy, medium or hard)"
+    if name == "max_tokens":
+        return f"max_tokens must be a positive integer (got {error['input']!r})"
+    if name == "scorer" and kind == "value_error":
+        return f"bad scorer: {error['ctx']['error']}"
+    return f"field {name!r}: {error['msg']}"

@@ -1,0 +1,191 @@
+"""The shipped suite is complete and self-consistent; broken suites fail with file:line."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from shared.config import ConfigError
+from shared.scoring import SCORER_TYPES, reference_answer, score, wrong_answer
+from shared.suite import SUITES_DIR, Suite, SuiteError, load_suite, resolve_suite_path
+
+AGENTS = ["analyst", "content", "legal", "qa", "support"]
+
+
+@pytest.fixture(scope="module")
+def suite() -> Suite:
+    return load_suite("genesis-custom")
+
+
+# --- the shipped suite --------------------------------------------------------------------
+
+
+def test_shipped_suite_has_20_tasks_for_each_of_5_agents(suite: Suite) -> None:
+    assert suite.name == "genesis-custom"
+    assert len(suite.tasks) == 100
+    assert suite.agents() == AGENTS
+    for agent in AGENTS:
+        tasks = suite.tasks_for(agent)
+        assert len(tasks) == 20
+        assert all(t.agent == agent for t in tasks)
+    assert len({t.key for t in suite.tasks}) == 100
+
+
+def test_difficulty_is_spread_within_each_agent(suite: Suite) -> None:
+    for agent in AGENTS:
+        spread = Counter(t.difficulty for t in suite.tasks_for(agent))
+        assert all(spread[level] >= 5 for level in ("easy", "medium", "hard")), (agent, spread)
+
+
+def test_every_scorer_type_is_used(suite: Suite) -> None:
+    assert {t.scorer["type"] for t in suite.tasks} == set(SCORER_TYPES)
+
+
+def test_prompts_are_unique_and_found_by_prompt(suite: Suite) -> None:
+    assert len({t.prompt for t in suite.tasks}) == 100
+    for task in suite.tasks:
+        assert suite.by_prompt(task.prompt) is task
+    assert suite.by_prompt("  " + suite.tasks[0].prompt + "\n") is suite.tasks[0]
+    assert suite.by_prompt("What is the meaning of life?") is None
+
+
+def test_tasks_are_json_serialisable_with_sensible_max_tokens(suite: Suite) -> None:
+    for task in suite.tasks:
+        assert json.loads(json.dumps(task.model_dump()))["scorer"] == task.scorer
+        assert 8 <= task.max_tokens <= 512
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+def test_reference_answers_score_one_and_wrong_answers_score_low(suite: Suite, agent: str) -> None:
+    for task in suite.tasks_for(agent):
+        reference = reference_answer(task)
+        assert score(task, reference).score == 1.0, (task.key, reference, score(task, reference))
+        for seed in range(5):
+            wrong = wrong_answer(task, seed)
+            assert wrong.strip(), task.key
+            result = score(task, wrong)
+            assert result.score <= 0.34, (task.key, seed, wrong, result)
+
+
+def test_tasks_for_limit_get_and_file_order(suite: Suite) -> None:
+    first_three = suite.tasks_for("legal", limit=3)
+    assert [t.id for t in first_three] == ["legal-001", "legal-002", "legal-003"]
+    assert suite.get("legal", "legal-002") is first_three[1]
+    with pytest.raises(KeyError):
+        suite.get("legal", "legal-999")
+    with pytest.raises(KeyError):
+        suite.get("qa", "legal-001")
+
+
+def test_load_is_cached_until_a_file_changes(tmp_path: Path) -> None:
+    folder = write_suite(tmp_path, {"qa.jsonl": [task_line("qa-001")]})
+    first = load_suite(str(folder))
+    assert load_suite(str(folder)) is first
+    file = folder / "qa.jsonl"
+    file.write_text(file.read_text() + task_line("qa-002") + "\n")
+    os.utime(file, ns=(file.stat().st_atime_ns, file.stat().st_mtime_ns + 1_000_000))
+    reloaded = load_suite(str(folder))
+    assert reloaded is not first
+    assert [t.id for t in reloaded.tasks] == ["qa-001", "qa-002"]
+
+
+# --- resolving ----------------------------------------------------------------------------
+
+
+def test_resolve_by_name_and_by_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_suite_path("genesis-custom") == (SUITES_DIR / "genesis-custom").resolve()
+    folder = write_suite(tmp_path, {"qa.jsonl": [task_line("qa-001")]})
+    assert resolve_suite_path(str(folder)) == folder.resolve()
+    monkeypatch.chdir(tmp_path)
+    assert resolve_suite_path("mysuite") == folder.resolve()  # an existing folder wins over a name
+    assert load_suite("./mysuite").name == "mysuite"
+
+
+@pytest.mark.parametrize("name", ["no-such-suite", "./missing/dir"])
+def test_resolve_unknown_suite(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SuiteError, match=rf"unknown suite '{name}': no folder at .*\(known: .*genesis-custom"):
+        resolve_suite_path(name)
+
+
+def test_suite_error_is_a_config_error() -> None:
+    assert issubclass(SuiteError, ConfigError)
+
+
+# --- malformed suites ---------------------------------------------------------------------
+
+
+def task_line(task_id: str, **changes: object) -> str:
+    task: dict = {
+        "id": task_id,
+        "agent": "qa",
+        "prompt": f"Question {task_id}? Answer with just the number.",
+        "difficulty": "easy",
+        "max_tokens": 16,
+        "scorer": {"type": "numeric", "expected": 4},
+    }
+    task.update(changes)
+    return json.dumps({k: v for k, v in task.items() if v is not None})
+
+
+def write_suite(tmp_path: Path, files: dict[str, list[str]]) -> Path:
+    folder = tmp_path / "mysuite"
+    folder.mkdir(exist_ok=True)
+    for name, lines in files.items():
+        (folder / name).write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "reason"),
+    [
+        ('{"id": "qa-003", "agent": "qa",', "invalid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        (task_line("qa-003", prompt=None), "missing field 'prompt'"),
+        (task_line("qa-003", promt="typo"), "unknown field 'promt'"),
+        (task_line("qa-003", difficulty="extreme"), "unknown difficulty 'extreme'"),
+        (task_line("qa-003", max_tokens=0), "max_tokens must be a positive integer"),
+        (task_line("qa-003", max_tokens="64"), "max_tokens must be a positive integer"),
+        (task_line("qa-003", scorer={"type": "fuzzy"}), "bad scorer: unknown scorer type 'fuzzy'"),
+        (task_line("qa-003", scorer={"type": "regex", "pattern": "(", "reference": "x"}), "bad scorer: regex scorer: invalid pattern"),
+        (task_line("qa-003", scorer={"type": "contains"}), "bad scorer: contains scorer needs"),
+        (task_line("qa-003", scorer={"type": "exact", "expected": "a", "reference": "b"}), "bad scorer: its reference answer scores 0.00"),
+        (task_line("qa-003", agent="QA team"), "field 'agent'"),
+        (task_line("qa-001"), "duplicate id 'qa-001' for agent 'qa'"),
+    ],
+)
+def test_bad_line_names_file_line_and_reason(tmp_path: Path, bad_line: str, reason: str) -> None:
+    # The bad task sits on line 4 of the second file, after a blank line.
+    folder = write_suite(tmp_path, {
+        "a.jsonl": [task_line("other-1", agent="legal")],
+        "qa.jsonl": [task_line("qa-001"), task_line("qa-002"), "", bad_line],
+    })
+    with pytest.raises(SuiteError) as caught:
+        load_suite(str(folder))
+    message = str(caught.value)
+    assert f"qa.jsonl:4: {reason}" in message
+    assert "\n" not in message
+
+
+def test_same_id_under_another_agent_is_fine(tmp_path: Path) -> None:
+    folder = write_suite(tmp_path, {"mixed.jsonl": [task_line("t-1"), task_line("t-1", agent="legal", prompt="Other?")]})
+    assert [t.key for t in load_suite(str(folder)).tasks] == ["qa/t-1", "legal/t-1"]
+
+
+def test_agent_comes_from_the_field_not_the_file_name(tmp_path: Path) -> None:
+    folder = write_suite(tmp_path, {"qa.jsonl": [task_line("x-1", agent="support")]})
+    assert load_suite(str(folder)).agents() == ["support"]
+
+
+def test_folder_without_jsonl_or_tasks_is_an_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SuiteError, match="no \\*.jsonl files"):
+        load_suite(str(empty))
+    (empty / "qa.jsonl").write_text("\n\n")
+    with pytest.raises(SuiteError, match="no tasks"):
+        load_suite(str(empty))
