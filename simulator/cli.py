@@ -1,0 +1,102 @@
+"""`producer simulator` / `python -m simulator`: run the provider simulator in the foreground."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from shared.config import ConfigError
+
+from simulator.config import SimulatorConfig, one_line
+from simulator.server import serve_forever
+
+DEFAULTS = {name: field.default for name, field in SimulatorConfig.model_fields.items()}
+Probability = Annotated[float, typer.Option(min=0.0, max=1.0)]
+
+
+def parse_pairs(items: list[str], option: str, key_label: str) -> dict[str, float]:
+    """'KEY=PROBABILITY' items as a dict (insertion order kept: first match wins for patterns)."""
+    pairs: dict[str, float] = {}
+    for item in items:
+        key, separator, value = item.rpartition("=")
+        try:
+            probability = float(value)
+        except ValueError:
+            probability = -1.0
+        if not separator or not key or not 0.0 <= probability <= 1.0:
+            raise typer.BadParameter(
+                f"{item!r} must be {key_label}=P with P a number between 0 and 1", param_hint=option
+            )
+        pairs[key] = probability
+    return pairs
+
+
+def parse_error_rates(items: list[str]) -> dict[int, float]:
+    rates = parse_pairs(items, "--error-rate", "STATUS")
+    for status in rates:
+        if not (status.isdigit() and 400 <= int(status) <= 599):
+            raise typer.BadParameter(f"{status!r} is not an HTTP 4xx/5xx status", param_hint="--error-rate")
+    return {int(status): rate for status, rate in rates.items()}
+
+
+def simulator_command(
+    port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8900,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    latency_ms: Annotated[float, typer.Option(min=0.0, help="Latency of every answer.")] = DEFAULTS["latency_ms"],
+    latency_jitter_ms: Annotated[
+        float, typer.Option(min=0.0, help="Uniform jitter added to the latency, +/- this much.")
+    ] = DEFAULTS["latency_jitter_ms"],
+    quality: Annotated[
+        list[str] | None,
+        typer.Option(help="PATTERN=P: models matching the fnmatch PATTERN answer suite tasks right with "
+                     "probability P; repeatable, first match wins. Default: 'ft:*=0.85' 'open-mistral-7b=0.65'."),
+    ] = None,
+    default_quality: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Quality of models no --quality pattern matches.")
+    ] = DEFAULTS["default_quality"],
+    rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute per (API key, model).")] = None,
+    tpm: Annotated[int | None, typer.Option(min=1, help="Tokens per minute per (API key, model).")] = None,
+    error_rate: Annotated[
+        list[str] | None, typer.Option(help="STATUS=P: answer STATUS with probability P; repeatable.")
+    ] = None,
+    timeout_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of answers held back.")] = 0.0,
+    timeout_s: Annotated[float, typer.Option(min=0.0, help="How long a held-back answer waits.")] = DEFAULTS[
+        "timeout_s"
+    ],
+    malformed_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of 200s with a broken body.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of answers and fault draws.")] = DEFAULTS["seed"],
+    suite: Annotated[str, typer.Option(help="Suite whose expected answers the models know.")] = DEFAULTS["suite"],
+) -> None:
+    """Run the provider simulator (OpenAI, Anthropic and Mistral APIs) until Ctrl-C."""
+    knobs: dict[str, object] = {
+        "latency_ms": latency_ms,
+        "latency_jitter_ms": latency_jitter_ms,
+        "default_quality": default_quality,
+        "rpm": rpm,
+        "tpm": tpm,
+        "error_rates": parse_error_rates(error_rate or []),
+        "timeout_rate": timeout_rate,
+        "timeout_s": timeout_s,
+        "malformed_rate": malformed_rate,
+        "seed": seed,
+        "suite": suite,
+    }
+    if quality:
+        knobs["quality"] = parse_pairs(quality, "--quality", "PATTERN")
+    try:
+        config = SimulatorConfig(**knobs)
+    except ValidationError as error:
+        raise typer.BadParameter(one_line(error)) from error
+    try:
+        serve_forever(config, host, port, on_ready=announce)
+    except ConfigError as error:  # the suite could not be loaded
+        raise typer.BadParameter(str(error), param_hint="--suite") from error
+
+
+def announce(url: str) -> None:
+    typer.echo(
+        f"Simulator listening on {url} - export OPENAI_BASE_URL={url}/v1 "
+        f"ANTHROPIC_BASE_URL={url} MISTRAL_BASE_URL={url}"
+    )

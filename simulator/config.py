@@ -1,0 +1,84 @@
+"""The simulator's knobs, validated once so the server never meets a bad value mid-request."""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Rate = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class SimulatorConfig(BaseModel):
+    """Everything the simulator can be told, from the CLI, `POST /_sim/config` or `handle.update()`.
+
+    - latency: each answered request waits `latency_ms` plus a uniform draw in
+      [-latency_jitter_ms, +latency_jitter_ms] (never below 0).
+    - quality: `{fnmatch pattern: probability of a correct answer}`, first match wins (insertion
+      order), `default_quality` for models no pattern matches.
+    - rpm / tpm: token buckets per (API key, model); None = unlimited.
+    - error_rates: `{HTTP status: probability}` of an injected error instead of an answer.
+    - timeout_rate: probability the answer is held back `timeout_s` extra so the client times out.
+    - malformed_rate: probability of a 200 whose body is truncated, i.e. not valid JSON.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    latency_ms: float = Field(default=200.0, ge=0.0)
+    latency_jitter_ms: float = Field(default=0.0, ge=0.0)
+    quality: dict[str, float] = Field(default_factory=lambda: {"ft:*": 0.85, "open-mistral-7b": 0.65})
+    default_quality: float = Field(default=0.75, ge=0.0, le=1.0)
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    error_rates: dict[int, float] = Field(default_factory=dict)
+    timeout_rate: float = Rate
+    timeout_s: float = Field(default=30.0, ge=0.0)
+    malformed_rate: float = Rate
+    default_max_tokens: int = Field(default=1024, gt=0)
+    seed: int = 7
+    suite: str | None = "genesis-custom"
+
+    @field_validator("quality")
+    @classmethod
+    def _qualities_are_probabilities(cls, value: dict[str, float]) -> dict[str, float]:
+        for pattern, quality in value.items():
+            if not 0.0 <= quality <= 1.0:
+                raise ValueError(f"quality for {pattern!r} must be between 0 and 1, got {quality}")
+        return value
+
+    @field_validator("error_rates")
+    @classmethod
+    def _error_rates_are_valid(cls, value: dict[int, float]) -> dict[int, float]:
+        for status, rate in value.items():
+            if not 400 <= status <= 599:
+                raise ValueError(f"error status must be a 4xx or 5xx code, got {status}")
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"error rate for {status} must be between 0 and 1, got {rate}")
+        return value
+
+    @model_validator(mode="after")
+    def _fault_rates_fit_in_one(self) -> SimulatorConfig:
+        total = sum(self.error_rates.values()) + self.timeout_rate + self.malformed_rate
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"error, timeout and malformed rates add up to {total:g}, more than 1")
+        return self
+
+    def quality_for(self, model: str) -> float:
+        for pattern, quality in self.quality.items():
+            if fnmatchcase(model, pattern):
+                return quality
+        return self.default_quality
+
+    def merged(self, **knobs: object) -> SimulatorConfig:
+        """A validated copy with some knobs changed (model_copy would skip validation)."""
+        return SimulatorConfig.model_validate({**self.model_dump(), **knobs})
+
+
+def one_line(error: ValidationError) -> str:
+    """A validation error as one line naming each bad knob, for the CLI and `POST /_sim/config`."""
+    problems = []
+    for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
+        knob = ".".join(str(part) for part in item["loc"])
+        problems.append(f"{knob}: {message}" if knob else message)
+    return "; ".join(problems)

@@ -1,0 +1,106 @@
+"""Rate limits modelled as Anthropic documents its own: a token bucket per (API key, model) for
+requests and one for tokens, full at start and refilled continuously at limit/60 per second.
+
+A request is admitted only if both buckets can pay: 1 request, and its prompt tokens plus its
+max_tokens (charged in full at admission and never refunded — simple, and the worst case a
+client must plan for). A request larger than the whole token bucket can never pass; it gets 429
+with the time until the bucket is full (at least 1 s), as a provider's "request too large" would."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+SECONDS_PER_MINUTE = 60.0
+
+
+@dataclass(frozen=True)
+class LimitState:
+    """One dimension's headers: the limit, what is left, and seconds until the bucket is full."""
+
+    limit: int
+    remaining: int
+    reset_s: float
+
+
+@dataclass(frozen=True)
+class Admission:
+    allowed: bool
+    retry_after_s: float
+    requests: LimitState | None
+    tokens: LimitState | None
+
+    @property
+    def retry_after_header(self) -> str:
+        """Whole seconds, rounded up and at least 1, as `retry-after` takes them."""
+        return str(max(1, math.ceil(self.retry_after_s)))
+
+
+UNLIMITED = Admission(allowed=True, retry_after_s=0.0, requests=None, tokens=None)
+
+
+class TokenBucket:
+    def __init__(self, per_minute: int, now: float) -> None:
+        self.capacity = float(per_minute)
+        self.level = float(per_minute)
+        self.rate = per_minute / SECONDS_PER_MINUTE
+        self.updated = now
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def seconds_until(self, amount: float) -> float:
+        target = min(amount, self.capacity)
+        return max(0.0, (target - self.level) / self.rate)
+
+    def state(self) -> LimitState:
+        return LimitState(int(self.capacity), int(self.level), self.seconds_until(self.capacity))
+
+
+class RateLimiter:
+    """Thread-safe buckets keyed by (API key, model); None limits mean unlimited."""
+
+    def __init__(
+        self, rpm: int | None, tpm: int | None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rpm = rpm
+        self.tpm = tpm
+        self.clock = clock
+        self._buckets: dict[tuple[str, str, str], TokenBucket] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, api_key: str, model: str, tokens: int) -> Admission:
+        if self.rpm is None and self.tpm is None:
+            return UNLIMITED
+        with self._lock:
+            now = self.clock()
+            requests = self._bucket(api_key, model, "requests", self.rpm, now)
+            token_bucket = self._bucket(api_key, model, "tokens", self.tpm, now)
+            waits = [
+                bucket.seconds_until(amount)
+                for bucket, amount in ((requests, 1), (token_bucket, tokens))
+                if bucket is not None and bucket.level < amount
+            ]
+            if not waits:
+                for bucket, amount in ((requests, 1), (token_bucket, tokens)):
+                    if bucket is not None:
+                        bucket.level -= amount
+            return Admission(
+                allowed=not waits,
+                retry_after_s=max(waits, default=0.0),
+                requests=requests.state() if requests else None,
+                tokens=token_bucket.state() if token_bucket else None,
+            )
+
+    def _bucket(
+        self, api_key: str, model: str, kind: str, per_minute: int | None, now: float
+    ) -> TokenBucket | None:
+        if per_minute is None:
+            return None
+        bucket = self._buckets.setdefault((api_key, model, kind), TokenBucket(per_minute, now))
+        bucket.refill(now)
+        return bucket

@@ -1,0 +1,325 @@
+"""The provider simulator: one HTTP server on 127.0.0.1 speaking OpenAI, Mistral and Anthropic.
+
+A stdlib ThreadingHTTPServer (a thread per connection, HTTP/1.1 keep-alive) is enough: every
+request spends its time sleeping the simulated latency, so threads overlap freely and 64+
+requests in flight cost nothing; no new dependency is needed.
+
+Order of work for a chat request: parse (400) -> rate-limit admission (429, answered at once)
+-> fault draw -> latency -> injected error, or the answer (held back `timeout_s` more for a
+timeout fault, truncated to invalid JSON for a malformed one)."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from pydantic import ValidationError
+
+from simulator.answers import Oracle
+from simulator.config import SimulatorConfig, one_line
+from simulator.ratelimit import Admission, RateLimiter
+from simulator.stats import ServedStats
+from simulator.text import truncate_to_tokens
+from simulator.wire import (
+    Api,
+    BadRequest,
+    ChatRequest,
+    Completion,
+    completion_body,
+    error_body,
+    parse_chat_request,
+    rate_limit_headers,
+    request_id_header,
+)
+
+INJECTED_429_RETRY_AFTER = "1"
+ANONYMOUS_KEY = "anonymous"
+
+
+@dataclass
+class Reply:
+    """An HTTP answer plus what the counters need to know about it."""
+
+    status: int
+    body: bytes
+    model: str = "unknown"
+    headers: dict[str, str] = field(default_factory=dict)
+    usage: tuple[int, int] | None = None
+    fault: str | None = None
+
+
+class Simulator:
+    """The simulator's state and behaviour, independent of HTTP so it can be reconfigured live."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.stats = ServedStats()
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._oracle = Oracle(config.suite)
+        self._limiter = RateLimiter(config.rpm, config.tpm)
+        self._rng = random.Random(config.seed)
+
+    def update(self, **knobs: Any) -> SimulatorConfig:
+        """Change knobs live; limits or seed changes start fresh buckets or a fresh fault RNG."""
+        new = self.config.merged(**knobs)
+        oracle = Oracle(new.suite) if new.suite != self.config.suite else self._oracle
+        with self._lock:
+            old, self.config, self._oracle = self.config, new, oracle
+            if (new.rpm, new.tpm) != (old.rpm, old.tpm):
+                self._limiter = RateLimiter(new.rpm, new.tpm)
+            if new.seed != old.seed:
+                self._rng = random.Random(new.seed)
+        return new
+
+    def reset(self) -> None:
+        """Zero the counters, refill every rate-limit bucket and restart the fault RNG."""
+        with self._lock:
+            self._limiter = RateLimiter(self.config.rpm, self.config.tpm)
+            self._rng = random.Random(self.config.seed)
+        self.stats.reset()
+
+    def chat(self, api: Api, headers: dict[str, str], raw_body: bytes) -> Reply:
+        config, oracle, limiter = self.config, self._oracle, self._limiter
+        try:
+            request = parse_chat_request(api, json.loads(raw_body or b"null"))
+        except (ValueError, BadRequest) as error:
+            return error_reply(api, 400, str(error))
+        max_tokens = request.max_tokens or config.default_max_tokens
+        admission = limiter.admit(api_key(headers), request.model, request.prompt_tokens + max_tokens)
+        limit_headers = rate_limit_headers(api, admission)
+        if not admission.allowed:
+            return self._rate_limited(request, admission, limit_headers)
+
+        fault = self._draw_fault(config)
+        self.stopping.wait(self._latency_s(config))
+        if fault is not None and fault.isdigit():
+            return injected_error_reply(request, int(fault), limit_headers)
+
+        answer = oracle.answer(request.last_user_text, request.model, config.quality_for(request.model), config.seed)
+        text, output_tokens, truncated = truncate_to_tokens(answer, max_tokens)
+        completion = Completion(text, request.prompt_tokens, output_tokens, truncated)
+        body = json.dumps(completion_body(request, completion)).encode()
+        reply = Reply(200, body, request.model, {**limit_headers, **request_id_header(api)}, fault=fault)
+        if fault == "timeout":
+            self.stopping.wait(config.timeout_s)
+        elif fault == "malformed":
+            reply.body = body[: len(body) // 2]
+        else:
+            reply.usage = (completion.input_tokens, completion.output_tokens)
+        return reply
+
+    def _rate_limited(self, request: ChatRequest, admission: Admission, limit_headers: dict[str, str]) -> Reply:
+        message = f"Rate limit exceeded for model {request.model}; retry after {admission.retry_after_header} s."
+        reply = error_reply(request.api, 429, message, request.model)
+        reply.headers.update(limit_headers)
+        reply.headers["retry-after"] = admission.retry_after_header
+        return reply
+
+    def _draw_fault(self, config: SimulatorConfig) -> str | None:
+        """One seeded draw against the cumulative fault rates (arrival order matters here)."""
+        with self._lock:
+            draw = self._rng.random()
+        faults = [(str(status), rate) for status, rate in sorted(config.error_rates.items())]
+        faults += [("timeout", config.timeout_rate), ("malformed", config.malformed_rate)]
+        threshold = 0.0
+        for fault, rate in faults:
+            threshold += rate
+            if draw < threshold:
+                return fault
+        return None
+
+    def _latency_s(self, config: SimulatorConfig) -> float:
+        with self._lock:
+            return draw_latency_s(config, self._rng)
+
+
+def draw_latency_s(config: SimulatorConfig, rng: random.Random) -> float:
+    """The fixed latency plus uniform jitter in [-jitter, +jitter], never below zero."""
+    if not config.latency_jitter_ms:
+        return config.latency_ms / 1000
+    jitter = rng.uniform(-config.latency_jitter_ms, config.latency_jitter_ms)
+    return max(0.0, config.latency_ms + jitter) / 1000
+
+
+def injected_error_reply(request: ChatRequest, status: int, limit_headers: dict[str, str]) -> Reply:
+    reply = error_reply(request.api, status, f"Injected {status} error from the simulator.", request.model)
+    reply.headers.update(limit_headers)
+    if status == 429:
+        reply.headers["retry-after"] = INJECTED_429_RETRY_AFTER
+    reply.fault = str(status)
+    return reply
+
+
+def api_key(headers: dict[str, str]) -> str:
+    authorization = headers.get("authorization", "")
+    if authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return headers.get("x-api-key") or ANONYMOUS_KEY
+
+
+def error_reply(api: Api, status: int, message: str, model: str = "unknown") -> Reply:
+    body = json.dumps(error_body(api, status, message)).encode()
+    return Reply(status, body, model, request_id_header(api))
+
+
+def chat_api(path: str, user_agent: str) -> Api | None:
+    """Which provider a chat request speaks: Mistral and OpenAI share a path, not a user agent."""
+    if path == "/v1/messages":
+        return Api.ANTHROPIC
+    if path == "/v1/chat/completions":
+        return Api.MISTRAL if "mistral" in user_agent.lower() else Api.OPENAI
+    return None
+
+
+class SimulatorHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out separately; Nagle would add ~40 ms
+    server: SimulatorHTTPServer
+
+    def do_GET(self) -> None:
+        if self.path == "/_sim/stats":
+            self._send_json(200, self.server.simulator.stats.snapshot())
+        elif self.path == "/_sim/config":
+            self._send_json(200, self.server.simulator.config.model_dump(mode="json"))
+        else:
+            self._send_not_found()
+
+    def do_POST(self) -> None:
+        raw_body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        simulator = self.server.simulator
+        api = chat_api(self.path, self.headers.get("user-agent", ""))
+        if api is not None:
+            self._serve_chat(simulator, api, raw_body)
+        elif self.path == "/_sim/reset":
+            simulator.reset()
+            self._send_json(200, simulator.stats.snapshot())
+        elif self.path == "/_sim/config":
+            self._update_config(simulator, raw_body)
+        else:
+            self._send_not_found()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: thousands of requests a minute would drown the console."""
+
+    def _serve_chat(self, simulator: Simulator, api: Api, raw_body: bytes) -> None:
+        simulator.stats.started()
+        try:
+            reply = simulator.chat(api, {k.lower(): v for k, v in self.headers.items()}, raw_body)
+        except Exception:  # a simulator bug still answers, as a provider's 500 would, and shows
+            traceback.print_exc()
+            reply = error_reply(api, 500, "The simulator failed to answer.")
+        # counted before sending, so a client holding its answer always finds it in the stats
+        simulator.stats.finished(api, reply.model, reply.status, reply.usage, reply.fault)
+        self._send(reply.status, reply.body, reply.headers)
+
+    def _update_config(self, simulator: Simulator, raw_body: bytes) -> None:
+        try:
+            knobs = json.loads(raw_body or b"{}")
+            if not isinstance(knobs, dict):
+                raise ValueError("the config body must be a JSON object")
+            config = simulator.update(**knobs)
+        except ValidationError as error:
+            self._send_json(400, {"error": {"message": one_line(error)}})
+        except ValueError as error:  # also a ConfigError from a suite that cannot be loaded
+            self._send_json(400, {"error": {"message": str(error)}})
+        else:
+            self._send_json(200, config.model_dump(mode="json"))
+
+    def _send_not_found(self) -> None:
+        self._send_json(404, {"error": {"message": f"no route for {self.command} {self.path}"}})
+
+    def _send_json(self, status: int, payload: object) -> None:
+        self._send(status, json.dumps(payload).encode(), {})
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client gave up (e.g. a timeout fault); nothing to do
+
+
+class SimulatorHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # stop() must not wait for connections kept alive by clients
+    request_queue_size = 512  # bursts of hundreds of connects must not hit a full backlog
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], simulator: Simulator) -> None:
+        self.simulator = simulator
+        super().__init__(address, SimulatorHandler)
+
+
+@dataclass
+class SimulatorHandle:
+    """A simulator running in a background thread of this process."""
+
+    server: SimulatorHTTPServer
+    thread: threading.Thread
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.server.server_address[0]}:{self.port}"
+
+    @property
+    def config(self) -> SimulatorConfig:
+        return self.server.simulator.config
+
+    def stats(self) -> dict:
+        return self.server.simulator.stats.snapshot()
+
+    def reset(self) -> None:
+        self.server.simulator.reset()
+
+    def update(self, **knobs: Any) -> SimulatorConfig:
+        return self.server.simulator.update(**knobs)
+
+    def stop(self) -> None:
+        self.server.simulator.stopping.set()  # wakes handlers sleeping latency or a timeout fault
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def start_simulator(config: SimulatorConfig, host: str = "127.0.0.1", port: int = 0) -> SimulatorHandle:
+    """Bind (port 0 picks a free port) and serve in a daemon thread; ready when this returns."""
+    server = SimulatorHTTPServer((host, port), Simulator(config))
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="simulator", daemon=True
+    )
+    thread.start()
+    return SimulatorHandle(server, thread)
+
+
+def serve_forever(
+    config: SimulatorConfig,
+    host: str = "127.0.0.1",
+    port: int = 8900,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve in the calling thread until interrupted; `on_ready` gets the URL once bound."""
+    with SimulatorHTTPServer((host, port), Simulator(config)) as server:
+        if on_ready is not None:
+            on_ready(f"http://{host}:{server.server_address[1]}")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.simulator.stopping.set()
