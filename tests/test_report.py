@@ -1,0 +1,305 @@
+"""The report from SQL rows: numbers, verdicts, warnings and the three files."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session
+
+from shared.config import ConfigError, load_settings
+from shared.db import get_engine, migrate
+from shared.models import BudgetEvent, CostEntry, Job, Run, RunStatus, utcnow
+from shared.report import (
+    LATEST_REPORT_NAME,
+    build_report_data,
+    generate_report,
+    write_report,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = [f"t{i:02d}" for i in range(10)]
+DIFFICULTIES = ["easy"] * 4 + ["medium"] * 3 + ["hard"] * 3
+MODELS = {
+    "mistral-ft": "ft:open-mistral-7b:{agent}",
+    "mistral-base": "open-mistral-7b",
+    "openai": "gpt-4o-mini",
+}
+PROVIDERS = {"mistral-ft": "mistral", "mistral-base": "mistral", "openai": "openai"}
+
+# qa: the fine-tuned model clearly wins; legal: it does not (same accuracy).
+QA_FT = [1, 1, 1, 1, 1, 1, 1, 1, 1, 0]
+QA_BASE = [1, 1, 1, 0, 1, 1, 0, 1, 1, 0]
+LEGAL_FT = [1, 1, 1, 1, 0, 1, 1, 0.5, 0.5, 1]  # the last task ends up halted
+LEGAL_BASE = [1, 0, 1, 1, 1, 1, 0, 1, 1, 1]
+OPENAI = [1, 1, 0, 1, 1, 1, 1, 1, 1, 1]
+
+
+@pytest.fixture
+def db_url(tmp_path, monkeypatch) -> str:
+    monkeypatch.setenv("GENESIS_CONFIG", str(REPO / "config" / "genesis.toml"))
+    url = f"sqlite:///{tmp_path}/t.db"
+    migrate(url)
+    return url
+
+
+def add_run(
+    session: Session, run_id: str, agents: list[str], *, simulated=True,
+    status=RunStatus.completed, created_at=None,
+) -> Run:
+    run = Run(
+        id=run_id,
+        suite="genesis-custom",
+        agents=agents,
+        backends=list(MODELS),
+        status=status,
+        simulated=simulated,
+        config=load_settings().snapshot(),
+        created_at=created_at or utcnow(),
+    )
+    session.add(run)
+    session.flush()
+    return run
+
+
+def add_jobs(
+    session: Session, run_id: str, agent: str, backend: str, scores: list, *,
+    model: str | None = None, statuses: dict[int, str] | None = None,
+) -> None:
+    """One job per task, ok unless `statuses` says otherwise by task index; ok jobs get a
+    score, latency 100 ms x (index + 1), 100 + 20 tokens and $0.001 with its ledger row."""
+    for i, task in enumerate(TASKS):
+        status = (statuses or {}).get(i, "ok")
+        ok = status == "ok"
+        job = Job(
+            run_id=run_id, agent=agent, task_id=task, difficulty=DIFFICULTIES[i], backend=backend,
+            provider=PROVIDERS[backend], model=model or MODELS[backend].format(agent=agent),
+            status=status,
+            score=float(scores[i]) if ok else None,
+            latency_ms=100.0 * (i + 1) if ok else None,
+            input_tokens=100 if ok else None, output_tokens=20 if ok else None,
+            cost_usd=0.001 if ok else None,
+            error_type="APIStatusError" if status == "error" else None,
+        )
+        session.add(job)
+        session.flush()
+        if ok:
+            session.add(CostEntry(
+                run_id=run_id, job_id=job.id, agent=agent, backend=backend, model=job.model,
+                cost_usd=0.001,
+            ))
+
+
+@pytest.fixture
+def mixed_run(db_url) -> str:
+    with Session(get_engine(db_url)) as session:
+        add_run(session, "run1", ["qa", "legal"])
+        add_jobs(session, "run1", "qa", "mistral-ft", QA_FT)
+        add_jobs(session, "run1", "qa", "mistral-base", QA_BASE)
+        add_jobs(session, "run1", "qa", "openai", OPENAI, model="gpt-<script>alert(1)</script>")
+        add_jobs(session, "run1", "legal", "mistral-ft", LEGAL_FT, statuses={9: "halted"})
+        add_jobs(session, "run1", "legal", "mistral-base", LEGAL_BASE)
+        add_jobs(session, "run1", "legal", "openai", OPENAI, statuses={0: "error", 1: "error"})
+        session.add(CostEntry(operation="manual", cost_usd=8.0))  # the budget is global
+        session.add(BudgetEvent(
+            kind="warning", level="warning", spent_usd=8.0, limit_usd=30.0, run_id="run1",
+            message="25% used",
+        ))
+        session.commit()
+    return db_url
+
+
+def build(db_url: str, run_id: str = "run1", **kwargs) -> dict:
+    with Session(get_engine(db_url)) as session:
+        return build_report_data(session, run_id, **kwargs)
+
+
+def mean(values) -> float:
+    return sum(values) / len(values)
+
+
+def comparison(data: dict, agent: str) -> dict:
+    return next(c for c in data["comparisons"] if c["agent"] == agent)
+
+
+def backend_row(data: dict, agent: str, backend: str) -> dict:
+    return next(b for b in data["backends"] if b["agent"] == agent and b["backend"] == backend)
+
+
+def test_comparisons_and_decisions(mixed_run):
+    data = build(mixed_run)
+    qa = comparison(data, "qa")
+    assert (qa["candidate"], qa["baseline"], qa["n"]) == ("mistral-ft", "mistral-base", 10)
+    assert qa["candidate_accuracy"] == pytest.approx(0.9)
+    assert qa["baseline_accuracy"] == pytest.approx(0.7)
+    assert qa["improvement_abs"] == pytest.approx(0.2)
+    assert qa["improvement_rel"] == pytest.approx(0.2 / 0.7)
+    assert qa["decision"] == "GO"
+    # Differences are eight 0s and two 1s: sd = sqrt(1.6 / 9), t = 0.2 / (sd / sqrt(10)) = 1.5.
+    margin = 2.262157 * (1.6 / 9) ** 0.5 / 10**0.5  # t(0.975, 9 df) from the tables
+    assert qa["ci95_abs"] == pytest.approx([0.2 - margin, 0.2 + margin], abs=1e-5)
+    assert qa["p_value"] == pytest.approx(0.16785, abs=1e-4)  # 2 * P(T_9 > 1.5)
+
+    legal = comparison(data, "legal")  # task t09 halted on the candidate: paired over 9 tasks
+    assert legal["n"] == 9 and legal["tasks"] == 10
+    assert legal["candidate_accuracy"] == pytest.approx(mean(LEGAL_FT[:9]))
+    assert legal["baseline_accuracy"] == pytest.approx(mean(LEGAL_BASE[:9]))
+    assert legal["decision"] == "NO-GO"
+
+    pooled = comparison(data, "ALL")
+    assert pooled["n"] == 19
+    assert pooled["candidate_accuracy"] == pytest.approx(mean(QA_FT + LEGAL_FT[:9]))
+    assert pooled["baseline_accuracy"] == pytest.approx(mean(QA_BASE + LEGAL_BASE[:9]))
+    assert pooled["improvement_rel"] == pytest.approx((16 / 19 - 14 / 19) / (14 / 19))  # +14.3%
+    assert pooled["decision"] == "GO"
+    assert data["decision"] == {"overall": "GO", "by_agent": {"qa": "GO", "legal": "NO-GO"}}
+    assert data["min_improvement"] == 0.08
+    assert [(c["agent"], c["candidate"]) for c in data["comparisons"]] == [
+        ("qa", "mistral-ft"), ("legal", "mistral-ft"), ("ALL", "mistral-ft"),
+    ]  # the openai reference is not compared
+
+
+def test_backend_rows_counts_budget_and_warnings(mixed_run):
+    data = build(mixed_run)
+    ft = backend_row(data, "qa", "mistral-ft")
+    assert ft["model"] == "ft:open-mistral-7b:qa" and ft["role"] == "candidate"
+    assert (ft["n"], ft["ok"], ft["errors"]) == (10, 10, 0)
+    assert ft["accuracy"] == pytest.approx(0.9)
+    assert ft["latency_p50_ms"] == pytest.approx(550.0)  # linear interpolation between 500 and 600
+    assert ft["latency_p95_ms"] == pytest.approx(955.0)
+    assert (ft["input_tokens"], ft["output_tokens"]) == (1000, 200)
+    assert ft["cost_usd"] == pytest.approx(0.010)
+    assert ft["cost_per_request_usd"] == pytest.approx(0.001)
+
+    legal_openai = backend_row(data, "legal", "openai")
+    assert (legal_openai["n"], legal_openai["errors"]) == (8, 2)
+    assert legal_openai["accuracy"] == pytest.approx(mean(OPENAI[2:]))
+    assert legal_openai["cost_usd"] == pytest.approx(0.008)
+
+    assert data["counts"] == {"queued": 0, "running": 0, "ok": 57, "error": 2, "halted": 1}
+    assert data["complete"] is False and data["simulated"] is True and data["status"] == "completed"
+
+    cells = {(r["agent"], r["backend"], r["difficulty"]): r for r in data["by_difficulty"]}
+    easy = cells[("qa", "mistral-base", "easy")]
+    assert (easy["n"], easy["accuracy"]) == (4, pytest.approx(mean(QA_BASE[:4])))
+
+    budget = data["budget"]
+    assert budget["spent_usd"] == pytest.approx(8.0 + 57 * 0.001)
+    assert budget["run_cost_usd"] == pytest.approx(57 * 0.001) == budget["jobs_cost_usd"]
+    assert budget["level"] == "warning" and budget["limit_usd"] == 30.0
+    assert [e["kind"] for e in budget["events"]] == ["warning"]
+
+    warnings = "\n".join(data["warnings"])
+    assert "2 job(s) ended in error" in warnings and "legal/openai x2" in warnings
+    assert "1 job(s) halted" in warnings and "legal/mistral-ft x1" in warnings
+    assert "Simulated" in warnings
+    assert "ledger" not in warnings  # jobs and ledger agree
+
+
+def test_inconclusive_when_the_baseline_all_errored(db_url):
+    with Session(get_engine(db_url)) as session:
+        add_run(session, "run2", ["qa", "legal"], simulated=False)
+        add_jobs(session, "run2", "qa", "mistral-ft", QA_FT)
+        all_errors = dict.fromkeys(range(len(TASKS)), "error")
+        add_jobs(session, "run2", "qa", "mistral-base", QA_BASE, statuses=all_errors)
+        add_jobs(session, "run2", "legal", "mistral-ft", QA_FT)
+        add_jobs(session, "run2", "legal", "mistral-base", QA_BASE)
+        session.commit()
+    data = build(db_url, "run2")
+    qa = comparison(data, "qa")
+    assert qa["n"] == 0 and qa["candidate_accuracy"] is None and qa["decision"] == "INCONCLUSIVE"
+    assert data["decision"]["by_agent"] == {"qa": "INCONCLUSIVE", "legal": "GO"}
+    assert data["decision"]["overall"] == "INCONCLUSIVE"
+    assert data["simulated"] is False and data["complete"] is True
+    assert not any("Simulated" in w for w in data["warnings"])
+    assert any("no task answered ok by both" in w for w in data["warnings"])
+
+
+def test_a_verdict_exactly_on_the_threshold_is_go(db_url):
+    # (0.486 - 0.45) / 0.45 is 0.0799999... in floating point: still an 8% improvement.
+    with Session(get_engine(db_url)) as session:
+        add_run(session, "edge", ["qa"])
+        add_jobs(session, "edge", "qa", "mistral-ft", [0.486] * 10)
+        add_jobs(session, "edge", "qa", "mistral-base", [0.45] * 10)
+        session.commit()
+    qa = comparison(build(db_url, "edge"), "qa")
+    assert qa["improvement_rel"] == pytest.approx(0.08)
+    assert qa["decision"] == "GO"
+    assert qa["ci95_abs"] == pytest.approx([0.036, 0.036]) and qa["p_value"] == 0.0
+
+
+def test_unknown_run_and_in_flight_run(db_url):
+    with pytest.raises(KeyError, match="nope"):
+        build(db_url, "nope")
+    with Session(get_engine(db_url)) as session:
+        add_run(session, "live", ["qa"], status=RunStatus.running)
+        last_three_queued = {7: "queued", 8: "queued", 9: "queued"}
+        add_jobs(session, "live", "qa", "mistral-ft", QA_FT, statuses=last_three_queued)
+        session.commit()
+    with pytest.raises(ConfigError, match="--partial"):
+        build(db_url, "live")
+    data = build(db_url, "live", partial=True)
+    assert data["partial"] is True and data["complete"] is False
+    assert data["counts"]["queued"] == 3
+    assert any("still queued or running" in w for w in data["warnings"])
+    assert data["decision"]["overall"] == "INCONCLUSIVE"  # no baseline ran yet
+
+
+def test_generate_report_writes_the_files(mixed_run, tmp_path):
+    paths = generate_report("run1", database_url=mixed_run, reports_dir=tmp_path / "reports")
+    assert paths["md"] == tmp_path / "reports" / "run1" / "report.md"
+    assert all(p.is_file() for p in paths.values())
+    assert paths["latest"] == tmp_path / "reports" / LATEST_REPORT_NAME
+    markdown = paths["md"].read_text()
+    assert paths["latest"].read_text() == markdown
+
+    saved = json.loads(paths["json"].read_text())
+    assert saved["decision"]["by_agent"] == {"qa": "GO", "legal": "NO-GO"}
+    assert set(saved) >= {
+        "run_id", "simulated", "complete", "decision", "comparisons", "backends", "generated_at",
+        "suite", "status", "counts", "by_difficulty", "budget", "warnings", "min_improvement",
+    }
+    assert set(saved["comparisons"][0]) >= {
+        "agent", "candidate", "baseline", "n", "candidate_accuracy", "baseline_accuracy",
+        "improvement_rel", "improvement_abs", "ci95_abs", "p_value", "decision",
+    }
+
+    assert "# Fine-tuning quality report: run run1" in markdown
+    assert "SIMULATED" in markdown
+    assert "- qa: **GO**" in markdown and "- legal: **NO-GO**" in markdown
+    assert "at least 8% relative" in markdown
+    assert "\\<script>" in markdown  # cannot reach a markdown renderer as raw HTML
+
+    page = paths["html"].read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "SIMULATED" in page and 'class="go">GO<' in page
+    assert "http" not in page.split("<body>")[0].lower()  # no external assets in the head
+    assert not list((tmp_path / "reports").rglob("*.tmp"))
+
+
+def test_latest_copy_stays_with_the_newest_run(db_url, tmp_path):
+    with Session(get_engine(db_url)) as session:
+        add_run(session, "old", ["qa"], created_at=utcnow() - timedelta(days=1))
+        add_run(session, "new", ["qa"])
+        for run_id in ("old", "new"):
+            add_jobs(session, run_id, "qa", "mistral-ft", QA_FT)
+            add_jobs(session, run_id, "qa", "mistral-base", QA_BASE)
+        session.commit()
+    reports = tmp_path / "reports"
+    generate_report("old", database_url=db_url, reports_dir=reports)
+    assert "run old" in (reports / LATEST_REPORT_NAME).read_text()
+    generate_report("new", database_url=db_url, reports_dir=reports)
+    generate_report("old", database_url=db_url, reports_dir=reports)  # a rebuild of the older run
+    latest = (reports / LATEST_REPORT_NAME).read_text()
+    assert "run new" in latest and latest == (reports / "new" / "report.md").read_text()
+
+
+def test_write_report_renders_hostile_names(tmp_path, mixed_run):
+    data = build(mixed_run)
+    data["decision"]["by_agent"]["<b>x</b>|y"] = "GO"
+    paths = write_report(data, tmp_path)
+    page = paths["html"].read_text()
+    assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;|y" in page
+    assert "\\<b>x\\</b>\\|y" in paths["md"].read_text()
