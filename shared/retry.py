@@ -1,0 +1,159 @@
+"""Retry policy for provider calls, and the rate-limit headers providers send.
+
+Backoff uses *full jitter* (AWS, "Exponential Backoff and Jitter"): a delay drawn uniformly from
+[0, min(cap, base * 2**attempt)]. It spreads retries of many workers best for the least total
+wait. When the server says how long to wait (retry-after), that wins over the exponential
+schedule and over `cap` — the server knows its own bucket — up to MAX_RETRY_AFTER_S, with a
+little jitter on top so the workers it turned away do not all come back in the same instant.
+
+Header formats read here (case-insensitive):
+- `retry-after-ms` (milliseconds), `retry-after` (seconds, or an HTTP date);
+- OpenAI / Mistral: `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, resets written
+  as Go durations ("1s", "6m0s", "250ms");
+- Anthropic: `anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}`,
+  resets as RFC 3339 timestamps.
+Garbled values are ignored, never raised: a header is advice, not a contract.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+
+MAX_RETRY_AFTER_S = 600.0
+# Jitter added to a server-given wait: a tenth of it, kept between 0.1 s and 2 s.
+RETRY_AFTER_JITTER_FRACTION = 0.1
+RETRY_AFTER_JITTER_MIN_S = 0.1
+RETRY_AFTER_JITTER_MAX_S = 2.0
+MAX_EXPONENT = 62  # 2.0**62 is finite; beyond it the cap has long since won
+
+QUOTA_DIMENSIONS: tuple[str, ...] = ("requests", "tokens", "input-tokens", "output-tokens")
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|us|µs|ns|h|m|s))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    retry_after: float | None,
+    base: float,
+    cap: float,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds to wait before retry number `attempt` (0 for the first retry)."""
+    draw = (rng or random).uniform
+    if retry_after is not None and math.isfinite(retry_after):
+        wait = min(max(retry_after, 0.0), MAX_RETRY_AFTER_S)
+        spread = min(max(wait * RETRY_AFTER_JITTER_FRACTION, RETRY_AFTER_JITTER_MIN_S), RETRY_AFTER_JITTER_MAX_S)
+        return wait + draw(0.0, spread)
+    ceiling = min(cap, base * 2.0 ** min(max(attempt, 0), MAX_EXPONENT))
+    return draw(0.0, max(ceiling, 0.0))
+
+
+@dataclass(frozen=True)
+class Quota:
+    """One dimension of a provider's limit, as a response's headers state it."""
+
+    limit: int | None
+    remaining: int | None
+    reset_s: float | None  # seconds until the provider's bucket is full again
+
+    def seconds_until_available(self) -> float | None:
+        """How long until the provider has capacity again, if it says it has none left.
+
+        Both OpenAI and Anthropic document `reset` as the time until the bucket is *fully*
+        replenished; a bucket refilling from 0 to `limit` in `reset_s` has one unit again after
+        reset_s / limit. Without the limit, the whole reset is the only safe reading."""
+        if self.remaining != 0 or self.reset_s is None:
+            return None
+        if self.limit:
+            return self.reset_s / self.limit
+        return self.reset_s
+
+
+def quotas_from_headers(headers: Mapping[str, str] | None) -> dict[str, Quota]:
+    """The provider's view of its limits, by dimension ("requests", "tokens", ...)."""
+    lowered = _lowered(headers)
+    quotas: dict[str, Quota] = {}
+    for dim in QUOTA_DIMENSIONS:
+        for prefix, fields in (
+            ("x-ratelimit-", (f"limit-{dim}", f"remaining-{dim}", f"reset-{dim}")),
+            ("anthropic-ratelimit-", (f"{dim}-limit", f"{dim}-remaining", f"{dim}-reset")),
+        ):
+            limit, remaining, reset = (lowered.get(prefix + name) for name in fields)
+            quota = Quota(_count(limit), _count(remaining), seconds_from_now(reset))
+            if quota != Quota(None, None, None):
+                quotas[dim] = quota
+                break
+    return quotas
+
+
+def retry_after_from_headers(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds the server asked us to wait, or None if it did not say.
+
+    Falls back to the reset of an exhausted limit (remaining == 0): on a 429 that is the
+    dimension that refused us. On a success no dimension is usually exhausted, so the
+    fallback stays silent there."""
+    lowered = _lowered(headers)
+    millis = _number(lowered.get("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000.0
+    seconds = seconds_from_now(lowered.get("retry-after"))
+    if seconds is not None:
+        return seconds
+    waits = [w for q in quotas_from_headers(lowered).values() if (w := q.seconds_until_available()) is not None]
+    return max(waits, default=None)
+
+
+def seconds_from_now(value: str | None, now: datetime | None = None) -> float | None:
+    """A wait written as seconds ("1.5"), a Go duration ("6m0s", "250ms"), an RFC 3339
+    timestamp or an HTTP date; None when absent or unreadable. Past times give 0."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text:
+        return None
+    seconds = _number(text)
+    if seconds is not None:
+        return seconds
+    if _DURATION.fullmatch(text):
+        return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
+    moment = _timestamp(text)
+    if moment is None:
+        return None
+    return max((moment - (now or datetime.now(timezone.utc))).total_seconds(), 0.0)
+
+
+def _timestamp(text: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        try:
+            moment = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _lowered(headers: Mapping[str, str] | None) -> dict[str, str]:
+    return {str(k).lower(): str(v) for k, v in (headers or {}).items()}
+
+
+def _number(value: str | None) -> float | None:
+    """A finite, non-negative number, else None."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _count(value: str | None) -> int | None:
+    number = _number(value)
+    return int(number) if number is not None else None

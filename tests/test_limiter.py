@@ -1,0 +1,288 @@
+"""The global limiter against real Redis (db 11, flushed per test).
+
+`python -m tests.test_limiter` runs a micro-benchmark instead: acquire+release per second.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+import redis
+
+from shared.config import Settings
+from shared.limiter import IN_FLIGHT_POLL_S, Permit, RateLimiter
+
+REDIS_URL = "redis://127.0.0.1:6379/11"
+
+
+@pytest.fixture
+def r() -> redis.Redis:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def make_limiter(r: redis.Redis, tmp_path, monkeypatch):
+    """A limiter whose settings hold only the limits a test gives (not the shipped TOML's)."""
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    monkeypatch.setenv("GENESIS_CONFIG", str(empty))
+
+    def build(limits: dict[str, dict[str, Any]], **kwargs: Any) -> RateLimiter:
+        return RateLimiter(r, Settings(limits=limits), **kwargs)
+
+    return build
+
+
+def test_burst_equals_limit_then_one_per_interval(make_limiter) -> None:
+    limiter = make_limiter({"openai": {"rpm": 60}})
+    granted = [limiter.acquire("openai", "gpt-4o-mini", 10) for _ in range(60)]
+    assert all(isinstance(p, Permit) for p in granted)
+
+    wait = limiter.acquire("openai", "gpt-4o-mini", 10)
+    assert isinstance(wait, float)
+    assert 0.8 < wait <= 1.0
+
+    time.sleep(wait)
+    assert isinstance(limiter.acquire("openai", "gpt-4o-mini", 10), Permit)
+    assert isinstance(limiter.acquire("openai", "gpt-4o-mini", 10), float)
+
+
+def test_tokens_are_weighted_and_refunded(make_limiter) -> None:
+    limiter = make_limiter({"mistral": {"tpm": 1000}})
+    first = limiter.acquire("mistral", "m", 600)
+    assert isinstance(first, Permit) and first.tokens == 600
+
+    # 400 left, 600 needed: 200 tokens at 1000/min take 12 s to refill
+    wait = limiter.acquire("mistral", "m", 600)
+    assert isinstance(wait, float)
+    assert 11.8 < wait <= 12.0
+
+    limiter.release(first, actual_tokens=100)  # 500 refunded: 900 available
+    assert isinstance(limiter.acquire("mistral", "m", 600), Permit)
+
+
+def test_using_more_than_estimated_charges_the_difference(make_limiter) -> None:
+    limiter = make_limiter({"mistral": {"tpm": 1000}})
+    permit = limiter.acquire("mistral", "m", 100)
+    assert isinstance(permit, Permit)
+    assert isinstance(limiter.acquire("mistral", "m", 500), Permit)  # 400 left
+    limiter.release(permit, actual_tokens=400)  # 300 more: 100 left
+
+    wait = limiter.acquire("mistral", "m", 300)
+    assert isinstance(wait, float)
+    assert 11.8 < wait <= 12.0  # 200 tokens short
+
+
+def test_request_larger_than_the_bucket_is_charged_as_a_full_bucket(make_limiter) -> None:
+    limiter = make_limiter({"mistral": {"tpm": 1000}})
+    permit = limiter.acquire("mistral", "m", 5000)
+    assert isinstance(permit, Permit) and permit.tokens == 1000
+    wait = limiter.acquire("mistral", "m", 5000)
+    assert isinstance(wait, float) and 59.5 < wait <= 60.0
+
+
+def _hammer(limit: dict[str, Any], config: str, start: Any, seconds: float, out: Any) -> None:
+    """One worker process: acquire as fast as possible until the deadline, report grant times."""
+    import os
+
+    os.environ["GENESIS_CONFIG"] = config
+    client = redis.Redis.from_url(REDIS_URL)
+    limiter = RateLimiter(client, Settings(limits={"openai": limit}))
+    start.wait()
+    deadline = time.time() + seconds
+    grants: list[float] = []
+    while time.time() < deadline:
+        result = limiter.acquire("openai", "gpt-4o-mini", 1)
+        if isinstance(result, Permit):
+            grants.append(time.time())
+        else:
+            time.sleep(min(result, 0.01))
+    out.put(grants)
+
+
+def test_limit_is_shared_across_processes(make_limiter, tmp_path) -> None:
+    make_limiter({})  # only for the empty config it writes
+    ctx = multiprocessing.get_context("spawn")  # fork would copy other tests' threads and locks
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(daemon=True, target=_hammer, args=({"rpm": 120}, str(tmp_path / "empty.toml"), start, 3.0, out))
+        for _ in range(3)
+    ]
+    for p in procs:
+        p.start()
+    start.set()
+    grants = sorted(t for _ in procs for t in out.get(timeout=20))
+    for p in procs:
+        p.join(timeout=10)
+
+    elapsed = grants[-1] - grants[0]
+    assert len(grants) <= 120 + 2 * elapsed + 1
+    assert len(grants) >= 120 + 2 * 3.0 - 2
+    assert sum(1 for t in grants if t - grants[0] < 0.5) >= 120  # the burst came at once
+
+
+def test_in_flight_cap_and_release(make_limiter) -> None:
+    limiter = make_limiter({"anthropic": {"max_in_flight": 2}})
+    a = limiter.acquire("anthropic", "claude", 1)
+    b = limiter.acquire("anthropic", "claude", 1)
+    assert isinstance(a, Permit) and isinstance(b, Permit) and a.slot_id != b.slot_id
+
+    wait = limiter.acquire("anthropic", "claude", 1)
+    assert isinstance(wait, float) and 0 < wait <= IN_FLIGHT_POLL_S
+
+    limiter.release(a)
+    assert isinstance(limiter.acquire("anthropic", "claude", 1), Permit)
+    assert isinstance(limiter.acquire("anthropic", "claude", 1), float)
+
+
+def test_expired_lease_is_reclaimed(make_limiter) -> None:
+    limiter = make_limiter({"anthropic": {"max_in_flight": 1}}, lease_s=0.3)
+    assert isinstance(limiter.acquire("anthropic", "claude", 1), Permit)  # never released: the worker "died"
+    assert isinstance(limiter.acquire("anthropic", "claude", 1), float)
+    time.sleep(0.35)
+    assert isinstance(limiter.acquire("anthropic", "claude", 1), Permit)
+
+
+def test_block_makes_every_limiter_wait(make_limiter) -> None:
+    limiter = make_limiter({"openai": {"rpm": 600}})
+    other_worker = make_limiter({"openai": {"rpm": 600}})
+    limiter.block("openai", "gpt-4o-mini", 2.0)
+    limiter.block("openai", "gpt-4o-mini", 0.5)  # a shorter block does not shorten the longer one
+
+    wait = other_worker.acquire("openai", "gpt-4o-mini", 1)
+    assert isinstance(wait, float) and 1.9 <= wait <= 2.0
+
+
+def test_block_applies_even_without_configured_limits(make_limiter) -> None:
+    limiter = make_limiter({})
+    limiter.block("openai", "gpt-4o-mini", 1.0)
+    wait = limiter.acquire("openai", "gpt-4o-mini", 1)
+    assert isinstance(wait, float) and 0.9 <= wait <= 1.0
+
+
+def test_observe_blocks_while_the_provider_has_nothing_left(make_limiter) -> None:
+    limiter = make_limiter({"openai": {"rpm": 600}})
+    limiter.observe("openai", "gpt-4o-mini", {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1.5s"})
+    wait = limiter.acquire("openai", "gpt-4o-mini", 1)
+    assert isinstance(wait, float) and 1.4 <= wait <= 1.5
+
+
+def test_observe_with_known_limit_waits_for_one_unit_not_a_full_refill(make_limiter) -> None:
+    # The provider's bucket of 60/min is empty and full again in 60 s: one request is back in 1 s.
+    limiter = make_limiter({"openai": {"rpm": 60}})
+    limiter.observe(
+        "openai",
+        "gpt-4o-mini",
+        {"X-RateLimit-Limit-Requests": "60", "X-RateLimit-Remaining-Requests": "0", "X-RateLimit-Reset-Requests": "1m0s"},
+    )
+    wait = limiter.acquire("openai", "gpt-4o-mini", 1)
+    assert isinstance(wait, float) and 0.9 <= wait <= 1.0
+
+
+def test_observe_reads_anthropic_rfc3339_resets(make_limiter) -> None:
+    limiter = make_limiter({"anthropic": {"rpm": 50}})
+    reset = (datetime.now(timezone.utc) + timedelta(seconds=2)).isoformat()
+    limiter.observe(
+        "anthropic", "claude", {"anthropic-ratelimit-requests-remaining": "0", "anthropic-ratelimit-requests-reset": reset}
+    )
+    wait = limiter.acquire("anthropic", "claude", 1)
+    assert isinstance(wait, float) and 1.8 <= wait <= 2.0
+
+
+def test_observe_lowers_our_bucket_to_the_providers_remaining(make_limiter) -> None:
+    limiter = make_limiter({"openai": {"rpm": 60, "tpm": 6000}})
+    limiter.observe("openai", "gpt-4o-mini", {"x-ratelimit-remaining-requests": "5", "x-ratelimit-remaining-tokens": "50000"})
+    assert all(isinstance(limiter.acquire("openai", "gpt-4o-mini", 1), Permit) for _ in range(5))
+    assert isinstance(limiter.acquire("openai", "gpt-4o-mini", 1), float)
+
+    # a provider that reports more than we have left does not raise our bucket
+    limiter.observe("openai", "gpt-4o-mini", {"x-ratelimit-remaining-requests": "59"})
+    assert isinstance(limiter.acquire("openai", "gpt-4o-mini", 1), float)
+
+
+def test_observe_lowers_tokens_too(make_limiter) -> None:
+    limiter = make_limiter({"mistral": {"tpm": 1000}})
+    limiter.observe("mistral", "m", {"x-ratelimit-remaining-tokens": "100", "x-ratelimit-reset-tokens": "54s"})
+    assert isinstance(limiter.acquire("mistral", "m", 100), Permit)
+    wait = limiter.acquire("mistral", "m", 100)
+    assert isinstance(wait, float) and 5.8 < wait <= 6.0
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"x-ratelimit-remaining-requests": "lots", "x-ratelimit-reset-requests": "soon"},
+        {"x-ratelimit-remaining-requests": "-3", "x-ratelimit-reset-requests": "1x2y"},
+        {"anthropic-ratelimit-requests-remaining": "zero", "anthropic-ratelimit-requests-reset": "not-a-date"},
+        {"x-ratelimit-remaining-tokens": "nan", "retry-after": "\x00"},
+    ],
+)
+def test_garbled_headers_change_nothing(make_limiter, headers) -> None:
+    limiter = make_limiter({"openai": {"rpm": 2}})
+    limiter.observe("openai", "gpt-4o-mini", headers)
+    assert isinstance(limiter.acquire("openai", "gpt-4o-mini", 1), Permit)
+    assert isinstance(limiter.acquire("openai", "gpt-4o-mini", 1), Permit)
+
+
+def test_providers_and_models_have_separate_buckets(make_limiter) -> None:
+    limiter = make_limiter({"anthropic": {"rpm": 3}, "openai": {"rpm": 3}})
+    for _ in range(3):
+        assert isinstance(limiter.acquire("anthropic", "claude", 1), Permit)
+    limiter.block("anthropic", "claude", 30)
+    assert isinstance(limiter.acquire("anthropic", "claude", 1), float)
+
+    assert all(isinstance(limiter.acquire("openai", "gpt-4o-mini", 1), Permit) for _ in range(3))
+    assert isinstance(limiter.acquire("anthropic", "other-claude", 1), Permit)
+
+
+def test_model_override_merges_over_provider_limits(make_limiter) -> None:
+    limiter = make_limiter({"mistral": {"rpm": 5, "max_in_flight": 10}, "mistral:ft:small": {"rpm": 2}})
+    assert all(isinstance(limiter.acquire("mistral", "ft:small", 1), Permit) for _ in range(2))
+    assert isinstance(limiter.acquire("mistral", "ft:small", 1), float)
+    assert all(isinstance(limiter.acquire("mistral", "open-mistral-7b", 1), Permit) for _ in range(5))
+    assert isinstance(limiter.acquire("mistral", "open-mistral-7b", 1), float)
+
+
+def test_unlimited_costs_no_state(make_limiter, r) -> None:
+    limiter = make_limiter({})
+    permit = limiter.acquire("openai", "gpt-4o-mini", 10**9)
+    assert isinstance(permit, Permit) and permit.slot_id is None
+    limiter.release(permit, actual_tokens=5)
+    limiter.observe("openai", "gpt-4o-mini", {"x-ratelimit-remaining-requests": "3"})
+    assert r.dbsize() == 0
+
+
+def test_bucket_keys_expire_once_they_no_longer_matter(make_limiter, r) -> None:
+    limiter = make_limiter({"openai": {"rpm": 600, "max_in_flight": 4}})
+    permit = limiter.acquire("openai", "gpt-4o-mini", 1)
+    assert isinstance(permit, Permit)
+    ttls = [r.pttl(key) for key in r.keys("*")]
+    assert len(ttls) == 2 and all(0 < ttl <= 100_000 for ttl in ttls)
+
+
+def _benchmark(seconds: float = 3.0) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    settings = Settings(limits={"openai": {"rpm": 10**9, "tpm": 10**12, "max_in_flight": 1000}})
+    limiter = RateLimiter(client, settings)
+    done, deadline = 0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        permit = limiter.acquire("openai", "gpt-4o-mini", 500)
+        assert isinstance(permit, Permit)
+        limiter.release(permit, actual_tokens=300)
+        done += 1
+    client.flushdb()
+    print(f"{done / seconds:,.0f} acquire+release pairs/s (rpm, tpm and in-flight all limited)")
+
+
+if __name__ == "__main__":
+    _benchmark()
