@@ -1,0 +1,210 @@
+"""`producer budget`: status, the cost dashboard, manual ledger entries and lifting a halt.
+
+Bad input (a zero limit, a negative cost, thresholds out of order in the config) is one line on
+stderr and exit code 2, like every producer command.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import ColumnElement
+from sqlmodel import Session, col, func, select
+
+from shared.budget import BudgetGuard
+from shared.config import ConfigError, get_settings
+from shared.db import migrate, session_scope
+from shared.models import BudgetEvent, CostEntry
+
+budget_app = typer.Typer(
+    help="Spend, limit and level of the budget; the cost ledger; lifting a halt.",
+    invoke_without_command=True,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+STATUS_KEYS = ("limit_usd", "spent_usd", "reserved_usd", "level", "halted")
+LEVEL_STYLE = {"ok": "green", "warning": "yellow", "critical": "red", "emergency": "bold red"}
+
+
+@contextmanager
+def _bad_input_exits() -> Iterator[None]:
+    try:
+        yield
+    except ConfigError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _guard() -> BudgetGuard:
+    settings = get_settings()
+    migrate(settings.database_url)
+    return BudgetGuard.from_settings(settings)
+
+
+def _emit_json(payload: Any) -> None:
+    sys.stdout.write(json.dumps(payload) + "\n")
+
+
+@budget_app.callback()
+def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Spend, limit, % used, level (ok / warning / critical / emergency), halted or not."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with _bad_input_exits():
+        state = _guard().status()
+    if as_json:
+        _emit_json({key: state[key] for key in STATUS_KEYS} | {
+            "emergency_usd": state["emergency_usd"], "remaining_usd": state["remaining_usd"],
+        })
+        return
+    table = Table(title="budget")
+    for column in ("limit", "spent", "used", "reserved", "remaining", "level", "halted"):
+        table.add_column(column)
+    style = LEVEL_STYLE[state["level"]]
+    table.add_row(
+        f"${state['limit_usd']:.2f}", f"${state['spent_usd']:.4f}", f"{_used(state):.1%}",
+        f"${state['reserved_usd']:.4f}", f"${state['remaining_usd']:.4f}",
+        f"[{style}]{state['level']}[/{style}]", "[bold red]HALTED[/bold red]" if state["halted"] else "no",
+    )
+    console.print(table)
+
+
+@budget_app.command()
+def report(as_json: JsonOpt = False) -> None:
+    """Write reports/cost_dashboard.md: spend by agent, backend, operation and day, and the events."""
+    with _bad_input_exits():
+        guard = _guard()
+        path = Path(guard.settings.reports_dir) / "cost_dashboard.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render_dashboard(guard))
+    if as_json:
+        _emit_json({"path": str(path)})
+    else:
+        console.print(str(path))
+
+
+@budget_app.command("log")
+def log_entry(
+    operation: Annotated[str, typer.Option(help="inference, judge, manual, ... (one word).")],
+    cost: Annotated[float, typer.Option(help="Cost in USD (>= 0).")],
+    agent: Annotated[Optional[str], typer.Option(help="The agent it was spent for.")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="The backend it was spent on.")] = None,
+    note: Annotated[str, typer.Option(help="Why (kept in the log line).")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Add a manual ledger entry (spend made outside the workers)."""
+    with _bad_input_exits():
+        guard = _guard()
+        entry = guard.log_manual(agent=agent, operation=operation, cost_usd=cost, backend=backend, note=note)
+        state = guard.status()
+        if state["halted"] and guard.halt(run_id=None, reason=f"manual entry {entry.id} passed the emergency threshold"):
+            _stop_provider_consumers()
+    if as_json:
+        _emit_json({"id": entry.id, "cost_usd": entry.cost_usd, **{key: state[key] for key in STATUS_KEYS}})
+    else:
+        console.print(f"ledger entry {entry.id}: ${entry.cost_usd:.4f} {entry.operation}; "
+                      f"spent ${state['spent_usd']:.4f} of ${state['limit_usd']:.2f} ({state['level']})")
+
+
+@budget_app.command()
+def resume(
+    limit: Annotated[Optional[float], typer.Option("--limit", help="A new budget limit in USD (> 0).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Lift the halt (optionally raising the limit) and let the workers consume the provider queues again."""
+    with _bad_input_exits():
+        guard = _guard()
+        guard.resume(limit_usd=limit)
+        state = guard.status()
+    _restore_provider_consumers()
+    if as_json:
+        _emit_json({key: state[key] for key in STATUS_KEYS})
+    else:
+        console.print(f"budget resumed: limit ${state['limit_usd']:.2f}, spent ${state['spent_usd']:.4f} "
+                      f"({state['level']}); provider queues restored. Finish a run with: producer resume RUN_ID")
+
+
+def _stop_provider_consumers() -> None:
+    from worker.app import app  # lazily: the CLI must not build the Celery app for every command
+    from worker.halt import stop_provider_consumers
+
+    stop_provider_consumers(app)
+
+
+def _restore_provider_consumers() -> None:
+    from worker.app import app
+    from worker.halt import restore_provider_consumers
+
+    restore_provider_consumers(app)
+
+
+# --- the dashboard ----------------------------------------------------------------------
+
+
+def render_dashboard(guard: BudgetGuard) -> str:
+    state = guard.status()
+    with session_scope(guard.database_url) as session:
+        sections = [
+            ("agent", _spend_by(session, col(CostEntry.agent))),
+            ("backend", _spend_by(session, col(CostEntry.backend))),
+            ("operation", _spend_by(session, col(CostEntry.operation))),
+            ("day", _spend_by(session, func.date(CostEntry.at), chronological=True)),
+        ]
+        events = session.exec(select(BudgetEvent).order_by(col(BudgetEvent.id))).all()
+    lines = [
+        "# Cost dashboard",
+        "",
+        f"_Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} from the SQL ledger._",
+        "",
+        "## Budget",
+        "",
+        "| limit USD | spent USD | used | reserved USD | emergency at USD | level | halted |",
+        "|---:|---:|---:|---:|---:|---|---|",
+        f"| {state['limit_usd']:.2f} | {state['spent_usd']:.4f} | {_used(state):.1%} | {state['reserved_usd']:.4f} "
+        f"| {state['emergency_usd']:.2f} | **{state['level']}** | {'yes' if state['halted'] else 'no'} |",
+    ]
+    for name, rows in sections:
+        lines += ["", f"## Spend by {name}", "", f"| {name} | entries | input tokens | output tokens | cost USD |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {key} | {n} | {tin} | {tout} | {cost:.4f} |" for key, n, tin, tout, cost in rows]
+        if not rows:
+            lines.append("| (no spend yet) | 0 | 0 | 0 | 0.0000 |")
+    lines += ["", "## Budget events", ""]
+    if events:
+        lines += ["| at (UTC) | kind | level | spent USD | limit USD | run | message |", "|---|---|---|---:|---:|---|---|"]
+        lines += [
+            f"| {e.at.isoformat(timespec='seconds')} | {e.kind} | {e.level} | {e.spent_usd:.4f} | {e.limit_usd:.2f} "
+            f"| {e.run_id or ''} | {e.message.replace('|', '/')} |"
+            for e in events
+        ]
+    else:
+        lines.append("No threshold crossed, no halt.")
+    return "\n".join(lines) + "\n"
+
+
+def _spend_by(
+    session: Session, key: ColumnElement, *, chronological: bool = False
+) -> list[tuple[str, int, int, int, float]]:
+    """Biggest spenders first; days in calendar order."""
+    total = func.sum(CostEntry.cost_usd)
+    rows = session.exec(
+        select(key, func.count(), func.sum(CostEntry.input_tokens), func.sum(CostEntry.output_tokens), total)
+        .group_by(key)
+        .order_by(key if chronological else total.desc())
+    ).all()
+    return [(str(k) if k is not None else "(none)", n, tin or 0, tout or 0, cost or 0.0) for k, n, tin, tout, cost in rows]
+
+
+def _used(state: dict[str, Any]) -> float:
+    return state["spent_usd"] / state["limit_usd"]
