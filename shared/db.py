@@ -32,12 +32,17 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30)
 
 
-@lru_cache(maxsize=8)
 def get_engine(url: str | None = None) -> Engine:
+    """One engine per URL per process; None means the configured database."""
     if url is None:
         from shared.config import get_settings
 
         url = get_settings().database_url
+    return _engine_for(url)
+
+
+@lru_cache(maxsize=8)
+def _engine_for(url: str) -> Engine:
     return make_engine(url)
 
 

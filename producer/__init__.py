@@ -1,0 +1,1 @@
+"""Producer side: validates input, records runs in SQL, enqueues chords, shows progress."""

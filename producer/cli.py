@@ -1,0 +1,301 @@
+"""`producer`: submit runs, watch them, (re)build reports, resume and cancel; budget and
+simulator sub-commands. Exit codes: 0 ok, 1 a failed run or check, 2 bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import func
+from sqlmodel import select
+
+from producer import submit as submitting
+from shared.config import ConfigError, get_settings
+from shared.db import migrate, session_scope
+from shared.models import CostEntry, Job, JobStatus, Run, RunStatus
+
+app = typer.Typer(help="genesis-bench producer: benchmark LLM agents across providers.", no_args_is_help=True)
+console = Console()
+err_console = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+FINAL_RUN_STATUSES = {RunStatus.completed, RunStatus.cancelled}
+
+
+def _emit_json(payload: Any) -> None:
+    sys.stdout.write(json.dumps(payload, default=str) + "\n")
+
+
+def _bad_input(message: str) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+# --- submit -----------------------------------------------------------------------------------
+
+
+@app.command()
+def submit(
+    all_agents: Annotated[bool, typer.Option("--all-agents", help="Every agent in the config.")] = False,
+    agent: Annotated[Optional[list[str]], typer.Option("--agent", help="An agent (repeatable).")] = None,
+    backend: Annotated[Optional[list[str]], typer.Option("--backend", help="A backend (repeatable); default: all enabled.")] = None,
+    suite: Annotated[Optional[str], typer.Option(help="Suite name or folder (default from config).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="First N tasks per agent (smoke runs).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and estimate cost; enqueue nothing.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Show progress until the report exists.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Enqueue one job per (agent, task, backend) and print the run id."""
+    try:
+        settings = get_settings()
+        selection = submitting.select_work(
+            settings, agents=agent or [], all_agents=all_agents, backends=backend or [], suite=suite, limit=limit
+        )
+        if dry_run:
+            _dry_run(settings, selection, as_json)
+            return
+        run_id, jobs = submitting.record_run(settings, selection)
+    except ConfigError as exc:
+        raise _bad_input(str(exc)) from None
+    try:
+        submitting.enqueue(run_id, jobs)
+    except Exception as exc:  # noqa: BLE001 - broker down: the run is recorded and resumable
+        err_console.print(f"[red]error:[/red] could not enqueue run {run_id} ({exc}); "
+                          f"once the broker answers: producer resume {run_id}")
+        raise typer.Exit(1) from None
+    if as_json and not wait:
+        _emit_json({"run_id": run_id, "jobs": len(jobs)})
+        return
+    if not as_json:
+        console.print(f"run [bold]{run_id}[/bold]: {len(jobs)} jobs enqueued "
+                      f"({len(selection.agents)} agents × {len(selection.backends)} backends)")
+    if wait:
+        final = _wait_for_report(run_id, quiet=as_json)
+        if as_json:
+            _emit_json({"run_id": run_id, "jobs": len(jobs), **final})
+        raise typer.Exit(0 if final["status"] == RunStatus.completed else 1)
+
+
+def _budget_guard(settings):
+    from shared.budget import BudgetGuard
+
+    return BudgetGuard.from_settings(settings)
+
+
+def _dry_run(settings, selection, as_json: bool) -> None:
+    from shared.budget import estimate_run_cost
+
+    estimate = estimate_run_cost(settings, selection.suite, selection.agents, selection.backends, selection.limit)
+    try:
+        remaining = _budget_guard(settings).status()["remaining_usd"]
+        estimate["remaining_usd"] = remaining
+        estimate["within_budget"] = estimate["estimated_cost_usd"] <= remaining
+    except Exception:  # noqa: BLE001 - Redis not running: estimate against the configured limit
+        pass
+    if as_json:
+        _emit_json(estimate)
+        return
+    table = Table(title=f"dry run: {estimate['jobs']} jobs (worst case: every answer uses max_tokens)")
+    for column in ("backend", "jobs", "input tokens", "output tokens", "cost USD"):
+        table.add_column(column, justify="right" if column != "backend" else "left")
+    for name, row in estimate["by_backend"].items():
+        table.add_row(name, str(row["jobs"]), str(row["input_tokens"]), str(row["output_tokens"]), f"{row['cost_usd']:.4f}")
+    console.print(table)
+    fits = "fits" if estimate["within_budget"] else "does NOT fit"
+    console.print(f"estimated ≤ ${estimate['estimated_cost_usd']:.4f}; {fits} the remaining budget "
+                  f"(${estimate['remaining_usd']:.2f}). Nothing was enqueued.")
+
+
+def _wait_for_report(run_id: str, *, quiet: bool) -> dict[str, Any]:
+    """Progress bars from SQL until the run is final and its report is written (or it halts)."""
+    progress = Progress(
+        TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console, disable=quiet,
+    )
+    bars: dict[str, int] = {}
+    with progress:
+        while True:
+            snapshot = run_snapshot(run_id)
+            for name, row in snapshot["by_backend"].items():
+                done = row.get("ok", 0) + row.get("error", 0) + row.get("halted", 0)
+                detail = f"ok {row.get('ok', 0)} err {row.get('error', 0)} halted {row.get('halted', 0)}"
+                if name not in bars:
+                    bars[name] = progress.add_task(name, total=sum(row.values()), detail=detail)
+                progress.update(bars[name], completed=done, detail=detail)
+            status, report = snapshot["status"], snapshot["report"]
+            if (status in FINAL_RUN_STATUSES and report) or (status == RunStatus.halted and not snapshot["active"]):
+                break
+            time.sleep(0.5)
+    if not quiet:
+        if snapshot["status"] == RunStatus.halted:
+            console.print(f"[yellow]run {run_id} halted by the budget guard[/yellow]: "
+                          f"`producer budget resume [--limit USD]`, then `producer resume {run_id}`")
+        console.print(f"report: {snapshot['report']}")
+    return {"status": snapshot["status"], "report": snapshot["report"]}
+
+
+# --- status, runs, report ----------------------------------------------------------------------
+
+
+def run_snapshot(run_id: str) -> dict[str, Any]:
+    with session_scope() as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            raise ConfigError(f"unknown run {run_id!r}")
+        rows = session.exec(
+            select(Job.backend, Job.status, func.count()).where(Job.run_id == run_id).group_by(Job.backend, Job.status)
+        ).all()
+        spent = session.exec(select(func.coalesce(func.sum(CostEntry.cost_usd), 0.0)).where(CostEntry.run_id == run_id)).one()
+        first_start, last_finish = session.exec(
+            select(func.min(Job.started_at), func.max(Job.finished_at)).where(Job.run_id == run_id)
+        ).one()
+        run_status, created, total = run.status, run.created_at, run.total_jobs
+        report = run.report_path if run.report_path and Path(run.report_path).exists() else None
+    by_status = {s.value: 0 for s in JobStatus}
+    by_backend: dict[str, dict[str, int]] = {}
+    for backend, status, n in rows:
+        by_status[status] = by_status.get(status, 0) + n
+        by_backend.setdefault(backend, {})[status] = n
+    finished = by_status["ok"] + by_status["error"]
+    elapsed = ((last_finish or created) - (first_start or created)).total_seconds() if first_start else 0.0
+    rate = finished / elapsed if elapsed > 0 else 0.0
+    remaining = by_status["queued"] + by_status["running"]
+    return {
+        "run_id": run_id, "status": run_status, "total": total, "by_status": by_status, "by_backend": by_backend,
+        "spent_usd": round(float(spent), 6), "report": report, "jobs_per_s": round(rate, 2),
+        "eta_s": round(remaining / rate, 1) if rate and remaining else None, "active": remaining > 0,
+    }
+
+
+@app.command()
+def status(
+    run_id: str,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh until the run is final.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Jobs by status and backend, spend, rate, ETA."""
+    try:
+        snapshot = run_snapshot(run_id)
+        if watch and not as_json:
+            snapshot = {**snapshot, **_wait_for_report(run_id, quiet=False)}
+    except ConfigError as exc:
+        raise _bad_input(str(exc)) from None
+    if as_json:
+        _emit_json({k: v for k, v in snapshot.items() if k != "active"})
+        return
+    table = Table(title=f"run {run_id}: {snapshot['status']}")
+    statuses = [s.value for s in JobStatus]
+    table.add_column("backend")
+    for s in statuses:
+        table.add_column(s, justify="right")
+    for name, row in sorted(snapshot["by_backend"].items()):
+        table.add_row(name, *(str(row.get(s, 0)) for s in statuses))
+    table.add_row("[bold]total[/bold]", *(str(snapshot["by_status"].get(s, 0)) for s in statuses))
+    console.print(table)
+    eta = f", ETA {snapshot['eta_s']} s" if snapshot["eta_s"] else ""
+    console.print(f"spent ${snapshot['spent_usd']:.4f}; {snapshot['jobs_per_s']} jobs/s{eta}; "
+                  f"report: {snapshot['report'] or 'not yet'}")
+
+
+@app.command()
+def runs(
+    limit: Annotated[int, typer.Option(help="How many recent runs.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recent runs, one line each."""
+    migrate()
+    with session_scope() as session:
+        rows = session.exec(select(Run).order_by(Run.created_at.desc()).limit(limit)).all()
+        listing = [
+            {"run_id": r.id, "created_at": r.created_at.isoformat(timespec="seconds"), "status": r.status,
+             "suite": r.suite, "jobs": r.total_jobs, "simulated": r.simulated, "report": r.report_path}
+            for r in rows
+        ]
+    if as_json:
+        _emit_json(listing)
+        return
+    for r in listing:
+        sim = " (simulated)" if r["simulated"] else ""
+        console.print(f"{r['run_id']}  {r['created_at']}  {r['status']:<9} {r['jobs']:>5} jobs  {r['suite']}{sim}",
+                      highlight=False)
+
+
+@app.command()
+def report(
+    run_id: str,
+    partial: Annotated[bool, typer.Option("--partial", help="For a run still in flight.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """(Re)build a run's report from SQL."""
+    from shared.runs import publish_report
+
+    try:
+        if run_snapshot(run_id)["active"] and not partial:
+            raise ConfigError(f"run {run_id} is still in flight: use --partial for a report of what has finished")
+        paths = publish_report(run_id, partial=partial)
+    except ConfigError as exc:
+        raise _bad_input(str(exc)) from None
+    if as_json:
+        _emit_json({k: str(v) for k, v in paths.items()})
+    else:
+        console.print(f"report: {paths['md']}")
+
+
+@app.command()
+def resume(run_id: str, as_json: JsonOpt = False) -> None:
+    """Re-enqueue every job without a final result; `ok` jobs are never re-run."""
+    settings = get_settings()
+    if _budget_guard(settings).is_halted():
+        raise _bad_input("the budget guard is halted: run `producer budget resume [--limit USD]` first")
+    try:
+        pending = submitting.resumable_jobs(run_id, settings.worker.task_time_limit_s + 60)
+    except ConfigError as exc:
+        raise _bad_input(str(exc)) from None
+    if pending:
+        submitting.enqueue(run_id, pending)
+    if as_json:
+        _emit_json({"run_id": run_id, "jobs": len(pending)})
+    else:
+        console.print(f"run {run_id}: {len(pending)} jobs re-enqueued" if pending else f"run {run_id}: nothing to resume")
+
+
+@app.command()
+def cancel(run_id: str, as_json: JsonOpt = False) -> None:
+    """Stop a run; its report is built from what finished."""
+    from shared.runs import publish_report
+
+    try:
+        submitting.cancel_run(run_id)
+    except ConfigError as exc:
+        raise _bad_input(str(exc)) from None
+    paths = publish_report(run_id)
+    if as_json:
+        _emit_json({"run_id": run_id, "status": "cancelled", "report": str(paths["md"])})
+    else:
+        console.print(f"run {run_id} cancelled; report: {paths['md']}")
+
+
+def _register_subcommands() -> None:
+    from producer.budget_cli import budget_app
+    from simulator.cli import simulator_command
+
+    app.add_typer(budget_app, name="budget", help="Spend, limits, ledger and the halt.")
+    app.command("simulator", help="Run the provider simulator (OpenAI, Anthropic, Mistral wire formats).")(simulator_command)
+
+
+_register_subcommands()
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigError as exc:  # from a sub-command that did not catch it itself
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)

@@ -1,0 +1,155 @@
+"""Record first, then enqueue: a run's rows exist in SQL before any task is sent, and each task
+carries only its job id. `resume` rebuilds the remaining work from SQL alone."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import urllib.request
+from dataclasses import dataclass
+from datetime import timedelta
+
+from celery import chord
+from sqlalchemy import update
+from sqlmodel import select
+
+from shared.config import ConfigError, Settings
+from shared.db import migrate, session_scope
+from shared.models import Job, JobStatus, Run, RunStatus, utcnow
+from shared.providers import PROVIDER_ENV, credentials
+from shared.suite import Suite, load_suite
+
+
+@dataclass(frozen=True)
+class Selection:
+    suite: Suite
+    agents: list[str]
+    backends: list[str]
+    limit: int | None
+
+
+def select_work(
+    settings: Settings, *, agents: list[str], all_agents: bool, backends: list[str], suite: str | None, limit: int | None
+) -> Selection:
+    """Validate everything a run needs before anything is written (bad input → ConfigError)."""
+    if limit is not None and limit <= 0:
+        raise ConfigError(f"--limit must be a positive number of tasks per agent (got {limit})")
+    loaded = load_suite(suite or settings.suite)
+    known_agents = settings.agents.names
+    if all_agents:
+        chosen_agents = list(known_agents)
+    elif agents:
+        chosen_agents = list(dict.fromkeys(agents))
+    else:
+        raise ConfigError("say which agents: --all-agents, or --agent NAME (repeatable)")
+    for agent in chosen_agents:
+        if agent not in known_agents:
+            raise ConfigError(f"unknown agent {agent!r} (known: {', '.join(known_agents)})")
+        if not loaded.tasks_for(agent):
+            raise ConfigError(f"suite {loaded.name!r} has no tasks for agent {agent!r}")
+
+    chosen_backends = list(dict.fromkeys(backends)) if backends else settings.enabled_backends()
+    if not chosen_backends:
+        raise ConfigError("no backend selected and none is enabled in the config")
+    for backend in chosen_backends:
+        if backend not in settings.backends:
+            raise ConfigError(f"unknown backend {backend!r} (known: {', '.join(settings.backends)})")
+        provider = settings.backends[backend].provider
+        key_var = PROVIDER_ENV[provider][0]
+        if key_var not in os.environ:
+            raise ConfigError(
+                f"backend {backend!r} needs {key_var} in the environment "
+                f"(or run against the simulator: see README)"
+            )
+        for agent in chosen_agents:
+            settings.price_for(settings.model_for(backend, agent))  # raises on a missing id or price
+    return Selection(loaded, chosen_agents, chosen_backends, limit)
+
+
+def is_simulated(providers: set[str]) -> bool:
+    """A run is simulated when any provider endpoint answers as the genesis simulator."""
+    for provider in providers:
+        _, base_url = credentials(provider)
+        if not base_url:
+            continue
+        root = base_url.rstrip("/").removesuffix("/v1")
+        try:
+            with urllib.request.urlopen(f"{root}/_sim/stats", timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def new_run_id() -> str:
+    return utcnow().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def record_run(settings: Settings, selection: Selection) -> tuple[str, list[tuple[int, str]]]:
+    """Write the Run and all its Jobs in one transaction; returns (run_id, [(job_id, provider)])."""
+    migrate(settings.database_url)
+    run_id = new_run_id()
+    providers = {settings.backends[b].provider for b in selection.backends}
+    with session_scope() as session:
+        session.add(Run(
+            id=run_id, suite=selection.suite.name, agents=selection.agents, backends=selection.backends,
+            status=RunStatus.queued, simulated=is_simulated(providers), config=settings.snapshot(),
+        ))
+        session.flush()
+        jobs = [
+            Job(run_id=run_id, agent=agent, task_id=task.id, difficulty=task.difficulty, backend=backend,
+                provider=settings.backends[backend].provider, model=settings.model_for(backend, agent))
+            for agent in selection.agents
+            for task in selection.suite.tasks_for(agent, selection.limit)
+            for backend in selection.backends
+        ]
+        session.add_all(jobs)
+        session.flush()
+        run = session.get(Run, run_id)
+        run.total_jobs = len(jobs)
+        return run_id, [(job.id, job.provider) for job in jobs]
+
+
+def enqueue(run_id: str, jobs: list[tuple[int, str]]) -> None:
+    """One chord: a run_job per job on its provider's queue; build_report on `reports`."""
+    from worker.app import REPORTS_QUEUE, app
+
+    header = [app.signature("genesis.run_job", args=(job_id,), queue=provider, immutable=True)
+              for job_id, provider in jobs]
+    body = app.signature("genesis.build_report", kwargs={"run_id": run_id}, queue=REPORTS_QUEUE)
+    chord(header, app=app)(body)
+
+
+def resumable_jobs(run_id: str, lease_s: float) -> list[tuple[int, str]]:
+    """Put every job without a final result back to `queued` (halted, error, lost) and return
+    the ones to enqueue. A job that is `ok` is never touched."""
+    with session_scope() as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            raise ConfigError(f"unknown run {run_id!r}")
+        stale = utcnow() - timedelta(seconds=lease_s)
+        session.execute(
+            update(Job)
+            .where(Job.run_id == run_id)
+            .where(Job.status.in_([JobStatus.halted, JobStatus.error])
+                   | ((Job.status == JobStatus.running) & (Job.started_at < stale)))
+            .values(status=JobStatus.queued, attempts=0, error_type=None, error_message=None, finished_at=None)
+        )
+        pending = session.exec(
+            select(Job.id, Job.provider)
+            .where(Job.run_id == run_id, Job.status.in_([JobStatus.queued, JobStatus.running]))
+            .order_by(Job.id)
+        ).all()
+        run.status = RunStatus.queued if pending else run.status
+        run.finished_at = None if pending else run.finished_at
+        return [(job_id, provider) for job_id, provider in pending]
+
+
+def cancel_run(run_id: str) -> None:
+    with session_scope() as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            raise ConfigError(f"unknown run {run_id!r}")
+        run.status = RunStatus.cancelled
+        run.finished_at = utcnow()

@@ -1,0 +1,55 @@
+"""A run's lifecycle beyond its jobs: its final status and its published report. Used by the
+chord callback and by the producer (`report`, `cancel`), so both say the same thing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import func
+from sqlmodel import select
+
+from shared.config import get_settings
+from shared.db import session_scope
+from shared.models import Job, JobStatus, Run, RunStatus, utcnow
+from shared.report import generate_report
+
+
+def job_counts(run_id: str) -> dict[str, int]:
+    with session_scope() as session:
+        rows = session.exec(
+            select(Job.status, func.count()).where(Job.run_id == run_id).group_by(Job.status)
+        ).all()
+    return {status: n for status, n in rows}
+
+
+def settle_run_status(run_id: str) -> str:
+    """completed when every job is final; halted when the budget guard skipped some;
+    a cancelled run stays cancelled."""
+    counts = job_counts(run_id)
+    with session_scope() as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            raise KeyError(f"unknown run {run_id!r}")
+        if run.status == RunStatus.cancelled:
+            run.finished_at = run.finished_at or utcnow()
+        elif counts.get(JobStatus.halted):
+            run.status = RunStatus.halted
+        elif run.status != RunStatus.completed and not any(
+            counts.get(s) for s in (JobStatus.queued, JobStatus.running)
+        ):
+            run.status = RunStatus.completed
+            run.finished_at = utcnow()
+            run.report_path = None  # until the final report is written (`--wait` watches this)
+        return run.status
+
+
+def publish_report(run_id: str, *, partial: bool = False) -> dict[str, Path]:
+    """(Re)build the report from SQL and record where it is."""
+    status = settle_run_status(run_id)
+    # An earlier chord of a resumed run can finish while the newer one still works: partial.
+    partial = partial or status in (RunStatus.queued, RunStatus.running)
+    paths = generate_report(run_id, reports_dir=get_settings().reports_dir, partial=partial)
+    with session_scope() as session:
+        run = session.get(Run, run_id)
+        run.report_path = str(paths["md"])
+    return paths

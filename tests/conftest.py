@@ -1,0 +1,94 @@
+"""Fixtures for integration tests: real Redis (db 13, flushed per test), SQLite in a temp dir
+or the real PostgreSQL, the simulator on a real port, real `celery worker` processes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+import redis
+from sqlalchemy import text
+
+from tests.harness import WorkerProcess, ensure_redis, genesis_env
+
+INTEGRATION_REDIS_URL = os.environ.get("GENESIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+POSTGRES_URL = os.environ.get("GENESIS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _reset_postgres(url: str) -> None:
+    from shared.db import get_engine
+
+    with get_engine(url).begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS cost_entry, budget_event, job, run, alembic_version CASCADE"))
+
+
+@pytest.fixture(params=["sqlite"])
+def database_url(request, tmp_path: Path) -> str:
+    """SQLite by default; tests that also want PostgreSQL parametrize with 'postgres'."""
+    if request.param == "postgres":
+        _reset_postgres(POSTGRES_URL)
+        return POSTGRES_URL
+    return f"sqlite:///{tmp_path / 'genesis.db'}"
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    ensure_redis()
+    client = redis.Redis.from_url(INTEGRATION_REDIS_URL)
+    client.flushdb()
+    yield INTEGRATION_REDIS_URL
+    client.flushdb()
+
+
+@pytest.fixture
+def simulator():
+    from simulator.config import SimulatorConfig
+    from simulator.server import start_simulator
+
+    handle = start_simulator(SimulatorConfig(latency_ms=20, seed=7))
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture
+def genesis(monkeypatch, tmp_path: Path, database_url: str, redis_url: str, simulator):
+    """This process (the producer) and the workers it starts share one environment."""
+    from shared.config import get_settings
+    from shared.db import migrate
+
+    env = genesis_env(database_url=database_url, redis_url=redis_url, reports_dir=tmp_path / "reports",
+                      simulator_url=simulator.url)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    migrate(database_url)
+
+    from worker.app import app, celery_config
+
+    app.conf.update(celery_config(get_settings()))
+    # Earlier tests may have connected this app elsewhere: drop its cached connections.
+    app._pool = None
+    app.amqp._producer_pool = None
+    app._backend_cache = None
+    app._local.__dict__.pop("backend", None)
+    app.__dict__.pop("control", None)
+    yield env
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def start_worker(genesis, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    from worker.app import app
+
+    started: list[WorkerProcess] = []
+
+    def start(name: str = "w1", **options) -> WorkerProcess:
+        worker = WorkerProcess(genesis, name=name, log_path=tmp_path / f"{name}.log", **options)
+        started.append(worker)
+        return worker.wait_ready(app)
+
+    yield start
+    for worker in started:
+        worker.stop()

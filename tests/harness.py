@@ -1,0 +1,110 @@
+"""Real parts for integration tests and benchmarks: Redis, Celery worker processes, the
+simulator, and an environment that points them all at each other."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_START = [
+    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", "6379",
+    "--save", "", "--appendonly", "no",
+]
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def ensure_redis(url: str = "redis://127.0.0.1:6379/0") -> None:
+    """Start a local redis-server when nothing answers (CI machines start one already)."""
+    if redis_answers(url):
+        return
+    if not shutil.which("redis-server"):
+        raise RuntimeError("Redis is not answering and redis-server is not installed")
+    subprocess.run(REDIS_START, check=True)
+    wait_for(lambda: redis_answers(url), timeout=10, what="redis-server to start")
+
+
+def wait_for(predicate: Callable[[], object], *, timeout: float, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def genesis_env(*, database_url: str, redis_url: str, reports_dir: Path, simulator_url: str | None,
+                extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for the producer and workers; dummy keys are fine for the simulator."""
+    env = {
+        "GENESIS_DATABASE_URL": database_url,
+        "GENESIS_REDIS_URL": redis_url,
+        "GENESIS_REPORTS_DIR": str(reports_dir),
+        "GENESIS_CONFIG": str(ROOT / "config" / "genesis.toml"),
+    }
+    if simulator_url:
+        env.update({
+            "OPENAI_API_KEY": "sk-sim", "ANTHROPIC_API_KEY": "sk-ant-sim", "MISTRAL_API_KEY": "sim",
+            "OPENAI_BASE_URL": f"{simulator_url}/v1", "ANTHROPIC_BASE_URL": simulator_url,
+            "MISTRAL_BASE_URL": simulator_url,
+        })
+    env.update(extra or {})
+    return env
+
+
+class WorkerProcess:
+    """`celery -A worker.app worker` in its own process, as a user would start it."""
+
+    def __init__(self, env: dict[str, str], *, name: str = "w1", concurrency: int = 8, pool: str = "threads",
+                 queues: str | None = None, log_path: Path | None = None) -> None:
+        self.name = name
+        self.hostname = f"{name}@genesis-test"
+        self.log_path = log_path
+        args = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-n", self.hostname,
+                "-P", pool, "-c", str(concurrency), "-l", "INFO", "--without-gossip", "--without-mingle"]
+        if queues:
+            args += ["-Q", queues]
+        log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_ready(self, app, timeout: float = 30) -> "WorkerProcess":
+        def pinged() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited with {self.proc.returncode}; log: {self.log_path}")
+            replies = app.control.ping(destination=[self.hostname], timeout=0.5) or []
+            return any(self.hostname in reply for reply in replies)
+
+        wait_for(pinged, timeout=timeout, interval=0.2, what=f"worker {self.name} to answer ping")
+        return self
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def kill(self) -> None:
+        """Abrupt death (SIGKILL), as when a host disappears."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)

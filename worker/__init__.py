@@ -1,0 +1,1 @@
+"""Worker side: the Celery app and the tasks that make the paid calls."""

@@ -1,0 +1,128 @@
+"""A job's life in SQL: short, conditional UPDATEs so that any number of workers (and any
+number of redeliveries of the same message) agree on who runs a job and record it once.
+
+No transaction here is held open across a provider call (design §8)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+
+from shared.db import session_scope
+from shared.models import CostEntry, Job, JobStatus, Run, RunStatus, utcnow
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    run_id: str
+    agent: str
+    task_id: str
+    backend: str
+    provider: str
+    model: str
+    attempts: int
+    suite: str
+
+
+class Claim:
+    """Outcome of trying to take a job."""
+
+    TAKEN = "taken"
+    BUSY = "busy"  # another delivery is running it now
+    DONE = "done"  # already final, halted, or its run was cancelled
+
+
+def claim(job_id: int, worker: str, lease_s: float) -> tuple[str, ClaimedJob | Job | None]:
+    """Take a queued job (or one whose runner died: running past its lease)."""
+    now = utcnow()
+    with session_scope() as session:
+        taken = session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .where(
+                or_(
+                    Job.status == JobStatus.queued,
+                    (Job.status == JobStatus.running) & (Job.started_at < now - timedelta(seconds=lease_s)),
+                )
+            )
+            .where(Job.run_id.in_(select(Run.id).where(Run.status != RunStatus.cancelled)))
+            .values(status=JobStatus.running, started_at=now, worker=worker)
+        ).rowcount
+        job = session.get(Job, job_id)
+        if job is None:
+            return Claim.DONE, None
+        if not taken:
+            return (Claim.BUSY if job.status == JobStatus.running else Claim.DONE), job
+        run = session.get(Run, job.run_id)
+        if run.status == RunStatus.queued:
+            run.status = RunStatus.running
+        return Claim.TAKEN, ClaimedJob(
+            id=job.id, run_id=job.run_id, agent=job.agent, task_id=job.task_id, backend=job.backend,
+            provider=job.provider, model=job.model, attempts=job.attempts, suite=run.suite,
+        )
+
+
+def count_attempt(job_id: int) -> int:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        job.attempts += 1
+        return job.attempts
+
+
+def requeue(job_id: int, *, error_type: str | None = None, error_message: str | None = None) -> None:
+    """Hand the job back (a retry is scheduled), keeping the last error for `status`."""
+    with session_scope() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.running)
+            .values(status=JobStatus.queued, error_type=error_type, error_message=error_message)
+        )
+
+
+def finish_error(job_id: int, error_type: str, error_message: str) -> None:
+    with session_scope() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(status=JobStatus.error, error_type=error_type, error_message=error_message, finished_at=utcnow())
+        )
+
+
+def finish_halted(job_id: int, reason: str, *, only_queued: bool = False) -> None:
+    """Skipped by the budget guard. `only_queued` for a delivery that did not claim the job:
+    it must not touch a job another worker is running."""
+    allowed = [JobStatus.queued] if only_queued else [JobStatus.queued, JobStatus.running]
+    with session_scope() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_(allowed))
+            .values(status=JobStatus.halted, error_type="BudgetHalt", error_message=reason, finished_at=utcnow())
+        )
+
+
+def finish_ok(job: ClaimedJob, *, output: str, score: float, detail: str, latency_ms: float,
+              input_tokens: int, output_tokens: int, cost_usd: float) -> bool:
+    """Store the result and its ledger entry in one transaction. Returns False when the
+    ledger already had this job (a redelivery): nothing is written twice."""
+    try:
+        with session_scope() as session:
+            session.add(CostEntry(
+                run_id=job.run_id, job_id=job.id, agent=job.agent, backend=job.backend, model=job.model,
+                operation="inference", input_tokens=input_tokens, output_tokens=output_tokens,
+                cost_usd=cost_usd, source="api",
+            ))
+            session.execute(
+                update(Job).where(Job.id == job.id).values(
+                    status=JobStatus.ok, output=output, score=score, scorer_detail=detail,
+                    latency_ms=latency_ms, input_tokens=input_tokens, output_tokens=output_tokens,
+                    cost_usd=cost_usd, error_type=None, error_message=None, finished_at=utcnow(),
+                )
+            )
+        return True
+    except IntegrityError:
+        return False

@@ -1,0 +1,178 @@
+"""The two tasks: `run_job` (one paid call, scored and recorded) and `build_report` (the
+chord body). Both take IDs only; everything else is loaded from SQL and config."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+import redis
+from celery import Task
+from celery.exceptions import Retry
+
+from shared.budget import BudgetGuard, BudgetRefused, call_cost, max_output_tokens, worst_case_cost
+from shared.config import get_settings
+from shared.limiter import Permit, RateLimiter
+from shared.providers import ChatRequest, ProviderError, complete
+from shared.retry import backoff_delay, retry_after_from_headers
+from shared.runs import publish_report
+from shared.scoring import score
+from shared.suite import load_suite
+from shared.tokens import estimate_prompt_tokens
+from worker import jobs
+from worker.app import app
+from worker.halt import stop_provider_consumers
+
+log = logging.getLogger("genesis.worker")
+
+# A job that must wait this long or less for rate-limit capacity waits in its slot;
+# longer waits go back to the broker with a countdown so other providers' jobs keep flowing.
+MAX_INLINE_WAIT_S = 2.0
+BUSY_RECHECK_S = 5.0
+
+
+class GenesisTask(Task):
+    """Conventions for every genesis task: acknowledged late, redelivered if the worker dies,
+    retried only through explicit `self.retry` (attempts are counted in SQL, not here)."""
+
+    acks_late = True
+    reject_on_worker_lost = True
+    max_retries = None
+    typing = True
+
+
+def genesis_task(name: str, **options):
+    return app.task(name=name, base=GenesisTask, bind=True, **options)
+
+
+@dataclass(frozen=True)
+class Services:
+    limiter: RateLimiter
+    budget: BudgetGuard
+
+
+@lru_cache(maxsize=None)
+def _services(pid: int) -> Services:  # keyed by pid: a forked child builds its own connections
+    settings = get_settings()
+    client = redis.Redis.from_url(settings.redis_url)
+    return Services(limiter=RateLimiter(client, settings), budget=BudgetGuard(client, settings))
+
+
+def services() -> Services:
+    return _services(os.getpid())
+
+
+@genesis_task("genesis.run_job")
+def run_job(self: GenesisTask, job_id: int) -> dict:
+    """Never raises for a terminal outcome, so the chord always completes (design §1)."""
+    try:
+        status = _run_job(self, job_id)
+    except Retry:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bug or an unexpected failure: recorded, not raised
+        log.exception("job %s failed unexpectedly", job_id)
+        services().budget.release(job_id)
+        jobs.finish_error(job_id, type(exc).__name__, str(exc)[:500])
+        status = "error"
+    return {"job_id": job_id, "status": status}
+
+
+def _run_job(task: GenesisTask, job_id: int) -> str:
+    settings = get_settings()
+    svc = services()
+    if svc.budget.is_halted():
+        jobs.finish_halted(job_id, "budget guard halted the queues", only_queued=True)
+        return "halted"
+
+    lease_s = settings.worker.task_time_limit_s + 60
+    outcome, job = jobs.claim(job_id, task.request.hostname or "local", lease_s)
+    if outcome == jobs.Claim.BUSY:  # a duplicate delivery: wait for the runner to finish it
+        raise task.retry(countdown=BUSY_RECHECK_S)
+    if outcome == jobs.Claim.DONE:
+        return job.status if job else "missing"
+
+    suite_task = load_suite(job.suite).get(job.agent, job.task_id)
+    max_tokens = max_output_tokens(settings, job.backend, suite_task.max_tokens)
+    est_input = estimate_prompt_tokens(suite_task.prompt, suite_task.system)
+
+    try:
+        svc.budget.reserve(job.id, worst_case_cost(settings, job.model, est_input, max_tokens), run_id=job.run_id)
+    except BudgetRefused as refused:
+        jobs.finish_halted(job.id, str(refused))
+        if svc.budget.halt(run_id=job.run_id, reason=str(refused)):
+            log.warning("budget emergency threshold reached: halting provider queues (%s)", refused)
+            stop_provider_consumers(app)
+        return "halted"
+
+    permit = _acquire(svc.limiter, job.provider, job.model, est_input + max_tokens)
+    if not isinstance(permit, Permit):
+        svc.budget.release(job.id)
+        jobs.requeue(job.id)
+        raise task.retry(countdown=permit + random.uniform(0, 0.25))
+
+    attempt = jobs.count_attempt(job.id)
+    request = ChatRequest(
+        model=job.model, prompt=suite_task.prompt, system=suite_task.system,
+        max_tokens=max_tokens, timeout_s=settings.retry.call_timeout_s,
+    )
+    try:
+        response = complete(job.provider, request)
+    except ProviderError as err:
+        svc.limiter.release(permit)
+        svc.budget.release(job.id)
+        return _handle_failure(task, job, err, attempt)
+
+    svc.limiter.release(permit, response.input_tokens + response.output_tokens)
+    svc.limiter.observe(job.provider, job.model, response.headers)
+    result = score(suite_task, response.text)
+    cost = call_cost(settings, job.model, response.input_tokens, response.output_tokens)
+    recorded = jobs.finish_ok(
+        job, output=response.text, score=result.score, detail=result.detail, latency_ms=response.latency_ms,
+        input_tokens=response.input_tokens, output_tokens=response.output_tokens, cost_usd=cost,
+    )
+    if recorded:
+        svc.budget.settle(job.id, cost)
+    else:  # the ledger already had this job: never count it twice
+        svc.budget.release(job.id)
+    return "ok"
+
+
+def _acquire(limiter: RateLimiter, provider: str, model: str, tokens: int) -> Permit | float:
+    """Wait briefly in the slot for capacity; return the remaining wait if it is longer."""
+    deadline = time.monotonic() + MAX_INLINE_WAIT_S
+    while True:
+        granted = limiter.acquire(provider, model, tokens)
+        if isinstance(granted, Permit):
+            return granted
+        if time.monotonic() + granted > deadline:
+            return granted
+        time.sleep(granted + random.uniform(0, 0.05))
+
+
+def _handle_failure(task: GenesisTask, job: jobs.ClaimedJob, err: ProviderError, attempt: int) -> str:
+    settings = get_settings()
+    retry_after = retry_after_from_headers(err.headers) if err.headers else None
+    if err.kind == "rate_limit":
+        services().limiter.block(job.provider, job.model, retry_after or settings.retry.backoff_base_s)
+    detail = f"{err.kind}{f' {err.status}' if err.status else ''}: {err}"
+    if err.retryable and attempt < settings.retry.max_attempts:
+        delay = backoff_delay(
+            attempt, retry_after=retry_after, base=settings.retry.backoff_base_s, cap=settings.retry.backoff_max_s
+        )
+        log.info("job %s attempt %s failed (%s); retrying in %.1fs", job.id, attempt, detail, delay)
+        jobs.requeue(job.id, error_type=err.error_type, error_message=detail)
+        raise task.retry(countdown=delay)
+    reason = f"after {attempt} attempt(s): {detail}" if err.retryable else detail
+    log.warning("job %s failed for good: %s", job.id, reason)
+    jobs.finish_error(job.id, err.error_type, reason)
+    return "error"
+
+
+@genesis_task("genesis.build_report", queue="reports")
+def build_report(self: GenesisTask, results: list | None, run_id: str) -> str:
+    """Chord body: reads SQL only; `results` (the header's summaries) are not needed."""
+    return str(publish_report(run_id)["md"])
