@@ -119,6 +119,17 @@ def enqueue(run_id: str, jobs: list[tuple[int, str]]) -> None:
               for job_id, provider in jobs]
     body = app.signature("genesis.build_report", kwargs={"run_id": run_id}, queue=REPORTS_QUEUE)
     chord(header, app=app)(body)
+    _drop_result_subscriptions(app)
+
+
+def _drop_result_subscriptions(app) -> None:
+    """The producer never waits on task results (progress comes from SQL), but Celery's Redis
+    backend subscribes to each sent task's result channel; drop them now rather than holding
+    hundreds open and tearing them down noisily at interpreter exit."""
+    consumer = app.backend.result_consumer
+    for key in list(getattr(consumer, "subscribed_to", ())):
+        name = key.decode() if isinstance(key, bytes) else key
+        consumer.cancel_for(name.removeprefix(app.backend.task_keyprefix.decode()))
 
 
 def resumable_jobs(run_id: str, lease_s: float) -> list[tuple[int, str]]:

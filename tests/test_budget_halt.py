@@ -1,0 +1,246 @@
+"""The budget guard end to end, with real parts: three `celery worker` processes (24 calls in
+flight) against the simulator, a budget that covers ~15 worst-case calls, a run of 60 jobs.
+The run halts without passing the emergency threshold and without losing a job; resuming
+finishes it without paying for anything twice. Plus the submit-side bad input and dry run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import func
+from sqlmodel import select
+
+from tests.harness import ROOT, wait_for
+from tests.test_pipeline import producer
+
+pytestmark = pytest.mark.integration
+
+QUEUES = ("openai", "anthropic", "mistral", "reports")
+PROVIDER_QUEUES = {"openai", "anthropic", "mistral"}
+BACKEND = "mistral-base"
+TASKS_PER_AGENT = 12  # 5 agents × 12 tasks × 1 backend = 60 jobs
+CALLS_COVERED = 15
+
+
+def worst_case_costs(settings, backend: str = BACKEND, limit: int = TASKS_PER_AGENT) -> list[float]:
+    """What the workers reserve for each job of the run, computed as they compute it."""
+    from shared.budget import max_output_tokens, worst_case_cost
+    from shared.suite import load_suite
+    from shared.tokens import estimate_prompt_tokens
+
+    suite = load_suite(settings.suite)
+    return [
+        worst_case_cost(settings, settings.model_for(backend, agent), estimate_prompt_tokens(task.prompt, task.system),
+                        max_output_tokens(settings, backend, task.max_tokens))
+        for agent in settings.agents.names
+        for task in suite.tasks_for(agent, limit)
+    ]
+
+
+def consumed_queues(hostnames: list[str]) -> dict[str, set[str]]:
+    """Each worker's queues as it reports them over Celery remote control."""
+    from worker.app import app
+
+    replies = app.control.inspect(destination=hostnames, timeout=2.0).active_queues() or {}
+    return {host: {q["name"] for q in queues} for host, queues in replies.items()}
+
+
+def wait_consuming(hostnames: list[str], *, providers: bool, timeout: float = 15) -> dict[str, set[str]]:
+    def settled():
+        queues = consumed_queues(hostnames)
+        if set(queues) != set(hostnames):
+            return None
+        ok = all(bool(q & PROVIDER_QUEUES) == providers and "reports" in q for q in queues.values())
+        return queues if ok else None
+
+    return wait_for(settled, timeout=timeout, interval=0.2, what=f"workers consuming provider queues={providers}")
+
+
+def queue_lengths(redis_url: str) -> dict[str, int]:
+    client = redis.Redis.from_url(redis_url)
+    return {name: client.llen(name) for name in QUEUES}
+
+
+def jobs_by_status(run_id: str) -> dict[str, int]:
+    from shared.runs import job_counts
+
+    return {str(status): n for status, n in job_counts(run_id).items()}
+
+
+def served_ok(simulator) -> int:
+    return simulator.stats()["by_status"].get("200", 0)
+
+
+def halt_a_run(monkeypatch, simulator, start_worker, redis_url) -> dict:
+    """Submit 60 jobs against a budget of ~15 worst-case calls and wait until the halt settles."""
+    from shared.config import get_settings
+
+    settings = get_settings()
+    costs = worst_case_costs(settings)
+    limit_usd = round(CALLS_COVERED * (sum(costs) / len(costs)) / settings.budget.emergency, 6)
+    monkeypatch.setenv("GENESIS_BUDGET__LIMIT_USD", str(limit_usd))
+    monkeypatch.setenv("GENESIS_LIMITS__MISTRAL__MAX_IN_FLIGHT", "64")  # the budget, not the limiter, binds
+    get_settings.cache_clear()
+    simulator.update(latency_ms=150, latency_jitter_ms=50)  # calls overlap across workers
+
+    workers = [start_worker(f"w{i}", concurrency=8) for i in (1, 2, 3)]
+    hostnames = [w.hostname for w in workers]
+    result = producer("submit", "--all-agents", "--backend", BACKEND, "--limit", str(TASKS_PER_AGENT), "--json")
+    assert result.exit_code == 0, result.output
+    run_id = json.loads(result.stdout)["run_id"]
+    assert json.loads(result.stdout)["jobs"] == len(costs) == 60
+
+    def halt_settled():
+        """Halted, nothing running, and every job still queued has its message in the broker."""
+        counts = jobs_by_status(run_id)
+        if counts.get("running") or simulator.stats()["in_flight"]:
+            return None
+        if counts.get("queued", 0) != queue_lengths(redis_url)["mistral"]:
+            return None
+        return counts if counts.get("halted") else None
+
+    counts = wait_for(halt_settled, timeout=40, interval=0.3, what="the run to halt and settle")
+    return {"run_id": run_id, "counts": counts, "limit_usd": limit_usd, "hostnames": hostnames,
+            "cap_usd": limit_usd * settings.budget.emergency}
+
+
+def test_budget_halt_caps_spend_keeps_jobs_and_stops_consumers(monkeypatch, simulator, start_worker, redis_url):
+    from shared.db import session_scope
+    from shared.models import BudgetEvent, CostEntry, Run
+
+    halted = halt_a_run(monkeypatch, simulator, start_worker, redis_url)
+    run_id, counts = halted["run_id"], halted["counts"]
+
+    status = json.loads(producer("status", run_id, "--json").stdout)
+    assert status["status"] == "halted"
+    assert sum(counts.values()) == 60 and set(counts) <= {"ok", "halted", "queued", "error"}  # none lost
+    assert counts.get("ok", 0) > 0 and counts.get("queued", 0) > 0  # it ran, then stopped mid-run
+    with session_scope() as session:
+        assert session.get(Run, run_id).status == "halted"
+        ledger_total = session.exec(select(func.coalesce(func.sum(CostEntry.cost_usd), 0.0))).one()
+        entries = session.exec(select(func.count()).select_from(CostEntry)).one()
+        halts = session.exec(select(BudgetEvent).where(BudgetEvent.kind == "halt")).all()
+    assert ledger_total <= halted["cap_usd"] + 1e-9
+    assert served_ok(simulator) == counts["ok"] == entries == simulator.stats()["requests_total"]
+    assert len(halts) == 1 and halts[0].run_id == run_id and halts[0].level == "emergency"
+    budget = json.loads(producer("budget", "--json").stdout)
+    assert budget["halted"] is True and budget["reserved_usd"] == 0  # every reservation settled or released
+
+    wait_consuming(halted["hostnames"], providers=False)
+    late = start_worker("w4", concurrency=2)  # a worker started during the halt stays off paid work
+    assert wait_consuming([late.hostname], providers=False)[late.hostname] == {"reports"}
+    assert served_ok(simulator) == counts["ok"]
+
+
+def test_resume_finishes_the_run_without_paying_twice(monkeypatch, simulator, start_worker, redis_url):
+    from shared.db import session_scope
+    from shared.models import CostEntry, Job
+
+    halted = halt_a_run(monkeypatch, simulator, start_worker, redis_url)
+    run_id = halted["run_id"]
+    with session_scope() as session:
+        ok_before = {j.id: j.attempts for j in session.exec(select(Job).where(Job.run_id == run_id, Job.status == "ok"))}
+    assert len(ok_before) == halted["counts"]["ok"]
+
+    assert producer("resume", run_id).exit_code == 2  # still halted: the budget must be lifted first
+    result = producer("budget", "resume", "--limit", str(round(halted["limit_usd"] * 20, 6)), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["halted"] is False
+    wait_consuming(halted["hostnames"], providers=True)
+    result = producer("resume", run_id, "--json")
+    assert result.exit_code == 0, result.output
+
+    def completed():
+        from producer.cli import run_snapshot
+
+        snap = run_snapshot(run_id)
+        if snap["status"] != "completed" or not snap["report"]:
+            return None
+        report = json.loads((Path(snap["report"]).parent / "report.json").read_text())
+        return (snap, report) if report["complete"] else None
+
+    snap, report = wait_for(completed, timeout=40, interval=0.3, what=f"run {run_id} to complete")
+    assert snap["by_status"]["ok"] == 60 and sum(snap["by_status"].values()) == 60
+    assert report["run_id"] == run_id and report["complete"] is True
+    with session_scope() as session:
+        jobs = session.exec(select(Job).where(Job.run_id == run_id)).all()
+        paid = session.exec(select(CostEntry.job_id).where(CostEntry.run_id == run_id)).all()
+    assert served_ok(simulator) == simulator.stats()["requests_total"] == len(paid) == len(set(paid)) == 60
+    assert set(paid) == {j.id for j in jobs}
+    assert {j.id: j.attempts for j in jobs if j.id in ok_before} == ok_before  # no ok job ran again
+
+
+# --- bad input and the dry run: nothing may be written or enqueued ----------------------------
+
+
+def write_config(tmp_path: Path, *, replace: dict[str, str]) -> Path:
+    """The shipped config with some lines changed; model_id_file paths still resolve from ROOT."""
+    text = (ROOT / "config" / "genesis.toml").read_text()
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / "config" / "genesis.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def assert_nothing_written(redis_url: str) -> None:
+    from shared.db import session_scope
+    from shared.models import Job, Run
+
+    with session_scope() as session:
+        assert session.exec(select(Run)).all() == [] and session.exec(select(Job)).all() == []
+    assert queue_lengths(redis_url) == {name: 0 for name in QUEUES}
+
+
+@pytest.mark.parametrize(
+    ("replace", "args", "message"),
+    [
+        ({'model = "gpt-4o-mini"': 'model = "gpt-unpriced"'}, ["--all-agents"], "'gpt-unpriced' has no price"),
+        ({'model = "gpt-4o-mini"': 'model = "gpt-unpriced"'}, ["--all-agents", "--dry-run", "--json"],
+         "'gpt-unpriced' has no price"),
+        ({"warning = 0.25": "warning = 0.60"}, ["--all-agents"], "thresholds"),
+    ],
+    ids=["unpriced", "unpriced-dry-run", "thresholds-out-of-order"],
+)
+def test_submit_with_a_bad_config_exits_2_and_writes_nothing(genesis, monkeypatch, tmp_path, redis_url,
+                                                             replace, args, message):
+    from shared.config import get_settings
+
+    monkeypatch.setenv("GENESIS_CONFIG", str(write_config(tmp_path, replace=replace)))
+    get_settings.cache_clear()
+    result = producer("submit", *args)
+    assert result.exit_code == 2
+    assert message in " ".join(result.stderr.split())
+    assert result.stdout == ""
+    assert_nothing_written(redis_url)
+
+
+@pytest.mark.parametrize("limit_usd", [None, 0.01], ids=["fits", "over-budget"])
+def test_dry_run_json_estimates_and_enqueues_nothing(genesis, monkeypatch, redis_url, limit_usd):
+    from shared.config import get_settings
+
+    if limit_usd is not None:
+        monkeypatch.setenv("GENESIS_BUDGET__LIMIT_USD", str(limit_usd))
+    get_settings.cache_clear()
+    settings = get_settings()
+    result = producer("submit", "--all-agents", "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    estimate = json.loads(result.stdout)
+    assert {"jobs", "estimated_cost_usd", "by_backend", "within_budget"} <= set(estimate)
+
+    backends = settings.enabled_backends()
+    expected = {b: sum(worst_case_costs(settings, b, limit=None)) for b in backends}
+    assert estimate["jobs"] == 5 * 20 * len(backends)
+    assert set(estimate["by_backend"]) == set(backends)
+    for backend, cost in expected.items():
+        assert estimate["by_backend"][backend]["jobs"] == 100
+        assert estimate["by_backend"][backend]["cost_usd"] == pytest.approx(cost, abs=1e-6)
+    assert estimate["estimated_cost_usd"] == pytest.approx(sum(expected.values()), abs=1e-5)
+    allowance = settings.budget.limit_usd * settings.budget.emergency
+    assert estimate["within_budget"] is (sum(expected.values()) <= allowance) is (limit_usd is None)
+    assert_nothing_written(redis_url)

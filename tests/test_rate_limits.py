@@ -1,0 +1,203 @@
+"""Rate limits, retries and faults end to end: real Redis, real `celery worker` processes, the
+real SDKs against the simulator. What the simulator saw (recorded server side, with arrival
+times) is compared with what SQL and the report say."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+import simulator.server as sim_server
+from tests.harness import wait_for
+from tests.test_pipeline import producer, wait_until_reported
+
+pytestmark = pytest.mark.integration
+
+
+class Arrivals:
+    """Every chat request the simulator answered, as (arrival time, HTTP status).
+
+    Wraps the in-process simulator's `chat`, so times are taken where the provider would see
+    them: at admission, before the simulated latency."""
+
+    def __init__(self, handle) -> None:
+        self._lock = threading.Lock()
+        self.events: list[tuple[float, int]] = []
+        sim = handle.server.simulator
+        original = sim.chat
+
+        def chat(api, headers, raw_body):
+            arrived = time.monotonic()
+            reply = original(api, headers, raw_body)
+            with self._lock:
+                self.events.append((arrived, reply.status))
+            return reply
+
+        sim.chat = chat
+
+    def times(self, status: int | None = None) -> list[float]:
+        with self._lock:
+            return sorted(t for t, s in self.events if status is None or s == status)
+
+
+def submit(*args: str) -> str:
+    result = producer("submit", *args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["run_id"]
+
+
+def run_jobs(run_id: str) -> list:
+    from shared.db import session_scope
+    from shared.models import Job
+
+    with session_scope() as session:
+        return session.exec(select(Job).where(Job.run_id == run_id).order_by(Job.id)).all()
+
+
+def report_json(snap: dict) -> dict:
+    return json.loads((Path(snap["report"]).parent / "report.json").read_text())
+
+
+def max_excess(times: list[float], burst: int, per_s: float) -> float:
+    """The largest (requests in [t_i, t_j]) − (burst + rate × (t_j − t_i)) over all windows."""
+    return max(
+        (j - i + 1) - (burst + per_s * (times[j] - times[i]))
+        for i in range(len(times))
+        for j in range(i, len(times))
+    )
+
+
+def test_limit_holds_across_two_worker_processes(monkeypatch, start_worker, simulator):
+    rpm = 60
+    monkeypatch.setenv("GENESIS_LIMITS__OPENAI__RPM", str(rpm))
+    simulator.update(rpm=rpm)  # the provider enforces the same limit: any excess shows as 429s
+    arrivals = Arrivals(simulator)
+    start_worker("w1", concurrency=8)
+    start_worker("w2", concurrency=8)
+
+    run_id = submit("--all-agents", "--backend", "openai", "--limit", "15")  # 75 jobs: 60 at once, then 1/s
+    snap = wait_until_reported(run_id, timeout=60)
+
+    assert snap["by_status"]["ok"] == 75
+    calls = arrivals.times()
+    # GCRA: at most burst + rate × window in any window (1 of slack for network jitter)
+    assert max_excess(calls, burst=rpm, per_s=rpm / 60) <= 1.0
+    assert calls[-1] - calls[0] >= 75 - rpm - 2  # the 15 beyond the burst were paced, not sent at once
+    assert len(arrivals.times(429)) <= 2
+    assert {j.worker.split("@")[0] for j in run_jobs(run_id)} == {"w1", "w2"}  # both shared the one limit
+
+
+def test_a_429_with_retry_after_delays_the_retry(monkeypatch, start_worker, simulator, redis_url):
+    import redis
+
+    monkeypatch.setattr(sim_server, "INJECTED_429_RETRY_AFTER", "2")
+    simulator.update(error_rates={429: 1.0})
+    arrivals = Arrivals(simulator)
+    start_worker("w1", concurrency=4)
+
+    run_id = submit("--agent", "qa", "--backend", "openai", "--limit", "1")
+    wait_for(lambda: arrivals.times(429), timeout=20, interval=0.02, what="the first 429")
+    simulator.update(error_rates={})
+    # the 429 set a shared blocked-until for the bucket, seen by every worker
+    client = redis.Redis.from_url(redis_url)
+    key = "genesis:rl:{openai:gpt-4o-mini}"
+
+    def blocked_for_s() -> float:
+        blocked = float(client.hget(key, "blocked") or 0)
+        seconds, micros = client.time()
+        return (blocked - (seconds * 1000 + micros / 1000)) / 1000
+
+    assert wait_for(lambda: blocked_for_s() > 1.0, timeout=1.0, interval=0.02, what="blocked-until in Redis")
+
+    snap = wait_until_reported(run_id, timeout=30)
+    (job,) = run_jobs(run_id)
+    assert job.status == "ok" and job.attempts == 2
+    (refused,), (served,) = arrivals.times(429), arrivals.times(200)
+    assert served - refused >= 2.0
+    assert snap["status"] == "completed"
+
+
+def test_a_401_fails_at_once_with_a_clear_message(start_worker, simulator):
+    simulator.update(error_rates={401: 1.0})
+    start_worker("w1", concurrency=4)
+
+    run_id = submit("--agent", "qa", "--backend", "openai", "--backend", "anthropic", "--limit", "2")
+    snap = wait_until_reported(run_id, timeout=30)
+
+    jobs = run_jobs(run_id)
+    assert len(jobs) == 4
+    for job in jobs:
+        assert job.status == "error" and job.attempts == 1
+        assert "auth 401" in job.error_message and job.error_type == "AuthenticationError"
+    assert simulator.stats()["requests_total"] == 4  # never retried
+    assert snap["status"] == "completed"
+    assert sum(b["errors"] for b in report_json(snap)["backends"]) == 4
+
+
+def test_a_job_out_of_attempts_is_stored_as_error_with_its_last_error(monkeypatch, start_worker, simulator):
+    monkeypatch.setenv("GENESIS_RETRY__MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("GENESIS_RETRY__BACKOFF_BASE_S", "0.2")
+    simulator.update(error_rates={500: 1.0})
+    start_worker("w1", concurrency=4)
+
+    run_id = submit("--agent", "qa", "--backend", "openai", "--backend", "mistral-base", "--limit", "2")
+    snap = wait_until_reported(run_id, timeout=30)
+
+    jobs = run_jobs(run_id)
+    assert len(jobs) == 4
+    for job in jobs:
+        assert job.status == "error" and job.attempts == 2
+        assert job.error_message.startswith("after 2 attempt(s): server 500") and job.finished_at
+    assert simulator.stats()["by_status"] == {"500": 8}
+    report = report_json(snap)
+    assert snap["status"] == "completed" and sum(b["errors"] for b in report["backends"]) == 4
+
+
+def test_under_injected_429s_and_5xx_every_job_ends_ok_and_no_answer_is_paid_twice(
+    monkeypatch, start_worker, simulator
+):
+    from shared.db import session_scope
+    from shared.models import CostEntry
+
+    monkeypatch.setenv("GENESIS_RETRY__MAX_ATTEMPTS", "10")
+    monkeypatch.setenv("GENESIS_RETRY__BACKOFF_BASE_S", "0.2")
+    simulator.update(error_rates={429: 0.15, 500: 0.10, 503: 0.05})
+    start_worker("w1", concurrency=8)
+    start_worker("w2", concurrency=8)
+
+    run_id = submit("--all-agents", "--limit", "3")  # 5 agents × 3 tasks × 4 backends
+    snap = wait_until_reported(run_id, timeout=60)
+
+    jobs = run_jobs(run_id)
+    stats = simulator.stats()
+    with session_scope() as session:
+        entries = session.exec(select(CostEntry).where(CostEntry.run_id == run_id)).all()
+    assert len(jobs) == 60 and all(j.status == "ok" for j in jobs)
+    assert stats["by_status"]["200"] == stats["completions_ok"] == len(entries) == 60
+    assert all(stats["by_status"].get(s, 0) > 0 for s in ("429", "500", "503"))  # faults did happen
+    assert sum(j.attempts for j in jobs) == stats["requests_total"]  # every call was a counted attempt
+    assert report_json(snap)["complete"] is True
+
+
+def test_timeouts_and_malformed_answers_are_retried(monkeypatch, start_worker, simulator):
+    monkeypatch.setenv("GENESIS_RETRY__MAX_ATTEMPTS", "10")
+    monkeypatch.setenv("GENESIS_RETRY__BACKOFF_BASE_S", "0.2")
+    monkeypatch.setenv("GENESIS_RETRY__CALL_TIMEOUT_S", "0.5")
+    simulator.update(timeout_rate=0.2, timeout_s=1.5, malformed_rate=0.1)
+    start_worker("w1", concurrency=8)
+
+    run_id = submit("--agent", "qa", "--agent", "legal", "--backend", "openai", "--backend", "mistral-base",
+                    "--limit", "5")
+    wait_until_reported(run_id, timeout=60)
+
+    jobs = run_jobs(run_id)
+    stats = simulator.stats()
+    assert len(jobs) == 20 and all(j.status == "ok" for j in jobs)
+    assert stats["faults"].get("timeout", 0) > 0 and stats["faults"].get("malformed", 0) > 0
+    assert stats["completions_ok"] == 20
+    assert sum(j.attempts for j in jobs) == stats["requests_total"]
