@@ -1,0 +1,76 @@
+"""SQL is the source of truth: a run survives Redis losing everything, and a cancelled run
+still gets its report. Real workers, real Redis, real SDKs against the simulator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import func
+from sqlmodel import select
+
+from tests.harness import wait_for
+from tests.test_pipeline import producer, wait_until_reported
+
+pytestmark = pytest.mark.integration
+
+
+def ok_jobs(run_id: str) -> int:
+    from producer.cli import run_snapshot
+
+    return run_snapshot(run_id)["by_status"]["ok"]
+
+
+def test_resume_after_redis_loses_everything_pays_for_nothing_twice(start_worker, simulator, redis_url):
+    from shared.db import session_scope
+    from shared.models import CostEntry, Job
+
+    simulator.update(latency_ms=300)
+    first = start_worker("w1", concurrency=2)
+    result = producer("submit", "--agent", "qa", "--agent", "legal", "--backend", "openai", "--limit", "10", "--json")
+    run_id = json.loads(result.stdout)["run_id"]
+    wait_for(lambda: ok_jobs(run_id) >= 4, timeout=30, what="a few jobs to finish")
+
+    first.stop()  # warm shutdown: in-flight calls finish and are recorded
+    redis.Redis.from_url(redis_url).flushdb()  # queues, chord state, budget counters: gone
+    done_before = ok_jobs(run_id)
+    assert 4 <= done_before < 20
+
+    start_worker("w2", concurrency=4)
+    resumed = producer("resume", run_id, "--json")
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout)["jobs"] == 20 - done_before
+
+    snap = wait_until_reported(run_id)
+    assert snap["status"] == "completed" and snap["by_status"]["ok"] == 20
+    with session_scope() as session:
+        entries = session.exec(select(func.count()).select_from(CostEntry).where(CostEntry.run_id == run_id)).one()
+        attempts = session.exec(select(func.sum(Job.attempts)).where(Job.run_id == run_id)).one()
+    assert entries == 20
+    assert attempts == 20
+    assert simulator.stats()["by_status"].get("200", simulator.stats()["by_status"].get(200)) == 20
+
+    budget = json.loads(producer("budget", "--json").stdout)  # rebuilt from the SQL ledger
+    with session_scope() as session:
+        ledger = session.exec(select(func.sum(CostEntry.cost_usd))).one()
+    assert budget["spent_usd"] == pytest.approx(ledger, abs=1e-6)
+
+
+def test_cancel_stops_a_run_and_reports_what_finished(start_worker, simulator):
+    simulator.update(latency_ms=400)
+    start_worker("w1", concurrency=1)
+    result = producer("submit", "--agent", "qa", "--backend", "openai", "--limit", "20", "--json")
+    run_id = json.loads(result.stdout)["run_id"]
+    wait_for(lambda: ok_jobs(run_id) >= 1, timeout=30, what="a first job")
+
+    cancelled = producer("cancel", run_id, "--json")
+    assert cancelled.exit_code == 0, cancelled.output
+    snap = wait_until_reported(run_id, timeout=60)
+    assert snap["status"] == "cancelled"
+    assert snap["by_status"]["ok"] < 20 and snap["by_status"]["queued"] > 0
+    served_at_cancel = simulator.stats()["requests_total"]
+    assert served_at_cancel <= snap["by_status"]["ok"] + 1  # at most the call in flight at cancel time
+    report = json.loads((Path(snap["report"]).parent / "report.json").read_text())
+    assert report["complete"] is False and report["status"] == "cancelled"
