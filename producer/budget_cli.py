@@ -69,7 +69,7 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         })
         return
     table = Table(title="budget")
-    for column in ("limit", "spent", "used", "reserved", "remaining", "level", "halted"):
+    for column in ("limit", "spent", "used", "reserved", "left before halt", "level", "halted"):
         table.add_column(column)
     style = LEVEL_STYLE[state["level"]]
     table.add_row(

@@ -56,7 +56,8 @@ def submit(
     try:
         settings = get_settings()
         selection = submitting.select_work(
-            settings, agents=agent or [], all_agents=all_agents, backends=backend or [], suite=suite, limit=limit
+            settings, agents=agent or [], all_agents=all_agents, backends=backend or [], suite=suite, limit=limit,
+            check_keys=not dry_run,
         )
         if dry_run:
             _dry_run(settings, selection, as_json)
@@ -224,7 +225,7 @@ def runs(
     for r in listing:
         sim = " (simulated)" if r["simulated"] else ""
         console.print(f"{r['run_id']}  {r['created_at']}  {r['status']:<9} {r['jobs']:>5} jobs  {r['suite']}{sim}",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -29,9 +29,13 @@ class Selection:
 
 
 def select_work(
-    settings: Settings, *, agents: list[str], all_agents: bool, backends: list[str], suite: str | None, limit: int | None
+    settings: Settings, *, agents: list[str], all_agents: bool, backends: list[str], suite: str | None,
+    limit: int | None, check_keys: bool = True,
 ) -> Selection:
-    """Validate everything a run needs before anything is written (bad input → ConfigError)."""
+    """Validate everything a run needs before anything is written (bad input → ConfigError).
+
+    API keys are checked for presence only (their values are never read here), so a run that
+    every worker would fail with an auth error is refused up front."""
     if limit is not None and limit <= 0:
         raise ConfigError(f"--limit must be a positive number of tasks per agent (got {limit})")
     loaded = load_suite(suite or settings.suite)
@@ -54,13 +58,16 @@ def select_work(
     for backend in chosen_backends:
         if backend not in settings.backends:
             raise ConfigError(f"unknown backend {backend!r} (known: {', '.join(settings.backends)})")
-        provider = settings.backends[backend].provider
-        key_var = PROVIDER_ENV[provider][0]
-        if key_var not in os.environ:
-            raise ConfigError(
-                f"backend {backend!r} needs {key_var} in the environment "
-                f"(or run against the simulator: see README)"
-            )
+    missing_keys = sorted({
+        PROVIDER_ENV[settings.backends[b].provider][0] for b in chosen_backends
+        if PROVIDER_ENV[settings.backends[b].provider][0] not in os.environ
+    })
+    if check_keys and missing_keys:
+        raise ConfigError(
+            f"missing {', '.join(missing_keys)} in the environment for the selected backends "
+            "(for the simulator, set dummy keys and the *_BASE_URL variables: see README)"
+        )
+    for backend in chosen_backends:
         for agent in chosen_agents:
             settings.price_for(settings.model_for(backend, agent))  # raises on a missing id or price
     return Selection(loaded, chosen_agents, chosen_backends, limit)

@@ -692,6 +692,7 @@ def _atomic_write(path: Path, text: str) -> None:
     try:
         with handle:
             handle.write(text)
+        os.chmod(handle.name, 0o644)  # reports are for sharing; temp files start owner-only
         os.replace(handle.name, path)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)

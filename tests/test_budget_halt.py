@@ -188,13 +188,14 @@ def write_config(tmp_path: Path, *, replace: dict[str, str]) -> Path:
     return path
 
 
-def assert_nothing_written(redis_url: str) -> None:
+def assert_nothing_written(genesis: dict[str, str]) -> None:
+    """Read with the test's own URLs: the config under test may not even load."""
     from shared.db import session_scope
     from shared.models import Job, Run
 
-    with session_scope() as session:
+    with session_scope(genesis["GENESIS_DATABASE_URL"]) as session:
         assert session.exec(select(Run)).all() == [] and session.exec(select(Job)).all() == []
-    assert queue_lengths(redis_url) == {name: 0 for name in QUEUES}
+    assert queue_lengths(genesis["GENESIS_REDIS_URL"]) == {name: 0 for name in QUEUES}
 
 
 @pytest.mark.parametrize(
@@ -207,7 +208,7 @@ def assert_nothing_written(redis_url: str) -> None:
     ],
     ids=["unpriced", "unpriced-dry-run", "thresholds-out-of-order"],
 )
-def test_submit_with_a_bad_config_exits_2_and_writes_nothing(genesis, monkeypatch, tmp_path, redis_url,
+def test_submit_with_a_bad_config_exits_2_and_writes_nothing(genesis, monkeypatch, tmp_path,
                                                              replace, args, message):
     from shared.config import get_settings
 
@@ -217,11 +218,11 @@ def test_submit_with_a_bad_config_exits_2_and_writes_nothing(genesis, monkeypatc
     assert result.exit_code == 2
     assert message in " ".join(result.stderr.split())
     assert result.stdout == ""
-    assert_nothing_written(redis_url)
+    assert_nothing_written(genesis)
 
 
 @pytest.mark.parametrize("limit_usd", [None, 0.01], ids=["fits", "over-budget"])
-def test_dry_run_json_estimates_and_enqueues_nothing(genesis, monkeypatch, redis_url, limit_usd):
+def test_dry_run_json_estimates_and_enqueues_nothing(genesis, monkeypatch, limit_usd):
     from shared.config import get_settings
 
     if limit_usd is not None:
@@ -243,4 +244,4 @@ def test_dry_run_json_estimates_and_enqueues_nothing(genesis, monkeypatch, redis
     assert estimate["estimated_cost_usd"] == pytest.approx(sum(expected.values()), abs=1e-5)
     allowance = settings.budget.limit_usd * settings.budget.emergency
     assert estimate["within_budget"] is (sum(expected.values()) <= allowance) is (limit_usd is None)
-    assert_nothing_written(redis_url)
+    assert_nothing_written(genesis)
