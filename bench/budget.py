@@ -16,8 +16,9 @@ the `producer` CLI, and prints:
   jobs stored `halted` with the guard's "budget refused" message; granted = calls − refused.
   (A grant released without a call, e.g. for a rate-limit wait, would make the figure negative:
   the limiter is opened wide here so that only the budget binds.)
-- halt → stopped: from the halt BudgetEvent's `at` (written right after the refused
-  reservation) until `inspect().active_queues()` lists no provider queue on any worker.
+- halt → stopped: from the halt BudgetEvent's `at`, and from the first refused reservation
+  (its job's finished_at), until `inspect().active_queues()` lists no provider queue on any
+  worker; the workers' logs split it into "broadcast sent" and "last worker cancelled".
 """
 
 from __future__ import annotations
@@ -121,6 +122,21 @@ def consuming_providers(app, hostnames: list[str]) -> bool | None:
     return any(q["name"] in PROVIDER_QUEUES for queues in replies.values() for q in queues)
 
 
+def log_times(paths: list[Path], needle: str) -> list[datetime]:
+    """When workers logged a line (Celery's `[YYYY-mm-dd HH:MM:SS,mmm: LEVEL/...]`, local time)."""
+    times = []
+    for path in paths:
+        for line in path.read_text(errors="replace").splitlines():
+            if needle in line and line.startswith("["):
+                stamp = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").astimezone(timezone.utc)
+                times.append(stamp)
+    return times
+
+
+def ms_after(at: datetime, times: list[datetime]) -> float | None:
+    return (max(times) - at).total_seconds() * 1000 if times else None
+
+
 def run_shape(n_workers: int, threads: int, *, redis_url: str, simulator, calls_covered: int, tmp: Path) -> dict:
     from producer.cli import app as producer_app
     from shared.budget import _RESERVE, BudgetGuard
@@ -174,7 +190,7 @@ def run_shape(n_workers: int, threads: int, *, redis_url: str, simulator, calls_
         halted_after_s = time.monotonic() - submitted_at
         wait_for(lambda: consuming_providers(app, hostnames) is False, timeout=30, interval=0.0,
                  what="workers to stop consuming provider queues")
-        stopped_ms = (datetime.now(timezone.utc) - event.at).total_seconds() * 1000
+        stopped_at = datetime.now(timezone.utc)
 
         def settled():
             counts = job_counts(run_id)
@@ -186,9 +202,14 @@ def run_shape(n_workers: int, threads: int, *, redis_url: str, simulator, calls_
         calls = reserves.stop()
         with session_scope() as session:
             spent = session.exec(select(func.coalesce(func.sum(CostEntry.cost_usd), 0.0))).one()
-            refused = session.exec(select(func.count()).select_from(Job).where(
+            refused, refused_at = session.exec(select(func.count(), func.min(Job.finished_at)).where(
                 Job.status == "halted", Job.error_message.like("budget refused%"))).one()
         served = simulator.stats()
+        logs = [w.log_path for w in workers]
+        refused_at = refused_at.replace(tzinfo=timezone.utc) if refused_at.tzinfo is None else refused_at
+        broadcast_ms = ms_after(refused_at, log_times(logs, "halting provider queues"))
+        cancelled = log_times(logs, "Canceling queue mistral")
+        cancelled_ms = ms_after(refused_at, cancelled) if len(cancelled) == len(workers) else None
         return {
             "shape": f"{n_workers}x{threads}", "in_flight": n_workers * threads, "jobs": sum(counts.values()),
             "limit_usd": limit_usd, "cap_usd": cap_usd, "worst_call_usd": mean_worst,
@@ -197,16 +218,22 @@ def run_shape(n_workers: int, threads: int, *, redis_url: str, simulator, calls_
             "peak_committed_usd": peak / 1e6, "reserve_calls": calls, "refused": refused,
             "granted": calls - refused, "served": served["requests_total"],
             "served_minus_granted": served["requests_total"] - (calls - refused),
-            "halt_after_s": halted_after_s, "stop_ms": stopped_ms,
+            "halt_after_s": halted_after_s, "stop_ms": (stopped_at - event.at).total_seconds() * 1000,
+            "refusal_stop_ms": (stopped_at - refused_at).total_seconds() * 1000, "broadcast_ms": broadcast_ms,
+            "cancelled_ms": cancelled_ms,
         }
     finally:
         for worker in workers:
             worker.stop()
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
+    parser.add_argument("--redis-url", default=os.environ.get("GENESIS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12"))
     parser.add_argument("--calls-covered", type=int, default=30, help="worst-case calls the budget covers")
     parser.add_argument("--latency-ms", type=float, default=150.0)
     opts = parser.parse_args()
@@ -232,21 +259,29 @@ def main() -> None:
     first = rows[0]
     print(f"\nbudget guard: {first['jobs']} jobs ({' + '.join(BACKENDS)}), simulator latency "
           f"{opts.latency_ms:.0f}±{opts.latency_ms / 3:.0f} ms; budget ${first['limit_usd']:.6f}, emergency "
-          f"threshold ${first['cap_usd']:.6f} = {opts.calls_covered} worst-case calls of ${first['worst_call_usd']:.6f}")
+          f"threshold ${first['cap_usd']:.6f} = {opts.calls_covered} worst-case calls "
+          f"of ${first['worst_call_usd']:.6f}")
     header = (f"{'shape':>6} {'in flight':>9} {'ok':>4} {'halted':>6} {'queued':>6} {'spent $':>10} "
               f"{'overshoot $':>12} {'peak spent+reserved $':>21} {'reserves':>8} {'refused':>7} {'granted':>7} "
-              f"{'served':>6} {'served-granted':>14} {'halt at s':>9} {'halt->stopped ms':>16}")
+              f"{'served':>6} {'served-granted':>14} {'halt at s':>9} {'event->stopped ms':>17} "
+              f"{'refusal->stopped ms':>19} {'(broadcast':>10} {'cancelled)':>10}")
     print(header)
     for r in rows:
         print(f"{r['shape']:>6} {r['in_flight']:>9} {r['ok']:>4} {r['halted']:>6} {r['queued']:>6} "
               f"{r['spent_usd']:>10.6f} {r['overshoot_usd']:>12.6f} {r['peak_committed_usd']:>21.6f} "
               f"{r['reserve_calls']:>8} {r['refused']:>7} {r['granted']:>7} {r['served']:>6} "
-              f"{r['served_minus_granted']:>14} {r['halt_after_s']:>9.2f} {r['stop_ms']:>16.0f}")
+              f"{r['served_minus_granted']:>14} {r['halt_after_s']:>9.2f} {r['stop_ms']:>17.0f} "
+              f"{r['refusal_stop_ms']:>19.0f} "
+              f"{_ms(r['broadcast_ms']):>10} {_ms(r['cancelled_ms']):>10}")
     print("\novershoot = settled ledger − emergency threshold (must be ≤ 0). served−granted = calls the "
           "simulator answered − reservations granted (reserve script calls seen by Redis MONITOR − jobs "
           "refused by the guard); must be 0: no call without a grant, none after the halt. "
           "peak spent+reserved is sampled every ~10 ms until the halt (never above the threshold). "
-          "halt->stopped = halt BudgetEvent.at until inspect().active_queues() lists no provider queue.")
+          "event->stopped = halt BudgetEvent.at until inspect().active_queues() lists no provider queue on any "
+          "worker; refusal->stopped = the same from the first refused reservation (the earliest finished_at of a "
+          "job the guard refused, stamped right after the refusal, before the run and the event are written); "
+          "from the workers' logs, in ms after that refusal: (broadcast) the halting worker sends "
+          "cancel_consumer, (cancelled) the last worker logs 'Canceling queue mistral'.")
     bad = [r["shape"] for r in rows if r["overshoot_usd"] > 1e-9 or r["served_minus_granted"] != 0]
     if bad:
         print(f"INVARIANT BROKEN in {', '.join(bad)}")

@@ -112,6 +112,18 @@ def config_file(directory: Path, limits: dict[str, dict[str, int]]) -> Path:
     return path
 
 
+def machine_cpu_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores, from /proc/stat."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = ticks[3] + ticks[4]
+    return (sum(ticks) - idle) / CLOCK_TICKS, sum(ticks) / CLOCK_TICKS
+
+
+def redis_server_pid() -> int | None:
+    found = subprocess.run(["pgrep", "-x", "redis-server"], capture_output=True, text=True).stdout.split()
+    return int(found[0]) if len(found) == 1 else None
+
+
 def cpu_s(pid: int) -> float:
     """User + system CPU of a process and its waited-for children, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -220,8 +232,12 @@ def run_scenario(sc: Scenario, redis_url: str) -> list[dict]:
                 submit_and_wait(Scenario(**{**sc.__dict__, "limit": 2}))
                 continue
             cpu_before, idle_rate = worker_cpu(workers)
+            ours_before, machine_before = ours_cpu_s(workers, sim), machine_cpu_s()
             row = submit_and_wait(sc)
-            row.update(label=label, sim=sim.stats())
+            ours_after, machine_after = ours_cpu_s(workers, sim), machine_cpu_s()
+            row.update(label=label, sim=sim.stats(), machine_busy_s=machine_after[0] - machine_before[0],
+                       machine_total_s=machine_after[1] - machine_before[1],
+                       ours={k: ours_after[k] - ours_before[k] for k in ours_after})
             if sc.key == "c":
                 row["worker_cpu_s"] = worker_cpu(workers, measure_idle=False)[0] - cpu_before
                 row["idle_cpu_s"] = idle_rate * row["wall_s"]
@@ -233,6 +249,15 @@ def run_scenario(sc: Scenario, redis_url: str) -> list[dict]:
         sim.stop()
     print(f"  (logs and SQLite in {tmp})")
     return rows
+
+
+def ours_cpu_s(workers: list[WorkerProcess], sim: SimulatorProcess) -> dict[str, float]:
+    """CPU seconds so far of each part of the system under test."""
+    parts = {"workers": sum(cpu_s(w.proc.pid) for w in workers), "simulator": cpu_s(sim.proc.pid),
+             "producer": time.process_time()}
+    if (pid := redis_server_pid()) is not None:
+        parts["redis"] = cpu_s(pid)
+    return parts
 
 
 def prepare_this_process(env: dict[str, str]):
@@ -271,6 +296,11 @@ def report(sc: Scenario, rows: list[dict]) -> list[str]:
                 f"submit→report {row['wall_s']:.2f} s  submit→all final {row['final_s']:.2f} s  "
                 f"first start→last finish (SQL) {row['span_s']:.2f} s  calls {sim['requests_total']}")
         lines.append(head)
+        ours = row["ours"]
+        others = row["machine_busy_s"] - sum(ours.values())
+        lines.append(f"    CPU during the run: machine busy {row['machine_busy_s']:.1f} of {row['machine_total_s']:.1f} core-s "
+                     f"({100 * row['machine_busy_s'] / row['machine_total_s']:.0f}%); "
+                     + ", ".join(f"{k} {v:.1f}" for k, v in ours.items()) + f", other processes {others:.1f}")
         if sc.key == "a":
             lines.append(f"    vs even pacing 100 s: {row['wall_s'] / 100:.2f}x; vs floor ~41 s: {row['wall_s'] / 41:.2f}x; "
                          f"429s: {n429} ({100 * n429 / max(sim['requests_total'], 1):.1f}% of calls)  "

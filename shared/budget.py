@@ -221,9 +221,12 @@ class BudgetGuard:
     def is_halted(self) -> bool:
         return self._read_state()[3]
 
-    def halt(self, *, run_id: str | None, reason: str) -> bool:
-        """True for exactly one caller per halt: that one records the event and stops the queues."""
+    def halt(self, *, run_id: str | None, reason: str, on_first: Callable[[], None] | None = None) -> bool:
+        """True for exactly one caller per halt: that one records the event and stops the queues.
+        `on_first` (stopping the consumers) runs before the SQL writes, so workers stop sooner."""
         newly = int(self._with_state(lambda: self._halt(keys=[self.state_key]))) == 1
+        if newly and on_first is not None:
+            on_first()
         self._mark_run_halted(run_id)
         if newly:
             spent, _, limit, _ = self._read_state()

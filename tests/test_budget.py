@@ -38,7 +38,7 @@ from shared.models import BudgetEvent, CostEntry, Run, RunStatus
 from shared.tokens import estimate_prompt_tokens
 from worker.halt import restore_provider_consumers, stop_provider_consumers
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
+REDIS_URL = os.environ.get("GENESIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")  # flushed per test
 CAP_MICRO = 830_000  # limit $1.00 × emergency 0.83
 
 CONFIG = """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +19,7 @@ from shared.config import get_settings, load_settings
 from shared.db import migrate, session_scope
 from shared.models import CostEntry
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
+REDIS_URL = os.environ.get("GENESIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")  # flushed per test
 BUDGET = """
 [pricing."m"]
 input_per_mtok = 1.0

@@ -142,7 +142,8 @@ def test_resume_finishes_the_run_without_paying_twice(monkeypatch, simulator, st
     halted = halt_a_run(monkeypatch, simulator, start_worker, redis_url)
     run_id = halted["run_id"]
     with session_scope() as session:
-        ok_before = {j.id: j.attempts for j in session.exec(select(Job).where(Job.run_id == run_id, Job.status == "ok"))}
+        ok_jobs = session.exec(select(Job).where(Job.run_id == run_id, Job.status == "ok")).all()
+        ok_before = {j.id: j.attempts for j in ok_jobs}
     assert len(ok_before) == halted["counts"]["ok"]
 
     assert producer("resume", run_id).exit_code == 2  # still halted: the budget must be lifted first

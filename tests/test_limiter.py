@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import os
+
 import multiprocessing
 import time
 from datetime import datetime, timedelta, timezone
@@ -16,7 +18,7 @@ import redis
 from shared.config import Settings
 from shared.limiter import IN_FLIGHT_POLL_S, Permit, RateLimiter
 
-REDIS_URL = "redis://127.0.0.1:6379/11"
+REDIS_URL = os.environ.get("GENESIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")  # flushed per test
 
 
 @pytest.fixture

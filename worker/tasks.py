@@ -103,9 +103,8 @@ def _run_job(task: GenesisTask, job_id: int) -> str:
         svc.budget.reserve(job.id, worst_case_cost(settings, job.model, est_input, max_tokens), run_id=job.run_id)
     except BudgetRefused as refused:
         jobs.finish_halted(job.id, str(refused))
-        if svc.budget.halt(run_id=job.run_id, reason=str(refused)):
-            log.warning("budget emergency threshold reached: halting provider queues (%s)", refused)
-            stop_provider_consumers(app)
+        if svc.budget.halt(run_id=job.run_id, reason=str(refused), on_first=lambda: stop_provider_consumers(app)):
+            log.warning("budget emergency threshold reached: provider queues halted (%s)", refused)
         return "halted"
 
     permit = _acquire(svc.limiter, job.provider, job.model, est_input + max_tokens)
