@@ -247,6 +247,7 @@ def run_scenario(sc: Scenario, redis_url: str) -> list[dict]:
         for worker in workers:
             worker.stop()
         sim.stop()
+        redis.Redis.from_url(redis_url).flushdb()
     print(f"  (logs and SQLite in {tmp})")
     return rows
 

@@ -14,11 +14,12 @@ import logging
 import math
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import redis
 from sqlalchemy import update
-from sqlmodel import col, func, select
+from sqlmodel import Session, col, func, select
 
 from shared.config import ConfigError, Settings
 from shared.db import session_scope
@@ -272,19 +273,9 @@ class BudgetGuard:
         """Counters from SQL; safe to race: only the first rebuilt state is installed."""
         with session_scope(self.database_url) as session:
             entries = session.exec(select(CostEntry.id, CostEntry.job_id, CostEntry.cost_usd)).all()
-            events = session.exec(
-                select(BudgetEvent.kind, BudgetEvent.limit_usd).order_by(col(BudgetEvent.id))
-            ).all()
-        limit_override = ""
-        halted = False
-        fired: set[str] = set()
-        for kind, limit_usd in events:
-            if kind == "limit":
-                limit_override, fired = str(to_micro(limit_usd)), set()
-            elif kind in ("halt", "resume"):
-                halted = kind == "halt"
-            elif kind in TIERS:
-                fired.add(kind)
+            recorded = recorded_budget_state(session)
+        limit_override = str(to_micro(recorded.limit_usd)) if recorded.limit_usd is not None else ""
+        halted, fired = recorded.halted, set(recorded.fired)
 
         token = uuid.uuid4().hex
         staged_settled = f"{self.settled_key}:staged:{token}"
@@ -404,6 +395,31 @@ def _threshold(limit: int, ratio: float) -> int:
 def _needs_rebuild(result: Any) -> bool:
     first = result[0] if isinstance(result, list) else result
     return int(first) == NEEDS_REBUILD
+
+
+@dataclass(frozen=True)
+class RecordedBudgetState:
+    """What the budget events in SQL say: the limit set by `budget resume --limit` (None: the
+    config's), whether the queues are halted, and the tiers fired since the last limit change."""
+
+    limit_usd: float | None
+    halted: bool
+    fired: frozenset[str]
+
+
+def recorded_budget_state(session: Session) -> RecordedBudgetState:
+    events = session.exec(select(BudgetEvent.kind, BudgetEvent.limit_usd).order_by(col(BudgetEvent.id))).all()
+    limit_usd: float | None = None
+    halted = False
+    fired: set[str] = set()
+    for kind, event_limit in events:
+        if kind == "limit":
+            limit_usd, fired = event_limit, set()
+        elif kind in ("halt", "resume"):
+            halted = kind == "halt"
+        elif kind in TIERS:
+            fired.add(kind)
+    return RecordedBudgetState(limit_usd, halted, frozenset(fired))
 
 
 def post_webhook(url: str, event: BudgetEvent) -> None:

@@ -18,6 +18,7 @@ from typing import Any, Hashable, Iterable
 from sqlalchemy import func
 from sqlmodel import Session, select
 
+from shared.budget import recorded_budget_state
 from shared.config import BudgetConfig, ConfigError, DecisionConfig, get_settings
 from shared.db import session_scope
 from shared.models import BudgetEvent, CostEntry, Job, JobStatus, Run, RunStatus, utcnow
@@ -293,10 +294,12 @@ def _budget(session: Session, run: Run, snapshot: dict, jobs: list[Job]) -> dict
     """The budget is global, so spend counts every ledger row; this run's share is beside it,
     cross-checked against what its jobs recorded."""
     config = BudgetConfig.model_validate(snapshot.get("budget") or {})
+    recorded = recorded_budget_state(session)
+    limit_usd = recorded.limit_usd if recorded.limit_usd is not None else config.limit_usd
     total = func.coalesce(func.sum(CostEntry.cost_usd), 0.0)
     spent = float(session.exec(select(total)).one())
     run_cost = float(session.exec(select(total).where(CostEntry.run_id == run.id)).one())
-    fraction = spent / config.limit_usd
+    fraction = spent / limit_usd
     thresholds = {name: getattr(config, name) for name in ("warning", "critical", "emergency")}
     crossed = [name for name, share in thresholds.items() if fraction >= share]
     level = crossed[-1] if crossed else "ok"
@@ -306,10 +309,11 @@ def _budget(session: Session, run: Run, snapshot: dict, jobs: list[Job]) -> dict
         .order_by(BudgetEvent.at, BudgetEvent.id)
     )
     return {
-        "limit_usd": config.limit_usd,
+        "limit_usd": limit_usd,
         "spent_usd": spent,
         "used_fraction": fraction,
         "level": level,
+        "halted": recorded.halted,
         "thresholds": thresholds,
         "run_cost_usd": run_cost,
         "jobs_cost_usd": sum(j.cost_usd or 0.0 for j in jobs),
@@ -499,7 +503,8 @@ def _budget_blocks(budget: dict) -> list[tuple]:
             "list",
             [
                 f"Spent (all runs): {_usd(budget['spent_usd'])} of {_usd(budget['limit_usd'])} "
-                f"({budget['used_fraction']:.1%}), level {budget['level']}",
+                f"({budget['used_fraction']:.1%}), level {budget['level']}"
+                + (" — queues HALTED by the budget guard" if budget["halted"] else ""),
                 f"This run: {_usd(budget['run_cost_usd'])} in the ledger, "
                 f"{_usd(budget['jobs_cost_usd'])} recorded on its jobs",
                 f"Thresholds: warning {t['warning']:.0%}, critical {t['critical']:.0%}, "

@@ -16,6 +16,7 @@ from shared.report import (
     LATEST_REPORT_NAME,
     build_report_data,
     generate_report,
+    render_markdown,
     write_report,
 )
 
@@ -188,7 +189,7 @@ def test_backend_rows_counts_budget_and_warnings(mixed_run):
     budget = data["budget"]
     assert budget["spent_usd"] == pytest.approx(8.0 + 57 * 0.001)
     assert budget["run_cost_usd"] == pytest.approx(57 * 0.001) == budget["jobs_cost_usd"]
-    assert budget["level"] == "warning" and budget["limit_usd"] == 30.0
+    assert budget["level"] == "warning" and budget["limit_usd"] == 30.0 and budget["halted"] is False
     assert [e["kind"] for e in budget["events"]] == ["warning"]
 
     warnings = "\n".join(data["warnings"])
@@ -303,3 +304,14 @@ def test_write_report_renders_hostile_names(tmp_path, mixed_run):
     page = paths["html"].read_text()
     assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;|y" in page
     assert "\\<b>x\\</b>\\|y" in paths["md"].read_text()
+
+
+def test_budget_section_follows_the_recorded_halt_and_raised_limit(mixed_run):
+    with Session(get_engine(mixed_run)) as session:
+        for kind, limit in (("halt", 30.0), ("limit", 100.0), ("resume", 100.0), ("halt", 100.0)):
+            session.add(BudgetEvent(kind=kind, level="emergency", spent_usd=8.0, limit_usd=limit, run_id="run1"))
+        session.commit()
+    budget = build(mixed_run)["budget"]
+    assert budget["halted"] is True and budget["limit_usd"] == 100.0
+    assert budget["level"] == "ok"  # 8.06 of 100 is under the 25% warning line
+    assert "HALTED" in render_markdown(build(mixed_run))
