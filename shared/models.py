@@ -31,8 +31,6 @@ class JobStatus(StrEnum):
     halted = "halted"
 
 
-FINAL_JOB_STATUSES = frozenset({JobStatus.ok, JobStatus.error})
-
 
 class Run(SQLModel, table=True):
     __tablename__ = "run"

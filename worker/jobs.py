@@ -38,7 +38,8 @@ class Claim:
 
 
 def claim(job_id: int, worker: str, lease_s: float) -> tuple[str, ClaimedJob | Job | None]:
-    """Take a queued job (or one whose runner died: running past its lease)."""
+    """Take a queued job (or one whose runner died: running past its lease), counting the
+    attempt; a delivery that then makes no call gives it back with `requeue(uncount=True)`."""
     now = utcnow()
     with session_scope() as session:
         taken = session.execute(
@@ -51,57 +52,52 @@ def claim(job_id: int, worker: str, lease_s: float) -> tuple[str, ClaimedJob | J
                 )
             )
             .where(Job.run_id.in_(select(Run.id).where(Run.status != RunStatus.cancelled)))
-            .values(status=JobStatus.running, started_at=now, worker=worker)
+            .values(status=JobStatus.running, started_at=now, worker=worker, attempts=Job.attempts + 1)
         ).rowcount
         job = session.get(Job, job_id)
         if job is None:
             return Claim.DONE, None
-        if not taken:
-            return (Claim.BUSY if job.status == JobStatus.running else Claim.DONE), job
         run = session.get(Run, job.run_id)
-        if run.status == RunStatus.queued:
-            run.status = RunStatus.running
+        if not taken:
+            busy = job.status == JobStatus.running and run.status != RunStatus.cancelled
+            return (Claim.BUSY if busy else Claim.DONE), job
+        session.execute(
+            update(Run).where(Run.id == run.id, Run.status == RunStatus.queued).values(status=RunStatus.running)
+        )
         return Claim.TAKEN, ClaimedJob(
             id=job.id, run_id=job.run_id, agent=job.agent, task_id=job.task_id, backend=job.backend,
             provider=job.provider, model=job.model, attempts=job.attempts, suite=run.suite,
         )
 
 
-def count_attempt(job_id: int) -> int:
-    with session_scope() as session:
-        job = session.get(Job, job_id)
-        job.attempts += 1
-        return job.attempts
-
-
-def requeue(job_id: int, *, error_type: str | None = None, error_message: str | None = None) -> None:
+def requeue(job_id: int, *, error_type: str | None = None, error_message: str | None = None,
+            uncount: bool = False) -> None:
     """Hand the job back (a retry is scheduled), keeping the last error for `status`."""
+    values: dict = {"status": JobStatus.queued, "error_type": error_type, "error_message": error_message}
+    if uncount:
+        values["attempts"] = Job.attempts - 1
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.running).values(**values))
+
+
+def finish_error(job_id: int, error_type: str, error_message: str) -> None:
+    """Only a running job can fail: an `ok` result is never overwritten."""
     with session_scope() as session:
         session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == JobStatus.running)
-            .values(status=JobStatus.queued, error_type=error_type, error_message=error_message)
-        )
-
-
-def finish_error(job_id: int, error_type: str, error_message: str) -> None:
-    with session_scope() as session:
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id)
             .values(status=JobStatus.error, error_type=error_type, error_message=error_message, finished_at=utcnow())
         )
 
 
-def finish_halted(job_id: int, reason: str, *, only_queued: bool = False) -> None:
-    """Skipped by the budget guard. `only_queued` for a delivery that did not claim the job:
-    it must not touch a job another worker is running."""
-    allowed = [JobStatus.queued] if only_queued else [JobStatus.queued, JobStatus.running]
+def finish_halted(job_id: int, reason: str) -> None:
+    """Skipped by the budget guard after this delivery claimed it (no call: not an attempt)."""
     with session_scope() as session:
         session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status.in_(allowed))
-            .values(status=JobStatus.halted, error_type="BudgetHalt", error_message=reason, finished_at=utcnow())
+            .where(Job.id == job_id, Job.status == JobStatus.running)
+            .values(status=JobStatus.halted, error_type="BudgetHalt", error_message=reason,
+                    attempts=Job.attempts - 1, finished_at=utcnow())
         )
 
 

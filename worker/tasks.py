@@ -17,10 +17,10 @@ from celery.exceptions import Retry
 from shared.budget import BudgetGuard, BudgetRefused, call_cost, max_output_tokens, worst_case_cost
 from shared.config import get_settings
 from shared.limiter import Permit, RateLimiter
-from shared.providers import ChatRequest, ProviderError, complete
+from shared.providers import ChatRequest, ProviderError, complete, scrub_secrets
 from shared.retry import backoff_delay, retry_after_from_headers
 from shared.runs import publish_report
-from shared.scoring import score
+from shared.scoring import ScoreResult, score
 from shared.suite import load_suite
 from shared.tokens import estimate_prompt_tokens
 from worker import jobs
@@ -66,34 +66,59 @@ def services() -> Services:
     return _services(os.getpid())
 
 
+@dataclass
+class Delivery:
+    """What this delivery of a job message holds, so a failure cleans up only its own state:
+    another delivery of the same job may own the row and the reservation."""
+
+    job_id: int
+    owned: bool = False  # claimed the job: may write its outcome
+    reserved: bool = False  # holds the job's budget reservation
+    paid_usd: float | None = None  # the provider answered (and billed) this much
+
+    def fail(self, exc: Exception) -> str:
+        """Record an unexpected failure. Never raises: the chord must complete (design §1)."""
+        if not self.owned:
+            return "skipped"
+        budget = services().budget
+        steps = []
+        if self.paid_usd is not None:  # billed but not recorded: count it against the cap anyway
+            steps.append(lambda: budget.settle(self.job_id, self.paid_usd))
+        elif self.reserved:
+            steps.append(lambda: budget.release(self.job_id))
+        steps.append(lambda: jobs.finish_error(self.job_id, type(exc).__name__, scrub_secrets(str(exc))[:500]))
+        for step in steps:
+            try:
+                step()
+            except Exception:  # noqa: BLE001 - best effort; the job stays resumable from SQL
+                log.exception("job %s: cleanup after failure failed", self.job_id)
+        return "error"
+
+
 @genesis_task("genesis.run_job")
 def run_job(self: GenesisTask, job_id: int) -> dict:
     """Never raises for a terminal outcome, so the chord always completes (design §1)."""
+    delivery = Delivery(job_id)
     try:
-        status = _run_job(self, job_id)
+        status = _run_job(self, delivery)
     except Retry:
         raise
-    except Exception as exc:  # noqa: BLE001 - a bug or an unexpected failure: recorded, not raised
+    except Exception as exc:  # noqa: BLE001 - a bug or an outage: recorded, not raised
         log.exception("job %s failed unexpectedly", job_id)
-        services().budget.release(job_id)
-        jobs.finish_error(job_id, type(exc).__name__, str(exc)[:500])
-        status = "error"
+        status = delivery.fail(exc)
     return {"job_id": job_id, "status": status}
 
 
-def _run_job(task: GenesisTask, job_id: int) -> str:
+def _run_job(task: GenesisTask, delivery: Delivery) -> str:
     settings = get_settings()
     svc = services()
-    if svc.budget.is_halted():
-        jobs.finish_halted(job_id, "budget guard halted the queues", only_queued=True)
-        return "halted"
-
     lease_s = settings.worker.task_time_limit_s + 60
-    outcome, job = jobs.claim(job_id, task.request.hostname or "local", lease_s)
+    outcome, job = jobs.claim(delivery.job_id, task.request.hostname or "local", lease_s)
     if outcome == jobs.Claim.BUSY:  # a duplicate delivery: wait for the runner to finish it
         raise task.retry(countdown=BUSY_RECHECK_S)
     if outcome == jobs.Claim.DONE:
         return job.status if job else "missing"
+    delivery.owned = True
 
     suite_task = load_suite(job.suite).get(job.agent, job.task_id)
     max_tokens = max_output_tokens(settings, job.backend, suite_task.max_tokens)
@@ -106,14 +131,14 @@ def _run_job(task: GenesisTask, job_id: int) -> str:
         if svc.budget.halt(run_id=job.run_id, reason=str(refused), on_first=lambda: stop_provider_consumers(app)):
             log.warning("budget emergency threshold reached: provider queues halted (%s)", refused)
         return "halted"
+    delivery.reserved = True
 
     permit = _acquire(svc.limiter, job.provider, job.model, est_input + max_tokens)
     if not isinstance(permit, Permit):
         svc.budget.release(job.id)
-        jobs.requeue(job.id)
+        jobs.requeue(job.id, uncount=True)  # no call was made: not an attempt
         raise task.retry(countdown=permit + random.uniform(0, 0.25))
 
-    attempt = jobs.count_attempt(job.id)
     request = ChatRequest(
         model=job.model, prompt=suite_task.prompt, system=suite_task.system,
         max_tokens=max_tokens, timeout_s=settings.retry.call_timeout_s,
@@ -121,14 +146,14 @@ def _run_job(task: GenesisTask, job_id: int) -> str:
     try:
         response = complete(job.provider, request)
     except ProviderError as err:
-        svc.limiter.release(permit)
+        _best_effort(svc.limiter.release, permit)
         svc.budget.release(job.id)
-        return _handle_failure(task, job, err, attempt)
+        return _handle_failure(task, job, err, job.attempts)
 
-    svc.limiter.release(permit, response.input_tokens + response.output_tokens)
-    svc.limiter.observe(job.provider, job.model, response.headers)
-    result = score(suite_task, response.text)
+    # Paid from here on: record it before anything else can fail.
     cost = call_cost(settings, job.model, response.input_tokens, response.output_tokens)
+    delivery.paid_usd = cost
+    result = _score(suite_task, response.text)
     recorded = jobs.finish_ok(
         job, output=response.text, score=result.score, detail=result.detail, latency_ms=response.latency_ms,
         input_tokens=response.input_tokens, output_tokens=response.output_tokens, cost_usd=cost,
@@ -137,7 +162,25 @@ def _run_job(task: GenesisTask, job_id: int) -> str:
         svc.budget.settle(job.id, cost)
     else:  # the ledger already had this job: never count it twice
         svc.budget.release(job.id)
+    _best_effort(svc.limiter.release, permit, response.input_tokens + response.output_tokens)
+    _best_effort(svc.limiter.observe, job.provider, job.model, response.headers)
     return "ok"
+
+
+def _score(suite_task, text: str) -> ScoreResult:
+    try:
+        return score(suite_task, text)
+    except Exception as exc:  # noqa: BLE001 - a scorer bug must not lose a paid answer
+        log.exception("scoring failed")
+        return ScoreResult(0.0, f"scorer failed: {type(exc).__name__}: {exc}")
+
+
+def _best_effort(call, *args) -> None:
+    """Limiter bookkeeping after a call: losing it costs accuracy of pacing, never a job."""
+    try:
+        call(*args)
+    except Exception:  # noqa: BLE001
+        log.warning("limiter update failed", exc_info=True)
 
 
 def _acquire(limiter: RateLimiter, provider: str, model: str, tokens: int) -> Permit | float:
@@ -160,7 +203,7 @@ def _handle_failure(task: GenesisTask, job: jobs.ClaimedJob, err: ProviderError,
     detail = f"{err.kind}{f' {err.status}' if err.status else ''}: {err}"
     if err.retryable and attempt < settings.retry.max_attempts:
         delay = backoff_delay(
-            attempt, retry_after=retry_after, base=settings.retry.backoff_base_s, cap=settings.retry.backoff_max_s
+            attempt - 1, retry_after=retry_after, base=settings.retry.backoff_base_s, cap=settings.retry.backoff_max_s
         )
         log.info("job %s attempt %s failed (%s); retrying in %.1fs", job.id, attempt, detail, delay)
         jobs.requeue(job.id, error_type=err.error_type, error_message=detail)
@@ -171,7 +214,8 @@ def _handle_failure(task: GenesisTask, job: jobs.ClaimedJob, err: ProviderError,
     return "error"
 
 
-@genesis_task("genesis.build_report", queue="reports")
+@genesis_task("genesis.build_report", queue="reports", autoretry_for=(Exception,), retry_backoff=2,
+              retry_backoff_max=60, max_retries=8)
 def build_report(self: GenesisTask, results: list | None, run_id: str) -> str:
     """Chord body: reads SQL only; `results` (the header's summaries) are not needed."""
     return str(publish_report(run_id)["md"])
