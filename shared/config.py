@@ -193,8 +193,10 @@ class Settings(BaseSettings):
         return base.model_copy(update=override.model_dump(exclude_none=True))
 
     def snapshot(self) -> dict:
-        """What a run was priced and scored with; URLs (which may hold passwords) left out."""
-        return self.model_dump(mode="json", exclude={"database_url", "redis_url", "config_dir"})
+        """What a run was priced and scored with; URLs (which may hold passwords or tokens) left out."""
+        return self.model_dump(
+            mode="json", exclude={"database_url": True, "redis_url": True, "config_dir": True, "budget": {"webhook_url"}}
+        )
 
 
 def config_path() -> Path:

@@ -11,6 +11,7 @@ Why this shape:
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -131,6 +132,8 @@ def _call_openai(req: ChatRequest) -> ChatResponse:
     )
     latency_ms = (time.perf_counter() - started) * 1000
     completion = raw.parse()
+    if not completion.choices:
+        raise ProviderError("malformed", "OpenAI returned no choices")
     choice = completion.choices[0]
     usage = completion.usage
     return ChatResponse(
@@ -225,10 +228,22 @@ def _kind_for_status(status: int) -> str:
     return "client"
 
 
+_KEY_LIKE = re.compile(r"\b(sk|sk-ant|sk-proj|key)-[A-Za-z0-9_\-*]{4,}")
+
+
+def scrub_secrets(text: str) -> str:
+    """Error bodies can echo a (masked) key; keys never reach SQL, logs or reports."""
+    for key_var, _ in PROVIDER_ENV.values():
+        value = os.environ.get(key_var)
+        if value and len(value) >= 4:
+            text = text.replace(value, "[redacted]")
+    return _KEY_LIKE.sub("[redacted]", text)
+
+
 def classify(exc: BaseException) -> ProviderError:
     """Map any SDK or transport exception to a ProviderError, without importing SDKs eagerly."""
     name = type(exc).__name__
-    message = str(exc) or name
+    message = scrub_secrets(str(exc) or name)
     if len(message) > 500:
         message = message[:500] + "…"
 

@@ -1,0 +1,51 @@
+"""Provider errors are classified for the retry policy, and keys never leak through them."""
+
+from __future__ import annotations
+
+import httpx2
+import openai
+import pytest
+
+from shared.providers import ProviderError, classify, scrub_secrets
+
+
+def _status_error(status: int, body: str = "boom") -> openai.APIStatusError:
+    request = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    response = httpx2.Response(status, request=request, headers={"retry-after": "3"}, text=body)
+    return openai.APIStatusError(body, response=response, body=None)
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "retryable"),
+    [(429, "rate_limit", True), (500, "server", True), (503, "server", True), (529, "server", True),
+     (401, "auth", False), (403, "auth", False), (400, "client", False), (404, "client", False),
+     (422, "client", False)],
+)
+def test_status_codes_map_to_kinds(status, kind, retryable):
+    err = classify(_status_error(status))
+    assert (err.kind, err.status, err.retryable) == (kind, status, retryable)
+    assert err.headers["retry-after"] == "3"
+
+
+def test_transport_failures_are_retryable():
+    request = httpx2.Request("POST", "http://127.0.0.1/v1/messages")
+    assert classify(httpx2.ReadTimeout("slow", request=request)).kind == "timeout"
+    assert classify(httpx2.ConnectError("refused", request=request)).kind == "connection"
+    import json
+
+    try:
+        json.loads("{not json")
+    except json.JSONDecodeError as exc:
+        assert classify(exc).kind == "malformed"
+
+
+def test_a_bug_is_not_retried_as_a_provider_fault():
+    assert classify(TypeError("unexpected keyword argument")).retryable is False
+
+
+def test_keys_are_scrubbed_from_error_messages(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-live-abcdefghijklmnop")
+    err = classify(_status_error(401, "Incorrect API key provided: sk-live-abcdefghijklmnop"))
+    assert "abcdefghijklmnop" not in str(err) and "[redacted]" in str(err)
+    assert "sk-proj-" not in scrub_secrets("key sk-proj-****abcd was rejected")
+    assert isinstance(err, ProviderError)
