@@ -62,6 +62,10 @@ def submit(
         if dry_run:
             _dry_run(settings, selection, as_json)
             return
+        if _budget_guard(settings).is_halted():
+            err_console.print("[red]error:[/red] the budget guard is halted: nothing was submitted; "
+                              "`producer budget` shows why, `producer budget resume [--limit USD]` lifts it")
+            raise typer.Exit(1)
         run_id, jobs = submitting.record_run(settings, selection)
     except ConfigError as exc:
         raise _bad_input(str(exc)) from None
@@ -131,7 +135,13 @@ def _wait_for_report(run_id: str, *, quiet: bool) -> dict[str, Any]:
                     bars[name] = progress.add_task(name, total=sum(row.values()), detail=detail)
                 progress.update(bars[name], completed=done, detail=detail)
             status, report = snapshot["status"], snapshot["report"]
-            if (status in FINAL_RUN_STATUSES and report) or (status == RunStatus.halted and not snapshot["active"]):
+            if status in FINAL_RUN_STATUSES and report:
+                break
+            if status == RunStatus.halted and not snapshot["by_status"]["running"]:
+                # The halted queues hold the rest, so the chord cannot finish: report what did.
+                from shared.runs import publish_report
+
+                snapshot["report"] = str(publish_report(run_id, partial=True)["md"])
                 break
             time.sleep(0.5)
     if not quiet:

@@ -17,7 +17,7 @@ from shared.config import ConfigError, Settings
 from shared.db import migrate, session_scope
 from shared.models import Job, JobStatus, Run, RunStatus, utcnow
 from shared.providers import PROVIDER_ENV, credentials
-from shared.suite import Suite, load_suite
+from shared.suite import SUITES_DIR, Suite, load_suite
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,11 @@ def is_simulated(providers: set[str]) -> bool:
     return False
 
 
+def suite_reference(suite: Suite) -> str:
+    """What workers load the suite by: a shipped suite's name, or the folder's absolute path."""
+    return suite.name if suite.path.resolve().parent == SUITES_DIR.resolve() else str(suite.path.resolve())
+
+
 def new_run_id() -> str:
     return utcnow().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
@@ -97,11 +102,11 @@ def record_run(settings: Settings, selection: Selection) -> tuple[str, list[tupl
     """Write the Run and all its Jobs in one transaction; returns (run_id, [(job_id, provider)])."""
     migrate(settings.database_url)
     run_id = new_run_id()
-    providers = {settings.backends[b].provider for b in selection.backends}
+    simulated = is_simulated({settings.backends[b].provider for b in selection.backends})
     with session_scope() as session:
         session.add(Run(
-            id=run_id, suite=selection.suite.name, agents=selection.agents, backends=selection.backends,
-            status=RunStatus.queued, simulated=is_simulated(providers), config=settings.snapshot(),
+            id=run_id, suite=suite_reference(selection.suite), agents=selection.agents, backends=selection.backends,
+            status=RunStatus.queued, simulated=simulated, config=settings.snapshot(),
         ))
         session.flush()
         jobs = [

@@ -123,3 +123,19 @@ def test_missing_api_key_is_refused_before_anything_is_written(genesis, monkeypa
     assert result.exit_code == 2 and "ANTHROPIC_API_KEY" in result.stderr
     with session_scope() as session:
         assert session.exec(select(Run)).all() == []
+
+
+def test_a_suite_given_as_a_folder_runs_from_that_folder(start_worker, tmp_path):
+    from shared.suite import SUITES_DIR
+
+    suite_dir = tmp_path / "my-suite"
+    suite_dir.mkdir()
+    lines = (SUITES_DIR / "genesis-custom" / "qa.jsonl").read_text().splitlines()[:3]
+    (suite_dir / "qa.jsonl").write_text("\n".join(lines) + "\n")
+    start_worker("w1", concurrency=4)
+
+    result = producer("submit", "--agent", "qa", "--backend", "openai", "--suite", str(suite_dir), "--json")
+    assert result.exit_code == 0, result.output
+    run_id = json.loads(result.stdout)["run_id"]
+    snap = wait_until_reported(run_id)
+    assert snap["by_status"]["ok"] == 3 == snap["total"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 from kombu import Queue
 
 from shared.config import Settings, get_settings
@@ -58,5 +58,14 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_app()
+
+
+@signals.worker_init.connect
+def _import_provider_sdks(**_kwargs) -> None:
+    """The SDKs cost ~1.3 s of CPU to import; pay it at start-up, not inside the first jobs
+    (and before prefork forks, so children share it)."""
+    import anthropic  # noqa: F401
+    import mistralai.client  # noqa: F401
+    import openai  # noqa: F401
 
 import worker.halt  # noqa: E402,F401  (connects the worker_ready handler: a halted budget keeps provider queues idle)
