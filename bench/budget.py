@@ -42,7 +42,7 @@ from sqlalchemy import func  # noqa: E402
 from sqlmodel import select  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from tests.harness import WorkerProcess, ensure_redis, genesis_env, wait_for  # noqa: E402
+from tests.harness import WorkerProcess, ensure_redis, genesis_env, reconnect_app, wait_for  # noqa: E402
 
 SHAPES = [(1, 8), (3, 8), (3, 16)]
 BACKENDS = ("mistral-base", "mistral-ft")  # 5 agents × 20 tasks × 2 = 200 jobs, all on `mistral`
@@ -101,17 +101,12 @@ def point_process_at(env: dict[str, str]) -> None:
     """This process is the producer: same settings as the workers, fresh Celery connections."""
     from shared.config import get_settings
     from shared.db import migrate
-    from worker.app import app, celery_config
+    from worker.app import app
 
     os.environ.update(env)
     get_settings.cache_clear()
     migrate(env["GENESIS_DATABASE_URL"])
-    app.conf.update(celery_config(get_settings()))
-    app._pool = None
-    app.amqp._producer_pool = None
-    app._backend_cache = None
-    app._local.__dict__.pop("backend", None)
-    app.__dict__.pop("control", None)
+    reconnect_app(app, get_settings())
 
 
 def consuming_providers(app, hostnames: list[str]) -> bool | None:

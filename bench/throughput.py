@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.harness import WorkerProcess, ensure_redis, genesis_env, wait_for  # noqa: E402
+from tests.harness import WorkerProcess, ensure_redis, genesis_env, reconnect_app  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -269,9 +269,9 @@ def prepare_this_process(env: dict[str, str]):
 
     get_settings.cache_clear()
     migrate()
-    from worker.app import app, celery_config
+    from worker.app import app
 
-    app.conf.update(celery_config(get_settings()))
+    reconnect_app(app, get_settings())
     return app
 
 

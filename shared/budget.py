@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import redis
 from sqlalchemy import update
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, select
 
 from shared.config import ConfigError, Settings
 from shared.db import session_scope

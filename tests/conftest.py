@@ -11,7 +11,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from tests.harness import WorkerProcess, ensure_redis, genesis_env
+from tests.harness import WorkerProcess, ensure_redis, genesis_env, reconnect_app
 
 INTEGRATION_REDIS_URL = os.environ.get("GENESIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 POSTGRES_URL = os.environ.get("GENESIS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -65,15 +65,9 @@ def genesis(monkeypatch, tmp_path: Path, database_url: str, redis_url: str, simu
     get_settings.cache_clear()
     migrate(database_url)
 
-    from worker.app import app, celery_config
+    from worker.app import app
 
-    app.conf.update(celery_config(get_settings()))
-    # Earlier tests may have connected this app elsewhere: drop its cached connections.
-    app._pool = None
-    app.amqp._producer_pool = None
-    app._backend_cache = None
-    app._local.__dict__.pop("backend", None)
-    app.__dict__.pop("control", None)
+    reconnect_app(app, get_settings())
     yield env
     get_settings.cache_clear()
 

@@ -67,6 +67,32 @@ def genesis_env(*, database_url: str, redis_url: str, reports_dir: Path, simulat
     return env
 
 
+def use_config(monkeypatch, tmp_path: Path, toml_text: str, redis_url: str) -> None:
+    """Point this process's settings at a TOML written for one test, with its own SQLite file."""
+    from shared.config import get_settings
+
+    config = tmp_path / "genesis.toml"
+    config.write_text(toml_text)
+    monkeypatch.setenv("GENESIS_CONFIG", str(config))
+    monkeypatch.setenv("GENESIS_REDIS_URL", redis_url)
+    monkeypatch.setenv("GENESIS_DATABASE_URL", f"sqlite:///{tmp_path}/t.db")
+    monkeypatch.setenv("GENESIS_REPORTS_DIR", str(tmp_path / "reports"))
+    get_settings.cache_clear()
+
+
+def reconnect_app(app, settings) -> None:
+    """Re-point the Celery app at `settings` and drop connections made under earlier ones
+    (tests and benchmarks reconfigure one process several times)."""
+    from worker.app import celery_config
+
+    app.conf.update(celery_config(settings))
+    app._pool = None
+    app.amqp._producer_pool = None
+    app._backend_cache = None
+    app._local.__dict__.pop("backend", None)
+    app.__dict__.pop("control", None)
+
+
 class WorkerProcess:
     """`celery -A worker.app worker` in its own process, as a user would start it."""
 

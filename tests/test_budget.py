@@ -36,6 +36,7 @@ from shared.config import PROVIDERS, ConfigError, get_settings, load_settings
 from shared.db import migrate, session_scope
 from shared.models import BudgetEvent, CostEntry, Run, RunStatus
 from shared.tokens import estimate_prompt_tokens
+from tests.harness import use_config
 from worker.halt import restore_provider_consumers, stop_provider_consumers
 
 REDIS_URL = os.environ.get("GENESIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")  # flushed per test
@@ -78,13 +79,7 @@ emergency = 0.83
 
 
 def write_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra_budget: str = "") -> None:
-    config = tmp_path / "genesis.toml"
-    config.write_text(CONFIG + extra_budget)
-    monkeypatch.setenv("GENESIS_CONFIG", str(config))
-    monkeypatch.setenv("GENESIS_REDIS_URL", REDIS_URL)
-    monkeypatch.setenv("GENESIS_DATABASE_URL", f"sqlite:///{tmp_path}/t.db")
-    monkeypatch.setenv("GENESIS_REPORTS_DIR", str(tmp_path / "reports"))
-    get_settings.cache_clear()
+    use_config(monkeypatch, tmp_path, CONFIG + extra_budget, REDIS_URL)
 
 
 @pytest.fixture

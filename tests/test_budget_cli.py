@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from producer.budget_cli import budget_app
 from shared.budget import BudgetGuard
+from tests.harness import use_config
 from shared.config import get_settings, load_settings
 from shared.db import migrate, session_scope
 from shared.models import CostEntry
@@ -36,13 +37,7 @@ runner = CliRunner()
 
 
 def configure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, warning: float = 0.25) -> None:
-    config = tmp_path / "genesis.toml"
-    config.write_text(BUDGET.format(warning=warning))
-    monkeypatch.setenv("GENESIS_CONFIG", str(config))
-    monkeypatch.setenv("GENESIS_REDIS_URL", REDIS_URL)
-    monkeypatch.setenv("GENESIS_DATABASE_URL", f"sqlite:///{tmp_path}/t.db")
-    monkeypatch.setenv("GENESIS_REPORTS_DIR", str(tmp_path / "reports"))
-    get_settings.cache_clear()
+    use_config(monkeypatch, tmp_path, BUDGET.format(warning=warning), REDIS_URL)
 
 
 @pytest.fixture
