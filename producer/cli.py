@@ -264,7 +264,8 @@ def resume(run_id: str, as_json: JsonOpt = False) -> None:
     """Re-enqueue every job without a final result; `ok` jobs are never re-run."""
     settings = get_settings()
     if _budget_guard(settings).is_halted():
-        raise _bad_input("the budget guard is halted: run `producer budget resume [--limit USD]` first")
+        err_console.print("[red]error:[/red] the budget guard is halted: run `producer budget resume [--limit USD]` first")
+        raise typer.Exit(1)
     try:
         pending = submitting.resumable_jobs(run_id, settings.worker.task_time_limit_s + 60)
     except ConfigError as exc:

@@ -170,9 +170,12 @@ def resumable_jobs(run_id: str, lease_s: float) -> list[tuple[int, str]]:
 
 
 def cancel_run(run_id: str) -> None:
+    """Queued jobs stay queued (workers skip them); a finished run cannot be cancelled."""
     with session_scope() as session:
         run = session.get(Run, run_id)
         if run is None:
             raise ConfigError(f"unknown run {run_id!r}")
+        if run.status in (RunStatus.completed, RunStatus.cancelled):
+            raise ConfigError(f"run {run_id} is already {run.status}")
         run.status = RunStatus.cancelled
         run.finished_at = utcnow()

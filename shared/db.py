@@ -4,7 +4,6 @@ write; every write transaction is kept short (never open across a provider call)
 from __future__ import annotations
 
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
@@ -32,18 +31,25 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30)
 
 
+_engines: dict[str, Engine] = {}
+
+
 def get_engine(url: str | None = None) -> Engine:
     """One engine per URL per process; None means the configured database."""
     if url is None:
         from shared.config import get_settings
 
         url = get_settings().database_url
-    return _engine_for(url)
+    engine = _engines.get(url)
+    if engine is None:
+        engine = _engines.setdefault(url, make_engine(url))
+    return engine
 
 
-@lru_cache(maxsize=8)
-def _engine_for(url: str) -> Engine:
-    return make_engine(url)
+def forget_inherited_connections() -> None:
+    """In a forked child (prefork workers): never reuse the parent's pooled connections."""
+    for engine in _engines.values():
+        engine.dispose(close=False)
 
 
 @contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import func
+from sqlalchemy import func, update
 from sqlmodel import select
 
 from shared.config import get_settings
@@ -23,24 +23,24 @@ def job_counts(run_id: str) -> dict[str, int]:
 
 
 def settle_run_status(run_id: str) -> str:
-    """completed when every job is final; halted when the budget guard skipped some;
-    a cancelled run stays cancelled."""
+    """completed when every job is final; halted when the budget guard skipped some; a
+    cancelled run stays cancelled. Conditional UPDATEs, so a concurrent cancel always wins."""
     counts = job_counts(run_id)
     with session_scope() as session:
-        run = session.get(Run, run_id)
-        if run is None:
+        if session.get(Run, run_id) is None:
             raise KeyError(f"unknown run {run_id!r}")
-        if run.status == RunStatus.cancelled:
-            run.finished_at = run.finished_at or utcnow()
-        elif counts.get(JobStatus.halted):
-            run.status = RunStatus.halted
-        elif run.status != RunStatus.completed and not any(
-            counts.get(s) for s in (JobStatus.queued, JobStatus.running)
-        ):
-            run.status = RunStatus.completed
-            run.finished_at = utcnow()
-            run.report_path = None  # until the final report is written (`--wait` watches this)
-        return run.status
+        not_cancelled = (Run.id == run_id) & (Run.status != RunStatus.cancelled)
+        if counts.get(JobStatus.halted):
+            session.execute(update(Run).where(not_cancelled).values(status=RunStatus.halted))
+        elif not any(counts.get(s) for s in (JobStatus.queued, JobStatus.running)):
+            session.execute(
+                update(Run)
+                .where(not_cancelled, Run.status != RunStatus.completed)
+                # report_path cleared until the final report is written (`--wait` watches it)
+                .values(status=RunStatus.completed, finished_at=utcnow(), report_path=None)
+            )
+    with session_scope() as session:
+        return session.get(Run, run_id).status
 
 
 def publish_report(run_id: str, *, partial: bool = False) -> dict[str, Path]:

@@ -146,7 +146,7 @@ def test_resume_finishes_the_run_without_paying_twice(monkeypatch, simulator, st
         ok_before = {j.id: j.attempts for j in ok_jobs}
     assert len(ok_before) == halted["counts"]["ok"]
 
-    assert producer("resume", run_id).exit_code == 2  # still halted: the budget must be lifted first
+    assert producer("resume", run_id).exit_code == 1  # still halted: the budget must be lifted first
     result = producer("budget", "resume", "--limit", str(round(halted["limit_usd"] * 20, 6)), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["halted"] is False

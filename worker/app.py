@@ -60,6 +60,13 @@ def create_app(settings: Settings | None = None) -> Celery:
 app = create_app()
 
 
+@signals.worker_process_init.connect
+def _fresh_connections_after_fork(**_kwargs) -> None:
+    from shared.db import forget_inherited_connections
+
+    forget_inherited_connections()
+
+
 @signals.worker_init.connect
 def _import_provider_sdks(**_kwargs) -> None:
     """The SDKs cost ~1.3 s of CPU to import; pay it at start-up, not inside the first jobs
