@@ -3,6 +3,7 @@ carries only its job id. `resume` rebuilds the remaining work from SQL alone."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import urllib.request
@@ -73,20 +74,21 @@ def select_work(
     return Selection(loaded, chosen_agents, chosen_backends, limit)
 
 
-def is_simulated(providers: set[str]) -> bool:
-    """A run is simulated when any provider endpoint answers as the genesis simulator."""
+def simulator_settings(providers: set[str]) -> dict | None:
+    """The simulator's knobs when any provider endpoint answers as the genesis simulator
+    (the report must say the numbers came from it, and from which qualities), else None."""
     for provider in providers:
         _, base_url = credentials(provider)
         if not base_url:
             continue
         root = base_url.rstrip("/").removesuffix("/v1")
         try:
-            with urllib.request.urlopen(f"{root}/_sim/stats", timeout=2) as response:
+            with urllib.request.urlopen(f"{root}/_sim/config", timeout=2) as response:
                 if response.status == 200:
-                    return True
-        except OSError:
+                    return json.loads(response.read())
+        except (OSError, ValueError):
             continue
-    return False
+    return None
 
 
 def suite_reference(suite: Suite) -> str:
@@ -102,11 +104,12 @@ def record_run(settings: Settings, selection: Selection) -> tuple[str, list[tupl
     """Write the Run and all its Jobs in one transaction; returns (run_id, [(job_id, provider)])."""
     migrate(settings.database_url)
     run_id = new_run_id()
-    simulated = is_simulated({settings.backends[b].provider for b in selection.backends})
+    simulator = simulator_settings({settings.backends[b].provider for b in selection.backends})
+    config = settings.snapshot() | ({"simulator": simulator} if simulator else {})
     with session_scope() as session:
         session.add(Run(
             id=run_id, suite=suite_reference(selection.suite), agents=selection.agents, backends=selection.backends,
-            status=RunStatus.queued, simulated=simulated, config=settings.snapshot(),
+            status=RunStatus.queued, simulated=simulator is not None, config=config,
         ))
         session.flush()
         jobs = [

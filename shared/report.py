@@ -331,12 +331,22 @@ def _budget(session: Session, run: Run, snapshot: dict, jobs: list[Job]) -> dict
     }
 
 
+def _simulator_qualities(simulator: dict | None) -> str:
+    """The decision of a simulated run is set by these knobs: say so next to it."""
+    if not simulator:
+        return ""
+    patterns = ", ".join(f"{p} {q:.2f}" for p, q in (simulator.get("quality") or {}).items())
+    default = simulator.get("default_quality")
+    return f" (chance of a correct answer per model: {patterns}; others {default:.2f})" if patterns else ""
+
+
 def _warnings(
     run: Run, jobs: list[Job], comparisons: list[dict], decision: dict, budget: dict
 ) -> list[str]:
     warnings = []
     if run.simulated:
-        warnings.append("Simulated run: answers came from the provider simulator, not real models.")
+        warnings.append("Simulated run: answers came from the provider simulator, not real models"
+                        + _simulator_qualities(run.config.get("simulator")) + ".")
     in_flight = [j for j in jobs if j.status in (JobStatus.queued, JobStatus.running)]
     if in_flight:
         warnings.append(

@@ -64,6 +64,7 @@ def test_all_agents_run_completes_with_a_report_consistent_with_sql(start_worker
 
     report = json.loads((Path(snap["report"]).parent / "report.json").read_text())
     assert report["run_id"] == submitted["run_id"] and report["simulated"] is True and report["complete"] is True
+    assert any("ft:* 0.85" in w for w in report["warnings"])  # what set the simulated numbers
     assert {c["agent"] for c in report["comparisons"]} >= {"qa", "content", "legal", "support", "analyst"}
     assert report["decision"]["overall"] in ("GO", "NO-GO", "INCONCLUSIVE")
     by_key = {(b["agent"], b["backend"]): b for b in report["backends"]}
