@@ -228,7 +228,7 @@ def _kind_for_status(status: int) -> str:
     return "client"
 
 
-_KEY_LIKE = re.compile(r"\b(sk|sk-ant|sk-proj|key)-[A-Za-z0-9_\-*]{4,}")
+_KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_\-*]{6,}")  # OpenAI/Anthropic key shapes, masked or not
 
 
 def scrub_secrets(text: str) -> str:

@@ -48,4 +48,5 @@ def test_keys_are_scrubbed_from_error_messages(monkeypatch):
     err = classify(_status_error(401, "Incorrect API key provided: sk-live-abcdefghijklmnop"))
     assert "abcdefghijklmnop" not in str(err) and "[redacted]" in str(err)
     assert "sk-proj-" not in scrub_secrets("key sk-proj-****abcd was rejected")
+    assert scrub_secrets("a key-value store for task-12345") == "a key-value store for task-12345"
     assert isinstance(err, ProviderError)
