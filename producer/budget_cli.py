@@ -161,7 +161,9 @@ def render_dashboard(guard: BudgetGuard) -> str:
             ("operation", _spend_by(session, col(CostEntry.operation))),
             ("day", _spend_by(session, func.date(CostEntry.at), chronological=True)),
         ]
-        events = session.exec(select(BudgetEvent).order_by(col(BudgetEvent.id))).all()
+        events = session.exec(
+            select(BudgetEvent).where(BudgetEvent.kind != "ledger").order_by(col(BudgetEvent.id))
+        ).all()
     lines = [
         "# Cost dashboard",
         "",

@@ -62,7 +62,8 @@ def submit(
         if dry_run:
             _dry_run(settings, selection, as_json)
             return
-        if _budget_guard(settings).is_halted():
+        migrate(settings.database_url)
+        if _budget_halted(settings):
             err_console.print("[red]error:[/red] the budget guard is halted: nothing was submitted; "
                               "`producer budget` shows why, `producer budget resume [--limit USD]` lifts it")
             raise typer.Exit(1)
@@ -92,6 +93,16 @@ def _budget_guard(settings):
     from shared.budget import BudgetGuard
 
     return BudgetGuard.from_settings(settings)
+
+
+def _budget_halted(settings) -> bool:
+    import redis
+
+    try:
+        return _budget_guard(settings).is_halted()
+    except redis.RedisError as exc:
+        err_console.print(f"[red]error:[/red] Redis is not answering at {settings.redis_url} ({exc}); nothing was submitted")
+        raise typer.Exit(1) from None
 
 
 def _dry_run(settings, selection, as_json: bool) -> None:
@@ -263,7 +274,8 @@ def report(
 def resume(run_id: str, as_json: JsonOpt = False) -> None:
     """Re-enqueue every job without a final result; `ok` jobs are never re-run."""
     settings = get_settings()
-    if _budget_guard(settings).is_halted():
+    migrate(settings.database_url)
+    if _budget_halted(settings):
         err_console.print("[red]error:[/red] the budget guard is halted: run `producer budget resume [--limit USD]` first")
         raise typer.Exit(1)
     try:

@@ -118,6 +118,7 @@ redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('HSET', KEYS[1], 'spent', ARGV[1], 'reserved', 0)
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'limit', ARGV[2]) end
 if ARGV[3] == '1' then redis.call('HSET', KEYS[1], 'halted', '1', 'announced', '1') end
+redis.call('HSET', KEYS[1], 'ledger', ARGV[4])
 if redis.call('EXISTS', KEYS[5]) == 1 then
   redis.call('RENAME', KEYS[5], KEYS[3])
   redis.call('PERSIST', KEYS[3])
@@ -176,6 +177,7 @@ class BudgetGuard:
         self._halt = redis.register_script(_HALT)
         self._resume = redis.register_script(_RESUME)
         self._install = redis.register_script(_INSTALL)
+        self._ledger_checked = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "BudgetGuard":
@@ -227,8 +229,11 @@ class BudgetGuard:
         `on_first` (stopping the consumers) runs before the SQL writes, so workers stop sooner."""
         newly = int(self._with_state(lambda: self._halt(keys=[self.state_key]))) == 1
         if newly and on_first is not None:
-            on_first()
-        self._mark_run_halted(run_id)
+            try:
+                on_first()
+            except Exception:  # noqa: BLE001 - the event must be recorded whatever happened here
+                log.exception("stopping the provider consumers failed; reservations stay refused")
+        self._mark_runs_halted()
         if newly:
             spent, _, limit, _ = self._read_state()
             self._record_event("halt", spent=spent, limit=limit, run_id=run_id, message=reason, level="emergency")
@@ -263,10 +268,15 @@ class BudgetGuard:
         if len(operation.split()) != 1:
             raise ConfigError(f"--operation must be one word (got {operation!r})")
         entry = CostEntry(agent=agent, backend=backend, operation=operation.strip(), cost_usd=cost_usd, source="manual")
+        log.info("manual ledger entry: $%.6f %s %s", cost_usd, operation, note)
+        return self.record_entry(entry)
+
+    def record_entry(self, entry: CostEntry) -> CostEntry:
+        """A ledger entry not tied to a job's result (manual, or a paid call whose result could
+        not be stored): written to SQL, then counted once under its own entry id."""
         with session_scope(self.database_url) as session:
             session.add(entry)
-        log.info("manual ledger entry %s: $%.6f %s %s", entry.id, cost_usd, operation, note)
-        self._add_spend(f"entry:{entry.id}", "", cost_usd)
+        self._add_spend(f"entry:{entry.id}", "", entry.cost_usd)
         return entry
 
     def rebuild(self) -> None:
@@ -274,6 +284,7 @@ class BudgetGuard:
         with session_scope(self.database_url) as session:
             entries = session.exec(select(CostEntry.id, CostEntry.job_id, CostEntry.cost_usd)).all()
             recorded = recorded_budget_state(session)
+            ledger = ledger_id(session)
         limit_override = str(to_micro(recorded.limit_usd)) if recorded.limit_usd is not None else ""
         halted, fired = recorded.halted, set(recorded.fired)
 
@@ -294,13 +305,27 @@ class BudgetGuard:
         self._install(
             keys=[self.state_key, self.reservations_key, self.settled_key, self.tiers_key,
                   staged_settled, staged_tiers],
-            args=[spent, limit_override, "1" if halted else ""],
+            args=[spent, limit_override, "1" if halted else "", ledger],
         )
 
     # --- internals -------------------------------------------------------------------
 
+    def _check_ledger(self) -> None:
+        """Once per guard: Redis counters left by another database (a reused Redis db, a
+        deleted genesis.db) would cap this ledger with someone else's spend; rebuild instead."""
+        if self._ledger_checked:
+            return
+        with session_scope(self.database_url) as session:
+            ours = ledger_id(session)
+        theirs = self.redis.hget(self.state_key, "ledger")
+        if theirs is not None and theirs.decode() != ours:
+            log.warning("budget counters in Redis belong to another ledger: rebuilding them from SQL")
+            self.redis.delete(self.state_key, self.reservations_key, self.settled_key, self.tiers_key)
+        self._ledger_checked = True
+
     def _with_state(self, call: Callable[[], Any]) -> Any:
         """Run a script; if Redis lost the counters, rebuild them from SQL and run it again."""
+        self._check_ledger()
         result = call()
         if _needs_rebuild(result):
             self.rebuild()
@@ -309,6 +334,7 @@ class BudgetGuard:
 
     def _read_state(self) -> tuple[int, int, int, bool]:
         """(spent, reserved, limit) in micro-dollars and the halt flag."""
+        self._check_ledger()
         fields = self.redis.hmget(self.state_key, "spent", "reserved", "limit", "halted")
         if fields[0] is None:
             self.rebuild()
@@ -337,13 +363,12 @@ class BudgetGuard:
                     tier, spent=spent, limit=limit, message=f"spend crossed {ratios[tier]:.0%} of the budget"
                 )
 
-    def _mark_run_halted(self, run_id: str | None) -> None:
-        if not run_id:
-            return
+    def _mark_runs_halted(self) -> None:
+        """Every run in flight waits on the halted queues, not only the one that hit the cap."""
         with session_scope(self.database_url) as session:
             session.exec(
                 update(Run)
-                .where(col(Run.id) == run_id, col(Run.status).in_([RunStatus.queued, RunStatus.running]))
+                .where(col(Run.status).in_([RunStatus.queued, RunStatus.running]))
                 .values(status=RunStatus.halted)
             )
 
@@ -405,6 +430,18 @@ class RecordedBudgetState:
     limit_usd: float | None
     halted: bool
     fired: frozenset[str]
+
+
+def ledger_id(session: Session) -> str:
+    """This database's ledger identity (its first `ledger` event), created on first use, so
+    Redis counters can tell which ledger they were built from."""
+    first = select(BudgetEvent.message).where(BudgetEvent.kind == "ledger").order_by(col(BudgetEvent.id)).limit(1)
+    found = session.exec(first).first()
+    if found is None:
+        session.add(BudgetEvent(kind="ledger", level="ok", spent_usd=0.0, limit_usd=0.0, message=uuid.uuid4().hex))
+        session.commit()
+        found = session.exec(first).first()
+    return found
 
 
 def recorded_budget_state(session: Session) -> RecordedBudgetState:

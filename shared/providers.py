@@ -235,8 +235,8 @@ def scrub_secrets(text: str) -> str:
     """Error bodies can echo a (masked) key; keys never reach SQL, logs or reports."""
     for key_var, _ in PROVIDER_ENV.values():
         value = os.environ.get(key_var)
-        if value and len(value) >= 4:
-            text = text.replace(value, "[redacted]")
+        if value and len(value) >= 12:  # real keys are long; short dummies would mangle words
+            text = re.sub(rf"(?<![\w-]){re.escape(value)}(?![\w-])", "[redacted]", text)
     return _KEY_LIKE.sub("[redacted]", text)
 
 

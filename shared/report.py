@@ -243,7 +243,8 @@ def _compare(
             baseline_accuracy=baseline_accuracy,
             improvement_abs=improvement,
             improvement_rel=improvement / baseline_accuracy if baseline_accuracy else None,
-            ci95_abs=list(test.ci95) if test.ci95 else None,
+            # A difference of two accuracies lies in [-1, 1]; t intervals at tiny n can overrun it.
+            ci95_abs=[max(test.ci95[0], -1.0), min(test.ci95[1], 1.0)] if test.ci95 else None,
             p_value=test.p_value,
         )
     row["decision"] = _verdict(row, min_improvement)

@@ -102,6 +102,12 @@ _cache: dict[Path, tuple[tuple, Suite]] = {}
 _cache_lock = threading.Lock()
 
 
+def run_suite_folder(reference: str) -> str:
+    """A run stores a shipped suite by name and any other by absolute path (which must then be
+    readable on every worker host); a name never resolves against a worker's own cwd."""
+    return reference if Path(reference).is_absolute() else str(SUITES_DIR / reference)
+
+
 def load_suite(name_or_path: str) -> Suite:
     """Load and validate a suite; reloaded only when one of its files changes (workers call
     this once per job, so after the first load it costs a few stat calls)."""

@@ -17,11 +17,12 @@ from celery.exceptions import Retry
 from shared.budget import BudgetGuard, BudgetRefused, call_cost, max_output_tokens, worst_case_cost
 from shared.config import get_settings
 from shared.limiter import Permit, RateLimiter
-from shared.providers import ChatRequest, ProviderError, complete, scrub_secrets
+from shared.models import CostEntry
+from shared.providers import ChatRequest, ChatResponse, ProviderError, complete, scrub_secrets
 from shared.retry import backoff_delay, retry_after_from_headers
 from shared.runs import publish_report
 from shared.scoring import ScoreResult, score
-from shared.suite import load_suite
+from shared.suite import load_suite, run_suite_folder
 from shared.tokens import estimate_prompt_tokens
 from worker import jobs
 from worker.app import app
@@ -72,20 +73,24 @@ class Delivery:
     another delivery of the same job may own the row and the reservation."""
 
     job_id: int
-    owned: bool = False  # claimed the job: may write its outcome
+    job: jobs.ClaimedJob | None = None  # set once claimed: this delivery may write the outcome
     reserved: bool = False  # holds the job's budget reservation
-    paid_usd: float | None = None  # the provider answered (and billed) this much
+    permit: Permit | None = None  # holds a rate-limiter slot
+    paid: ChatResponse | None = None  # the provider answered (and billed) this
+    paid_usd: float = 0.0
 
     def fail(self, exc: Exception) -> str:
         """Record an unexpected failure. Never raises: the chord must complete (design §1)."""
-        if not self.owned:
+        if self.job is None:
             return "skipped"
-        budget = services().budget
+        svc = services()
         steps = []
-        if self.paid_usd is not None:  # billed but not recorded: count it against the cap anyway
-            steps.append(lambda: budget.settle(self.job_id, self.paid_usd))
-        elif self.reserved:
-            steps.append(lambda: budget.release(self.job_id))
+        if self.permit is not None:
+            steps.append(lambda: svc.limiter.release(self.permit))
+        if self.paid is not None:  # billed but its result not stored: still in the ledger, once
+            steps.append(lambda: record_unattached_payment(self.job, self.paid, self.paid_usd, "result not stored"))
+        if self.reserved:
+            steps.append(lambda: svc.budget.release(self.job_id))
         steps.append(lambda: jobs.finish_error(self.job_id, type(exc).__name__, scrub_secrets(str(exc))[:500]))
         for step in steps:
             try:
@@ -93,6 +98,19 @@ class Delivery:
             except Exception:  # noqa: BLE001 - best effort; the job stays resumable from SQL
                 log.exception("job %s: cleanup after failure failed", self.job_id)
         return "error"
+
+
+def record_unattached_payment(job: jobs.ClaimedJob, response: ChatResponse, cost: float, why: str) -> None:
+    """A paid call that is not (or no longer) the job's recorded result still costs money."""
+    log.warning("job %s: $%.6f paid but %s; ledgered without a job link", job.id, cost, why)
+    services().budget.record_entry(CostEntry(
+        run_id=job.run_id, agent=job.agent, backend=job.backend, model=job.model, operation="inference",
+        input_tokens=response.input_tokens, output_tokens=response.output_tokens, cost_usd=cost,
+        source=f"api ({why})",
+    ))
+
+
+CLAIM_RETRIES = 5
 
 
 @genesis_task("genesis.run_job")
@@ -105,6 +123,10 @@ def run_job(self: GenesisTask, job_id: int) -> dict:
         raise
     except Exception as exc:  # noqa: BLE001 - a bug or an outage: recorded, not raised
         log.exception("job %s failed unexpectedly", job_id)
+        if delivery.job is None and self.request.retries < CLAIM_RETRIES:
+            # Not even claimed (database busy or down): the job is still queued in SQL, so
+            # try again rather than leave it without a message.
+            raise self.retry(countdown=2 ** self.request.retries)
         status = delivery.fail(exc)
     return {"job_id": job_id, "status": status}
 
@@ -118,9 +140,9 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
         raise task.retry(countdown=BUSY_RECHECK_S)
     if outcome == jobs.Claim.DONE:
         return job.status if job else "missing"
-    delivery.owned = True
+    delivery.job = job
 
-    suite_task = load_suite(job.suite).get(job.agent, job.task_id)
+    suite_task = load_suite(run_suite_folder(job.suite)).get(job.agent, job.task_id)
     max_tokens = max_output_tokens(settings, job.backend, suite_task.max_tokens)
     est_input = estimate_prompt_tokens(suite_task.prompt, suite_task.system)
 
@@ -134,6 +156,7 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
     delivery.reserved = True
 
     permit = _acquire(svc.limiter, job.provider, job.model, est_input + max_tokens)
+    delivery.permit = permit if isinstance(permit, Permit) else None
     if not isinstance(permit, Permit):
         svc.budget.release(job.id)
         jobs.requeue(job.id, uncount=True)  # no call was made: not an attempt
@@ -146,23 +169,29 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
     try:
         response = complete(job.provider, request)
     except ProviderError as err:
+        delivery.permit = None
         _best_effort(svc.limiter.release, permit)
         svc.budget.release(job.id)
+        delivery.reserved = False
         return _handle_failure(task, job, err, job.attempts)
 
     # Paid from here on: record it before anything else can fail.
+    delivery.permit = None
+    _best_effort(svc.limiter.release, permit, response.input_tokens + response.output_tokens)
     cost = call_cost(settings, job.model, response.input_tokens, response.output_tokens)
-    delivery.paid_usd = cost
+    delivery.paid, delivery.paid_usd = response, cost
     result = _score(suite_task, response.text)
     recorded = jobs.finish_ok(
         job, output=response.text, score=result.score, detail=result.detail, latency_ms=response.latency_ms,
         input_tokens=response.input_tokens, output_tokens=response.output_tokens, cost_usd=cost,
     )
+    delivery.paid = None
     if recorded:
         svc.budget.settle(job.id, cost)
-    else:  # the ledger already had this job: never count it twice
+    else:  # another delivery's result is the job's: this second call is still a real cost
         svc.budget.release(job.id)
-    _best_effort(svc.limiter.release, permit, response.input_tokens + response.output_tokens)
+        record_unattached_payment(job, response, cost, "duplicate call for an already recorded job")
+    delivery.reserved = False
     _best_effort(svc.limiter.observe, job.provider, job.model, response.headers)
     return "ok"
 
