@@ -160,7 +160,26 @@ def _wait_for_report(run_id: str, *, quiet: bool) -> dict[str, Any]:
             console.print(f"[yellow]run {run_id} halted by the budget guard[/yellow]: "
                           f"`producer budget resume [--limit USD]`, then `producer resume {run_id}`")
         console.print(f"report: {snapshot['report']}")
-    return {"status": snapshot["status"], "report": snapshot["report"]}
+        if snapshot["report"]:
+            console.print(_decision_line(Path(snapshot["report"])), highlight=False)
+    return {"status": snapshot["status"], "report": snapshot["report"],
+            "decision": _decision(Path(snapshot["report"])) if snapshot["report"] else None}
+
+
+def _decision(report_md: Path) -> dict | None:
+    """The go/no-go block of a written report (report.json beside the markdown)."""
+    try:
+        return json.loads(report_md.with_name("report.json").read_text())["decision"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _decision_line(report_md: Path) -> str:
+    decision = _decision(report_md)
+    if not decision:
+        return "decision: not available"
+    agents = ", ".join(f"{agent} {verdict}" for agent, verdict in decision.get("by_agent", {}).items())
+    return f"decision: overall {decision.get('overall')} ({agents})"
 
 
 # --- status, runs, report ----------------------------------------------------------------------
@@ -265,9 +284,10 @@ def report(
     except ConfigError as exc:
         raise _bad_input(str(exc)) from None
     if as_json:
-        _emit_json({k: str(v) for k, v in paths.items()})
+        _emit_json({**{k: str(v) for k, v in paths.items()}, "decision": _decision(paths["md"])})
     else:
         console.print(f"report: {paths['md']}")
+        console.print(_decision_line(paths["md"]), highlight=False)
 
 
 @app.command()

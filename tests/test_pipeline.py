@@ -73,6 +73,8 @@ def test_all_agents_run_completes_with_a_report_consistent_with_sql(start_worker
     qa_ft = [j for j in jobs if j.agent == "qa" and j.backend == "mistral-ft"]
     assert by_key[("qa", "mistral-ft")]["accuracy"] == pytest.approx(sum(j.score for j in qa_ft) / len(qa_ft))
     assert sum(b["cost_usd"] for b in report["backends"]) == pytest.approx(ledger_total)
+    rebuilt = json.loads(producer("report", submitted["run_id"], "--json").stdout)
+    assert rebuilt["decision"] == report["decision"]
     for name in ("report.md", "report.html"):
         assert (Path(snap["report"]).parent / name).stat().st_size > 0
 
