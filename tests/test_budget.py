@@ -38,7 +38,7 @@ from shared.tokens import estimate_prompt_tokens
 from tests.harness import use_config
 import worker.halt  # noqa: F401,E402  (connects the worker_ready halt handler for halt_test_app)
 
-REDIS_URL = os.environ.get("GENESIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")  # flushed per test
+from tests.harness import BUDGET_REDIS_URL as REDIS_URL  # noqa: E402
 CAP_MICRO = 830_000  # limit $1.00 × emergency 0.83
 
 CONFIG = """
@@ -79,15 +79,6 @@ emergency = 0.83
 
 def write_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra_budget: str = "") -> None:
     use_config(monkeypatch, tmp_path, CONFIG + extra_budget, REDIS_URL)
-
-
-@pytest.fixture
-def redis_client():
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    get_settings.cache_clear()
 
 
 @pytest.fixture

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import os
 
 import json
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-import redis
 from sqlmodel import select
 from typer.testing import CliRunner
 
 from producer.budget_cli import budget_app
 from shared.budget import BudgetGuard
 from tests.harness import use_config
-from shared.config import get_settings, load_settings
+from shared.config import load_settings
 from shared.db import migrate, session_scope
 from shared.models import CostEntry
 
-REDIS_URL = os.environ.get("GENESIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")  # flushed per test
+from tests.harness import BUDGET_REDIS_URL as REDIS_URL  # noqa: E402
 BUDGET = """
 [pricing."m"]
 input_per_mtok = 1.0
@@ -38,15 +36,6 @@ runner = CliRunner()
 
 def configure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, warning: float = 0.25) -> None:
     use_config(monkeypatch, tmp_path, BUDGET.format(warning=warning), REDIS_URL)
-
-
-@pytest.fixture
-def redis_client():
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    get_settings.cache_clear()
 
 
 @pytest.fixture
