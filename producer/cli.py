@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import redis
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -17,6 +18,7 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from producer import submit as submitting
+from shared.budget import BudgetGuard
 from shared.config import ConfigError, get_settings
 from shared.db import migrate, session_scope
 from shared.models import CostEntry, Job, JobStatus, Run, RunStatus
@@ -62,11 +64,7 @@ def submit(
         if dry_run:
             _dry_run(settings, selection, as_json)
             return
-        migrate(settings.database_url)
-        if _budget_halted(settings):
-            err_console.print("[red]error:[/red] the budget guard is halted: nothing was submitted; "
-                              "`producer budget` shows why, `producer budget resume [--limit USD]` lifts it")
-            raise typer.Exit(1)
+        _refuse_while_halted(settings)
         run_id, jobs = submitting.record_run(settings, selection)
     except ConfigError as exc:
         raise _bad_input(str(exc)) from None
@@ -89,20 +87,18 @@ def submit(
         raise typer.Exit(0 if final["status"] == RunStatus.completed else 1)
 
 
-def _budget_guard(settings):
-    from shared.budget import BudgetGuard
-
-    return BudgetGuard.from_settings(settings)
-
-
-def _budget_halted(settings) -> bool:
-    import redis
-
+def _refuse_while_halted(settings) -> None:
+    """No new paid work while the budget guard is halted (a failed check: exit 1)."""
+    migrate(settings.database_url)
     try:
-        return _budget_guard(settings).is_halted()
+        halted = BudgetGuard.from_settings(settings).is_halted()
     except redis.RedisError as exc:
-        err_console.print(f"[red]error:[/red] Redis is not answering at {settings.redis_url} ({exc}); nothing was submitted")
+        err_console.print(f"[red]error:[/red] Redis is not answering at {settings.redis_url} ({exc}); nothing was done")
         raise typer.Exit(1) from None
+    if halted:
+        err_console.print("[red]error:[/red] the budget guard is halted: nothing was done; `producer budget` shows "
+                          "why, `producer budget resume [--limit USD]` lifts it")
+        raise typer.Exit(1)
 
 
 def _dry_run(settings, selection, as_json: bool) -> None:
@@ -110,7 +106,7 @@ def _dry_run(settings, selection, as_json: bool) -> None:
 
     estimate = estimate_run_cost(settings, selection.suite, selection.agents, selection.backends, selection.limit)
     try:
-        remaining = _budget_guard(settings).status()["remaining_usd"]
+        remaining = BudgetGuard.from_settings(settings).status()["remaining_usd"]
         estimate["remaining_usd"] = remaining
         estimate["within_budget"] = estimate["estimated_cost_usd"] <= remaining
     except Exception:  # noqa: BLE001 - Redis not running: estimate against the configured limit
@@ -294,10 +290,7 @@ def report(
 def resume(run_id: str, as_json: JsonOpt = False) -> None:
     """Re-enqueue every job without a final result; `ok` jobs are never re-run."""
     settings = get_settings()
-    migrate(settings.database_url)
-    if _budget_halted(settings):
-        err_console.print("[red]error:[/red] the budget guard is halted: run `producer budget resume [--limit USD]` first")
-        raise typer.Exit(1)
+    _refuse_while_halted(settings)
     try:
         pending = submitting.resumable_jobs(run_id, settings.worker.task_time_limit_s + 60)
     except ConfigError as exc:

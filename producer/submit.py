@@ -15,7 +15,7 @@ from sqlalchemy import update
 from sqlmodel import select
 
 from shared.config import ConfigError, Settings
-from shared.db import migrate, session_scope
+from shared.db import session_scope
 from shared.models import Job, JobStatus, Run, RunStatus, utcnow
 from shared.providers import PROVIDER_ENV, credentials
 from shared.suite import SUITES_DIR, Suite, load_suite
@@ -101,8 +101,8 @@ def new_run_id() -> str:
 
 
 def record_run(settings: Settings, selection: Selection) -> tuple[str, list[tuple[int, str]]]:
-    """Write the Run and all its Jobs in one transaction; returns (run_id, [(job_id, provider)])."""
-    migrate(settings.database_url)
+    """Write the Run and all its Jobs in one transaction; returns (run_id, [(job_id, provider)]).
+    The schema must be current (the CLI migrates first)."""
     run_id = new_run_id()
     simulator = simulator_settings({settings.backends[b].provider for b in selection.backends})
     config = settings.snapshot() | ({"simulator": simulator} if simulator else {})

@@ -27,7 +27,8 @@ def settle_run_status(run_id: str) -> str:
     cancelled run stays cancelled. Conditional UPDATEs, so a concurrent cancel always wins."""
     counts = job_counts(run_id)
     with session_scope() as session:
-        if session.get(Run, run_id) is None:
+        run = session.get(Run, run_id)
+        if run is None:
             raise KeyError(f"unknown run {run_id!r}")
         not_cancelled = (Run.id == run_id) & (Run.status != RunStatus.cancelled)
         if counts.get(JobStatus.halted):
@@ -39,8 +40,8 @@ def settle_run_status(run_id: str) -> str:
                 # report_path cleared until the final report is written (`--wait` watches it)
                 .values(status=RunStatus.completed, finished_at=utcnow(), report_path=None)
             )
-    with session_scope() as session:
-        return session.get(Run, run_id).status
+        session.refresh(run)
+        return run.status
 
 
 def publish_report(run_id: str, *, partial: bool = False) -> dict[str, Path]:

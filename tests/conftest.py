@@ -11,7 +11,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from tests.harness import BUDGET_REDIS_URL, WorkerProcess, ensure_redis, genesis_env, reconnect_app
+from tests.harness import SCRATCH_REDIS_URL, WorkerProcess, ensure_redis, genesis_env, reconnect_app
 
 INTEGRATION_REDIS_URL = os.environ.get("GENESIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 POSTGRES_URL = os.environ.get("GENESIS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -44,11 +44,11 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture
 def redis_client():
-    """A flushed Redis for the budget guard's own tests; settings rebuilt after each."""
+    """A flushed Redis for Redis-level unit tests (budget, limiter); settings rebuilt after each."""
     from shared.config import get_settings
 
     ensure_redis()
-    client = redis.Redis.from_url(BUDGET_REDIS_URL)
+    client = redis.Redis.from_url(SCRATCH_REDIS_URL)
     client.flushdb()
     yield client
     client.flushdb()

@@ -38,7 +38,7 @@ from shared.tokens import estimate_prompt_tokens
 from tests.harness import use_config
 import worker.halt  # noqa: F401,E402  (connects the worker_ready halt handler for halt_test_app)
 
-from tests.harness import BUDGET_REDIS_URL as REDIS_URL  # noqa: E402
+from tests.harness import SCRATCH_REDIS_URL as REDIS_URL  # noqa: E402
 CAP_MICRO = 830_000  # limit $1.00 × emergency 0.83
 
 CONFIG = """

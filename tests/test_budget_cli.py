@@ -18,7 +18,7 @@ from shared.config import load_settings
 from shared.db import migrate, session_scope
 from shared.models import CostEntry
 
-from tests.harness import BUDGET_REDIS_URL as REDIS_URL  # noqa: E402
+from tests.harness import SCRATCH_REDIS_URL as REDIS_URL  # noqa: E402
 BUDGET = """
 [pricing."m"]
 input_per_mtok = 1.0

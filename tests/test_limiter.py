@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import os
-
 import multiprocessing
 import time
 from datetime import datetime, timedelta, timezone
@@ -17,17 +15,11 @@ import redis
 
 from shared.config import Settings
 from shared.limiter import IN_FLIGHT_POLL_S, Permit, RateLimiter
-
-REDIS_URL = os.environ.get("GENESIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")  # flushed per test
-
+from tests.harness import SCRATCH_REDIS_URL as REDIS_URL
 
 @pytest.fixture
-def r() -> redis.Redis:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+def r(redis_client) -> redis.Redis:
+    return redis_client
 
 
 @pytest.fixture

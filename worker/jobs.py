@@ -61,9 +61,10 @@ def claim(job_id: int, worker: str, lease_s: float) -> tuple[str, ClaimedJob | J
         if not taken:
             busy = job.status == JobStatus.running and run.status != RunStatus.cancelled
             return (Claim.BUSY if busy else Claim.DONE), job
-        session.execute(
-            update(Run).where(Run.id == run.id, Run.status == RunStatus.queued).values(status=RunStatus.running)
-        )
+        if run.status == RunStatus.queued:  # conditional, so a concurrent cancel still wins
+            session.execute(
+                update(Run).where(Run.id == run.id, Run.status == RunStatus.queued).values(status=RunStatus.running)
+            )
         return Claim.TAKEN, ClaimedJob(
             id=job.id, run_id=job.run_id, agent=job.agent, task_id=job.task_id, backend=job.backend,
             provider=job.provider, model=job.model, attempts=job.attempts, suite=run.suite,
