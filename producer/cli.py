@@ -18,10 +18,12 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from producer import submit as submitting
+from producer.analysis_cli import decision_line
 from shared.budget import BudgetGuard
 from shared.config import ConfigError, get_settings
 from shared.db import migrate, session_scope
 from shared.models import CostEntry, Job, JobStatus, Run, RunStatus
+from shared.report import fetch_report
 
 app = typer.Typer(help="genesis-bench producer: benchmark LLM agents across providers.", no_args_is_help=True)
 console = Console()
@@ -141,41 +143,26 @@ def _wait_for_report(run_id: str, *, quiet: bool) -> dict[str, Any]:
                 if name not in bars:
                     bars[name] = progress.add_task(name, total=sum(row.values()), detail=detail)
                 progress.update(bars[name], completed=done, detail=detail)
-            status, report = snapshot["status"], snapshot["report"]
-            if status in FINAL_RUN_STATUSES and report:
+            if snapshot["status"] in FINAL_RUN_STATUSES and snapshot["report_ready"]:
+                # Built on whichever host ran the chord: this host's copy comes from SQL.
+                published = fetch_report(run_id)
                 break
-            if status == RunStatus.halted and not snapshot["by_status"]["running"]:
+            if snapshot["status"] == RunStatus.halted and not snapshot["by_status"]["running"]:
                 # The halted queues hold the rest, so the chord cannot finish: report what did.
                 from shared.runs import publish_report
 
-                snapshot["report"] = str(publish_report(run_id, partial=True)["md"])
+                published = publish_report(run_id, partial=True)
                 break
             time.sleep(0.5)
+    report = str(published.paths["md"]) if published else None
+    decision = published.decision if published else None
     if not quiet:
         if snapshot["status"] == RunStatus.halted:
             console.print(f"[yellow]run {run_id} halted by the budget guard[/yellow]: "
                           f"`producer budget resume [--limit USD]`, then `producer resume {run_id}`")
-        console.print(f"report: {snapshot['report']}")
-        if snapshot["report"]:
-            console.print(_decision_line(Path(snapshot["report"])), highlight=False)
-    return {"status": snapshot["status"], "report": snapshot["report"],
-            "decision": _decision(Path(snapshot["report"])) if snapshot["report"] else None}
-
-
-def _decision(report_md: Path) -> dict | None:
-    """The go/no-go block of a written report (report.json beside the markdown)."""
-    try:
-        return json.loads(report_md.with_name("report.json").read_text())["decision"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _decision_line(report_md: Path) -> str:
-    decision = _decision(report_md)
-    if not decision:
-        return "decision: not available"
-    agents = ", ".join(f"{agent} {verdict}" for agent, verdict in decision.get("by_agent", {}).items())
-    return f"decision: overall {decision.get('overall')} ({agents})"
+        console.print(f"report: {report}")
+        console.print(decision_line(decision), highlight=False)
+    return {"status": snapshot["status"], "report": report, "decision": decision}
 
 
 # --- status, runs, report ----------------------------------------------------------------------
@@ -195,6 +182,7 @@ def run_snapshot(run_id: str) -> dict[str, Any]:
         ).one()
         run_status, created, total = run.status, run.created_at, run.total_jobs
         report = run.report_path if run.report_path and Path(run.report_path).exists() else None
+        report_ready = run.report_path is not None  # possibly on another host: SQL holds it
     by_status = {s.value: 0 for s in JobStatus}
     by_backend: dict[str, dict[str, int]] = {}
     for backend, status, n in rows:
@@ -206,7 +194,7 @@ def run_snapshot(run_id: str) -> dict[str, Any]:
     remaining = by_status["queued"] + by_status["running"]
     return {
         "run_id": run_id, "status": run_status, "total": total, "by_status": by_status, "by_backend": by_backend,
-        "spent_usd": round(float(spent), 6), "report": report, "jobs_per_s": round(rate, 2),
+        "spent_usd": round(float(spent), 6), "report": report, "report_ready": report_ready, "jobs_per_s": round(rate, 2),
         "eta_s": round(remaining / rate, 1) if rate and remaining else None, "active": remaining > 0,
     }
 
@@ -225,7 +213,7 @@ def status(
     except ConfigError as exc:
         raise _bad_input(str(exc)) from None
     if as_json:
-        _emit_json({k: v for k, v in snapshot.items() if k != "active"})
+        _emit_json({k: v for k, v in snapshot.items() if k not in ("active", "report_ready")})
         return
     table = Table(title=f"run {run_id}: {snapshot['status']}")
     statuses = [s.value for s in JobStatus]
@@ -265,28 +253,6 @@ def runs(
 
 
 @app.command()
-def report(
-    run_id: str,
-    partial: Annotated[bool, typer.Option("--partial", help="For a run still in flight.")] = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """(Re)build a run's report from SQL."""
-    from shared.runs import publish_report
-
-    try:
-        if run_snapshot(run_id)["active"] and not partial:
-            raise ConfigError(f"run {run_id} is still in flight: use --partial for a report of what has finished")
-        paths = publish_report(run_id, partial=partial)
-    except ConfigError as exc:
-        raise _bad_input(str(exc)) from None
-    if as_json:
-        _emit_json({**{k: str(v) for k, v in paths.items()}, "decision": _decision(paths["md"])})
-    else:
-        console.print(f"report: {paths['md']}")
-        console.print(_decision_line(paths["md"]), highlight=False)
-
-
-@app.command()
 def resume(run_id: str, as_json: JsonOpt = False) -> None:
     """Re-enqueue every job without a final result; `ok` jobs are never re-run."""
     settings = get_settings()
@@ -312,7 +278,7 @@ def cancel(run_id: str, as_json: JsonOpt = False) -> None:
         submitting.cancel_run(run_id)
     except ConfigError as exc:
         raise _bad_input(str(exc)) from None
-    paths = publish_report(run_id)
+    paths = publish_report(run_id).paths
     if as_json:
         _emit_json({"run_id": run_id, "status": "cancelled", "report": str(paths["md"])})
     else:
@@ -320,10 +286,12 @@ def cancel(run_id: str, as_json: JsonOpt = False) -> None:
 
 
 def _register_subcommands() -> None:
+    from producer import analysis_cli
     from producer.budget_cli import budget_app
     from simulator.cli import simulator_command
 
     app.add_typer(budget_app, name="budget", help="Spend, limits, ledger and the halt.")
+    analysis_cli.register(app)  # report [--gate], export, compare
     app.command("simulator", help="Run the provider simulator (OpenAI, Anthropic, Mistral wire formats).")(simulator_command)
 
 

@@ -84,7 +84,12 @@ class BudgetConfig(BaseModel):
 
 
 class DecisionConfig(BaseModel):
-    min_improvement: float = 0.08  # relative to the baseline's accuracy
+    min_improvement: float = Field(default=0.08, ge=0)  # relative to the baseline's accuracy
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)  # GO needs this interval above zero
+    # The sign-flip test is exact for 0/1 scores; otherwise Monte Carlo, seeded so a report
+    # rebuilt from the same rows gives the same numbers.
+    resamples: int = Field(default=20_000, ge=1_000)
+    seed: int = 20261201
 
 
 class RetryConfig(BaseModel):

@@ -106,3 +106,18 @@ class BudgetEvent(SQLModel, table=True):
     limit_usd: float
     run_id: str | None = Field(default=None, max_length=32)
     message: str = Field(default="", sa_column=Column(Text))
+
+
+class RunReport(SQLModel, table=True):
+    """A run's last built report (JSON data, markdown, HTML): SQL carries it to whichever host
+    asks, wherever the report was built."""
+
+    __tablename__ = "run_report"
+
+    run_id: str = Field(primary_key=True, foreign_key="run.id", max_length=32)
+    built_at: datetime = Field(default_factory=utcnow)
+    partial: bool = False
+    overall: str  # GO | NO-GO | INCONCLUSIVE
+    data_json: str = Field(sa_column=Column(Text, nullable=False))
+    markdown: str = Field(sa_column=Column(Text, nullable=False))
+    html: str = Field(sa_column=Column(Text, nullable=False))

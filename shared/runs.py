@@ -3,15 +3,13 @@ chord callback and by the producer (`report`, `cancel`), so both say the same th
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sqlalchemy import func, update
 from sqlmodel import select
 
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.models import Job, JobStatus, Run, RunStatus, utcnow
-from shared.report import generate_report
+from shared.report import PublishedReport, generate_report
 
 
 def job_counts(run_id: str) -> dict[str, int]:
@@ -44,13 +42,14 @@ def settle_run_status(run_id: str) -> str:
         return run.status
 
 
-def publish_report(run_id: str, *, partial: bool = False) -> dict[str, Path]:
-    """(Re)build the report from SQL and record where it is."""
+def publish_report(run_id: str, *, partial: bool = False) -> PublishedReport:
+    """(Re)build the report from SQL, store its content in SQL, write this host's files and
+    record where they are. Returns the data, so callers never re-read report.json."""
     status = settle_run_status(run_id)
     # An earlier chord of a resumed run can finish while the newer one still works: partial.
     partial = partial or status in (RunStatus.queued, RunStatus.running)
-    paths = generate_report(run_id, reports_dir=get_settings().reports_dir, partial=partial)
+    published = generate_report(run_id, reports_dir=get_settings().reports_dir, partial=partial)
     with session_scope() as session:
         run = session.get(Run, run_id)
-        run.report_path = str(paths["md"])
-    return paths
+        run.report_path = str(published.paths["md"])
+    return published

@@ -21,7 +21,7 @@ def _reset_postgres(url: str) -> None:
     from shared.db import get_engine
 
     with get_engine(url).begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS cost_entry, budget_event, job, run, alembic_version CASCADE"))
+        conn.execute(text("DROP TABLE IF EXISTS run_report, cost_entry, budget_event, job, run, alembic_version CASCADE"))
 
 
 @pytest.fixture(params=["sqlite"])

@@ -129,7 +129,7 @@ def backend_row(data: dict, agent: str, backend: str) -> dict:
     return next(b for b in data["backends"] if b["agent"] == agent and b["backend"] == backend)
 
 
-def test_comparisons_and_decisions(mixed_run):
+def test_comparisons_pair_tasks_and_say_what_would_settle_them(mixed_run):
     data = build(mixed_run)
     qa = comparison(data, "qa")
     assert (qa["candidate"], qa["baseline"], qa["n"]) == ("mistral-ft", "mistral-base", 10)
@@ -137,29 +137,61 @@ def test_comparisons_and_decisions(mixed_run):
     assert qa["baseline_accuracy"] == pytest.approx(0.7)
     assert qa["improvement_abs"] == pytest.approx(0.2)
     assert qa["improvement_rel"] == pytest.approx(0.2 / 0.7)
-    assert qa["decision"] == "GO"
-    # Differences are eight 0s and two 1s: sd = sqrt(1.6 / 9), t = 0.2 / (sd / sqrt(10)) = 1.5.
-    margin = 2.262157 * (1.6 / 9) ** 0.5 / 10**0.5  # t(0.975, 9 df) from the tables
-    assert qa["ci95_abs"] == pytest.approx([0.2 - margin, 0.2 + margin], abs=1e-5)
-    assert qa["p_value"] == pytest.approx(0.16785, abs=1e-4)  # 2 * P(T_9 > 1.5)
+    assert qa["threshold_abs"] == pytest.approx(0.08 * 0.7)
+    # Differences: eight 0s and two +1s. Only the two +1s' signs matter: |sum| >= 2 in 2 of
+    # the 4 sign patterns, so the exact two-sided p is 0.5; a shift below 0 makes every
+    # difference positive (p = 2/1024), so the interval starts at 0: not shown better.
+    assert qa["p_value"] == pytest.approx(0.5) and qa["exact"] is True
+    assert qa["ci95_abs"][0] == pytest.approx(0.0, abs=1e-9)
+    assert qa["decision"] == "INCONCLUSIVE"
+    # sd of the differences 0.4 (population): (1.96 * 0.4 / 0.2)^2 = 15.4 -> 16 pairs.
+    assert qa["pairs_needed"] == 16
+    assert "about 16 paired tasks would settle it" in qa["headline"]
+    assert [p["task_id"] for p in qa["pairs"]] == TASKS
+    assert qa["pairs"][3] == {"task_id": "t03", "candidate_score": 1.0, "baseline_score": 0.0}
 
     legal = comparison(data, "legal")  # task t09 halted on the candidate: paired over 9 tasks
     assert legal["n"] == 9 and legal["tasks"] == 10
     assert legal["candidate_accuracy"] == pytest.approx(mean(LEGAL_FT[:9]))
     assert legal["baseline_accuracy"] == pytest.approx(mean(LEGAL_BASE[:9]))
-    assert legal["decision"] == "NO-GO"
+    assert legal["improvement_abs"] == pytest.approx(0.0)
+    assert legal["decision"] == "INCONCLUSIVE"  # 9 pairs cannot exclude the +6.2 pp needed
 
     pooled = comparison(data, "ALL")
-    assert pooled["n"] == 19
+    assert pooled["n"] == 19 and "pairs" not in pooled
     assert pooled["candidate_accuracy"] == pytest.approx(mean(QA_FT + LEGAL_FT[:9]))
     assert pooled["baseline_accuracy"] == pytest.approx(mean(QA_BASE + LEGAL_BASE[:9]))
     assert pooled["improvement_rel"] == pytest.approx((16 / 19 - 14 / 19) / (14 / 19))  # +14.3%
-    assert pooled["decision"] == "GO"
-    assert data["decision"] == {"overall": "GO", "by_agent": {"qa": "GO", "legal": "NO-GO"}}
-    assert data["min_improvement"] == 0.08
+    assert pooled["decision"] == "INCONCLUSIVE"
+    assert data["decision"] == {"overall": "INCONCLUSIVE", "by_agent": {"qa": "INCONCLUSIVE", "legal": "INCONCLUSIVE"}}
+    assert data["min_improvement"] == 0.08 and data["confidence"] == 0.95
     assert [(c["agent"], c["candidate"]) for c in data["comparisons"]] == [
         ("qa", "mistral-ft"), ("legal", "mistral-ft"), ("ALL", "mistral-ft"),
     ]  # the openai reference is not compared
+
+
+def test_go_and_no_go_need_the_interval_clear_of_the_line(db_url):
+    with Session(get_engine(db_url)) as session:
+        add_run(session, "clear", ["qa", "legal"])
+        add_jobs(session, "clear", "qa", "mistral-ft", [1] * 10)
+        add_jobs(session, "clear", "qa", "mistral-base", [0] * 8 + [1, 1])
+        add_jobs(session, "clear", "legal", "mistral-ft", [0] * 8 + [1, 1])
+        add_jobs(session, "clear", "legal", "mistral-base", [1] * 10)
+        session.commit()
+    data = build(db_url, "clear")
+    qa, legal, pooled = (comparison(data, agent) for agent in ("qa", "legal", "ALL"))
+    # Eight +1 differences: exact two-sided p = 2 / 2^8 = 0.0078 (sign test), interval [+0.5, +1].
+    assert qa["p_value"] == pytest.approx(2 / 256)
+    assert qa["ci95_abs"] == pytest.approx([0.5, 1.0])
+    assert qa["decision"] == "GO" and qa["pairs_needed"] is None
+    assert legal["ci95_abs"] == pytest.approx([-1.0, -0.5]) and legal["decision"] == "NO-GO"
+    # Pooled: eight +1 and eight -1 cancel; 20 pairs cannot yet exclude the needed +4.8 pp (8% of 60%).
+    assert pooled["improvement_abs"] == pytest.approx(0.0) and pooled["decision"] == "INCONCLUSIVE"
+    assert data["decision"] == {"overall": "INCONCLUSIVE", "by_agent": {"qa": "GO", "legal": "NO-GO"}}
+    worse = [d for d in data["disagreements"] if d["kind"] == "candidate worse"]
+    better = [d for d in data["disagreements"] if d["kind"] == "candidate better"]
+    assert len(worse) == len(better) == 8
+    assert data["disagreements"][:8] == worse  # the losses first
 
 
 def test_backend_rows_counts_budget_and_warnings(mixed_run):
@@ -211,7 +243,7 @@ def test_inconclusive_when_the_baseline_all_errored(db_url):
     data = build(db_url, "run2")
     qa = comparison(data, "qa")
     assert qa["n"] == 0 and qa["candidate_accuracy"] is None and qa["decision"] == "INCONCLUSIVE"
-    assert data["decision"]["by_agent"] == {"qa": "INCONCLUSIVE", "legal": "GO"}
+    assert data["decision"]["by_agent"] == {"qa": "INCONCLUSIVE", "legal": "INCONCLUSIVE"}
     assert data["decision"]["overall"] == "INCONCLUSIVE"
     assert data["simulated"] is False and data["complete"] is True
     assert not any("Simulated" in w for w in data["warnings"])
@@ -228,7 +260,8 @@ def test_a_verdict_exactly_on_the_threshold_is_go(db_url):
     qa = comparison(build(db_url, "edge"), "qa")
     assert qa["improvement_rel"] == pytest.approx(0.08)
     assert qa["decision"] == "GO"
-    assert qa["ci95_abs"] == pytest.approx([0.036, 0.036]) and qa["p_value"] == 0.0
+    # Ten equal differences: only all-kept or all-flipped signs reach |sum|, p = 2 / 2^10.
+    assert qa["ci95_abs"] == pytest.approx([0.036, 0.036]) and qa["p_value"] == pytest.approx(2 / 1024)
 
 
 def test_unknown_run_and_in_flight_run(db_url):
@@ -249,7 +282,7 @@ def test_unknown_run_and_in_flight_run(db_url):
 
 
 def test_generate_report_writes_the_files(mixed_run, tmp_path):
-    paths = generate_report("run1", database_url=mixed_run, reports_dir=tmp_path / "reports")
+    paths = generate_report("run1", database_url=mixed_run, reports_dir=tmp_path / "reports").paths
     assert paths["md"] == tmp_path / "reports" / "run1" / "report.md"
     assert all(p.is_file() for p in paths.values())
     assert paths["latest"] == tmp_path / "reports" / LATEST_REPORT_NAME
@@ -257,7 +290,8 @@ def test_generate_report_writes_the_files(mixed_run, tmp_path):
     assert paths["latest"].read_text() == markdown
 
     saved = json.loads(paths["json"].read_text())
-    assert saved["decision"]["by_agent"] == {"qa": "GO", "legal": "NO-GO"}
+    assert saved["decision"]["by_agent"] == {"qa": "INCONCLUSIVE", "legal": "INCONCLUSIVE"}
+    assert saved["comparisons"][0]["pairs"] and saved["disagreements"]
     assert set(saved) >= {
         "run_id", "simulated", "complete", "decision", "comparisons", "backends", "generated_at",
         "suite", "status", "counts", "by_difficulty", "budget", "warnings", "min_improvement",
@@ -269,13 +303,16 @@ def test_generate_report_writes_the_files(mixed_run, tmp_path):
 
     assert "# Fine-tuning quality report: run run1" in markdown
     assert "SIMULATED" in markdown
-    assert "- qa: **GO**" in markdown and "- legal: **NO-GO**" in markdown
-    assert "at least 8% relative" in markdown
+    assert "**Overall: INCONCLUSIVE**" in markdown and "- qa: **INCONCLUSIVE**" in markdown
+    assert "at least 8% relative" in markdown and "95% confidence interval" in markdown
+    assert "|---|---|---|---:|" in markdown  # numbers right-aligned
     assert "\\<script>" in markdown  # cannot reach a markdown renderer as raw HTML
 
     page = paths["html"].read_text()
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert "SIMULATED" in page and 'class="go">GO<' in page
+    assert "SIMULATED" in page and 'class="inconclusive">INCONCLUSIVE<' in page
+    assert page.index("Overall:") < page.index("Rule:") < page.index("<svg")  # the decision first
+    assert '<td class="num">' in page
     assert "http" not in page.split("<body>")[0].lower()  # no external assets in the head
     assert not list((tmp_path / "reports").rglob("*.tmp"))
 

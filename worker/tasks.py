@@ -247,4 +247,4 @@ def _handle_failure(task: GenesisTask, job: jobs.ClaimedJob, err: ProviderError,
               retry_backoff_max=60, max_retries=8)
 def build_report(self: GenesisTask, results: list | None, run_id: str) -> str:
     """Chord body: reads SQL only; `results` (the header's summaries) are not needed."""
-    return str(publish_report(run_id)["md"])
+    return str(publish_report(run_id).paths["md"])

@@ -1,0 +1,53 @@
+"""Assembles report data from SQL: facts (data), verdicts (decision), warnings, drill-down.
+The result is JSON-ready and is what every renderer, the SQL copy and the CLI read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlmodel import Session
+
+from shared.models import JobStatus, utcnow
+from shared.report import data as facts_
+from shared.report import decision as rule_
+from shared.report.drilldown import disagreements
+from shared.report.warnings import warnings
+
+
+def build_report_data(session: Session, run_id: str, *, partial: bool = False) -> dict[str, Any]:
+    """Everything the report shows. Refuses (ConfigError) a run still in flight unless
+    `partial`; an unknown run raises UnknownRunError."""
+    facts = facts_.load_facts(session, run_id, partial=partial)
+    run, jobs = facts.run, facts.jobs
+    counts = facts_.status_counts(jobs)
+    rule = rule_.decision_config(facts)
+    backend_config = facts.snapshot.get("backends", {})
+    comparisons = rule_.comparisons(facts, rule)
+    decision = rule_.decide(facts.agents, comparisons)
+    budget = facts_.budget_facts(session, run, jobs)
+    in_flight = counts[JobStatus.queued] + counts[JobStatus.running]
+    return {
+        "run_id": run.id,
+        "suite": run.suite,
+        "status": run.status,
+        "simulated": run.simulated,
+        "complete": in_flight + counts[JobStatus.halted] == 0,
+        "partial": partial,
+        "created_at": facts_.iso(run.created_at),
+        "finished_at": facts_.iso(run.finished_at) if run.finished_at else None,
+        "generated_at": facts_.iso(utcnow()),
+        "total_jobs": len(jobs),
+        "counts": {status.value: count for status, count in counts.items()},
+        "min_improvement": rule.min_improvement,
+        "confidence": rule.confidence,
+        "decision_rule": rule_.rule_text(rule),
+        "decision": decision,
+        "headlines": [c["headline"] for c in comparisons],
+        "comparisons": comparisons,
+        "backends": [facts_.backend_row(a, b, facts.by_pair[(a, b)], backend_config) for a, b in facts.pairs],
+        "by_backend": facts_.backend_summary(facts),
+        "by_difficulty": [row for a, b in facts.pairs for row in facts_.difficulty_rows(a, b, facts.by_pair[(a, b)])],
+        "disagreements": disagreements(session, facts, comparisons),
+        "budget": budget,
+        "warnings": warnings(facts, comparisons, decision, budget),
+    }

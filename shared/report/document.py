@@ -1,0 +1,153 @@
+"""One document model, two renderers (markdown, HTML): they can never say different things.
+A block is a tuple: ("title"|"h2"|"p"|"banner", text), ("decision", overall, headlines),
+("list", items), ("table", headers, rows, align) with align one of "l"/"r" per column,
+("chart", name) (HTML only; shared.report.charts draws it), ("drilldown", rows)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from shared.report import format as fmt
+
+DRILLDOWN_ANSWER_CHARS = 160
+
+
+def document(data: dict) -> list[tuple]:
+    counts = data["counts"]
+    blocks: list[tuple] = [
+        ("title", f"Fine-tuning quality report: run {data['run_id']}"),
+        ("p", f"Suite {data['suite']} · run created {fmt.date(data['created_at'])} · status "
+              f"{data['status']} · {data['total_jobs']} jobs · report generated {fmt.date(data['generated_at'])}"),
+    ]
+    if data["simulated"]:
+        blocks.append(("banner", "SIMULATED RUN: answers came from the provider simulator, not real models."))
+    if not data["complete"]:
+        blocks.append(("banner", f"INCOMPLETE: {counts['halted']} job(s) halted, "
+                                 f"{counts['queued'] + counts['running']} queued or running. See the warnings."))
+    decision = data["decision"]
+    blocks += [
+        ("h2", "Decision"),
+        ("decision", decision["overall"], data["headlines"] or ["No candidate/baseline pair ran: no verdict."]),
+        ("p", "Rule: " + data["decision_rule"]),
+        ("chart", "forest"),
+        ("h2", "Candidate vs baseline"),
+        _comparison_table(data),
+        ("h2", "Per agent and backend"),
+        ("p", "Accuracy is the mean score over ok jobs (n); latency percentiles interpolate "
+              "linearly between ranks over ok jobs; cost per request is over billed calls."),
+        ("chart", "accuracy"),
+        _backend_table(data["backends"]),
+        ("h2", "Per backend"),
+        ("chart", "latency"),
+        ("chart", "cost"),
+        _backend_summary_table(data["by_backend"]),
+        ("h2", "By difficulty"),
+        _difficulty_table(data["by_difficulty"]),
+        ("h2", "Where candidate and baseline disagree"),
+        ("p", f"{len(data['disagreements'])} paired task(s) scored differently; the candidate's "
+              "losses first. Answers are cut to their start."),
+        ("drilldown", data["disagreements"]),
+        ("h2", "Budget"),
+        *_budget_blocks(data["budget"]),
+        ("h2", "Warnings"),
+        ("list", data["warnings"]) if data["warnings"] else ("p", "None."),
+    ]
+    return blocks
+
+
+def _comparison_table(data: dict) -> tuple:
+    level = f"{data['confidence']:.0%}"
+    return (
+        "table",
+        ["Agent", "Candidate", "Baseline", "n (paired)", "Candidate acc.", "Baseline acc.",
+         "Improvement (rel)", "Improvement (abs)", "Needed (abs)", f"{level} CI (abs)", "p",
+         "Decision", "Pairs to settle"],
+        [[c["agent"], c["candidate"], c["baseline"], f"{c['n']} / {c['tasks']}",
+          fmt.pct(c["candidate_accuracy"]), fmt.pct(c["baseline_accuracy"]),
+          fmt.pct(c["improvement_rel"], signed=True), fmt.pp(c["improvement_abs"]), fmt.pp(c["threshold_abs"]),
+          fmt.ci(c["ci95_abs"]), fmt.p_value(c["p_value"]), c["decision"],
+          str(c["pairs_needed"]) if c["pairs_needed"] else ""]
+         for c in data["comparisons"]],
+        "lllrrrrrrrrlr",
+    )
+
+
+def _backend_table(rows: list[dict]) -> tuple:
+    return (
+        "table",
+        ["Agent", "Backend", "Model", "Role", "n", "Errors", "Halted", "Accuracy", "p50", "p95",
+         "Input tok.", "Output tok.", "Cost", "Cost / request"],
+        [[b["agent"], b["backend"], b["model"], b["role"] or "", str(b["n"]), str(b["errors"]),
+          str(b["halted"]), fmt.pct(b["accuracy"]), fmt.ms(b["latency_p50_ms"]), fmt.ms(b["latency_p95_ms"]),
+          f"{b['input_tokens']:,}", f"{b['output_tokens']:,}", fmt.usd(b["cost_usd"]),
+          fmt.usd(b["cost_per_request_usd"])]
+         for b in rows],
+        "llll" + "r" * 10,
+    )
+
+
+def _backend_summary_table(rows: list[dict]) -> tuple:
+    def latency(b: dict, q: str) -> str:
+        return fmt.ms(b["latency_ms"][q]) if b["latency_ms"] else "n/a"
+
+    return (
+        "table",
+        ["Backend", "Role", "n", "Accuracy", "Latency p25", "p50", "p75", "p95", "Cost",
+         "Cost / accuracy point"],
+        [[b["backend"], b["role"] or "", str(b["n"]), fmt.pct(b["accuracy"]), latency(b, "p25"),
+          latency(b, "p50"), latency(b, "p75"), latency(b, "p95"), fmt.usd(b["cost_usd"]),
+          fmt.usd(b["cost_per_accuracy_point_usd"])]
+         for b in rows],
+        "ll" + "r" * 8,
+    )
+
+
+def _difficulty_table(rows: list[dict]) -> tuple:
+    levels = list(dict.fromkeys(r["difficulty"] for r in rows))
+    cells: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    for r in rows:
+        cells[(r["agent"], r["backend"])][r["difficulty"]] = f"{fmt.pct(r['accuracy'])} (n={r['n']})"
+    return (
+        "table",
+        ["Agent", "Backend", *levels],
+        [[agent, backend, *(row.get(level, "") for level in levels)] for (agent, backend), row in cells.items()],
+        "ll" + "r" * len(levels),
+    )
+
+
+def drilldown_table(rows: list[dict]) -> tuple:
+    return (
+        "table",
+        ["Agent", "Task", "Difficulty", "Kind", "Candidate score", "Baseline score", "Prompt (start)",
+         "Candidate answer", "Baseline answer"],
+        [[r["agent"], r["task_id"], r["difficulty"], r["kind"], f"{r['candidate_score']:.2f}",
+          f"{r['baseline_score']:.2f}", fmt.clip(r["prompt_start"], DRILLDOWN_ANSWER_CHARS),
+          fmt.clip(r["candidate_answer"], DRILLDOWN_ANSWER_CHARS), fmt.clip(r["baseline_answer"], DRILLDOWN_ANSWER_CHARS)]
+         for r in rows],
+        "llllrrlll",
+    )
+
+
+def _budget_blocks(budget: dict) -> list[tuple]:
+    t = budget["thresholds"]
+    blocks: list[tuple] = [(
+        "list",
+        [
+            f"Spent (all runs): {fmt.usd(budget['spent_usd'])} of {fmt.usd(budget['limit_usd'])} "
+            f"({budget['used_fraction']:.1%}), level {budget['level']}"
+            + (" — queues HALTED by the budget guard" if budget["halted"] else ""),
+            f"This run: {fmt.usd(budget['run_cost_usd'])} in the ledger, "
+            f"{fmt.usd(budget['jobs_cost_usd'])} recorded on its jobs",
+            f"Thresholds: warning {t['warning']:.0%}, critical {t['critical']:.0%}, "
+            f"emergency {t['emergency']:.0%} (spend is refused beyond emergency)",
+        ],
+    )]
+    if budget["events"]:
+        blocks.append((
+            "table",
+            ["At", "Kind", "Level", "Spent", "Limit", "Message"],
+            [[fmt.date(e["at"]), e["kind"], e["level"], fmt.usd(e["spent_usd"]), fmt.usd(e["limit_usd"]),
+              e["message"]] for e in budget["events"]],
+            "lllrrl",
+        ))
+    return blocks
