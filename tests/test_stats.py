@@ -1,4 +1,4 @@
-"""Student t and the paired test, against closed forms, tables and brute-force integration."""
+"""The statistics against published or hand-computed values (each test says where from)."""
 
 from __future__ import annotations
 
@@ -8,97 +8,91 @@ import statistics
 
 import pytest
 
-from shared.stats import (
-    paired_t_test,
-    percentile,
-    regularized_incomplete_beta,
-    t_cdf,
-    t_ppf,
-    t_two_sided_p,
-)
+import shared.stats as stats
+from shared.stats import paired_sign_flip, pairs_needed, percentile
 
-# Student's sleep data (Cushny & Peebles), the textbook paired example; R's t.test(paired=TRUE)
-# gives t = 4.0621, df = 9, p = 0.002833, 95% CI [0.7001142, 2.4598858] for group2 - group1.
-SLEEP_GROUP1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
-SLEEP_GROUP2 = [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4]
+# Darwin's Zea mays data as Fisher used it (The Design of Experiments, 1935, §21): height
+# differences (crossed - self-fertilised) of 15 pairs, in eighths of an inch. Fisher counts 863
+# of the 2^15 = 32768 sign patterns with a sum at least the observed 314, so the two-sided
+# randomization p-value is 1726 / 32768 = 0.05267.
+DARWIN = [49, -67, 8, 16, 6, 23, 28, 41, 14, 29, 56, 24, 75, 60, -48]
 
 
-@pytest.mark.parametrize(
-    ("q", "df", "expected"),
-    [(0.975, 19, 2.093), (0.975, 4, 2.776), (0.975, 9, 2.262), (0.975, 1, 12.706),
-     (0.95, 10, 1.812), (0.995, 30, 2.750), (0.025, 4, -2.776)],
-)
-def test_t_quantiles_match_the_tables(q, df, expected):
-    assert t_ppf(q, df) == pytest.approx(expected, abs=1e-3)
+def test_sign_flip_reproduces_fishers_randomization_test():
+    result = paired_sign_flip(DARWIN, [0] * 15, bounds=(-100, 100))
+    assert result.exact is True
+    assert result.p_value == pytest.approx(1726 / 32768)
+    assert result.mean_difference == pytest.approx(314 / 15)
+    assert result.ci[0] < 0 < result.ci[1]  # p > 0.05: the interval includes 0
 
 
-@pytest.mark.parametrize("t", [-30.0, -2.5, -0.3, 0.0, 0.7, 1.96, 12.0])
-def test_t_cdf_matches_closed_forms(t):
-    assert t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-12)  # Cauchy
-    assert t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-12)
-    normal = 0.5 * (1 + math.erf(t / math.sqrt(2)))
-    assert t_cdf(t, 1e6) == pytest.approx(normal, abs=1e-6)
+def test_monte_carlo_agrees_with_the_exact_count_and_is_seeded(monkeypatch):
+    monkeypatch.setattr(stats, "EXACT_LIMIT", 0)  # force the sampled path
+    first = paired_sign_flip(DARWIN, [0] * 15, bounds=(-100, 100), resamples=20_000, seed=3)
+    again = paired_sign_flip(DARWIN, [0] * 15, bounds=(-100, 100), resamples=20_000, seed=3)
+    assert first.exact is False and first == again  # same rows, same numbers
+    # Monte Carlo standard error at p = 0.053 over 20,000 draws: sqrt(p (1 - p) / 20000) = 0.0016.
+    assert first.p_value == pytest.approx(1726 / 32768, abs=0.005)
 
 
-@pytest.mark.parametrize(
-    ("q", "df"), [(0.6, 3), (0.975, 7), (0.999, 2), (0.01, 25), (0.9999999, 1)]
-)
-def test_t_ppf_inverts_the_cdf(q, df):
-    assert t_cdf(t_ppf(q, df), df) == pytest.approx(q, rel=1e-9)
-    assert t_ppf(1 - q, df) == pytest.approx(-t_ppf(q, df))
+def test_zero_one_scores_give_the_exact_sign_test():
+    # 20 tasks: candidate right / baseline wrong on 8, the reverse on 1, ties on 11. The exact
+    # McNemar (binomial) test: 2 * P(X <= 1), X ~ Bin(9, 1/2) = 2 * (1 + 9) / 512 = 0.0390625.
+    candidate = [1] * 8 + [0] + [1] * 6 + [0] * 5
+    baseline = [0] * 8 + [1] + [1] * 6 + [0] * 5
+    result = paired_sign_flip(candidate, baseline)
+    assert result.exact is True and result.n == 20
+    assert result.p_value == pytest.approx(20 / 512)
+    assert result.mean_difference == pytest.approx(7 / 20)
+    assert result.ci[0] > 0  # p < 0.05 and the estimate is positive: the interval clears 0
 
 
-def test_incomplete_beta_special_cases():
-    for x in (0.0, 0.1, 0.5, 0.93, 1.0):
-        assert regularized_incomplete_beta(2.5, 1, x) == pytest.approx(x**2.5, abs=1e-12)
-        expected = 1 - (1 - x) ** 3.5
-        assert regularized_incomplete_beta(1, 3.5, x) == pytest.approx(expected, abs=1e-12)
-    assert regularized_incomplete_beta(7.3, 7.3, 0.5) == pytest.approx(0.5, abs=1e-12)
-    with pytest.raises(ValueError):
-        regularized_incomplete_beta(1, 1, 1.5)
-    with pytest.raises(ValueError):
-        t_ppf(1.0, 5)
+def test_fractional_scores_by_hand_enumeration():
+    # Differences 0.5, 0.25, 1.0, -0.25 (sum 1.5). With the 1.0 kept positive the other three
+    # give sums 2.0, 1.5, 1.5, 1.0, 1.0, 0.5, 0.5, 0: three reach 1.5; by symmetry 6 of 16.
+    result = paired_sign_flip([0.5, 0.25, 1.0, 0.0], [0.0, 0.0, 0.0, 0.25])
+    assert result.p_value == pytest.approx(6 / 16)
+    # Four pairs can never reject at 5% (the smallest p is 2/16): the interval is all of [-1, 1].
+    assert result.ci == (-1.0, 1.0)
 
 
-def _t_pdf(x: float, df: int) -> float:
-    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-    return math.exp(log_norm) * (1 + x * x / df) ** (-(df + 1) / 2)
+def test_constant_differences_collapse_the_interval():
+    # Every difference 0.3: for any other shift all signs agree, p = 2 / 2^10 < 0.05.
+    result = paired_sign_flip([0.8] * 10, [0.5] * 10)
+    assert result.p_value == pytest.approx(2 / 1024)
+    assert result.ci == pytest.approx((0.3, 0.3))
+    assert result.sd_difference == pytest.approx(0.0, abs=1e-12)
+    same = paired_sign_flip([1, 0, 1, 0, 1, 0], [1, 0, 1, 0, 1, 0])
+    assert same.p_value == 1.0 and same.ci == (0.0, 0.0)
 
 
-def _simpson(f, a: float, b: float, steps: int = 4000) -> float:
-    h = (b - a) / steps
-    total = f(a) + f(b) + sum((4 if i % 2 else 2) * f(a + i * h) for i in range(1, steps))
-    return total * h / 3
+@pytest.mark.parametrize("seed", range(12))
+def test_the_interval_excludes_zero_exactly_when_the_test_rejects(seed):
+    rng = random.Random(seed)
+    n = rng.randint(8, 40)
+    levels = [0, 0.25, 0.5, 0.75, 1] if seed % 2 else [0, 1]
+    candidate = [rng.choice(levels) if rng.random() < 0.6 else 1 for _ in range(n)]
+    baseline = [rng.choice(levels) for _ in range(n)]
+    result = paired_sign_flip(candidate, baseline)
+    low, high = result.ci
+    assert low <= result.mean_difference <= high
+    assert (low > 0 or high < 0) == (result.p_value <= 0.05)
 
 
-def test_paired_t_test_on_the_sleep_data():
-    result = paired_t_test(SLEEP_GROUP2, SLEEP_GROUP1)
-    assert result.n == 10
-    assert result.mean_difference == pytest.approx(1.58)
-    assert result.ci95 == pytest.approx((0.7001142, 2.4598858), abs=1e-6)
-    assert result.p_value == pytest.approx(0.002833, abs=1e-6)
-
-    # The same p by another route: t from the raw differences, tail area by Simpson's rule.
-    diffs = [b - a for a, b in zip(SLEEP_GROUP1, SLEEP_GROUP2)]
-    mean = sum(diffs) / 10
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 9)
-    t = mean / (sd / math.sqrt(10))
-    assert t == pytest.approx(4.0621, abs=1e-4)
-    assert result.p_value == pytest.approx(1 - 2 * _simpson(lambda x: _t_pdf(x, 9), 0, t), abs=1e-9)
-    assert t_two_sided_p(-t, 9) == pytest.approx(result.p_value)
+def test_no_pairs_and_bad_input():
+    empty = paired_sign_flip([], [])
+    assert empty.n == 0 and empty.ci is None and empty.p_value is None
+    with pytest.raises(ValueError, match="differ in length"):
+        paired_sign_flip([1.0, 0.0], [1.0])
+    with pytest.raises(ValueError, match="confidence"):
+        paired_sign_flip([1.0], [0.0], confidence=1.0)
 
 
-def test_paired_t_test_degenerate_samples():
-    same_gain = paired_t_test([0.9, 0.8, 0.7], [0.8, 0.7, 0.6])
-    assert same_gain.ci95 == pytest.approx((0.1, 0.1)) and same_gain.p_value == 0.0
-    no_change = paired_t_test([1.0, 0.0], [1.0, 0.0])
-    assert no_change.ci95 == (0.0, 0.0) and no_change.p_value == 1.0
-    single = paired_t_test([1.0], [0.0])
-    assert (single.mean_difference, single.ci95, single.p_value) == (1.0, None, None)
-    with pytest.raises(ValueError):
-        paired_t_test([], [])
-    with pytest.raises(ValueError):
-        paired_t_test([1.0, 0.0], [1.0])
+def test_pairs_needed_is_the_normal_sample_size():
+    # (z_0.975 * sd / margin)^2 = (1.959964 * 0.5 / 0.1)^2 = 96.04 -> 97.
+    assert pairs_needed(0.1, 0.5, 0.1, 0.95) == 97
+    assert pairs_needed(0.1, 0.5, 0.1, 0.90) == math.ceil((1.644854 * 5) ** 2)  # 67.6 -> 68
+    assert pairs_needed(0.1, 0.0, 0.1, 0.95) is None  # no spread observed: cannot say
 
 
 def test_percentile_interpolates_linearly():
