@@ -11,21 +11,26 @@ p-value, the interval and the decision can never contradict each other.
 
 Exact by enumeration whenever the differences take few distinct values (always for 0/1 scores:
 differences in {-1, 0, 1}, at any n); otherwise a seeded Monte Carlo over random sign vectors,
-so a report rebuilt from the same rows gives the same numbers. numpy because the interval
-evaluates the test at ~100 shifts over up to ~50,000 sign patterns per comparison.
+so a report rebuilt from the same rows gives the same numbers; from LARGE_N pairs on, the
+randomization distribution's normal limit (same mean and variance), which is as precise as the
+Monte Carlo there and costs nothing. numpy because the interval evaluates the test at ~100
+shifts over up to 250,000 sign patterns per comparison (bench/report.py prints the pure-Python
+cost).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from statistics import NormalDist, fmean, pstdev
+from statistics import NormalDist, fmean
 from typing import Sequence
 
 import numpy as np
 
 EXACT_LIMIT = 250_000  # sign patterns (grouped by distinct difference) enumerated exactly
 DEFAULT_RESAMPLES = 20_000  # Monte Carlo sign vectors otherwise
+LARGE_N = 300  # from here the randomization distribution is normal to within Monte Carlo noise
+_CHUNK = 2_000  # sign vectors drawn at a time (bounds memory at large n)
 DEFAULT_SEED = 20261201
 _BISECTIONS = 50
 
@@ -38,7 +43,11 @@ class PairedComparison:
     ci: tuple[float, float] | None  # None when there is no pair
     p_value: float | None
     confidence: float
-    exact: bool  # False: seeded Monte Carlo over `resamples` sign vectors
+    method: str  # exact | monte-carlo (seeded, `resamples` sign vectors) | normal (n >= LARGE_N)
+
+    @property
+    def exact(self) -> bool:
+        return self.method == "exact"
 
 
 @dataclass(frozen=True)
@@ -80,25 +89,50 @@ def _grouped_exact(values: np.ndarray, counts: np.ndarray) -> _NullDistribution 
 
 
 def _monte_carlo(differences: np.ndarray, resamples: int, seed: int) -> _NullDistribution:
-    """The observed pattern counts as one of resamples + 1 (a valid Monte Carlo p-value)."""
+    """The observed pattern counts as one of resamples + 1 (a valid Monte Carlo p-value).
+    Signs come from random bits, kept = 1: sum(s_i d_i) = 2 * sum(kept_i d_i) - sum(d)."""
     rng = np.random.default_rng(seed)
-    signs = rng.integers(0, 2, size=(resamples, differences.size), dtype=np.int8) * 2 - 1
-    signed_sums = np.append(signs @ differences, differences.sum())
-    sign_totals = np.append(signs.sum(axis=1, dtype=np.int64), differences.size).astype(float)
+    n, total = differences.size, float(differences.sum())
+    signed_sums, sign_totals = [], []
+    for start in range(0, resamples, _CHUNK):
+        rows = min(_CHUNK, resamples - start)
+        packed = rng.integers(0, 256, size=(rows, (n + 7) // 8), dtype=np.uint8)
+        kept = np.unpackbits(packed, axis=1, count=n)
+        signed_sums.append(2.0 * (kept @ differences) - total)
+        sign_totals.append(2.0 * kept.sum(axis=1, dtype=np.int64) - n)
+    signed_sums.append(np.array([total]))
+    sign_totals.append(np.array([float(n)]))
     weights = np.full(resamples + 1, 1.0 / (resamples + 1))
-    return _NullDistribution(signed_sums, sign_totals, weights, float(differences.sum()), differences.size)
+    return _NullDistribution(np.concatenate(signed_sums), np.concatenate(sign_totals), weights, total, n)
 
 
-def _null_distribution(differences: np.ndarray, resamples: int, seed: int) -> tuple[_NullDistribution, bool]:
+@dataclass(frozen=True)
+class _NormalNull:
+    """Large n: sum(s_i (d_i - delta)) over random signs has mean 0 and variance
+    sum((d_i - delta)^2), and is normal to a fraction of Monte Carlo noise."""
+
+    differences: np.ndarray
+
+    def p_value(self, delta: float) -> float:
+        shifted = self.differences - delta
+        spread = math.sqrt(float(shifted @ shifted))
+        if spread == 0.0:
+            return 1.0
+        return min(1.0, 2.0 * NormalDist().cdf(-abs(float(shifted.sum())) / spread))
+
+
+def _null_distribution(differences: np.ndarray, resamples: int, seed: int) -> tuple[_NullDistribution | _NormalNull, str]:
     # Group on a fine grid so 0.9 - 0.8 and 0.8 - 0.7 count as the same difference.
     values, counts = np.unique(np.round(differences, 12), return_counts=True)
     exact = _grouped_exact(values, counts)
     if exact is not None:
-        return exact, True
-    return _monte_carlo(differences, resamples, seed), False
+        return exact, "exact"
+    if differences.size >= LARGE_N:
+        return _NormalNull(differences), "normal"
+    return _monte_carlo(differences, resamples, seed), "monte-carlo"
 
 
-def _boundary(null: _NullDistribution, accepted: float, rejected: float, alpha: float) -> float:
+def _boundary(null: _NullDistribution | _NormalNull, accepted: float, rejected: float, alpha: float) -> float:
     """Bisection between a shift the test accepts and one it rejects."""
     for _ in range(_BISECTIONS):
         middle = (accepted + rejected) / 2.0
@@ -127,9 +161,9 @@ def paired_sign_flip(
     differences = np.asarray(candidate, dtype=float) - np.asarray(baseline, dtype=float)
     n = differences.size
     if n == 0:
-        return PairedComparison(0, 0.0, 0.0, None, None, confidence, True)
+        return PairedComparison(0, 0.0, 0.0, None, None, confidence, "exact")
     mean = float(differences.mean())
-    null, exact = _null_distribution(differences, resamples, seed)
+    null, method = _null_distribution(differences, resamples, seed)
     alpha = 1.0 - confidence
     low, high = bounds
     lower = low if null.p_value(low) > alpha else _boundary(null, mean, low, alpha)
@@ -137,11 +171,11 @@ def paired_sign_flip(
     return PairedComparison(
         n=n,
         mean_difference=mean,
-        sd_difference=float(pstdev(differences.tolist())) if n > 1 else 0.0,
+        sd_difference=float(differences.std()),
         ci=(round(lower, 9), round(upper, 9)),  # bisection noise off the ends
         p_value=null.p_value(0.0),
         confidence=confidence,
-        exact=exact,
+        method=method,
     )
 
 

@@ -141,7 +141,7 @@ def test_comparisons_pair_tasks_and_say_what_would_settle_them(mixed_run):
     # Differences: eight 0s and two +1s. Only the two +1s' signs matter: |sum| >= 2 in 2 of
     # the 4 sign patterns, so the exact two-sided p is 0.5; a shift below 0 makes every
     # difference positive (p = 2/1024), so the interval starts at 0: not shown better.
-    assert qa["p_value"] == pytest.approx(0.5) and qa["exact"] is True
+    assert qa["p_value"] == pytest.approx(0.5) and qa["method"] == "exact"
     assert qa["ci95_abs"][0] == pytest.approx(0.0, abs=1e-9)
     assert qa["decision"] == "INCONCLUSIVE"
     # sd of the differences 0.4 (population): (1.96 * 0.4 / 0.2)^2 = 15.4 -> 16 pairs.

@@ -76,7 +76,7 @@ def compare(
         "paired_coverage": len(paired) / len(tasks) if tasks else 0.0,
         "candidate_accuracy": None, "baseline_accuracy": None,
         "improvement_rel": None, "improvement_abs": None, "threshold_abs": None,
-        "confidence": rule.confidence, "ci95_abs": None, "p_value": None, "exact": test.exact,
+        "confidence": rule.confidence, "ci95_abs": None, "p_value": None, "method": test.method,
         "sd_difference": None,
     }
     if paired:
