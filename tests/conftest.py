@@ -91,8 +91,9 @@ def start_worker(genesis, tmp_path: Path) -> Iterator[Callable[..., WorkerProces
 
     started: list[WorkerProcess] = []
 
-    def start(name: str = "w1", **options) -> WorkerProcess:
-        worker = WorkerProcess(genesis, name=name, log_path=tmp_path / f"{name}.log", **options)
+    def start(name: str = "w1", env: dict[str, str] | None = None, **options) -> WorkerProcess:
+        """`env` overrides the shared environment for this worker (e.g. its own reports dir)."""
+        worker = WorkerProcess({**genesis, **(env or {})}, name=name, log_path=tmp_path / f"{name}.log", **options)
         started.append(worker)
         return worker.wait_ready(app)
 
