@@ -100,3 +100,15 @@ def start_worker(genesis, tmp_path: Path) -> Iterator[Callable[..., WorkerProces
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture
+def fast_limits(monkeypatch):
+    """Runs of a few hundred jobs in seconds, not at the configured requests/min (set before
+    start_worker so the workers get it too)."""
+    from shared.config import get_settings
+
+    for provider in ("MISTRAL", "OPENAI"):
+        monkeypatch.setenv(f"GENESIS_LIMITS__{provider}__RPM", "100000")
+        monkeypatch.setenv(f"GENESIS_LIMITS__{provider}__MAX_IN_FLIGHT", "64")
+    get_settings.cache_clear()

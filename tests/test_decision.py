@@ -25,16 +25,6 @@ def producer(*args: str):
     return runner.invoke(app, list(args), catch_exceptions=False)
 
 
-@pytest.fixture
-def fast_limits(monkeypatch):
-    """5 agents x 20 tasks x 2 backends in seconds, not at the configured 300 requests/min."""
-    from shared.config import get_settings
-
-    monkeypatch.setenv("GENESIS_LIMITS__MISTRAL__RPM", "100000")
-    monkeypatch.setenv("GENESIS_LIMITS__MISTRAL__MAX_IN_FLIGHT", "64")
-    get_settings.cache_clear()
-
-
 def run_to_completion(*args: str) -> dict:
     result = producer("submit", "--all-agents", *PAIR, *args, "--wait", "--json")
     assert result.exit_code == 0, result.output

@@ -4,6 +4,7 @@ and returns one <svg> string; every label is escaped."""
 
 from __future__ import annotations
 
+import math
 from html import escape
 
 from shared.report import format as fmt
@@ -11,6 +12,8 @@ from shared.report import format as fmt
 WIDTH = 760
 LABEL_W = 190  # left column for row labels
 VALUE_W = 110  # right column for value labels
+FOREST_VALUE_W = 170  # "INCONCLUSIVE +14.0 pp"
+LEGEND_H = 22
 ROW_H = 22
 TOP, BOTTOM = 30, 34
 VERDICT_COLOURS = {"GO": "#1a7f37", "NO-GO": "#cf222e", "INCONCLUSIVE": "#9a6700"}
@@ -29,16 +32,20 @@ def _svg(name: str, title: str, height: float, body: list[str]) -> str:
 class _Scale:
     """Maps data values on [low, high] to x pixels of the plot area."""
 
-    def __init__(self, low: float, high: float) -> None:
+    def __init__(self, low: float, high: float, value_width: float = VALUE_W) -> None:
         self.low, self.high = low, high if high > low else low + 1.0
-        self.left, self.right = LABEL_W, WIDTH - VALUE_W
+        self.left, self.right = LABEL_W, WIDTH - value_width
 
     def __call__(self, value: float) -> float:
         return self.left + (value - self.low) / (self.high - self.low) * (self.right - self.left)
 
-    def ticks(self, count: int = 5) -> list[float]:
-        step = (self.high - self.low) / count
-        return [self.low + i * step for i in range(count + 1)]
+    def ticks(self, count: int = 6) -> list[float]:
+        """Round values (1, 2 or 5 times a power of ten apart) inside [low, high]."""
+        raw = (self.high - self.low) / count
+        magnitude = 10 ** math.floor(math.log10(raw))
+        step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+        first = math.ceil(self.low / step - 1e-9) * step
+        return [first + i * step for i in range(int((self.high - first) / step + 1e-9) + 1)]
 
 
 def _axis(scale: _Scale, y: float, label) -> list[str]:
@@ -61,8 +68,8 @@ def forest(data: dict) -> str | None:
     if not rows:
         return None
     values = [v for c in rows for v in (*c["ci95_abs"], c["threshold_abs"])] + [0.0]
-    scale = _Scale(max(-1.0, min(values) - 0.05), min(1.0, max(values) + 0.05))
-    height = TOP + ROW_H * len(rows) + BOTTOM
+    scale = _Scale(max(-1.0, min(values) - 0.05), min(1.0, max(values) + 0.05), value_width=FOREST_VALUE_W)
+    height = TOP + ROW_H * len(rows) + BOTTOM + LEGEND_H
     zero = scale(0.0)
     body = [f'<line x1="{zero:.1f}" y1="{TOP - 6}" x2="{zero:.1f}" y2="{height - BOTTOM}" class="zero"/>']
     for i, c in enumerate(rows):
@@ -76,12 +83,23 @@ def forest(data: dict) -> str | None:
             f'<line x1="{threshold:.1f}" y1="{y - 8}" x2="{threshold:.1f}" y2="{y + 8}" class="threshold"/>',
             f'<line x1="{scale(low):.1f}" y1="{y}" x2="{scale(high):.1f}" y2="{y}" stroke="{colour}" stroke-width="3"/>',
             f'<circle cx="{scale(c["improvement_abs"]):.1f}" cy="{y}" r="5" fill="{colour}"/>',
-            f'<text x="{WIDTH - VALUE_W + 8}" y="{y + 4}" class="value" fill="{colour}">'
-            f'{escape(c["decision"])} {100 * c["improvement_abs"]:+.0f} pp</text>',
+            f'<text x="{WIDTH - FOREST_VALUE_W + 10}" y="{y + 4}" class="value" fill="{colour}">'
+            f'{escape(c["decision"])} {100 * c["improvement_abs"]:+.1f} pp</text>',
         ]
-    body += _axis(scale, height - BOTTOM + 4, lambda v: f"{100 * v:+.0f} pp")
+    axis_y = height - BOTTOM - LEGEND_H + 4
+    body += _axis(scale, axis_y, lambda v: f"{100 * v:+.0f} pp")
+    legend_y = axis_y + 34
+    body += [
+        f'<line x1="{LABEL_W}" y1="{legend_y - 4}" x2="{LABEL_W + 24}" y2="{legend_y - 4}" stroke="#57606a" stroke-width="3"/>',
+        f'<text x="{LABEL_W + 30}" y="{legend_y}" class="tick">interval (dot: observed)</text>',
+        f'<line x1="{LABEL_W + 200}" y1="{legend_y - 10}" x2="{LABEL_W + 200}" y2="{legend_y + 2}" class="threshold"/>',
+        f'<text x="{LABEL_W + 208}" y="{legend_y}" class="tick">required improvement</text>',
+        f'<line x1="{LABEL_W + 370}" y1="{legend_y - 10}" x2="{LABEL_W + 370}" y2="{legend_y + 2}" class="zero"/>',
+        f'<text x="{LABEL_W + 378}" y="{legend_y}" class="tick">no difference</text>',
+    ]
     level = f"{data['confidence']:.0%}"
-    return _svg("forest", f"Improvement over the baseline with its {level} interval (orange: required)", height, body)
+    return _svg("forest", f"Improvement over the baseline (candidate - baseline, points) with its {level} interval",
+                height, body)
 
 
 def _bars(name: str, title: str, items: list[tuple[str, float, str, str]]) -> str | None:

@@ -145,13 +145,20 @@ def headline(c: dict) -> str:
     who = "all agents pooled" if c["agent"] == POOLED else c["agent"]
     if c["n"] == 0 or c["ci95_abs"] is None:
         return f"{who}: {c['decision']}: {c['reason']}"
-    low, high = (100 * x for x in c["ci95_abs"])
-    text = (f"{who}: {c['decision']}: {100 * c['improvement_abs']:+.0f} pp, "
-            f"{c['confidence']:.0%} CI {low:+.0f}..{high:+.0f} (needs {100 * c['threshold_abs']:+.1f} pp; "
-            f"n={c['n']})")
+    low, high = (_points(x) for x in c["ci95_abs"])
+    text = (f"{who}: {c['decision']}: {_points(c['improvement_abs'])} pp, "
+            f"{c['confidence']:.0%} CI {low}..{high} (needs {100 * c['threshold_abs']:+.1f} pp; n={c['n']})")
     if c["decision"] == INCONCLUSIVE:
         text += (f"; about {c['pairs_needed']} paired tasks would settle it" if c["pairs_needed"]
                  else f"; {c['reason']}")
+    return text
+
+
+def _points(share: float) -> str:
+    """Whole points (+14, -13); a tenth where rounding would hide the sign (-0.2, not "-0")."""
+    text = f"{100 * share:+.0f}"
+    if text in ("+0", "-0"):
+        return "0" if abs(100 * share) < 0.05 else f"{100 * share:+.1f}"
     return text
 
 

@@ -18,7 +18,7 @@ _PAGE = Template("""<!DOCTYPE html>
 <style>
 body { font-family: system-ui, sans-serif; color: #1f2328; max-width: 96rem; margin: 2rem auto; padding: 0 1rem; }
 table { border-collapse: collapse; margin: 0 0 1.5rem; font-size: 0.9rem; }
-th, td { border: 1px solid #d0d7de; padding: 0.3rem 0.6rem; text-align: left; vertical-align: top; }
+th, td { border: 1px solid #d0d7de; padding: 0.3rem 0.6rem; text-align: left; vertical-align: top; white-space: nowrap; }
 th { background: #f6f8fa; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .banner { background: #fff8c5; border: 1px solid #d4a72c; padding: 0.6rem 1rem; font-weight: 600; }
@@ -31,7 +31,8 @@ svg text { font-size: 12px; fill: #1f2328; }
 svg .tick { fill: #57606a; font-size: 11px; }
 svg .axis { stroke: #8c959f; } svg .zero { stroke: #57606a; stroke-width: 1.5; }
 svg .threshold { stroke: #bc4c00; stroke-width: 2; stroke-dasharray: 3 2; }
-.drilldown td { max-width: 28rem; }
+.drilldown td { max-width: 28rem; white-space: normal; }
+.scroll { overflow-x: auto; }
 </style>
 </head>
 <body>
@@ -53,7 +54,7 @@ def _table(headers: list[str], rows: list[list[str]], align: str, css: str = "")
     body = "".join("<tr>" + "".join(f"<td{cls(i)}>{escape(cell)}</td>" for i, cell in enumerate(row)) + "</tr>"
                    for row in rows)
     css_attr = f' class="{css}"' if css else ""
-    return f"<table{css_attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll"><table{css_attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def render_html(data: dict) -> str:

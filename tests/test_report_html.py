@@ -1,0 +1,52 @@
+"""report.html as a reader gets it: a real run's page opened in real headless Chromium, with
+no console errors, charts of non-zero size and a screenshot that is not blank."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.harness import chromium, open_in_chromium, png_varied_rows
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(chromium() is None, reason="chromium is not installed (Debian: apt-get install chromium)"),
+]
+CHARTS = {"forest", "accuracy", "latency", "cost", "cost-per-point"}
+
+
+def test_the_checks_can_fail(tmp_path):
+    """A page that logs an error and draws nothing must be caught by the same checks."""
+    bad = tmp_path / "bad.html"
+    bad.write_text('<!DOCTYPE html><html><body><script>console.error("broken chart")</script></body></html>')
+    seen = open_in_chromium(bad, tmp_path / "bad")
+    assert any("broken chart" in line for line in seen["errors"])
+    assert seen["probe"] == {"charts": []}
+    assert png_varied_rows(seen["screenshot"])[2] == 0.0  # blank
+
+
+def test_a_real_runs_report_renders_in_chromium(fast_limits, simulator, start_worker, tmp_path):
+    from producer.cli import app
+
+    start_worker("w1", concurrency=16)
+    result = CliRunner().invoke(app, ["submit", "--all-agents", "--limit", "5", "--backend", "mistral-ft",
+                                      "--backend", "mistral-base", "--backend", "openai", "--wait", "--json"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    page = Path(json.loads(result.stdout.strip().splitlines()[-1])["report"]).with_name("report.html")
+    text = page.read_text()
+    assert not re.search(r'\b(?:src|href)\s*=\s*"(?!#)', text)  # nothing to fetch: no network when opened
+
+    seen = open_in_chromium(page, tmp_path / "chromium")
+    assert seen["errors"] == [], seen["errors"]
+    charts = {c["name"]: c for c in seen["probe"]["charts"]}
+    assert set(charts) == CHARTS
+    for chart in charts.values():
+        assert chart["width"] > 100 and chart["height"] > 50 and chart["marks"] > 0, chart
+    width, height, varied = png_varied_rows(seen["screenshot"])
+    assert (width, height) == (1280, 1800)
+    assert varied > 0.2  # text, bars and lines on a fifth of the rows at least
