@@ -194,6 +194,27 @@ def test_go_and_no_go_need_the_interval_clear_of_the_line(db_url):
     assert data["disagreements"][:8] == worse  # the losses first
 
 
+def test_the_drill_down_shows_prompts_and_escaped_answers(db_url, tmp_path):
+    from sqlmodel import select
+
+    with Session(get_engine(db_url)) as session:
+        add_run(session, "drill", ["qa"])
+        add_jobs(session, "drill", "qa", "mistral-ft", [1] * 10)
+        add_jobs(session, "drill", "qa", "mistral-base", [0] + [1] * 9)
+        for job in session.exec(select(Job).where(Job.run_id == "drill", Job.task_id == "t00")):
+            job.task_id = "qa-001"  # a task of the shipped suite, so its prompt can be shown
+            job.output = "Canberra" if job.backend == "mistral-ft" else '<img src=x onerror="alert(1)">'
+            session.add(job)
+        session.commit()
+    data = build(db_url, "drill")
+    (row,) = data["disagreements"]
+    assert (row["task_id"], row["kind"], row["candidate_answer"]) == ("qa-001", "candidate better", "Canberra")
+    assert row["prompt_start"].startswith("What is the capital city of Australia?")
+    page = write_report(data, tmp_path)["html"].read_text()
+    assert "<img" not in page and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in page
+    assert "What is the capital city of Australia?" in page
+
+
 def test_backend_rows_counts_budget_and_warnings(mixed_run):
     data = build(mixed_run)
     ft = backend_row(data, "qa", "mistral-ft")
