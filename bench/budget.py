@@ -134,7 +134,8 @@ def ms_after(at: datetime, times: list[datetime]) -> float | None:
 
 def run_shape(n_workers: int, threads: int, *, redis_url: str, simulator, calls_covered: int, tmp: Path) -> dict:
     from producer.cli import app as producer_app
-    from shared.budget import _RESERVE, BudgetGuard
+    from shared.budget import BudgetGuard
+    from shared.budget.lua import RESERVE
     from shared.config import get_settings, load_settings
     from shared.db import session_scope
     from shared.models import BudgetEvent, CostEntry, Job
@@ -161,8 +162,8 @@ def run_shape(n_workers: int, threads: int, *, redis_url: str, simulator, calls_
         for worker in workers:
             worker.wait_ready(app)
         hostnames = [w.hostname for w in workers]
-        sha = hashlib.sha1(_RESERVE.encode()).hexdigest()
-        client.script_load(_RESERVE)  # no NOSCRIPT retry can be counted twice
+        sha = hashlib.sha1(RESERVE.encode()).hexdigest()
+        client.script_load(RESERVE)  # no NOSCRIPT retry can be counted twice
         reserves = ReserveCalls(redis_url, sha)
 
         args = ["submit", *sum((["--agent", a] for a in settings.agents.names), []),

@@ -303,7 +303,7 @@ def _budget(session: Session, run: Run, snapshot: dict, jobs: list[Job]) -> dict
     fraction = spent / limit_usd
     thresholds = {name: getattr(config, name) for name in ("warning", "critical", "emergency")}
     crossed = [name for name, share in thresholds.items() if fraction >= share]
-    level = crossed[-1] if crossed else "ok"
+    level = "emergency" if recorded.halted else (crossed[-1] if crossed else "ok")  # halted: no room left
     events = session.exec(
         select(BudgetEvent)
         .where(BudgetEvent.run_id == run.id)
@@ -315,6 +315,7 @@ def _budget(session: Session, run: Run, snapshot: dict, jobs: list[Job]) -> dict
         "used_fraction": fraction,
         "level": level,
         "halted": recorded.halted,
+        "halt_reason": recorded.halt_reason,
         "thresholds": thresholds,
         "run_cost_usd": run_cost,
         "jobs_cost_usd": sum(j.cost_usd or 0.0 for j in jobs),
@@ -515,7 +516,7 @@ def _budget_blocks(budget: dict) -> list[tuple]:
             [
                 f"Spent (all runs): {_usd(budget['spent_usd'])} of {_usd(budget['limit_usd'])} "
                 f"({budget['used_fraction']:.1%}), level {budget['level']}"
-                + (" — queues HALTED by the budget guard" if budget["halted"] else ""),
+                + (f" — queues HALTED by the budget guard: {budget['halt_reason']}" if budget["halted"] else ""),
                 f"This run: {_usd(budget['run_cost_usd'])} in the ledger, "
                 f"{_usd(budget['jobs_cost_usd'])} recorded on its jobs",
                 f"Thresholds: warning {t['warning']:.0%}, critical {t['critical']:.0%}, "
