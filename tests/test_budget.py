@@ -389,6 +389,94 @@ def test_rebuild_after_flush_restores_spend_without_counting_anything_twice(guar
     assert state["reserved_usd"] == 0
 
 
+def add_jobs(settings, statuses: dict[int, str]) -> None:
+    """A run of the shipped suite with one job per id, in the given statuses (qa tasks, `cheap`)."""
+    with session_scope(settings.database_url) as session:
+        session.add(Run(id="run1", suite="genesis-custom", status=RunStatus.running))
+        session.flush()
+        for job_id, status in statuses.items():
+            session.add(Job(id=job_id, run_id="run1", agent="qa", task_id=f"qa-{job_id:03d}", backend="cheap",
+                            provider="mistral", model="cheap-model", status=status))
+
+
+def qa_worst_case(settings, job_id: int) -> float:
+    from shared.budget import task_worst_case
+    from shared.suite import load_suite
+
+    return task_worst_case(settings, load_suite("genesis-custom").get("qa", f"qa-{job_id:03d}"), "cheap", "cheap-model")
+
+
+def test_rebuild_after_flush_restores_the_reservations_of_running_jobs(guard, settings, redis_client):
+    """Redis loses everything mid-run: the calls SQL says are running keep their room."""
+    add_jobs(settings, {1: "ok", 2: "running", 3: "running", 4: "queued"})
+    ledger(settings, 1, 0.01)
+    guard.settle(1, 0.01)
+    for job_id in (2, 3):
+        guard.reserve(job_id, qa_worst_case(settings, job_id))
+    before = guard.status()
+    redis_client.flushdb()
+    state = guard.status()
+    assert state["spent_usd"] == pytest.approx(0.01)
+    assert state["reserved_usd"] == pytest.approx(before["reserved_usd"]) == pytest.approx(
+        qa_worst_case(settings, 2) + qa_worst_case(settings, 3), abs=2e-6)
+    ledger(settings, 2, 0.0001)
+    guard.settle(2, 0.0001)  # a rebuilt reservation settles like the worker's own
+    guard.release(3)
+    assert guard.status()["reserved_usd"] == 0
+
+
+def test_reconcile_releases_or_settles_what_sql_says_is_not_running(guard, settings):
+    add_jobs(settings, {1: "running", 2: "ok", 3: "queued", 4: "error", 5: "halted"})
+    for job_id in (1, 2, 3, 4, 5, 99):  # 99: no such job in SQL
+        guard.reserve(job_id, 0.05)
+    ledger(settings, 2, 0.03)  # its worker committed the result, then died before settling
+    done = guard.reconcile()
+    assert (sorted(done.released), done.settled) == ([3, 4, 5, 99], [2])
+    state = guard.status()
+    assert state["reserved_usd"] == pytest.approx(0.05)  # job 1's call may still be in flight
+    assert state["spent_usd"] == pytest.approx(0.03)
+    guard.settle(2, 0.03)  # the worker's own settle, had it lived: nothing counted twice
+    assert guard.status()["spent_usd"] == pytest.approx(0.03)
+    assert guard.reconcile().released == [] and guard.maybe_reconcile() is not None
+    assert guard.maybe_reconcile() is None  # at most once per interval across the fleet
+
+
+def test_a_release_by_a_stale_reservation_id_leaves_a_newer_reservation(guard, redis_client):
+    guard.reserve(1, 0.05)
+    seen = redis_client.hget(guard.keys.reservation_ids, "1").decode()
+    guard.release(1)
+    guard.reserve(1, 0.07)  # a new delivery of the same job reserved after the sweep looked
+    assert guard.release(1, seen) is False
+    assert guard.status()["reserved_usd"] == pytest.approx(0.07)
+
+
+def test_a_call_costing_more_than_it_reserved_is_settled_at_its_real_cost(guard, settings, caplog):
+    guard.reserve(1, 0.10)
+    guard.settle(1, 0.40)
+    state = guard.status()
+    assert (state["spent_usd"], state["reserved_usd"]) == (pytest.approx(0.40), 0)
+    assert (state["overruns"], state["overrun_usd"]) == (1, pytest.approx(0.30))
+    assert any("more than the $0.100000 it reserved" in m for m in caplog.messages)
+    with pytest.raises(BudgetRefused):
+        guard.reserve(2, 0.45)  # the next reservation sees the real spend: 0.40 + 0.45 > 0.83
+
+
+def test_waiting_never_halts_and_the_halt_comes_once_the_ledger_is_full(guard):
+    for job_id in range(8):  # 8 calls in flight hold 0.80
+        guard.reserve(job_id, 0.10)
+    for _ in range(3):
+        with pytest.raises(BudgetWait):
+            guard.reserve(100, 0.10)
+    assert guard.status()["waits"] == 3 and not guard.is_halted()
+    for job_id in range(8):
+        guard.settle(job_id, 0.10)
+    with pytest.raises(BudgetRefused):
+        guard.reserve(100, 0.10)  # 0.80 settled + 0.10 > 0.83
+    state = guard.status()
+    assert state["halted"] and state["level"] == "emergency"
+    assert state["spent_usd"] >= 0.83 - 0.10
+
+
 def test_concurrent_rebuilds_install_one_consistent_state(guard, settings, redis_client):
     for job_id in range(5):
         ledger(settings, job_id, 0.01)
