@@ -7,7 +7,6 @@ anything twice. Plus the submit-side bad input and dry run."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -74,11 +73,6 @@ def served_ok(simulator) -> int:
     return simulator.stats()["by_status"].get("200", 0)
 
 
-def refused_at_spend(halt_message: str) -> float:
-    """The settled spend the halting reservation saw (its refusal message names it)."""
-    return float(re.search(r"spent \$([0-9.]+)", halt_message).group(1))
-
-
 def halt_a_run(monkeypatch, simulator, start_worker, redis_url, in_flight: int = 24) -> dict:
     """Submit 200 jobs against a budget of ~30 worst-case calls and wait until the halt settles."""
     from shared.config import get_settings
@@ -117,6 +111,7 @@ def halt_a_run(monkeypatch, simulator, start_worker, redis_url, in_flight: int =
 @pytest.mark.parametrize("in_flight", sorted(SHAPES))
 def test_halt_uses_the_budget_but_one_call_and_never_passes_it(in_flight, monkeypatch, simulator, start_worker,
                                                               redis_url):
+    from shared.budget import BudgetDenied
     from shared.db import session_scope
     from shared.models import BudgetEvent, CostEntry, Run
 
@@ -134,7 +129,7 @@ def test_halt_uses_the_budget_but_one_call_and_never_passes_it(in_flight, monkey
         halts = session.exec(select(BudgetEvent).where(BudgetEvent.kind == "halt")).all()
     assert len(halts) == 1 and halts[0].run_id == run_id and halts[0].level == "emergency"
     # Halted only when the settled ledger had no room for one more worst case; never above the cap.
-    assert refused_at_spend(halts[0].message) >= cap - halted["worst_usd"]
+    assert BudgetDenied.spent_in(halts[0].message) >= cap - halted["worst_usd"]
     assert ledger_total <= cap + 1e-9
     assert served_ok(simulator) == counts["ok"] == entries == simulator.stats()["requests_total"]
     budget = json.loads(producer("budget", "--json").stdout)

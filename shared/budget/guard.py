@@ -10,6 +10,7 @@ when a worker died between its call and its settle.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -55,6 +56,12 @@ class BudgetDenied(Exception):
             f"budget {self.verdict} ${amount_usd:.6f}: spent ${spent_usd:.6f} + reserved "
             f"${reserved_usd:.6f} of limit ${limit_usd:.2f}{self.why}"
         )
+
+    @staticmethod
+    def spent_in(message: str) -> float | None:
+        """The settled spend a refusal saw, read back from its message (a halt event's, a job's)."""
+        found = re.search(r"^budget \w+ \$[0-9.]+: spent \$([0-9.]+)", message)
+        return float(found.group(1)) if found else None
 
 
 class BudgetRefused(BudgetDenied):
