@@ -78,7 +78,7 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     )
     console.print(table)
     if state["halted"]:
-        console.print(f"halted: {state['halt_reason'] or 'by an operator'}", highlight=False, soft_wrap=True)
+        console.print(f"halted: {state['halt_reason']}", highlight=False, soft_wrap=True)
     if state["overruns"]:
         console.print(f"{state['overruns']} call(s) cost ${state['overrun_usd']:.4f} more than they reserved "
                       "(settled at their real cost)", highlight=False)

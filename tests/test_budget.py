@@ -442,8 +442,8 @@ def test_reconcile_releases_or_settles_what_sql_says_is_not_running(guard, setti
 
 
 def test_a_release_by_a_stale_reservation_id_leaves_a_newer_reservation(guard, redis_client):
-    guard.reserve(1, 0.05)
-    seen = redis_client.hget(guard.keys.reservation_ids, "1").decode()
+    seen = guard.reserve(1, 0.05)
+    assert seen == redis_client.hget(guard.keys.reservation_ids, "1").decode()
     guard.release(1)
     guard.reserve(1, 0.07)  # a new delivery of the same job reserved after the sweep looked
     assert guard.release(1, seen) is False
@@ -506,6 +506,7 @@ def test_manual_entries_are_validated_and_counted(guard, settings):
 def test_a_manual_entry_past_the_cap_halts_new_reservations(guard):
     guard.log_manual(agent=None, operation="manual", cost_usd=0.9)
     assert guard.is_halted()
+    assert guard.status()["halt_reason"] == "settled spend passed the emergency threshold"
     with pytest.raises(BudgetRefused):
         guard.reserve(1, 0.01)
 

@@ -115,15 +115,16 @@ class BudgetGuard:
 
     # --- the cap ---------------------------------------------------------------------
 
-    def reserve(self, job_id: int, amount_usd: float, *, run_id: str | None = None) -> None:
-        """Grant the call's worst case, or raise BudgetWait / BudgetRefused. `run_id` is accepted
-        for the caller's symmetry with halt(); the cap is global."""
+    def reserve(self, job_id: int, amount_usd: float, *, run_id: str | None = None) -> str:
+        """Grant the call's worst case and return the reservation's id (for `release`), or raise
+        BudgetWait / BudgetRefused. `run_id` is accepted for the caller's symmetry with halt();
+        the cap is global."""
         if amount_usd < 0:
             raise ValueError(f"a reservation cannot be negative (got {amount_usd})")
         args = [job_id, to_micro(amount_usd), self._config_limit_micro(), self.settings.budget.emergency]
-        verdict, spent, reserved, limit = (int(v) for v in self._run("RESERVE", args))
+        verdict, spent, reserved, limit, *granted = (int(v) for v in self._run("RESERVE", args))
         if verdict == lua.GRANTED:
-            return
+            return str(granted[0])
         denied = BudgetWait if verdict == lua.WAIT else BudgetRefused
         raise denied(amount_usd=amount_usd, spent_usd=to_usd(spent), reserved_usd=to_usd(reserved),
                      limit_usd=to_usd(limit))
@@ -152,7 +153,7 @@ class BudgetGuard:
             "reserved_usd": to_usd(reserved),
             "level": level_of(self.settings.budget, spent, limit, halted=bool(halted)),
             "halted": bool(halted),
-            "halt_reason": self._halt_reason() if halted else None,
+            "halt_reason": self._halt_reason(spent > cap) if halted else None,
             "emergency_usd": to_usd(cap),
             "remaining_usd": to_usd(max(0, cap - spent - reserved)),
             "waits": waits,
@@ -318,9 +319,13 @@ class BudgetGuard:
             values["limit"] = self._config_limit_micro()
         return [int(values[name] or 0) for name in names]
 
-    def _halt_reason(self) -> str | None:
+    def _halt_reason(self, past_cap: bool) -> str:
+        """The recorded halt's reason; a settle past the cap sets the flag before any event."""
         with session_scope(self.database_url) as session:
-            return recorded_budget_state(session).halt_reason
+            recorded = recorded_budget_state(session).halt_reason
+        if recorded:
+            return recorded
+        return "settled spend passed the emergency threshold" if past_cap else "halted by an operator"
 
     def _add_spend(self, member: str, job_id: int | str, amount_usd: float) -> None:
         args = [job_id, member, to_micro(amount_usd), self._config_limit_micro(), self.settings.budget.emergency]

@@ -51,10 +51,11 @@ if spent + reserved - previous + amount > cap then
   redis.call('HINCRBY', KEYS[1], 'waits', 1)
   return {2, spent, tonumber(redis.call('HGET', KEYS[1], 'reserved')), limit}
 end
+local id = redis.call('HINCRBY', KEYS[1], 'generation', 1)
 redis.call('HSET', KEYS[2], ARGV[1], amount)
-redis.call('HSET', KEYS[3], ARGV[1], redis.call('HINCRBY', KEYS[1], 'generation', 1))
+redis.call('HSET', KEYS[3], ARGV[1], id)
 reserved = redis.call('HINCRBY', KEYS[1], 'reserved', amount - previous)
-return {1, spent, reserved, limit}
+return {1, spent, reserved, limit, id}
 """
 
 # ARGV: job ('' for none), ledger member, amount, config limit, emergency ratio.
