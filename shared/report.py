@@ -316,6 +316,7 @@ def _budget(session: Session, run: Run, snapshot: dict, jobs: list[Job]) -> dict
         "level": level,
         "halted": recorded.halted,
         "halt_reason": recorded.halt_reason,
+        "remaining_usd": max(0.0, limit_usd * config.emergency - spent),  # before the threshold
         "thresholds": thresholds,
         "run_cost_usd": run_cost,
         "jobs_cost_usd": sum(j.cost_usd or 0.0 for j in jobs),
@@ -515,7 +516,8 @@ def _budget_blocks(budget: dict) -> list[tuple]:
             "list",
             [
                 f"Spent (all runs): {_usd(budget['spent_usd'])} of {_usd(budget['limit_usd'])} "
-                f"({budget['used_fraction']:.1%}), level {budget['level']}"
+                f"({budget['used_fraction']:.1%}), {_usd(budget['remaining_usd'])} left before the emergency "
+                f"threshold, level {budget['level']}"
                 + (f" — queues HALTED by the budget guard: {budget['halt_reason']}" if budget["halted"] else ""),
                 f"This run: {_usd(budget['run_cost_usd'])} in the ledger, "
                 f"{_usd(budget['jobs_cost_usd'])} recorded on its jobs",

@@ -316,4 +316,5 @@ def test_budget_section_follows_the_recorded_halt_and_raised_limit(mixed_run):
     assert budget["halted"] is True and budget["limit_usd"] == 100.0
     # 8.06 of 100 is under the 25% warning line, but a halted budget is at emergency, with why
     assert budget["level"] == "emergency" and budget["halt_reason"] == "halt at $100"
+    assert budget["remaining_usd"] == pytest.approx(83.0 - budget["spent_usd"])
     assert "HALTED by the budget guard: halt at $100" in render_markdown(build(mixed_run))
