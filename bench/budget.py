@@ -1,6 +1,6 @@
 """The budget guard under concurrency: does spend stay under the emergency threshold however
-many calls are in flight, does any call slip out after the halt, and how fast do the workers
-stop consuming the provider queues?
+many calls are in flight, how much of it is used when the guard halts, does any call slip out
+after the halt, and how fast do the workers stop consuming the provider queues?
 
     python bench/budget.py [--redis-url redis://127.0.0.1:6379/12] [--calls-covered 30]
 
@@ -9,11 +9,16 @@ in this process, real `celery worker` processes, SQLite in a temp dir, Redis db 
 sets a budget whose emergency threshold covers ~N worst-case calls, submits a larger run through
 the `producer` CLI, and prints:
 
+- used at halt: the settled spend the halting reservation saw (named in the halt event's
+  message), as % of the emergency threshold; the guard halts only when the settled ledger has
+  no room left for that call's worst case, so it must be ≥ 100% − one worst-case call.
+- used at end: the settled ledger once the calls in flight at the halt have settled, as %.
 - overshoot: settled spend (sum of the CostEntry ledger) − emergency threshold; must be ≤ 0.
 - calls without a grant: calls the simulator served − reservations the guard granted; must be 0.
-  Grants are counted apart from the workers' own bookkeeping: every reserve script call is seen
-  by Redis MONITOR (EVALSHA of the reserve script, db filtered), and the refused ones are the
-  jobs stored `halted` with the guard's "budget refused" message; granted = calls − refused.
+  Every reserve script call is seen by Redis MONITOR (EVALSHA of the reserve script, db
+  filtered); the refused ones are the jobs stored `halted` with the guard's "budget refused"
+  message; the ones told to wait (room held by calls in flight) are counted by the script itself
+  (`waits` in the state hash); granted = calls − refused − waits.
   (A grant released without a call, e.g. for a rate-limit wait, would make the figure negative:
   the limiter is opened wide here so that only the budget binds.)
 - halt → stopped: from the halt BudgetEvent's `at`, and from the first refused reservation
@@ -83,18 +88,17 @@ class ReserveCalls:
         return self.calls
 
 
-def worst_case_mean(settings) -> float:
-    from shared.budget import max_output_tokens, worst_case_cost
+def worst_cases(settings) -> tuple[float, float]:
+    """(mean, largest) worst case of the run's jobs, as the workers reserve them."""
+    from shared.budget import task_worst_case
     from shared.suite import load_suite
-    from shared.tokens import estimate_prompt_tokens
 
     suite = load_suite(settings.suite)
     costs = [
-        worst_case_cost(settings, settings.model_for(backend, agent), estimate_prompt_tokens(t.prompt, t.system),
-                        max_output_tokens(settings, backend, t.max_tokens))
+        task_worst_case(settings, t, backend, settings.model_for(backend, agent))
         for backend in BACKENDS for agent in settings.agents.names for t in suite.tasks_for(agent)
     ]
-    return sum(costs) / len(costs)
+    return sum(costs) / len(costs), max(costs)
 
 
 def point_process_at(env: dict[str, str]) -> None:
@@ -134,7 +138,8 @@ def ms_after(at: datetime, times: list[datetime]) -> float | None:
 
 def run_shape(n_workers: int, threads: int, *, redis_url: str, simulator, calls_covered: int, tmp: Path) -> dict:
     from producer.cli import app as producer_app
-    from shared.budget import _RESERVE, BudgetGuard
+    from shared.budget import BudgetDenied, BudgetGuard
+    from shared.budget.lua import RESERVE
     from shared.config import get_settings, load_settings
     from shared.db import session_scope
     from shared.models import BudgetEvent, CostEntry, Job
@@ -149,7 +154,7 @@ def run_shape(n_workers: int, threads: int, *, redis_url: str, simulator, calls_
                        simulator_url=simulator.url, extra=WIDE_OPEN_LIMITS)
     point_process_at(base)
     settings = load_settings()
-    mean_worst = worst_case_mean(settings)
+    mean_worst, max_worst = worst_cases(settings)
     limit_usd = round(calls_covered * mean_worst / settings.budget.emergency, 6)
     env = {**base, "GENESIS_BUDGET__LIMIT_USD": str(limit_usd)}
     point_process_at(env)
@@ -161,8 +166,8 @@ def run_shape(n_workers: int, threads: int, *, redis_url: str, simulator, calls_
         for worker in workers:
             worker.wait_ready(app)
         hostnames = [w.hostname for w in workers]
-        sha = hashlib.sha1(_RESERVE.encode()).hexdigest()
-        client.script_load(_RESERVE)  # no NOSCRIPT retry can be counted twice
+        sha = hashlib.sha1(RESERVE.encode()).hexdigest()
+        client.script_load(RESERVE)  # no NOSCRIPT retry can be counted twice
         reserves = ReserveCalls(redis_url, sha)
 
         args = ["submit", *sum((["--agent", a] for a in settings.agents.names), []),
@@ -195,6 +200,8 @@ def run_shape(n_workers: int, threads: int, *, redis_url: str, simulator, calls_
 
         counts = wait_for(settled, timeout=60, interval=0.2, what="the halted run to settle")
         calls = reserves.stop()
+        waits = int(client.hget("genesis:budget:state", "waits") or 0)
+        used_at_halt = BudgetDenied.spent_in(event.message)
         with session_scope() as session:
             spent = session.exec(select(func.coalesce(func.sum(CostEntry.cost_usd), 0.0))).one()
             refused, refused_at = session.exec(select(func.count(), func.min(Job.finished_at)).where(
@@ -205,14 +212,18 @@ def run_shape(n_workers: int, threads: int, *, redis_url: str, simulator, calls_
         broadcast_ms = ms_after(refused_at, log_times(logs, "halting provider queues"))
         cancelled = log_times(logs, "Canceling queue mistral")
         cancelled_ms = ms_after(refused_at, cancelled) if len(cancelled) == len(workers) else None
+        granted = calls - refused - waits
         return {
             "shape": f"{n_workers}x{threads}", "in_flight": n_workers * threads, "jobs": sum(counts.values()),
-            "limit_usd": limit_usd, "cap_usd": cap_usd, "worst_call_usd": mean_worst,
+            "limit_usd": limit_usd, "cap_usd": cap_usd, "worst_call_usd": mean_worst, "max_worst_usd": max_worst,
+            "spent_at_halt_usd": used_at_halt, "used_at_halt_pct": 100 * used_at_halt / cap_usd,
+            "used_at_end_pct": 100 * spent / cap_usd, "floor_pct": 100 * (cap_usd - max_worst) / cap_usd,
+            "waits": waits,
             "ok": counts.get("ok", 0), "halted": counts.get("halted", 0), "queued": counts.get("queued", 0),
             "error": counts.get("error", 0), "spent_usd": spent, "overshoot_usd": spent - cap_usd,
             "peak_committed_usd": peak / 1e6, "reserve_calls": calls, "refused": refused,
-            "granted": calls - refused, "served": served["requests_total"],
-            "served_minus_granted": served["requests_total"] - (calls - refused),
+            "granted": granted, "served": served["requests_total"],
+            "served_minus_granted": served["requests_total"] - granted,
             "halt_after_s": halted_after_s, "stop_ms": (stopped_at - event.at).total_seconds() * 1000,
             "refusal_stop_ms": (stopped_at - refused_at).total_seconds() * 1000, "broadcast_ms": broadcast_ms,
             "cancelled_ms": cancelled_ms,
@@ -257,27 +268,34 @@ def main() -> None:
           f"threshold ${first['cap_usd']:.6f} = {opts.calls_covered} worst-case calls "
           f"of ${first['worst_call_usd']:.6f}")
     header = (f"{'shape':>6} {'in flight':>9} {'ok':>4} {'halted':>6} {'queued':>6} {'spent $':>10} "
-              f"{'overshoot $':>12} {'peak spent+reserved $':>21} {'reserves':>8} {'refused':>7} {'granted':>7} "
+              f"{'used at halt %':>14} {'used at end %':>13} "
+              f"{'overshoot $':>12} {'peak spent+reserved $':>21} {'reserves':>8} {'waits':>5} {'refused':>7} {'granted':>7} "
               f"{'served':>6} {'served-granted':>14} {'halt at s':>9} {'event->stopped ms':>17} "
               f"{'refusal->stopped ms':>19} {'(broadcast':>10} {'cancelled)':>10}")
     print(header)
     for r in rows:
         print(f"{r['shape']:>6} {r['in_flight']:>9} {r['ok']:>4} {r['halted']:>6} {r['queued']:>6} "
-              f"{r['spent_usd']:>10.6f} {r['overshoot_usd']:>12.6f} {r['peak_committed_usd']:>21.6f} "
-              f"{r['reserve_calls']:>8} {r['refused']:>7} {r['granted']:>7} {r['served']:>6} "
+              f"{r['spent_usd']:>10.6f} {r['used_at_halt_pct']:>14.1f} {r['used_at_end_pct']:>13.1f} "
+              f"{r['overshoot_usd']:>12.6f} {r['peak_committed_usd']:>21.6f} "
+              f"{r['reserve_calls']:>8} {r['waits']:>5} {r['refused']:>7} {r['granted']:>7} {r['served']:>6} "
               f"{r['served_minus_granted']:>14} {r['halt_after_s']:>9.2f} {r['stop_ms']:>17.0f} "
               f"{r['refusal_stop_ms']:>19.0f} "
               f"{_ms(r['broadcast_ms']):>10} {_ms(r['cancelled_ms']):>10}")
-    print("\novershoot = settled ledger − emergency threshold (must be ≤ 0). served−granted = calls the "
+    print(f"\nused at halt = settled spend the halting reservation saw, % of the threshold (must be ≥ "
+          f"{first['floor_pct']:.1f}% = threshold − the largest worst-case call, ${first['max_worst_usd']:.6f}); "
+          "used at end = the settled ledger once the calls in flight at the halt settled, % of the threshold. "
+          "overshoot = settled ledger − emergency threshold (must be ≤ 0). served−granted = calls the "
           "simulator answered − reservations granted (reserve script calls seen by Redis MONITOR − jobs "
-          "refused by the guard); must be 0: no call without a grant, none after the halt. "
+          "refused by the guard − reservations told to wait); must be 0: no call without a grant, none after "
+          "the halt. "
           "peak spent+reserved is sampled every ~10 ms until the halt (never above the threshold). "
           "event->stopped = halt BudgetEvent.at until inspect().active_queues() lists no provider queue on any "
           "worker; refusal->stopped = the same from the first refused reservation (the earliest finished_at of a "
           "job the guard refused, stamped right after the refusal, before the run and the event are written); "
           "from the workers' logs, in ms after that refusal: (broadcast) the halting worker sends "
           "cancel_consumer, (cancelled) the last worker logs 'Canceling queue mistral'.")
-    bad = [r["shape"] for r in rows if r["overshoot_usd"] > 1e-9 or r["served_minus_granted"] != 0]
+    bad = [r["shape"] for r in rows if r["overshoot_usd"] > 1e-9 or r["served_minus_granted"] != 0
+           or r["used_at_halt_pct"] < r["floor_pct"]]
     if bad:
         print(f"INVARIANT BROKEN in {', '.join(bad)}")
         sys.exit(1)

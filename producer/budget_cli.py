@@ -34,6 +34,7 @@ err_console = Console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 STATUS_KEYS = ("limit_usd", "spent_usd", "reserved_usd", "level", "halted")
+DETAIL_KEYS = ("emergency_usd", "remaining_usd", "halt_reason", "waits", "overruns", "overrun_usd")
 LEVEL_STYLE = {"ok": "green", "warning": "yellow", "critical": "red", "emergency": "bold red"}
 
 
@@ -64,9 +65,7 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     with _bad_input_exits():
         state = _guard().status()
     if as_json:
-        _emit_json({key: state[key] for key in STATUS_KEYS} | {
-            "emergency_usd": state["emergency_usd"], "remaining_usd": state["remaining_usd"],
-        })
+        _emit_json({key: state[key] for key in (*STATUS_KEYS, *DETAIL_KEYS)})
         return
     table = Table(title="budget")
     for column in ("limit", "spent", "used", "reserved", "left before halt", "level", "halted"):
@@ -78,6 +77,11 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         f"[{style}]{state['level']}[/{style}]", "[bold red]HALTED[/bold red]" if state["halted"] else "no",
     )
     console.print(table)
+    if state["halted"]:
+        console.print(f"halted: {state['halt_reason']}", highlight=False, soft_wrap=True)
+    if state["overruns"]:
+        console.print(f"{state['overruns']} call(s) cost ${state['overrun_usd']:.4f} more than they reserved "
+                      "(settled at their real cost)", highlight=False)
 
 
 @budget_app.command()
@@ -105,6 +109,10 @@ def log_entry(
 ) -> None:
     """Add a manual ledger entry (spend made outside the workers)."""
     with _bad_input_exits():
+        if cost < 0:
+            raise ConfigError(f"--cost must be >= 0 (got {cost})")
+        if len(operation.split()) != 1:
+            raise ConfigError(f"--operation must be one word (got {operation!r})")
         guard = _guard()
         entry = guard.log_manual(agent=agent, operation=operation, cost_usd=cost, backend=backend, note=note)
         state = guard.status()
@@ -124,6 +132,8 @@ def resume(
 ) -> None:
     """Lift the halt (optionally raising the limit) and let the workers consume the provider queues again."""
     with _bad_input_exits():
+        if limit is not None and not limit > 0:
+            raise ConfigError(f"--limit must be > 0 (got {limit})")
         guard = _guard()
         guard.resume(limit_usd=limit)
         state = guard.status()

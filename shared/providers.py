@@ -43,6 +43,7 @@ class ChatResponse:
     latency_ms: float
     finish_reason: str | None
     headers: Mapping[str, str] = field(default_factory=dict)
+    usage_reported: bool = True  # False: the response had no usage block (some gateways); tokens are 0
 
 
 class ProviderError(Exception):
@@ -143,6 +144,7 @@ def _call_openai(req: ChatRequest) -> ChatResponse:
         latency_ms=latency_ms,
         finish_reason=choice.finish_reason,
         headers=dict(raw.headers),
+        usage_reported=usage is not None,
     )
 
 
@@ -160,13 +162,15 @@ def _call_anthropic(req: ChatRequest) -> ChatResponse:
     latency_ms = (time.perf_counter() - started) * 1000
     message = raw.parse()
     text = "".join(getattr(block, "text", "") for block in message.content)
+    usage = getattr(message, "usage", None)  # the SDK builds responses without validating them
     return ChatResponse(
         text=text,
-        input_tokens=message.usage.input_tokens,
-        output_tokens=message.usage.output_tokens,
+        input_tokens=usage.input_tokens if usage else 0,
+        output_tokens=usage.output_tokens if usage else 0,
         latency_ms=latency_ms,
         finish_reason=message.stop_reason,
         headers=dict(raw.headers),
+        usage_reported=usage is not None,
     )
 
 
@@ -191,10 +195,11 @@ def _call_mistral(req: ChatRequest) -> ChatResponse:
     usage = response.usage
     return ChatResponse(
         text=content,
-        input_tokens=usage.prompt_tokens or 0,
-        output_tokens=usage.completion_tokens or 0,
+        input_tokens=(usage.prompt_tokens or 0) if usage else 0,
+        output_tokens=(usage.completion_tokens or 0) if usage else 0,
         latency_ms=latency_ms,
         finish_reason=str(choice.finish_reason) if choice.finish_reason else None,
+        usage_reported=usage is not None,
     )
 
 

@@ -66,6 +66,12 @@ def simulator_command(
         "timeout_s"
     ],
     malformed_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of 200s with a broken body.")] = 0.0,
+    usage_scale: Annotated[
+        float, typer.Option(min=0.0, help="Usage reported (and billed) = tokens served x this; > 1 under-estimates.")
+    ] = DEFAULTS["usage_scale"],
+    omit_usage_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of 200s without a usage block.")
+    ] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of answers and fault draws.")] = DEFAULTS["seed"],
     suite: Annotated[str, typer.Option(help="Suite whose expected answers the models know.")] = DEFAULTS["suite"],
 ) -> None:
@@ -80,6 +86,8 @@ def simulator_command(
         "timeout_rate": timeout_rate,
         "timeout_s": timeout_s,
         "malformed_rate": malformed_rate,
+        "usage_scale": usage_scale,
+        "omit_usage_rate": omit_usage_rate,
         "seed": seed,
         "suite": suite,
     }

@@ -20,6 +20,9 @@ class SimulatorConfig(BaseModel):
     - error_rates: `{HTTP status: probability}` of an injected error instead of an answer.
     - timeout_rate: probability the answer is held back `timeout_s` extra so the client times out.
     - malformed_rate: probability of a 200 whose body is truncated, i.e. not valid JSON.
+    - usage_scale: the usage a 200 reports (and bills) is the tokens served × this; above 1 a
+      call costs more than a client's estimate of it.
+    - omit_usage_rate: probability of a 200 without a usage block (as some gateways answer).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -34,6 +37,8 @@ class SimulatorConfig(BaseModel):
     timeout_rate: float = Rate
     timeout_s: float = Field(default=30.0, ge=0.0)
     malformed_rate: float = Rate
+    usage_scale: float = Field(default=1.0, ge=0.0)
+    omit_usage_rate: float = Rate
     default_max_tokens: int = Field(default=1024, gt=0)
     seed: int = 7
     suite: str | None = "genesis-custom"

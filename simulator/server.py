@@ -104,8 +104,12 @@ class Simulator:
 
         answer = oracle.answer(request.last_user_text, request.model, config.quality_for(request.model), config.seed)
         text, output_tokens, truncated = truncate_to_tokens(answer, max_tokens)
-        completion = Completion(text, request.prompt_tokens, output_tokens, truncated)
-        body = json.dumps(completion_body(request, completion)).encode()
+        billed = (round(request.prompt_tokens * config.usage_scale), round(output_tokens * config.usage_scale))
+        completion = Completion(text, *billed, truncated)
+        body_dict = completion_body(request, completion)
+        if self._omits_usage(config):
+            body_dict.pop("usage")
+        body = json.dumps(body_dict).encode()
         reply = Reply(200, body, request.model, {**limit_headers, **request_id_header(api)}, fault=fault)
         if fault == "timeout":
             self.stopping.wait(config.timeout_s)
@@ -134,6 +138,13 @@ class Simulator:
             if draw < threshold:
                 return fault
         return None
+
+    def _omits_usage(self, config: SimulatorConfig) -> bool:
+        """Drawn only when the knob is set, so the fault draws of other configs are unchanged."""
+        if not config.omit_usage_rate:
+            return False
+        with self._lock:
+            return self._rng.random() < config.omit_usage_rate
 
     def _latency_s(self, config: SimulatorConfig) -> float:
         with self._lock:

@@ -1,7 +1,8 @@
-"""The budget guard end to end, with real parts: three `celery worker` processes (24 calls in
-flight) against the simulator, a budget that covers ~15 worst-case calls, a run of 60 jobs.
-The run halts without passing the emergency threshold and without losing a job; resuming
-finishes it without paying for anything twice. Plus the submit-side bad input and dry run."""
+"""The budget guard end to end, with real parts: `celery worker` processes (8, 24 or 48 calls in
+flight) against the simulator, a budget that covers ~30 worst-case calls, a run of 200 jobs.
+The run halts only once the settled ledger has no room left for one more call, without passing
+the emergency threshold and without losing a job; resuming finishes it without paying for
+anything twice. Plus the submit-side bad input and dry run."""
 
 from __future__ import annotations
 
@@ -20,21 +21,19 @@ pytestmark = pytest.mark.integration
 
 QUEUES = ("openai", "anthropic", "mistral", "reports")
 PROVIDER_QUEUES = {"openai", "anthropic", "mistral"}
-BACKEND = "mistral-base"
-TASKS_PER_AGENT = 12  # 5 agents × 12 tasks × 1 backend = 60 jobs
-CALLS_COVERED = 15
+BACKENDS = ("mistral-base", "mistral-ft")  # 5 agents × 20 tasks × 2 backends = 200 jobs on `mistral`
+CALLS_COVERED = 30
+SHAPES = {8: (1, 8), 24: (3, 8), 48: (3, 16)}  # calls in flight: (workers, threads each)
 
 
-def worst_case_costs(settings, backend: str = BACKEND, limit: int = TASKS_PER_AGENT) -> list[float]:
+def worst_case_costs(settings, backend: str, limit: int | None = None) -> list[float]:
     """What the workers reserve for each job of the run, computed as they compute it."""
-    from shared.budget import max_output_tokens, worst_case_cost
+    from shared.budget import task_worst_case
     from shared.suite import load_suite
-    from shared.tokens import estimate_prompt_tokens
 
     suite = load_suite(settings.suite)
     return [
-        worst_case_cost(settings, settings.model_for(backend, agent), estimate_prompt_tokens(task.prompt, task.system),
-                        max_output_tokens(settings, backend, task.max_tokens))
+        task_worst_case(settings, task, backend, settings.model_for(backend, agent))
         for agent in settings.agents.names
         for task in suite.tasks_for(agent, limit)
     ]
@@ -74,24 +73,26 @@ def served_ok(simulator) -> int:
     return simulator.stats()["by_status"].get("200", 0)
 
 
-def halt_a_run(monkeypatch, simulator, start_worker, redis_url) -> dict:
-    """Submit 60 jobs against a budget of ~15 worst-case calls and wait until the halt settles."""
+def halt_a_run(monkeypatch, simulator, start_worker, redis_url, in_flight: int = 24) -> dict:
+    """Submit 200 jobs against a budget of ~30 worst-case calls and wait until the halt settles."""
     from shared.config import get_settings
 
     settings = get_settings()
-    costs = worst_case_costs(settings)
+    costs = [c for backend in BACKENDS for c in worst_case_costs(settings, backend)]
     limit_usd = round(CALLS_COVERED * (sum(costs) / len(costs)) / settings.budget.emergency, 6)
     monkeypatch.setenv("GENESIS_BUDGET__LIMIT_USD", str(limit_usd))
     monkeypatch.setenv("GENESIS_LIMITS__MISTRAL__MAX_IN_FLIGHT", "64")  # the budget, not the limiter, binds
     get_settings.cache_clear()
     simulator.update(latency_ms=150, latency_jitter_ms=50)  # calls overlap across workers
 
-    workers = [start_worker(f"w{i}", concurrency=8) for i in (1, 2, 3)]
+    n_workers, threads = SHAPES[in_flight]
+    workers = [start_worker(f"w{i}", concurrency=threads) for i in range(1, n_workers + 1)]
     hostnames = [w.hostname for w in workers]
-    result = producer("submit", "--all-agents", "--backend", BACKEND, "--limit", str(TASKS_PER_AGENT), "--json")
+    args = [arg for backend in BACKENDS for arg in ("--backend", backend)]
+    result = producer("submit", "--all-agents", *args, "--json")
     assert result.exit_code == 0, result.output
     run_id = json.loads(result.stdout)["run_id"]
-    assert json.loads(result.stdout)["jobs"] == len(costs) == 60
+    assert json.loads(result.stdout)["jobs"] == len(costs) == 200
 
     def halt_settled():
         """Halted, nothing running, and every job still queued has its message in the broker."""
@@ -102,37 +103,45 @@ def halt_a_run(monkeypatch, simulator, start_worker, redis_url) -> dict:
             return None
         return counts if counts.get("halted") else None
 
-    counts = wait_for(halt_settled, timeout=40, interval=0.3, what="the run to halt and settle")
+    counts = wait_for(halt_settled, timeout=90, interval=0.3, what="the run to halt and settle")
     return {"run_id": run_id, "counts": counts, "limit_usd": limit_usd, "hostnames": hostnames,
-            "cap_usd": limit_usd * settings.budget.emergency}
+            "cap_usd": limit_usd * settings.budget.emergency, "worst_usd": max(costs)}
 
 
-def test_budget_halt_caps_spend_keeps_jobs_and_stops_consumers(monkeypatch, simulator, start_worker, redis_url):
+@pytest.mark.parametrize("in_flight", sorted(SHAPES))
+def test_halt_uses_the_budget_but_one_call_and_never_passes_it(in_flight, monkeypatch, simulator, start_worker,
+                                                              redis_url):
+    from shared.budget import BudgetDenied
     from shared.db import session_scope
     from shared.models import BudgetEvent, CostEntry, Run
 
-    halted = halt_a_run(monkeypatch, simulator, start_worker, redis_url)
-    run_id, counts = halted["run_id"], halted["counts"]
+    halted = halt_a_run(monkeypatch, simulator, start_worker, redis_url, in_flight)
+    run_id, counts, cap = halted["run_id"], halted["counts"], halted["cap_usd"]
 
     status = json.loads(producer("status", run_id, "--json").stdout)
     assert status["status"] == "halted"
-    assert sum(counts.values()) == 60 and set(counts) <= {"ok", "halted", "queued", "error"}  # none lost
-    assert counts.get("ok", 0) > 0 and counts.get("queued", 0) > 0  # it ran, then stopped mid-run
+    assert sum(counts.values()) == 200 and set(counts) <= {"ok", "halted", "queued", "error"}  # none lost
+    assert counts.get("ok", 0) > CALLS_COVERED and counts.get("queued", 0) + counts["halted"] > 0
     with session_scope() as session:
         assert session.get(Run, run_id).status == "halted"
         ledger_total = session.exec(select(func.coalesce(func.sum(CostEntry.cost_usd), 0.0))).one()
         entries = session.exec(select(func.count()).select_from(CostEntry)).one()
         halts = session.exec(select(BudgetEvent).where(BudgetEvent.kind == "halt")).all()
-    assert ledger_total <= halted["cap_usd"] + 1e-9
-    assert served_ok(simulator) == counts["ok"] == entries == simulator.stats()["requests_total"]
     assert len(halts) == 1 and halts[0].run_id == run_id and halts[0].level == "emergency"
+    # Halted only when the settled ledger had no room for one more worst case; never above the cap.
+    assert BudgetDenied.spent_in(halts[0].message) >= cap - halted["worst_usd"]
+    assert ledger_total <= cap + 1e-9
+    assert served_ok(simulator) == counts["ok"] == entries == simulator.stats()["requests_total"]
     budget = json.loads(producer("budget", "--json").stdout)
-    assert budget["halted"] is True and budget["reserved_usd"] == 0  # every reservation settled or released
+    assert budget["halted"] is True and budget["level"] == "emergency"
+    assert budget["reserved_usd"] == 0  # every reservation settled or released
+    assert budget["spent_usd"] == pytest.approx(ledger_total, abs=1e-5)
+    assert "no room for this call's worst case" in budget["halt_reason"]
 
     wait_consuming(halted["hostnames"], providers=False)
-    late = start_worker("w4", concurrency=2)  # a worker started during the halt stays off paid work
+    late = start_worker("late", concurrency=2)  # a worker started during the halt stays off paid work
     assert wait_consuming([late.hostname], providers=False)[late.hostname] == {"reports"}
-    assert served_ok(simulator) == counts["ok"]
+    assert served_ok(simulator) == counts["ok"]  # no call after the halt
 
 
 def test_resume_finishes_the_run_without_paying_twice(monkeypatch, simulator, start_worker, redis_url):
@@ -163,13 +172,13 @@ def test_resume_finishes_the_run_without_paying_twice(monkeypatch, simulator, st
         report = json.loads((Path(snap["report"]).parent / "report.json").read_text())
         return (snap, report) if report["complete"] else None
 
-    snap, report = wait_for(completed, timeout=40, interval=0.3, what=f"run {run_id} to complete")
-    assert snap["by_status"]["ok"] == 60 and sum(snap["by_status"].values()) == 60
+    snap, report = wait_for(completed, timeout=60, interval=0.3, what=f"run {run_id} to complete")
+    assert snap["by_status"]["ok"] == 200 and sum(snap["by_status"].values()) == 200
     assert report["run_id"] == run_id and report["complete"] is True
     with session_scope() as session:
         jobs = session.exec(select(Job).where(Job.run_id == run_id)).all()
         paid = session.exec(select(CostEntry.job_id).where(CostEntry.run_id == run_id)).all()
-    assert served_ok(simulator) == simulator.stats()["requests_total"] == len(paid) == len(set(paid)) == 60
+    assert served_ok(simulator) == simulator.stats()["requests_total"] == len(paid) == len(set(paid)) == 200
     assert set(paid) == {j.id for j in jobs}
     assert {j.id: j.attempts for j in jobs if j.id in ok_before} == ok_before  # no ok job ran again
 
@@ -236,7 +245,7 @@ def test_dry_run_json_estimates_and_enqueues_nothing(genesis, monkeypatch, limit
     assert {"jobs", "estimated_cost_usd", "by_backend", "within_budget"} <= set(estimate)
 
     backends = settings.enabled_backends()
-    expected = {b: sum(worst_case_costs(settings, b, limit=None)) for b in backends}
+    expected = {b: sum(worst_case_costs(settings, b)) for b in backends}
     assert estimate["jobs"] == 5 * 20 * len(backends)
     assert set(estimate["by_backend"]) == set(backends)
     for backend, cost in expected.items():

@@ -367,9 +367,12 @@ def test_write_report_renders_hostile_names(tmp_path, mixed_run):
 def test_budget_section_follows_the_recorded_halt_and_raised_limit(mixed_run):
     with Session(get_engine(mixed_run)) as session:
         for kind, limit in (("halt", 30.0), ("limit", 100.0), ("resume", 100.0), ("halt", 100.0)):
-            session.add(BudgetEvent(kind=kind, level="emergency", spent_usd=8.0, limit_usd=limit, run_id="run1"))
+            session.add(BudgetEvent(kind=kind, level="emergency", spent_usd=8.0, limit_usd=limit, run_id="run1",
+                                    message=f"{kind} at ${limit:.0f}"))
         session.commit()
     budget = build(mixed_run)["budget"]
     assert budget["halted"] is True and budget["limit_usd"] == 100.0
-    assert budget["level"] == "ok"  # 8.06 of 100 is under the 25% warning line
-    assert "HALTED" in render_markdown(build(mixed_run))
+    # 8.06 of 100 is under the 25% warning line, but a halted budget is at emergency, with why
+    assert budget["level"] == "emergency" and budget["halt_reason"] == "halt at $100"
+    assert budget["remaining_usd"] == pytest.approx(83.0 - budget["spent_usd"])
+    assert "HALTED by the budget guard: halt at $100" in render_markdown(build(mixed_run))

@@ -123,6 +123,24 @@ def test_openai_chat_is_strictly_valid_with_real_usage(sim: SimulatorHandle) -> 
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
 
 
+def test_usage_scale_bills_more_tokens_than_served_and_omit_usage_drops_the_block(sim: SimulatorHandle) -> None:
+    plain = ask_openai(openai_client(sim), "Say hello, please!")
+    sim.update(usage_scale=3.0)
+    scaled = ask_openai(openai_client(sim), "Say hello, please!")
+    assert scaled.choices[0].message.content == plain.choices[0].message.content  # same answer, billed 3×
+    assert scaled.usage.prompt_tokens == 3 * plain.usage.prompt_tokens
+    assert scaled.usage.completion_tokens == 3 * plain.usage.completion_tokens
+    assert sim.stats()["output_tokens"] == plain.usage.completion_tokens * 4  # the stats count what was billed
+
+    sim.update(usage_scale=1.0, omit_usage_rate=1.0)
+    bare = ask_openai(openai_client(sim), "Say hello, please!")
+    assert bare.usage is None and bare.choices[0].message.content
+    lenient = anthropic.Anthropic(api_key="x", base_url=sim.url, max_retries=0)  # as the workers build it
+    message = lenient.messages.create(
+        model="claude-3-5-haiku-latest", max_tokens=50, messages=[{"role": "user", "content": "hi"}])
+    assert getattr(message, "usage", None) is None and message.content[0].text
+
+
 def test_openai_max_tokens_truncates_with_finish_reason_length(sim: SimulatorHandle) -> None:
     completion = ask_openai(openai_client(sim), "Tell me something long.", max_tokens=5)
 
@@ -475,6 +493,8 @@ def cli_app() -> typer.Typer:
         (["--timeout-rate", "1.5"], "--timeout-rate"),
         (["--error-rate", "500=0.6", "--malformed-rate", "0.6"], "more than 1"),
         (["--suite", "no-such-suite"], "--suite"),
+        (["--usage-scale", "-1"], "--usage-scale"),
+        (["--omit-usage-rate", "2"], "--omit-usage-rate"),
     ],
 )
 def test_cli_rejects_bad_input_with_exit_code_2(arguments: list[str], named: str) -> None:

@@ -103,7 +103,7 @@ def finish_halted(job_id: int, reason: str) -> None:
 
 
 def finish_ok(job: ClaimedJob, *, output: str, score: float, detail: str, latency_ms: float,
-              input_tokens: int, output_tokens: int, cost_usd: float) -> bool:
+              input_tokens: int, output_tokens: int, cost_usd: float, source: str = "api") -> bool:
     """Store the result and its ledger entry in one transaction. Returns False when the
     ledger already had this job (a redelivery): nothing is written twice."""
     try:
@@ -111,7 +111,7 @@ def finish_ok(job: ClaimedJob, *, output: str, score: float, detail: str, latenc
             session.add(CostEntry(
                 run_id=job.run_id, job_id=job.id, agent=job.agent, backend=job.backend, model=job.model,
                 operation="inference", input_tokens=input_tokens, output_tokens=output_tokens,
-                cost_usd=cost_usd, source="api",
+                cost_usd=cost_usd, source=source,
             ))
             session.execute(
                 update(Job).where(Job.id == job.id).values(

@@ -7,14 +7,23 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import redis
 from celery import Task
 from celery.exceptions import Retry
 
-from shared.budget import BudgetGuard, BudgetRefused, call_cost, max_output_tokens, worst_case_cost
+from shared.budget import (
+    USAGE_ESTIMATED,
+    BudgetGuard,
+    BudgetRefused,
+    BudgetWait,
+    call_cost,
+    estimated_usage,
+    max_output_tokens,
+    task_worst_case,
+)
 from shared.config import get_settings
 from shared.limiter import Permit, RateLimiter
 from shared.models import CostEntry
@@ -34,6 +43,9 @@ log = logging.getLogger("genesis.worker")
 # longer waits go back to the broker with a countdown so other providers' jobs keep flowing.
 MAX_INLINE_WAIT_S = 2.0
 BUSY_RECHECK_S = 5.0
+# A job whose reservation must wait for calls in flight to settle comes back after this long
+# plus as much again at random: the jitter spreads the pollers, so none is always last.
+BUDGET_WAIT_S = 0.5
 
 
 class GenesisTask(Task):
@@ -147,7 +159,11 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
     est_input = estimate_prompt_tokens(suite_task.prompt, suite_task.system)
 
     try:
-        svc.budget.reserve(job.id, worst_case_cost(settings, job.model, est_input, max_tokens), run_id=job.run_id)
+        svc.budget.reserve(job.id, task_worst_case(settings, suite_task, job.backend, job.model), run_id=job.run_id)
+    except BudgetWait:  # room held by calls in flight: no call, not an attempt, no halt
+        jobs.requeue(job.id, uncount=True)
+        _best_effort(svc.budget.maybe_reconcile)  # a dead worker's reservation must not hold it forever
+        raise task.retry(countdown=BUDGET_WAIT_S + random.uniform(0, BUDGET_WAIT_S))
     except BudgetRefused as refused:
         jobs.finish_halted(job.id, str(refused))
         if svc.budget.halt(run_id=job.run_id, reason=str(refused), on_first=lambda: stop_provider_consumers(app)):
@@ -177,13 +193,14 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
 
     # Paid from here on: record it before anything else can fail.
     delivery.permit = None
+    response, source = _with_usage(suite_task, response)
     _best_effort(svc.limiter.release, permit, response.input_tokens + response.output_tokens)
     cost = call_cost(settings, job.model, response.input_tokens, response.output_tokens)
     delivery.paid, delivery.paid_usd = response, cost
     result = _score(suite_task, response.text)
     recorded = jobs.finish_ok(
         job, output=response.text, score=result.score, detail=result.detail, latency_ms=response.latency_ms,
-        input_tokens=response.input_tokens, output_tokens=response.output_tokens, cost_usd=cost,
+        input_tokens=response.input_tokens, output_tokens=response.output_tokens, cost_usd=cost, source=source,
     )
     delivery.paid = None
     if recorded:
@@ -196,6 +213,14 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
     return "ok"
 
 
+def _with_usage(suite_task, response: ChatResponse) -> tuple[ChatResponse, str]:
+    """A response without usage is still billed: its tokens estimated from its text, flagged."""
+    if response.usage_reported:
+        return response, "api"
+    input_tokens, output_tokens = estimated_usage(suite_task, response.text)
+    return replace(response, input_tokens=input_tokens, output_tokens=output_tokens), USAGE_ESTIMATED
+
+
 def _score(suite_task, text: str) -> ScoreResult:
     try:
         return score(suite_task, text)
@@ -205,11 +230,11 @@ def _score(suite_task, text: str) -> ScoreResult:
 
 
 def _best_effort(call, *args) -> None:
-    """Limiter bookkeeping after a call: losing it costs accuracy of pacing, never a job."""
+    """Bookkeeping (limiter pacing, budget reconciliation): losing it never costs a job."""
     try:
         call(*args)
     except Exception:  # noqa: BLE001
-        log.warning("limiter update failed", exc_info=True)
+        log.warning("%s failed", getattr(call, "__name__", "bookkeeping"), exc_info=True)
 
 
 def _acquire(limiter: RateLimiter, provider: str, model: str, tokens: int) -> Permit | float:

@@ -12,7 +12,8 @@ from typing import Any, Iterable
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from shared.budget import recorded_budget_state
+from shared.budget import recorded_budget_state, to_micro
+from shared.budget.events import level_of
 from shared.config import BudgetConfig, ConfigError
 from shared.models import BudgetEvent, CostEntry, Job, JobStatus, Run, RunStatus
 from shared.stats import mean_or_none, percentile
@@ -192,7 +193,6 @@ def budget_facts(session: Session, run: Run, jobs: list[Any]) -> dict[str, Any]:
     run_cost = float(session.exec(select(total).where(CostEntry.run_id == run.id)).one())
     fraction = spent / limit_usd
     thresholds = {name: getattr(config, name) for name in ("warning", "critical", "emergency")}
-    crossed = [name for name, share in thresholds.items() if fraction >= share]
     events = session.exec(
         select(BudgetEvent).where(BudgetEvent.run_id == run.id).order_by(BudgetEvent.at, BudgetEvent.id)
     )
@@ -200,8 +200,10 @@ def budget_facts(session: Session, run: Run, jobs: list[Any]) -> dict[str, Any]:
         "limit_usd": limit_usd,
         "spent_usd": spent,
         "used_fraction": fraction,
-        "level": crossed[-1] if crossed else "ok",
+        "level": level_of(config, to_micro(spent), to_micro(limit_usd), halted=recorded.halted),
         "halted": recorded.halted,
+        "halt_reason": recorded.halt_reason,
+        "remaining_usd": max(0.0, limit_usd * config.emergency - spent),  # before the threshold
         "thresholds": thresholds,
         "run_cost_usd": run_cost,
         "jobs_cost_usd": sum(j.cost_usd or 0.0 for j in jobs),

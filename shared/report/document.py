@@ -134,8 +134,9 @@ def _budget_blocks(budget: dict) -> list[tuple]:
         "list",
         [
             f"Spent (all runs): {fmt.usd(budget['spent_usd'])} of {fmt.usd(budget['limit_usd'])} "
-            f"({budget['used_fraction']:.1%}), level {budget['level']}"
-            + (" — queues HALTED by the budget guard" if budget["halted"] else ""),
+            f"({budget['used_fraction']:.1%}), {fmt.usd(budget['remaining_usd'])} left before the emergency "
+            f"threshold, level {budget['level']}"
+            + (f" — queues HALTED by the budget guard: {budget['halt_reason']}" if budget["halted"] else ""),
             f"This run: {fmt.usd(budget['run_cost_usd'])} in the ledger, "
             f"{fmt.usd(budget['jobs_cost_usd'])} recorded on its jobs",
             f"Thresholds: warning {t['warning']:.0%}, critical {t['critical']:.0%}, "

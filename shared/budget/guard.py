@@ -1,0 +1,358 @@
+"""The budget guard (design §7): the strict cap every worker on every host shares, and the
+ledger operations around it.
+
+Redis holds the live counters (each check-and-reserve is one Lua script: shared/budget/lua.py);
+SQL stays the source of truth: the CostEntry ledger, the BudgetEvent log and the jobs SQL says
+are running hold everything needed to rebuild the counters, and to reconcile them with SQL
+when a worker died between its call and its settle.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import redis
+from sqlalchemy import update
+from sqlmodel import col
+
+from shared.config import Settings
+from shared.db import session_scope
+from shared.models import CostEntry, JobStatus, Run, RunStatus
+
+from shared.budget import lua
+from shared.budget.events import level_of, record_event
+from shared.budget.money import threshold, to_micro, to_usd
+from shared.budget.recorded import (
+    TIERS,
+    job_outcomes,
+    ledger_id,
+    ledger_members,
+    recorded_budget_state,
+    running_reservations,
+)
+
+log = logging.getLogger("genesis.budget")
+
+STAGED_TTL_S = 300
+RECONCILE_EVERY_S = 2.0  # fleet-wide, at most one reconciliation per this long (`maybe_reconcile`)
+
+
+class BudgetDenied(Exception):
+    """A reservation not granted, with the figures the guard decided on."""
+
+    verdict = "denied"
+    why = ""
+
+    def __init__(self, *, amount_usd: float, spent_usd: float, reserved_usd: float, limit_usd: float) -> None:
+        self.amount_usd = amount_usd
+        self.spent_usd = spent_usd
+        self.reserved_usd = reserved_usd
+        self.limit_usd = limit_usd
+        super().__init__(
+            f"budget {self.verdict} ${amount_usd:.6f}: spent ${spent_usd:.6f} + reserved "
+            f"${reserved_usd:.6f} of limit ${limit_usd:.2f}{self.why}"
+        )
+
+    @staticmethod
+    def spent_in(message: str) -> float | None:
+        """The settled spend a refusal saw, read back from its message (a halt event's, a job's)."""
+        found = re.search(r"^budget \w+ \$[0-9.]+: spent \$([0-9.]+)", message)
+        return float(found.group(1)) if found else None
+
+
+class BudgetRefused(BudgetDenied):
+    """The settled ledger leaves no room for this call's worst case (or a halt stands). The halt
+    flag is already set; the caller stores the job as halted and calls `guard.halt(...)`."""
+
+    verdict = "refused"
+    why = " (the settled spend leaves no room for this call's worst case under the emergency threshold)"
+
+
+class BudgetWait(BudgetDenied):
+    """Only the reservations of calls in flight hold the room: the caller gives the job back
+    with a short countdown (no call, not an attempt); no halt."""
+
+    verdict = "wait"
+    why = " (calls in flight hold the rest until they settle)"
+
+
+@dataclass
+class Reconciled:
+    """What a reconciliation did: reservations released (their job is not running in SQL and
+    has no ledger entry) and settled (their job's cost is in the ledger, never counted)."""
+
+    released: list[int] = field(default_factory=list)
+    settled: list[int] = field(default_factory=list)
+
+
+class BudgetGuard:
+    """The strict cap shared by every worker, plus the ledger operations around it."""
+
+    def __init__(
+        self,
+        redis: redis.Redis,
+        settings: Settings,
+        database_url: str | None = None,
+        prefix: str = "genesis:budget",
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.database_url = database_url or settings.database_url
+        self.keys = lua.BudgetKeys.under(prefix)
+        self.state_key = self.keys.state
+        self.reconcile_lock_key = f"{prefix}:reconcile-lock"
+        self._scripts = {name: redis.register_script(getattr(lua, name))
+                         for name in ("RESERVE", "SETTLE", "RELEASE", "HALT", "RESUME", "INSTALL")}
+        self._ledger_checked = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "BudgetGuard":
+        return cls(redis.Redis.from_url(settings.redis_url), settings)
+
+    # --- the cap ---------------------------------------------------------------------
+
+    def reserve(self, job_id: int, amount_usd: float, *, run_id: str | None = None) -> str:
+        """Grant the call's worst case and return the reservation's id (for `release`), or raise
+        BudgetWait / BudgetRefused. `run_id` is accepted for the caller's symmetry with halt();
+        the cap is global."""
+        if amount_usd < 0:
+            raise ValueError(f"a reservation cannot be negative (got {amount_usd})")
+        args = [job_id, to_micro(amount_usd), self._config_limit_micro(), self.settings.budget.emergency]
+        verdict, spent, reserved, limit, *granted = (int(v) for v in self._run("RESERVE", args))
+        if verdict == lua.GRANTED:
+            return str(granted[0])
+        denied = BudgetWait if verdict == lua.WAIT else BudgetRefused
+        raise denied(amount_usd=amount_usd, spent_usd=to_usd(spent), reserved_usd=to_usd(reserved),
+                     limit_usd=to_usd(limit))
+
+    def settle(self, job_id: int, actual_usd: float) -> None:
+        """Called after the job's CostEntry is committed, at its real cost (even above what was
+        reserved); a second settle only drops a stray reservation."""
+        self._add_spend(f"job:{job_id}", job_id, actual_usd)
+
+    def release(self, job_id: int, reservation_id: str = "") -> bool:
+        """The call failed or will be retried: its worst case no longer holds budget back.
+        With `reservation_id`, only that reservation (not one a newer delivery made since)."""
+        # A missing state needs nothing: a rebuilt state holds only the running jobs' reservations.
+        return int(self._scripts["RELEASE"](keys=self.keys.all(), args=[job_id, reservation_id])) == 1
+
+    # --- status and halt -------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The figures `producer budget` shows; once halted the level is `emergency`, with why."""
+        fields = self._read_state("spent", "reserved", "limit", "halted", "waits", "overruns", "overrun")
+        spent, reserved, limit, halted, waits, overruns, overrun = fields
+        cap = threshold(limit, self.settings.budget.emergency)
+        return {
+            "limit_usd": to_usd(limit),
+            "spent_usd": to_usd(spent),
+            "reserved_usd": to_usd(reserved),
+            "level": level_of(self.settings.budget, spent, limit, halted=bool(halted)),
+            "halted": bool(halted),
+            "halt_reason": self._halt_reason(spent > cap) if halted else None,
+            "emergency_usd": to_usd(cap),
+            "remaining_usd": to_usd(max(0, cap - spent - reserved)),
+            "waits": waits,
+            "overruns": overruns,
+            "overrun_usd": to_usd(overrun),
+        }
+
+    def is_halted(self) -> bool:
+        return bool(self._read_state("halted")[0])
+
+    def halt(self, *, run_id: str | None, reason: str, on_first: Callable[[], None] | None = None) -> bool:
+        """True for exactly one caller per halt: that one records the event and stops the queues.
+        `on_first` (stopping the consumers) runs before the SQL writes, so workers stop sooner."""
+        newly = int(self._run("HALT", [])) == 1
+        if newly and on_first is not None:
+            try:
+                on_first()
+            except Exception:  # noqa: BLE001 - the event must be recorded whatever happened here
+                log.exception("stopping the provider consumers failed; reservations stay refused")
+        mark_runs_halted(self.database_url)
+        if newly:
+            self._best_effort_reconcile()  # the event's figures count every cost SQL holds
+            spent, limit = self._read_state("spent", "limit")
+            record_event(self.settings, self.database_url, "halt", spent=spent, limit=limit, run_id=run_id,
+                         message=reason, level="emergency")
+        return newly
+
+    def resume(self, *, limit_usd: float | None = None) -> None:
+        """A new limit is written as a `limit` event, so a rebuild after Redis loss keeps it."""
+        if limit_usd is not None and not limit_usd > 0:
+            raise ValueError(f"a budget limit must be > 0 (got {limit_usd})")
+        new_limit = "" if limit_usd is None else str(to_micro(limit_usd))
+        self._run("RESUME", [new_limit])
+        spent, limit = self._read_state("spent", "limit")
+        if limit_usd is not None:
+            self._event("limit", spent, limit, f"limit set to ${limit_usd:.2f}")
+        self._event("resume", spent, limit, "budget halt lifted")
+        self._fire_tiers(spent, limit)
+
+    # --- the ledger ------------------------------------------------------------------
+
+    def log_manual(
+        self,
+        *,
+        agent: str | None,
+        operation: str,
+        cost_usd: float,
+        backend: str | None = None,
+        note: str = "",
+    ) -> CostEntry:
+        """Spend made outside the workers; `note` goes to the log (CostEntry has no column for it)."""
+        if cost_usd < 0 or len(operation.split()) != 1:
+            raise ValueError(f"a manual entry needs a cost >= 0 and a one-word operation (got {cost_usd}, {operation!r})")
+        entry = CostEntry(agent=agent, backend=backend, operation=operation.strip(), cost_usd=cost_usd, source="manual")
+        log.info("manual ledger entry: $%.6f %s %s", cost_usd, operation, note)
+        return self.record_entry(entry)
+
+    def record_entry(self, entry: CostEntry) -> CostEntry:
+        """A ledger entry not tied to a job's result (manual, or a paid call whose result could
+        not be stored): written to SQL, then counted once under its own entry id."""
+        with session_scope(self.database_url) as session:
+            session.add(entry)
+        self._add_spend(f"entry:{entry.id}", "", entry.cost_usd)
+        return entry
+
+    # --- rebuild and reconciliation against SQL ----------------------------------------
+
+    def rebuild(self) -> None:
+        """Counters from SQL: the ledger's spend, the recorded limit, halt and tiers, and a
+        reservation for every job SQL says is running. Safe to race: the first state wins."""
+        with session_scope(self.database_url) as session:
+            spent, members = ledger_members(session)
+            recorded = recorded_budget_state(session)
+            ledger = ledger_id(session)
+            held = running_reservations(session, self.settings)
+        limit_override = str(to_micro(recorded.limit_usd)) if recorded.limit_usd is not None else ""
+
+        token = uuid.uuid4().hex
+        staged = [f"{key}:staged:{token}" for key in (self.keys.settled, self.keys.tiers, self.keys.reservations)]
+        pipe = self.redis.pipeline(transaction=False)
+        for start in range(0, len(members), 1000):
+            pipe.sadd(staged[0], *members[start : start + 1000])
+        if recorded.fired:
+            pipe.sadd(staged[1], *recorded.fired)
+        if held:
+            pipe.hset(staged[2], mapping=held)
+        for key in staged:
+            pipe.expire(key, STAGED_TTL_S)
+        pipe.execute()
+        self._scripts["INSTALL"](
+            keys=[*self.keys.all(), *staged], args=[spent, limit_override, "1" if recorded.halted else "", ledger]
+        )
+
+    def reconcile(self) -> Reconciled:
+        """Repair what a dead worker or a stray redelivery left: a reservation whose job SQL does
+        not say is running is settled from the ledger when the job's entry is there (the worker
+        died between its commit and its settle), else released. Any process may call it at any
+        time (the recovery sweep does); a reservation made after it looked is left alone."""
+        held = {int(job): rid.decode() for job, rid in self.redis.hgetall(self.keys.reservation_ids).items()}
+        done = Reconciled()
+        if not held:
+            return done
+        with session_scope(self.database_url) as session:
+            statuses, costs = job_outcomes(session, list(held))
+        for job_id, reservation_id in held.items():
+            if statuses.get(job_id) == JobStatus.running:
+                continue
+            if job_id in costs:
+                self.settle(job_id, costs[job_id])
+                done.settled.append(job_id)
+            elif self.release(job_id, reservation_id):
+                done.released.append(job_id)
+        if done.released or done.settled:
+            log.warning("budget reconciled with SQL: released %s, settled from the ledger %s",
+                        done.released, done.settled)
+        return done
+
+    def maybe_reconcile(self, every_s: float = RECONCILE_EVERY_S) -> Reconciled | None:
+        """`reconcile`, at most once per `every_s` across the fleet (many waiting jobs poll)."""
+        if not self.redis.set(self.reconcile_lock_key, "1", nx=True, px=int(every_s * 1000)):
+            return None
+        return self.reconcile()
+
+    # --- internals -------------------------------------------------------------------
+
+    def _best_effort_reconcile(self) -> None:
+        try:
+            self.reconcile()
+        except Exception:  # noqa: BLE001 - a repair; the halt is recorded either way
+            log.exception("budget reconciliation failed")
+
+    def _check_ledger(self) -> None:
+        """Once per guard: Redis counters left by another database (a reused Redis db, a
+        deleted genesis.db) would cap this ledger with someone else's spend; rebuild instead."""
+        if self._ledger_checked:
+            return
+        with session_scope(self.database_url) as session:
+            ours = ledger_id(session)
+        theirs = self.redis.hget(self.keys.state, "ledger")
+        if theirs is not None and theirs.decode() != ours:
+            log.warning("budget counters in Redis belong to another ledger: rebuilding them from SQL")
+            self.redis.delete(*self.keys.all())
+        self._ledger_checked = True
+
+    def _run(self, script: str, args: list) -> Any:
+        """Run a script; if Redis lost the counters, rebuild them from SQL and run it again."""
+        self._check_ledger()
+        result = self._scripts[script](keys=self.keys.all(), args=args)
+        if lua.needs_rebuild(result):
+            self.rebuild()
+            result = self._scripts[script](keys=self.keys.all(), args=args)
+        return result
+
+    def _read_state(self, *names: str) -> list[int]:
+        """State fields as integers (micro-dollars, counts; a flag is 1 or 0), rebuilt if lost."""
+        self._check_ledger()
+        fields = self.redis.hmget(self.keys.state, "spent", *names)
+        if fields[0] is None:
+            self.rebuild()
+            fields = self.redis.hmget(self.keys.state, "spent", *names)
+        values = dict(zip(names, fields[1:]))
+        if values.get("limit") is None and "limit" in values:
+            values["limit"] = self._config_limit_micro()
+        return [int(values[name] or 0) for name in names]
+
+    def _halt_reason(self, past_cap: bool) -> str:
+        """The recorded halt's reason; a settle past the cap sets the flag before any event."""
+        with session_scope(self.database_url) as session:
+            recorded = recorded_budget_state(session).halt_reason
+        if recorded:
+            return recorded
+        return "settled spend passed the emergency threshold" if past_cap else "halted by an operator"
+
+    def _add_spend(self, member: str, job_id: int | str, amount_usd: float) -> None:
+        args = [job_id, member, to_micro(amount_usd), self._config_limit_micro(), self.settings.budget.emergency]
+        _, spent, limit, counted, reserved = (int(v) for v in self._run("SETTLE", args))
+        if counted and 0 <= reserved < to_micro(amount_usd):
+            log.warning("job %s cost $%.6f, more than the $%.6f it reserved: settled at its real cost",
+                        job_id, amount_usd, to_usd(reserved))
+        self._fire_tiers(spent, limit)
+
+    def _fire_tiers(self, spent: int, limit: int) -> None:
+        ratios = {"warning": self.settings.budget.warning, "critical": self.settings.budget.critical}
+        for tier in TIERS:
+            if spent >= threshold(limit, ratios[tier]) and self.redis.sadd(self.keys.tiers, tier) == 1:
+                self._event(tier, spent, limit, f"spend crossed {ratios[tier]:.0%} of the budget")
+
+    def _event(self, kind: str, spent: int, limit: int, message: str) -> None:
+        record_event(self.settings, self.database_url, kind, spent=spent, limit=limit, message=message)
+
+    def _config_limit_micro(self) -> int:
+        return to_micro(self.settings.budget.limit_usd)
+
+
+def mark_runs_halted(database_url: str) -> None:
+    """Every run in flight waits on the halted queues, not only the one that hit the cap."""
+    with session_scope(database_url) as session:
+        session.exec(
+            update(Run)
+            .where(col(Run.status).in_([RunStatus.queued, RunStatus.running]))
+            .values(status=RunStatus.halted)
+        )

@@ -1,0 +1,44 @@
+"""What a call costs: at the usage the provider reported, at its worst case (what a worker
+reserves before calling), or from its text when the response carried no usage."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from shared.config import Settings
+from shared.tokens import estimate_prompt_tokens, estimate_tokens
+
+from shared.budget.money import MICRO
+
+if TYPE_CHECKING:
+    from shared.suite import SuiteTask
+
+USAGE_ESTIMATED = "estimate (response had no usage)"  # CostEntry.source of such a call
+
+
+def call_cost(settings: Settings, model: str, input_tokens: int, output_tokens: int) -> float:
+    price = settings.price_for(model)
+    return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / MICRO
+
+
+def worst_case_cost(settings: Settings, model: str, input_tokens: int, max_tokens: int) -> float:
+    """What a call can cost at most: its whole output allowance is billed."""
+    return call_cost(settings, model, input_tokens, max_tokens)
+
+
+def max_output_tokens(settings: Settings, backend: str, task_max_tokens: int) -> int:
+    """The task's max_tokens, capped by the backend's when it sets one."""
+    cap = settings.backends[backend].max_tokens
+    return min(task_max_tokens, cap) if cap else task_max_tokens
+
+
+def task_worst_case(settings: Settings, task: "SuiteTask", backend: str, model: str) -> float:
+    """The reservation of one job: the worker reserves it, a rebuild after Redis loss restores it."""
+    input_tokens = estimate_prompt_tokens(task.prompt, task.system)
+    return worst_case_cost(settings, model, input_tokens, max_output_tokens(settings, backend, task.max_tokens))
+
+
+def estimated_usage(task: "SuiteTask", output_text: str) -> tuple[int, int]:
+    """(input, output) tokens of a call whose response had no usage block: the same generous
+    character estimate the reservation used, so such a call is never costed at $0."""
+    return estimate_prompt_tokens(task.prompt, task.system), estimate_tokens(output_text)

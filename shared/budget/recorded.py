@@ -1,0 +1,99 @@
+"""What SQL records about the budget, from which the Redis counters are rebuilt and checked:
+the budget events replayed (limit, halt, tiers fired), this ledger's identity, and the
+reservations of the calls SQL says are in flight."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+from sqlmodel import Session, col, select
+
+from shared.config import ConfigError, Settings
+from shared.models import BudgetEvent, CostEntry, Job, JobStatus, Run
+
+from shared.budget.money import to_micro
+from shared.budget.pricing import task_worst_case
+
+log = logging.getLogger("genesis.budget")
+
+TIERS = ("warning", "critical")  # fired once each; the emergency tier is the halt itself
+
+
+@dataclass(frozen=True)
+class RecordedBudgetState:
+    """What the budget events in SQL say: the limit set by `budget resume --limit` (None: the
+    config's), whether the queues are halted, why, and the tiers fired since the last limit change."""
+
+    limit_usd: float | None
+    halted: bool
+    fired: frozenset[str]
+    halt_reason: str | None = None
+
+
+def ledger_id(session: Session) -> str:
+    """This database's ledger identity (its first `ledger` event), created on first use, so
+    Redis counters can tell which ledger they were built from."""
+    first = select(BudgetEvent.message).where(BudgetEvent.kind == "ledger").order_by(col(BudgetEvent.id)).limit(1)
+    found = session.exec(first).first()
+    if found is None:
+        session.add(BudgetEvent(kind="ledger", level="ok", spent_usd=0.0, limit_usd=0.0, message=uuid.uuid4().hex))
+        session.commit()
+        found = session.exec(first).first()
+    return found
+
+
+def recorded_budget_state(session: Session) -> RecordedBudgetState:
+    events = session.exec(
+        select(BudgetEvent.kind, BudgetEvent.limit_usd, BudgetEvent.message).order_by(col(BudgetEvent.id))
+    ).all()
+    limit_usd: float | None = None
+    halted, reason = False, None
+    fired: set[str] = set()
+    for kind, event_limit, message in events:
+        if kind == "limit":
+            limit_usd, fired = event_limit, set()
+        elif kind in ("halt", "resume"):
+            halted = kind == "halt"
+            reason = message if halted else None
+        elif kind in TIERS:
+            fired.add(kind)
+    return RecordedBudgetState(limit_usd, halted, frozenset(fired), reason)
+
+
+def ledger_members(session: Session) -> tuple[int, list[str]]:
+    """The settled spend in micro-dollars, summed per entry exactly as the settle script adds
+    them, and the member each entry is counted under."""
+    entries = session.exec(select(CostEntry.id, CostEntry.job_id, CostEntry.cost_usd)).all()
+    spent = sum(to_micro(cost) for _, _, cost in entries)
+    return spent, [f"job:{job_id}" if job_id is not None else f"entry:{id_}" for id_, job_id, _ in entries]
+
+
+def running_reservations(session: Session, settings: Settings) -> dict[int, int]:
+    """job id → its worst case in micro-dollars, for every job SQL says is running: what their
+    workers reserved, so a rebuild after Redis loss keeps the room their calls may still use."""
+    from shared.suite import load_suite, run_suite_folder  # lazily: the suite loader is heavy
+
+    rows = session.exec(
+        select(Job.id, Job.agent, Job.task_id, Job.backend, Job.model, Run.suite)
+        .join(Run, col(Run.id) == col(Job.run_id))
+        .where(Job.status == JobStatus.running)
+    ).all()
+    held: dict[int, int] = {}
+    for job_id, agent, task_id, backend, model, suite in rows:
+        try:
+            task = load_suite(run_suite_folder(suite)).get(agent, task_id)
+            held[job_id] = to_micro(task_worst_case(settings, task, backend, model))
+        except (ConfigError, KeyError) as exc:  # its worker could not have reserved it either
+            log.warning("job %s: no reservation rebuilt (%s)", job_id, exc)
+    return held
+
+
+def job_outcomes(session: Session, job_ids: list[int]) -> tuple[dict[int, str], dict[int, float]]:
+    """(status of each job SQL knows, ledger cost of each job that has its entry)."""
+    statuses = dict(session.exec(select(Job.id, Job.status).where(col(Job.id).in_(job_ids))).all())
+    costs = dict(session.exec(
+        select(CostEntry.job_id, CostEntry.cost_usd).where(col(CostEntry.job_id).in_(job_ids))
+    ).all())
+    return statuses, costs

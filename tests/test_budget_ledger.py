@@ -1,0 +1,128 @@
+"""No cost the guard cannot see: with real workers, the real SDKs and the simulator, calls that
+cost more than their estimate, responses without usage, and a worker killed between its call
+and its settle all leave the Redis counters agreeing with the SQL ledger."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, update
+from sqlmodel import select
+
+from tests.harness import wait_for
+from tests.test_pipeline import producer, wait_until_reported
+
+pytestmark = pytest.mark.integration
+
+
+def ledger_rows(run_id: str) -> list:
+    from shared.db import session_scope
+    from shared.models import CostEntry
+
+    with session_scope() as session:
+        return list(session.exec(select(CostEntry).where(CostEntry.run_id == run_id)).all())
+
+
+def assert_counters_agree_with_the_ledger() -> dict:
+    """Spent in Redis is the sum of the ledger (to the micro-dollar), nothing is left reserved."""
+    from shared.db import session_scope
+    from shared.models import CostEntry
+
+    budget = json.loads(producer("budget", "--json").stdout)
+    with session_scope() as session:
+        total = session.exec(select(func.coalesce(func.sum(CostEntry.cost_usd), 0.0))).one()
+    assert budget["spent_usd"] == pytest.approx(total, abs=1e-6)
+    assert budget["reserved_usd"] == 0
+    return budget
+
+
+def submit(backend: str, limit: int) -> str:
+    result = producer("submit", "--agent", "qa", "--agent", "legal", "--backend", backend, "--limit", str(limit),
+                      "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["run_id"]
+
+
+def test_calls_costing_more_than_reserved_are_settled_at_their_real_cost(start_worker, simulator):
+    from shared.budget import call_cost
+    from shared.config import get_settings
+
+    simulator.update(usage_scale=12.0)  # the provider bills 12× the tokens the workers estimated
+    start_worker("w1", concurrency=4)
+    run_id = submit("openai", 5)
+    assert wait_until_reported(run_id)["by_status"]["ok"] == 10
+
+    rows = ledger_rows(run_id)
+    served = simulator.stats()
+    assert len(rows) == 10 and {r.source for r in rows} == {"api"}
+    assert sum(r.input_tokens for r in rows) == served["input_tokens"]  # billed as the provider reported
+    assert sum(r.output_tokens for r in rows) == served["output_tokens"]
+    model = get_settings().model_for("openai", "qa")
+    assert sum(r.cost_usd for r in rows) == pytest.approx(
+        call_cost(get_settings(), model, served["input_tokens"], served["output_tokens"]))
+    budget = assert_counters_agree_with_the_ledger()
+    assert budget["overruns"] > 0 and budget["overrun_usd"] > 0
+
+
+@pytest.mark.parametrize("backend", ["openai", "anthropic"])
+def test_responses_without_usage_are_costed_from_an_estimate_and_flagged(backend, start_worker, simulator):
+    from shared.budget import USAGE_ESTIMATED, call_cost, estimated_usage
+    from shared.config import get_settings
+    from shared.db import session_scope
+    from shared.models import Job
+    from shared.suite import load_suite
+
+    simulator.update(omit_usage_rate=1.0)
+    start_worker("w1", concurrency=4)
+    run_id = submit(backend, 4)
+    assert wait_until_reported(run_id)["by_status"]["ok"] == 8
+
+    settings, suite = get_settings(), load_suite("genesis-custom")
+    rows = ledger_rows(run_id)
+    assert len(rows) == 8 and {r.source for r in rows} == {USAGE_ESTIMATED}
+    with session_scope() as session:
+        jobs = {j.id: j for j in session.exec(select(Job).where(Job.run_id == run_id)).all()}
+    for row in rows:
+        job = jobs[row.job_id]
+        tokens = estimated_usage(suite.get(job.agent, job.task_id), job.output)
+        assert (row.input_tokens, row.output_tokens) == tokens and row.output_tokens > 0
+        assert row.cost_usd == pytest.approx(call_cost(settings, job.model, *tokens)) and row.cost_usd > 0
+    assert_counters_agree_with_the_ledger()
+
+
+def test_a_worker_killed_between_call_and_settle_leaves_no_reservation_behind(start_worker, simulator):
+    """The dead worker's reservations are held while SQL says its jobs run (their calls may still
+    be billed), then given back when the jobs run again elsewhere or stop running."""
+    from shared.budget import BudgetGuard
+    from shared.config import get_settings
+    from shared.db import session_scope
+    from shared.models import Job, JobStatus, utcnow
+
+    simulator.update(latency_ms=3000)
+    doomed = start_worker("doomed", concurrency=4)
+    run_id = submit("openai", 4)
+    wait_for(lambda: simulator.stats()["in_flight"] == 4, timeout=20, what="4 calls in flight")
+    doomed.kill()  # SIGKILL: the calls are answered (and billed) but never settled
+    guard = BudgetGuard.from_settings(get_settings())
+    leaked = guard.status()["reserved_usd"]
+    assert leaked > 0
+    assert guard.reconcile().released == []  # SQL says they run: their room stays held
+
+    with session_scope() as session:  # one is given back to the queue (as the recovery sweep does)
+        first = session.exec(select(Job.id).where(Job.run_id == run_id, Job.status == JobStatus.running)).first()
+        session.execute(update(Job).where(Job.id == first).values(status=JobStatus.queued))
+    assert guard.reconcile().released == [first]
+    assert 0 < guard.status()["reserved_usd"] < leaked
+
+    with session_scope() as session:  # the others' lease passes: `producer resume` runs them again
+        session.execute(update(Job).where(Job.run_id == run_id, Job.status == JobStatus.running)
+                        .values(started_at=utcnow() - timedelta(hours=1)))
+    simulator.update(latency_ms=20)
+    start_worker("heir", concurrency=4)
+    assert producer("resume", run_id, "--json").exit_code == 0
+    snap = wait_until_reported(run_id)
+    assert snap["status"] == "completed" and snap["by_status"]["ok"] == 8
+    assert len(ledger_rows(run_id)) == 8
+    assert_counters_agree_with_the_ledger()
