@@ -20,6 +20,8 @@ class SimulatorConfig(BaseModel):
     - error_rates: `{HTTP status: probability}` of an injected error instead of an answer.
     - timeout_rate: probability the answer is held back `timeout_s` extra so the client times out.
     - malformed_rate: probability of a 200 whose body is truncated, i.e. not valid JSON.
+    - judge_garbage_rate: probability a judge prompt is answered with prose instead of a grade.
+    - suite: the suites whose answers it knows, comma-separated names or folders.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -34,9 +36,10 @@ class SimulatorConfig(BaseModel):
     timeout_rate: float = Rate
     timeout_s: float = Field(default=30.0, ge=0.0)
     malformed_rate: float = Rate
+    judge_garbage_rate: float = Rate
     default_max_tokens: int = Field(default=1024, gt=0)
     seed: int = 7
-    suite: str | None = "genesis-custom"
+    suite: str | None = "genesis-custom,genesis-judge"
 
     @field_validator("quality")
     @classmethod

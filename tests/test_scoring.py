@@ -11,9 +11,9 @@ from shared.scoring import (
     reference_answer,
     score,
     validate_scorer,
-    wrong_answer,
 )
 from shared.suite import SuiteTask
+from simulator.wrong import WRONG_MAX_SCORE, wrong_answer
 
 
 def make_task(scorer: dict, task_id: str = "t-001") -> SuiteTask:
@@ -252,7 +252,7 @@ def test_generated_reference_scores_one_and_wrong_answers_score_low(spec: dict) 
     task = make_task(spec)
     assert score(task, reference_answer(task)).score == 1.0
     for seed in range(10):
-        assert score(task, wrong_answer(task, seed)).score <= 0.34
+        assert score(task, wrong_answer(task, seed)).score <= WRONG_MAX_SCORE
 
 
 def test_wrong_answer_is_deterministic_and_uses_distractors() -> None:
