@@ -17,7 +17,7 @@ from sqlmodel import select
 from shared.config import ConfigError, Settings
 from shared.db import session_scope
 from shared.models import Job, JobStatus, Run, RunStatus, utcnow
-from shared.providers import PROVIDER_ENV, credentials
+from shared.providers import credentials, key_env, queue_for
 from shared.suite import SUITES_DIR, Suite, load_suite
 
 
@@ -59,10 +59,8 @@ def select_work(
     for backend in chosen_backends:
         if backend not in settings.backends:
             raise ConfigError(f"unknown backend {backend!r} (known: {', '.join(settings.backends)})")
-    missing_keys = sorted({
-        PROVIDER_ENV[settings.backends[b].provider][0] for b in chosen_backends
-        if PROVIDER_ENV[settings.backends[b].provider][0] not in os.environ
-    })
+    needed_keys = {key_env(settings.backends[b].provider) for b in chosen_backends}
+    missing_keys = sorted(var for var in needed_keys if var not in os.environ)
     if check_keys and missing_keys:
         raise ConfigError(
             f"missing {', '.join(missing_keys)} in the environment for the selected backends "
@@ -130,7 +128,7 @@ def enqueue(run_id: str, jobs: list[tuple[int, str]]) -> None:
     """One chord: a run_job per job on its provider's queue; build_report on `reports`."""
     from worker.app import REPORTS_QUEUE, app
 
-    header = [app.signature("genesis.run_job", args=(job_id,), queue=provider, immutable=True)
+    header = [app.signature("genesis.run_job", args=(job_id,), queue=queue_for(provider), immutable=True)
               for job_id, provider in jobs]
     body = app.signature("genesis.build_report", kwargs={"run_id": run_id}, queue=REPORTS_QUEUE)
     chord(header, app=app)(body)

@@ -21,8 +21,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-Provider = Literal["openai", "anthropic", "mistral"]
-PROVIDERS: tuple[str, ...] = ("openai", "anthropic", "mistral")
+from shared.providers.registry import PROVIDER_NAMES
+
+Provider = Literal[PROVIDER_NAMES]  # type: ignore[valid-type]  # derived from the provider registry
+PROVIDERS: tuple[str, ...] = PROVIDER_NAMES
 DEFAULT_CONFIG_PATH = "config/genesis.toml"
 
 
