@@ -190,3 +190,19 @@ def test_folder_without_jsonl_or_tasks_is_an_error(tmp_path: Path) -> None:
     (empty / "qa.jsonl").write_text("\n\n")
     with pytest.raises(SuiteError, match="no tasks"):
         load_suite(str(empty))
+
+
+def test_the_judge_suite_has_rubric_graded_variants_the_simulated_judge_grades_sensibly() -> None:
+    from simulator.judging import rubric_grade
+    from simulator.wrong import WRONG_MAX_SCORE
+
+    judged = load_suite("genesis-judge")
+    assert judged.agents() == ["content", "legal", "support"]
+    for agent in judged.agents():
+        tasks = judged.tasks_for(agent)
+        assert len(tasks) == 5 and {t.difficulty for t in tasks} == {"easy", "medium", "hard"}
+        for task in tasks:
+            assert task.scorer.type == "judge" and len(task.scorer.rubric) >= 3
+            assert rubric_grade(task.scorer.rubric, reference_answer(task))[0] == 1.0, task.key
+            for seed in range(5):
+                assert rubric_grade(task.scorer.rubric, wrong_answer(task, seed))[0] <= WRONG_MAX_SCORE, task.key
