@@ -121,10 +121,13 @@ def _dry_run(settings, selection, as_json: bool) -> None:
         _emit_json(estimate)
         return
     table = Table(title=f"dry run: {estimate['jobs']} jobs (worst case: every answer uses max_tokens)")
-    for column in ("backend", "jobs", "input tokens", "output tokens", "cost USD"):
+    reusing = "reuse" in estimate
+    for column in ("backend", "jobs", *(("reused",) if reusing else ()), "input tokens", "output tokens", "cost USD"):
         table.add_column(column, justify="right" if column != "backend" else "left")
     for name, row in estimate["by_backend"].items():
-        table.add_row(name, str(row["jobs"]), str(row["input_tokens"]), str(row["output_tokens"]), f"{row['cost_usd']:.4f}")
+        reused = (str(row["reused"]),) if reusing else ()
+        table.add_row(name, str(row["jobs"]), *reused, str(row["input_tokens"]), str(row["output_tokens"]),
+                      f"{row['cost_usd']:.4f}")
     console.print(table)
     if "reuse" in estimate:
         saved = estimate["reuse"]

@@ -42,8 +42,8 @@ def select_work(
         raise ConfigError(f"--limit must be a positive number of tasks per agent (got {limit})")
     loaded = load_suite(suite or settings.suite)
     known_agents = settings.agents.names
-    if all_agents:
-        chosen_agents = list(known_agents)
+    if all_agents:  # every configured agent the suite has tasks for (genesis-judge covers three)
+        chosen_agents = [a for a in known_agents if loaded.tasks_for(a)] or list(known_agents)
     elif agents:
         chosen_agents = list(dict.fromkeys(agents))
     else:
