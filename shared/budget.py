@@ -282,7 +282,9 @@ class BudgetGuard:
     def rebuild(self) -> None:
         """Counters from SQL; safe to race: only the first rebuilt state is installed."""
         with session_scope(self.database_url) as session:
-            entries = session.exec(select(CostEntry.id, CostEntry.job_id, CostEntry.cost_usd)).all()
+            entries = session.exec(
+                select(CostEntry.id, CostEntry.job_id, CostEntry.cost_usd, CostEntry.operation)
+            ).all()
             recorded = recorded_budget_state(session)
             ledger = ledger_id(session)
         limit_override = str(to_micro(recorded.limit_usd)) if recorded.limit_usd is not None else ""
@@ -292,8 +294,8 @@ class BudgetGuard:
         staged_settled = f"{self.settled_key}:staged:{token}"
         staged_tiers = f"{self.tiers_key}:staged:{token}"
         # Summed per entry in micro-dollars, exactly as the settle script adds them.
-        spent = sum(to_micro(cost) for _, _, cost in entries)
-        members = [f"job:{job_id}" if job_id is not None else f"entry:{id_}" for id_, job_id, _ in entries]
+        spent = sum(to_micro(cost) for _, _, cost, _ in entries)
+        members = [settled_member(id_, job_id, operation) for id_, job_id, _, operation in entries]
         pipe = self.redis.pipeline(transaction=False)
         for start in range(0, len(members), 1000):
             pipe.sadd(staged_settled, *members[start : start + 1000])
@@ -410,6 +412,14 @@ class BudgetGuard:
 
     def _config_limit_micro(self) -> int:
         return to_micro(self.settings.budget.limit_usd)
+
+
+def settled_member(entry_id: int, job_id: int | None, operation: str) -> str:
+    """The settled-set member of a ledger entry, as settle() names it: a job's inference call
+    settles as `job:<id>`, its judge call (reserved as `judge:<id>`) as `job:judge:<id>`."""
+    if job_id is None:
+        return f"entry:{entry_id}"
+    return f"job:{job_id}" if operation == "inference" else f"job:{operation}:{job_id}"
 
 
 def _threshold(limit: int, ratio: float) -> int:

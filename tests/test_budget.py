@@ -378,6 +378,21 @@ def test_rebuild_after_flush_restores_spend_without_counting_anything_twice(guar
     assert state["reserved_usd"] == 0
 
 
+def test_a_jobs_judge_call_settles_apart_from_its_answer_and_survives_a_rebuild(guard, settings, redis_client):
+    from worker.judge import budget_key
+
+    guard.reserve(1, 0.2)
+    ledger(settings, 1, 0.10, operation="inference")
+    guard.settle(1, 0.10)
+    guard.reserve(budget_key(1), 0.3)  # the judge of the same job, reserved under its own key
+    ledger(settings, 1, 0.05, operation="judge")
+    redis_client.flushdb()  # Redis lost between the judge's ledger row and its settle
+    guard.settle(budget_key(1), 0.05)
+    guard.settle(1, 0.10)
+    state = guard.status()
+    assert state["spent_usd"] == pytest.approx(0.15) and state["reserved_usd"] == 0
+
+
 def test_concurrent_rebuilds_install_one_consistent_state(guard, settings, redis_client):
     for job_id in range(5):
         ledger(settings, job_id, 0.01)
