@@ -106,11 +106,17 @@ def _refuse_while_halted(settings) -> None:
 
 def _dry_run(settings, selection, as_json: bool) -> None:
     from shared.budget import estimate_run_cost
+    from shared.calls import judge_worst_case
 
     estimate = estimate_run_cost(settings, selection.suite, selection.agents, selection.backends, selection.limit)
     if settings.reuse.enabled:
         migrate(settings.database_url)
         _apply_reuse(estimate, submitting.reuse_savings(settings, selection))
+    judged = judge_worst_case(settings, selection)
+    if judged["calls"]:  # grades are paid too, whether the answer is reused or not
+        estimate["judge"] = judged
+        estimate["estimated_cost_usd"] = round(estimate["estimated_cost_usd"] + judged["cost_usd"], 6)
+        estimate["within_budget"] = estimate["estimated_cost_usd"] <= estimate["remaining_usd"]
     try:
         remaining = BudgetGuard.from_settings(settings).status()["remaining_usd"]
         estimate["remaining_usd"] = remaining
@@ -133,6 +139,8 @@ def _dry_run(settings, selection, as_json: bool) -> None:
         saved = estimate["reuse"]
         console.print(f"reuse: {saved['calls_saved']} of {estimate['jobs']} calls take an earlier answer, saving "
                       f"≤ ${saved['saved_usd']:.4f} (those answers cost ${saved['paid_before_usd']:.4f} when paid)")
+    if "judge" in estimate:
+        console.print(f"judge: {estimate['judge']['calls']} grading calls, ≤ ${estimate['judge']['cost_usd']:.4f}")
     fits = "fits" if estimate["within_budget"] else "does NOT fit"
     console.print(f"estimated ≤ ${estimate['estimated_cost_usd']:.4f}; {fits} the remaining budget "
                   f"(${estimate['remaining_usd']:.2f}). Nothing was enqueued.")

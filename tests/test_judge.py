@@ -38,9 +38,12 @@ def rows(run_id: str):
     return jobs, entries
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
 def test_judged_jobs_are_graded_by_the_judge_backend_and_ledgered_as_judge(start_worker, simulator):
     from shared.suite import load_suite
 
+    dry = json.loads(producer("submit", *SELECTION, "--dry-run", "--json").stdout)
+    assert dry["judge"]["calls"] == JOBS and dry["judge"]["cost_usd"] > 0
     start_worker("w1", concurrency=8)
     run_id = submit()
     snap = wait_until_reported(run_id)
@@ -105,10 +108,11 @@ def test_the_budget_guard_halts_on_judge_spend(start_worker, simulator, monkeypa
 
     config = (ROOT / "config" / "genesis.toml").read_text() + (
         '\n[pricing."gpt-judge-xl"]\ninput_per_mtok = 500.0\noutput_per_mtok = 500.0\n'
-        '\n[judge]\nbackend = "openai"\nmodel = "gpt-judge-xl"\nmax_tokens = 200\n'
     )
     (tmp_path / "judge.toml").write_text(config)
-    for name, value in {"GENESIS_CONFIG": str(tmp_path / "judge.toml"), "GENESIS_BUDGET__LIMIT_USD": "1.0"}.items():
+    overrides = {"GENESIS_CONFIG": str(tmp_path / "judge.toml"), "GENESIS_BUDGET__LIMIT_USD": "1.0",
+                 "GENESIS_JUDGE__MODEL": "gpt-judge-xl"}
+    for name, value in overrides.items():
         genesis[name] = value
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()

@@ -100,6 +100,7 @@ def test_new_fine_tuned_ids_are_paid_and_everything_else_is_reused(start_worker,
     assert {e.backend for e in ledger(second)} == {"mistral-ft"} and len(ledger(second)) == 6
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
 def test_two_concurrent_runs_with_reuse_pay_once_per_request(start_worker, simulator):
     simulator.update(latency_ms=150)
     start_worker("w1", concurrency=8)

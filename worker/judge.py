@@ -18,9 +18,10 @@ from shared.budget import BudgetRefused, call_cost, worst_case_cost
 from shared.config import get_settings
 from shared.limiter import Permit
 from shared.models import CostEntry
-from shared.providers import ChatRequest, ChatResponse, ProviderError, complete
+from shared.calls import judge_request
+from shared.providers import ChatResponse, ProviderError, complete
 from shared.retry import backoff_delay, retry_after_from_headers
-from shared.scoring.judge import JUDGE_SYSTEM, JudgeReplyError, read_judge_reply
+from shared.scoring.judge import JudgeReplyError, read_judge_reply
 from shared.tokens import estimate_prompt_tokens
 from worker import jobs
 from worker.app import app
@@ -41,10 +42,8 @@ def grade(task: Any, job: jobs.ClaimedJob, suite_task: Any, answer: str, svc: An
     """Judge a recorded answer and store the grade; returns the job's status (or raises a
     Celery Retry). `svc` holds the worker's limiter and budget guard."""
     settings = get_settings()
-    provider, model = settings.judge_model(job.agent)
-    prompt = suite_task.scorer.prompt(suite_task.prompt, answer)
-    request = ChatRequest(model=model, prompt=prompt, system=JUDGE_SYSTEM, max_tokens=settings.judge.max_tokens,
-                          timeout_s=settings.retry.call_timeout_s)
+    provider, request = judge_request(settings, job.agent, suite_task, answer)
+    model = request.model
     tokens = estimate_prompt_tokens(request.prompt, request.system) + request.max_tokens
     key = budget_key(job.id)
     try:
