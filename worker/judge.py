@@ -14,6 +14,8 @@ import logging
 import random
 from typing import Any
 
+from celery.exceptions import Retry
+
 from shared.budget import BudgetRefused, call_cost, worst_case_cost
 from shared.config import get_settings
 from shared.limiter import Permit
@@ -104,6 +106,8 @@ def _record(task: Any, job: jobs.ClaimedJob, response: ChatResponse, cost: float
             _ledger_unattached(job, response, cost, model, svc, "duplicate judge call for an already judged job")
             recorded = True
         return "ok"
+    except Retry:  # an unparseable grade going back to the queue: already ledgered and released
+        raise
     except Exception:
         if not recorded:  # e.g. the database went away: the judge call still cost money
             _quietly(_ledger_unattached, job, response, cost, model, svc, "judge result not stored")
