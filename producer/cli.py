@@ -54,11 +54,14 @@ def submit(
     limit: Annotated[Optional[int], typer.Option(help="First N tasks per agent (smoke runs).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and estimate cost; enqueue nothing.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Show progress until the report exists.")] = False,
+    reuse: Annotated[bool, typer.Option("--reuse", help="Take identical earlier ok answers instead of paying again.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Enqueue one job per (agent, task, backend) and print the run id."""
     try:
         settings = get_settings()
+        if reuse:
+            settings = submitting.with_reuse(settings)
         selection = submitting.select_work(
             settings, agents=agent or [], all_agents=all_agents, backends=backend or [], suite=suite, limit=limit,
             check_keys=not dry_run,
@@ -105,8 +108,17 @@ def _refuse_while_halted(settings) -> None:
 
 def _dry_run(settings, selection, as_json: bool) -> None:
     from shared.budget import estimate_run_cost
+    from shared.calls import judge_worst_case
 
     estimate = estimate_run_cost(settings, selection.suite, selection.agents, selection.backends, selection.limit)
+    if settings.reuse.enabled:
+        migrate(settings.database_url)
+        _apply_reuse(estimate, submitting.reuse_savings(settings, selection))
+    judged = judge_worst_case(settings, selection)
+    if judged["calls"]:  # grades are paid too, whether the answer is reused or not
+        estimate["judge"] = judged
+        estimate["estimated_cost_usd"] = round(estimate["estimated_cost_usd"] + judged["cost_usd"], 6)
+        estimate["within_budget"] = estimate["estimated_cost_usd"] <= estimate["remaining_usd"]
     try:
         remaining = BudgetGuard.from_settings(settings).status()["remaining_usd"]
         estimate["remaining_usd"] = remaining
@@ -117,14 +129,33 @@ def _dry_run(settings, selection, as_json: bool) -> None:
         _emit_json(estimate)
         return
     table = Table(title=f"dry run: {estimate['jobs']} jobs (worst case: every answer uses max_tokens)")
-    for column in ("backend", "jobs", "input tokens", "output tokens", "cost USD"):
+    reusing = "reuse" in estimate
+    for column in ("backend", "jobs", *(("reused",) if reusing else ()), "input tokens", "output tokens", "cost USD"):
         table.add_column(column, justify="right" if column != "backend" else "left")
     for name, row in estimate["by_backend"].items():
-        table.add_row(name, str(row["jobs"]), str(row["input_tokens"]), str(row["output_tokens"]), f"{row['cost_usd']:.4f}")
+        reused = (str(row["reused"]),) if reusing else ()
+        table.add_row(name, str(row["jobs"]), *reused, str(row["input_tokens"]), str(row["output_tokens"]),
+                      f"{row['cost_usd']:.4f}")
     console.print(table)
+    if "reuse" in estimate:
+        saved = estimate["reuse"]
+        console.print(f"reuse: {saved['calls_saved']} of {estimate['jobs']} calls take an earlier answer, saving "
+                      f"≤ ${saved['saved_usd']:.4f} (those answers cost ${saved['paid_before_usd']:.4f} when paid)")
+    if "judge" in estimate:
+        console.print(f"judge: {estimate['judge']['calls']} grading calls, ≤ ${estimate['judge']['cost_usd']:.4f}")
     fits = "fits" if estimate["within_budget"] else "does NOT fit"
     console.print(f"estimated ≤ ${estimate['estimated_cost_usd']:.4f}; {fits} the remaining budget "
                   f"(${estimate['remaining_usd']:.2f}). Nothing was enqueued.")
+
+
+def _apply_reuse(estimate: dict, savings: dict) -> None:
+    """The estimate without the calls reuse saves (the table then shows what will be paid)."""
+    estimate["reuse"] = savings
+    for name, row in estimate["by_backend"].items():
+        row["reused"] = savings["by_backend"][name]["reused"]
+        row["cost_usd"] = round(max(0.0, row["cost_usd"] - savings["by_backend"][name]["saved_usd"]), 6)
+    estimate["estimated_cost_usd"] = round(sum(row["cost_usd"] for row in estimate["by_backend"].values()), 6)
+    estimate["within_budget"] = estimate["estimated_cost_usd"] <= estimate["remaining_usd"]
 
 
 def _wait_for_report(run_id: str, *, quiet: bool) -> dict[str, Any]:

@@ -14,10 +14,11 @@ from celery import chord
 from sqlalchemy import update
 from sqlmodel import select
 
+from shared.calls import job_request, request_key
 from shared.config import ConfigError, Settings
 from shared.db import session_scope
 from shared.models import Job, JobStatus, Run, RunStatus, utcnow
-from shared.providers import PROVIDER_ENV, credentials
+from shared.providers import credentials, key_env, queue_for
 from shared.suite import SUITES_DIR, Suite, load_suite
 
 
@@ -41,8 +42,8 @@ def select_work(
         raise ConfigError(f"--limit must be a positive number of tasks per agent (got {limit})")
     loaded = load_suite(suite or settings.suite)
     known_agents = settings.agents.names
-    if all_agents:
-        chosen_agents = list(known_agents)
+    if all_agents:  # every configured agent the suite has tasks for (genesis-judge covers three)
+        chosen_agents = [a for a in known_agents if loaded.tasks_for(a)] or list(known_agents)
     elif agents:
         chosen_agents = list(dict.fromkeys(agents))
     else:
@@ -59,10 +60,8 @@ def select_work(
     for backend in chosen_backends:
         if backend not in settings.backends:
             raise ConfigError(f"unknown backend {backend!r} (known: {', '.join(settings.backends)})")
-    missing_keys = sorted({
-        PROVIDER_ENV[settings.backends[b].provider][0] for b in chosen_backends
-        if PROVIDER_ENV[settings.backends[b].provider][0] not in os.environ
-    })
+    needed_keys = {key_env(settings.backends[b].provider) for b in chosen_backends}
+    missing_keys = sorted(var for var in needed_keys if var not in os.environ)
     if check_keys and missing_keys:
         raise ConfigError(
             f"missing {', '.join(missing_keys)} in the environment for the selected backends "
@@ -71,6 +70,13 @@ def select_work(
     for backend in chosen_backends:
         for agent in chosen_agents:
             settings.price_for(settings.model_for(backend, agent))  # raises on a missing id or price
+    judged = [a for a in chosen_agents if any(not t.scorer.local for t in loaded.tasks_for(a, limit))]
+    for agent in judged:  # the judge backend must exist, be priced and have its key
+        provider, model = settings.judge_model(agent)
+        settings.price_for(model)
+        if check_keys and key_env(provider) not in os.environ:
+            raise ConfigError(f"missing {key_env(provider)} in the environment for the judge backend "
+                              f"{settings.judge.backend!r}")
     return Selection(loaded, chosen_agents, chosen_backends, limit)
 
 
@@ -113,8 +119,7 @@ def record_run(settings: Settings, selection: Selection) -> tuple[str, list[tupl
         ))
         session.flush()
         jobs = [
-            Job(run_id=run_id, agent=agent, task_id=task.id, difficulty=task.difficulty, backend=backend,
-                provider=settings.backends[backend].provider, model=settings.model_for(backend, agent))
+            new_job(settings, run_id, agent, task, backend)
             for agent in selection.agents
             for task in selection.suite.tasks_for(agent, selection.limit)
             for backend in selection.backends
@@ -126,11 +131,32 @@ def record_run(settings: Settings, selection: Selection) -> tuple[str, list[tupl
         return run_id, [(job.id, job.provider) for job in jobs]
 
 
+def new_job(settings: Settings, run_id: str, agent: str, task, backend: str) -> Job:
+    """A queued job, keyed by the request it will send (what reuse matches on)."""
+    provider, model = settings.backends[backend].provider, settings.model_for(backend, agent)
+    return Job(run_id=run_id, agent=agent, task_id=task.id, difficulty=task.difficulty, backend=backend,
+               provider=provider, model=model, request_key=request_key(provider, job_request(settings, backend, model, task)))
+
+
+def with_reuse(settings: Settings) -> Settings:
+    """`submit --reuse`: the run's config snapshot says so, and the workers read it from there."""
+    return settings.model_copy(update={"reuse": settings.reuse.model_copy(update={"enabled": True})})
+
+
+def reuse_savings(settings: Settings, selection: Selection) -> dict:
+    """What `--reuse` would save on this selection now (an estimate: earlier answers may age out)."""
+    from shared.reuse import estimate_savings
+
+    simulated = simulator_settings({settings.backends[b].provider for b in selection.backends}) is not None
+    with session_scope() as session:
+        return estimate_savings(session, settings, selection, simulated=simulated)
+
+
 def enqueue(run_id: str, jobs: list[tuple[int, str]]) -> None:
     """One chord: a run_job per job on its provider's queue; build_report on `reports`."""
     from worker.app import REPORTS_QUEUE, app
 
-    header = [app.signature("genesis.run_job", args=(job_id,), queue=provider, immutable=True)
+    header = [app.signature("genesis.run_job", args=(job_id,), queue=queue_for(provider), immutable=True)
               for job_id, provider in jobs]
     body = app.signature("genesis.build_report", kwargs={"run_id": run_id}, queue=REPORTS_QUEUE)
     chord(header, app=app)(body)

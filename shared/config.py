@@ -21,8 +21,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-Provider = Literal["openai", "anthropic", "mistral"]
-PROVIDERS: tuple[str, ...] = ("openai", "anthropic", "mistral")
+from shared.providers.registry import PROVIDER_NAMES
+
+Provider = Literal[PROVIDER_NAMES]  # type: ignore[valid-type]  # derived from the provider registry
+PROVIDERS: tuple[str, ...] = PROVIDER_NAMES
 DEFAULT_CONFIG_PATH = "config/genesis.toml"
 
 
@@ -92,6 +94,22 @@ class DecisionConfig(BaseModel):
     seed: int = 20261201
 
 
+class ReuseConfig(BaseModel):
+    """Take an identical earlier `ok` answer instead of paying again (off unless enabled here
+    or by `submit --reuse`); answers older than max_age_days are not reused."""
+
+    enabled: bool = False
+    max_age_days: float = Field(default=30, gt=0)
+
+
+class JudgeConfig(BaseModel):
+    """The backend that grades `judge` scorers; `model` defaults to that backend's own model."""
+
+    backend: str = "openai"
+    model: str | None = None
+    max_tokens: int = Field(default=200, gt=0)
+
+
 class RetryConfig(BaseModel):
     max_attempts: int = Field(default=5, ge=1)
     backoff_base_s: float = 1.0
@@ -122,6 +140,8 @@ class Settings(BaseSettings):
     decision: DecisionConfig = DecisionConfig()
     retry: RetryConfig = RetryConfig()
     worker: WorkerConfig = WorkerConfig()
+    reuse: ReuseConfig = ReuseConfig()
+    judge: JudgeConfig = JudgeConfig()
     # Where relative paths in the TOML (model_id_file) are resolved from; set by load_settings.
     config_dir: str = "."
 
@@ -169,6 +189,12 @@ class Settings(BaseSettings):
         if b.model:
             return b.model
         raise ConfigError(f"backend {backend!r}: no model id for agent {agent!r}")
+
+    def judge_model(self, agent: str) -> tuple[str, str]:
+        """(provider, model) of the judge that grades an agent's `judge` tasks."""
+        if self.judge.backend not in self.backends:
+            raise ConfigError(f"[judge] backend {self.judge.backend!r} is not a backend (known: {', '.join(self.backends)})")
+        return self.backends[self.judge.backend].provider, self.judge.model or self.model_for(self.judge.backend, agent)
 
     def _resolve(self, relative: str) -> Path:
         """A path from the TOML: as given, else next to the config file or its parent."""

@@ -74,17 +74,24 @@ class Job(SQLModel, table=True):
     worker: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # What would be sent (shared.calls.request_key): identical keys, identical answers at temperature 0.
+    request_key: str | None = Field(default=None, index=True, max_length=64)
+    # Set when the answer was taken from an earlier paid job (submit --reuse): no call, $0.
+    reused_from_job_id: int | None = None
+    reused_from_run_id: str | None = Field(default=None, max_length=32)
 
 
 class CostEntry(SQLModel, table=True):
-    """The ledger. job_id is unique when set, so a redelivered job never costs twice."""
+    """The ledger. (job_id, operation) is unique when job_id is set, so a redelivered job never
+    costs twice, while its judge call (operation `judge`) is a second entry of the same job."""
 
     __tablename__ = "cost_entry"
+    __table_args__ = (UniqueConstraint("job_id", "operation", name="uq_cost_entry_job_operation"),)
 
     id: int | None = Field(default=None, primary_key=True)
     at: datetime = Field(default_factory=utcnow, index=True)
     run_id: str | None = Field(default=None, index=True, max_length=32)
-    job_id: int | None = Field(default=None, unique=True)
+    job_id: int | None = None
     agent: str | None = None
     backend: str | None = None
     model: str | None = None

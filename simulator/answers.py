@@ -1,16 +1,20 @@
-"""What a simulated model says: it knows the suite's expected answers and is right with the
+"""What a simulated model says: it knows the suites' expected answers and is right with the
 probability its quality gives. The draw hashes (seed, model, prompt) instead of using an RNG,
-so a run is reproducible and a retried call gets the same answer whatever the arrival order."""
+so a run is reproducible and a retried call gets the same answer whatever the arrival order.
+A judge prompt (shared.scoring.judge) is graded from its rubric and answer (simulator.judging)."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
 
-from shared.scoring import reference_answer, wrong_answer
-from shared.suite import Suite, load_suite
+from shared.scoring import reference_answer
+from shared.scoring.judge import read_judge_prompt
+from shared.suite import Suite, SuiteTask, load_suite
 
+from simulator.judging import GARBAGE_REPLY, judge_reply
 from simulator.text import generic_reply
+from simulator.wrong import wrong_answer
 
 
 @dataclass(frozen=True)
@@ -30,15 +34,24 @@ def draw_for(seed: int, model: str, prompt: str) -> Draw:
 
 
 class Oracle:
-    """Answers prompts for one suite (or none: then every prompt gets a generic reply)."""
+    """Answers prompts for one or more suites (comma-separated names or folders; none: every
+    prompt gets a generic reply). `suite` is the first, for callers that know only one."""
 
-    def __init__(self, suite_name: str | None) -> None:
-        self.suite_name = suite_name
-        self.suite: Suite | None = load_suite(suite_name) if suite_name else None
+    def __init__(self, suite_names: str | None) -> None:
+        self.suite_name = suite_names
+        names = [n.strip() for n in (suite_names or "").split(",") if n.strip()]
+        self.suites: list[Suite] = [load_suite(name) for name in names]
+        self.suite: Suite | None = self.suites[0] if self.suites else None
 
-    def answer(self, prompt: str, model: str, quality: float, seed: int) -> str:
+    def task_for(self, prompt: str) -> SuiteTask | None:
+        return next((t for s in self.suites if (t := s.by_prompt(prompt)) is not None), None)
+
+    def answer(self, prompt: str, model: str, quality: float, seed: int, *, judge_garbage: bool = False) -> str:
+        judged = read_judge_prompt(prompt)
+        if judged is not None:
+            return GARBAGE_REPLY if judge_garbage else judge_reply(judged)
         draw = draw_for(seed, model, prompt)
-        task = self.suite.by_prompt(prompt) if self.suite is not None else None
+        task = self.task_for(prompt)
         if task is None:
             return generic_reply(draw.variant)
         if draw.uniform < quality:

@@ -23,6 +23,8 @@ class SimulatorConfig(BaseModel):
     - usage_scale: the usage a 200 reports (and bills) is the tokens served × this; above 1 a
       call costs more than a client's estimate of it.
     - omit_usage_rate: probability of a 200 without a usage block (as some gateways answer).
+    - judge_garbage_rate: probability a judge prompt is answered with prose instead of a grade.
+    - suite: the suites whose answers it knows, comma-separated names or folders.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -39,9 +41,10 @@ class SimulatorConfig(BaseModel):
     malformed_rate: float = Rate
     usage_scale: float = Field(default=1.0, ge=0.0)
     omit_usage_rate: float = Rate
+    judge_garbage_rate: float = Rate
     default_max_tokens: int = Field(default=1024, gt=0)
     seed: int = 7
-    suite: str | None = "genesis-custom"
+    suite: str | None = "genesis-custom,genesis-judge"
 
     @field_validator("quality")
     @classmethod

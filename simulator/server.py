@@ -102,7 +102,8 @@ class Simulator:
         if fault is not None and fault.isdigit():
             return injected_error_reply(request, int(fault), limit_headers)
 
-        answer = oracle.answer(request.last_user_text, request.model, config.quality_for(request.model), config.seed)
+        answer = oracle.answer(request.last_user_text, request.model, config.quality_for(request.model), config.seed,
+                               judge_garbage=self._judge_garbage(config))
         text, output_tokens, truncated = truncate_to_tokens(answer, max_tokens)
         billed = (round(request.prompt_tokens * config.usage_scale), round(output_tokens * config.usage_scale))
         completion = Completion(text, *billed, truncated)
@@ -145,6 +146,13 @@ class Simulator:
             return False
         with self._lock:
             return self._rng.random() < config.omit_usage_rate
+
+    def _judge_garbage(self, config: SimulatorConfig) -> bool:
+        """Whether a judge prompt gets an unparseable reply (drawn only when the knob is set)."""
+        if not config.judge_garbage_rate:
+            return False
+        with self._lock:
+            return self._rng.random() < config.judge_garbage_rate
 
     def _latency_s(self, config: SimulatorConfig) -> float:
         with self._lock:

@@ -227,3 +227,22 @@ def png_varied_rows(path: Path) -> tuple[int, int, float]:
         line = raw[row * (stride + 1) + 1:(row + 1) * (stride + 1)]
         varied += any(len(set(line[channels + c::channels])) > 1 for c in range(channels))
     return width, height, varied / (height - 1)
+
+
+def producer(*args: str):
+    """The `producer` CLI in this process, as a user would run it (stdout and stderr apart)."""
+    from typer.testing import CliRunner
+
+    from producer.cli import app
+
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def wait_until_reported(run_id: str, timeout: float = 120) -> dict:
+    from producer.cli import run_snapshot
+
+    def reported():
+        snap = run_snapshot(run_id)
+        return snap if snap["status"] in ("completed", "halted", "cancelled") and snap["report"] else None
+
+    return wait_for(reported, timeout=timeout, interval=0.3, what=f"run {run_id} to be reported")

@@ -431,7 +431,7 @@ def test_reconcile_releases_or_settles_what_sql_says_is_not_running(guard, setti
         guard.reserve(job_id, 0.05)
     ledger(settings, 2, 0.03)  # its worker committed the result, then died before settling
     done = guard.reconcile()
-    assert (sorted(done.released), done.settled) == ([3, 4, 5, 99], [2])
+    assert (sorted(done.released), done.settled) == (["3", "4", "5", "99"], ["2"])
     state = guard.status()
     assert state["reserved_usd"] == pytest.approx(0.05)  # job 1's call may still be in flight
     assert state["spent_usd"] == pytest.approx(0.03)
@@ -475,6 +475,21 @@ def test_waiting_never_halts_and_the_halt_comes_once_the_ledger_is_full(guard):
     state = guard.status()
     assert state["halted"] and state["level"] == "emergency"
     assert state["spent_usd"] >= 0.83 - 0.10
+
+
+def test_a_jobs_judge_call_settles_apart_from_its_answer_and_survives_a_rebuild(guard, settings, redis_client):
+    from worker.judge import budget_key
+
+    guard.reserve(1, 0.2)
+    ledger(settings, 1, 0.10, operation="inference")
+    guard.settle(1, 0.10)
+    guard.reserve(budget_key(1), 0.3)  # the judge of the same job, reserved under its own key
+    ledger(settings, 1, 0.05, operation="judge")
+    redis_client.flushdb()  # Redis lost between the judge's ledger row and its settle
+    guard.settle(budget_key(1), 0.05)
+    guard.settle(1, 0.10)
+    state = guard.status()
+    assert state["spent_usd"] == pytest.approx(0.15) and state["reserved_usd"] == 0
 
 
 def test_concurrent_rebuilds_install_one_consistent_state(guard, settings, redis_client):

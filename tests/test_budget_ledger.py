@@ -113,7 +113,7 @@ def test_a_worker_killed_between_call_and_settle_leaves_no_reservation_behind(st
     with session_scope() as session:  # one is given back to the queue (as the recovery sweep does)
         first = session.exec(select(Job.id).where(Job.run_id == run_id, Job.status == JobStatus.running)).first()
         session.execute(update(Job).where(Job.id == first).values(status=JobStatus.queued))
-    assert guard.reconcile().released == [first]
+    assert guard.reconcile().released == [str(first)]
     assert 0 < guard.status()["reserved_usd"] < leaked
 
     with session_scope() as session:  # the others' lease passes: `producer resume` runs them again

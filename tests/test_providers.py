@@ -50,3 +50,16 @@ def test_keys_are_scrubbed_from_error_messages(monkeypatch):
     assert "sk-proj-" not in scrub_secrets("key sk-proj-****abcd was rejected")
     assert scrub_secrets("a key-value store for task-12345") == "a key-value store for task-12345"
     assert isinstance(err, ProviderError)
+
+
+def test_config_queues_and_key_checks_derive_from_the_provider_registry() -> None:
+    from typing import get_args
+
+    from shared.config import Provider
+    from shared.providers import PROVIDERS, key_env, queue_for
+    from worker.app import PROVIDER_QUEUES, app
+
+    assert set(get_args(Provider)) == set(PROVIDERS) == {"openai", "anthropic", "mistral"}
+    assert set(PROVIDER_QUEUES) == {queue_for(name) for name in PROVIDERS}
+    assert {q.name for q in app.conf.task_queues} == set(PROVIDER_QUEUES) | {"reports"}
+    assert key_env("anthropic") == "ANTHROPIC_API_KEY" and PROVIDERS["openai"].base_url_env == "OPENAI_BASE_URL"

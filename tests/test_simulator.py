@@ -21,7 +21,8 @@ from mistralai.client import Mistral
 from mistralai.client.errors import ResponseValidationError, SDKError
 from typer.testing import CliRunner
 
-from shared.scoring import WRONG_MAX_SCORE, score
+from shared.scoring import score
+from simulator.wrong import WRONG_MAX_SCORE
 from shared.suite import load_suite
 from simulator.answers import Oracle
 from simulator.cli import simulator_command

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from shared.config import ConfigError
-from shared.scoring import SCORER_TYPES, reference_answer, score, wrong_answer
-from shared.suite import SUITES_DIR, Suite, SuiteError, load_suite, resolve_suite_path
+from shared.scoring import SCORER_TYPES, reference_answer, score
+from simulator.wrong import wrong_answer
+from shared.suite import SUITES_DIR, Suite, SuiteError, SuiteTask, load_suite, resolve_suite_path
 
 AGENTS = ["analyst", "content", "legal", "qa", "support"]
 
@@ -42,7 +43,7 @@ def test_difficulty_is_spread_within_each_agent(suite: Suite) -> None:
 
 
 def test_every_scorer_type_is_used(suite: Suite) -> None:
-    assert {t.scorer["type"] for t in suite.tasks} == set(SCORER_TYPES)
+    assert {t.scorer.type for t in suite.tasks} == set(SCORER_TYPES) - {"judge"}  # judge: genesis-judge
 
 
 def test_prompts_are_unique_and_found_by_prompt(suite: Suite) -> None:
@@ -55,7 +56,7 @@ def test_prompts_are_unique_and_found_by_prompt(suite: Suite) -> None:
 
 def test_tasks_are_json_serialisable_with_sensible_max_tokens(suite: Suite) -> None:
     for task in suite.tasks:
-        assert json.loads(json.dumps(task.model_dump()))["scorer"] == task.scorer
+        assert SuiteTask.model_validate(json.loads(json.dumps(task.model_dump(exclude_none=True)))) == task
         assert 8 <= task.max_tokens <= 512
 
 
@@ -189,3 +190,19 @@ def test_folder_without_jsonl_or_tasks_is_an_error(tmp_path: Path) -> None:
     (empty / "qa.jsonl").write_text("\n\n")
     with pytest.raises(SuiteError, match="no tasks"):
         load_suite(str(empty))
+
+
+def test_the_judge_suite_has_rubric_graded_variants_the_simulated_judge_grades_sensibly() -> None:
+    from simulator.judging import rubric_grade
+    from simulator.wrong import WRONG_MAX_SCORE
+
+    judged = load_suite("genesis-judge")
+    assert judged.agents() == ["content", "legal", "support"]
+    for agent in judged.agents():
+        tasks = judged.tasks_for(agent)
+        assert len(tasks) == 5 and {t.difficulty for t in tasks} == {"easy", "medium", "hard"}
+        for task in tasks:
+            assert task.scorer.type == "judge" and len(task.scorer.rubric) >= 3
+            assert rubric_grade(task.scorer.rubric, reference_answer(task))[0] == 1.0, task.key
+            for seed in range(5):
+                assert rubric_grade(task.scorer.rubric, wrong_answer(task, seed))[0] <= WRONG_MAX_SCORE, task.key

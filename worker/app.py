@@ -12,8 +12,7 @@ from celery import Celery, signals
 from kombu import Queue
 
 from shared.config import Settings, get_settings
-
-PROVIDER_QUEUES: tuple[str, ...] = ("openai", "anthropic", "mistral")
+from shared.providers.registry import PROVIDER_QUEUES
 REPORTS_QUEUE = "reports"
 
 

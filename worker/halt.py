@@ -16,7 +16,8 @@ from celery.signals import worker_ready
 from celery.worker.control import control_command
 
 from shared.budget import BudgetGuard
-from shared.config import PROVIDERS, get_settings
+from shared.config import get_settings
+from shared.providers.registry import PROVIDER_QUEUES
 
 log = logging.getLogger("genesis.halt")
 
@@ -30,7 +31,7 @@ _own_provider_queues: list[str] = []
 
 def stop_provider_consumers(app: Celery) -> None:
     """Every worker, on every host, cancels its provider consumers (a broadcast)."""
-    for queue in PROVIDERS:
+    for queue in PROVIDER_QUEUES:
         app.control.cancel_consumer(queue)
 
 
@@ -51,7 +52,7 @@ def genesis_restore_provider_queues(state: Any, **_: Any) -> dict:
 def keep_provider_queues_stopped_while_halted(sender: Any, **_: Any) -> None:
     """Remembers this worker's provider queues (for a restore); a worker started during a halt
     must not consume paid work either. `sender` is its consumer."""
-    _own_provider_queues[:] = [q.name for q in sender.task_consumer.queues if q.name in PROVIDERS]
+    _own_provider_queues[:] = [q.name for q in sender.task_consumer.queues if q.name in PROVIDER_QUEUES]
     settings = get_settings()
     try:
         halted = BudgetGuard(redis.Redis.from_url(settings.redis_url), settings).is_halted()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError
@@ -102,10 +103,12 @@ def finish_halted(job_id: int, reason: str) -> None:
         )
 
 
-def finish_ok(job: ClaimedJob, *, output: str, score: float, detail: str, latency_ms: float,
-              input_tokens: int, output_tokens: int, cost_usd: float, source: str = "api") -> bool:
+def finish_ok(job: ClaimedJob, *, output: str, score: float | None, detail: str, latency_ms: float,
+              input_tokens: int, output_tokens: int, cost_usd: float, source: str = "api",
+              final: bool = True) -> bool:
     """Store the result and its ledger entry in one transaction. Returns False when the
-    ledger already had this job (a redelivery): nothing is written twice."""
+    ledger already had this job (a redelivery): nothing is written twice. `final=False` keeps
+    the job running: its paid answer is recorded and waits for its judge (finish_judged)."""
     try:
         with session_scope() as session:
             session.add(CostEntry(
@@ -115,9 +118,48 @@ def finish_ok(job: ClaimedJob, *, output: str, score: float, detail: str, latenc
             ))
             session.execute(
                 update(Job).where(Job.id == job.id).values(
-                    status=JobStatus.ok, output=output, score=score, scorer_detail=detail,
+                    status=JobStatus.ok if final else JobStatus.running, output=output, score=score, scorer_detail=detail,
                     latency_ms=latency_ms, input_tokens=input_tokens, output_tokens=output_tokens,
                     cost_usd=cost_usd, error_type=None, error_message=None, finished_at=utcnow(),
+                )
+            )
+        return True
+    except IntegrityError:
+        return False
+
+
+def recorded_answer(job_id: int) -> str | None:
+    """The answer an earlier delivery recorded for a job still waiting for its judge."""
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        return job.output if job is not None and job.status == JobStatus.running else None
+
+
+def finish_reused(job: ClaimedJob, source: Any, *, score: float | None, detail: str, final: bool) -> None:
+    """Take an earlier job's answer (shared.reuse): no call, no ledger entry, $0, and the
+    source named; `final=False` leaves it running for its judge, like finish_ok."""
+    with session_scope() as session:
+        session.execute(
+            update(Job).where(Job.id == job.id, Job.status == JobStatus.running).values(
+                status=JobStatus.ok if final else JobStatus.running, output=source.output, score=score,
+                scorer_detail=detail, latency_ms=source.latency_ms, input_tokens=source.input_tokens,
+                output_tokens=source.output_tokens, cost_usd=0.0, reused_from_job_id=source.job_id,
+                reused_from_run_id=source.run_id, error_type=None, error_message=None,
+                finished_at=utcnow() if final else None,
+            )
+        )
+
+
+def finish_judged(job: ClaimedJob, entry: CostEntry, *, score: float, detail: str) -> bool:
+    """The judge's grade and its ledger entry (operation `judge`) in one transaction; False
+    when this job's judge call is already ledgered (a redelivery): nothing is written twice."""
+    try:
+        with session_scope() as session:
+            session.add(entry)
+            session.execute(
+                update(Job).where(Job.id == job.id, Job.status == JobStatus.running).values(
+                    status=JobStatus.ok, score=score, scorer_detail=detail, error_type=None, error_message=None,
+                    finished_at=utcnow(),
                 )
             )
         return True

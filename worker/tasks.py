@@ -24,16 +24,17 @@ from shared.budget import (
     max_output_tokens,
     task_worst_case,
 )
+from shared.calls import job_request
 from shared.config import get_settings
 from shared.limiter import Permit, RateLimiter
 from shared.models import CostEntry
-from shared.providers import ChatRequest, ChatResponse, ProviderError, complete, scrub_secrets
+from shared.providers import ChatResponse, ProviderError, complete, scrub_secrets
 from shared.retry import backoff_delay, retry_after_from_headers
 from shared.runs import publish_report
 from shared.scoring import ScoreResult, score
 from shared.suite import load_suite, run_suite_folder
 from shared.tokens import estimate_prompt_tokens
-from worker import jobs
+from worker import jobs, judge, reuse
 from worker.app import app
 from worker.halt import stop_provider_consumers
 
@@ -157,6 +158,11 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
     suite_task = load_suite(run_suite_folder(job.suite)).get(job.agent, job.task_id)
     max_tokens = max_output_tokens(settings, job.backend, suite_task.max_tokens)
     est_input = estimate_prompt_tokens(suite_task.prompt, suite_task.system)
+    if not suite_task.scorer.local and (answer := jobs.recorded_answer(job.id)) is not None:
+        return judge.grade(task, job, suite_task, answer, svc)  # paid for already: only the judge again
+    request = job_request(settings, job.backend, job.model, suite_task)
+    if (reused := reuse.take_earlier_answer(task, job, suite_task, request, svc)) is not None:
+        return reused
 
     try:
         svc.budget.reserve(job.id, task_worst_case(settings, suite_task, job.backend, job.model), run_id=job.run_id)
@@ -178,10 +184,6 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
         jobs.requeue(job.id, uncount=True)  # no call was made: not an attempt
         raise task.retry(countdown=permit + random.uniform(0, 0.25))
 
-    request = ChatRequest(
-        model=job.model, prompt=suite_task.prompt, system=suite_task.system,
-        max_tokens=max_tokens, timeout_s=settings.retry.call_timeout_s,
-    )
     try:
         response = complete(job.provider, request)
     except ProviderError as err:
@@ -201,6 +203,7 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
     recorded = jobs.finish_ok(
         job, output=response.text, score=result.score, detail=result.detail, latency_ms=response.latency_ms,
         input_tokens=response.input_tokens, output_tokens=response.output_tokens, cost_usd=cost, source=source,
+        final=suite_task.scorer.local,
     )
     delivery.paid = None
     if recorded:
@@ -210,6 +213,8 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
         record_unattached_payment(job, response, cost, "duplicate call for an already recorded job")
     delivery.reserved = False
     _best_effort(svc.limiter.observe, job.provider, job.model, response.headers)
+    if recorded and not suite_task.scorer.local:
+        return judge.grade(task, job, suite_task, response.text, svc)
     return "ok"
 
 
@@ -222,6 +227,8 @@ def _with_usage(suite_task, response: ChatResponse) -> tuple[ChatResponse, str]:
 
 
 def _score(suite_task, text: str) -> ScoreResult:
+    if not suite_task.scorer.local:
+        return ScoreResult(None, "awaiting the judge")  # type: ignore[arg-type]  # graded by worker.judge
     try:
         return score(suite_task, text)
     except Exception as exc:  # noqa: BLE001 - a scorer bug must not lose a paid answer

@@ -28,6 +28,7 @@ from shared.budget.events import level_of, record_event
 from shared.budget.money import threshold, to_micro, to_usd
 from shared.budget.recorded import (
     TIERS,
+    call_of,
     job_outcomes,
     ledger_id,
     ledger_members,
@@ -85,8 +86,8 @@ class Reconciled:
     """What a reconciliation did: reservations released (their job is not running in SQL and
     has no ledger entry) and settled (their job's cost is in the ledger, never counted)."""
 
-    released: list[int] = field(default_factory=list)
-    settled: list[int] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
+    settled: list[str] = field(default_factory=list)
 
 
 class BudgetGuard:
@@ -252,20 +253,20 @@ class BudgetGuard:
         not say is running is settled from the ledger when the job's entry is there (the worker
         died between its commit and its settle), else released. Any process may call it at any
         time (the recovery sweep does); a reservation made after it looked is left alone."""
-        held = {int(job): rid.decode() for job, rid in self.redis.hgetall(self.keys.reservation_ids).items()}
+        held = {key.decode(): rid.decode() for key, rid in self.redis.hgetall(self.keys.reservation_ids).items()}
         done = Reconciled()
         if not held:
             return done
         with session_scope(self.database_url) as session:
-            statuses, costs = job_outcomes(session, list(held))
-        for job_id, reservation_id in held.items():
-            if statuses.get(job_id) == JobStatus.running:
+            statuses, costs = job_outcomes(session, sorted({call_of(key)[0] for key in held}))
+        for key, reservation_id in held.items():
+            if statuses.get(call_of(key)[0]) == JobStatus.running:
                 continue
-            if job_id in costs:
-                self.settle(job_id, costs[job_id])
-                done.settled.append(job_id)
-            elif self.release(job_id, reservation_id):
-                done.released.append(job_id)
+            if key in costs:
+                self.settle(key, costs[key])
+                done.settled.append(key)
+            elif self.release(key, reservation_id):
+                done.released.append(key)
         if done.released or done.settled:
             log.warning("budget reconciled with SQL: released %s, settled from the ledger %s",
                         done.released, done.settled)

@@ -62,12 +62,29 @@ def recorded_budget_state(session: Session) -> RecordedBudgetState:
     return RecordedBudgetState(limit_usd, halted, frozenset(fired), reason)
 
 
+def call_key(job_id: int, operation: str = "inference") -> str:
+    """What a paid call of a job is reserved and settled under: `<job id>` for the job's own
+    call, `<operation>:<job id>` for another (the judge's), so both can be in flight at once."""
+    return str(job_id) if operation == "inference" else f"{operation}:{job_id}"
+
+
+def call_of(key: str) -> tuple[int, str]:
+    """The (job id, operation) a reservation key names: the inverse of `call_key`."""
+    operation, _, job_id = key.rpartition(":")
+    return int(job_id), operation or "inference"
+
+
+def settled_member(entry_id: int, job_id: int | None, operation: str) -> str:
+    """The settled-set member of a ledger entry, as settle() names it (`job:<call key>`)."""
+    return f"entry:{entry_id}" if job_id is None else f"job:{call_key(job_id, operation)}"
+
+
 def ledger_members(session: Session) -> tuple[int, list[str]]:
     """The settled spend in micro-dollars, summed per entry exactly as the settle script adds
     them, and the member each entry is counted under."""
-    entries = session.exec(select(CostEntry.id, CostEntry.job_id, CostEntry.cost_usd)).all()
-    spent = sum(to_micro(cost) for _, _, cost in entries)
-    return spent, [f"job:{job_id}" if job_id is not None else f"entry:{id_}" for id_, job_id, _ in entries]
+    entries = session.exec(select(CostEntry.id, CostEntry.job_id, CostEntry.cost_usd, CostEntry.operation)).all()
+    spent = sum(to_micro(cost) for _, _, cost, _ in entries)
+    return spent, [settled_member(id_, job_id, operation) for id_, job_id, _, operation in entries]
 
 
 def running_reservations(session: Session, settings: Settings) -> dict[int, int]:
@@ -90,10 +107,14 @@ def running_reservations(session: Session, settings: Settings) -> dict[int, int]
     return held
 
 
-def job_outcomes(session: Session, job_ids: list[int]) -> tuple[dict[int, str], dict[int, float]]:
-    """(status of each job SQL knows, ledger cost of each job that has its entry)."""
+def job_outcomes(session: Session, job_ids: list[int]) -> tuple[dict[int, str], dict[str, float]]:
+    """(status of each job SQL knows, ledger cost of each of their calls that has its entry, by
+    call key)."""
     statuses = dict(session.exec(select(Job.id, Job.status).where(col(Job.id).in_(job_ids))).all())
-    costs = dict(session.exec(
-        select(CostEntry.job_id, CostEntry.cost_usd).where(col(CostEntry.job_id).in_(job_ids))
-    ).all())
+    costs = {
+        call_key(job_id, operation): cost
+        for job_id, operation, cost in session.exec(
+            select(CostEntry.job_id, CostEntry.operation, CostEntry.cost_usd).where(col(CostEntry.job_id).in_(job_ids))
+        ).all()
+    }
     return statuses, costs

@@ -1,0 +1,63 @@
+"""What a job sends to its provider, built in one place for the worker (which sends it) and
+the producer (which keys it for reuse), and the key that says two requests are the same."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from shared.budget import max_output_tokens
+from shared.config import Settings
+from shared.providers import TEMPERATURE, ChatRequest
+
+# Bump when what goes into the key changes, so old keys stop matching instead of matching wrongly.
+REQUEST_KEY_VERSION = 1
+
+
+def job_request(settings: Settings, backend: str, model: str, task: Any) -> ChatRequest:
+    """The chat request of one (backend, suite task) with the model the job was recorded with."""
+    return ChatRequest(
+        model=model, prompt=task.prompt, system=task.system,
+        max_tokens=max_output_tokens(settings, backend, task.max_tokens), timeout_s=settings.retry.call_timeout_s,
+    )
+
+
+def judge_request(settings: Settings, agent: str, task: Any, answer: str) -> tuple[str, ChatRequest]:
+    """(provider, request) of the judge call that grades `answer` to a `judge` task."""
+    from shared.scoring.judge import JUDGE_SYSTEM
+
+    provider, model = settings.judge_model(agent)
+    return provider, ChatRequest(
+        model=model, prompt=task.scorer.prompt(task.prompt, answer), system=JUDGE_SYSTEM,
+        max_tokens=settings.judge.max_tokens, timeout_s=settings.retry.call_timeout_s,
+    )
+
+
+def judge_worst_case(settings: Settings, selection: Any) -> dict[str, Any]:
+    """For the dry run: one judge call per judged job, each graded answer as long as its max_tokens."""
+    from shared.budget import worst_case_cost
+    from shared.tokens import estimate_prompt_tokens
+
+    calls, cost = 0, 0.0
+    for agent in selection.agents:
+        for task in selection.suite.tasks_for(agent, selection.limit):
+            if task.scorer.local:
+                continue
+            for backend in selection.backends:
+                longest = " ".join(["word"] * max_output_tokens(settings, backend, task.max_tokens))
+                _, request = judge_request(settings, agent, task, longest)
+                calls += 1
+                cost += worst_case_cost(settings, request.model, estimate_prompt_tokens(request.prompt, request.system),
+                                        request.max_tokens)
+    return {"calls": calls, "cost_usd": round(cost, 6)}
+
+
+def request_key(provider: str, request: ChatRequest) -> str:
+    """A hash of everything that changes the answer (the timeout does not): equal keys mean the
+    provider would receive the same request, so at temperature 0 it gives (nearly) the same answer."""
+    fields = {
+        "v": REQUEST_KEY_VERSION, "provider": provider, "model": request.model, "system": request.system,
+        "prompt": request.prompt, "max_tokens": request.max_tokens, "temperature": TEMPERATURE,
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, ensure_ascii=False).encode()).hexdigest()

@@ -1,0 +1,51 @@
+"""SDK clients, built once per (worker thread, provider, endpoint) and reused: creating one
+costs ~35 ms of CPU, and one client shared by many threads contends on its connection pool
+(design §8). SDK retries are off: retries are ours, so they respect the global limiter and budget."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from shared.providers.errors import ProviderError
+
+if TYPE_CHECKING:
+    from shared.providers.registry import ProviderSpec
+
+_local = threading.local()
+
+
+def credentials(spec: "ProviderSpec") -> tuple[str | None, str | None]:
+    """The key and base URL from this process's environment only (never passed around)."""
+    return os.environ.get(spec.key_env) or None, os.environ.get(spec.base_url_env) or None
+
+
+def client_for(spec: "ProviderSpec", timeout_s: float) -> Any:
+    key, base_url = credentials(spec)
+    if not key:
+        raise ProviderError("config", f"{spec.key_env} is not set in the worker's environment")
+    cache: dict = _local.__dict__.setdefault("clients", {})
+    cache_key = (spec.name, base_url, hash(key), timeout_s)
+    client = cache.get(cache_key)
+    if client is None:
+        client = cache[cache_key] = spec.build_client(key, base_url, timeout_s)
+    return client
+
+
+def build_openai(key: str, base_url: str | None, timeout_s: float) -> Any:
+    import openai
+
+    return openai.OpenAI(api_key=key, base_url=base_url, max_retries=0, timeout=timeout_s)
+
+
+def build_anthropic(key: str, base_url: str | None, timeout_s: float) -> Any:
+    import anthropic
+
+    return anthropic.Anthropic(api_key=key, base_url=base_url, max_retries=0, timeout=timeout_s)
+
+
+def build_mistral(key: str, base_url: str | None, timeout_s: float) -> Any:
+    from mistralai.client import Mistral
+
+    return Mistral(api_key=key, server_url=base_url, timeout_ms=int(timeout_s * 1000))

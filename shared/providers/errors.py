@@ -1,0 +1,90 @@
+"""Every failure of a provider call becomes a `ProviderError` with a `kind` the worker's retry
+policy understands; keys are scrubbed from whatever an error echoes."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Mapping
+
+RETRYABLE_KINDS = frozenset({"rate_limit", "server", "timeout", "connection", "malformed"})
+
+
+class ProviderError(Exception):
+    """A failed call, classified: rate_limit | server | timeout | connection | malformed |
+    client | auth | config. Only the first five are worth retrying."""
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.headers = dict(headers or {})
+        self.error_type = error_type or kind
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in RETRYABLE_KINDS
+
+
+
+def _kind_for_status(status: int) -> str:
+    if status == 429:
+        return "rate_limit"
+    if status in (401, 403):
+        return "auth"
+    if status in (408, 409) or status >= 500:  # 529 = Anthropic overloaded
+        return "server"
+    return "client"
+
+
+_KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_\-*]{6,}")  # OpenAI/Anthropic key shapes, masked or not
+
+
+def scrub_secrets(text: str) -> str:
+    """Error bodies can echo a (masked) key; keys never reach SQL, logs or reports."""
+    from shared.providers.registry import PROVIDERS  # the registry imports the adapters, which import this
+
+    for key_var in (spec.key_env for spec in PROVIDERS.values()):
+        value = os.environ.get(key_var)
+        if value and len(value) >= 12:  # real keys are long; short dummies would mangle words
+            text = re.sub(rf"(?<![\w-]){re.escape(value)}(?![\w-])", "[redacted]", text)
+    return _KEY_LIKE.sub("[redacted]", text)
+
+
+def classify(exc: BaseException) -> ProviderError:
+    """Map any SDK or transport exception to a ProviderError, without importing SDKs eagerly."""
+    name = type(exc).__name__
+    message = scrub_secrets(str(exc) or name)
+    if len(message) > 500:
+        message = message[:500] + "…"
+
+    status = getattr(exc, "status_code", None)
+    response = getattr(exc, "response", None) or getattr(exc, "raw_response", None)
+    if status is None and response is not None:
+        status = getattr(response, "status_code", None)
+    headers = {}
+    if response is not None and getattr(response, "headers", None) is not None:
+        headers = {k.lower(): v for k, v in dict(response.headers).items()}
+    elif getattr(exc, "headers", None) is not None:
+        headers = {k.lower(): v for k, v in dict(exc.headers).items()}
+
+    if isinstance(status, int) and status >= 400:
+        return ProviderError(_kind_for_status(status), message, status=status, headers=headers, error_type=name)
+    lowered = name.lower()
+    if "timeout" in lowered:
+        return ProviderError("timeout", message, error_type=name)
+    if "connect" in lowered or "network" in lowered or "remoteprotocol" in lowered or "noresponse" in lowered:
+        return ProviderError("connection", message, error_type=name)
+    if "validation" in lowered or "decode" in lowered:
+        return ProviderError("malformed", message, error_type=name)
+    if "transport" in lowered or "protocol" in lowered:
+        return ProviderError("connection", message, error_type=name)
+    return ProviderError("client", message, error_type=name)

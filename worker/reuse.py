@@ -1,0 +1,60 @@
+"""Taking an earlier answer when a job is claimed (`submit --reuse`): the decision is made in
+the worker, after the claim, from SQL alone, so it is safe under concurrent runs and after Redis
+loss (a job's message may be redelivered or rebuilt by `resume`; the claim still decides once)."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from shared.calls import request_key
+from shared.config import get_settings
+from shared.db import session_scope
+from shared.models import Job, Run
+from shared.providers import ChatRequest
+from shared.reuse import find_earlier_answer, older_twin, reuse_settings
+from shared.scoring import score
+from worker import jobs, judge
+
+log = logging.getLogger("genesis.reuse")
+
+TWIN_WAIT_S = 2.0
+MAX_TWIN_WAITS = 60  # then pay rather than wait on a twin that makes no progress (~2 minutes)
+
+
+def take_earlier_answer(task: Any, job: jobs.ClaimedJob, suite_task: Any, request: ChatRequest, svc: Any) -> str | None:
+    """The job's status when it took an earlier answer (no call, $0), else None: make the call.
+    While an older identical request of a live run is queued or being paid for, wait for it."""
+    with session_scope() as session:
+        run = session.get(Run, job.run_id)
+        enabled, max_age_days = reuse_settings(run)
+        if not enabled:
+            return None
+        key = request_key(job.provider, request)
+        if key != session.get(Job, job.id).request_key:  # the config changed since submit: call
+            log.info("job %s: request differs from the one recorded at submit; not reused", job.id)
+            return None
+        def earlier_answer():
+            return find_earlier_answer(session, key, max_age_days=max_age_days, simulated=run.simulated,
+                                       exclude_job_id=job.id)
+
+        earlier = earlier_answer()
+        if earlier is None:
+            lease_s = get_settings().worker.task_time_limit_s + 60
+            if task.request.retries < MAX_TWIN_WAITS and older_twin(session, key, job.id, lease_s) is not None:
+                wait = True
+            else:  # the twin may have finished between the two reads (READ COMMITTED): look once more
+                wait, earlier = False, earlier_answer()
+    if earlier is None:
+        if wait:
+            jobs.requeue(job.id, uncount=True)  # no call: not an attempt
+            raise task.retry(countdown=TWIN_WAIT_S + random.uniform(0, 0.5))
+        return None
+    log.info("job %s: reusing the answer of job %s (run %s)", job.id, earlier.job_id, earlier.run_id)
+    if suite_task.scorer.local:
+        result = score(suite_task, earlier.output)  # scored again by the current scorer
+        jobs.finish_reused(job, earlier, score=result.score, detail=result.detail, final=True)
+        return "ok"
+    jobs.finish_reused(job, earlier, score=None, detail="awaiting the judge", final=False)
+    return judge.grade(task, job, suite_task, earlier.output, svc)
