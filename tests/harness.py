@@ -136,3 +136,10 @@ class WorkerProcess:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
+
+
+def alembic_cli(args: list[str], database_url: str, *, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """The `alembic` console script of this venv, run from `cwd` against `database_url`."""
+    alembic = Path(sys.executable).parent / "alembic"
+    return subprocess.run([str(alembic), *args], cwd=cwd, env={**os.environ, "GENESIS_DATABASE_URL": database_url},
+                          capture_output=True, text=True, timeout=120)
