@@ -319,6 +319,28 @@ def cancel(run_id: str, as_json: JsonOpt = False) -> None:
         console.print(f"run {run_id} cancelled; report: {paths['md']}")
 
 
+@app.command()
+def metrics(
+    port: Annotated[int, typer.Option(help="Port of the /metrics endpoint.")] = 9108,
+    host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 inside a container).")] = "127.0.0.1",
+) -> None:
+    """Serve the project's Prometheus metrics (spend, budget, limiter, errors, jobs) until stopped."""
+    try:
+        from shared.metrics import serve
+    except ImportError:
+        raise _bad_input("metrics need the monitor extra: pip install 'genesis-bench[monitor]'") from None
+    try:
+        server, _thread = serve(get_settings(), host, port)
+    except OSError as exc:
+        raise _bad_input(f"--host {host} --port {port}: cannot listen ({exc.strerror or exc})") from None
+    console.print(f"metrics on http://{host}:{server.server_port}/metrics", highlight=False)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.shutdown()
+
+
 def _register_subcommands() -> None:
     from producer.budget_cli import budget_app
     from simulator.cli import simulator_command

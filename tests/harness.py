@@ -143,3 +143,23 @@ def alembic_cli(args: list[str], database_url: str, *, cwd: Path = ROOT) -> subp
     alembic = Path(sys.executable).parent / "alembic"
     return subprocess.run([str(alembic), *args], cwd=cwd, env={**os.environ, "GENESIS_DATABASE_URL": database_url},
                           capture_output=True, text=True, timeout=120)
+
+
+def run_producer(*args: str):
+    """The `producer` CLI in this process (Typer's runner), as a user would invoke it."""
+    from typer.testing import CliRunner
+
+    from producer.cli import app
+
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def wait_until_reported(run_id: str, timeout: float = 120) -> dict:
+    """Poll `status` until the run is final and its report is written."""
+    from producer.cli import run_snapshot
+
+    def reported():
+        snap = run_snapshot(run_id)
+        return snap if snap["status"] in ("completed", "halted", "cancelled") and snap["report"] else None
+
+    return wait_for(reported, timeout=timeout, interval=0.3, what=f"run {run_id} to be reported")
