@@ -155,11 +155,24 @@ def _wait_for_report(run_id: str, *, quiet: bool) -> dict[str, Any]:
         if snapshot["status"] == RunStatus.halted:
             console.print(f"[yellow]run {run_id} halted by the budget guard[/yellow]: "
                           f"`producer budget resume [--limit USD]`, then `producer resume {run_id}`")
+        _print_common_errors(run_id)
         console.print(f"report: {snapshot['report']}")
         if snapshot["report"]:
             console.print(_decision_line(Path(snapshot["report"])), highlight=False)
     return {"status": snapshot["status"], "report": snapshot["report"],
             "decision": _decision(Path(snapshot["report"])) if snapshot["report"] else None}
+
+
+def _print_common_errors(run_id: str, top: int = 3) -> None:
+    """The few error messages behind most failed jobs (a worker that cannot read the suite,
+    a bad key...), so the user sees the cause without opening the report."""
+    with session_scope() as session:
+        rows = session.exec(
+            select(Job.error_type, Job.error_message, func.count()).where(Job.run_id == run_id, Job.status == JobStatus.error)
+            .group_by(Job.error_type, Job.error_message).order_by(func.count().desc()).limit(top)
+        ).all()
+    for error_type, message, n in rows:
+        err_console.print(f"[red]{n} job(s) failed:[/red] {error_type}: {message}", highlight=False, soft_wrap=True)
 
 
 def _decision(report_md: Path) -> dict | None:
