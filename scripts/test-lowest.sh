@@ -19,7 +19,7 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 echo "lowest allowed versions installed:"
-"$VENV/bin/python" -m pip freeze | grep -iE "^($(echo "$pins" | sed -E 's/\[.*\]//; s/==.*//' | paste -sd'|'))==" | sed 's/^/  /'
+"$VENV/bin/python" -m pip freeze | tr '_' '-' | grep -iE "^($(echo "$pins" | sed -E 's/\[.*\]//; s/==.*//' | tr '_' '-' | paste -sd'|'))==" | sed 's/^/  /'
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 if [ "$#" -gt 0 ]; then

@@ -7,7 +7,9 @@ import os
 import shutil
 import signal
 import subprocess
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -171,9 +173,6 @@ class TcpForwarder:
     on loopback only (PostgreSQL) becomes reachable on a veth address, and only there."""
 
     def __init__(self, listen: tuple[str, int], target: tuple[str, int]) -> None:
-        import socket
-        import threading
-
         self.target = target
         self._server = socket.create_server(listen, reuse_port=False)
         self._server.settimeout(0.2)
@@ -182,9 +181,6 @@ class TcpForwarder:
         self._thread.start()
 
     def _accept(self) -> None:
-        import socket
-        import threading
-
         while not self._stopped.is_set():
             try:
                 client, _ = self._server.accept()
@@ -263,3 +259,42 @@ class NetnsLab:
     @staticmethod
     def _ip(*args: str) -> None:
         subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+class ConnectionSampler:
+    """Samples pg_stat_activity of one database every 0.2 s: the most connections seen per
+    application_name (each worker names its connections after its node)."""
+
+    def __init__(self, url: str) -> None:
+        from sqlalchemy import create_engine
+        from sqlalchemy.engine import make_url
+
+        self.database = make_url(url).database
+        self.engine = create_engine(url, pool_size=1, max_overflow=0)
+        self.peak: dict[str, int] = {}
+        self.peak_total = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from sqlalchemy import text
+
+        query = text("SELECT application_name, count(*) FROM pg_stat_activity WHERE datname = :db "
+                     "GROUP BY application_name")
+        while not self._stop.is_set():
+            with self.engine.connect() as conn:
+                rows = conn.execute(query, {"db": self.database}).all()
+            workers = {name: n for name, n in rows if name.startswith("genesis-worker")}
+            for name, n in workers.items():
+                self.peak[name] = max(self.peak.get(name, 0), n)
+            self.peak_total = max(self.peak_total, sum(workers.values()))
+            time.sleep(0.2)
+
+    def __enter__(self) -> "ConnectionSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.engine.dispose()
