@@ -2,7 +2,8 @@
 
 Everything is read at scrape time, so one endpoint covers every worker on every host:
 budget figures from the budget guard's Redis state, jobs by status from SQL, and the few
-counters only workers see (limiter waits, 429s, provider errors) from shared/counters.py. Celery's own metrics (tasks, workers) are Flower's `/metrics`.
+counters only workers see (limiter waits, 429s, provider errors) from shared/counters.py.
+Celery's own metrics (tasks, workers, queues) are Flower's `/metrics`.
 """
 
 from __future__ import annotations

@@ -138,10 +138,16 @@ def test_dockerfile_and_dockerignore_agree():
 # --- every command, outside Docker ------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports (all held open while chosen, so no two are the same)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def with_option(command: list[str], option: str, value: str) -> list[str]:
@@ -214,8 +220,10 @@ def local(tmp_path, redis_url):
         service.stop()
 
 
+@pytest.mark.integration
 def test_every_compose_command_works_outside_docker(local, tmp_path):
     start, env = local
+    redis_port, sim_port, flower_port, metrics_port = free_ports(4)
     services = compose_model()["services"]
 
     migrate = subprocess.run(services["migrate"]["command"], cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -227,7 +235,6 @@ def test_every_compose_command_works_outside_docker(local, tmp_path):
                               env={**os.environ, **env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     assert help_run.returncode == 0 and "submit" in help_run.stdout
 
-    redis_port = free_port()
     redis_srv = start([*services["redis"]["command"], "--port", str(redis_port), "--bind", "127.0.0.1",
                        "--dir", str(tmp_path), "--save", ""], name="redis")
     wait_for(lambda: redis_srv.run(["redis-cli", "-p", str(redis_port), "ping"]).stdout.strip() == "PONG",
@@ -238,7 +245,6 @@ def test_every_compose_command_works_outside_docker(local, tmp_path):
     if shutil.which(pg_health[0]):
         assert subprocess.run([*pg_health, "-h", "127.0.0.1"], capture_output=True).returncode == 0
 
-    sim_port = free_port()
     start(with_option(services["simulator"]["command"], "--port", str(sim_port)), name="simulator")
     assert wait_for(lambda: http_status(f"http://127.0.0.1:{sim_port}/v1/models") > 0, timeout=30, what="simulator")
 
@@ -246,7 +252,6 @@ def test_every_compose_command_works_outside_docker(local, tmp_path):
     health = services["worker"]["healthcheck"]["test"][1]
     wait_for(lambda: worker.run(health).returncode == 0, timeout=60, interval=1, what="worker healthcheck")
 
-    flower_port, metrics_port = free_port(), free_port()
     start(with_option(services["flower"]["command"], "--port", str(flower_port)),
           {"FLOWER_BASIC_AUTH": services["flower"]["environment"]["FLOWER_BASIC_AUTH"]}, name="flower")
     metrics_cmd = with_option(with_option(services["metrics"]["command"], "--port", str(metrics_port)), "--host", "127.0.0.1")
