@@ -191,9 +191,22 @@ def _wait_for_report(run_id: str, *, quiet: bool) -> dict[str, Any]:
         if snapshot["status"] == RunStatus.halted:
             console.print(f"[yellow]run {run_id} halted by the budget guard[/yellow]: "
                           f"`producer budget resume [--limit USD]`, then `producer resume {run_id}`")
+        _print_common_errors(run_id)
         console.print(f"report: {report}")
         console.print(decision_line(decision), highlight=False)
     return {"status": snapshot["status"], "report": report, "decision": decision}
+
+
+def _print_common_errors(run_id: str, top: int = 3) -> None:
+    """The few error messages behind most failed jobs (a worker that cannot read the suite,
+    a bad key...), so the user sees the cause without opening the report."""
+    with session_scope() as session:
+        rows = session.exec(
+            select(Job.error_type, Job.error_message, func.count()).where(Job.run_id == run_id, Job.status == JobStatus.error)
+            .group_by(Job.error_type, Job.error_message).order_by(func.count().desc()).limit(top)
+        ).all()
+    for error_type, message, n in rows:
+        err_console.print(f"[red]{n} job(s) failed:[/red] {error_type}: {message}", highlight=False, soft_wrap=True)
 
 
 # --- status, runs, report ----------------------------------------------------------------------
@@ -314,6 +327,28 @@ def cancel(run_id: str, as_json: JsonOpt = False) -> None:
         _emit_json({"run_id": run_id, "status": "cancelled", "report": str(paths["md"])})
     else:
         console.print(f"run {run_id} cancelled; report: {paths['md']}")
+
+
+@app.command()
+def metrics(
+    port: Annotated[int, typer.Option(help="Port of the /metrics endpoint.")] = 9108,
+    host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 inside a container).")] = "127.0.0.1",
+) -> None:
+    """Serve the project's Prometheus metrics (spend, budget, limiter, errors, jobs) until stopped."""
+    try:
+        from shared.metrics import serve
+    except ImportError:
+        raise _bad_input("metrics need the monitor extra: pip install 'genesis-bench[monitor]'") from None
+    try:
+        server, _thread = serve(get_settings(), host, port)
+    except OSError as exc:
+        raise _bad_input(f"--host {host} --port {port}: cannot listen ({exc.strerror or exc})") from None
+    console.print(f"metrics on http://{host}:{server.server_port}/metrics", highlight=False)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.shutdown()
 
 
 def _register_subcommands() -> None:

@@ -121,6 +121,8 @@ class WorkerConfig(BaseModel):
     concurrency: int = 16
     pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"
     task_time_limit_s: int = 300
+    # PostgreSQL connections per worker process; None: sized from its threads (shared/db.py).
+    db_pool_size: int | None = Field(default=None, gt=0)
 
 
 class Settings(BaseSettings):

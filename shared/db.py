@@ -1,8 +1,16 @@
 """The engine, in one place. SQLite gets WAL and a busy timeout so many worker processes can
-write; every write transaction is kept short (never open across a provider call)."""
+write; every write transaction is kept short (never open across a provider call).
+
+Connections to a server database (PostgreSQL) are sized from the threads of the process, not
+a fixed 10 + 30: a thread holds a connection only for one short transaction, so a quarter of
+the threads (plus one) in the pool, with no overflow, is enough, and a thread that finds the
+pool busy waits up to POOL_TIMEOUT_S. A worker with -c 16 opens at most 5 connections, so 4
+such workers stay at 20 of PostgreSQL's default 100. The worker sizes its pool at start-up
+(worker/app.py); `GENESIS_WORKER__DB_POOL_SIZE` overrides the computed size."""
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -12,6 +20,30 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+POOL_TIMEOUT_S = 30
+DEFAULT_POOL_SIZE = 2  # single-threaded processes: the producer, the metrics endpoint
+
+_pool_size = DEFAULT_POOL_SIZE
+_application_name = "genesis-bench"  # how this process's connections show in pg_stat_activity
+
+
+def pool_size_for(threads: int) -> int:
+    """Connections a process with `threads` concurrent tasks needs (see the module docstring)."""
+    return math.ceil(max(threads, 1) / 4) + 1
+
+
+def size_pool(connections: int, application_name: str | None = None) -> None:
+    """Set the pool size (and the name PostgreSQL shows) for server databases in this process;
+    engines already made are rebuilt on next use (call it at start-up, before work begins)."""
+    global _pool_size, _application_name
+    _pool_size = max(int(connections), 1)
+    _application_name = application_name or _application_name
+    for url in [u for u in _engines if not u.startswith("sqlite")]:
+        _engines.pop(url).dispose()
+
+
+def pool_size() -> int:
+    return _pool_size
 
 
 def make_engine(url: str) -> Engine:
@@ -28,7 +60,9 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30)
+    connect_args = {"application_name": _application_name[:63]} if url.startswith("postgresql") else {}
+    return create_engine(url, pool_pre_ping=True, pool_size=_pool_size, max_overflow=0, pool_timeout=POOL_TIMEOUT_S,
+                         connect_args=connect_args)
 
 
 _engines: dict[str, Engine] = {}

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import redis
 
+from shared import counters
 from shared.config import RateLimit, Settings
 from shared.retry import quotas_from_headers
 
@@ -158,6 +159,7 @@ class RateLimiter:
         lease_s: float | None = None,
     ) -> None:
         self._settings = settings
+        self._redis = redis
         self._prefix = prefix
         lease = lease_s if lease_s is not None else settings.retry.call_timeout_s + LEASE_MARGIN_S
         self._lease_ms = lease * 1000.0
@@ -185,6 +187,7 @@ class RateLimiter:
         )
         if int(reply[0]) == 1:
             return Permit(provider, model, charged, slot_id)
+        counters.count(self._redis, "limiter_wait", provider)
         return int(reply[1]) / 1_000_000
 
     def release(self, permit: Permit, actual_tokens: int | None = None) -> None:

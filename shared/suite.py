@@ -8,6 +8,8 @@ instead of a worker failing on one task later.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +106,14 @@ _cache_lock = threading.Lock()
 def run_suite_folder(reference: str) -> str:
     """A run stores a shipped suite by name and any other by absolute path (which must then be
     readable on every worker host); a name never resolves against a worker's own cwd."""
-    return reference if Path(reference).is_absolute() else str(SUITES_DIR / reference)
+    if not Path(reference).is_absolute():
+        return str(SUITES_DIR / reference)
+    if not (Path(reference).is_dir() and os.access(reference, os.R_OK | os.X_OK)):
+        raise SuiteError(
+            f"suite folder {reference} is not readable on worker host {socket.gethostname()}: "
+            "a --suite PATH must be at that path on every worker host (shared storage, or a copy)"
+        )
+    return reference
 
 
 def load_suite(name_or_path: str) -> Suite:

@@ -7,7 +7,9 @@ import os
 import shutil
 import signal
 import subprocess
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -99,11 +101,12 @@ class WorkerProcess:
     """`celery -A worker.app worker` in its own process, as a user would start it."""
 
     def __init__(self, env: dict[str, str], *, name: str = "w1", concurrency: int = 8, pool: str = "threads",
-                 queues: str | None = None, log_path: Path | None = None) -> None:
+                 queues: str | None = None, log_path: Path | None = None, host: str = "genesis-test",
+                 prefix: list[str] | None = None) -> None:
         self.name = name
-        self.hostname = f"{name}@genesis-test"
+        self.hostname = f"{name}@{host}"
         self.log_path = log_path
-        args = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-n", self.hostname,
+        args = [*(prefix or []), sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-n", self.hostname,
                 "-P", pool, "-c", str(concurrency), "-l", "INFO", "--without-gossip", "--without-mingle"]
         if queues:
             args += ["-Q", queues]
@@ -229,6 +232,13 @@ def png_varied_rows(path: Path) -> tuple[int, int, float]:
     return width, height, varied / (height - 1)
 
 
+def alembic_cli(args: list[str], database_url: str, *, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """The `alembic` console script of this venv, run from `cwd` against `database_url`."""
+    alembic = Path(sys.executable).parent / "alembic"
+    return subprocess.run([str(alembic), *args], cwd=cwd, env={**os.environ, "GENESIS_DATABASE_URL": database_url},
+                          capture_output=True, text=True, timeout=120)
+
+
 def producer(*args: str):
     """The `producer` CLI in this process, as a user would run it (stdout and stderr apart)."""
     from typer.testing import CliRunner
@@ -239,6 +249,7 @@ def producer(*args: str):
 
 
 def wait_until_reported(run_id: str, timeout: float = 120) -> dict:
+    """Poll `status` until the run is final and its report is written."""
     from producer.cli import run_snapshot
 
     def reported():
@@ -246,3 +257,135 @@ def wait_until_reported(run_id: str, timeout: float = 120) -> dict:
         return snap if snap["status"] in ("completed", "halted", "cancelled") and snap["report"] else None
 
     return wait_for(reported, timeout=timeout, interval=0.3, what=f"run {run_id} to be reported")
+
+
+class TcpForwarder:
+    """Listens on (host, port) and relays each connection to `target`: a service that listens
+    on loopback only (PostgreSQL) becomes reachable on a veth address, and only there."""
+
+    def __init__(self, listen: tuple[str, int], target: tuple[str, int]) -> None:
+        self.target = target
+        self._server = socket.create_server(listen, reuse_port=False)
+        self._server.settimeout(0.2)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="tcp-forwarder", daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                client, _ = self._server.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source, sink) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(2)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._server.close()
+        self._thread.join(2)
+
+
+class NetnsLab:
+    """Hosts as network namespaces on one bridge: the test's own namespace (the producer's
+    and the services' host) at `gateway`, each worker host at its own address. Needs root."""
+
+    def __init__(self, prefix: str, subnet: str, hosts: list[str]) -> None:
+        self.prefix, self.subnet = prefix, subnet  # e.g. "gbi12", "10.212.0"
+        self.bridge = f"{prefix}br"
+        self.gateway = f"{subnet}.1"
+        self.hosts = {name: f"{subnet}.{10 + i}" for i, name in enumerate(hosts, start=1)}
+
+    def namespace(self, host: str) -> str:
+        return f"{self.prefix}{host}"
+
+    def up(self) -> "NetnsLab":
+        self.down()  # leftovers of an interrupted run
+        self._ip("link", "add", self.bridge, "type", "bridge")
+        self._ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
+        self._ip("link", "set", self.bridge, "up")
+        for host, address in self.hosts.items():
+            ns, outside, inside = self.namespace(host), f"{self.prefix}{host}a", f"{self.prefix}{host}b"
+            self._ip("netns", "add", ns)
+            self._ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+            self._ip("link", "set", inside, "netns", ns)
+            self._ip("link", "set", outside, "master", self.bridge, "up")
+            self._ip("-n", ns, "addr", "add", f"{address}/24", "dev", inside)
+            self._ip("-n", ns, "link", "set", inside, "up")
+            self._ip("-n", ns, "link", "set", "lo", "up")
+        return self
+
+    def down(self) -> None:
+        for host in self.hosts:
+            subprocess.run(["ip", "netns", "del", self.namespace(host)], capture_output=True)
+            subprocess.run(["ip", "link", "del", f"{self.prefix}{host}a"], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+
+    def exec_prefix(self, host: str, hidden: list[Path] = ()) -> list[str]:
+        """Run a command on `host`; each `hidden` folder is covered by an empty tmpfs there
+        (a file only the producer's host has)."""
+        prefix = ["ip", "netns", "exec", self.namespace(host)]
+        if not hidden:
+            return prefix
+        mounts = " && ".join(f"mount -t tmpfs tmpfs {path}" for path in hidden)
+        return [*prefix, "unshare", "--mount", "--propagation", "private", "sh", "-c", f'{mounts} && exec "$@"', "sh"]
+
+    @staticmethod
+    def _ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+class ConnectionSampler:
+    """Samples pg_stat_activity of one database every 0.2 s: the most connections seen per
+    application_name (each worker names its connections after its node)."""
+
+    def __init__(self, url: str) -> None:
+        from sqlalchemy import create_engine
+        from sqlalchemy.engine import make_url
+
+        self.database = make_url(url).database
+        self.engine = create_engine(url, pool_size=1, max_overflow=0)
+        self.peak: dict[str, int] = {}
+        self.peak_total = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from sqlalchemy import text
+
+        query = text("SELECT application_name, count(*) FROM pg_stat_activity WHERE datname = :db "
+                     "GROUP BY application_name")
+        while not self._stop.is_set():
+            with self.engine.connect() as conn:
+                rows = conn.execute(query, {"db": self.database}).all()
+            workers = {name: n for name, n in rows if name.startswith("genesis-worker")}
+            for name, n in workers.items():
+                self.peak[name] = max(self.peak.get(name, 0), n)
+            self.peak_total = max(self.peak_total, sum(workers.values()))
+            time.sleep(0.2)
+
+    def __enter__(self) -> "ConnectionSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.engine.dispose()

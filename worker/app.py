@@ -67,6 +67,19 @@ def _fresh_connections_after_fork(**_kwargs) -> None:
 
 
 @signals.worker_init.connect
+def _size_database_pool(sender, **_kwargs) -> None:
+    """Connections per process from this worker's real concurrency (`-c`, `-P` included):
+    a prefork child runs one task at a time, a threads/gevent process runs `-c` at once."""
+    from shared.db import pool_size_for, size_pool
+
+    settings = get_settings()
+    concurrency = sender.concurrency if isinstance(sender.concurrency, int) else settings.worker.concurrency
+    single_task_children = "prefork" in str(sender.pool_cls) or "processes" in str(sender.pool_cls)
+    size_pool(settings.worker.db_pool_size or pool_size_for(1 if single_task_children else concurrency),
+              application_name=f"genesis-worker {sender.hostname}")
+
+
+@signals.worker_init.connect
 def _import_provider_sdks(**_kwargs) -> None:
     """The SDKs cost ~1.3 s of CPU to import; pay it at start-up, not inside the first jobs
     (and before prefork forks, so children share it)."""

@@ -14,6 +14,7 @@ import redis
 from celery import Task
 from celery.exceptions import Retry
 
+from shared import counters
 from shared.budget import (
     USAGE_ESTIMATED,
     BudgetGuard,
@@ -258,6 +259,7 @@ def _acquire(limiter: RateLimiter, provider: str, model: str, tokens: int) -> Pe
 
 def _handle_failure(task: GenesisTask, job: jobs.ClaimedJob, err: ProviderError, attempt: int) -> str:
     settings = get_settings()
+    counters.count_failure(services().budget.redis, job.provider, err.kind, err.status)
     retry_after = retry_after_from_headers(err.headers) if err.headers else None
     if err.kind == "rate_limit":
         services().limiter.block(job.provider, job.model, retry_after or settings.retry.backoff_base_s)

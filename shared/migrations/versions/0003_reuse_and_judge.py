@@ -1,7 +1,7 @@
 """reuse columns on job; cost_entry unique on (job_id, operation) so a job's judge call has its own entry
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 """
 from typing import Sequence, Union
 
@@ -10,7 +10,7 @@ import sqlmodel  # noqa: F401
 from alembic import op
 
 revision: str = '0003'
-down_revision: Union[str, Sequence[str], None] = '0001'
+down_revision: Union[str, Sequence[str], None] = '0002'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 

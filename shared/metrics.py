@@ -1,0 +1,103 @@
+"""The project's own Prometheus metrics, from one scrape target (`producer metrics`).
+
+Everything is read at scrape time, so one endpoint covers every worker on every host:
+budget figures from the budget guard's Redis state, jobs by status from SQL, and the few
+counters only workers see (limiter waits, 429s, provider errors) from shared/counters.py.
+Celery's own metrics (tasks, workers, queues) are Flower's `/metrics`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import redis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func
+from sqlmodel import col, select
+
+from shared import counters
+from shared.config import Settings
+
+log = logging.getLogger("genesis.metrics")
+
+LEVELS = ("ok", "warning", "critical", "emergency")
+RECENT_RUNS = 10  # jobs-by-status series for runs in flight plus this many recent ones
+
+
+class GenesisCollector(Collector):
+    """A prometheus_client collector that reads Redis and SQL on every scrape."""
+
+    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+        from shared.budget import BudgetGuard
+
+        self.settings = settings
+        self.redis = client or redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+        self.budget = BudgetGuard(self.redis, settings)
+
+    def collect(self) -> Iterator[Metric]:
+        for source in (self._budget, self._worker_counters, self._jobs):
+            up = GaugeMetricFamily(f"genesis_scrape_{source.__name__.strip('_')}_ok",
+                                   "1 when this part of the scrape could be read.")
+            try:
+                yield from source()
+                up.add_metric([], 1)
+            except Exception as exc:  # noqa: BLE001 - one unreachable store must not hide the others
+                log.warning("metrics: %s could not be read: %s", source.__name__.strip("_"), str(exc).splitlines()[0])
+                up.add_metric([], 0)
+            yield up
+
+    def _budget(self) -> Iterator[Metric]:
+        status = self.budget.status()
+        for name, key, help_text in (
+            ("genesis_spend_usd", "spent_usd", "Settled spend in the ledger (USD)."),
+            ("genesis_reserved_usd", "reserved_usd", "Worst-case cost reserved by calls in flight (USD)."),
+            ("genesis_budget_limit_usd", "limit_usd", "The budget limit (USD)."),
+            ("genesis_budget_emergency_usd", "emergency_usd", "Spend at which the guard halts (USD)."),
+        ):
+            yield GaugeMetricFamily(name, help_text, value=status[key])
+        level = GaugeMetricFamily("genesis_budget_level", "1 for the current budget level.", labels=["level"])
+        for name in LEVELS:
+            level.add_metric([name], 1.0 if status["level"] == name else 0.0)
+        yield level
+        yield GaugeMetricFamily("genesis_budget_halted", "1 while the budget guard has halted the provider queues.",
+                                value=1.0 if status["halted"] else 0.0)
+
+    def _worker_counters(self) -> Iterator[Metric]:
+        families = {event: CounterMetricFamily(metric, help_text, labels=["provider", *extra])
+                    for event, (metric, help_text, extra) in counters.EVENTS.items()}
+        for event, labels, value in counters.read(self.redis):
+            families[event].add_metric(labels, value)
+        yield from families.values()
+
+    def _jobs(self) -> Iterator[Metric]:
+        from shared.db import session_scope
+        from shared.models import Job, Run, RunStatus
+
+        jobs = GaugeMetricFamily("genesis_jobs", "Jobs by run and status.", labels=["run_id", "status"])
+        runs = GaugeMetricFamily("genesis_runs", "Runs by status.", labels=["status"])
+        with session_scope(self.settings.database_url) as session:
+            in_flight = select(Run.id).where(col(Run.status).in_([RunStatus.queued, RunStatus.running, RunStatus.halted]))
+            recent = select(Run.id).order_by(col(Run.created_at).desc()).limit(RECENT_RUNS)
+            shown = set(session.exec(in_flight).all()) | set(session.exec(recent).all())
+            if shown:
+                rows = session.exec(
+                    select(Job.run_id, Job.status, func.count()).where(col(Job.run_id).in_(shown))
+                    .group_by(Job.run_id, Job.status)
+                ).all()
+                for run_id, status, n in rows:
+                    jobs.add_metric([run_id, status], n)
+            for status, n in session.exec(select(Run.status, func.count()).group_by(Run.status)).all():
+                runs.add_metric([status], n)
+        yield jobs
+        yield runs
+
+
+def serve(settings: Settings, host: str, port: int):
+    """Start the HTTP endpoint in a background thread; returns (server, thread)."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GenesisCollector(settings))
+    return start_http_server(port, addr=host, registry=registry)

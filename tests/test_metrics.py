@@ -1,0 +1,84 @@
+"""The one scrape target: `producer metrics` serves budget, limiter, provider-failure and
+job figures that agree with SQL, Redis and what the simulator served, across worker processes."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import func
+from sqlmodel import select
+
+from tests.harness import producer, wait_until_reported
+
+pytestmark = pytest.mark.integration
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_endpoint_reports_what_workers_did(monkeypatch, start_worker, simulator):
+    from shared.config import get_settings
+    from shared.db import session_scope
+    from shared.metrics import serve
+    from shared.models import CostEntry, Job
+
+    monkeypatch.setenv("GENESIS_RETRY__MAX_ATTEMPTS", "1")  # every injected failure is final: easy to count
+    monkeypatch.setenv("GENESIS_LIMITS__OPENAI__MAX_IN_FLIGHT", "1")  # so the limiter makes calls wait
+    get_settings.cache_clear()
+    simulator.update(error_rates={500: 0.2, 429: 0.2}, latency_ms=50)
+    start_worker("w1", concurrency=4)
+    start_worker("w2", concurrency=4)
+    submitted = producer("submit", "--agent", "qa", "--agent", "legal", "--backend", "openai",
+                             "--backend", "mistral-base", "--limit", "5", "--json")
+    assert submitted.exit_code == 0, submitted.output
+    run_id = json.loads(submitted.stdout)["run_id"]
+    wait_until_reported(run_id)
+
+    server, _thread = serve(get_settings(), "127.0.0.1", 0)
+    try:
+        samples = scrape(f"http://127.0.0.1:{server.server_port}/metrics")
+    finally:
+        server.shutdown()
+
+    with session_scope() as session:
+        by_status = dict(session.exec(select(Job.status, func.count()).where(Job.run_id == run_id)
+                                      .group_by(Job.status)).all())
+        spent = session.exec(select(func.sum(CostEntry.cost_usd))).one()
+        errors_by_provider = dict(session.exec(select(Job.provider, func.count()).where(Job.status == "error")
+                                               .group_by(Job.provider)).all())
+    for status, n in by_status.items():
+        assert samples[("genesis_jobs", (("run_id", run_id), ("status", status)))] == n
+    assert samples[("genesis_spend_usd", ())] == pytest.approx(spent, abs=1e-6)
+    assert samples[("genesis_budget_halted", ())] == 0
+    assert samples[("genesis_budget_level", (("level", "ok"),))] == 1
+    assert all(samples[(f"genesis_scrape_{part}_ok", ())] == 1 for part in ("budget", "worker_counters", "jobs"))
+
+    served = {str(k): v for k, v in simulator.stats()["by_status"].items()}
+    assert served.get("429", 0) > 0 and served.get("500", 0) > 0
+    rate_limited = sum(v for (name, _), v in samples.items() if name == "genesis_provider_rate_limited_total")
+    assert rate_limited == served["429"]
+    errors = {dict(labels)["provider"]: 0.0 for (name, labels) in samples if name == "genesis_provider_errors_total"}
+    for (name, labels), value in samples.items():
+        if name == "genesis_provider_errors_total":
+            errors[dict(labels)["provider"]] += value
+    assert errors == {p: float(n) for p, n in errors_by_provider.items()}
+    assert sum(errors.values()) == served["429"] + served["500"]
+    assert samples[("genesis_limiter_waits_total", (("provider", "openai"),))] > 0
+
+
+def test_metrics_command_refuses_a_port_it_cannot_bind(genesis):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = producer("metrics", "--port", str(taken.getsockname()[1]))
+    assert result.exit_code == 2
+    assert "cannot listen" in result.stderr and "Traceback" not in result.output
