@@ -26,12 +26,14 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import profiling  # noqa: E402
 from tests.harness import WorkerProcess, ensure_redis, genesis_env, reconnect_app  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -208,7 +210,7 @@ def sdk_only_cpu_ms(run_id: str) -> float:
 # --- a scenario -----------------------------------------------------------------------------------
 
 
-def run_scenario(sc: Scenario, redis_url: str) -> list[dict]:
+def run_scenario(sc: Scenario, redis_url: str, *, profile: bool = False) -> list[dict]:
     import redis
 
     ensure_redis(redis_url)
@@ -233,7 +235,11 @@ def run_scenario(sc: Scenario, redis_url: str) -> list[dict]:
                 continue
             cpu_before, idle_rate = worker_cpu(workers)
             ours_before, machine_before = ours_cpu_s(workers, sim), machine_cpu_s()
+            recorders = [profiling.Recorder(w.proc.pid, tmp / f"profile-{label}-{i}.txt")
+                         for i, w in enumerate(workers)] if profile else []
             row = submit_and_wait(sc)
+            if recorders:
+                row["profile"] = sum((r.stop() for r in recorders), Counter())
             ours_after, machine_after = ours_cpu_s(workers, sim), machine_cpu_s()
             row.update(label=label, sim=sim.stats(), machine_busy_s=machine_after[0] - machine_before[0],
                        machine_total_s=machine_after[1] - machine_before[1],
@@ -316,20 +322,28 @@ def report(sc: Scenario, rows: list[dict]) -> list[str]:
             lines.append(f"    worker CPU {row['worker_cpu_s']:.2f} s (idle share {row['idle_cpu_s']:.2f} s) → "
                          f"{ours:.1f} ms/job; same SDK calls alone {row['sdk_cpu_ms']:.1f} ms/call → "
                          f"our overhead {ours - row['sdk_cpu_ms']:.1f} ms CPU per job (incl. Celery, SQL, Redis, report)")
+        if "profile" in row:
+            per_job = (row["worker_cpu_s"] / row["jobs"] * 1000) if "worker_cpu_s" in row else \
+                row["ours"]["workers"] / row["jobs"] * 1000
+            lines += profiling.table(row["profile"], per_job)
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", choices=["a", "b", "c", "all"], default="all")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample the workers with py-spy during measured runs and print where their CPU goes")
     parser.add_argument("--redis-url", default=os.environ.get("GENESIS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"))
     args = parser.parse_args()
     keys = ["a", "b", "c"] if args.scenario == "all" else [args.scenario]
+    if args.profile and not profiling.available():
+        parser.exit(2, "error: --profile needs py-spy (pip install -e '.[bench]')\n")
     summary = []
     for key in keys:
         sc = SCENARIOS[key]
         print(f"== ({key}) {sc.title}", flush=True)
-        lines = report(sc, run_scenario(sc, args.redis_url))
+        lines = report(sc, run_scenario(sc, args.redis_url, profile=args.profile))
         print("\n".join(lines), flush=True)
         summary += lines
     if len(keys) > 1:

@@ -10,7 +10,6 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import timedelta
 
-from celery import chord
 from sqlalchemy import update
 from sqlmodel import select
 
@@ -127,24 +126,16 @@ def record_run(settings: Settings, selection: Selection) -> tuple[str, list[tupl
 
 
 def enqueue(run_id: str, jobs: list[tuple[int, str]]) -> None:
-    """One chord: a run_job per job on its provider's queue; build_report on `reports`."""
-    from worker.app import REPORTS_QUEUE, app
+    """A run_job message per job on its provider's queue, pipelined to Redis in batches (one
+    round trip per 1,000 messages); the last job to finish sends build_report
+    (worker/completion.py), so there is no chord to publish or to count."""
+    from worker.app import app
+    from worker.completion import rearm
 
-    header = [app.signature("genesis.run_job", args=(job_id,), queue=provider, immutable=True)
-              for job_id, provider in jobs]
-    body = app.signature("genesis.build_report", kwargs={"run_id": run_id}, queue=REPORTS_QUEUE)
-    chord(header, app=app)(body)
-    _drop_result_subscriptions(app)
-
-
-def _drop_result_subscriptions(app) -> None:
-    """The producer never waits on task results (progress comes from SQL), but Celery's Redis
-    backend subscribes to each sent task's result channel; drop them now rather than holding
-    hundreds open and tearing them down noisily at interpreter exit."""
-    consumer = app.backend.result_consumer
-    for key in list(getattr(consumer, "subscribed_to", ())):
-        name = key.decode() if isinstance(key, bytes) else key
-        consumer.cancel_for(name.removeprefix(app.backend.task_keyprefix.decode()))
+    rearm(run_id)
+    with app.producer_or_acquire() as producer, producer.batch(max_size=1000):
+        for job_id, provider in jobs:
+            app.send_task("genesis.run_job", args=(job_id,), queue=provider, producer=producer, ignore_result=True)
 
 
 def resumable_jobs(run_id: str, lease_s: float) -> list[tuple[int, str]]:

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -50,7 +50,12 @@ class Run(SQLModel, table=True):
 
 class Job(SQLModel, table=True):
     __tablename__ = "job"
-    __table_args__ = (UniqueConstraint("run_id", "agent", "task_id", "backend", name="uq_job_slot"),)
+    __table_args__ = (
+        UniqueConstraint("run_id", "agent", "task_id", "backend", name="uq_job_slot"),
+        # Covers "is any job of this run still active?" (after every job) and `producer
+        # status`'s counts by status and backend, without reading the rows.
+        Index("ix_job_run_status_backend", "run_id", "status", "backend"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     run_id: str = Field(foreign_key="run.id", index=True, max_length=32)

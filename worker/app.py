@@ -40,12 +40,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": max(settings.worker.task_time_limit_s - 30, 10),
         "result_expires": 7 * 24 * 3600,
         "result_backend_thread_safe": True,
+        # Nobody reads task results (progress and reports come from SQL; the report follows
+        # the last job by worker/completion.py, not a chord): storing them cost ~0.4 ms per job.
+        "task_ignore_result": True,
         # Provider calls are I/O-bound: threads, one SDK client per thread (design §8).
         "worker_pool": settings.worker.pool,
         "worker_concurrency": settings.worker.concurrency,
-        # Events on, so Flower shows tasks live (~0.7 ms of CPU per task here).
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events off by default (3 Redis publishes, ~0.5-1 ms of CPU per task): Flower
+        # switches them on in every worker while it runs (its --enable_events, on by default),
+        # and `celery worker -E` forces them on.
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
     }
@@ -76,3 +81,4 @@ def _import_provider_sdks(**_kwargs) -> None:
     import openai  # noqa: F401
 
 import worker.halt  # noqa: E402,F401  (connects the worker_ready handler: a halted budget keeps provider queues idle)
+import worker.completion  # noqa: E402,F401  (connects the task_postrun handler: the last job sends the report)

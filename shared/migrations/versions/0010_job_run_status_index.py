@@ -1,0 +1,23 @@
+"""job: index (run_id, status, backend) for the completion check and `producer status`
+
+Revision ID: 0010
+Revises: 0001
+"""
+from typing import Sequence, Union
+
+from alembic import op
+
+revision: str = '0010'
+down_revision: Union[str, Sequence[str], None] = '0001'
+branch_labels: Union[str, Sequence[str], None] = None
+depends_on: Union[str, Sequence[str], None] = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('job', schema=None) as batch_op:
+        batch_op.create_index('ix_job_run_status_backend', ['run_id', 'status', 'backend'], unique=False)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('job', schema=None) as batch_op:
+        batch_op.drop_index('ix_job_run_status_backend')
