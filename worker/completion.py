@@ -16,7 +16,7 @@ from functools import lru_cache
 
 import redis
 from celery import signals
-from sqlalchemy import exists, select
+from sqlalchemy import bindparam, exists, select
 
 from shared.config import get_settings
 from shared.db import get_engine
@@ -35,16 +35,19 @@ def report_marker(run_id: str) -> str:
     return f"genesis:run:{run_id}:report-sent"
 
 
+_JOBS = Job.__table__
+_OTHERS = _JOBS.alias("other")
+# Built once (building a statement costs ~10x what SQLite takes to run this one).
+_FINISHED_RUN = select(_JOBS.c.run_id).where(
+    _JOBS.c.id == bindparam("job_id"),
+    ~exists().where(_OTHERS.c.run_id == _JOBS.c.run_id, _OTHERS.c.status.in_(ACTIVE)),
+)
+
+
 def finished_run(job_id: int) -> str | None:
     """The job's run id when no job of that run is queued or running any more, else None."""
-    jobs = Job.__table__
-    others = jobs.alias("other")
-    statement = select(jobs.c.run_id).where(
-        jobs.c.id == job_id,
-        ~exists().where(others.c.run_id == jobs.c.run_id, others.c.status.in_(ACTIVE)),
-    )
     with get_engine().connect() as conn:
-        return conn.execute(statement).scalar()
+        return conn.execute(_FINISHED_RUN, {"job_id": job_id}).scalar()
 
 
 @lru_cache(maxsize=4)
