@@ -8,13 +8,17 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.harness import reconnect_app  # noqa: E402
+from tests.harness import WorkerProcess, ensure_redis, genesis_env, reconnect_app  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -103,3 +107,40 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+@dataclass
+class System:
+    tmp: Path
+    sim: "SimulatorProcess"
+    workers: list[WorkerProcess]
+
+
+@contextmanager
+def running_system(key: str, redis_url: str, *, latency_ms: float, sim_rpm: int | None,
+                   limits: dict[str, dict[str, int]], workers: int, concurrency: int) -> Iterator[System]:
+    """The simulator, SQLite in a temp dir, a flushed Redis db, and `workers` celery workers,
+    with this process (the producer) pointed at them; all stopped and flushed afterwards."""
+    import redis
+
+    ensure_redis(redis_url)
+    redis.Redis.from_url(redis_url).flushdb()
+    tmp = Path(tempfile.mkdtemp(prefix=f"genesis-bench-{key}-"))
+    sim = SimulatorProcess(latency_ms, sim_rpm)
+    started: list[WorkerProcess] = []
+    try:
+        env = genesis_env(database_url=f"sqlite:///{tmp / 'genesis.db'}", redis_url=redis_url,
+                          reports_dir=tmp / "reports", simulator_url=sim.url,
+                          extra={"GENESIS_CONFIG": str(config_file(tmp, limits))})
+        app = prepare_this_process(env)
+        started = [WorkerProcess(env, name=f"bench{key}{i}", concurrency=concurrency, log_path=tmp / f"worker{i}.log")
+                   for i in range(workers)]
+        for worker in started:
+            worker.wait_ready(app)
+        yield System(tmp, sim, started)
+    finally:
+        for worker in started:
+            worker.stop()
+        sim.stop()
+        redis.Redis.from_url(redis_url).flushdb()
+        print(f"  (logs and SQLite in {tmp})")

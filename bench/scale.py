@@ -12,14 +12,10 @@ import json
 import shutil
 import statistics
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
-import redis
-
-from bench.parts import ROOT, SimulatorProcess, config_file, peak_rss_mb, prepare_this_process
-from tests.harness import WorkerProcess, ensure_redis, genesis_env
+from bench.parts import ROOT, peak_rss_mb, running_system
 
 PER_AGENT = 500  # × 5 agents × 4 backends = 10,000 jobs
 BACKENDS = ["openai", "anthropic", "mistral-base", "mistral-ft"]
@@ -46,30 +42,11 @@ def generate_suite(folder: Path, per_agent: int) -> Path:
 
 
 def run_scale(redis_url: str, timeout: float = 900) -> dict:
-    ensure_redis(redis_url)
-    redis.Redis.from_url(redis_url).flushdb()
-    tmp = Path(tempfile.mkdtemp(prefix="genesis-bench-d-"))
-    suite = generate_suite(tmp / "suite-10k", PER_AGENT)
-    sim = SimulatorProcess(LATENCY_MS, None)
-    workers: list[WorkerProcess] = []
-    try:
-        env = genesis_env(database_url=f"sqlite:///{tmp / 'genesis.db'}", redis_url=redis_url,
-                          reports_dir=tmp / "reports", simulator_url=sim.url,
-                          extra={"GENESIS_CONFIG": str(config_file(tmp, {}))})
-        app = prepare_this_process(env)
-        workers = [WorkerProcess(env, name=f"benchd{i}", concurrency=CONCURRENCY, log_path=tmp / f"worker{i}.log")
-                   for i in range(WORKERS)]
-        for worker in workers:
-            worker.wait_ready(app)
-        row = submit_and_watch(suite, timeout)
-        row["worker_peak_rss_mb"] = [peak_rss_mb(w.proc.pid) for w in workers]
-        row["sim"] = sim.stats()
-    finally:
-        for worker in workers:
-            worker.stop()
-        sim.stop()
-        redis.Redis.from_url(redis_url).flushdb()
-    print(f"  (logs and SQLite in {tmp})")
+    with running_system("d", redis_url, latency_ms=LATENCY_MS, sim_rpm=None, limits={}, workers=WORKERS,
+                        concurrency=CONCURRENCY) as system:
+        row = submit_and_watch(generate_suite(system.tmp / "suite-10k", PER_AGENT), timeout)
+        row["worker_peak_rss_mb"] = [peak_rss_mb(w.proc.pid) for w in system.workers]
+        row["sim"] = system.sim.stats()
     return row
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,10 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import profiling, scale  # noqa: E402
-from bench.parts import (  # noqa: E402
-    SimulatorProcess, config_file, cpu_s, machine_cpu_s, prepare_this_process, redis_server_pid,
-)
-from tests.harness import WorkerProcess, ensure_redis, genesis_env  # noqa: E402
+from bench.parts import SimulatorProcess, cpu_s, machine_cpu_s, redis_server_pid, running_system  # noqa: E402
+from tests.harness import WorkerProcess  # noqa: E402
 
 
 @dataclass
@@ -147,23 +144,10 @@ def sdk_only_cpu_ms(run_id: str) -> float:
 
 
 def run_scenario(sc: Scenario, redis_url: str, *, profile: bool = False) -> list[dict]:
-    import redis
-
-    ensure_redis(redis_url)
-    redis.Redis.from_url(redis_url).flushdb()
-    tmp = Path(tempfile.mkdtemp(prefix=f"genesis-bench-{sc.key}-"))
-    sim = SimulatorProcess(sc.latency_ms, sc.sim_rpm)
-    workers: list[WorkerProcess] = []
     rows = []
-    try:
-        env = genesis_env(database_url=f"sqlite:///{tmp / 'genesis.db'}", redis_url=redis_url,
-                          reports_dir=tmp / "reports", simulator_url=sim.url,
-                          extra={"GENESIS_CONFIG": str(config_file(tmp, sc.limits))})
-        app = prepare_this_process(env)
-        workers = [WorkerProcess(env, name=f"bench{sc.key}{i}", concurrency=sc.concurrency,
-                                 log_path=tmp / f"worker{i}.log") for i in range(sc.workers)]
-        for worker in workers:
-            worker.wait_ready(app)
+    with running_system(sc.key, redis_url, latency_ms=sc.latency_ms, sim_rpm=sc.sim_rpm, limits=sc.limits,
+                        workers=sc.workers, concurrency=sc.concurrency) as system:
+        tmp, sim, workers = system.tmp, system.sim, system.workers
         for label in sc.runs:
             sim.reset()
             if sc.key == "c" and label == "warm-up":
@@ -185,12 +169,6 @@ def run_scenario(sc: Scenario, redis_url: str, *, profile: bool = False) -> list
                 row["idle_cpu_s"] = idle_rate * row["wall_s"]
                 row["sdk_cpu_ms"] = sdk_only_cpu_ms(row["run_id"])
             rows.append(row)
-    finally:
-        for worker in workers:
-            worker.stop()
-        sim.stop()
-        redis.Redis.from_url(redis_url).flushdb()
-    print(f"  (logs and SQLite in {tmp})")
     return rows
 
 
