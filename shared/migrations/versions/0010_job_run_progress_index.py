@@ -1,4 +1,4 @@
-"""job: index (run_id, status, backend) for the completion check and `producer status`
+"""job: index (run_id, status, backend, started_at, finished_at) for the completion check and `producer status`
 
 Revision ID: 0010
 Revises: 0001
@@ -15,9 +15,10 @@ depends_on: Union[str, Sequence[str], None] = None
 
 def upgrade() -> None:
     with op.batch_alter_table('job', schema=None) as batch_op:
-        batch_op.create_index('ix_job_run_status_backend', ['run_id', 'status', 'backend'], unique=False)
+        batch_op.create_index('ix_job_run_progress', ['run_id', 'status', 'backend', 'started_at', 'finished_at'],
+                              unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table('job', schema=None) as batch_op:
-        batch_op.drop_index('ix_job_run_status_backend')
+        batch_op.drop_index('ix_job_run_progress')
