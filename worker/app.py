@@ -6,6 +6,7 @@ the defaults below; `-Q`, `-c`, `-P`, `-n` work as Celery users expect.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from celery import Celery, signals
@@ -72,13 +73,20 @@ def _fresh_connections_after_fork(**_kwargs) -> None:
     forget_inherited_connections()
 
 
+SDK_MODULES = {"openai": "openai", "anthropic": "anthropic", "mistral": "mistralai.client"}
+
+
 @signals.worker_init.connect
-def _import_provider_sdks(**_kwargs) -> None:
+def _import_provider_sdks(sender=None, **_kwargs) -> None:
     """The SDKs cost ~1.3 s of CPU to import; pay it at start-up, not inside the first jobs
-    (and before prefork forks, so children share it)."""
-    import anthropic  # noqa: F401
-    import mistralai.client  # noqa: F401
-    import openai  # noqa: F401
+    (and before prefork forks, so children share it). Only those of the provider queues this
+    worker consumes: each holds 30-65 MB of memory (a `-Q openai` worker needs one). A queue
+    added later (`add_consumer`) imports its SDK on first use."""
+    consumed = set(sender.app.amqp.queues.consume_from) if sender is not None else set(PROVIDER_QUEUES)
+    for provider in PROVIDER_QUEUES:
+        if provider in consumed:
+            importlib.import_module(SDK_MODULES[provider])
+
 
 import worker.halt  # noqa: E402,F401  (connects the worker_ready handler: a halted budget keeps provider queues idle)
 import worker.completion  # noqa: E402,F401  (connects the task_postrun handler: the last job sends the report)
