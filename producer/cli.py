@@ -145,7 +145,7 @@ def _wait_for_report(run_id: str, *, quiet: bool) -> dict[str, Any]:
             if status in FINAL_RUN_STATUSES and report:
                 break
             if status == RunStatus.halted and not snapshot["by_status"]["running"]:
-                # The halted queues hold the rest, so the chord cannot finish: report what did.
+                # The halted queues hold the rest, so the run cannot finish: report what did.
                 from shared.runs import publish_report
 
                 snapshot["report"] = str(publish_report(run_id, partial=True)["md"])
