@@ -10,7 +10,7 @@
 (c) our CPU per job: 400 jobs against a 0 ms simulator on 1 worker; the worker process's CPU
     (/proc/<pid>/stat) per job, minus the CPU of the same SDK calls made in a plain loop here.
 (d) 10,000 jobs (generated suite): submit time, run completion, `producer status` latency
-    during the run, worker peak RSS at -c 32 (bench/scale.py).
+    during the run, worker peak RSS at -c 32 (bench/large_run.py).
 
 --profile samples the workers with py-spy during the measured runs (a, b, c) and prints where
 their CPU goes by part (bench/profiling.py).
@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import profiling, scale  # noqa: E402
+from bench import large_run, profiling  # noqa: E402
 from bench.parts import SimulatorProcess, cpu_s, machine_cpu_s, redis_server_pid, running_system  # noqa: E402
 from tests.harness import WorkerProcess  # noqa: E402
 
@@ -242,8 +242,8 @@ def main() -> None:
     summary = []
     for key in keys:
         if key == "d":
-            print(f"== (d) {scale.TITLE}", flush=True)
-            lines = scale.report(scale.run_scale(args.redis_url))
+            print(f"== (d) {large_run.TITLE}", flush=True)
+            lines = large_run.report(large_run.run_large(args.redis_url))
         else:
             sc = SCENARIOS[key]
             print(f"== ({key}) {sc.title}", flush=True)

@@ -41,7 +41,7 @@ def generate_suite(folder: Path, per_agent: int) -> Path:
     return folder
 
 
-def run_scale(redis_url: str, timeout: float = 900) -> dict:
+def run_large(redis_url: str, timeout: float = 900) -> dict:
     with running_system("d", redis_url, latency_ms=LATENCY_MS, sim_rpm=None, limits={}, workers=WORKERS,
                         concurrency=CONCURRENCY) as system:
         row = submit_and_watch(generate_suite(system.tmp / "suite-10k", PER_AGENT), timeout)
