@@ -1,6 +1,6 @@
 """Throughput benchmark: real `celery worker` processes, real Redis, real SDKs, the simulator.
 
-    python bench/throughput.py [--scenario a|b|c|all] [--redis-url redis://127.0.0.1:6379/11]
+    python bench/throughput.py [--scenario a|b|c|d|all] [--profile] [--redis-url redis://127.0.0.1:6379/11]
 
 (a) rate-bound: 100 openai jobs, 3 workers × 8 threads, 60 RPM in our config and in the
     simulator. Floor: 60 at once, then 1/s → ~41 s; even pacing would take 100 s.
@@ -9,6 +9,11 @@
     client per thread and provider built on first use) and warm.
 (c) our CPU per job: 400 jobs against a 0 ms simulator on 1 worker; the worker process's CPU
     (/proc/<pid>/stat) per job, minus the CPU of the same SDK calls made in a plain loop here.
+(d) 10,000 jobs (generated suite): submit time, run completion, `producer status` latency
+    during the run, worker peak RSS at -c 32 (bench/large_run.py).
+
+--profile samples the workers with py-spy during the measured runs (a, b, c) and prints where
+their CPU goes by part (bench/profiling.py).
 
 Wall time is measured from submit to the report existing; first-start → last-finish comes from
 SQL (Job.started_at / finished_at). Everything runs in a temp dir with SQLite; the Redis db
@@ -18,23 +23,19 @@ given is flushed (default db 11, which belongs to this benchmark).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.harness import WorkerProcess, ensure_redis, genesis_env, reconnect_app  # noqa: E402
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+from bench import large_run, profiling  # noqa: E402
+from bench.parts import SimulatorProcess, cpu_s, machine_cpu_s, redis_server_pid, running_system  # noqa: E402
+from tests.harness import WorkerProcess  # noqa: E402
 
 
 @dataclass
@@ -62,72 +63,6 @@ SCENARIOS = {
                   backends=["openai", "anthropic", "mistral-base", "mistral-ft"], workers=1, concurrency=4,
                   latency_ms=0, runs=("warm-up", "measured")),
 }
-
-
-# --- parts ------------------------------------------------------------------------------------
-
-
-class SimulatorProcess:
-    """`python -m simulator` in a subprocess, so its CPU is not counted as ours."""
-
-    def __init__(self, latency_ms: float, rpm: int | None) -> None:
-        args = [sys.executable, "-m", "simulator", "--port", "0", "--latency-ms", str(latency_ms)]
-        if rpm:
-            args += ["--rpm", str(rpm)]
-        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        line = self.proc.stdout.readline()
-        match = re.search(r"(http://\S+)", line)
-        if not match:
-            raise RuntimeError(f"simulator did not start: {line!r}")
-        self.url = match.group(1)
-
-    def _call(self, path: str, data: bytes | None = None) -> dict:
-        with urllib.request.urlopen(f"{self.url}{path}", data=data, timeout=5) as response:
-            return json.loads(response.read())
-
-    def stats(self) -> dict:
-        return self._call("/_sim/stats")
-
-    def reset(self) -> None:
-        self._call("/_sim/reset", data=b"")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-def config_file(directory: Path, limits: dict[str, dict[str, int]]) -> Path:
-    """The shipped TOML with its [limits.*] replaced, and model id files made absolute."""
-    kept, skipping = [], False
-    for line in (ROOT / "config" / "genesis.toml").read_text().splitlines():
-        if line.startswith("["):
-            skipping = line.startswith("[limits")
-        if not skipping:
-            kept.append(line.replace('model_id_file = "models/', f'model_id_file = "{ROOT}/models/'))
-    for name, values in limits.items():
-        kept += ["", f'[limits."{name}"]', *(f"{k} = {v}" for k, v in values.items())]
-    path = directory / "genesis.toml"
-    path.write_text("\n".join(kept) + "\n")
-    return path
-
-
-def machine_cpu_s() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far, all cores, from /proc/stat."""
-    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    idle = ticks[3] + ticks[4]
-    return (sum(ticks) - idle) / CLOCK_TICKS, sum(ticks) / CLOCK_TICKS
-
-
-def redis_server_pid() -> int | None:
-    found = subprocess.run(["pgrep", "-x", "redis-server"], capture_output=True, text=True).stdout.split()
-    return int(found[0]) if len(found) == 1 else None
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU of a process and its waited-for children, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:15]) / CLOCK_TICKS
 
 
 # --- one run ------------------------------------------------------------------------------------
@@ -208,24 +143,11 @@ def sdk_only_cpu_ms(run_id: str) -> float:
 # --- a scenario -----------------------------------------------------------------------------------
 
 
-def run_scenario(sc: Scenario, redis_url: str) -> list[dict]:
-    import redis
-
-    ensure_redis(redis_url)
-    redis.Redis.from_url(redis_url).flushdb()
-    tmp = Path(tempfile.mkdtemp(prefix=f"genesis-bench-{sc.key}-"))
-    sim = SimulatorProcess(sc.latency_ms, sc.sim_rpm)
-    workers: list[WorkerProcess] = []
+def run_scenario(sc: Scenario, redis_url: str, *, profile: bool = False) -> list[dict]:
     rows = []
-    try:
-        env = genesis_env(database_url=f"sqlite:///{tmp / 'genesis.db'}", redis_url=redis_url,
-                          reports_dir=tmp / "reports", simulator_url=sim.url,
-                          extra={"GENESIS_CONFIG": str(config_file(tmp, sc.limits))})
-        app = prepare_this_process(env)
-        workers = [WorkerProcess(env, name=f"bench{sc.key}{i}", concurrency=sc.concurrency,
-                                 log_path=tmp / f"worker{i}.log") for i in range(sc.workers)]
-        for worker in workers:
-            worker.wait_ready(app)
+    with running_system(sc.key, redis_url, latency_ms=sc.latency_ms, sim_rpm=sc.sim_rpm, limits=sc.limits,
+                        workers=sc.workers, concurrency=sc.concurrency) as system:
+        tmp, sim, workers = system.tmp, system.sim, system.workers
         for label in sc.runs:
             sim.reset()
             if sc.key == "c" and label == "warm-up":
@@ -233,7 +155,11 @@ def run_scenario(sc: Scenario, redis_url: str) -> list[dict]:
                 continue
             cpu_before, idle_rate = worker_cpu(workers)
             ours_before, machine_before = ours_cpu_s(workers, sim), machine_cpu_s()
+            recorders = [profiling.Recorder(w.proc.pid, tmp / f"profile-{label}-{i}.txt")
+                         for i, w in enumerate(workers)] if profile else []
             row = submit_and_wait(sc)
+            if recorders:
+                row["profile"] = sum((r.stop() for r in recorders), Counter())
             ours_after, machine_after = ours_cpu_s(workers, sim), machine_cpu_s()
             row.update(label=label, sim=sim.stats(), machine_busy_s=machine_after[0] - machine_before[0],
                        machine_total_s=machine_after[1] - machine_before[1],
@@ -243,12 +169,6 @@ def run_scenario(sc: Scenario, redis_url: str) -> list[dict]:
                 row["idle_cpu_s"] = idle_rate * row["wall_s"]
                 row["sdk_cpu_ms"] = sdk_only_cpu_ms(row["run_id"])
             rows.append(row)
-    finally:
-        for worker in workers:
-            worker.stop()
-        sim.stop()
-        redis.Redis.from_url(redis_url).flushdb()
-    print(f"  (logs and SQLite in {tmp})")
     return rows
 
 
@@ -259,20 +179,6 @@ def ours_cpu_s(workers: list[WorkerProcess], sim: SimulatorProcess) -> dict[str,
     if (pid := redis_server_pid()) is not None:
         parts["redis"] = cpu_s(pid)
     return parts
-
-
-def prepare_this_process(env: dict[str, str]):
-    """Point this process (the producer) at the scenario's database, Redis and config."""
-    os.environ.update(env)
-    from shared.config import get_settings
-    from shared.db import migrate
-
-    get_settings.cache_clear()
-    migrate()
-    from worker.app import app
-
-    reconnect_app(app, get_settings())
-    return app
 
 
 def worker_cpu(workers: list[WorkerProcess], *, measure_idle: bool = True) -> tuple[float, float]:
@@ -316,20 +222,32 @@ def report(sc: Scenario, rows: list[dict]) -> list[str]:
             lines.append(f"    worker CPU {row['worker_cpu_s']:.2f} s (idle share {row['idle_cpu_s']:.2f} s) → "
                          f"{ours:.1f} ms/job; same SDK calls alone {row['sdk_cpu_ms']:.1f} ms/call → "
                          f"our overhead {ours - row['sdk_cpu_ms']:.1f} ms CPU per job (incl. Celery, SQL, Redis, report)")
+        if "profile" in row:
+            per_job = (row["worker_cpu_s"] / row["jobs"] * 1000) if "worker_cpu_s" in row else \
+                row["ours"]["workers"] / row["jobs"] * 1000
+            lines += profiling.table(row["profile"], per_job)
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", choices=["a", "b", "c", "all"], default="all")
+    parser.add_argument("--scenario", choices=["a", "b", "c", "d", "all"], default="all")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample the workers with py-spy during measured runs and print where their CPU goes")
     parser.add_argument("--redis-url", default=os.environ.get("GENESIS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"))
     args = parser.parse_args()
-    keys = ["a", "b", "c"] if args.scenario == "all" else [args.scenario]
+    keys = ["a", "b", "c", "d"] if args.scenario == "all" else [args.scenario]
+    if args.profile and not profiling.available():
+        parser.exit(2, "error: --profile needs py-spy (pip install -e '.[bench]')\n")
     summary = []
     for key in keys:
-        sc = SCENARIOS[key]
-        print(f"== ({key}) {sc.title}", flush=True)
-        lines = report(sc, run_scenario(sc, args.redis_url))
+        if key == "d":
+            print(f"== (d) {large_run.TITLE}", flush=True)
+            lines = large_run.report(large_run.run_large(args.redis_url))
+        else:
+            sc = SCENARIOS[key]
+            print(f"== ({key}) {sc.title}", flush=True)
+            lines = report(sc, run_scenario(sc, args.redis_url, profile=args.profile))
         print("\n".join(lines), flush=True)
         summary += lines
     if len(keys) > 1:

@@ -1,1 +1,1 @@
-"""Producer side: validates input, records runs in SQL, enqueues chords, shows progress."""
+"""Producer side: validates input, records runs in SQL, enqueues jobs, shows progress."""

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -50,7 +50,13 @@ class Run(SQLModel, table=True):
 
 class Job(SQLModel, table=True):
     __tablename__ = "job"
-    __table_args__ = (UniqueConstraint("run_id", "agent", "task_id", "backend", name="uq_job_slot"),)
+    __table_args__ = (
+        UniqueConstraint("run_id", "agent", "task_id", "backend", name="uq_job_slot"),
+        # Covers "is any job of this run still active?" (after every job) and `producer
+        # status`'s one grouped query, without reading the rows. The timestamps cost almost
+        # nothing here: they change exactly when the status does, which moves the entry anyway.
+        Index("ix_job_run_progress", "run_id", "status", "backend", "started_at", "finished_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     run_id: str = Field(foreign_key="run.id", index=True, max_length=32)

@@ -6,13 +6,14 @@ the defaults below; `-Q`, `-c`, `-P`, `-n` work as Celery users expect.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from celery import Celery, signals
 from kombu import Queue
 
 from shared.config import Settings, get_settings
-from shared.providers.registry import PROVIDER_QUEUES
+from shared.providers.registry import PROVIDER_QUEUES, PROVIDERS
 REPORTS_QUEUE = "reports"
 
 
@@ -39,12 +40,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": max(settings.worker.task_time_limit_s - 30, 10),
         "result_expires": 7 * 24 * 3600,
         "result_backend_thread_safe": True,
+        # Nobody reads task results (progress and reports come from SQL; the report follows
+        # the last job by worker/completion.py, not a chord): storing them cost ~0.4 ms per job.
+        "task_ignore_result": True,
         # Provider calls are I/O-bound: threads, one SDK client per thread (design §8).
         "worker_pool": settings.worker.pool,
         "worker_concurrency": settings.worker.concurrency,
-        # Events on, so Flower shows tasks live (~0.7 ms of CPU per task here).
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events off by default (3 Redis publishes, ~0.5-1 ms of CPU per task): Flower
+        # switches them on in every worker while it runs (its --enable_events, on by default),
+        # and `celery worker -E` forces them on.
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
     }
@@ -66,6 +72,8 @@ def _fresh_connections_after_fork(**_kwargs) -> None:
     forget_inherited_connections()
 
 
+
+
 @signals.worker_init.connect
 def _size_database_pool(sender, **_kwargs) -> None:
     """Connections per process from this worker's real concurrency (`-c`, `-P` included):
@@ -80,11 +88,16 @@ def _size_database_pool(sender, **_kwargs) -> None:
 
 
 @signals.worker_init.connect
-def _import_provider_sdks(**_kwargs) -> None:
+def _import_provider_sdks(sender=None, **_kwargs) -> None:
     """The SDKs cost ~1.3 s of CPU to import; pay it at start-up, not inside the first jobs
-    (and before prefork forks, so children share it)."""
-    import anthropic  # noqa: F401
-    import mistralai.client  # noqa: F401
-    import openai  # noqa: F401
+    (and before prefork forks, so children share it). Only those of the provider queues this
+    worker consumes: each holds 30-65 MB of memory (a `-Q openai` worker needs one). A queue
+    added later (`add_consumer`) imports its SDK on first use."""
+    consumed = set(sender.app.amqp.queues.consume_from) if sender is not None else set(PROVIDER_QUEUES)
+    for spec in PROVIDERS.values():
+        if spec.queue in consumed:
+            importlib.import_module(spec.sdk_module)
+
 
 import worker.halt  # noqa: E402,F401  (connects the worker_ready handler: a halted budget keeps provider queues idle)
+import worker.completion  # noqa: E402,F401  (connects the task_postrun handler: the last job sends the report)

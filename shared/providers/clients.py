@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from shared.providers.errors import ProviderError
@@ -33,19 +34,44 @@ def client_for(spec: "ProviderSpec", timeout_s: float) -> Any:
     return client
 
 
+def _httpx() -> Any:
+    """The HTTP library the installed SDKs are built on (httpx2 in current releases, httpx before)."""
+    try:
+        import httpx2
+
+        return httpx2
+    except ImportError:  # older SDK generations
+        import httpx
+
+        return httpx
+
+
+@lru_cache(maxsize=1)
+def _tls() -> Any:
+    """One TLS context per process, shared by every client (thread-safe): each SDK client would
+    otherwise load the CA bundle into a context of its own (~21 ms of CPU and ~0.8 MB each; at
+    -c 32, 3 providers x 32 threads held ~100 MB of them)."""
+    return _httpx().create_ssl_context()
+
+
 def build_openai(key: str, base_url: str | None, timeout_s: float) -> Any:
     import openai
 
-    return openai.OpenAI(api_key=key, base_url=base_url, max_retries=0, timeout=timeout_s)
+    return openai.OpenAI(api_key=key, base_url=base_url, max_retries=0, timeout=timeout_s,
+                         http_client=openai.DefaultHttpxClient(verify=_tls()))
 
 
 def build_anthropic(key: str, base_url: str | None, timeout_s: float) -> Any:
     import anthropic
 
-    return anthropic.Anthropic(api_key=key, base_url=base_url, max_retries=0, timeout=timeout_s)
+    return anthropic.Anthropic(api_key=key, base_url=base_url, max_retries=0, timeout=timeout_s,
+                               http_client=anthropic.DefaultHttpxClient(verify=_tls()))
 
 
 def build_mistral(key: str, base_url: str | None, timeout_s: float) -> Any:
     from mistralai.client import Mistral
 
-    return Mistral(api_key=key, server_url=base_url, timeout_ms=int(timeout_s * 1000))
+    httpx = _httpx()
+    return Mistral(api_key=key, server_url=base_url, timeout_ms=int(timeout_s * 1000),
+                   client=httpx.Client(verify=_tls(), follow_redirects=True),
+                   async_client=httpx.AsyncClient(verify=_tls(), follow_redirects=True))

@@ -18,16 +18,18 @@ class ProviderSpec:
     base_url_env: str  # endpoint override, in the form the SDK takes
     build_client: Callable[[str, str | None, float], Any]
     call: Callable[[Any, ChatRequest], ChatResponse]
+    sdk_module: str  # imported at worker start by workers that consume `queue`
 
 
 PROVIDERS: dict[str, ProviderSpec] = {
     spec.name: spec
     for spec in (
-        ProviderSpec("openai", "openai", "OPENAI_API_KEY", "OPENAI_BASE_URL", clients.build_openai, adapters.call_openai),
+        ProviderSpec("openai", "openai", "OPENAI_API_KEY", "OPENAI_BASE_URL", clients.build_openai, adapters.call_openai,
+                     "openai"),
         ProviderSpec("anthropic", "anthropic", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", clients.build_anthropic,
-                     adapters.call_anthropic),
+                     adapters.call_anthropic, "anthropic"),
         ProviderSpec("mistral", "mistral", "MISTRAL_API_KEY", "MISTRAL_BASE_URL", clients.build_mistral,
-                     adapters.call_mistral),
+                     adapters.call_mistral, "mistralai.client"),
     )
 }
 PROVIDER_NAMES: tuple[str, ...] = tuple(PROVIDERS)

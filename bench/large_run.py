@@ -1,0 +1,117 @@
+"""(d) A run of 10,000 jobs: how long submit takes (validate, record, enqueue), how long the run
+takes to complete, how fast `producer status` answers while it runs, and each worker's peak
+memory at -c 32. The suite is generated for the run (the shipped suite's tasks repeated under
+new ids, so the simulator still knows their answers); nothing of it is shipped.
+
+Used by `bench/throughput.py --scenario d` (or `all`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+from bench.parts import ROOT, peak_rss_mb, running_system
+
+PER_AGENT = 500  # × 5 agents × 4 backends = 10,000 jobs
+BACKENDS = ["openai", "anthropic", "mistral-base", "mistral-ft"]
+WORKERS, CONCURRENCY, LATENCY_MS = 2, 32, 100
+STATUS_EVERY_S = 0.5
+TITLE = (f"10,000 jobs: generated suite ({PER_AGENT} tasks x 5 agents x 4 backends), {WORKERS} workers x "
+         f"{CONCURRENCY}, {LATENCY_MS} ms simulator, no rate limits")
+
+
+def generate_suite(folder: Path, per_agent: int) -> Path:
+    """The shipped suite's tasks, each repeated under a new id until every agent has per_agent."""
+    from shared.suite import load_suite
+
+    shipped = load_suite("genesis-custom")
+    folder.mkdir(parents=True)
+    for agent in shipped.agents():
+        tasks = shipped.tasks_for(agent)
+        with (folder / f"{agent}.jsonl").open("w") as out:
+            for i in range(per_agent):
+                task = tasks[i % len(tasks)]
+                out.write(json.dumps({**task.model_dump(exclude_none=True),
+                                      "id": f"{task.id}-r{i // len(tasks):03d}"}) + "\n")
+    return folder
+
+
+def run_large(redis_url: str, timeout: float = 900) -> dict:
+    with running_system("d", redis_url, latency_ms=LATENCY_MS, sim_rpm=None, limits={}, workers=WORKERS,
+                        concurrency=CONCURRENCY) as system:
+        row = submit_and_watch(generate_suite(system.tmp / "suite-10k", PER_AGENT), timeout)
+        row["worker_peak_rss_mb"] = [peak_rss_mb(w.proc.pid) for w in system.workers]
+        row["sim"] = system.sim.stats()
+    return row
+
+
+def submit_and_watch(suite: Path, timeout: float) -> dict:
+    """Submit like `producer submit`, timing each step; then poll status until the report exists."""
+    from producer import submit as submitting
+    from producer.cli import run_snapshot
+    from shared.config import get_settings
+
+    settings = get_settings()
+    started = time.perf_counter()
+    selection = submitting.select_work(settings, agents=[], all_agents=True, backends=BACKENDS, suite=str(suite),
+                                       limit=None)
+    selected = time.perf_counter()
+    run_id, jobs = submitting.record_run(settings, selection)
+    recorded = time.perf_counter()
+    submitting.enqueue(run_id, jobs)
+    enqueued = time.perf_counter()
+    status_ms: list[float] = []
+    cli_ms = None
+    final_at = None
+    while time.perf_counter() < enqueued + timeout:
+        before = time.perf_counter()
+        snap = run_snapshot(run_id)
+        now = time.perf_counter()
+        if snap["active"]:
+            status_ms.append((now - before) * 1000)
+        if cli_ms is None and snap["by_status"]["ok"] >= len(jobs) // 2:
+            cli_ms = producer_status_cli_ms(run_id)
+        if final_at is None and not snap["active"]:
+            final_at = now
+        if snap["report"] and not snap["active"]:
+            break
+        time.sleep(STATUS_EVERY_S)
+    else:
+        raise TimeoutError(f"run {run_id} not reported within {timeout} s")
+    return {
+        "run_id": run_id, "jobs": len(jobs), "by_status": snap["by_status"],
+        "validate_s": selected - started, "record_s": recorded - selected, "enqueue_s": enqueued - recorded,
+        "final_s": final_at - enqueued, "report_s": time.perf_counter() - enqueued,
+        "status_ms": status_ms, "cli_status_ms": cli_ms,
+    }
+
+
+def producer_status_cli_ms(run_id: str) -> float | None:
+    """`producer status RUN_ID --json` as a user runs it (a new process: includes its start-up)."""
+    exe = shutil.which("producer") or str(ROOT / ".venv" / "bin" / "producer")
+    before = time.perf_counter()
+    done = subprocess.run([exe, "status", run_id, "--json"], capture_output=True, cwd=ROOT)
+    return (time.perf_counter() - before) * 1000 if done.returncode == 0 else None
+
+
+def report(row: dict) -> list[str]:
+    status = row["status_ms"] or [float("nan")]
+    cli = f"{row['cli_status_ms']:.0f} ms" if row["cli_status_ms"] else "n/a"
+    submit_s = row["record_s"] + row["enqueue_s"]
+    return [
+        f"(d) jobs {row['jobs']}  ok {row['by_status']['ok']}  error {row['by_status']['error']}  "
+        f"calls {row['sim']['requests_total']}",
+        f"    submit: validate suite {row['validate_s']:.2f} s; record {row['record_s']:.2f} s + enqueue "
+        f"{row['enqueue_s']:.2f} s = {submit_s:.2f} s  [target ≤ 5 s]",
+        f"    run: enqueue→all final {row['final_s']:.1f} s, enqueue→report {row['report_s']:.1f} s "
+        f"(report build is the report's own figure)",
+        f"    status during the run ({len(row['status_ms'])} polls): median {statistics.median(status):.0f} ms, "
+        f"max {max(status):.0f} ms  [target < 200 ms]; `producer status --json` as a new process {cli}",
+        "    worker peak RSS: " + ", ".join(f"{mb:.0f} MB" for mb in row["worker_peak_rss_mb"])
+        + f" at -c {CONCURRENCY}  [target ≤ 150 MB]",
+    ]
