@@ -449,6 +449,16 @@ def test_reused_answers_and_judge_calls_are_counted_apart(judged_run):
     assert "ledger holds" not in warnings  # inference + judge account for the whole ledger
 
 
+def test_the_cost_section_and_chart_show_the_judge_apart(judged_run, tmp_path):
+    paths = write_report(build(judged_run, "judged"), tmp_path)
+    markdown, page = paths["md"].read_text(), paths["html"].read_text()
+    assert "judge: $0.005500 over 11 calls, 25.6% of this run's cost" in markdown
+    assert "| Reused |" in markdown and "Cost / paid request" in markdown
+    assert "judge: $0.005500 over 11 calls, 25.6% of this run&#x27;s cost" in page
+    cost_chart = page[page.index('data-chart="cost"'):page.index('data-chart="cost-per-point"')]
+    assert "judge stacked in grey" in cost_chart and cost_chart.count('fill="#8c959f"') == 3  # 2 bars + legend
+
+
 def test_a_ledger_entry_nobody_accounts_for_is_a_warning(judged_run):
     with Session(get_engine(judged_run)) as session:
         session.add(CostEntry(run_id="judged", operation="manual", cost_usd=0.25))
