@@ -38,6 +38,24 @@ def rows(run_id: str):
     return jobs, entries
 
 
+def report_costs(run_id: str) -> tuple[dict, float]:
+    """The report's cost figures built from SQL now, and the ledger's total for the run."""
+    from shared.db import session_scope
+    from shared.report import build_report_data
+
+    with session_scope() as session:
+        data = build_report_data(session, run_id)
+    return data, sum(e.cost_usd for e in rows(run_id)[1])
+
+
+def assert_judge_costs_reported(run_id: str, calls: int) -> None:
+    data, ledger = report_costs(run_id)
+    assert data["costs"]["judge_calls"] == calls
+    assert sum(b["judge_calls"] for b in data["backends"]) == calls
+    assert sum(b["total_cost_usd"] for b in data["backends"]) == pytest.approx(ledger)
+    assert not any("ledger holds" in w for w in data["warnings"])
+
+
 @pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
 def test_judged_jobs_are_graded_by_the_judge_backend_and_ledgered_as_judge(start_worker, simulator):
     from shared.suite import load_suite
@@ -68,6 +86,7 @@ def test_judged_jobs_are_graded_by_the_judge_backend_and_ledgered_as_judge(start
     judge_usd = sum(e.cost_usd for e in entries if e.operation == "judge")
     lines = Path(json.loads(dashboard.stdout)["path"]).read_text().splitlines()
     assert any(line.startswith("| judge |") and f"{judge_usd:.4f}" in line for line in lines), lines
+    assert_judge_costs_reported(run_id, calls=JOBS)
 
 
 def test_an_unparseable_judge_answer_is_retried_then_an_error_and_resume_pays_only_the_judge(
@@ -97,6 +116,7 @@ def test_an_unparseable_judge_answer_is_retried_then_an_error_and_resume_pays_on
     assert simulator.stats()["by_model"] == {JUDGE_MODEL: JOBS}  # no answer paid twice
     jobs, entries = rows(run_id)
     assert sorted(e.job_id for e in entries if e.operation == "judge" and e.job_id) == [j.id for j in jobs]
+    assert_judge_costs_reported(run_id, calls=3 * JOBS)  # the unparseable replies were paid too
 
 
 def test_the_budget_guard_halts_on_judge_spend(start_worker, simulator, monkeypatch, genesis, tmp_path):

@@ -376,3 +376,93 @@ def test_budget_section_follows_the_recorded_halt_and_raised_limit(mixed_run):
     assert budget["level"] == "emergency" and budget["halt_reason"] == "halt at $100"
     assert budget["remaining_usd"] == pytest.approx(83.0 - budget["spent_usd"])
     assert "HALTED by the budget guard: halt at $100" in render_markdown(build(mixed_run))
+
+
+JUDGE_USD = 0.0005
+
+
+def reuse_answers(session: Session, run_id: str, backend: str, tasks: list[str], source_run: str) -> None:
+    """Turns jobs of `run_id` into reused ones, as worker.jobs.finish_reused leaves them: the
+    source's answer, $0 and no ledger row of their own."""
+    from sqlmodel import delete, select
+
+    for task in tasks:
+        job = session.exec(select(Job).where(Job.run_id == run_id, Job.backend == backend, Job.task_id == task)).one()
+        source = session.exec(select(Job).where(Job.run_id == source_run, Job.backend == backend, Job.task_id == task)).one()
+        job.cost_usd, job.reused_from_job_id, job.reused_from_run_id = 0.0, source.id, source_run
+        session.add(job)
+        session.exec(delete(CostEntry).where(CostEntry.job_id == job.id))
+
+
+def ledger_judge(session: Session, run_id: str, backend: str, *, job_ids: list[int | None]) -> None:
+    for job_id in job_ids:
+        session.add(CostEntry(run_id=run_id, job_id=job_id, agent="qa", backend=backend, model="gpt-4o-mini",
+                              operation="judge", cost_usd=JUDGE_USD))
+
+
+@pytest.fixture
+def judged_run(db_url) -> str:
+    """qa: the candidate's 10 answers judged (one entry each); the baseline has 4 answers reused
+    from two earlier runs and one judge reply that could not be parsed (ledgered, no job link)."""
+    from sqlmodel import select
+
+    with Session(get_engine(db_url)) as session:
+        for source in ("src1", "src2"):
+            add_run(session, source, ["qa"], created_at=utcnow() - timedelta(days=1))
+            add_jobs(session, source, "qa", "mistral-base", QA_BASE)
+        add_run(session, "judged", ["qa"])
+        add_jobs(session, "judged", "qa", "mistral-ft", QA_FT)
+        add_jobs(session, "judged", "qa", "mistral-base", QA_BASE)
+        reuse_answers(session, "judged", "mistral-base", ["t00", "t01"], "src1")
+        reuse_answers(session, "judged", "mistral-base", ["t02", "t03"], "src2")
+        ft_ids = list(session.exec(select(Job.id).where(Job.run_id == "judged", Job.backend == "mistral-ft")))
+        ledger_judge(session, "judged", "mistral-ft", job_ids=ft_ids)
+        ledger_judge(session, "judged", "mistral-base", job_ids=[None])
+        session.commit()
+    return db_url
+
+
+def test_reused_answers_and_judge_calls_are_counted_apart(judged_run):
+    data = build(judged_run, "judged")
+    ft, base = backend_row(data, "qa", "mistral-ft"), backend_row(data, "qa", "mistral-base")
+    assert (ft["reused"], base["reused"]) == (0, 4)
+    assert ft["cost_usd"] == pytest.approx(0.010) and base["cost_usd"] == pytest.approx(0.006)  # inference only
+    assert (ft["judge_calls"], base["judge_calls"]) == (10, 1)  # the unparseable reply counts too
+    assert ft["judge_cost_usd"] == pytest.approx(10 * JUDGE_USD) and base["judge_cost_usd"] == pytest.approx(JUDGE_USD)
+    assert base["total_cost_usd"] == pytest.approx(0.006 + JUDGE_USD)
+    assert base["cost_per_request_usd"] == pytest.approx(0.001)  # over the 6 paid answers, not 0.0006
+    by_backend = {b["backend"]: b for b in data["by_backend"]}
+    assert by_backend["mistral-ft"]["judge_cost_usd"] == pytest.approx(10 * JUDGE_USD)
+    assert by_backend["mistral-base"]["total_cost_usd"] == pytest.approx(0.006 + JUDGE_USD)
+
+    costs, ledger = data["costs"], data["budget"]["run_cost_usd"]
+    assert ledger == pytest.approx(0.016 + 11 * JUDGE_USD)
+    assert sum(b["total_cost_usd"] for b in data["backends"]) == pytest.approx(ledger)
+    assert costs["total_usd"] == pytest.approx(ledger) and costs["ledger_usd"] == ledger
+    assert (costs["judge_calls"], costs["judge_usd"]) == (11, pytest.approx(11 * JUDGE_USD))
+    assert costs["judge_share"] == pytest.approx(0.0055 / 0.0215)
+    assert costs["reuse"] == {"jobs": 4, "source_runs": ["src1", "src2"]}
+
+    assert comparison(data, "qa")["n"] == 10  # reused answers are that model's answers: still paired
+    warnings = "\n".join(data["warnings"])
+    assert "4 answers reused from runs src1, src2 (no call, $0)" in warnings
+    assert "ledger holds" not in warnings  # inference + judge account for the whole ledger
+
+
+def test_the_cost_section_and_chart_show_the_judge_apart(judged_run, tmp_path):
+    paths = write_report(build(judged_run, "judged"), tmp_path)
+    markdown, page = paths["md"].read_text(), paths["html"].read_text()
+    assert "judge: $0.005500 over 11 calls, 25.6% of this run's cost" in markdown
+    assert "| Reused |" in markdown and "Cost / paid request" in markdown
+    assert "judge: $0.005500 over 11 calls, 25.6% of this run&#x27;s cost" in page
+    cost_chart = page[page.index('data-chart="cost"'):page.index('data-chart="cost-per-point"')]
+    assert "judge stacked in grey" in cost_chart and cost_chart.count('fill="#8c959f"') == 3  # 2 bars + legend
+
+
+def test_a_ledger_entry_nobody_accounts_for_is_a_warning(judged_run):
+    with Session(get_engine(judged_run)) as session:
+        session.add(CostEntry(run_id="judged", operation="manual", cost_usd=0.25))
+        session.commit()
+    data = build(judged_run, "judged")
+    assert data["costs"]["ledger_usd"] - data["costs"]["total_usd"] == pytest.approx(0.25)
+    assert any("ledger holds $0.271500 for this run" in w for w in data["warnings"])

@@ -69,6 +69,8 @@ def test_an_identical_run_with_reuse_makes_no_call_costs_nothing_and_names_its_s
         assert job.cost_usd == 0.0 and job.output == source.output and job.score == source.score
     report = json.loads((Path(snap["report"]).parent / "report.json").read_text())
     assert sum(b["cost_usd"] for b in report["backends"]) == 0.0
+    assert sum(b["reused"] for b in report["backends"]) == JOBS
+    assert f"{JOBS} answers reused from runs {first} (no call, $0)" in "\n".join(report["warnings"])
 
 
 def test_new_fine_tuned_ids_are_paid_and_everything_else_is_reused(start_worker, simulator, genesis, monkeypatch,

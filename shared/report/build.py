@@ -10,6 +10,7 @@ from sqlmodel import Session
 from shared.models import JobStatus, utcnow
 from shared.report import data as facts_
 from shared.report import decision as rule_
+from shared.report.costs import NOTHING, run_costs
 from shared.report.drilldown import disagreements
 from shared.report.warnings import warnings
 
@@ -25,6 +26,7 @@ def build_report_data(session: Session, run_id: str, *, partial: bool = False) -
     comparisons = rule_.comparisons(facts, rule)
     decision = rule_.decide(facts.agents, comparisons)
     budget = facts_.budget_facts(session, run, jobs)
+    costs = run_costs(jobs, facts.judge, budget["run_cost_usd"])
     in_flight = counts[JobStatus.queued] + counts[JobStatus.running]
     return {
         "run_id": run.id,
@@ -44,10 +46,12 @@ def build_report_data(session: Session, run_id: str, *, partial: bool = False) -
         "decision": decision,
         "headlines": [c["headline"] for c in comparisons],
         "comparisons": comparisons,
-        "backends": [facts_.backend_row(a, b, facts.by_pair[(a, b)], backend_config) for a, b in facts.pairs],
+        "backends": [facts_.backend_row(a, b, facts.by_pair[(a, b)], backend_config, facts.judge.get((a, b), NOTHING))
+                     for a, b in facts.pairs],
         "by_backend": facts_.backend_summary(facts),
         "by_difficulty": [row for a, b in facts.pairs for row in facts_.difficulty_rows(a, b, facts.by_pair[(a, b)])],
         "disagreements": disagreements(session, facts, comparisons),
         "budget": budget,
-        "warnings": warnings(facts, comparisons, decision, budget),
+        "costs": costs,
+        "warnings": warnings(facts, comparisons, decision, budget, costs),
     }

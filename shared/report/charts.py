@@ -17,6 +17,7 @@ LEGEND_H = 22
 ROW_H = 22
 TOP, BOTTOM = 30, 34
 VERDICT_COLOURS = {"GO": "#1a7f37", "NO-GO": "#cf222e", "INCONCLUSIVE": "#9a6700"}
+JUDGE_COLOUR = "#8c959f"
 PALETTE = ("#0969da", "#8250df", "#bf3989", "#1a7f37", "#bc4c00", "#6e7781")
 
 
@@ -102,21 +103,30 @@ def forest(data: dict) -> str | None:
                 height, body)
 
 
-def _bars(name: str, title: str, items: list[tuple[str, float, str, str]]) -> str | None:
-    """Horizontal bars: (label, value >= 0, value text, colour) per row."""
+def _bars(name: str, title: str, items: list[tuple[str, list[tuple[float, str]], str]],
+          legend: list[tuple[str, str]] = ()) -> str | None:
+    """Horizontal bars, stacked: (label, [(value >= 0, colour), ...], value text) per row;
+    `legend` names the segments as (text, colour)."""
     if not items:
         return None
-    scale = _Scale(0.0, max(value for _, value, _, _ in items) or 1.0)
-    height = TOP + ROW_H * len(items) + BOTTOM
+    scale = _Scale(0.0, max(sum(v for v, _ in segments) for _, segments, _ in items) or 1.0)
+    height = TOP + ROW_H * len(items) + BOTTOM + (LEGEND_H if legend else 0)
     body = []
-    for i, (label, value, text, colour) in enumerate(items):
+    for i, (label, segments, text) in enumerate(items):
         y = TOP + ROW_H * i
-        body += [
-            _row_label(y + ROW_H / 2, label),
-            f'<rect x="{scale.left}" y="{y + 3}" width="{max(scale(value) - scale.left, 1):.1f}" '
-            f'height="{ROW_H - 6}" fill="{colour}"/>',
-            f'<text x="{WIDTH - 8}" y="{y + ROW_H / 2 + 4}" text-anchor="end" class="value">{escape(text)}</text>',
-        ]
+        body.append(_row_label(y + ROW_H / 2, label))
+        start = 0.0
+        for value, colour in segments:
+            if value > 0 or start == 0.0:
+                body.append(f'<rect x="{scale(start):.1f}" y="{y + 3}" width="{max(scale(start + value) - scale(start), 1):.1f}" '
+                            f'height="{ROW_H - 6}" fill="{colour}"/>')
+            start += value
+        body.append(f'<text x="{WIDTH - 8}" y="{y + ROW_H / 2 + 4}" text-anchor="end" class="value">{escape(text)}</text>')
+    legend_y = TOP + ROW_H * len(items) + 16
+    for i, (text, colour) in enumerate(legend):
+        x = LABEL_W + 180 * i
+        body += [f'<rect x="{x}" y="{legend_y - 10}" width="12" height="12" fill="{colour}"/>',
+                 f'<text x="{x + 18}" y="{legend_y}" class="tick">{escape(text)}</text>']
     return _svg(name, title, height, body)
 
 
@@ -126,7 +136,7 @@ def _colours(names: list[str]) -> dict[str, str]:
 
 def accuracy(data: dict) -> str | None:
     colour = _colours([b["backend"] for b in data["by_backend"]])
-    items = [(f"{b['agent']} · {b['backend']}", b["accuracy"], fmt.pct(b["accuracy"]), colour[b["backend"]])
+    items = [(f"{b['agent']} · {b['backend']}", [(b["accuracy"], colour[b["backend"]])], fmt.pct(b["accuracy"]))
              for b in data["backends"] if b["accuracy"] is not None]
     return _bars("accuracy", "Accuracy per agent and backend (mean score over ok jobs)", items)
 
@@ -159,11 +169,18 @@ def latency(data: dict) -> str | None:
 
 
 def cost(data: dict) -> list[str]:
+    """Cost per backend with the judge's calls stacked on its inference (grey), then the
+    inference cost per point of accuracy."""
     colour = _colours([b["backend"] for b in data["by_backend"]])
-    per_backend = _bars("cost", "Cost per backend (USD)", [
-        (b["backend"], b["cost_usd"], fmt.usd(b["cost_usd"]), colour[b["backend"]]) for b in data["by_backend"]])
-    per_point = _bars("cost-per-point", "Cost per point of accuracy (USD per percentage point)", [
-        (b["backend"], b["cost_per_accuracy_point_usd"], fmt.usd(b["cost_per_accuracy_point_usd"]), colour[b["backend"]])
+    judged = any(b["judge_cost_usd"] for b in data["by_backend"])
+    per_backend = _bars(
+        "cost", "Cost per backend (USD): inference" + (", judge stacked in grey" if judged else ""),
+        [(b["backend"], [(b["cost_usd"], colour[b["backend"]]), (b["judge_cost_usd"], JUDGE_COLOUR)],
+          fmt.usd(b["total_cost_usd"]))
+         for b in data["by_backend"]],
+        legend=[("inference (backend colour)", PALETTE[0]), ("judge", JUDGE_COLOUR)] if judged else [])
+    per_point = _bars("cost-per-point", "Inference cost per point of accuracy (USD per percentage point)", [
+        (b["backend"], [(b["cost_per_accuracy_point_usd"], colour[b["backend"]])], fmt.usd(b["cost_per_accuracy_point_usd"]))
         for b in data["by_backend"] if b["cost_per_accuracy_point_usd"] is not None])
     return [svg for svg in (per_backend, per_point) if svg]
 

@@ -16,6 +16,7 @@ from shared.budget import recorded_budget_state, to_micro
 from shared.budget.events import level_of
 from shared.config import BudgetConfig, ConfigError
 from shared.models import BudgetEvent, CostEntry, Job, JobStatus, Run, RunStatus
+from shared.report.costs import NOTHING, Spend, is_reused, judge_spend, total
 from shared.stats import mean_or_none, percentile
 
 DIFFICULTY_ORDER = ("easy", "medium", "hard")
@@ -24,6 +25,7 @@ LATENCY_QUANTILES = (0, 25, 50, 75, 95, 100)
 JOB_COLUMNS = (
     Job.id, Job.agent, Job.task_id, Job.difficulty, Job.backend, Job.model, Job.status, Job.score,
     Job.latency_ms, Job.input_tokens, Job.output_tokens, Job.cost_usd, Job.error_type,
+    Job.reused_from_job_id, Job.reused_from_run_id,
 )
 _IN_CHUNK = 500  # ids per IN (...) when fetching outputs
 
@@ -44,6 +46,8 @@ class RunFacts:
     agents: list[str]
     backends: list[str]
     by_pair: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
+    # The ledger's judge calls per (agent, backend answered), with or without a job link.
+    judge: dict[tuple[str | None, str | None], Spend] = field(default_factory=dict)
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
@@ -82,6 +86,7 @@ def load_facts(session: Session, run_id: str, *, partial: bool) -> RunFacts:
         jobs=jobs,
         agents=_ordered(run.agents, (j.agent for j in jobs)),
         backends=_ordered(run.backends, (j.backend for j in jobs)),
+        judge=judge_spend(session, run_id),
     )
     grouped: dict[tuple[str, str], list[Any]] = defaultdict(list)
     for job in jobs:
@@ -120,11 +125,13 @@ def scored(jobs: Iterable[Any]) -> list[Any]:
     return [j for j in jobs if answered(j)]
 
 
-def backend_row(agent: str, backend: str, jobs: list[Any], config: dict[str, dict]) -> dict:
+def backend_row(agent: str, backend: str, jobs: list[Any], config: dict[str, dict], judge: Spend = NOTHING) -> dict:
+    """`cost_usd` is inference only; the judge's calls are beside it. Cost per request is over
+    the paid ok answers: a reused one cost nothing and would flatter the backend."""
     ok = scored(jobs)
     latencies = [j.latency_ms for j in ok if j.latency_ms is not None]
-    billed = [j.cost_usd for j in jobs if j.cost_usd is not None]
-    cost = sum(billed)
+    cost = sum(j.cost_usd or 0.0 for j in jobs)
+    paid = [j.cost_usd or 0.0 for j in ok if not is_reused(j)]
     return {
         "agent": agent,
         "backend": backend,
@@ -140,14 +147,18 @@ def backend_row(agent: str, backend: str, jobs: list[Any], config: dict[str, dic
         "latency_p95_ms": percentile(latencies, 95) if latencies else None,
         "input_tokens": sum(j.input_tokens or 0 for j in jobs),
         "output_tokens": sum(j.output_tokens or 0 for j in jobs),
+        "reused": sum(is_reused(j) for j in jobs),
         "cost_usd": cost,
-        "cost_per_request_usd": cost / len(billed) if billed else None,
+        "judge_cost_usd": judge.usd,
+        "judge_calls": judge.calls,
+        "total_cost_usd": cost + judge.usd,
+        "cost_per_request_usd": sum(paid) / len(paid) if paid else None,
     }
 
 
 def backend_summary(facts: RunFacts) -> list[dict]:
     """One row per backend over every agent: what the latency and cost charts draw. Cost per
-    accuracy point: the backend's whole cost over its accuracy in percentage points."""
+    accuracy point: the backend's inference cost over its accuracy in percentage points."""
     config = facts.snapshot.get("backends", {})
     rows = []
     for backend in facts.backends:
@@ -156,6 +167,7 @@ def backend_summary(facts: RunFacts) -> list[dict]:
         latencies = [j.latency_ms for j in ok if j.latency_ms is not None]
         accuracy = mean_or_none([j.score for j in ok])
         cost = sum(j.cost_usd or 0.0 for j in jobs)
+        judge = total(facts.judge.get((agent, backend), NOTHING) for agent in facts.agents)
         rows.append({
             "backend": backend,
             "role": config.get(backend, {}).get("role"),
@@ -164,6 +176,8 @@ def backend_summary(facts: RunFacts) -> list[dict]:
             "accuracy": accuracy,
             "latency_ms": {f"p{q}": percentile(latencies, q) for q in LATENCY_QUANTILES} if latencies else None,
             "cost_usd": cost,
+            "judge_cost_usd": judge.usd,
+            "total_cost_usd": cost + judge.usd,
             "cost_per_accuracy_point_usd": cost / (accuracy * 100) if accuracy else None,
         })
     return rows

@@ -34,13 +34,17 @@ def document(data: dict) -> list[tuple]:
         _comparison_table(data),
         ("h2", "Per agent and backend"),
         ("p", "Accuracy is the mean score over ok jobs (n); latency percentiles interpolate "
-              "linearly between ranks over ok jobs; cost per request is over billed calls."),
+              "linearly between ranks over ok jobs. Cost is inference only, the judge's calls are "
+              "beside it; cost per paid request is over the ok answers that were paid for (a reused "
+              "answer made no call and cost $0)."),
         ("chart", "accuracy"),
         _backend_table(data["backends"]),
         ("h2", "Per backend"),
         ("chart", "latency"),
-        ("chart", "cost"),
         _backend_summary_table(data["by_backend"]),
+        ("h2", "Cost"),
+        ("list", _cost_lines(data["costs"])),
+        ("chart", "cost"),
         ("h2", "By difficulty"),
         _difficulty_table(data["by_difficulty"]),
         ("h2", "Where candidate and baseline disagree"),
@@ -75,14 +79,14 @@ def _comparison_table(data: dict) -> tuple:
 def _backend_table(rows: list[dict]) -> tuple:
     return (
         "table",
-        ["Agent", "Backend", "Model", "Role", "n", "Errors", "Halted", "Accuracy", "p50", "p95",
-         "Input tok.", "Output tok.", "Cost", "Cost / request"],
-        [[b["agent"], b["backend"], b["model"], b["role"] or "", str(b["n"]), str(b["errors"]),
+        ["Agent", "Backend", "Model", "Role", "n", "Reused", "Errors", "Halted", "Accuracy", "p50", "p95",
+         "Input tok.", "Output tok.", "Cost (inference)", "Judge", "Total", "Cost / paid request"],
+        [[b["agent"], b["backend"], b["model"], b["role"] or "", str(b["n"]), str(b["reused"]), str(b["errors"]),
           str(b["halted"]), fmt.pct(b["accuracy"]), fmt.ms(b["latency_p50_ms"]), fmt.ms(b["latency_p95_ms"]),
           f"{b['input_tokens']:,}", f"{b['output_tokens']:,}", fmt.usd(b["cost_usd"]),
-          fmt.usd(b["cost_per_request_usd"])]
+          fmt.usd(b["judge_cost_usd"]), fmt.usd(b["total_cost_usd"]), fmt.usd(b["cost_per_request_usd"])]
          for b in rows],
-        "llll" + "r" * 10,
+        "llll" + "r" * 13,
     )
 
 
@@ -92,13 +96,13 @@ def _backend_summary_table(rows: list[dict]) -> tuple:
 
     return (
         "table",
-        ["Backend", "Role", "n", "Accuracy", "Latency p25", "p50", "p75", "p95", "Cost",
-         "Cost / accuracy point"],
+        ["Backend", "Role", "n", "Accuracy", "Latency p25", "p50", "p75", "p95", "Cost (inference)",
+         "Judge", "Inference / accuracy point"],
         [[b["backend"], b["role"] or "", str(b["n"]), fmt.pct(b["accuracy"]), latency(b, "p25"),
           latency(b, "p50"), latency(b, "p75"), latency(b, "p95"), fmt.usd(b["cost_usd"]),
-          fmt.usd(b["cost_per_accuracy_point_usd"])]
+          fmt.usd(b["judge_cost_usd"]), fmt.usd(b["cost_per_accuracy_point_usd"])]
          for b in rows],
-        "ll" + "r" * 8,
+        "ll" + "r" * 9,
     )
 
 
@@ -128,6 +132,17 @@ def drilldown_table(rows: list[dict]) -> tuple:
     )
 
 
+def _cost_lines(costs: dict) -> list[str]:
+    share = f", {fmt.pct(costs['judge_share'])} of this run's cost" if costs["judge_share"] is not None else ""
+    reused = costs["reuse"]["jobs"]
+    return [
+        f"inference: {fmt.usd(costs['inference_usd'])}"
+        + (f" ({reused} reused answer(s) made no call: $0)" if reused else ""),
+        f"judge: {fmt.usd(costs['judge_usd'])} over {costs['judge_calls']} calls{share}",
+        f"total: {fmt.usd(costs['total_usd'])} (the ledger holds {fmt.usd(costs['ledger_usd'])} for this run)",
+    ]
+
+
 def _budget_blocks(budget: dict) -> list[tuple]:
     t = budget["thresholds"]
     blocks: list[tuple] = [(
@@ -138,7 +153,7 @@ def _budget_blocks(budget: dict) -> list[tuple]:
             f"threshold, level {budget['level']}"
             + (f" — queues HALTED by the budget guard: {budget['halt_reason']}" if budget["halted"] else ""),
             f"This run: {fmt.usd(budget['run_cost_usd'])} in the ledger, "
-            f"{fmt.usd(budget['jobs_cost_usd'])} recorded on its jobs",
+            f"{fmt.usd(budget['jobs_cost_usd'])} of inference recorded on its jobs",
             f"Thresholds: warning {t['warning']:.0%}, critical {t['critical']:.0%}, "
             f"emergency {t['emergency']:.0%} (spend is refused beyond emergency)",
         ],

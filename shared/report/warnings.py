@@ -1,5 +1,5 @@
 """Everything a reader must know before trusting the numbers: simulated answers, jobs missing
-(in flight, errors, halted), weak comparisons, ledger mismatches, the budget level."""
+(in flight, errors, halted), reused answers, weak comparisons, ledger mismatches, the budget level."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def simulator_qualities(simulator: dict | None) -> str:
     return f" (chance of a correct answer per model: {patterns}; others {default:.2f})" if patterns else ""
 
 
-def warnings(facts: RunFacts, comparisons: list[dict], decision: dict, budget: dict) -> list[str]:
+def warnings(facts: RunFacts, comparisons: list[dict], decision: dict, budget: dict, costs: dict) -> list[str]:
     run, jobs = facts.run, facts.jobs
     found = []
     if run.simulated:
@@ -47,9 +47,13 @@ def warnings(facts: RunFacts, comparisons: list[dict], decision: dict, budget: d
     undecided = [a for a in decision["by_agent"] if not any(c["agent"] == a for c in comparisons)]
     if undecided:
         found.append(f"No candidate/baseline pair ran for agent(s) {', '.join(undecided)}: no verdict.")
-    if abs(budget["run_cost_usd"] - budget["jobs_cost_usd"]) > 1e-9:
-        found.append(f"The ledger holds ${budget['run_cost_usd']:.6f} for this run but its jobs recorded "
-                     f"${budget['jobs_cost_usd']:.6f} (manual or judge entries, or missing ledger rows).")
+    reuse = costs["reuse"]
+    if reuse["jobs"]:
+        found.append(f"{reuse['jobs']} answers reused from runs {', '.join(reuse['source_runs']) or '(not recorded)'} "
+                     "(no call, $0); they stay in the decision: they are that model's answers.")
+    if abs(costs["ledger_usd"] - costs["total_usd"]) > 1e-9:
+        found.append(f"The ledger holds ${costs['ledger_usd']:.6f} for this run but its jobs and judge calls "
+                     f"account for ${costs['total_usd']:.6f} (manual entries, or missing ledger rows).")
     if budget["level"] != "ok":
         found.append(f"Budget at {budget['level']}: {usd(budget['spent_usd'])} of "
                      f"{usd(budget['limit_usd'])} spent ({budget['used_fraction']:.0%}).")

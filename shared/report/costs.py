@@ -1,0 +1,69 @@
+"""What a run cost and what it did not pay for: inference on its jobs, judge calls from the
+ledger (operation `judge`, also those ledgered without a job link), answers reused at $0.
+One owner for these sums, so the rows, the totals and the text cannot disagree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from shared.models import CostEntry
+
+JUDGE_OPERATION = "judge"
+
+
+@dataclass(frozen=True)
+class Spend:
+    """Dollars and the number of ledger entries (paid calls) behind them."""
+
+    usd: float = 0.0
+    calls: int = 0
+
+    def __add__(self, other: Spend) -> Spend:
+        return Spend(self.usd + other.usd, self.calls + other.calls)
+
+
+NOTHING = Spend()
+
+
+def judge_spend(session: Session, run_id: str) -> dict[tuple[str | None, str | None], Spend]:
+    """The run's judge calls per (agent, backend answered), as the ledger holds them."""
+    rows = session.exec(
+        select(CostEntry.agent, CostEntry.backend, func.sum(CostEntry.cost_usd), func.count())
+        .where(CostEntry.run_id == run_id, CostEntry.operation == JUDGE_OPERATION)
+        .group_by(CostEntry.agent, CostEntry.backend)
+    )
+    return {(agent, backend): Spend(float(usd or 0.0), int(calls)) for agent, backend, usd, calls in rows}
+
+
+def total(spends: Iterable[Spend]) -> Spend:
+    return sum(spends, NOTHING)
+
+
+def is_reused(job: Any) -> bool:
+    return job.reused_from_job_id is not None
+
+
+def reuse_facts(jobs: list[Any]) -> dict[str, Any]:
+    reused = [j for j in jobs if is_reused(j)]
+    return {"jobs": len(reused), "source_runs": sorted({j.reused_from_run_id for j in reused if j.reused_from_run_id})}
+
+
+def run_costs(jobs: list[Any], judge: dict[tuple[str | None, str | None], Spend], ledger_usd: float) -> dict:
+    """The run's cost split: inference as its jobs recorded it, judge from the ledger."""
+    inference = sum(j.cost_usd or 0.0 for j in jobs)
+    judged = total(judge.values())
+    whole = inference + judged.usd
+    return {
+        "inference_usd": inference,
+        "judge_usd": judged.usd,
+        "judge_calls": judged.calls,
+        "judge_share": judged.usd / whole if whole else None,
+        "total_usd": whole,
+        "ledger_usd": ledger_usd,
+        "reuse": reuse_facts(jobs),
+    }
+
