@@ -18,6 +18,7 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from producer import submit as submitting
+from shared import fleet, lifecycle
 from shared.budget import BudgetGuard
 from shared.config import ConfigError, get_settings
 from shared.db import migrate, session_scope
@@ -291,10 +292,11 @@ def resume(run_id: str, as_json: JsonOpt = False) -> None:
     """Re-enqueue every job without a final result; `ok` jobs are never re-run."""
     settings = get_settings()
     _refuse_while_halted(settings)
+    now = fleet.redis_now(redis.Redis.from_url(settings.redis_url))
     try:
-        pending = submitting.resumable_jobs(run_id, settings.worker.task_time_limit_s + 60)
-    except ConfigError as exc:
-        raise _bad_input(str(exc)) from None
+        pending = lifecycle.reopen_run(run_id, now, lifecycle.lease_seconds(settings))
+    except lifecycle.UnknownRun:
+        raise _bad_input(f"unknown run {run_id!r}") from None
     if pending:
         submitting.enqueue(run_id, pending)
     if as_json:
@@ -309,9 +311,11 @@ def cancel(run_id: str, as_json: JsonOpt = False) -> None:
     from shared.runs import publish_report
 
     try:
-        submitting.cancel_run(run_id)
-    except ConfigError as exc:
-        raise _bad_input(str(exc)) from None
+        lifecycle.cancel_run(run_id)
+    except lifecycle.UnknownRun:
+        raise _bad_input(f"unknown run {run_id!r}") from None
+    except lifecycle.RunAlreadyFinal as final:
+        raise _bad_input(f"run {run_id} is already {final}") from None
     paths = publish_report(run_id)
     if as_json:
         _emit_json({"run_id": run_id, "status": "cancelled", "report": str(paths["md"])})

@@ -8,15 +8,14 @@ import os
 import secrets
 import urllib.request
 from dataclasses import dataclass
-from datetime import timedelta
 
+import redis
 from celery import chord
-from sqlalchemy import update
-from sqlmodel import select
 
-from shared.config import ConfigError, Settings
+from shared import fleet
+from shared.config import ConfigError, Settings, get_settings
 from shared.db import session_scope
-from shared.models import Job, JobStatus, Run, RunStatus, utcnow
+from shared.models import Job, Run, RunStatus, utcnow
 from shared.providers import PROVIDER_ENV, credentials
 from shared.suite import SUITES_DIR, Suite, load_suite
 
@@ -127,13 +126,20 @@ def record_run(settings: Settings, selection: Selection) -> tuple[str, list[tupl
 
 
 def enqueue(run_id: str, jobs: list[tuple[int, str]]) -> None:
-    """One chord: a run_job per job on its provider's queue; build_report on `reports`."""
+    """One chord: a run_job per job on its provider's queue; build_report on `reports`. The one
+publisher of jobs: submit, `producer resume` and the recovery sweep all come through here."""
     from worker.app import REPORTS_QUEUE, app
 
     header = [app.signature("genesis.run_job", args=(job_id,), queue=provider, immutable=True)
               for job_id, provider in jobs]
     body = app.signature("genesis.build_report", kwargs={"run_id": run_id}, queue=REPORTS_QUEUE)
-    chord(header, app=app)(body)
+    client = redis.Redis.from_url(get_settings().redis_url)
+    fleet.mark_run_enqueued(client, run_id)  # first, so no sweep re-enqueues a run being published
+    try:
+        chord(header, app=app)(body)
+    except BaseException:
+        fleet.unmark_run(client, run_id)  # the sweep re-enqueues it once Redis answers
+        raise
     _drop_result_subscriptions(app)
 
 
@@ -145,40 +151,3 @@ def _drop_result_subscriptions(app) -> None:
     for key in list(getattr(consumer, "subscribed_to", ())):
         name = key.decode() if isinstance(key, bytes) else key
         consumer.cancel_for(name.removeprefix(app.backend.task_keyprefix.decode()))
-
-
-def resumable_jobs(run_id: str, lease_s: float) -> list[tuple[int, str]]:
-    """Put every job without a final result back to `queued` (halted, error, lost) and return
-    the ones to enqueue. A job that is `ok` is never touched."""
-    with session_scope() as session:
-        run = session.get(Run, run_id)
-        if run is None:
-            raise ConfigError(f"unknown run {run_id!r}")
-        stale = utcnow() - timedelta(seconds=lease_s)
-        session.execute(
-            update(Job)
-            .where(Job.run_id == run_id)
-            .where(Job.status.in_([JobStatus.halted, JobStatus.error])
-                   | ((Job.status == JobStatus.running) & (Job.started_at < stale)))
-            .values(status=JobStatus.queued, attempts=0, error_type=None, error_message=None, finished_at=None)
-        )
-        pending = session.exec(
-            select(Job.id, Job.provider)
-            .where(Job.run_id == run_id, Job.status.in_([JobStatus.queued, JobStatus.running]))
-            .order_by(Job.id)
-        ).all()
-        run.status = RunStatus.queued if pending else run.status
-        run.finished_at = None if pending else run.finished_at
-        return [(job_id, provider) for job_id, provider in pending]
-
-
-def cancel_run(run_id: str) -> None:
-    """Queued jobs stay queued (workers skip them); a finished run cannot be cancelled."""
-    with session_scope() as session:
-        run = session.get(Run, run_id)
-        if run is None:
-            raise ConfigError(f"unknown run {run_id!r}")
-        if run.status in (RunStatus.completed, RunStatus.cancelled):
-            raise ConfigError(f"run {run_id} is already {run.status}")
-        run.status = RunStatus.cancelled
-        run.finished_at = utcnow()

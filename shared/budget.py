@@ -23,6 +23,7 @@ from sqlmodel import Session, col, select
 
 from shared.config import ConfigError, Settings
 from shared.db import session_scope
+from shared.lifecycle import mark_runs_halted
 from shared.models import BudgetEvent, CostEntry, Run, RunStatus
 from shared.tokens import estimate_prompt_tokens
 
@@ -233,7 +234,7 @@ class BudgetGuard:
                 on_first()
             except Exception:  # noqa: BLE001 - the event must be recorded whatever happened here
                 log.exception("stopping the provider consumers failed; reservations stay refused")
-        self._mark_runs_halted()
+        mark_runs_halted(self.database_url)
         if newly:
             spent, _, limit, _ = self._read_state()
             self._record_event("halt", spent=spent, limit=limit, run_id=run_id, message=reason, level="emergency")
@@ -471,7 +472,7 @@ def post_webhook(url: str, event: BudgetEvent) -> None:
         with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_S) as response:
             response.read()
     except Exception as exc:  # noqa: BLE001 — any failure is logged, never raised
-        log.warning("budget webhook %s failed: %s", url, exc)
+        log.warning("budget webhook failed (URL not logged: it may hold a token): %s", exc)
 
 
 # --- pricing ----------------------------------------------------------------------------

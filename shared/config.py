@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -30,11 +31,18 @@ class ConfigError(ValueError):
     """Bad configuration or bad input: the CLI turns it into one line and exit code 2."""
 
 
-class AgentsConfig(BaseModel):
+class Strict(BaseModel):
+    """A TOML table: a key this project does not know (a typo, `limit` for `limit_usd`) is refused
+    by name rather than silently ignored while the default stays in force."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class AgentsConfig(Strict):
     names: list[str] = ["qa", "content", "legal", "support", "analyst"]
 
 
-class BackendConfig(BaseModel):
+class BackendConfig(Strict):
     provider: Provider
     role: Literal["candidate", "baseline", "reference"] = "reference"
     baseline: str | None = None
@@ -53,18 +61,18 @@ class BackendConfig(BaseModel):
         return self
 
 
-class Price(BaseModel):
+class Price(Strict):
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
 
 
-class RateLimit(BaseModel):
+class RateLimit(Strict):
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
     max_in_flight: int | None = Field(default=None, gt=0)
 
 
-class BudgetConfig(BaseModel):
+class BudgetConfig(Strict):
     limit_usd: float = 30.0
     warning: float = 0.25
     critical: float = 0.50
@@ -83,21 +91,40 @@ class BudgetConfig(BaseModel):
         return self
 
 
-class DecisionConfig(BaseModel):
+class DecisionConfig(Strict):
     min_improvement: float = 0.08  # relative to the baseline's accuracy
 
 
-class RetryConfig(BaseModel):
+class RetryConfig(Strict):
     max_attempts: int = Field(default=5, ge=1)
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
     call_timeout_s: float = 60.0
 
 
-class WorkerConfig(BaseModel):
+class WorkerConfig(Strict):
     concurrency: int = 16
     pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"
     task_time_limit_s: int = 300
+
+
+class RecoveryConfig(Strict):
+    """Recovery without a human (design §10): with these defaults a dead worker's jobs run again
+    elsewhere within about a minute of its death (heartbeat_ttl_s + 2 sweeps + a delivery)."""
+
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    heartbeat_ttl_s: float = Field(default=20.0, gt=0)
+    sweep_interval_s: float = Field(default=10.0, gt=0)
+    lease_s: float | None = Field(default=None, gt=0)  # default: retry.call_timeout_s + 30 s
+    claim_retry_max_s: float = Field(default=30.0, gt=0)  # backoff cap while the database is down
+    stall_after_s: float = Field(default=60.0, gt=0)  # `submit --wait`: no progress this long = stalled
+    give_up_after_s: float = Field(default=1800.0, gt=0)  # `submit --wait` stops waiting (exit 1)
+
+    @model_validator(mode="after")
+    def _heartbeat_outlives_its_interval(self) -> "RecoveryConfig":
+        if self.heartbeat_ttl_s <= self.heartbeat_interval_s:
+            raise ValueError("recovery.heartbeat_ttl_s must exceed recovery.heartbeat_interval_s")
+        return self
 
 
 class Settings(BaseSettings):
@@ -117,6 +144,7 @@ class Settings(BaseSettings):
     decision: DecisionConfig = DecisionConfig()
     retry: RetryConfig = RetryConfig()
     worker: WorkerConfig = WorkerConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
     # Where relative paths in the TOML (model_id_file) are resolved from; set by load_settings.
     config_dir: str = "."
 
@@ -208,6 +236,8 @@ def load_settings() -> Settings:
     path = config_path()
     if "GENESIS_CONFIG" in os.environ and not path.is_file():
         raise ConfigError(f"GENESIS_CONFIG={path}: no such file")
+    if path.is_file():
+        _refuse_unknown_tables(path)
     try:
         settings = Settings()
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
@@ -222,10 +252,29 @@ def get_settings() -> Settings:
     return load_settings()
 
 
+
+
+def _refuse_unknown_tables(path: Path) -> None:
+    """The settings ignore unknown GENESIS_* variables (other tools share the prefix), so
+    unknown top-level TOML keys are checked here, by name."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"invalid configuration ({path}): {exc}") from None
+    known = set(Settings.model_fields) - {"config_dir"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"invalid configuration ({path}): unknown key(s) {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(known))})")
+
+
 def _first_error(exc: ValueError) -> str:
     errors = getattr(exc, "errors", None)
     if callable(errors):
         first = errors()[0]
         loc = ".".join(str(p) for p in first.get("loc", ()))
+        if first.get("type") == "extra_forbidden":
+            return f"unknown key {loc}"
         return f"{loc}: {first.get('msg')}" if loc else str(first.get("msg"))
     return str(exc)

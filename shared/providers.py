@@ -11,8 +11,11 @@ Why this shape:
 from __future__ import annotations
 
 import os
+import queue
 import re
 import threading
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -205,14 +208,60 @@ _CALLS: dict[str, Callable[[ChatRequest], ChatResponse]] = {
 }
 
 
-def complete(provider: str, req: ChatRequest) -> ChatResponse:
-    """Make one call; any failure comes out as a classified ProviderError."""
+def complete(provider: str, req: ChatRequest, *, on_late: Callable[[ChatResponse], None] | None = None) -> ChatResponse:
+    """Make one call within a total deadline of `req.timeout_s` (the SDK timeout bounds each
+    read only); any failure comes out as a classified ProviderError. An answer that arrives
+    after the deadline is handed to `on_late` (it was billed), from the caller's thread."""
+    caller = _caller()
+    answer = caller.submit(lambda: _complete_here(provider, req))
+    try:
+        return answer.result(timeout=req.timeout_s)
+    except FutureTimeout:
+        _local.caller = None  # this one stays busy with the abandoned call; the next gets a fresh one
+        if on_late is not None:
+            answer.add_done_callback(lambda done: done.exception() is None and on_late(done.result()))
+        raise ProviderError("timeout", f"no complete answer within the {req.timeout_s:g}s deadline",
+                            error_type="DeadlineExceeded") from None
+
+
+def _complete_here(provider: str, req: ChatRequest) -> ChatResponse:
     try:
         return _CALLS[provider](req)
     except ProviderError:
         raise
     except Exception as exc:  # noqa: BLE001 - classified below, re-raised as ProviderError
-        raise classify(exc) from exc
+        # `from None`: the SDK's own exception (whose text may echo a key) is not chained
+        # under the scrubbed one, so no traceback prints it.
+        raise classify(exc) from None
+
+
+class _Caller:
+    """One long-lived daemon thread per worker thread, which makes the calls (so SDK clients,
+    cached per thread, are reused) while the worker thread waits with a deadline."""
+
+    def __init__(self) -> None:
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="genesis-call", daemon=True).start()
+
+    def submit(self, call: Callable[[], ChatResponse]) -> Future:
+        future: Future = Future()
+        self._work.put((call, future))
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            call, future = self._work.get()
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                future.set_exception(exc)
+
+
+def _caller() -> _Caller:
+    caller = getattr(_local, "caller", None)
+    if caller is None:
+        caller = _local.caller = _Caller()
+    return caller
 
 
 # --- error classification ---------------------------------------------------------------------

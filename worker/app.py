@@ -76,3 +76,4 @@ def _import_provider_sdks(**_kwargs) -> None:
     import openai  # noqa: F401
 
 import worker.halt  # noqa: E402,F401  (connects the worker_ready handler: a halted budget keeps provider queues idle)
+import worker.recovery  # noqa: E402,F401  (connects the worker_ready handler: heartbeat and recovery sweep)

@@ -13,6 +13,7 @@ from functools import lru_cache
 import redis
 from celery import Task
 from celery.exceptions import Retry
+from sqlalchemy import exc as sql_errors
 
 from shared.budget import BudgetGuard, BudgetRefused, call_cost, max_output_tokens, worst_case_cost
 from shared.config import get_settings
@@ -22,9 +23,11 @@ from shared.providers import ChatRequest, ChatResponse, ProviderError, complete,
 from shared.retry import backoff_delay, retry_after_from_headers
 from shared.runs import publish_report
 from shared.scoring import ScoreResult, score
+from shared import fleet, journal
+from shared.lifecycle import PaidResult
 from shared.suite import load_suite, run_suite_folder
 from shared.tokens import estimate_prompt_tokens
-from worker import jobs
+from shared import lifecycle as jobs
 from worker.app import app
 from worker.halt import stop_provider_consumers
 
@@ -52,6 +55,7 @@ def genesis_task(name: str, **options):
 
 @dataclass(frozen=True)
 class Services:
+    redis: redis.Redis
     limiter: RateLimiter
     budget: BudgetGuard
 
@@ -60,7 +64,7 @@ class Services:
 def _services(pid: int) -> Services:  # keyed by pid: a forked child builds its own connections
     settings = get_settings()
     client = redis.Redis.from_url(settings.redis_url)
-    return Services(limiter=RateLimiter(client, settings), budget=BudgetGuard(client, settings))
+    return Services(redis=client, limiter=RateLimiter(client, settings), budget=BudgetGuard(client, settings))
 
 
 def services() -> Services:
@@ -79,25 +83,36 @@ class Delivery:
     paid: ChatResponse | None = None  # the provider answered (and billed) this
     paid_usd: float = 0.0
 
-    def fail(self, exc: Exception) -> str:
-        """Record an unexpected failure. Never raises: the chord must complete (design §1)."""
-        if self.job is None:
-            return "skipped"
+    def release_holds(self) -> None:
+        """Give back the limiter slot and the budget reservation (no paid answer is pending)."""
         svc = services()
         steps = []
         if self.permit is not None:
             steps.append(lambda: svc.limiter.release(self.permit))
-        if self.paid is not None:  # billed but its result not stored: still in the ledger, once
-            steps.append(lambda: record_unattached_payment(self.job, self.paid, self.paid_usd, "result not stored"))
         if self.reserved:
             steps.append(lambda: svc.budget.release(self.job_id))
-        steps.append(lambda: jobs.finish_error(self.job_id, type(exc).__name__, scrub_secrets(str(exc))[:500]))
-        for step in steps:
-            try:
-                step()
-            except Exception:  # noqa: BLE001 - best effort; the job stays resumable from SQL
-                log.exception("job %s: cleanup after failure failed", self.job_id)
+        _each_best_effort(self.job_id, steps)
+        self.permit, self.reserved = None, False
+
+    def fail(self, exc: Exception) -> str:
+        """Record an unexpected failure. Never raises: the chord must complete (design §1)."""
+        if self.job is None:
+            return "skipped"
+        if self.paid is not None:  # billed but its result not stored: still in the ledger, once
+            _each_best_effort(self.job_id, [
+                lambda: record_unattached_payment(self.job, self.paid, self.paid_usd, "result not stored")])
+        self.release_holds()
+        _each_best_effort(self.job_id, [
+            lambda: jobs.finish_error(self.job_id, type(exc).__name__, scrub_secrets(str(exc))[:500])])
         return "error"
+
+
+def _each_best_effort(job_id: int, steps) -> None:
+    for step in steps:
+        try:
+            step()
+        except Exception:  # noqa: BLE001 - best effort; the job stays resumable from SQL
+            log.exception("job %s: cleanup after failure failed", job_id)
 
 
 def record_unattached_payment(job: jobs.ClaimedJob, response: ChatResponse, cost: float, why: str) -> None:
@@ -110,23 +125,32 @@ def record_unattached_payment(job: jobs.ClaimedJob, response: ChatResponse, cost
     ))
 
 
-CLAIM_RETRIES = 5
+# What a database that is down, locked or out of connections raises through SQLAlchemy.
+DATABASE_AWAY = (sql_errors.OperationalError, sql_errors.InterfaceError, sql_errors.TimeoutError,
+                 sql_errors.DisconnectionError)
 
 
 @genesis_task("genesis.run_job")
-def run_job(self: GenesisTask, job_id: int) -> dict:
-    """Never raises for a terminal outcome, so the chord always completes (design §1)."""
+def run_job(self: GenesisTask, job_id: int, db_retries: int = 0) -> dict:
+    """Never raises for a terminal outcome, so the chord always completes (design §1).
+    `db_retries` counts only deliveries the database turned away (rate-limit waits and
+    provider retries are counted elsewhere), for the backoff; there is no cap: the message
+    stays alive until the database answers."""
     delivery = Delivery(job_id)
     try:
         status = _run_job(self, delivery)
     except Retry:
         raise
-    except Exception as exc:  # noqa: BLE001 - a bug or an outage: recorded, not raised
+    except DATABASE_AWAY as exc:
+        if delivery.paid is not None:  # cannot happen past _record (it journals); kept as a guard
+            return {"job_id": job_id, "status": delivery.fail(exc)}
+        delivery.release_holds()
+        delay = min(2.0 ** db_retries, get_settings().recovery.claim_retry_max_s)
+        log.warning("job %s: database not answering (%s); trying again in %.0fs", job_id,
+                    type(getattr(exc, "orig", None) or exc).__name__, delay)
+        raise self.retry(countdown=delay, kwargs={"db_retries": db_retries + 1})
+    except Exception as exc:  # noqa: BLE001 - a bug: recorded, not raised
         log.exception("job %s failed unexpectedly", job_id)
-        if delivery.job is None and self.request.retries < CLAIM_RETRIES:
-            # Not even claimed (database busy or down): the job is still queued in SQL, so
-            # try again rather than leave it without a message.
-            raise self.retry(countdown=2 ** self.request.retries)
         status = delivery.fail(exc)
     return {"job_id": job_id, "status": status}
 
@@ -134,8 +158,8 @@ def run_job(self: GenesisTask, job_id: int) -> dict:
 def _run_job(task: GenesisTask, delivery: Delivery) -> str:
     settings = get_settings()
     svc = services()
-    lease_s = settings.worker.task_time_limit_s + 60
-    outcome, job = jobs.claim(delivery.job_id, task.request.hostname or "local", lease_s)
+    outcome, job = jobs.claim(delivery.job_id, task.request.hostname or "local", fleet.redis_now(svc.redis),
+                              jobs.lease_seconds(settings))
     if outcome == jobs.Claim.BUSY:  # a duplicate delivery: wait for the runner to finish it
         raise task.retry(countdown=BUSY_RECHECK_S)
     if outcome == jobs.Claim.DONE:
@@ -167,7 +191,7 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
         max_tokens=max_tokens, timeout_s=settings.retry.call_timeout_s,
     )
     try:
-        response = complete(job.provider, request)
+        response = complete(job.provider, request, on_late=lambda late: _ledger_late_answer(job, late))
     except ProviderError as err:
         delivery.permit = None
         _best_effort(svc.limiter.release, permit)
@@ -180,11 +204,28 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
     _best_effort(svc.limiter.release, permit, response.input_tokens + response.output_tokens)
     cost = call_cost(settings, job.model, response.input_tokens, response.output_tokens)
     delivery.paid, delivery.paid_usd = response, cost
-    result = _score(suite_task, response.text)
-    recorded = jobs.finish_ok(
-        job, output=response.text, score=result.score, detail=result.detail, latency_ms=response.latency_ms,
-        input_tokens=response.input_tokens, output_tokens=response.output_tokens, cost_usd=cost,
-    )
+    status = _record(delivery, response, _score(suite_task, response.text), cost)
+    _best_effort(svc.limiter.observe, job.provider, job.model, response.headers)
+    return status
+
+
+def _record(delivery: Delivery, response: ChatResponse, scored: ScoreResult, cost: float) -> str:
+    """A paid answer reaches the ledger exactly once: in SQL now, or through the journal once the
+    database is back (the job then stays `running` and the sweep leaves it alone)."""
+    svc, job = services(), delivery.job
+    result = PaidResult(output=response.text, score=scored.score, detail=scored.detail,
+                        latency_ms=response.latency_ms, input_tokens=response.input_tokens,
+                        output_tokens=response.output_tokens, cost_usd=cost)
+    try:
+        recorded = jobs.finish_ok(job, result)
+    except DATABASE_AWAY as exc:
+        journal.write(svc.redis, job, result)
+        delivery.paid = None
+        log.warning("job %s: database not answering (%s): $%.6f answer journaled for replay", job.id,
+                    type(exc).__name__, cost)
+        svc.budget.settle(job.id, cost)
+        delivery.reserved = False
+        return "journaled"
     delivery.paid = None
     if recorded:
         svc.budget.settle(job.id, cost)
@@ -192,8 +233,14 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
         svc.budget.release(job.id)
         record_unattached_payment(job, response, cost, "duplicate call for an already recorded job")
     delivery.reserved = False
-    _best_effort(svc.limiter.observe, job.provider, job.model, response.headers)
     return "ok"
+
+
+def _ledger_late_answer(job: jobs.ClaimedJob, response: ChatResponse) -> None:
+    """An answer that arrived after the call's deadline (the job was already retried or failed)
+    was still billed."""
+    cost = call_cost(get_settings(), job.model, response.input_tokens, response.output_tokens)
+    _each_best_effort(job.id, [lambda: record_unattached_payment(job, response, cost, "answered after its deadline")])
 
 
 def _score(suite_task, text: str) -> ScoreResult:
