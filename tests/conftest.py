@@ -11,7 +11,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from tests.harness import SCRATCH_REDIS_URL, WorkerProcess, ensure_redis, genesis_env, reconnect_app
+from tests.harness import FAST_RECOVERY, SCRATCH_REDIS_URL, WorkerProcess, ensure_redis, genesis_env, reconnect_app
 
 INTEGRATION_REDIS_URL = os.environ.get("GENESIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 POSTGRES_URL = os.environ.get("GENESIS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -99,3 +99,14 @@ def start_worker(genesis, tmp_path: Path) -> Iterator[Callable[..., WorkerProces
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture
+def fast_recovery(genesis, monkeypatch) -> dict[str, str]:
+    """Recovery timings in seconds, for this process and every worker started after it."""
+    from shared.config import get_settings
+
+    for key, value in FAST_RECOVERY.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    return FAST_RECOVERY

@@ -10,28 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func
 from sqlmodel import select
-from typer.testing import CliRunner
-
-from tests.harness import wait_for
+from tests.harness import producer, wait_until_reported  # noqa: F401  (other test modules import them from here)
 
 pytestmark = pytest.mark.integration
-runner = CliRunner()
-
-
-def producer(*args: str):
-    from producer.cli import app
-
-    return runner.invoke(app, list(args), catch_exceptions=False)
-
-
-def wait_until_reported(run_id: str, timeout: float = 120) -> dict:
-    from producer.cli import run_snapshot
-
-    def reported():
-        snap = run_snapshot(run_id)
-        return snap if snap["status"] in ("completed", "halted", "cancelled") and snap["report"] else None
-
-    return wait_for(reported, timeout=timeout, interval=0.3, what=f"run {run_id} to be reported")
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)

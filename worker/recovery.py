@@ -101,8 +101,10 @@ class Recovery:
                 try:
                     step()
                 except Exception as exc:  # noqa: BLE001 - Redis or SQL away: try again next tick
-                    log.warning("recovery %s failed (%s: %s); retrying in %.0fs", name, type(exc).__name__,
-                                str(exc).splitlines()[0][:200] if str(exc) else "", interval_s)
+                    cause = getattr(exc, "orig", None) or exc  # the driver's words, not SQLAlchemy's wrapper
+                    first_line = (str(cause).strip().splitlines() or [""])[0][:200]
+                    log.warning("recovery %s failed (%s: %s); retrying in %.1fs", name, type(cause).__name__,
+                                first_line, interval_s)
                 self.stopping.wait(interval_s)
 
         threading.Thread(target=run, name=f"genesis-{name}", daemon=True).start()
