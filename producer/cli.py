@@ -18,13 +18,15 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from producer import submit as submitting
+from producer.errors import OneLineErrors
 from shared import fleet, lifecycle
 from shared.budget import BudgetGuard
-from shared.config import ConfigError, get_settings
+from shared.config import ConfigError, get_settings, redacted_url
 from shared.db import migrate, session_scope
 from shared.models import CostEntry, Job, JobStatus, Run, RunStatus
 
-app = typer.Typer(help="genesis-bench producer: benchmark LLM agents across providers.", no_args_is_help=True)
+app = typer.Typer(help="genesis-bench producer: benchmark LLM agents across providers.", no_args_is_help=True,
+                  cls=OneLineErrors)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -94,7 +96,8 @@ def _refuse_while_halted(settings) -> None:
     try:
         halted = BudgetGuard.from_settings(settings).is_halted()
     except redis.RedisError as exc:
-        err_console.print(f"[red]error:[/red] Redis is not answering at {settings.redis_url} ({exc}); nothing was done")
+        err_console.print(f"[red]error:[/red] Redis is not answering at {redacted_url(settings.redis_url)} ({exc}); "
+                          "nothing was done", soft_wrap=True)
         raise typer.Exit(1) from None
     if halted:
         err_console.print("[red]error:[/red] the budget guard is halted: nothing was done; `producer budget` shows "
@@ -219,6 +222,7 @@ def status(
     as_json: JsonOpt = False,
 ) -> None:
     """Jobs by status and backend, spend, rate, ETA."""
+    migrate()  # a fresh database: "unknown run", not a missing table
     try:
         snapshot = run_snapshot(run_id)
         if watch and not as_json:
@@ -259,6 +263,8 @@ def runs(
     if as_json:
         _emit_json(listing)
         return
+    if not listing:
+        console.print("no runs yet: producer submit --all-agents")
     for r in listing:
         sim = " (simulated)" if r["simulated"] else ""
         console.print(f"{r['run_id']}  {r['created_at']}  {r['status']:<9} {r['jobs']:>5} jobs  {r['suite']}{sim}",
@@ -274,6 +280,7 @@ def report(
     """(Re)build a run's report from SQL."""
     from shared.runs import publish_report
 
+    migrate()
     try:
         if run_snapshot(run_id)["active"] and not partial:
             raise ConfigError(f"run {run_id} is still in flight: use --partial for a report of what has finished")
@@ -310,6 +317,7 @@ def cancel(run_id: str, as_json: JsonOpt = False) -> None:
     """Stop a run; its report is built from what finished."""
     from shared.runs import publish_report
 
+    migrate()
     try:
         lifecycle.cancel_run(run_id)
     except lifecycle.UnknownRun:
