@@ -18,7 +18,8 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from producer import submit as submitting
-from producer.errors import OneLineErrors
+from producer.errors import OneLineErrors, outage_line
+from producer.stall import STALLED, StallWatch
 from shared import fleet, lifecycle
 from shared.budget import BudgetGuard
 from shared.config import ConfigError, get_settings, redacted_url
@@ -136,9 +137,22 @@ def _wait_for_report(run_id: str, *, quiet: bool) -> dict[str, Any]:
         TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console, disable=quiet,
     )
     bars: dict[str, int] = {}
+    watch = StallWatch(run_id, get_settings())
     with progress:
         while True:
-            snapshot = run_snapshot(run_id)
+            try:
+                snapshot = run_snapshot(run_id)
+            except Exception as exc:  # noqa: BLE001 - an outage while waiting: say so, keep waiting
+                if outage_line(exc) is None:
+                    raise
+                snapshot = None
+            if (said := watch.observe(snapshot["by_status"] if snapshot else None)) and not quiet:
+                progress.console.print(f"[yellow]{said}[/yellow]", highlight=False, soft_wrap=True)
+            if watch.given_up():
+                return _stop_waiting(run_id, watch, quiet)
+            if snapshot is None:
+                time.sleep(0.5)
+                continue
             for name, row in snapshot["by_backend"].items():
                 done = row.get("ok", 0) + row.get("error", 0) + row.get("halted", 0)
                 detail = f"ok {row.get('ok', 0)} err {row.get('error', 0)} halted {row.get('halted', 0)}"
@@ -164,6 +178,15 @@ def _wait_for_report(run_id: str, *, quiet: bool) -> dict[str, Any]:
             console.print(_decision_line(Path(snapshot["report"])), highlight=False)
     return {"status": snapshot["status"], "report": snapshot["report"],
             "decision": _decision(Path(snapshot["report"])) if snapshot["report"] else None}
+
+
+def _stop_waiting(run_id: str, watch: StallWatch, quiet: bool) -> dict[str, Any]:
+    """No progress for give_up_after_s: stop waiting (exit 1); the run itself goes on."""
+    if not quiet:
+        err_console.print(f"[red]gave up waiting:[/red] run {run_id} made no progress for "
+                          f"{watch.settings.recovery.give_up_after_s:.0f}s ({watch.describe()}); it goes on without "
+                          f"this command: producer status {run_id}", highlight=False, soft_wrap=True)
+    return {"status": STALLED, "report": None, "decision": None, "stalled": watch.describe()}
 
 
 def _decision(report_md: Path) -> dict | None:
@@ -244,6 +267,8 @@ def status(
     eta = f", ETA {snapshot['eta_s']} s" if snapshot["eta_s"] else ""
     console.print(f"spent ${snapshot['spent_usd']:.4f}; {snapshot['jobs_per_s']} jobs/s{eta}; "
                   f"report: {snapshot['report'] or 'not yet'}")
+    if snapshot["status"] == STALLED:  # --watch gave up waiting
+        raise typer.Exit(1)
 
 
 @app.command()

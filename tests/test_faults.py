@@ -119,3 +119,24 @@ def test_postgres_refusing_connections_mid_run_loses_no_paid_answer(fast_recover
     assert ledger["entries"] == served_ok(simulator)  # every call the provider billed is in the ledger
     assert ledger["job_entries"] == 60
     assert redis.Redis.from_url(redis_url).hlen(JOURNAL_KEY) == 0
+
+
+def test_watching_a_run_whose_only_worker_died_says_what_is_recovered_and_gives_up(
+        fast_recovery, monkeypatch, start_worker, simulator):
+    from shared.config import get_settings
+
+    simulator.update(latency_ms=3000)
+    doomed = start_worker("w1", concurrency=2)
+    run_id = submit(limit=2)  # 6 jobs, far slower than the watch
+    wait_for(lambda: running_on(run_id, doomed.hostname), timeout=30, what="calls in flight on w1")
+    doomed.kill()
+    monkeypatch.setenv("GENESIS_RECOVERY__STALL_AFTER_S", "1")
+    monkeypatch.setenv("GENESIS_RECOVERY__GIVE_UP_AFTER_S", "6")
+    get_settings.cache_clear()
+
+    watched = producer("status", run_id, "--watch")
+    assert watched.exit_code == 1
+    said = " ".join(watched.output.split())
+    assert "stalled: no job finished for" in said
+    assert f"of {doomed.hostname} (no heartbeat) handed back once a worker runs the sweep" in said
+    assert "no worker is alive" in said and "gave up waiting" in said
