@@ -183,8 +183,9 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
     delivery.permit = permit if isinstance(permit, Permit) else None
     if not isinstance(permit, Permit):
         svc.budget.release(job.id)
+        retry = task.retry(countdown=permit + random.uniform(0, 0.25), throw=False)  # published first (below)
         jobs.requeue(job.id, uncount=True)  # no call was made: not an attempt
-        raise task.retry(countdown=permit + random.uniform(0, 0.25))
+        raise retry
 
     request = ChatRequest(
         model=job.model, prompt=suite_task.prompt, system=suite_task.system,
@@ -282,8 +283,11 @@ def _handle_failure(task: GenesisTask, job: jobs.ClaimedJob, err: ProviderError,
             attempt - 1, retry_after=retry_after, base=settings.retry.backoff_base_s, cap=settings.retry.backoff_max_s
         )
         log.info("job %s attempt %s failed (%s); retrying in %.1fs", job.id, attempt, detail, delay)
+        # The retry is published before the job is handed back: if publishing fails, the job is
+        # still ours and ends `error`, never `queued` without a message.
+        retry = task.retry(countdown=delay, throw=False)
         jobs.requeue(job.id, error_type=err.error_type, error_message=detail)
-        raise task.retry(countdown=delay)
+        raise retry
     reason = f"after {attempt} attempt(s): {detail}" if err.retryable else detail
     log.warning("job %s failed for good: %s", job.id, reason)
     jobs.finish_error(job.id, err.error_type, reason)
