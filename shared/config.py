@@ -117,7 +117,7 @@ class RecoveryConfig(Strict):
     heartbeat_ttl_s: float = Field(default=20.0, gt=0)
     sweep_interval_s: float = Field(default=10.0, gt=0)
     lease_s: float | None = Field(default=None, gt=0)  # default: retry.call_timeout_s + 30 s
-    claim_retry_max_s: float = Field(default=30.0, gt=0)  # backoff cap while the database is down
+    claim_retry_max_s: float = Field(default=10.0, gt=0)  # backoff cap while the database is down
     stall_after_s: float = Field(default=60.0, gt=0)  # `submit --wait`: no progress this long = stalled
     give_up_after_s: float = Field(default=1800.0, gt=0)  # `submit --wait` stops waiting (exit 1)
 
