@@ -130,6 +130,7 @@ class PaidResult:
     input_tokens: int
     output_tokens: int
     cost_usd: float
+    source: str = "api"  # the ledger's `source`: usage the provider returned, or how it was estimated
 
 
 def finish_ok(job: ClaimedJob, result: PaidResult) -> bool:
@@ -140,7 +141,7 @@ def finish_ok(job: ClaimedJob, result: PaidResult) -> bool:
             session.add(CostEntry(
                 run_id=job.run_id, job_id=job.id, agent=job.agent, backend=job.backend, model=job.model,
                 operation="inference", input_tokens=result.input_tokens, output_tokens=result.output_tokens,
-                cost_usd=result.cost_usd, source="api",
+                cost_usd=result.cost_usd, source=result.source,
             ))
             session.execute(
                 update(Job).where(Job.id == job.id).values(
