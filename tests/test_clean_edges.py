@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
+from dataclasses import replace
 
 import pytest
 
@@ -90,10 +91,10 @@ def test_a_provider_exception_is_not_chained_under_the_scrubbed_one(monkeypatch)
     key = "sk-live-abcdefghijklmnopqrstuvwxyz"
     monkeypatch.setenv("OPENAI_API_KEY", key)
 
-    def leaky(_request):
+    def leaky(_client, _request):
         raise RuntimeError(f"invalid key {key} for this project")
 
-    monkeypatch.setitem(providers._CALLS, "openai", leaky)
+    monkeypatch.setitem(providers.PROVIDERS, "openai", replace(providers.PROVIDERS["openai"], call=leaky))
     request = providers.ChatRequest(model="m", prompt="p", system=None, max_tokens=5, timeout_s=5)
     with pytest.raises(providers.ProviderError) as caught:
         providers.complete("openai", request)
@@ -104,14 +105,15 @@ def test_a_provider_exception_is_not_chained_under_the_scrubbed_one(monkeypatch)
 def test_a_call_past_its_deadline_is_abandoned_and_its_late_answer_still_reported(monkeypatch):
     from shared import providers
 
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-sim")  # the client is built before the (patched) call
     release, late = threading.Event(), []
     answer = providers.ChatResponse(text="late", input_tokens=3, output_tokens=2, latency_ms=1, finish_reason="stop")
 
-    def slow(_request):
+    def slow(_client, _request):
         release.wait(10)
         return answer
 
-    monkeypatch.setitem(providers._CALLS, "openai", slow)
+    monkeypatch.setitem(providers.PROVIDERS, "openai", replace(providers.PROVIDERS["openai"], call=slow))
     request = providers.ChatRequest(model="m", prompt="p", system=None, max_tokens=5, timeout_s=0.2)
     arrived = threading.Event()
     with pytest.raises(providers.ProviderError) as caught:
