@@ -17,9 +17,12 @@ from datetime import datetime, timezone
 import redis
 
 NODE_PREFIX = "genesis:node:"
+NODES_KEY = "genesis:nodes"
 RUN_PREFIX = "genesis:run:"
 MISSING_KEY = "genesis:recovery:missing"
 SWEEP_KEY = "genesis:recovery:sweep"
+KOMBU_UNACKED_KEY = "unacked"  # kombu's Redis transport: delivered, not yet acknowledged
+KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)  # its queue keys: `name`, then `name\x06\x16<step>`
 
 
 def redis_now(client: redis.Redis) -> datetime:
@@ -33,7 +36,20 @@ def _seconds(client: redis.Redis) -> float:
 
 
 def beat(client: redis.Redis, hostname: str, ttl_s: float) -> None:
-    client.set(NODE_PREFIX + hostname, "1", px=int(ttl_s * 1000))
+    pipe = client.pipeline(transaction=False)
+    pipe.set(NODE_PREFIX + hostname, "1", px=int(ttl_s * 1000))
+    pipe.sadd(NODES_KEY, hostname)
+    pipe.execute()
+
+
+def known_nodes(client: redis.Redis) -> set[str]:
+    """Every node that has beaten since Redis last lost everything (dead ones until dropped)."""
+    return {name.decode() for name in client.smembers(NODES_KEY)}
+
+
+def drop_nodes(client: redis.Redis, names: set[str]) -> None:
+    if names:
+        client.srem(NODES_KEY, *sorted(names))
 
 
 def mark_run_enqueued(client: redis.Redis, run_id: str) -> None:
@@ -79,6 +95,18 @@ def runs_without_messages(client: redis.Redis, run_ids: set[str], grace_s: float
 
 def forget(client: redis.Redis, kind: str, name: str) -> None:
     client.hdel(MISSING_KEY, f"{kind}:{name}")
+
+
+def broker_holds_nothing(client: redis.Redis, queues: tuple[str, ...]) -> bool:
+    """No message waits in any queue (every priority step of kombu's Redis transport) and none is
+    delivered and unacknowledged (being run, or held by a worker for its countdown): a job SQL
+    says is `queued` then has no message that will ever deliver it."""
+    pipe = client.pipeline(transaction=False)
+    for queue in queues:
+        for key in (queue, *(f"{queue}\x06\x16{p}" for p in KOMBU_PRIORITY_STEPS[1:])):
+            pipe.llen(key)
+    pipe.hlen(KOMBU_UNACKED_KEY)
+    return not any(pipe.execute())
 
 
 def take_sweep_turn(client: redis.Redis, hostname: str, interval_s: float) -> bool:

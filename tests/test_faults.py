@@ -140,3 +140,19 @@ def test_watching_a_run_whose_only_worker_died_says_what_is_recovered_and_gives_
     assert "stalled: no job finished for" in said
     assert f"of {doomed.hostname} (no heartbeat) handed back once a worker runs the sweep" in said
     assert "no worker is alive" in said and "gave up waiting" in said
+
+
+def test_queued_jobs_whose_messages_were_lost_one_by_one_still_run(fast_recovery, start_worker, simulator,
+                                                                   redis_url):
+    from shared.fleet import RUN_PREFIX
+
+    run_id = submit(limit=3)  # 9 jobs, no worker yet
+    client = redis.Redis.from_url(redis_url)
+    assert client.llen("openai") == 9
+    client.delete("openai")  # their messages are gone, but Redis did not lose everything: the marker stays
+    assert client.exists(RUN_PREFIX + run_id)
+
+    start_worker("w1", concurrency=4)
+    snap = wait_until_reported(run_id, timeout=60)
+    assert snap["status"] == "completed" and snap["by_status"]["ok"] == 9
+    assert served_ok(simulator) == 9 and ledger_figures(run_id)["entries"] == 9

@@ -28,6 +28,9 @@ from celery.signals import worker_ready
 
 from shared import fleet, journal, lifecycle
 from shared.config import Settings, get_settings
+from shared.providers import PROVIDER_QUEUES
+
+ALL_QUEUES = (*PROVIDER_QUEUES, "reports")  # as worker.app declares them (importing it here is circular)
 
 log = logging.getLogger("genesis.recovery")
 
@@ -36,42 +39,72 @@ def sweep(client: redis.Redis, settings: Settings) -> dict[str, int]:
     """One pass; returns what it did (for logs and tests)."""
     from producer.submit import enqueue
     from shared.budget import BudgetGuard
-    from shared.runs import publish_report
 
-    rec = settings.recovery
-    grace_s = 2 * rec.heartbeat_interval_s
+    grace_s = 2 * settings.recovery.heartbeat_interval_s
     budget = BudgetGuard(client, settings)
     done = {"replayed": journal.replay(client, budget.settle)}
-
-    now = fleet.redis_now(client)
-    dead = fleet.dead_nodes(client, lifecycle.running_workers(), grace_s)
-    lost = lifecycle.requeue_lost(now, lifecycle.lease_seconds(settings), dead, journal.pending_job_ids(client))
-    by_run: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for run_id, job_id, provider in lost:
-        by_run[run_id].append((job_id, provider))
-    done["requeued"] = len(lost)
-    if dead:
-        log.warning("nodes without a heartbeat: %s; %d of their jobs handed back", ", ".join(sorted(dead)), len(lost))
-
-    unmarked = fleet.runs_without_messages(client, set(lifecycle.runs_in_flight()), grace_s)
-    for run_id in unmarked:
+    dead, by_run = _jobs_of_dead_runners(client, settings, grace_s)
+    done["requeued"] = sum(len(jobs) for jobs in by_run.values())
+    for run_id, why in _runs_without_messages(client, grace_s, dead).items():
         by_run[run_id] = sorted(set(by_run[run_id]) | set(lifecycle.queued_jobs(run_id)))
-        log.warning("run %s lost its queue state in Redis: re-enqueueing %d jobs", run_id, len(by_run[run_id]))
-    done["runs_reenqueued"] = len(unmarked)
-
+        log.warning("run %s %s: re-enqueueing %d jobs", run_id, why, len(by_run[run_id]))
+        done["runs_reenqueued"] = done.get("runs_reenqueued", 0) + 1
     for run_id, jobs in by_run.items():
         if jobs:
             enqueue(run_id, jobs)
-        fleet.forget(client, "run", run_id)
-
-    finished = set(lifecycle.runs_without_unfinished_jobs()) - set(by_run)
-    for run_id in fleet.lasting(client, "report", finished, grace_s):
-        publish_report(run_id)
-        fleet.forget(client, "report", run_id)
-        log.info("run %s: every job final; report built by the recovery sweep", run_id)
+    fleet.drop_nodes(client, dead)  # handled: their messages are published again
+    done["reported"] = _report_finished_runs(client, set(by_run), grace_s)
     reconciled = budget.reconcile()
     done["reconciled"] = len(reconciled.released) + len(reconciled.settled)
     return done
+
+
+def _jobs_of_dead_runners(client: redis.Redis, settings: Settings,
+                          grace_s: float) -> tuple[set[str], dict[str, list[tuple[int, str]]]]:
+    """Nodes without a heartbeat, and the running jobs handed back because their node is dead or
+    their lease passed (journaled ones stay)."""
+    now = fleet.redis_now(client)
+    dead = fleet.dead_nodes(client, lifecycle.running_workers() | fleet.known_nodes(client), grace_s)
+    lost = lifecycle.requeue_lost(now, lifecycle.lease_seconds(settings), dead, journal.pending_job_ids(client))
+    if dead:
+        log.warning("nodes without a heartbeat: %s; %d of their jobs handed back", ", ".join(sorted(dead)), len(lost))
+    by_run: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for run_id, job_id, provider in lost:
+        by_run[run_id].append((job_id, provider))
+    return dead, by_run
+
+
+def _runs_without_messages(client: redis.Redis, grace_s: float, dead: set[str]) -> dict[str, str]:
+    """Runs in flight whose queued jobs no message may deliver, with why: their marker is gone
+    (Redis lost everything); a node died (the messages it had reserved, or held for a
+    countdown, stay unacknowledged for the hour of Redis' visibility timeout, and which ones is
+    not recorded: every queued job is published again, and the claim lets only one delivery
+    run it); or the broker holds no message at all (lost one by one)."""
+    in_flight = set(lifecycle.runs_in_flight())
+    lost = {run_id: "lost its queue state in Redis" for run_id in fleet.runs_without_messages(client, in_flight, grace_s)}
+    if dead:
+        for run_id in in_flight - set(lost):
+            lost[run_id] = f"may have had messages on {', '.join(sorted(dead))}"
+    empty = {"broker"} if fleet.broker_holds_nothing(client, ALL_QUEUES) else set()
+    if fleet.lasting(client, "idle", empty, grace_s):
+        for run_id in in_flight - set(lost):
+            if lifecycle.queued_jobs(run_id):
+                lost[run_id] = "has queued jobs but the broker holds no message"
+    return lost
+
+
+def _report_finished_runs(client: redis.Redis, busy: set[str], grace_s: float) -> int:
+    """Runs whose every job is final but that nobody completed (the last job's completion step
+    failed, e.g. the database was away then) get their report."""
+    from shared.runs import publish_report
+
+    finished = set(lifecycle.runs_without_unfinished_jobs()) - busy
+    reported = fleet.lasting(client, "report", finished, grace_s)
+    for run_id in reported:
+        publish_report(run_id)
+        fleet.forget(client, "report", run_id)
+        log.info("run %s: every job final; report built by the recovery sweep", run_id)
+    return len(reported)
 
 
 class Recovery:
