@@ -143,7 +143,7 @@ def run_shape(n_workers: int, threads: int, *, redis_url: str, simulator, calls_
     from shared.config import get_settings, load_settings
     from shared.db import session_scope
     from shared.models import BudgetEvent, CostEntry, Job
-    from shared.runs import job_counts
+    from shared.lifecycle import job_counts
     from worker.app import app
 
     client = redis.Redis.from_url(redis_url)

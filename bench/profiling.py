@@ -20,14 +20,14 @@ from pathlib import Path
 # (part, substrings of a frame). Checked in this order against every frame of a sample; the
 # first part with a matching frame gets the sample. Our own modules come first, so e.g. the
 # Redis client called by the budget guard counts as "budget", and SQLAlchemy called by
-# worker/jobs.py as "SQL (job state)".
+# shared/lifecycle.py as "SQL (job state)".
 PARTS: list[tuple[str, tuple[str, ...]]] = [
     ("logging", ("logging/__init__.py", "celery/utils/log.py")),
     ("report (chord body)", ("shared/report.py", "shared/runs.py", "shared/stats.py")),
     ("budget (Redis scripts)", ("shared/budget.py",)),
     ("limiter (Redis scripts)", ("shared/limiter.py",)),
     ("SDK call (providers)", ("shared/providers.py",)),
-    ("SQL (job state)", ("worker/jobs.py",)),
+    ("SQL (job state)", ("shared/lifecycle.py",)),
     ("completion check (SQL)", ("worker/completion.py",)),
     ("scoring", ("shared/scoring.py",)),
     ("suite loading", ("shared/suite.py",)),

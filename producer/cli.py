@@ -19,13 +19,17 @@ from sqlmodel import select
 
 from producer import submit as submitting
 from producer.analysis_cli import decision_line
+from producer.errors import OneLineErrors, outage_line
+from producer.stall import STALLED, StallWatch
+from shared import fleet, lifecycle
 from shared.budget import BudgetGuard
-from shared.config import ConfigError, get_settings
+from shared.config import ConfigError, get_settings, redacted_url
 from shared.db import migrate, session_scope
 from shared.models import CostEntry, Job, JobStatus, Run, RunStatus
 from shared.report import fetch_report
 
-app = typer.Typer(help="genesis-bench producer: benchmark LLM agents across providers.", no_args_is_help=True)
+app = typer.Typer(help="genesis-bench producer: benchmark LLM agents across providers.", no_args_is_help=True,
+                  cls=OneLineErrors)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -98,7 +102,8 @@ def _refuse_while_halted(settings) -> None:
     try:
         halted = BudgetGuard.from_settings(settings).is_halted()
     except redis.RedisError as exc:
-        err_console.print(f"[red]error:[/red] Redis is not answering at {settings.redis_url} ({exc}); nothing was done")
+        err_console.print(f"[red]error:[/red] Redis is not answering at {redacted_url(settings.redis_url)} ({exc}); "
+                          "nothing was done", soft_wrap=True)
         raise typer.Exit(1) from None
     if halted:
         err_console.print("[red]error:[/red] the budget guard is halted: nothing was done; `producer budget` shows "
@@ -165,9 +170,22 @@ def _wait_for_report(run_id: str, *, quiet: bool) -> dict[str, Any]:
         TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console, disable=quiet,
     )
     bars: dict[str, int] = {}
+    watch = StallWatch(run_id, get_settings())
     with progress:
         while True:
-            snapshot = run_snapshot(run_id)
+            try:
+                snapshot = run_snapshot(run_id)
+            except Exception as exc:  # noqa: BLE001 - an outage while waiting: say so, keep waiting
+                if outage_line(exc) is None:
+                    raise
+                snapshot = None
+            if (said := watch.observe(snapshot["by_status"] if snapshot else None)) and not quiet:
+                progress.console.print(f"[yellow]{said}[/yellow]", highlight=False, soft_wrap=True)
+            if watch.given_up():
+                return _stop_waiting(run_id, watch, quiet)
+            if snapshot is None:
+                time.sleep(0.5)
+                continue
             for name, row in snapshot["by_backend"].items():
                 done = row.get("ok", 0) + row.get("error", 0) + row.get("halted", 0)
                 detail = f"ok {row.get('ok', 0)} err {row.get('error', 0)} halted {row.get('halted', 0)}"
@@ -207,6 +225,15 @@ def _print_common_errors(run_id: str, top: int = 3) -> None:
         ).all()
     for error_type, message, n in rows:
         err_console.print(f"[red]{n} job(s) failed:[/red] {error_type}: {message}", highlight=False, soft_wrap=True)
+
+
+def _stop_waiting(run_id: str, watch: StallWatch, quiet: bool) -> dict[str, Any]:
+    """No progress for give_up_after_s: stop waiting (exit 1); the run itself goes on."""
+    if not quiet:
+        err_console.print(f"[red]gave up waiting:[/red] run {run_id} made no progress for "
+                          f"{watch.settings.recovery.give_up_after_s:.0f}s ({watch.describe()}); it goes on without "
+                          f"this command: producer status {run_id}", highlight=False, soft_wrap=True)
+    return {"status": STALLED, "report": None, "decision": None, "stalled": watch.describe()}
 
 
 # --- status, runs, report ----------------------------------------------------------------------
@@ -252,6 +279,7 @@ def status(
     as_json: JsonOpt = False,
 ) -> None:
     """Jobs by status and backend, spend, rate, ETA."""
+    migrate()  # a fresh database: "unknown run", not a missing table
     try:
         snapshot = run_snapshot(run_id)
         if watch and not as_json:
@@ -273,6 +301,8 @@ def status(
     eta = f", ETA {snapshot['eta_s']} s" if snapshot["eta_s"] else ""
     console.print(f"spent ${snapshot['spent_usd']:.4f}; {snapshot['jobs_per_s']} jobs/s{eta}; "
                   f"report: {snapshot['report'] or 'not yet'}")
+    if snapshot["status"] == STALLED:  # --watch gave up waiting
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -292,6 +322,8 @@ def runs(
     if as_json:
         _emit_json(listing)
         return
+    if not listing:
+        console.print("no runs yet: producer submit --all-agents")
     for r in listing:
         sim = " (simulated)" if r["simulated"] else ""
         console.print(f"{r['run_id']}  {r['created_at']}  {r['status']:<9} {r['jobs']:>5} jobs  {r['suite']}{sim}",
@@ -303,10 +335,11 @@ def resume(run_id: str, as_json: JsonOpt = False) -> None:
     """Re-enqueue every job without a final result; `ok` jobs are never re-run."""
     settings = get_settings()
     _refuse_while_halted(settings)
+    now = fleet.redis_now(redis.Redis.from_url(settings.redis_url))
     try:
-        pending = submitting.resumable_jobs(run_id, settings.worker.task_time_limit_s + 60)
-    except ConfigError as exc:
-        raise _bad_input(str(exc)) from None
+        pending = lifecycle.reopen_run(run_id, now, lifecycle.lease_seconds(settings))
+    except lifecycle.UnknownRun:
+        raise _bad_input(f"unknown run {run_id!r}") from None
     if pending:
         submitting.enqueue(run_id, pending)
     if as_json:
@@ -320,10 +353,13 @@ def cancel(run_id: str, as_json: JsonOpt = False) -> None:
     """Stop a run; its report is built from what finished."""
     from shared.runs import publish_report
 
+    migrate()
     try:
-        submitting.cancel_run(run_id)
-    except ConfigError as exc:
-        raise _bad_input(str(exc)) from None
+        lifecycle.cancel_run(run_id)
+    except lifecycle.UnknownRun:
+        raise _bad_input(f"unknown run {run_id!r}") from None
+    except lifecycle.RunAlreadyFinal as final:
+        raise _bad_input(f"run {run_id} is already {final}") from None
     paths = publish_report(run_id).paths
     if as_json:
         _emit_json({"run_id": run_id, "status": "cancelled", "report": str(paths["md"])})

@@ -8,13 +8,13 @@ import os
 import secrets
 import urllib.request
 from dataclasses import dataclass
-from datetime import timedelta
 
-from sqlalchemy import insert, update
-from sqlmodel import select
+import redis
+from sqlalchemy import insert
 
+from shared import fleet
 from shared.calls import job_request, request_key
-from shared.config import ConfigError, Settings
+from shared.config import ConfigError, Settings, get_settings
 from shared.db import session_scope
 from shared.models import Job, JobStatus, Run, RunStatus, utcnow
 from shared.providers import credentials, key_env, queue_for
@@ -158,7 +158,8 @@ def reuse_savings(settings: Settings, selection: Selection) -> dict:
 
 def enqueue(run_id: str, jobs: list[tuple[int, str]]) -> None:
     """A run_job message per job on its provider's queue; the last job to finish sends
-    build_report (worker/completion.py), so there is no chord to publish or to count.
+    build_report (worker/completion.py), so there is no chord to publish or to count. The one
+    publisher of jobs: submit, `producer resume` and the recovery sweep all come through here.
 
     Messages are built by Celery's own protocol (`as_task_v2`, what `send_task` sends) and
     published through one kombu producer in pipelined batches of 1,000: `send_task` spends
@@ -168,48 +169,17 @@ def enqueue(run_id: str, jobs: list[tuple[int, str]]) -> None:
     from worker.app import app
     from worker.completion import rearm
 
+    client = redis.Redis.from_url(get_settings().redis_url)
     rearm(run_id)
-    with app.producer_or_acquire() as producer, producer.batch(max_size=1000):
-        for job_id, provider in jobs:
-            task_id = uuid()
-            message = app.amqp.as_task_v2(task_id, "genesis.run_job", args=(job_id,), kwargs={}, ignore_result=True,
-                                          argsrepr=f"({job_id},)", kwargsrepr="{}")
-            producer.publish(message.body, exchange="", routing_key=queue_for(provider), headers=message.headers,
-                             serializer="json", **message.properties)
-
-
-def resumable_jobs(run_id: str, lease_s: float) -> list[tuple[int, str]]:
-    """Put every job without a final result back to `queued` (halted, error, lost) and return
-    the ones to enqueue. A job that is `ok` is never touched."""
-    with session_scope() as session:
-        run = session.get(Run, run_id)
-        if run is None:
-            raise ConfigError(f"unknown run {run_id!r}")
-        stale = utcnow() - timedelta(seconds=lease_s)
-        session.execute(
-            update(Job)
-            .where(Job.run_id == run_id)
-            .where(Job.status.in_([JobStatus.halted, JobStatus.error])
-                   | ((Job.status == JobStatus.running) & (Job.started_at < stale)))
-            .values(status=JobStatus.queued, attempts=0, error_type=None, error_message=None, finished_at=None)
-        )
-        pending = session.exec(
-            select(Job.id, Job.provider)
-            .where(Job.run_id == run_id, Job.status.in_([JobStatus.queued, JobStatus.running]))
-            .order_by(Job.id)
-        ).all()
-        run.status = RunStatus.queued if pending else run.status
-        run.finished_at = None if pending else run.finished_at
-        return [(job_id, provider) for job_id, provider in pending]
-
-
-def cancel_run(run_id: str) -> None:
-    """Queued jobs stay queued (workers skip them); a finished run cannot be cancelled."""
-    with session_scope() as session:
-        run = session.get(Run, run_id)
-        if run is None:
-            raise ConfigError(f"unknown run {run_id!r}")
-        if run.status in (RunStatus.completed, RunStatus.cancelled):
-            raise ConfigError(f"run {run_id} is already {run.status}")
-        run.status = RunStatus.cancelled
-        run.finished_at = utcnow()
+    fleet.mark_run_enqueued(client, run_id)  # first, so no sweep re-enqueues a run being published
+    try:
+        with app.producer_or_acquire() as producer, producer.batch(max_size=1000):
+            for job_id, provider in jobs:
+                task_id = uuid()
+                message = app.amqp.as_task_v2(task_id, "genesis.run_job", args=(job_id,), kwargs={},
+                                              ignore_result=True, argsrepr=f"({job_id},)", kwargsrepr="{}")
+                producer.publish(message.body, exchange="", routing_key=queue_for(provider),
+                                 headers=message.headers, serializer="json", **message.properties)
+    except BaseException:
+        fleet.unmark_run(client, run_id)  # the sweep re-enqueues it once Redis answers
+        raise

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import tomllib
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -32,11 +34,18 @@ class ConfigError(ValueError):
     """Bad configuration or bad input: the CLI turns it into one line and exit code 2."""
 
 
-class AgentsConfig(BaseModel):
+class Strict(BaseModel):
+    """A TOML table: a key this project does not know (a typo, `limit` for `limit_usd`) is refused
+    by name rather than silently ignored while the default stays in force."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class AgentsConfig(Strict):
     names: list[str] = ["qa", "content", "legal", "support", "analyst"]
 
 
-class BackendConfig(BaseModel):
+class BackendConfig(Strict):
     provider: Provider
     role: Literal["candidate", "baseline", "reference"] = "reference"
     baseline: str | None = None
@@ -55,18 +64,18 @@ class BackendConfig(BaseModel):
         return self
 
 
-class Price(BaseModel):
+class Price(Strict):
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
 
 
-class RateLimit(BaseModel):
+class RateLimit(Strict):
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
     max_in_flight: int | None = Field(default=None, gt=0)
 
 
-class BudgetConfig(BaseModel):
+class BudgetConfig(Strict):
     limit_usd: float = 30.0
     warning: float = 0.25
     critical: float = 0.50
@@ -85,7 +94,7 @@ class BudgetConfig(BaseModel):
         return self
 
 
-class DecisionConfig(BaseModel):
+class DecisionConfig(Strict):
     min_improvement: float = Field(default=0.08, ge=0)  # relative to the baseline's accuracy
     confidence: float = Field(default=0.95, gt=0.5, lt=1)  # GO needs this interval above zero
     # The sign-flip test is exact for 0/1 scores; otherwise Monte Carlo, seeded so a report
@@ -94,7 +103,7 @@ class DecisionConfig(BaseModel):
     seed: int = 20261201
 
 
-class ReuseConfig(BaseModel):
+class ReuseConfig(Strict):
     """Take an identical earlier `ok` answer instead of paying again (off unless enabled here
     or by `submit --reuse`); answers older than max_age_days are not reused."""
 
@@ -102,7 +111,7 @@ class ReuseConfig(BaseModel):
     max_age_days: float = Field(default=30, gt=0)
 
 
-class JudgeConfig(BaseModel):
+class JudgeConfig(Strict):
     """The backend that grades `judge` scorers; `model` defaults to that backend's own model."""
 
     backend: str = "openai"
@@ -110,19 +119,38 @@ class JudgeConfig(BaseModel):
     max_tokens: int = Field(default=200, gt=0)
 
 
-class RetryConfig(BaseModel):
+class RetryConfig(Strict):
     max_attempts: int = Field(default=5, ge=1)
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
     call_timeout_s: float = 60.0
 
 
-class WorkerConfig(BaseModel):
+class WorkerConfig(Strict):
     concurrency: int = 16
     pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"
     task_time_limit_s: int = 300
     # PostgreSQL connections per worker process; None: sized from its threads (shared/db.py).
     db_pool_size: int | None = Field(default=None, gt=0)
+
+
+class RecoveryConfig(Strict):
+    """Recovery without a human (design §10): with these defaults a dead worker's jobs run again
+    elsewhere within about a minute of its death (heartbeat_ttl_s + 2 sweeps + a delivery)."""
+
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    heartbeat_ttl_s: float = Field(default=20.0, gt=0)
+    sweep_interval_s: float = Field(default=10.0, gt=0)
+    lease_s: float | None = Field(default=None, gt=0)  # default: retry.call_timeout_s + 30 s
+    claim_retry_max_s: float = Field(default=10.0, gt=0)  # backoff cap while the database is down
+    stall_after_s: float = Field(default=60.0, gt=0)  # `submit --wait`: no progress this long = stalled
+    give_up_after_s: float = Field(default=1800.0, gt=0)  # `submit --wait` stops waiting (exit 1)
+
+    @model_validator(mode="after")
+    def _heartbeat_outlives_its_interval(self) -> "RecoveryConfig":
+        if self.heartbeat_ttl_s <= self.heartbeat_interval_s:
+            raise ValueError("recovery.heartbeat_ttl_s must exceed recovery.heartbeat_interval_s")
+        return self
 
 
 class Settings(BaseSettings):
@@ -144,6 +172,7 @@ class Settings(BaseSettings):
     worker: WorkerConfig = WorkerConfig()
     reuse: ReuseConfig = ReuseConfig()
     judge: JudgeConfig = JudgeConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
     # Where relative paths in the TOML (model_id_file) are resolved from; set by load_settings.
     config_dir: str = "."
 
@@ -232,6 +261,16 @@ class Settings(BaseSettings):
         )
 
 
+def redacted_url(url: str) -> str:
+    """A URL fit for a message or a log line: any password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 def config_path() -> Path:
     return Path(os.environ.get("GENESIS_CONFIG", DEFAULT_CONFIG_PATH))
 
@@ -241,6 +280,8 @@ def load_settings() -> Settings:
     path = config_path()
     if "GENESIS_CONFIG" in os.environ and not path.is_file():
         raise ConfigError(f"GENESIS_CONFIG={path}: no such file")
+    if path.is_file():
+        _refuse_unknown_tables(path)
     try:
         settings = Settings()
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
@@ -255,10 +296,29 @@ def get_settings() -> Settings:
     return load_settings()
 
 
+
+
+def _refuse_unknown_tables(path: Path) -> None:
+    """The settings ignore unknown GENESIS_* variables (other tools share the prefix), so
+    unknown top-level TOML keys are checked here, by name."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"invalid configuration ({path}): {exc}") from None
+    known = set(Settings.model_fields) - {"config_dir"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"invalid configuration ({path}): unknown key(s) {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(known))})")
+
+
 def _first_error(exc: ValueError) -> str:
     errors = getattr(exc, "errors", None)
     if callable(errors):
         first = errors()[0]
         loc = ".".join(str(p) for p in first.get("loc", ()))
+        if first.get("type") == "extra_forbidden":
+            return f"unknown key {loc}"
         return f"{loc}: {first.get('msg')}" if loc else str(first.get("msg"))
     return str(exc)

@@ -11,7 +11,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from tests.harness import SCRATCH_REDIS_URL, WorkerProcess, ensure_redis, genesis_env, reconnect_app
+from tests.harness import FAST_RECOVERY, SCRATCH_REDIS_URL, WorkerProcess, ensure_redis, genesis_env, reconnect_app
 
 INTEGRATION_REDIS_URL = os.environ.get("GENESIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 POSTGRES_URL = os.environ.get("GENESIS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -112,3 +112,14 @@ def fast_limits(monkeypatch):
         monkeypatch.setenv(f"GENESIS_LIMITS__{provider}__RPM", "100000")
         monkeypatch.setenv(f"GENESIS_LIMITS__{provider}__MAX_IN_FLIGHT", "64")
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def fast_recovery(genesis, monkeypatch) -> dict[str, str]:
+    """Recovery timings in seconds, for this process and every worker started after it."""
+    from shared.config import get_settings
+
+    for key, value in FAST_RECOVERY.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    return FAST_RECOVERY

@@ -52,6 +52,25 @@ def wait_for(predicate: Callable[[], object], *, timeout: float, interval: float
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
+def producer(*args: str):
+    """The `producer` CLI, in this process (its settings come from this process's environment)."""
+    from typer.testing import CliRunner
+
+    from producer.cli import app
+
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def wait_until_reported(run_id: str, timeout: float = 120) -> dict:
+    from producer.cli import run_snapshot
+
+    def reported():
+        snap = run_snapshot(run_id)
+        return snap if snap["status"] in ("completed", "halted", "cancelled") and snap["report"] else None
+
+    return wait_for(reported, timeout=timeout, interval=0.3, what=f"run {run_id} to be reported")
+
+
 def genesis_env(*, database_url: str, redis_url: str, reports_dir: Path, simulator_url: str | None,
                 extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for the producer and workers; dummy keys are fine for the simulator."""
@@ -389,3 +408,78 @@ class ConnectionSampler:
         self._stop.set()
         self._thread.join(5)
         self.engine.dispose()
+
+
+# --- faults, for the recovery tests and bench/recovery.py ----------------------------------------
+
+# Recovery timings in seconds rather than minutes (heartbeats, sweeps, leases, call deadline).
+FAST_RECOVERY = {
+    "GENESIS_RECOVERY__HEARTBEAT_INTERVAL_S": "0.5",
+    "GENESIS_RECOVERY__HEARTBEAT_TTL_S": "2",
+    "GENESIS_RECOVERY__SWEEP_INTERVAL_S": "1",
+    "GENESIS_RECOVERY__LEASE_S": "20",
+    "GENESIS_RECOVERY__CLAIM_RETRY_MAX_S": "2",
+    "GENESIS_RETRY__CALL_TIMEOUT_S": "10",
+}
+
+
+def _postgres_admin(url: str):
+    """A connection to the server's `postgres` database (ALTER DATABASE cannot target the
+    database it runs in); only `url`'s own database is ever touched."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    return create_engine(make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+
+
+def postgres_outage(url: str, seconds: float) -> None:
+    """The database of `url` refuses new connections and drops its open ones for `seconds`,
+    then answers again (always, even if this is interrupted)."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    engine = _postgres_admin(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = :db AND pid <> pg_backend_pid()"), {"db": database})
+            time.sleep(seconds)
+    finally:
+        with engine.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+        engine.dispose()
+
+
+def running_on(run_id: str, hostname: str) -> set[int]:
+    """Jobs SQL says `hostname` is running now."""
+    from sqlmodel import select
+
+    from shared.db import session_scope
+    from shared.models import Job, JobStatus
+
+    with session_scope() as session:
+        return set(session.exec(select(Job.id).where(
+            Job.run_id == run_id, Job.status == JobStatus.running, Job.worker == hostname)).all())
+
+
+def ledger_figures(run_id: str) -> dict:
+    """What the ledger holds for a run, and which jobs were called more than once."""
+    from sqlalchemy import func
+    from sqlmodel import select
+
+    from shared.db import session_scope
+    from shared.models import CostEntry, Job
+
+    with session_scope() as session:
+        entries = session.exec(select(CostEntry.job_id).where(CostEntry.run_id == run_id)).all()
+        repeated = set(session.exec(select(Job.id).where(Job.run_id == run_id, Job.attempts > 1)).all())
+        jobs = session.exec(select(func.count()).select_from(Job).where(Job.run_id == run_id)).one()
+    return {"entries": len(entries), "job_entries": len({e for e in entries if e is not None}),
+            "unattached": sum(1 for e in entries if e is None), "jobs": jobs, "repeated": repeated}
+
+
+def served_ok(simulator) -> int:
+    by_status = simulator.stats()["by_status"]
+    return int(by_status.get("200", 0))

@@ -64,7 +64,7 @@ def queue_lengths(redis_url: str) -> dict[str, int]:
 
 
 def jobs_by_status(run_id: str) -> dict[str, int]:
-    from shared.runs import job_counts
+    from shared.lifecycle import job_counts
 
     return {str(status): n for status, n in job_counts(run_id).items()}
 

@@ -12,7 +12,9 @@ import redis
 def test_report_is_requested_once_when_the_last_job_is_final(genesis, redis_url):
     from producer import submit
     from shared.config import get_settings
-    from worker import completion, jobs
+    from shared import lifecycle as jobs
+    from shared.models import utcnow
+    from worker import completion
     from worker.app import app
 
     settings = get_settings()
@@ -25,10 +27,10 @@ def test_report_is_requested_once_when_the_last_job_is_final(genesis, redis_url)
 
     *first, last = [job_id for job_id, _ in queued]
     for job_id in first:
-        assert jobs.claim(job_id, "test", 300)[0] == jobs.Claim.TAKEN
+        assert jobs.claim(job_id, "test", utcnow(), 300)[0] == jobs.Claim.TAKEN
         jobs.finish_error(job_id, "Boom", "failed for good")
         assert completion.finished_run(job_id) is None  # the last job is still queued
-    jobs.claim(last, "test", 300)
+    jobs.claim(last, "test", utcnow(), 300)
     assert completion.finished_run(last) is None  # ... then running
     jobs.finish_error(last, "Boom", "failed for good")
     assert completion.finished_run(last) == run_id

@@ -101,3 +101,4 @@ def _import_provider_sdks(sender=None, **_kwargs) -> None:
 
 import worker.halt  # noqa: E402,F401  (connects the worker_ready handler: a halted budget keeps provider queues idle)
 import worker.completion  # noqa: E402,F401  (connects the task_postrun handler: the last job sends the report)
+import worker.recovery  # noqa: E402,F401  (connects the worker_ready handler: heartbeat and recovery sweep)

@@ -26,7 +26,7 @@ from shared.providers import ChatResponse, ProviderError, complete
 from shared.retry import backoff_delay, retry_after_from_headers
 from shared.scoring.judge import JudgeReplyError, read_judge_reply
 from shared.tokens import estimate_prompt_tokens
-from worker import jobs
+from shared import lifecycle as jobs
 from worker.app import app
 from worker.halt import stop_provider_consumers
 

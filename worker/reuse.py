@@ -15,7 +15,8 @@ from shared.models import Job, Run
 from shared.providers import ChatRequest
 from shared.reuse import find_earlier_answer, older_twin, reuse_settings
 from shared.scoring import score
-from worker import jobs, judge
+from shared import lifecycle as jobs
+from worker import judge
 
 log = logging.getLogger("genesis.reuse")
 

@@ -1,5 +1,6 @@
-"""The two tasks: `run_job` (one paid call, scored and recorded) and `build_report` (the
-chord body). Both take IDs only; everything else is loaded from SQL and config."""
+"""The two tasks: `run_job` (one paid call, scored and recorded) and `build_report` (sent by
+the run's last job, worker/completion.py). Both take IDs only; everything else is loaded from
+SQL and config."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from functools import lru_cache
 import redis
 from celery import Task
 from celery.exceptions import Retry
+from sqlalchemy import exc as sql_errors
 
-from shared import counters
+from shared import counters, fleet, journal
+from shared import lifecycle as jobs
 from shared.budget import (
     USAGE_ESTIMATED,
     BudgetGuard,
@@ -33,9 +36,10 @@ from shared.providers import ChatResponse, ProviderError, complete, scrub_secret
 from shared.retry import backoff_delay, retry_after_from_headers
 from shared.runs import publish_report
 from shared.scoring import ScoreResult, score
+from shared.lifecycle import PaidResult
 from shared.suite import load_suite, run_suite_folder
 from shared.tokens import estimate_prompt_tokens
-from worker import jobs, judge, reuse
+from worker import judge, reuse
 from worker.app import app
 from worker.halt import stop_provider_consumers
 
@@ -66,6 +70,7 @@ def genesis_task(name: str, **options):
 
 @dataclass(frozen=True)
 class Services:
+    redis: redis.Redis
     limiter: RateLimiter
     budget: BudgetGuard
 
@@ -74,7 +79,7 @@ class Services:
 def _services(pid: int) -> Services:  # keyed by pid: a forked child builds its own connections
     settings = get_settings()
     client = redis.Redis.from_url(settings.redis_url)
-    return Services(limiter=RateLimiter(client, settings), budget=BudgetGuard(client, settings))
+    return Services(redis=client, limiter=RateLimiter(client, settings), budget=BudgetGuard(client, settings))
 
 
 def services() -> Services:
@@ -93,25 +98,36 @@ class Delivery:
     paid: ChatResponse | None = None  # the provider answered (and billed) this
     paid_usd: float = 0.0
 
-    def fail(self, exc: Exception) -> str:
-        """Record an unexpected failure. Never raises: the chord must complete (design §1)."""
-        if self.job is None:
-            return "skipped"
+    def release_holds(self) -> None:
+        """Give back the limiter slot and the budget reservation (no paid answer is pending)."""
         svc = services()
         steps = []
         if self.permit is not None:
             steps.append(lambda: svc.limiter.release(self.permit))
-        if self.paid is not None:  # billed but its result not stored: still in the ledger, once
-            steps.append(lambda: record_unattached_payment(self.job, self.paid, self.paid_usd, "result not stored"))
         if self.reserved:
             steps.append(lambda: svc.budget.release(self.job_id))
-        steps.append(lambda: jobs.finish_error(self.job_id, type(exc).__name__, scrub_secrets(str(exc))[:500]))
-        for step in steps:
-            try:
-                step()
-            except Exception:  # noqa: BLE001 - best effort; the job stays resumable from SQL
-                log.exception("job %s: cleanup after failure failed", self.job_id)
+        _each_best_effort(self.job_id, steps)
+        self.permit, self.reserved = None, False
+
+    def fail(self, exc: Exception) -> str:
+        """Record an unexpected failure. Never raises: the run must complete (design §1)."""
+        if self.job is None:
+            return "skipped"
+        if self.paid is not None:  # billed but its result not stored: still in the ledger, once
+            _each_best_effort(self.job_id, [
+                lambda: record_unattached_payment(self.job, self.paid, self.paid_usd, "result not stored")])
+        self.release_holds()
+        _each_best_effort(self.job_id, [
+            lambda: jobs.finish_error(self.job_id, type(exc).__name__, scrub_secrets(str(exc))[:500])])
         return "error"
+
+
+def _each_best_effort(job_id: int, steps) -> None:
+    for step in steps:
+        try:
+            step()
+        except Exception:  # noqa: BLE001 - best effort; the job stays resumable from SQL
+            log.exception("job %s: cleanup after failure failed", job_id)
 
 
 def record_unattached_payment(job: jobs.ClaimedJob, response: ChatResponse, cost: float, why: str) -> None:
@@ -124,23 +140,32 @@ def record_unattached_payment(job: jobs.ClaimedJob, response: ChatResponse, cost
     ))
 
 
-CLAIM_RETRIES = 5
+# What a database that is down, locked or out of connections raises through SQLAlchemy.
+DATABASE_AWAY = (sql_errors.OperationalError, sql_errors.InterfaceError, sql_errors.TimeoutError,
+                 sql_errors.DisconnectionError)
 
 
 @genesis_task("genesis.run_job")
-def run_job(self: GenesisTask, job_id: int) -> dict:
-    """Never raises for a terminal outcome, so the chord always completes (design §1)."""
+def run_job(self: GenesisTask, job_id: int, db_retries: int = 0) -> dict:
+    """Never raises for a terminal outcome, so the run always completes (design §1).
+    `db_retries` counts only deliveries the database turned away (rate-limit waits and
+    provider retries are counted elsewhere), for the backoff; there is no cap: the message
+    stays alive until the database answers."""
     delivery = Delivery(job_id)
     try:
         status = _run_job(self, delivery)
     except Retry:
         raise
-    except Exception as exc:  # noqa: BLE001 - a bug or an outage: recorded, not raised
+    except DATABASE_AWAY as exc:
+        if delivery.paid is not None:  # cannot happen past _record (it journals); kept as a guard
+            return {"job_id": job_id, "status": delivery.fail(exc)}
+        delivery.release_holds()
+        delay = min(2.0 ** db_retries, get_settings().recovery.claim_retry_max_s)
+        log.warning("job %s: database not answering (%s); trying again in %.0fs", job_id,
+                    type(getattr(exc, "orig", None) or exc).__name__, delay)
+        raise self.retry(countdown=delay, kwargs={"db_retries": db_retries + 1})
+    except Exception as exc:  # noqa: BLE001 - a bug: recorded, not raised
         log.exception("job %s failed unexpectedly", job_id)
-        if delivery.job is None and self.request.retries < CLAIM_RETRIES:
-            # Not even claimed (database busy or down): the job is still queued in SQL, so
-            # try again rather than leave it without a message.
-            raise self.retry(countdown=2 ** self.request.retries)
         status = delivery.fail(exc)
     return {"job_id": job_id, "status": status}
 
@@ -148,8 +173,8 @@ def run_job(self: GenesisTask, job_id: int) -> dict:
 def _run_job(task: GenesisTask, delivery: Delivery) -> str:
     settings = get_settings()
     svc = services()
-    lease_s = settings.worker.task_time_limit_s + 60
-    outcome, job = jobs.claim(delivery.job_id, task.request.hostname or "local", lease_s)
+    outcome, job = jobs.claim(delivery.job_id, task.request.hostname or "local", fleet.redis_now(svc.redis),
+                              jobs.lease_seconds(settings))
     if outcome == jobs.Claim.BUSY:  # a duplicate delivery: wait for the runner to finish it
         raise task.retry(countdown=BUSY_RECHECK_S)
     if outcome == jobs.Claim.DONE:
@@ -168,9 +193,10 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
     try:
         svc.budget.reserve(job.id, task_worst_case(settings, suite_task, job.backend, job.model), run_id=job.run_id)
     except BudgetWait:  # room held by calls in flight: no call, not an attempt, no halt
+        retry = task.retry(countdown=BUDGET_WAIT_S + random.uniform(0, BUDGET_WAIT_S), throw=False)
         jobs.requeue(job.id, uncount=True)
         _best_effort(svc.budget.maybe_reconcile)  # a dead worker's reservation must not hold it forever
-        raise task.retry(countdown=BUDGET_WAIT_S + random.uniform(0, BUDGET_WAIT_S))
+        raise retry
     except BudgetRefused as refused:
         jobs.finish_halted(job.id, str(refused))
         if svc.budget.halt(run_id=job.run_id, reason=str(refused), on_first=lambda: stop_provider_consumers(app)):
@@ -182,11 +208,12 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
     delivery.permit = permit if isinstance(permit, Permit) else None
     if not isinstance(permit, Permit):
         svc.budget.release(job.id)
+        retry = task.retry(countdown=permit + random.uniform(0, 0.25), throw=False)  # published first (below)
         jobs.requeue(job.id, uncount=True)  # no call was made: not an attempt
-        raise task.retry(countdown=permit + random.uniform(0, 0.25))
+        raise retry
 
     try:
-        response = complete(job.provider, request)
+        response = complete(job.provider, request, on_late=lambda late: _ledger_late_answer(job, late))
     except ProviderError as err:
         delivery.permit = None
         _best_effort(svc.limiter.release, permit)
@@ -200,12 +227,33 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
     _best_effort(svc.limiter.release, permit, response.input_tokens + response.output_tokens)
     cost = call_cost(settings, job.model, response.input_tokens, response.output_tokens)
     delivery.paid, delivery.paid_usd = response, cost
-    result = _score(suite_task, response.text)
-    recorded = jobs.finish_ok(
-        job, output=response.text, score=result.score, detail=result.detail, latency_ms=response.latency_ms,
-        input_tokens=response.input_tokens, output_tokens=response.output_tokens, cost_usd=cost, source=source,
-        final=suite_task.scorer.local,
-    )
+    status = _record(delivery, response, _score(suite_task, response.text), cost, source,
+                     final=suite_task.scorer.local)
+    _best_effort(svc.limiter.observe, job.provider, job.model, response.headers)
+    if status == "ok" and not suite_task.scorer.local:
+        return judge.grade(task, job, suite_task, response.text, svc)
+    return status
+
+
+def _record(delivery: Delivery, response: ChatResponse, scored: ScoreResult, cost: float, source: str, *,
+            final: bool) -> str:
+    """A paid answer reaches the ledger exactly once: in SQL now, or through the journal once the
+    database is back (the job then stays `running` and the sweep leaves it alone). `final=False`:
+    the answer waits for its judge (worker/judge.py)."""
+    svc, job = services(), delivery.job
+    result = PaidResult(output=response.text, score=scored.score, detail=scored.detail,
+                        latency_ms=response.latency_ms, input_tokens=response.input_tokens,
+                        output_tokens=response.output_tokens, cost_usd=cost, source=source)
+    try:
+        recorded = jobs.finish_ok(job, result, final=final)
+    except DATABASE_AWAY as exc:
+        journal.write(svc.redis, job, result)
+        delivery.paid = None
+        log.warning("job %s: database not answering (%s): $%.6f answer journaled for replay", job.id,
+                    type(exc).__name__, cost)
+        svc.budget.settle(job.id, cost)
+        delivery.reserved = False
+        return "journaled"
     delivery.paid = None
     if recorded:
         svc.budget.settle(job.id, cost)
@@ -213,10 +261,14 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
         svc.budget.release(job.id)
         record_unattached_payment(job, response, cost, "duplicate call for an already recorded job")
     delivery.reserved = False
-    _best_effort(svc.limiter.observe, job.provider, job.model, response.headers)
-    if recorded and not suite_task.scorer.local:
-        return judge.grade(task, job, suite_task, response.text, svc)
-    return "ok"
+    return "ok" if recorded else "duplicate"
+
+
+def _ledger_late_answer(job: jobs.ClaimedJob, response: ChatResponse) -> None:
+    """An answer that arrived after the call's deadline (the job was already retried or failed)
+    was still billed."""
+    cost = call_cost(get_settings(), job.model, response.input_tokens, response.output_tokens)
+    _each_best_effort(job.id, [lambda: record_unattached_payment(job, response, cost, "answered after its deadline")])
 
 
 def _with_usage(suite_task, response: ChatResponse) -> tuple[ChatResponse, str]:
@@ -259,18 +311,21 @@ def _acquire(limiter: RateLimiter, provider: str, model: str, tokens: int) -> Pe
 
 def _handle_failure(task: GenesisTask, job: jobs.ClaimedJob, err: ProviderError, attempt: int) -> str:
     settings = get_settings()
-    counters.count_failure(services().budget.redis, job.provider, err.kind, err.status)
     retry_after = retry_after_from_headers(err.headers) if err.headers else None
     if err.kind == "rate_limit":
         services().limiter.block(job.provider, job.model, retry_after or settings.retry.backoff_base_s)
+    counters.count_failure(services().budget.redis, job.provider, err.kind, err.status)
     detail = f"{err.kind}{f' {err.status}' if err.status else ''}: {err}"
     if err.retryable and attempt < settings.retry.max_attempts:
         delay = backoff_delay(
             attempt - 1, retry_after=retry_after, base=settings.retry.backoff_base_s, cap=settings.retry.backoff_max_s
         )
         log.info("job %s attempt %s failed (%s); retrying in %.1fs", job.id, attempt, detail, delay)
+        # The retry is published before the job is handed back: if publishing fails, the job is
+        # still ours and ends `error`, never `queued` without a message.
+        retry = task.retry(countdown=delay, throw=False)
         jobs.requeue(job.id, error_type=err.error_type, error_message=detail)
-        raise task.retry(countdown=delay)
+        raise retry
     reason = f"after {attempt} attempt(s): {detail}" if err.retryable else detail
     log.warning("job %s failed for good: %s", job.id, reason)
     jobs.finish_error(job.id, err.error_type, reason)
@@ -279,6 +334,7 @@ def _handle_failure(task: GenesisTask, job: jobs.ClaimedJob, err: ProviderError,
 
 @genesis_task("genesis.build_report", queue="reports", autoretry_for=(Exception,), retry_backoff=2,
               retry_backoff_max=60, max_retries=8)
-def build_report(self: GenesisTask, results: list | None, run_id: str) -> str:
-    """Chord body: reads SQL only; `results` (the header's summaries) are not needed."""
+def build_report(self: GenesisTask, results: list | None = None, run_id: str = "") -> str:
+    """The run's completion step: reads SQL only (`results` is kept for messages sent by older
+    producers as a chord body)."""
     return str(publish_report(run_id).paths["md"])

@@ -8,7 +8,7 @@
 """
 
 from shared.budget.estimate import estimate_run_cost
-from shared.budget.guard import BudgetDenied, BudgetGuard, BudgetRefused, BudgetWait, Reconciled, mark_runs_halted
+from shared.budget.guard import BudgetDenied, BudgetGuard, BudgetRefused, BudgetWait, Reconciled
 from shared.budget.money import MICRO, to_micro, to_usd
 from shared.budget.pricing import (
     USAGE_ESTIMATED,
@@ -23,7 +23,7 @@ from shared.budget.webhook import post_webhook
 
 __all__ = [
     "MICRO", "USAGE_ESTIMATED", "BudgetDenied", "BudgetGuard", "BudgetRefused", "BudgetWait", "Reconciled",
-    "RecordedBudgetState", "call_cost", "estimate_run_cost", "estimated_usage", "ledger_id", "mark_runs_halted",
+    "RecordedBudgetState", "call_cost", "estimate_run_cost", "estimated_usage", "ledger_id",
     "max_output_tokens", "post_webhook", "recorded_budget_state", "task_worst_case", "to_micro", "to_usd",
     "worst_case_cost",
 ]

@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import redis
-from sqlalchemy import update
-from sqlmodel import col
 
 from shared.config import Settings
 from shared.db import session_scope
-from shared.models import CostEntry, JobStatus, Run, RunStatus
+from shared.lifecycle import mark_runs_halted
+from shared.models import CostEntry, JobStatus
 
 from shared.budget import lua
 from shared.budget.events import level_of, record_event
@@ -347,13 +346,3 @@ class BudgetGuard:
 
     def _config_limit_micro(self) -> int:
         return to_micro(self.settings.budget.limit_usd)
-
-
-def mark_runs_halted(database_url: str) -> None:
-    """Every run in flight waits on the halted queues, not only the one that hit the cap."""
-    with session_scope(database_url) as session:
-        session.exec(
-            update(Run)
-            .where(col(Run.status).in_([RunStatus.queued, RunStatus.running]))
-            .values(status=RunStatus.halted)
-        )

@@ -25,4 +25,4 @@ def post_webhook(url: str, event: BudgetEvent) -> None:
         with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_S) as response:
             response.read()
     except Exception as exc:  # noqa: BLE001 — any failure is logged, never raised
-        log.warning("budget webhook failed: %s", exc)
+        log.warning("budget webhook failed (URL not logged: it may hold a token): %s", exc)

@@ -4,8 +4,11 @@ classified `ProviderError`. Keys and base URLs are read from this process's envi
 
 from __future__ import annotations
 
+from typing import Callable
+
 from shared.providers.adapters import TEMPERATURE, ChatRequest, ChatResponse
 from shared.providers.clients import client_for
+from shared.providers.deadline import DeadlineExceeded, within
 from shared.providers.clients import credentials as _credentials
 from shared.providers.errors import RETRYABLE_KINDS, ProviderError, classify, scrub_secrets
 from shared.providers.registry import PROVIDER_NAMES, PROVIDER_QUEUES, PROVIDERS, ProviderSpec, queue_for
@@ -25,12 +28,24 @@ def key_env(provider: str) -> str:
     return PROVIDERS[provider].key_env
 
 
-def complete(provider: str, req: ChatRequest) -> ChatResponse:
-    """Make one call; any failure comes out as a classified ProviderError."""
+def complete(provider: str, req: ChatRequest, *, on_late: Callable[[ChatResponse], None] | None = None) -> ChatResponse:
+    """Make one call within a total deadline of `req.timeout_s`; any failure comes out as a
+    classified ProviderError. An answer that arrives after the deadline was still billed: it is
+    handed to `on_late`."""
+    try:
+        return within(req.timeout_s, lambda: _complete_here(provider, req), on_late=on_late)
+    except DeadlineExceeded:
+        raise ProviderError("timeout", f"no complete answer within the {req.timeout_s:g}s deadline",
+                            error_type="DeadlineExceeded") from None
+
+
+def _complete_here(provider: str, req: ChatRequest) -> ChatResponse:
     spec = PROVIDERS[provider]
     try:
         return spec.call(client_for(spec, req.timeout_s), req)
     except ProviderError:
         raise
     except Exception as exc:  # noqa: BLE001 - classified below, re-raised as ProviderError
-        raise classify(exc) from exc
+        # `from None`: the SDK's own exception (whose text may echo a key) is not chained
+        # under the scrubbed one, so no traceback prints it.
+        raise classify(exc) from None

@@ -1,0 +1,47 @@
+"""Every producer command ends in one line and an exit code, never a traceback: an outage of
+Redis or the database says which one is away (its URL without the password) and exits 1; bad
+input that reached the top exits 2. Installed as the click group class of the `producer` app,
+so every command and sub-command gets it, however it is invoked."""
+
+from __future__ import annotations
+
+import typer
+from kombu.exceptions import OperationalError as BrokerError
+from redis import RedisError
+from rich.console import Console
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from typer.core import TyperGroup
+
+from shared.config import ConfigError, get_settings, redacted_url
+
+err_console = Console(stderr=True)
+
+
+def outage_line(exc: BaseException) -> str | None:
+    """One line for an unreachable Redis or database, or None when `exc` is something else."""
+    if isinstance(exc, (RedisError, BrokerError)):
+        return f"Redis is not answering at {redacted_url(get_settings().redis_url)} ({_first_line(exc)})"
+    if isinstance(exc, SQLAlchemyError):
+        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        return f"the database at {redacted_url(get_settings().database_url)} failed: {_first_line(cause)}"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines() or [type(exc).__name__])[0][:300]
+
+
+class OneLineErrors(TyperGroup):
+    def invoke(self, ctx):  # noqa: ANN001, ANN201 - click's signature
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except Exception as exc:  # noqa: BLE001 - only outages are turned into a line; the rest re-raises
+            line = outage_line(exc)
+            if line is None:
+                raise
+            err_console.print(f"[red]error:[/red] {line}; nothing more was done", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None

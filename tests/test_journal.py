@@ -1,0 +1,77 @@
+"""The paid-call journal and the fleet's liveness rules, against real Redis and SQLite: a
+journaled answer reaches the ledger exactly once however often it is replayed, and a missing
+heartbeat or run marker is believed only after it stayed missing for the grace period."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import func
+from sqlmodel import select
+
+from tests.harness import ROOT, SCRATCH_REDIS_URL, use_config
+
+
+def a_running_job(monkeypatch, tmp_path):
+    from shared.db import migrate, session_scope
+    from shared.lifecycle import ClaimedJob
+    from shared.models import Job, Run, RunStatus
+
+    use_config(monkeypatch, tmp_path, (ROOT / "config" / "genesis.toml").read_text(), SCRATCH_REDIS_URL)
+    migrate()
+    with session_scope() as session:
+        session.add(Run(id="r1", suite="genesis-custom", status=RunStatus.running, total_jobs=1))
+        session.flush()
+        job = Job(run_id="r1", agent="qa", task_id="qa-001", backend="openai", provider="openai",
+                  model="gpt-4o-mini", status="running", attempts=1, worker="w1@host")
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    return ClaimedJob(id=job_id, run_id="r1", agent="qa", task_id="qa-001", backend="openai", provider="openai",
+                      model="gpt-4o-mini", attempts=1, suite="genesis-custom")
+
+
+def test_a_journaled_answer_reaches_the_ledger_once_however_often_replayed(redis_client, monkeypatch, tmp_path):
+    from shared import journal
+    from shared.db import session_scope
+    from shared.lifecycle import PaidResult
+    from shared.models import CostEntry, Job
+
+    job = a_running_job(monkeypatch, tmp_path)
+    answer = PaidResult(output="42", score=1.0, detail="exact", latency_ms=12.0, input_tokens=30,
+                        output_tokens=4, cost_usd=0.0001)
+    settled: list[tuple[int, float]] = []
+
+    journal.write(redis_client, job, answer)
+    assert journal.pending_job_ids(redis_client) == {job.id}
+    assert journal.replay(redis_client, lambda job_id, cost: settled.append((job_id, cost))) == 1
+    journal.write(redis_client, job, answer)  # as if the first replay's HDEL had been lost
+    assert journal.replay(redis_client, lambda job_id, cost: settled.append((job_id, cost))) == 1
+
+    assert journal.pending_job_ids(redis_client) == set()
+    assert settled == [(job.id, 0.0001)] * 2  # the budget's settle is idempotent per job
+    with session_scope() as session:
+        stored = session.get(Job, job.id)
+        entries = session.exec(select(func.count()).select_from(CostEntry).where(CostEntry.job_id == job.id)).one()
+    assert (stored.status, stored.output, stored.cost_usd, entries) == ("ok", "42", 0.0001, 1)
+
+
+def test_a_missing_heartbeat_is_believed_only_after_the_grace_period(redis_client):
+    from shared import fleet
+
+    fleet.beat(redis_client, "alive@host", ttl_s=30)
+    nodes = {"alive@host", "gone@host"}
+    assert fleet.dead_nodes(redis_client, nodes, grace_s=0.3) == set()  # first seen missing: not yet
+    time.sleep(0.35)
+    assert fleet.dead_nodes(redis_client, nodes, grace_s=0.3) == {"gone@host"}
+    fleet.beat(redis_client, "gone@host", ttl_s=30)  # it came back: forgotten
+    assert fleet.dead_nodes(redis_client, nodes, grace_s=0.0) == set()
+
+
+def test_a_run_marker_lost_with_redis_is_noticed_after_the_grace_period(redis_client):
+    from shared import fleet
+
+    fleet.mark_run_enqueued(redis_client, "kept")
+    assert fleet.runs_without_messages(redis_client, {"kept", "lost"}, grace_s=0.3) == set()
+    time.sleep(0.35)
+    assert fleet.runs_without_messages(redis_client, {"kept", "lost"}, grace_s=0.3) == {"lost"}

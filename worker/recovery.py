@@ -1,0 +1,154 @@
+"""Recovery without a human (design §10): every worker process keeps a heartbeat in Redis and
+takes its turn at a periodic sweep (one sweeper per interval across the fleet) that
+
+1. replays the paid-call journal into SQL (answers billed while the database was away);
+2. hands back jobs `running` on a node whose heartbeat stopped, or past their lease, and
+   re-publishes them (a dead worker's unacknowledged messages would otherwise wait for
+   Redis' one-hour visibility timeout);
+3. re-publishes the queued jobs of runs whose messages Redis lost (no run marker);
+4. builds the report of runs whose every job is final but that nobody completed (the last
+   job's completion step failed, e.g. the database was away at that moment);
+5. reconciles the budget's reservations with SQL (a dead worker's reservation is released, or
+   settled from the ledger when its answer was recorded).
+
+Re-publishing goes through the producer's `enqueue`, exactly as `producer resume` does. Every
+SQL change is a conditional UPDATE in shared.lifecycle, so overlapping sweeps, workers and
+producers agree.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from typing import Any
+
+import redis
+from celery.signals import worker_ready
+
+from shared import fleet, journal, lifecycle
+from shared.config import Settings, get_settings
+from shared.providers import PROVIDER_QUEUES
+
+ALL_QUEUES = (*PROVIDER_QUEUES, "reports")  # as worker.app declares them (importing it here is circular)
+
+log = logging.getLogger("genesis.recovery")
+
+
+def sweep(client: redis.Redis, settings: Settings) -> dict[str, int]:
+    """One pass; returns what it did (for logs and tests)."""
+    from producer.submit import enqueue
+    from shared.budget import BudgetGuard
+
+    grace_s = 2 * settings.recovery.heartbeat_interval_s
+    budget = BudgetGuard(client, settings)
+    done = {"replayed": journal.replay(client, budget.settle)}
+    dead, by_run = _jobs_of_dead_runners(client, settings, grace_s)
+    done["requeued"] = sum(len(jobs) for jobs in by_run.values())
+    for run_id, why in _runs_without_messages(client, grace_s, dead).items():
+        by_run[run_id] = sorted(set(by_run[run_id]) | set(lifecycle.queued_jobs(run_id)))
+        log.warning("run %s %s: re-enqueueing %d jobs", run_id, why, len(by_run[run_id]))
+        done["runs_reenqueued"] = done.get("runs_reenqueued", 0) + 1
+    for run_id, jobs in by_run.items():
+        if jobs:
+            enqueue(run_id, jobs)
+    fleet.drop_nodes(client, dead)  # handled: their messages are published again
+    done["reported"] = _report_finished_runs(client, set(by_run), grace_s)
+    reconciled = budget.reconcile()
+    done["reconciled"] = len(reconciled.released) + len(reconciled.settled)
+    return done
+
+
+def _jobs_of_dead_runners(client: redis.Redis, settings: Settings,
+                          grace_s: float) -> tuple[set[str], dict[str, list[tuple[int, str]]]]:
+    """Nodes without a heartbeat, and the running jobs handed back because their node is dead or
+    their lease passed (journaled ones stay)."""
+    now = fleet.redis_now(client)
+    dead = fleet.dead_nodes(client, lifecycle.running_workers() | fleet.known_nodes(client), grace_s)
+    lost = lifecycle.requeue_lost(now, lifecycle.lease_seconds(settings), dead, journal.pending_job_ids(client))
+    if dead:
+        log.warning("nodes without a heartbeat: %s; %d of their jobs handed back", ", ".join(sorted(dead)), len(lost))
+    by_run: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for run_id, job_id, provider in lost:
+        by_run[run_id].append((job_id, provider))
+    return dead, by_run
+
+
+def _runs_without_messages(client: redis.Redis, grace_s: float, dead: set[str]) -> dict[str, str]:
+    """Runs in flight whose queued jobs no message may deliver, with why: their marker is gone
+    (Redis lost everything); a node died (the messages it had reserved, or held for a
+    countdown, stay unacknowledged for the hour of Redis' visibility timeout, and which ones is
+    not recorded: every queued job is published again, and the claim lets only one delivery
+    run it); or the broker holds no message at all (lost one by one)."""
+    in_flight = set(lifecycle.runs_in_flight())
+    lost = {run_id: "lost its queue state in Redis" for run_id in fleet.runs_without_messages(client, in_flight, grace_s)}
+    if dead:
+        for run_id in in_flight - set(lost):
+            lost[run_id] = f"may have had messages on {', '.join(sorted(dead))}"
+    empty = {"broker"} if fleet.broker_holds_nothing(client, ALL_QUEUES) else set()
+    if fleet.lasting(client, "idle", empty, grace_s):
+        for run_id in in_flight - set(lost):
+            if lifecycle.queued_jobs(run_id):
+                lost[run_id] = "has queued jobs but the broker holds no message"
+    return lost
+
+
+def _report_finished_runs(client: redis.Redis, busy: set[str], grace_s: float) -> int:
+    """Runs whose every job is final but that nobody completed (the last job's completion step
+    failed, e.g. the database was away then) get their report."""
+    from shared.runs import publish_report
+
+    finished = set(lifecycle.runs_without_unfinished_jobs()) - busy
+    reported = fleet.lasting(client, "report", finished, grace_s)
+    for run_id in reported:
+        publish_report(run_id)
+        fleet.forget(client, "report", run_id)
+        log.info("run %s: every job final; report built by the recovery sweep", run_id)
+    return len(reported)
+
+
+class Recovery:
+    """The heartbeat and sweep threads of one worker process (daemon threads: they die with it)."""
+
+    def __init__(self, hostname: str, settings: Settings | None = None) -> None:
+        self.hostname = hostname
+        self.settings = settings or get_settings()
+        self.client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self.stopping = threading.Event()
+
+    def start(self) -> None:
+        rec = self.settings.recovery
+        self._loop("heartbeat", rec.heartbeat_interval_s, self._beat)
+        self._loop("sweep", rec.sweep_interval_s / 2, self._maybe_sweep)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _beat(self) -> None:
+        fleet.beat(self.client, self.hostname, self.settings.recovery.heartbeat_ttl_s)
+
+    def _maybe_sweep(self) -> None:
+        if fleet.take_sweep_turn(self.client, self.hostname, self.settings.recovery.sweep_interval_s):
+            done = sweep(self.client, self.settings)
+            if any(done.values()):
+                log.info("recovery sweep by %s: %s", self.hostname, done)
+
+    def _loop(self, name: str, interval_s: float, step) -> None:
+        def run() -> None:
+            while not self.stopping.is_set():
+                try:
+                    step()
+                except Exception as exc:  # noqa: BLE001 - Redis or SQL away: try again next tick
+                    cause = getattr(exc, "orig", None) or exc  # the driver's words, not SQLAlchemy's wrapper
+                    first_line = (str(cause).strip().splitlines() or [""])[0][:200]
+                    log.warning("recovery %s failed (%s: %s); retrying in %.1fs", name, type(cause).__name__,
+                                first_line, interval_s)
+                self.stopping.wait(interval_s)
+
+        threading.Thread(target=run, name=f"genesis-{name}", daemon=True).start()
+
+
+@worker_ready.connect
+def start_recovery(sender: Any, **_: Any) -> None:
+    """Each worker process (the main one, under any pool) beats and sweeps. `sender` is its consumer."""
+    Recovery(sender.hostname).start()
