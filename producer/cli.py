@@ -193,7 +193,7 @@ def _wait_for_report(run_id: str, *, quiet: bool) -> dict[str, Any]:
                     bars[name] = progress.add_task(name, total=sum(row.values()), detail=detail)
                 progress.update(bars[name], completed=done, detail=detail)
             if snapshot["status"] in FINAL_RUN_STATUSES and snapshot["report_ready"]:
-                # Built on whichever host ran the chord: this host's copy comes from SQL.
+                # Built on whichever host ran build_report: this host's copy comes from SQL.
                 published = fetch_report(run_id)
                 break
             if snapshot["status"] == RunStatus.halted and not snapshot["by_status"]["running"]:

@@ -5,7 +5,7 @@ loses it, and a missing key is only believed after it has stayed missing for a w
 - Clock: Redis `TIME`, so leases are judged on one timeline whatever the hosts' clocks say.
 - Heartbeats: `genesis:node:<hostname>` with a short TTL, refreshed by each worker process.
 - Run markers: `genesis:run:<run_id>` written when a run's messages are published; a run in
-  flight without one lost its queue and chord state (Redis was flushed or replaced).
+  flight without one lost its queued messages (Redis was flushed or replaced).
 - Missing since: the sweeper notes when it first saw a heartbeat or a marker missing, and acts
   only once it stayed missing for a grace period (a live worker refreshes long before that).
 """

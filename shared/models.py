@@ -1,5 +1,5 @@
 """Every table of genesis-bench, in one place. SQL is the source of truth; Redis only holds
-queues, chord state and the limiter/budget counters, all rebuildable from these rows."""
+queues, report-sent markers and the limiter/budget counters, all rebuildable from these rows."""
 
 from __future__ import annotations
 

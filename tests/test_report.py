@@ -382,7 +382,7 @@ JUDGE_USD = 0.0005
 
 
 def reuse_answers(session: Session, run_id: str, backend: str, tasks: list[str], source_run: str) -> None:
-    """Turns jobs of `run_id` into reused ones, as worker.jobs.finish_reused leaves them: the
+    """Turns jobs of `run_id` into reused ones, as shared.lifecycle.finish_reused leaves them: the
     source's answer, $0 and no ledger row of their own."""
     from sqlmodel import delete, select
 

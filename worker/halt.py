@@ -1,6 +1,6 @@
 """The Celery side of a budget halt: workers stop taking paid work, queued jobs stay queued.
 
-Only the provider queues are stopped; `reports` keeps running so chord callbacks still build
+Only the provider queues are stopped; `reports` keeps running so completion steps still build
 the report of what finished. The queues are named after the providers (worker.app declares
 them the same way; importing it here would be circular, since worker.app imports this module).
 """
