@@ -36,22 +36,13 @@ import redis  # noqa: E402
 
 from tests.harness import (  # noqa: E402
     FAST_RECOVERY, WorkerProcess, ensure_redis, genesis_env, ledger_figures, postgres_outage, producer,
-    reconnect_app, running_on, served_ok, wait_for, wait_until_reported,
+    reconnect_app, reset_postgres, running_on, served_ok, wait_for, wait_until_reported,
 )
 
 FAULTS = {"sigkill": 1000, "postgres": 300, "flushdb": 300, "sigterm": 1000}  # simulator latency, ms
 OPEN_LIMITS = {"GENESIS_LIMITS__MISTRAL__RPM": "1000000", "GENESIS_LIMITS__MISTRAL__TPM": "1000000000",
                "GENESIS_LIMITS__MISTRAL__MAX_IN_FLIGHT": "1000"}
 FAULT_AFTER_OK = 40
-
-
-def reset_postgres(url: str) -> None:
-    from sqlalchemy import text
-
-    from shared.db import get_engine
-
-    with get_engine(url).begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS cost_entry, budget_event, job, run, alembic_version CASCADE"))
 
 
 def ok_jobs(run_id: str) -> int:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.throughput import Scenario, SimulatorProcess, config_file, cpu_s, machine_cpu_s  # noqa: E402
 from bench.throughput import prepare_this_process, submit_and_wait  # noqa: E402
-from tests.harness import ConnectionSampler, WorkerProcess, ensure_redis, genesis_env  # noqa: E402
+from tests.harness import ConnectionSampler, WorkerProcess, ensure_redis, genesis_env, reset_postgres  # noqa: E402
 
 BACKENDS = ["openai", "anthropic", "mistral-base", "mistral-ft"]
 
@@ -93,15 +93,6 @@ def run_layout(layout: Layout, args, database_url: str | None) -> dict:
             worker.stop()
         sim.stop()
         redis.Redis.from_url(args.redis_url).flushdb()
-
-
-def reset_postgres(url: str) -> None:
-    from sqlalchemy import text
-
-    from shared.db import get_engine
-
-    with get_engine(url).begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS cost_entry, budget_event, job, run, alembic_version CASCADE"))
 
 
 def line(layout: Layout, row: dict, ideal: float, base_span: float | None) -> str:

@@ -9,26 +9,20 @@ from typing import Callable, Iterator
 
 import pytest
 import redis
-from sqlalchemy import text
 
-from tests.harness import FAST_RECOVERY, SCRATCH_REDIS_URL, WorkerProcess, ensure_redis, genesis_env, reconnect_app
+from tests.harness import (
+    FAST_RECOVERY, SCRATCH_REDIS_URL, WorkerProcess, ensure_redis, genesis_env, reconnect_app, reset_postgres,
+)
 
 INTEGRATION_REDIS_URL = os.environ.get("GENESIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 POSTGRES_URL = os.environ.get("GENESIS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
-def _reset_postgres(url: str) -> None:
-    from shared.db import get_engine
-
-    with get_engine(url).begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS run_report, cost_entry, budget_event, job, run, alembic_version CASCADE"))
 
 
 @pytest.fixture(params=["sqlite"])
 def database_url(request, tmp_path: Path) -> str:
     """SQLite by default; tests that also want PostgreSQL parametrize with 'postgres'."""
     if request.param == "postgres":
-        _reset_postgres(POSTGRES_URL)
+        reset_postgres(POSTGRES_URL)
         return POSTGRES_URL
     return f"sqlite:///{tmp_path / 'genesis.db'}"
 

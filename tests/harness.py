@@ -42,6 +42,20 @@ def ensure_redis(url: str = "redis://127.0.0.1:6379/0") -> None:
     wait_for(lambda: redis_answers(url), timeout=10, what="redis-server to start")
 
 
+def reset_postgres(url: str) -> None:
+    """Drop every table of the project (as the models declare them) and Alembic's version, so
+    the next migrate builds the schema afresh; only `url`'s database is touched."""
+    from sqlalchemy import text
+    from sqlmodel import SQLModel
+
+    import shared.models  # noqa: F401  (registers the tables)
+    from shared.db import get_engine
+
+    tables = ", ".join(SQLModel.metadata.tables)
+    with get_engine(url).begin() as conn:
+        conn.execute(text(f"DROP TABLE IF EXISTS {tables}, alembic_version CASCADE"))
+
+
 def wait_for(predicate: Callable[[], object], *, timeout: float, interval: float = 0.1, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

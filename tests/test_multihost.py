@@ -52,7 +52,8 @@ def fleet(lab, monkeypatch, tmp_path):
     from shared.db import migrate
     from simulator.config import SimulatorConfig
     from simulator.server import start_simulator
-    from tests.conftest import POSTGRES_URL, _reset_postgres
+    from tests.conftest import POSTGRES_URL
+    from tests.harness import reset_postgres
     from worker.app import app
 
     redis_port = next(redis_ports)
@@ -65,7 +66,7 @@ def fleet(lab, monkeypatch, tmp_path):
         cleanup.callback(lambda: (redis_proc.terminate(), redis_proc.wait(10)))
         redis_url = f"redis://{lab.gateway}:{redis_port}/0"
         wait_for(lambda: redis_answers(redis_url), timeout=10, what="the fleet's redis-server")
-        _reset_postgres(POSTGRES_URL)
+        reset_postgres(POSTGRES_URL)
         pg = make_url(POSTGRES_URL)
         forwarder = TcpForwarder((lab.gateway, POSTGRES_PORT), (pg.host or "127.0.0.1", pg.port or 5432))
         cleanup.callback(forwarder.stop)

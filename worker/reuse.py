@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
+from functools import lru_cache
 from typing import Any
 
 from shared.calls import request_key
@@ -24,25 +25,33 @@ TWIN_WAIT_S = 2.0
 MAX_TWIN_WAITS = 60  # then pay rather than wait on a twin that makes no progress (~2 minutes)
 
 
+@lru_cache(maxsize=256)
+def _run_reuse(run_id: str) -> tuple[bool, float, bool]:
+    """(enabled, max_age_days, simulated) of a run: fixed at submit (its config snapshot), so read
+    once per process rather than once per job."""
+    with session_scope() as session:
+        run = session.get(Run, run_id)
+        return (*reuse_settings(run), bool(run.simulated))
+
+
 def take_earlier_answer(task: Any, job: jobs.ClaimedJob, suite_task: Any, request: ChatRequest, svc: Any) -> str | None:
     """The job's status when it took an earlier answer (no call, $0), else None: make the call.
     While an older identical request of a live run is queued or being paid for, wait for it."""
+    enabled, max_age_days, simulated = _run_reuse(job.run_id)
+    if not enabled:
+        return None
     with session_scope() as session:
-        run = session.get(Run, job.run_id)
-        enabled, max_age_days = reuse_settings(run)
-        if not enabled:
-            return None
         key = request_key(job.provider, request)
         if key != session.get(Job, job.id).request_key:  # the config changed since submit: call
             log.info("job %s: request differs from the one recorded at submit; not reused", job.id)
             return None
         def earlier_answer():
-            return find_earlier_answer(session, key, max_age_days=max_age_days, simulated=run.simulated,
+            return find_earlier_answer(session, key, max_age_days=max_age_days, simulated=simulated,
                                        exclude_job_id=job.id)
 
         earlier = earlier_answer()
         if earlier is None:
-            lease_s = get_settings().worker.task_time_limit_s + 60
+            lease_s = jobs.lease_seconds(get_settings())
             if task.request.retries < MAX_TWIN_WAITS and older_twin(session, key, job.id, lease_s) is not None:
                 wait = True
             else:  # the twin may have finished between the two reads (READ COMMITTED): look once more
