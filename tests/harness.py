@@ -66,25 +66,6 @@ def wait_for(predicate: Callable[[], object], *, timeout: float, interval: float
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
-def producer(*args: str):
-    """The `producer` CLI, in this process (its settings come from this process's environment)."""
-    from typer.testing import CliRunner
-
-    from producer.cli import app
-
-    return CliRunner().invoke(app, list(args), catch_exceptions=False)
-
-
-def wait_until_reported(run_id: str, timeout: float = 120) -> dict:
-    from producer.cli import run_snapshot
-
-    def reported():
-        snap = run_snapshot(run_id)
-        return snap if snap["status"] in ("completed", "halted", "cancelled") and snap["report"] else None
-
-    return wait_for(reported, timeout=timeout, interval=0.3, what=f"run {run_id} to be reported")
-
-
 def genesis_env(*, database_url: str, redis_url: str, reports_dir: Path, simulator_url: str | None,
                 extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for the producer and workers; dummy keys are fine for the simulator."""
