@@ -53,8 +53,7 @@ def grade(task: Any, job: jobs.ClaimedJob, suite_task: Any, answer: str, svc: An
         svc.budget.reserve(key, worst_case_cost(settings, model, tokens - request.max_tokens, request.max_tokens),
                            run_id=job.run_id)
     except BudgetWait:  # room held by calls in flight: wait for them to settle, no call, no halt
-        jobs.requeue(job.id, uncount=True)
-        raise task.retry(countdown=BUDGET_WAIT_S + random.uniform(0, 0.5))
+        raise task.hand_back(job.id, BUDGET_WAIT_S + random.uniform(0, 0.5), uncount=True)
     except BudgetRefused as refused:
         jobs.finish_halted(job.id, f"judge call: {refused}")
         if svc.budget.halt(run_id=job.run_id, reason=str(refused), on_first=lambda: stop_provider_consumers(app)):
@@ -67,8 +66,7 @@ def grade(task: Any, job: jobs.ClaimedJob, suite_task: Any, answer: str, svc: An
         raise
     if not isinstance(permit, Permit):
         svc.budget.release(key)
-        jobs.requeue(job.id, uncount=True)  # no call was made: not an attempt
-        raise task.retry(countdown=permit + random.uniform(0, 0.25))
+        raise task.hand_back(job.id, permit + random.uniform(0, 0.25), uncount=True)  # no call: not an attempt
     try:
         response = complete(provider, request)
     except ProviderError as err:
@@ -131,8 +129,7 @@ def _retry_or_fail(task: Any, job: jobs.ClaimedJob, error_type: str, detail: str
         delay = backoff_delay(job.attempts - 1, retry_after=retry_after, base=retry.backoff_base_s,
                               cap=retry.backoff_max_s)
         log.info("job %s: %s; judging again in %.1fs", job.id, detail, delay)
-        jobs.requeue(job.id, error_type=error_type, error_message=detail)
-        raise task.retry(countdown=delay)
+        raise task.hand_back(job.id, delay, error_type=error_type, error_message=detail)
     reason = f"after {job.attempts} attempt(s): {detail}" if retryable else detail
     log.warning("job %s: judge failed for good: %s", job.id, reason)
     jobs.finish_error(job.id, error_type, reason)

@@ -63,6 +63,14 @@ class GenesisTask(Task):
     max_retries = None
     typing = True
 
+    def hand_back(self, job_id: int, countdown: float, **requeue_values) -> Retry:
+        """Give a claimed job back for a later delivery; the caller raises what this returns.
+        The retry is published before the job is handed back in SQL: if publishing fails, the
+        job is still this delivery's (it ends `error`), never `queued` without a message."""
+        retry = self.retry(countdown=countdown, throw=False)
+        jobs.requeue(job_id, **requeue_values)
+        return retry
+
 
 def genesis_task(name: str, **options):
     return app.task(name=name, base=GenesisTask, bind=True, **options)
@@ -193,8 +201,7 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
     try:
         svc.budget.reserve(job.id, task_worst_case(settings, suite_task, job.backend, job.model), run_id=job.run_id)
     except BudgetWait:  # room held by calls in flight: no call, not an attempt, no halt
-        retry = task.retry(countdown=BUDGET_WAIT_S + random.uniform(0, BUDGET_WAIT_S), throw=False)
-        jobs.requeue(job.id, uncount=True)
+        retry = task.hand_back(job.id, BUDGET_WAIT_S + random.uniform(0, BUDGET_WAIT_S), uncount=True)
         _best_effort(svc.budget.maybe_reconcile)  # a dead worker's reservation must not hold it forever
         raise retry
     except BudgetRefused as refused:
@@ -208,9 +215,7 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
     delivery.permit = permit if isinstance(permit, Permit) else None
     if not isinstance(permit, Permit):
         svc.budget.release(job.id)
-        retry = task.retry(countdown=permit + random.uniform(0, 0.25), throw=False)  # published first (below)
-        jobs.requeue(job.id, uncount=True)  # no call was made: not an attempt
-        raise retry
+        raise task.hand_back(job.id, permit + random.uniform(0, 0.25), uncount=True)  # no call: not an attempt
 
     try:
         response = complete(job.provider, request, on_late=lambda late: _ledger_late_answer(job, late))
@@ -321,11 +326,7 @@ def _handle_failure(task: GenesisTask, job: jobs.ClaimedJob, err: ProviderError,
             attempt - 1, retry_after=retry_after, base=settings.retry.backoff_base_s, cap=settings.retry.backoff_max_s
         )
         log.info("job %s attempt %s failed (%s); retrying in %.1fs", job.id, attempt, detail, delay)
-        # The retry is published before the job is handed back: if publishing fails, the job is
-        # still ours and ends `error`, never `queued` without a message.
-        retry = task.retry(countdown=delay, throw=False)
-        jobs.requeue(job.id, error_type=err.error_type, error_message=detail)
-        raise retry
+        raise task.hand_back(job.id, delay, error_type=err.error_type, error_message=detail)
     reason = f"after {attempt} attempt(s): {detail}" if err.retryable else detail
     log.warning("job %s failed for good: %s", job.id, reason)
     jobs.finish_error(job.id, err.error_type, reason)
