@@ -6,13 +6,13 @@ the defaults below; `-Q`, `-c`, `-P`, `-n` work as Celery users expect.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from celery import Celery, signals
 from kombu import Queue
 
 from shared.config import Settings, get_settings
+from shared.providers.clients import prepare as prepare_provider
 from shared.providers.registry import PROVIDER_QUEUES, PROVIDERS
 REPORTS_QUEUE = "reports"
 
@@ -89,14 +89,14 @@ def _size_database_pool(sender, **_kwargs) -> None:
 
 @signals.worker_init.connect
 def _import_provider_sdks(sender=None, **_kwargs) -> None:
-    """The SDKs cost ~1.3 s of CPU to import; pay it at start-up, not inside the first jobs
-    (and before prefork forks, so children share it). Only those of the provider queues this
-    worker consumes: each holds 30-65 MB of memory (a `-Q openai` worker needs one). A queue
-    added later (`add_consumer`) imports its SDK on first use."""
+    """The SDKs cost ~1.3 s of CPU to import and the shared TLS context ~21 ms: pay them at
+    start-up, not inside the first jobs (and before prefork forks, so children share them).
+    Only for the provider queues this worker consumes: an SDK holds 6-42 MB of memory (a
+    `-Q openai` worker needs one). A queue added later (`add_consumer`) pays on first use."""
     consumed = set(sender.app.amqp.queues.consume_from) if sender is not None else set(PROVIDER_QUEUES)
     for spec in PROVIDERS.values():
         if spec.queue in consumed:
-            importlib.import_module(spec.sdk_module)
+            prepare_provider(spec)
 
 
 import worker.halt  # noqa: E402,F401  (connects the worker_ready handler: a halted budget keeps provider queues idle)
