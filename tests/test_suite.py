@@ -94,6 +94,23 @@ def test_load_is_cached_until_a_file_changes(tmp_path: Path) -> None:
     assert [t.id for t in reloaded.tasks] == ["qa-001", "qa-002"]
 
 
+def test_a_recent_check_is_trusted_for_max_age(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared import suite as suites
+
+    clock = [1000.0]
+    monkeypatch.setattr(suites.time, "monotonic", lambda: clock[0])
+    folder = write_suite(tmp_path, {"qa.jsonl": [task_line("qa-001")]})
+    first = load_suite(str(folder), max_age_s=1.0)
+    file = folder / "qa.jsonl"
+    file.write_text(file.read_text() + task_line("qa-002") + "\n")
+    os.utime(file, ns=(file.stat().st_atime_ns, file.stat().st_mtime_ns + 1_000_000))
+    clock[0] += 0.5
+    assert load_suite(str(folder), max_age_s=1.0) is first  # checked 0.5 s ago: files not looked at
+    assert [t.id for t in load_suite(str(folder)).tasks] == ["qa-001", "qa-002"]  # no max age: always checked
+    clock[0] += 1.0
+    assert [t.id for t in load_suite(str(folder), max_age_s=1.0).tasks] == ["qa-001", "qa-002"]
+
+
 # --- resolving ----------------------------------------------------------------------------
 
 

@@ -34,7 +34,6 @@ from shared.limiter import Permit, RateLimiter
 from shared.models import CostEntry
 from shared.providers import ChatResponse, ProviderError, complete, scrub_secrets
 from shared.retry import backoff_delay, retry_after_from_headers
-from shared.runs import publish_report
 from shared.scoring import ScoreResult, score
 from shared.lifecycle import PaidResult
 from shared.suite import load_suite, run_suite_folder
@@ -52,6 +51,8 @@ BUSY_RECHECK_S = 5.0
 # A job whose reservation must wait for calls in flight to settle comes back after this long
 # plus as much again at random: the jitter spreads the pollers, so none is always last.
 BUDGET_WAIT_S = 0.5
+# A suite's files are looked at again (for changes) at most this often per worker process.
+SUITE_RECHECK_S = 1.0
 
 
 class GenesisTask(Task):
@@ -189,7 +190,7 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
         return job.status if job else "missing"
     delivery.job = job
 
-    suite_task = load_suite(run_suite_folder(job.suite)).get(job.agent, job.task_id)
+    suite_task = load_suite(run_suite_folder(job.suite), max_age_s=SUITE_RECHECK_S).get(job.agent, job.task_id)
     max_tokens = max_output_tokens(settings, job.backend, suite_task.max_tokens)
     est_input = estimate_prompt_tokens(suite_task.prompt, suite_task.system)
     if not suite_task.scorer.local and (answer := jobs.recorded_answer(job.id)) is not None:
@@ -337,5 +338,8 @@ def _handle_failure(task: GenesisTask, job: jobs.ClaimedJob, err: ProviderError,
               retry_backoff_max=60, max_retries=8)
 def build_report(self: GenesisTask, results: list | None = None, run_id: str = "") -> str:
     """The run's completion step: reads SQL only (`results` is kept for messages sent by older
-    producers as a chord body)."""
+    producers as a chord body). The report code (numpy and all) is imported here, on the first
+    report, not by every provider worker: it holds ~20 MB that a worker making calls never uses."""
+    from shared.runs import publish_report
+
     return str(publish_report(run_id).paths["md"])
