@@ -78,9 +78,9 @@ _TAKE = (
     .values(status=JobStatus.running, started_at=bindparam("now"), worker=bindparam("worker"),
             attempts=_JOBS.c.attempts + 1)
     .returning(_JOBS.c.id, _JOBS.c.run_id, _JOBS.c.agent, _JOBS.c.task_id, _JOBS.c.backend, _JOBS.c.provider,
-               _JOBS.c.model, _JOBS.c.attempts)
+               _JOBS.c.model, _JOBS.c.attempts,
+               select(_RUNS.c.suite).where(_RUNS.c.id == _JOBS.c.run_id).scalar_subquery().label("suite"))
 )
-_RUN_SUITE = select(_RUNS.c.suite).where(_RUNS.c.id == bindparam("run_id"))
 # conditional, so a concurrent cancel still wins
 _RUN_STARTS = (update(_RUNS).where(_RUNS.c.id == bindparam("run_id"), _RUNS.c.status == RunStatus.queued)
                .values(status=RunStatus.running))
@@ -91,14 +91,13 @@ _RECORD_OK = update(_JOBS).where(_JOBS.c.id == bindparam("job_id"))
 def claim(job_id: int, worker: str, now: datetime, lease_s: float) -> tuple[str, ClaimedJob | Job | None]:
     """Take a queued job (or one whose runner died: running past its lease, by `stale_running`'s
     rule), counting the attempt; a delivery that then makes no call gives it back with
-    `requeue(uncount=True)`. The usual case (taken) is one transaction of three statements."""
+    `requeue(uncount=True)`. The usual case (taken) is one transaction of two statements."""
     with get_engine().begin() as conn:
         taken = conn.execute(_TAKE, {"job_id": job_id, "stale_before": now - timedelta(seconds=lease_s),
                                      "now": now, "worker": worker}).one_or_none()
         if taken is not None:
-            suite = conn.execute(_RUN_SUITE, {"run_id": taken.run_id}).scalar_one()
             conn.execute(_RUN_STARTS, {"run_id": taken.run_id})
-            return Claim.TAKEN, ClaimedJob(**taken._asdict(), suite=suite)
+            return Claim.TAKEN, ClaimedJob(**taken._asdict())
     with session_scope() as session:  # not taken: say why (a duplicate delivery, or nothing to do)
         job = session.get(Job, job_id)
         if job is None:

@@ -75,3 +75,25 @@ def test_a_run_marker_lost_with_redis_is_noticed_after_the_grace_period(redis_cl
     assert fleet.runs_without_messages(redis_client, {"kept", "lost"}, grace_s=0.3) == set()
     time.sleep(0.35)
     assert fleet.runs_without_messages(redis_client, {"kept", "lost"}, grace_s=0.3) == {"lost"}
+
+
+def test_the_fleet_clock_is_redis_time_read_once_per_resync(redis_client, monkeypatch) -> None:
+    from datetime import datetime, timezone
+
+    from shared import fleet
+
+    reads = []
+    real_seconds = fleet._seconds
+    monkeypatch.setattr(fleet, "_seconds", lambda client: reads.append(1) or real_seconds(client))
+    monkeypatch.setattr(fleet, "_offsets", {})
+    first = fleet.redis_now(redis_client)
+    time.sleep(0.05)
+    second = fleet.redis_now(redis_client)
+    seconds, micros = redis_client.time()
+    server = datetime.fromtimestamp(seconds + micros / 1e6, tz=timezone.utc)
+    assert len(reads) == 1  # the second answer came from the monotonic clock
+    assert 0.04 <= (second - first).total_seconds() < 0.5
+    assert abs((server - second).total_seconds()) < 0.05  # and agrees with Redis
+    monkeypatch.setattr(fleet, "CLOCK_RESYNC_S", 0.0)
+    fleet.redis_now(redis_client)
+    assert len(reads) == 2
