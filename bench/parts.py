@@ -118,9 +118,11 @@ class System:
 
 @contextmanager
 def running_system(key: str, redis_url: str, *, latency_ms: float, sim_rpm: int | None,
-                   limits: dict[str, dict[str, int]], workers: int, concurrency: int) -> Iterator[System]:
-    """The simulator, SQLite in a temp dir, a flushed Redis db, and `workers` celery workers,
-    with this process (the producer) pointed at them; all stopped and flushed afterwards."""
+                   limits: dict[str, dict[str, int]], workers: int, concurrency: int,
+                   queues: list[str | None] | None = None) -> Iterator[System]:
+    """The simulator, SQLite in a temp dir, a flushed Redis db, and `workers` celery workers
+    (worker i consumes `queues[i]`, every queue when None), with this process (the producer)
+    pointed at them; all stopped and flushed afterwards."""
     import redis
 
     ensure_redis(redis_url)
@@ -133,7 +135,8 @@ def running_system(key: str, redis_url: str, *, latency_ms: float, sim_rpm: int 
                           reports_dir=tmp / "reports", simulator_url=sim.url,
                           extra={"GENESIS_CONFIG": str(config_file(tmp, limits))})
         app = prepare_this_process(env)
-        started = [WorkerProcess(env, name=f"bench{key}{i}", concurrency=concurrency, log_path=tmp / f"worker{i}.log")
+        started = [WorkerProcess(env, name=f"bench{key}{i}", concurrency=concurrency, log_path=tmp / f"worker{i}.log",
+                                 queues=(queues or [None] * workers)[i])
                    for i in range(workers)]
         for worker in started:
             worker.wait_ready(app)
