@@ -10,7 +10,8 @@
 (c) our CPU per job: 400 jobs against a 0 ms simulator on 1 worker; the worker process's CPU
     (/proc/<pid>/stat) per job, minus the CPU of the same SDK calls made in a plain loop here.
 (d) 10,000 jobs (generated suite): submit time, run completion, `producer status` latency
-    during the run, worker peak RSS at -c 32 (bench/large_run.py).
+    during the run, the report's build time from SQL, worker peak RSS at -c 32 with every
+    worker on every queue, then again with one worker per queue (bench/large_run.py).
 
 --profile samples the workers with py-spy during the measured runs (a, b, c) and prints where
 their CPU goes by part (bench/profiling.py).
