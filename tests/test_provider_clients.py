@@ -3,17 +3,15 @@ classes built once per type), and what a provider worker does not load (the repo
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from pydantic import ConfigDict, ValidationError
 
 from shared.providers import ChatRequest, clients, complete
 from shared.providers.mistral_models import cache_wrapper_models
-from tests.harness import ROOT
 
 
 def test_racing_threads_build_one_tls_context(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,8 +61,12 @@ def test_mistral_calls_answer_alike_before_and_after_their_wrappers_are_cached(s
         (answers[0].text, answers[0].input_tokens, answers[0].output_tokens, answers[0].finish_reason)}
 
 
-def test_a_provider_worker_loads_no_report_code() -> None:
-    probe = ("import sys, worker.app, worker.tasks, worker.recovery, worker.completion; "
-             "print(sorted(m for m in ('numpy', 'shared.report', 'shared.runs') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
+def _maps_numpy(pid: int) -> bool:
+    return "numpy" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_a_provider_worker_loads_no_report_code_and_a_reports_worker_loads_it_at_start(start_worker) -> None:
+    provider_only = start_worker("calls", queues="openai", concurrency=2)
+    every_queue = start_worker("all", concurrency=2)
+    assert not _maps_numpy(provider_only.proc.pid)
+    assert _maps_numpy(every_queue.proc.pid)  # before its first report: not inside the run's last step

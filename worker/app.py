@@ -88,15 +88,18 @@ def _size_database_pool(sender, **_kwargs) -> None:
 
 
 @signals.worker_init.connect
-def _import_provider_sdks(sender=None, **_kwargs) -> None:
-    """The SDKs cost ~1.3 s of CPU to import and the shared TLS context ~21 ms: pay them at
-    start-up, not inside the first jobs (and before prefork forks, so children share them).
-    Only for the provider queues this worker consumes: an SDK holds 6-42 MB of memory (a
-    `-Q openai` worker needs one). A queue added later (`add_consumer`) pays on first use."""
-    consumed = set(sender.app.amqp.queues.consume_from) if sender is not None else set(PROVIDER_QUEUES)
+def _prepare_for_queues(sender=None, **_kwargs) -> None:
+    """What the jobs of the queues this worker consumes need is loaded at start-up, not inside
+    the first jobs (and before prefork forks, so children share it): the SDK of each provider
+    queue (~1.3 s of CPU for the three, 6-42 MB each) with the shared TLS context, and for the
+    `reports` queue the report code (numpy and all, ~20 MB, ~0.3 s). So a `-Q openai` worker
+    holds one SDK and no report code. A queue added later (`add_consumer`) pays on first use."""
+    consumed = set(sender.app.amqp.queues.consume_from) if sender is not None else {*PROVIDER_QUEUES, REPORTS_QUEUE}
     for spec in PROVIDERS.values():
         if spec.queue in consumed:
             prepare_provider(spec)
+    if REPORTS_QUEUE in consumed:
+        import shared.runs  # noqa: F401
 
 
 import worker.halt  # noqa: E402,F401  (connects the worker_ready handler: a halted budget keeps provider queues idle)

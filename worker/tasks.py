@@ -338,8 +338,9 @@ def _handle_failure(task: GenesisTask, job: jobs.ClaimedJob, err: ProviderError,
               retry_backoff_max=60, max_retries=8)
 def build_report(self: GenesisTask, results: list | None = None, run_id: str = "") -> str:
     """The run's completion step: reads SQL only (`results` is kept for messages sent by older
-    producers as a chord body). The report code (numpy and all) is imported here, on the first
-    report, not by every provider worker: it holds ~20 MB that a worker making calls never uses."""
+    producers as a chord body). The report code (numpy and all, ~20 MB) is imported here, so a
+    worker that does not consume `reports` never loads it; one that does loads it at start
+    (worker/app.py)."""
     from shared.runs import publish_report
 
     return str(publish_report(run_id).paths["md"])
