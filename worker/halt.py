@@ -15,6 +15,7 @@ from celery import Celery
 from celery.signals import worker_ready
 from celery.worker.control import control_command
 
+from shared import lifecycle
 from shared.budget import BudgetGuard
 from shared.config import get_settings
 from shared.providers.registry import PROVIDER_QUEUES
@@ -27,6 +28,15 @@ RESTORE_COMMAND = "genesis_restore_provider_queues"
 # The provider queues this worker process consumed when it started: what a restore gives back.
 # Kept in memory, so it survives Redis losing everything.
 _own_provider_queues: list[str] = []
+
+
+def halt_on_refusal(app: Celery, budget: BudgetGuard, job: Any, refused: Exception, what: str = "call") -> str:
+    """A reservation the budget refused: the job is stored `halted` (it stays resumable), and
+    the first to see the halt stops every worker's provider queues. Returns the job's status."""
+    lifecycle.finish_halted(job.id, str(refused) if what == "call" else f"{what}: {refused}")
+    if budget.halt(run_id=job.run_id, reason=str(refused), on_first=lambda: stop_provider_consumers(app)):
+        log.warning("budget emergency threshold reached on a %s: provider queues halted (%s)", what, refused)
+    return "halted"
 
 
 def stop_provider_consumers(app: Celery) -> None:

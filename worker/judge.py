@@ -28,7 +28,7 @@ from shared.scoring.judge import JudgeReplyError, read_judge_reply
 from shared.tokens import estimate_prompt_tokens
 from shared import lifecycle as jobs
 from worker.app import app
-from worker.halt import stop_provider_consumers
+from worker.halt import halt_on_refusal
 
 log = logging.getLogger("genesis.judge")
 
@@ -55,10 +55,7 @@ def grade(task: Any, job: jobs.ClaimedJob, suite_task: Any, answer: str, svc: An
     except BudgetWait:  # room held by calls in flight: wait for them to settle, no call, no halt
         raise task.hand_back(job.id, BUDGET_WAIT_S + random.uniform(0, 0.5), uncount=True)
     except BudgetRefused as refused:
-        jobs.finish_halted(job.id, f"judge call: {refused}")
-        if svc.budget.halt(run_id=job.run_id, reason=str(refused), on_first=lambda: stop_provider_consumers(app)):
-            log.warning("budget emergency threshold reached on a judge call: provider queues halted (%s)", refused)
-        return "halted"
+        return halt_on_refusal(app, svc.budget, job, refused, "judge call")
     try:
         permit = svc.limiter.acquire(provider, model, tokens)
     except Exception:

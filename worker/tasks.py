@@ -40,7 +40,7 @@ from shared.suite import load_suite, run_suite_folder
 from shared.tokens import estimate_prompt_tokens
 from worker import judge, reuse
 from worker.app import app
-from worker.halt import stop_provider_consumers
+from worker.halt import halt_on_refusal
 
 log = logging.getLogger("genesis.worker")
 
@@ -206,10 +206,7 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
         _best_effort(svc.budget.maybe_reconcile)  # a dead worker's reservation must not hold it forever
         raise retry
     except BudgetRefused as refused:
-        jobs.finish_halted(job.id, str(refused))
-        if svc.budget.halt(run_id=job.run_id, reason=str(refused), on_first=lambda: stop_provider_consumers(app)):
-            log.warning("budget emergency threshold reached: provider queues halted (%s)", refused)
-        return "halted"
+        return halt_on_refusal(app, svc.budget, job, refused)
     delivery.reserved = True
 
     permit = _acquire(svc.limiter, job.provider, job.model, est_input + max_tokens)
