@@ -66,11 +66,12 @@ def tls_context() -> Any:
 
 def prepare(spec: "ProviderSpec") -> None:
     """What a process that will call `spec`'s provider pays once, before its first job: the SDK
-    import (~0.4-1 s of CPU, 6-42 MB), the TLS context, the Mistral SDK's reusable wrappers."""
+    import (~0.4-1 s of CPU, 6-42 MB), the TLS context, the provider's own warm-up (Mistral:
+    its SDK's reusable wrapper classes)."""
     importlib.import_module(spec.sdk_module)
     tls_context()
-    if spec.name == "mistral":
-        cache_wrapper_models()
+    if spec.warm_up is not None:
+        spec.warm_up()
 
 
 def build_openai(key: str, base_url: str | None, timeout_s: float) -> Any:
