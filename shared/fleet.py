@@ -14,7 +14,6 @@ loses it, and a missing key is only believed after it has stayed missing for a w
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import datetime, timezone
 
@@ -30,8 +29,10 @@ KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)  # its queue keys: `name`, then `name\x06\x1
 
 
 CLOCK_RESYNC_S = 5.0
-_offsets: dict[tuple, tuple[float, float]] = {}  # server → (monotonic when read, Redis − monotonic)
-_offsets_lock = threading.Lock()
+# server → (monotonic when read, Redis − monotonic). No lock: a dict read or write is atomic
+# under the GIL, two threads resyncing at once only read TIME twice, and a lock held by another
+# thread at fork time would stay held forever in a prefork child.
+_offsets: dict[tuple, tuple[float, float]] = {}
 
 
 def redis_now(client: redis.Redis) -> datetime:
@@ -40,14 +41,12 @@ def redis_now(client: redis.Redis) -> datetime:
     kwargs = client.connection_pool.connection_kwargs
     key = (kwargs.get("host"), kwargs.get("port"), kwargs.get("path"))
     at = time.monotonic()
-    with _offsets_lock:
-        known = _offsets.get(key)
+    known = _offsets.get(key)
     if known is None or at - known[0] >= CLOCK_RESYNC_S:
         server = _seconds(client)  # a new connection's set-up comes before the server reads it
         after = time.monotonic()
         known = (after, server - after)
-        with _offsets_lock:
-            _offsets[key] = known
+        _offsets[key] = known
         at = after
     return datetime.fromtimestamp(at + known[1], tz=timezone.utc)
 
