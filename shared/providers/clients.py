@@ -66,12 +66,9 @@ def tls_context() -> Any:
 
 def prepare(spec: "ProviderSpec") -> None:
     """What a process that will call `spec`'s provider pays once, before its first job: the SDK
-    import (~0.4-1 s of CPU, 6-42 MB), the TLS context, the provider's own warm-up (Mistral:
-    its SDK's reusable wrapper classes)."""
+    import (~0.4-1 s of CPU, 6-42 MB) and the TLS context."""
     importlib.import_module(spec.sdk_module)
     tls_context()
-    if spec.warm_up is not None:
-        spec.warm_up()
 
 
 def build_openai(key: str, base_url: str | None, timeout_s: float) -> Any:
@@ -91,7 +88,7 @@ def build_anthropic(key: str, base_url: str | None, timeout_s: float) -> Any:
 def build_mistral(key: str, base_url: str | None, timeout_s: float) -> Any:
     from mistralai.client import Mistral
 
-    cache_wrapper_models()
+    cache_wrapper_models()  # here, so every process that calls Mistral gets it (idempotent, <1 µs once applied)
     httpx = _httpx()
     return Mistral(api_key=key, server_url=base_url, timeout_ms=int(timeout_s * 1000),
                    client=httpx.Client(verify=tls_context(), follow_redirects=True),

@@ -8,7 +8,6 @@ from typing import Any, Callable
 
 from shared.providers import adapters, clients
 from shared.providers.adapters import ChatRequest, ChatResponse
-from shared.providers.mistral_models import cache_wrapper_models
 
 
 @dataclass(frozen=True)
@@ -20,7 +19,6 @@ class ProviderSpec:
     build_client: Callable[[str, str | None, float], Any]
     call: Callable[[Any, ChatRequest], ChatResponse]
     sdk_module: str  # imported at worker start by workers that consume `queue`
-    warm_up: Callable[[], Any] | None = None  # run once at worker start, after the import
 
 
 PROVIDERS: dict[str, ProviderSpec] = {
@@ -31,7 +29,7 @@ PROVIDERS: dict[str, ProviderSpec] = {
         ProviderSpec("anthropic", "anthropic", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", clients.build_anthropic,
                      adapters.call_anthropic, "anthropic"),
         ProviderSpec("mistral", "mistral", "MISTRAL_API_KEY", "MISTRAL_BASE_URL", clients.build_mistral,
-                     adapters.call_mistral, "mistralai.client", warm_up=cache_wrapper_models),
+                     adapters.call_mistral, "mistralai.client"),
     )
 }
 PROVIDER_NAMES: tuple[str, ...] = tuple(PROVIDERS)
