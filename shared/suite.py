@@ -102,6 +102,7 @@ def known_suites() -> list[str]:
 
 _cache: dict[Path, tuple[tuple, Suite]] = {}
 _recent: dict[str, tuple[float, Suite]] = {}  # name or path → (when its files were checked, suite)
+_loading: dict[Path, threading.Lock] = {}  # suite folder → held while one thread parses it
 _cache_lock = threading.Lock()
 
 
@@ -141,11 +142,20 @@ def _load_checked(name_or_path: str) -> Suite:
     signature = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files)
     with _cache_lock:
         cached = _cache.get(path)
+        loading = _loading.setdefault(path, threading.Lock())
     if cached and cached[0] == signature:
         return cached[1]
-    suite = Suite(name=path.name, path=path, tasks=_read_tasks(files))
-    with _cache_lock:
-        _cache[path] = (signature, suite)
+    # One thread parses, the others wait for it: a worker's first jobs reach every thread at
+    # once, and 32 parses of a 2,500-task suite at the same moment left ~40 MB of freed
+    # objects' memory resident in the worker for the rest of its life.
+    with loading:
+        with _cache_lock:
+            cached = _cache.get(path)
+        if cached and cached[0] == signature:
+            return cached[1]
+        suite = Suite(name=path.name, path=path, tasks=_read_tasks(files))
+        with _cache_lock:
+            _cache[path] = (signature, suite)
     return suite
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -110,6 +112,35 @@ def test_a_recent_check_is_trusted_for_max_age(tmp_path: Path, monkeypatch: pyte
     clock[0] += 1.0
     assert [t.id for t in load_suite(str(folder), max_age_s=1.0).tasks] == ["qa-001", "qa-002"]
 
+
+
+def test_threads_loading_the_same_suite_at_once_parse_it_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared import suite as suites
+
+    folder = write_suite(tmp_path, {"qa.jsonl": [task_line("qa-001")]})
+    parses: list[int] = []
+    everyone_in = threading.Barrier(8)
+    real_read = suites._read_tasks
+
+    def slow_read(files):
+        parses.append(1)
+        time.sleep(0.2)  # long enough for every other thread to arrive while this one parses
+        return real_read(files)
+
+    monkeypatch.setattr(suites, "_read_tasks", slow_read)
+    loaded: list[Suite] = []
+
+    def load() -> None:
+        everyone_in.wait()
+        loaded.append(load_suite(str(folder), max_age_s=1.0))
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(loaded) == 8 and all(suite is loaded[0] for suite in loaded)
+    assert len(parses) == 1
 
 # --- resolving ----------------------------------------------------------------------------
 
