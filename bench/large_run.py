@@ -1,7 +1,7 @@
 """(d) A run of 10,000 jobs: how long submit takes (validate, record, enqueue), how long the run
 takes to complete, how fast `producer status` answers while it runs, how long its report takes
 to build from SQL, and each worker's peak memory at -c 32. The run is made twice, with two
-layouts of workers: every worker consuming every queue (as `celery -A worker.app worker`
+layouts of workers: every worker consuming every queue (as `worker` with no `-Q`
 does), and one worker per provider queue plus one for reports (`-Q openai`, ...), which imports
 one SDK each. The suite is generated for the run (the shipped suite's tasks repeated under new
 ids, so the simulator still knows their answers); nothing of it is shipped.

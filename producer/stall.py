@@ -73,5 +73,5 @@ class StallWatch:
         if queued:
             parts.append(f"{queued} queued")
         if not alive:
-            parts.append("no worker is alive: start one (celery -A worker.app worker)")
+            parts.append("no worker is alive: start one (worker, or celery -A worker.app worker)")
         return "; ".join(parts) or "nothing in flight"

@@ -20,7 +20,7 @@ if [ -z "${OPENAI_API_KEY:-}${ANTHROPIC_API_KEY:-}${MISTRAL_API_KEY:-}" ]; then
 fi
 
 for n in 1 2; do
-  celery -A worker.app worker -n "demo$n@%h" -P threads -c "${GENESIS_WORKER_CONCURRENCY:-16}" -l INFO \
+  worker -n "demo$n@%h" -P threads -c "${GENESIS_WORKER_CONCURRENCY:-16}" -l INFO \
     > ".run/worker$n.log" 2>&1 &
   pids+=($!)
 done

@@ -111,16 +111,24 @@ def reconnect_app(app, settings) -> None:
     app.__dict__.pop("control", None)
 
 
+# How a user starts a worker: the project's `worker` script, or Celery's umbrella CLI.
+WORKER_LAUNCHERS = {
+    "worker": ["-m", "worker"],
+    "celery": ["-m", "celery", "-A", "worker.app", "worker"],
+}
+
+
 class WorkerProcess:
-    """`celery -A worker.app worker` in its own process, as a user would start it."""
+    """A worker in its own process, as a user would start it (`worker`, or with
+    launcher="celery", `celery -A worker.app worker`)."""
 
     def __init__(self, env: dict[str, str], *, name: str = "w1", concurrency: int = 8, pool: str = "threads",
                  queues: str | None = None, log_path: Path | None = None, host: str = "genesis-test",
-                 prefix: list[str] | None = None) -> None:
+                 prefix: list[str] | None = None, launcher: str = "worker") -> None:
         self.name = name
         self.hostname = f"{name}@{host}"
         self.log_path = log_path
-        args = [*(prefix or []), sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-n", self.hostname,
+        args = [*(prefix or []), sys.executable, *WORKER_LAUNCHERS[launcher], "-n", self.hostname,
                 "-P", pool, "-c", str(concurrency), "-l", "INFO", "--without-gossip", "--without-mingle"]
         if queues:
             args += ["-Q", queues]

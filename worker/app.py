@@ -1,7 +1,7 @@
 """The one Celery app of genesis-bench, built from the one settings object.
 
-`celery -A worker.app worker` consumes every queue (one per provider, plus `reports`) with
-the defaults below; `-Q`, `-c`, `-P`, `-n` work as Celery users expect.
+`worker` (worker/cli.py) or `celery -A worker.app worker` consumes every queue (one per
+provider, plus `reports`) with the defaults below; `-Q`, `-c`, `-P`, `-n` work as Celery users expect.
 """
 
 from __future__ import annotations
