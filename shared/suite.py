@@ -106,6 +106,17 @@ _loading: dict[Path, threading.Lock] = {}  # suite folder → held while one thr
 _cache_lock = threading.Lock()
 
 
+def _fresh_locks_in_child() -> None:
+    """A prefork child forked while another thread held one of these (a parse takes seconds)
+    would wait on it forever: the child starts with fresh ones."""
+    global _cache_lock, _loading
+    _cache_lock = threading.Lock()
+    _loading = {}
+
+
+os.register_at_fork(after_in_child=_fresh_locks_in_child)
+
+
 def run_suite_folder(reference: str) -> str:
     """A run stores a shipped suite by name and any other by absolute path (which must then be
     readable on every worker host); a name never resolves against a worker's own cwd."""

@@ -142,6 +142,43 @@ def test_threads_loading_the_same_suite_at_once_parse_it_once(tmp_path: Path, mo
     assert len(loaded) == 8 and all(suite is loaded[0] for suite in loaded)
     assert len(parses) == 1
 
+
+def test_a_child_forked_while_a_thread_parses_loads_the_suite_itself(tmp_path: Path, monkeypatch) -> None:
+    """A prefork child must not inherit the parsing thread's lock (nobody would release it)."""
+    from shared import suite as suites
+
+    folder = write_suite(tmp_path, {"qa.jsonl": [task_line("qa-001")]})
+    parent, parsing, release = os.getpid(), threading.Event(), threading.Event()
+    real_read = suites._read_tasks
+
+    def parent_waits_mid_parse(files):
+        if os.getpid() == parent:
+            parsing.set()
+            release.wait(10)
+        return real_read(files)
+
+    monkeypatch.setattr(suites, "_read_tasks", parent_waits_mid_parse)
+    holder = threading.Thread(target=load_suite, args=(str(folder),))
+    holder.start()
+    assert parsing.wait(5)
+    child = os.fork()
+    if child == 0:  # the child: load the suite and leave at once, whatever happens
+        code = 1
+        try:
+            code = 0 if [t.id for t in load_suite(str(folder)).tasks] == ["qa-001"] else 1
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 10
+    while (done := os.waitpid(child, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done == (0, 0):
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+    release.set()
+    holder.join(10)
+    assert done != (0, 0), "the forked child hung on the parent's parse lock"
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+
 # --- resolving ----------------------------------------------------------------------------
 
 
