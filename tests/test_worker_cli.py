@@ -37,6 +37,48 @@ def test_the_worker_script_loads_no_umbrella_cli_code() -> None:
     assert "--queues" in help_text and "--concurrency" in help_text and "--pool" in help_text
 
 
+
+class RecordingWorker:
+    """Stands in for app.Worker: records the options the command line became, starts nothing."""
+
+    made: list[dict] = []
+
+    def __init__(self, **options) -> None:
+        RecordingWorker.made.append(options)
+        self.exitcode = 0
+
+    def start(self) -> None:
+        pass
+
+
+def run_main(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> int:
+    from worker.app import app
+    from worker.cli import main
+
+    RecordingWorker.made.clear()
+    monkeypatch.setattr(app, "Worker", RecordingWorker)
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    return exited.value.code
+
+
+def test_worker_options_and_celery_worker_variables_reach_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    from celery.concurrency.thread import TaskPool
+
+    monkeypatch.setenv("CELERY_WORKER_CONCURRENCY", "3")  # as `celery -A worker.app worker` reads it
+    assert run_main(monkeypatch, ["-Q", "openai,reports", "-P", "threads", "-n", "w9@host"]) == 0
+    (options,) = RecordingWorker.made
+    assert options["concurrency"] == 3 and options["queues"] == ["openai", "reports"]
+    assert options["hostname"] == "w9@host" and options["pool"] is TaskPool
+    assert run_main(monkeypatch, ["-c", "5"]) == 0 and RecordingWorker.made[0]["concurrency"] == 5  # flag beats env
+
+
+def test_detach_is_refused_with_one_line_instead_of_starting_nothing(monkeypatch, capsys) -> None:
+    assert run_main(monkeypatch, ["-Q", "openai", "--detach"]) == 2
+    assert RecordingWorker.made == []
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and "--detach is not supported" in said[0]
+
 @pytest.mark.integration
 def test_celery_umbrella_cli_still_starts_a_working_worker(start_worker) -> None:
     start_worker("umbrella", concurrency=2, launcher="celery")
