@@ -21,18 +21,16 @@ ENV_PREFIX = "CELERY_WORKER"  # what the umbrella gives its worker subcommand (`
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
+    if any(arg in ("-D", "--detach") for arg in args):
+        print("worker: --detach is not supported: run it under a supervisor (systemd, compose), "
+              "or use `celery -A worker.app worker --detach`", file=sys.stderr)
+        raise SystemExit(2)
     from celery import maybe_patch_concurrency
 
     maybe_patch_concurrency(["worker", *args])  # gevent/eventlet patch before anything else is imported, as celery does
 
-    import click
     from celery.bin.base import CLIContext
     from celery.bin.worker import worker as worker_command
-
-    if any(arg in ("-D", "--detach") for arg in args):
-        click.echo("worker: --detach is not supported: run it under a supervisor (systemd, compose), "
-                   "or use `celery -A worker.app worker --detach`", err=True)
-        raise SystemExit(2)
 
     from worker.app import app
 
