@@ -7,6 +7,7 @@ instead of a worker failing on one task later.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -14,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -23,6 +24,7 @@ from shared.scoring import BaseScorer, Scorer, parse_scorer, reference_answer, s
 
 SUITES_DIR = Path(__file__).parent / "suites"
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+T = TypeVar("T")
 
 
 class SuiteError(ConfigError):
@@ -100,9 +102,9 @@ def known_suites() -> list[str]:
     return sorted(p.name for p in SUITES_DIR.iterdir() if p.is_dir()) if SUITES_DIR.is_dir() else []
 
 
-_cache: dict[Path, tuple[tuple, Suite]] = {}
-_recent: dict[str, tuple[float, Suite]] = {}  # name or path → (when its files were checked, suite)
-_loading: dict[Path, threading.Lock] = {}  # suite folder → held while one thread parses it
+_cache: dict[tuple[str, Path], tuple[tuple, Any]] = {}  # (what, folder) → (its files' signature, value)
+_recent: dict[str, tuple[float, Path, tuple]] = {}  # name or path → (when checked, folder, signature)
+_loading: dict[tuple[str, Path], threading.Lock] = {}  # held while one thread builds that entry
 _cache_lock = threading.Lock()
 
 
@@ -131,47 +133,94 @@ def run_suite_folder(reference: str) -> str:
 
 
 def load_suite(name_or_path: str, *, max_age_s: float = 0.0) -> Suite:
-    """Load and validate a suite; reloaded only when one of its files changes. With
-    `max_age_s`, files checked that recently are not looked at again: workers load the suite
-    once per job, and resolving and stat-ing its files each time cost ~0.2 ms of CPU per job."""
+    """Load and validate a whole suite (submit, reports); reloaded only when one of its files
+    changes. `max_age_s` as for `load_task`."""
+    path, signature = _checked_files(name_or_path, max_age_s)
+    return _built("suite", path, signature,
+                  lambda: Suite(name=path.name, path=path, tasks=_read_tasks(_files(path, signature))))
+
+
+def load_task(name_or_path: str, agent: str, task_id: str, *, max_age_s: float = 0.0) -> SuiteTask:
+    """One task, parsed and validated from its own line (what a worker needs per job). The
+    folder is indexed once per change of its files (byte offset of each task's line): a whole
+    parsed suite held in every worker cost ~3 KB per task, 8 MB for a 2,500-task suite. With
+    `max_age_s`, files checked that recently are not looked at again (a worker asks once per job)."""
+    path, signature = _checked_files(name_or_path, max_age_s)
+    index = _built("index", path, signature, lambda: _index_lines(_files(path, signature)))
+    try:
+        file, offset, number = index[f"{agent}/{task_id}"]
+    except KeyError:
+        raise KeyError(f"suite {path.name!r} has no task {agent}/{task_id}") from None
+    return _task_at(file, offset, number, signature)
+
+
+def _checked_files(name_or_path: str, max_age_s: float) -> tuple[Path, tuple]:
+    """(folder, signature of its files: name, mtime, size of each), stat-ed at most once per
+    `max_age_s` per reference: resolving and stat-ing each time cost ~0.2 ms of CPU per job."""
     if max_age_s > 0:
         with _cache_lock:
             recent = _recent.get(name_or_path)
         if recent and time.monotonic() - recent[0] < max_age_s:
-            return recent[1]
-    suite = _load_checked(name_or_path)
-    with _cache_lock:
-        _recent[name_or_path] = (time.monotonic(), suite)
-    return suite
-
-
-def _load_checked(name_or_path: str) -> Suite:
+            return recent[1], recent[2]
     path = resolve_suite_path(name_or_path)
     files = sorted(path.glob("*.jsonl"))
     if not files:
         raise SuiteError(f"suite {name_or_path!r}: no *.jsonl files in {path}")
     signature = tuple((f.name, (stat := f.stat()).st_mtime_ns, stat.st_size) for f in files)
-    suite = _cached(path, signature)
-    if suite is None:
-        # One thread parses, the others wait for it: a worker's first jobs reach every thread at
-        # once, and 32 parses of a 2,500-task suite at the same moment left ~40 MB of freed
-        # objects' memory resident in the worker for the rest of its life.
-        with _cache_lock:
-            loading = _loading.setdefault(path, threading.Lock())
-        with loading:
-            suite = _cached(path, signature)
-            if suite is None:
-                suite = Suite(name=path.name, path=path, tasks=_read_tasks(files))
-                with _cache_lock:
-                    _cache[path] = (signature, suite)
-    return suite
-
-
-def _cached(path: Path, signature: tuple) -> Suite | None:
-    """The parsed suite of `path`, if its files have not changed since it was parsed."""
     with _cache_lock:
-        cached = _cache.get(path)
+        _recent[name_or_path] = (time.monotonic(), path, signature)
+    return path, signature
+
+
+def _files(path: Path, signature: tuple) -> list[Path]:
+    return [path / name for name, _, _ in signature]
+
+
+def _built(what: str, path: Path, signature: tuple, build: Callable[[], T]) -> T:
+    """The cached `what` of a folder, built again when its files changed. One thread builds and
+    the others wait for it: a worker's first jobs reach every thread at once, and 32 parses of
+    a 2,500-task suite at the same moment left ~40 MB of freed objects' memory resident in the
+    worker for the rest of its life."""
+    key = (what, path)
+    if (value := _cached(key, signature)) is not None:
+        return value
+    with _cache_lock:
+        loading = _loading.setdefault(key, threading.Lock())
+    with loading:
+        if (value := _cached(key, signature)) is None:
+            value = build()
+            with _cache_lock:
+                _cache[key] = (signature, value)
+    return value
+
+
+def _cached(key: tuple[str, Path], signature: tuple) -> Any:
+    """The cached value, if the folder's files have not changed since it was built."""
+    with _cache_lock:
+        cached = _cache.get(key)
     return cached[1] if cached and cached[0] == signature else None
+
+
+def _index_lines(files: list[Path]) -> dict[str, tuple[Path, int, int]]:
+    """task key → (file, byte offset, line number) of its line."""
+    index: dict[str, tuple[Path, int, int]] = {}
+    for file in files:
+        offset = 0
+        with file.open("rb") as lines:
+            for number, line in enumerate(lines, start=1):
+                if line.strip():
+                    data = _json_object(line, f"{file}:{number}")
+                    index.setdefault(f"{data.get('agent')}/{data.get('id')}", (file, offset, number))
+                offset += len(line)
+    return index
+
+
+@functools.lru_cache(maxsize=128)  # a task's backends arrive together: each is parsed once, not per backend
+def _task_at(file: Path, offset: int, number: int, signature: tuple) -> SuiteTask:
+    with file.open("rb") as lines:
+        lines.seek(offset)
+        line = lines.readline()
+    return _parse_line(line.decode("utf-8"), f"{file}:{number}")
 
 
 def _read_tasks(files: list[Path]) -> list[SuiteTask]:
@@ -196,13 +245,18 @@ def _read_tasks(files: list[Path]) -> list[SuiteTask]:
     return tasks
 
 
-def _parse_line(line: str, where: str) -> SuiteTask:
+def _json_object(line: str | bytes, where: str) -> dict:
     try:
         data = json.loads(line)
     except json.JSONDecodeError as exc:
         raise SuiteError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(data, dict):
         raise SuiteError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _parse_line(line: str, where: str) -> SuiteTask:
+    data = _json_object(line, where)
     try:
         task = SuiteTask.model_validate(data)
     except ValidationError as exc:

@@ -14,7 +14,7 @@ import pytest
 from shared.config import ConfigError
 from shared.scoring import SCORER_TYPES, reference_answer, score
 from simulator.wrong import wrong_answer
-from shared.suite import SUITES_DIR, Suite, SuiteError, SuiteTask, load_suite, resolve_suite_path
+from shared.suite import SUITES_DIR, Suite, SuiteError, SuiteTask, load_suite, load_task, resolve_suite_path
 
 AGENTS = ["analyst", "content", "legal", "qa", "support"]
 
@@ -178,6 +178,43 @@ def test_a_child_forked_while_a_thread_parses_loads_the_suite_itself(tmp_path: P
     holder.join(10)
     assert done != (0, 0), "the forked child hung on the parent's parse lock"
     assert os.waitstatus_to_exitcode(done[1]) == 0
+
+def test_load_task_gives_each_task_as_the_whole_suite_does(suite: Suite) -> None:
+    for task in suite.tasks:
+        assert load_task("genesis-custom", task.agent, task.id) == task
+    with pytest.raises(KeyError, match="no task qa/qa-999"):
+        load_task("genesis-custom", "qa", "qa-999")
+
+
+def test_load_task_parses_only_the_line_it_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared import suite as suites
+
+    # Non-ASCII text before the task: offsets are in bytes, not characters.
+    lines = [task_line(f"qa-{i:03d}", prompt=f"Größe {i}? Answer with just the number.") for i in range(50)]
+    folder = write_suite(tmp_path, {"qa.jsonl": lines[:25], "qb.jsonl": [""] + lines[25:]})
+    parsed: list[str] = []
+    real_parse = suites._parse_line
+    monkeypatch.setattr(suites, "_parse_line", lambda line, where: parsed.append(where) or real_parse(line, where))
+    monkeypatch.setattr(suites, "_read_tasks", lambda files: pytest.fail("the whole suite was parsed"))
+    task = load_task(str(folder), "qa", "qa-030")
+    assert (task.id, task.prompt) == ("qa-030", "Größe 30? Answer with just the number.")
+    assert parsed == [f"{folder / 'qb.jsonl'}:7"]
+    assert load_task(str(folder), "qa", "qa-030") is task and len(parsed) == 1  # its other backends
+
+
+def test_load_task_sees_a_changed_file_and_names_a_broken_line(tmp_path: Path) -> None:
+    folder = write_suite(tmp_path, {"qa.jsonl": [task_line("qa-001")]})
+    assert load_task(str(folder), "qa", "qa-001").max_tokens == 16
+    file = folder / "qa.jsonl"
+    file.write_text(task_line("qa-000") + "\n" + task_line("qa-001", max_tokens=32) + "\n")
+    assert load_task(str(folder), "qa", "qa-001").max_tokens == 32
+    file.write_text(task_line("qa-001") + "\n" + '{"id": "qa-002",' + "\n")
+    with pytest.raises(SuiteError, match=r"qa\.jsonl:2: invalid JSON"):
+        load_task(str(folder), "qa", "qa-001")
+    file.write_text(task_line("qa-001", difficulty="trivial") + "\n")
+    with pytest.raises(SuiteError, match=r"qa\.jsonl:1: unknown difficulty 'trivial'"):
+        load_task(str(folder), "qa", "qa-001")
+
 
 # --- resolving ----------------------------------------------------------------------------
 

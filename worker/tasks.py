@@ -36,7 +36,7 @@ from shared.providers import ChatResponse, ProviderError, complete, scrub_secret
 from shared.retry import backoff_delay, retry_after_from_headers
 from shared.scoring import ScoreResult, score
 from shared.lifecycle import PaidResult
-from shared.suite import load_suite, run_suite_folder
+from shared.suite import load_task, run_suite_folder
 from shared.tokens import estimate_prompt_tokens
 from worker import judge, reuse
 from worker.app import app
@@ -190,7 +190,7 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
         return job.status if job else "missing"
     delivery.job = job
 
-    suite_task = load_suite(run_suite_folder(job.suite), max_age_s=SUITE_RECHECK_S).get(job.agent, job.task_id)
+    suite_task = load_task(run_suite_folder(job.suite), job.agent, job.task_id, max_age_s=SUITE_RECHECK_S)
     max_tokens = max_output_tokens(settings, job.backend, suite_task.max_tokens)
     est_input = estimate_prompt_tokens(suite_task.prompt, suite_task.system)
     if not suite_task.scorer.local and (answer := jobs.recorded_answer(job.id)) is not None:

@@ -90,7 +90,7 @@ def ledger_members(session: Session) -> tuple[int, list[str]]:
 def running_reservations(session: Session, settings: Settings) -> dict[int, int]:
     """job id → its worst case in micro-dollars, for every job SQL says is running: what their
     workers reserved, so a rebuild after Redis loss keeps the room their calls may still use."""
-    from shared.suite import load_suite, run_suite_folder  # lazily: the suite loader is heavy
+    from shared.suite import load_task, run_suite_folder  # lazily: the suite loader is heavy
 
     rows = session.exec(
         select(Job.id, Job.agent, Job.task_id, Job.backend, Job.model, Run.suite)
@@ -100,7 +100,7 @@ def running_reservations(session: Session, settings: Settings) -> dict[int, int]
     held: dict[int, int] = {}
     for job_id, agent, task_id, backend, model, suite in rows:
         try:
-            task = load_suite(run_suite_folder(suite)).get(agent, task_id)
+            task = load_task(run_suite_folder(suite), agent, task_id)
             held[job_id] = to_micro(task_worst_case(settings, task, backend, model))
         except (ConfigError, KeyError) as exc:  # its worker could not have reserved it either
             log.warning("job %s: no reservation rebuilt (%s)", job_id, exc)
