@@ -72,6 +72,11 @@ def _fresh_connections_after_fork(**_kwargs) -> None:
     forget_inherited_connections()
 
 
+@signals.worker_init.connect
+def _return_freed_memory(**_kwargs) -> None:
+    from worker.memory import return_freed_memory
+
+    return_freed_memory()
 
 
 @signals.worker_init.connect
