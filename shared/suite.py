@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, TypeVar
+from typing import Any, Callable, Iterator, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -145,13 +145,38 @@ def load_task(name_or_path: str, agent: str, task_id: str, *, max_age_s: float =
     folder is indexed once per change of its files (byte offset of each task's line): a whole
     parsed suite held in every worker cost ~3 KB per task, 8 MB for a 2,500-task suite. With
     `max_age_s`, files checked that recently are not looked at again (a worker asks once per job)."""
+    try:
+        return _indexed_task(name_or_path, agent, task_id, max_age_s)
+    except (SuiteError, KeyError):
+        # The offsets may be stale: the files changed within `max_age_s`, or within one tick of
+        # the file system's clock and at the same size. Index the files again and look once more.
+        _forget_index(name_or_path)
+        return _indexed_task(name_or_path, agent, task_id, 0.0)
+
+
+class _Moved(SuiteError):
+    """The line at a task's indexed offset is another task's: its file changed since."""
+
+
+def _forget_index(name_or_path: str) -> None:
+    path = resolve_suite_path(name_or_path)
+    with _cache_lock:
+        _recent.pop(name_or_path, None)
+        _cache.pop(("index", path), None)
+    _task_at.cache_clear()
+
+
+def _indexed_task(name_or_path: str, agent: str, task_id: str, max_age_s: float) -> SuiteTask:
     path, signature = _checked_files(name_or_path, max_age_s)
     index = _built("index", path, signature, lambda: _index_lines(_files(path, signature)))
     try:
         file, offset, number = index[f"{agent}/{task_id}"]
     except KeyError:
         raise KeyError(f"suite {path.name!r} has no task {agent}/{task_id}") from None
-    return _task_at(file, offset, number, signature)
+    task = _task_at(file, offset, number, signature)
+    if task.key != f"{agent}/{task_id}":
+        raise _Moved(f"{file}:{number}: {agent}/{task_id} is no longer on this line: the file changed while read")
+    return task
 
 
 def _checked_files(name_or_path: str, max_age_s: float) -> tuple[Path, tuple]:
@@ -202,50 +227,70 @@ def _cached(key: tuple[str, Path], signature: tuple) -> Any:
 
 
 def _index_lines(files: list[Path]) -> dict[str, tuple[Path, int, int]]:
-    """task key → (file, byte offset, line number) of its line."""
+    """task key → (file, byte offset, line number) of its line; a line without a usable agent
+    or id, or a duplicate, fails as it does for the whole suite."""
     index: dict[str, tuple[Path, int, int]] = {}
-    for file in files:
-        offset = 0
-        with file.open("rb") as lines:
-            for number, line in enumerate(lines, start=1):
-                if line.strip():
-                    data = _json_object(line, f"{file}:{number}")
-                    index.setdefault(f"{data.get('agent')}/{data.get('id')}", (file, offset, number))
-                offset += len(line)
+    seen: dict[str, str] = {}
+    for file, number, offset, text in _lines(files):
+        where = f"{file}:{number}"
+        data = _json_object(text, where)
+        agent, task_id = data.get("agent"), data.get("id")
+        if not (isinstance(agent, str) and isinstance(task_id, str)):
+            agent, task_id = (task := _parse_line(text, where)).agent, task.id  # raises its file:line reason
+        _first_time(seen, agent, task_id, where)
+        index[f"{agent}/{task_id}"] = (file, offset, number)
     return index
 
 
-@functools.lru_cache(maxsize=128)  # a task's backends arrive together: each is parsed once, not per backend
+@functools.lru_cache(maxsize=128)  # a task's backends arrive together: usually parsed once, not per backend
 def _task_at(file: Path, offset: int, number: int, signature: tuple) -> SuiteTask:
+    where = f"{file}:{number}"
     with file.open("rb") as lines:
         lines.seek(offset)
-        line = lines.readline()
-    return _parse_line(line.decode("utf-8"), f"{file}:{number}")
+        return _parse_line(_decoded(lines.readline(), where), where)
 
 
 def _read_tasks(files: list[Path]) -> list[SuiteTask]:
     tasks: list[SuiteTask] = []
     seen: dict[str, str] = {}
-    for file in files:
-        with file.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                where = f"{file}:{number}"
-                task = _parse_line(line, where)
-                if task.key in seen:
-                    raise SuiteError(
-                        f"{where}: duplicate id {task.id!r} for agent {task.agent!r}"
-                        f" (first at {seen[task.key]})"
-                    )
-                seen[task.key] = where
-                tasks.append(task)
+    for file, number, _, text in _lines(files):
+        where = f"{file}:{number}"
+        task = _parse_line(text, where)
+        _first_time(seen, task.agent, task.id, where)
+        tasks.append(task)
     if not tasks:
         raise SuiteError(f"suite in {files[0].parent}: no tasks")
     return tasks
 
 
-def _json_object(line: str | bytes, where: str) -> dict:
+def _lines(files: list[Path]) -> Iterator[tuple[Path, int, int, str]]:
+    """(file, line number, byte offset, text) of every non-blank line: the one reading of a
+    suite's lines that both the whole-suite load and the index use."""
+    for file in files:
+        offset = 0
+        with file.open("rb") as lines:
+            for number, raw in enumerate(lines, start=1):
+                text = _decoded(raw, f"{file}:{number}")
+                if text.strip():
+                    yield file, number, offset, text
+                offset += len(raw)
+
+
+def _decoded(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SuiteError(f"{where}: not UTF-8 text (byte {exc.start + 1})") from None
+
+
+def _first_time(seen: dict[str, str], agent: str, task_id: str, where: str) -> None:
+    key = f"{agent}/{task_id}"
+    if key in seen:
+        raise SuiteError(f"{where}: duplicate id {task_id!r} for agent {agent!r} (first at {seen[key]})")
+    seen[key] = where
+
+
+def _json_object(line: str, where: str) -> dict:
     try:
         data = json.loads(line)
     except json.JSONDecodeError as exc:

@@ -179,43 +179,6 @@ def test_a_child_forked_while_a_thread_parses_loads_the_suite_itself(tmp_path: P
     assert done != (0, 0), "the forked child hung on the parent's parse lock"
     assert os.waitstatus_to_exitcode(done[1]) == 0
 
-def test_load_task_gives_each_task_as_the_whole_suite_does(suite: Suite) -> None:
-    for task in suite.tasks:
-        assert load_task("genesis-custom", task.agent, task.id) == task
-    with pytest.raises(KeyError, match="no task qa/qa-999"):
-        load_task("genesis-custom", "qa", "qa-999")
-
-
-def test_load_task_parses_only_the_line_it_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared import suite as suites
-
-    # Non-ASCII text before the task: offsets are in bytes, not characters.
-    lines = [task_line(f"qa-{i:03d}", prompt=f"Größe {i}? Answer with just the number.") for i in range(50)]
-    folder = write_suite(tmp_path, {"qa.jsonl": lines[:25], "qb.jsonl": [""] + lines[25:]})
-    parsed: list[str] = []
-    real_parse = suites._parse_line
-    monkeypatch.setattr(suites, "_parse_line", lambda line, where: parsed.append(where) or real_parse(line, where))
-    monkeypatch.setattr(suites, "_read_tasks", lambda files: pytest.fail("the whole suite was parsed"))
-    task = load_task(str(folder), "qa", "qa-030")
-    assert (task.id, task.prompt) == ("qa-030", "Größe 30? Answer with just the number.")
-    assert parsed == [f"{folder / 'qb.jsonl'}:7"]
-    assert load_task(str(folder), "qa", "qa-030") is task and len(parsed) == 1  # its other backends
-
-
-def test_load_task_sees_a_changed_file_and_names_a_broken_line(tmp_path: Path) -> None:
-    folder = write_suite(tmp_path, {"qa.jsonl": [task_line("qa-001")]})
-    assert load_task(str(folder), "qa", "qa-001").max_tokens == 16
-    file = folder / "qa.jsonl"
-    file.write_text(task_line("qa-000") + "\n" + task_line("qa-001", max_tokens=32) + "\n")
-    assert load_task(str(folder), "qa", "qa-001").max_tokens == 32
-    file.write_text(task_line("qa-001") + "\n" + '{"id": "qa-002",' + "\n")
-    with pytest.raises(SuiteError, match=r"qa\.jsonl:2: invalid JSON"):
-        load_task(str(folder), "qa", "qa-001")
-    file.write_text(task_line("qa-001", difficulty="trivial") + "\n")
-    with pytest.raises(SuiteError, match=r"qa\.jsonl:1: unknown difficulty 'trivial'"):
-        load_task(str(folder), "qa", "qa-001")
-
-
 # --- resolving ----------------------------------------------------------------------------
 
 
@@ -252,14 +215,14 @@ def task_line(task_id: str, **changes: object) -> str:
         "scorer": {"type": "numeric", "expected": 4},
     }
     task.update(changes)
-    return json.dumps({k: v for k, v in task.items() if v is not None})
+    return json.dumps({k: v for k, v in task.items() if v is not None}, ensure_ascii=False)
 
 
 def write_suite(tmp_path: Path, files: dict[str, list[str]]) -> Path:
     folder = tmp_path / "mysuite"
     folder.mkdir(exist_ok=True)
     for name, lines in files.items():
-        (folder / name).write_text("\n".join(lines) + "\n")
+        (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder
 
 
@@ -328,3 +291,90 @@ def test_the_judge_suite_has_rubric_graded_variants_the_simulated_judge_grades_s
             assert rubric_grade(task.scorer.rubric, reference_answer(task))[0] == 1.0, task.key
             for seed in range(5):
                 assert rubric_grade(task.scorer.rubric, wrong_answer(task, seed))[0] <= WRONG_MAX_SCORE, task.key
+
+
+# --- one task, read from its line (workers) --------------------------------------------
+
+
+def test_load_task_gives_each_task_as_the_whole_suite_does(suite: Suite) -> None:
+    for task in suite.tasks:
+        assert load_task("genesis-custom", task.agent, task.id) == task
+    with pytest.raises(KeyError, match="no task qa/qa-999"):
+        load_task("genesis-custom", "qa", "qa-999")
+
+
+def test_load_task_parses_only_the_line_it_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared import suite as suites
+
+    # Non-ASCII text before the task: offsets are in bytes, not characters.
+    lines = [task_line(f"qa-{i:03d}", prompt=f"Größe {i}? Answer with just the number.") for i in range(50)]
+    folder = write_suite(tmp_path, {"qa.jsonl": lines[:25], "qb.jsonl": [""] + lines[25:]})
+    parsed: list[str] = []
+    real_parse = suites._parse_line
+    monkeypatch.setattr(suites, "_parse_line", lambda line, where: parsed.append(where) or real_parse(line, where))
+    monkeypatch.setattr(suites, "_read_tasks", lambda files: pytest.fail("the whole suite was parsed"))
+    task = load_task(str(folder), "qa", "qa-030")
+    assert (task.id, task.prompt) == ("qa-030", "Größe 30? Answer with just the number.")
+    assert parsed == [f"{folder / 'qb.jsonl'}:7"]
+    assert load_task(str(folder), "qa", "qa-030") is task and len(parsed) == 1  # its other backends
+
+
+def test_load_task_sees_a_changed_file_and_names_a_broken_line(tmp_path: Path) -> None:
+    folder = write_suite(tmp_path, {"qa.jsonl": [task_line("qa-001")]})
+    assert load_task(str(folder), "qa", "qa-001").max_tokens == 16
+    file = folder / "qa.jsonl"
+    file.write_text(task_line("qa-000") + "\n" + task_line("qa-001", max_tokens=32) + "\n")
+    assert load_task(str(folder), "qa", "qa-001").max_tokens == 32
+    file.write_text(task_line("qa-001") + "\n" + '{"id": "qa-002",' + "\n")
+    with pytest.raises(SuiteError, match=r"qa\.jsonl:2: invalid JSON"):
+        load_task(str(folder), "qa", "qa-001")
+    file.write_text(task_line("qa-001", difficulty="trivial") + "\n")
+    with pytest.raises(SuiteError, match=r"qa\.jsonl:1: unknown difficulty 'trivial'"):
+        load_task(str(folder), "qa", "qa-001")
+
+
+@pytest.mark.parametrize(
+    ("lines", "reason"),
+    [
+        ([task_line("qa-001"), task_line("qa-002", id=None)], r"qa\.jsonl:2: missing field 'id'"),
+        ([task_line("qa-001"), task_line("qa-001", max_tokens=99)], r"qa\.jsonl:2: duplicate id 'qa-001'"),
+    ],
+)
+def test_load_task_fails_a_suite_as_the_whole_load_does(tmp_path: Path, lines: list[str], reason: str) -> None:
+    folder = write_suite(tmp_path, {"qa.jsonl": lines})
+    for load in (lambda: load_suite(str(folder)), lambda: load_task(str(folder), "qa", "qa-001")):
+        with pytest.raises(SuiteError, match=reason):
+            load()
+
+
+def test_a_line_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    folder = write_suite(tmp_path, {"qa.jsonl": [task_line("qa-001")]})
+    (folder / "qa.jsonl").write_bytes(task_line("qa-001").encode() + b"\n" + b'{"id": "\xff"}\n')
+    for load in (lambda: load_suite(str(folder)), lambda: load_task(str(folder), "qa", "qa-001")):
+        with pytest.raises(SuiteError, match=r"qa\.jsonl:2: not UTF-8 text"):
+            load()
+
+
+def test_a_task_moved_within_the_recheck_window_is_still_the_task_asked_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared import suite as suites
+
+    clock = [1000.0]
+    monkeypatch.setattr(suites.time, "monotonic", lambda: clock[0])
+    folder = write_suite(tmp_path, {"qa.jsonl": [task_line("qa-001"), task_line("qa-002")]})
+    assert load_task(str(folder), "qa", "qa-001", max_age_s=1.0).id == "qa-001"
+    (folder / "qa.jsonl").write_text(task_line("qa-002") + "\n" + task_line("qa-001") + "\n")
+    clock[0] += 0.5  # within the window: the files are not looked at, the old offsets point elsewhere
+    assert load_task(str(folder), "qa", "qa-002", max_age_s=1.0).id == "qa-002"
+    assert load_task(str(folder), "qa", "qa-001", max_age_s=1.0).id == "qa-001"
+
+
+def test_a_same_size_rewrite_within_one_clock_tick_is_noticed(tmp_path: Path) -> None:
+    folder = write_suite(tmp_path, {"qa.jsonl": [task_line("qa-001"), task_line("qa-002")]})
+    file = folder / "qa.jsonl"
+    assert load_task(str(folder), "qa", "qa-001").id == "qa-001"
+    before = file.stat()
+    file.write_text(task_line("qa-002") + "\n" + task_line("qa-001") + "\n")
+    os.utime(file, ns=(before.st_atime_ns, before.st_mtime_ns))  # same size, same mtime: the same signature
+    assert load_task(str(folder), "qa", "qa-002").id == "qa-002"
+    assert load_task(str(folder), "qa", "qa-001").id == "qa-001"
