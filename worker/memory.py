@@ -2,7 +2,7 @@
 
 At -c 32 a worker's threads read answers in 64 KiB socket reads (httpcore2's). glibc serves those from its
 per-thread heaps, which fragment: freed room stays resident and is never handed back. A `-Q
-anthropic` worker grew from 125 MB at start to 152-163 MB over 2,500 jobs (5 runs). With both
+anthropic` worker grew from 125 MB at start to 152-163 MB over 2,500 jobs (3 runs). With both
 thresholds at 64 KiB such reads are mapped and unmapped whole, and free room at the top of a
 heap is handed back: 139-140 MB (3 runs). The trim threshold alone gave 150 MB, both at 128 KiB
 no gain. (Dask's workers set the same trim threshold for the same reason.) Settings a user
