@@ -75,7 +75,7 @@ def time_report_build(run_id: str) -> float:
 def submit_and_watch(suite: Path, timeout: float) -> dict:
     """Submit like `producer submit`, timing each step; then poll status until the report exists."""
     from producer import submit as submitting
-    from producer.cli import run_snapshot
+    from shared.progress import run_snapshot
     from shared.config import get_settings
 
     settings = get_settings()

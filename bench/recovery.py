@@ -46,7 +46,7 @@ FAULT_AFTER_OK = 40
 
 
 def ok_jobs(run_id: str) -> int:
-    from producer.cli import run_snapshot
+    from shared.progress import run_snapshot
 
     return run_snapshot(run_id)["by_status"]["ok"]
 

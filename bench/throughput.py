@@ -72,7 +72,7 @@ SCENARIOS = {
 def submit_and_wait(sc: Scenario, timeout: float = 300) -> dict:
     """Submit like `producer submit`, then wait for every job to be final and for the report."""
     from producer import submit as submitting
-    from producer.cli import run_snapshot
+    from shared.progress import run_snapshot
     from shared.config import get_settings
 
     settings = get_settings()

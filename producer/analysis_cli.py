@@ -1,5 +1,6 @@
 """`producer report` (with `--gate` for CI), `producer export` and `producer compare`: what
-people and scripts do with finished runs. Registered on the main app by producer.cli."""
+people and scripts do with finished runs. Registered on the main app by producer.cli; the report
+and statistics code (numpy) is imported when one of them runs."""
 
 from __future__ import annotations
 
@@ -11,40 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
-from rich.console import Console
 from sqlmodel import select
 
+from producer.output import JsonOpt, bad_input, console, decision_line, emit_json, err_console
 from shared.config import ConfigError, get_settings
 from shared.db import migrate, session_scope
 from shared.models import Job
-from shared.report import GO
-from shared.report.data import answered, get_run, load_jobs
-from shared.report.decision import paired_keys
-from shared.report.markdown import md
-from shared.stats import paired_sign_flip
-
-console = Console()
-err_console = Console(stderr=True)
 
 EXPORT_COLUMNS = ("run_id", "agent", "task_id", "difficulty", "backend", "provider", "model", "status", "score",
                   "latency_ms", "input_tokens", "output_tokens", "cost_usd", "attempts", "error_type", "worker")
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
-def _bad_input(message: str) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
-
-
-def _emit_json(payload: Any) -> None:
-    sys.stdout.write(json.dumps(payload, default=str) + "\n")
-
-
-def decision_line(decision: dict | None) -> str:
-    if not decision:
-        return "decision: not available"
-    agents = ", ".join(f"{agent} {verdict}" for agent, verdict in decision.get("by_agent", {}).items())
-    return f"decision: overall {decision.get('overall')} ({agents})"
 
 
 def report(
@@ -54,7 +30,8 @@ def report(
     as_json: JsonOpt = False,
 ) -> None:
     """(Re)build a run's report from SQL into this host's reports folder."""
-    from producer.cli import run_snapshot
+    from shared.progress import run_snapshot
+    from shared.report import GO
     from shared.runs import publish_report
 
     try:
@@ -63,10 +40,10 @@ def report(
             raise ConfigError(f"run {run_id} is still in flight: use --partial for a report of what has finished")
         published = publish_report(run_id, partial=partial)
     except ConfigError as exc:
-        raise _bad_input(str(exc)) from None
+        raise bad_input(str(exc)) from None
     data = published.data
     if as_json:
-        _emit_json({**{k: str(v) for k, v in published.paths.items()}, "decision": data["decision"],
+        emit_json({**{k: str(v) for k, v in published.paths.items()}, "decision": data["decision"],
                     "headlines": data["headlines"]})
     else:
         console.print(f"report: {published.paths['md']}")
@@ -78,6 +55,8 @@ def report(
 
 
 def _export_rows(run_id: str) -> list[dict]:
+    from shared.report.data import get_run
+
     with session_scope() as session:
         get_run(session, run_id)
         jobs = session.exec(select(Job).where(Job.run_id == run_id).order_by(Job.id)).all()
@@ -106,14 +85,14 @@ def export(
 ) -> None:
     """One row per job: agent, task, backend, model, status, score, latency, tokens, cost."""
     if format not in _FORMATS:
-        raise _bad_input(f"--format must be csv or jsonl (got {format!r})")
+        raise bad_input(f"--format must be csv or jsonl (got {format!r})")
     if output is not None and not output.parent.is_dir():
-        raise _bad_input(f"--output: folder {str(output.parent)!r} does not exist")
+        raise bad_input(f"--output: folder {str(output.parent)!r} does not exist")
     try:
         migrate()
         rows = _export_rows(run_id)
     except ConfigError as exc:
-        raise _bad_input(str(exc)) from None
+        raise bad_input(str(exc)) from None
     text = _FORMATS[format](rows)
     if output is None:
         sys.stdout.write(text)
@@ -125,6 +104,10 @@ def export(
 def compare_runs(run_a: str, run_b: str) -> list[dict]:
     """Every (agent, backend) both runs have, paired over the tasks both answered ok in both
     runs; difference = B - A (e.g. the v4 fine-tune's run against v3's)."""
+    from shared.report.data import answered, get_run, load_jobs
+    from shared.report.decision import paired_keys
+    from shared.stats import paired_sign_flip
+
     rule = get_settings().decision
     with session_scope() as session:
         get_run(session, run_a)
@@ -159,6 +142,8 @@ def compare_runs(run_a: str, run_b: str) -> list[dict]:
 
 
 def _compare_table(run_a: str, run_b: str, rows: list[dict]) -> str:
+    from shared.report.markdown import md
+
     def pct(value: float | None, signed: bool = False) -> str:
         return "n/a" if value is None else (f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}")
 
@@ -178,9 +163,9 @@ def compare(run_a: str, run_b: str, as_json: JsonOpt = False) -> None:
         migrate()
         rows = compare_runs(run_a, run_b)
     except ConfigError as exc:
-        raise _bad_input(str(exc)) from None
+        raise bad_input(str(exc)) from None
     if as_json:
-        _emit_json({"run_a": run_a, "run_b": run_b, "rows": rows})
+        emit_json({"run_a": run_a, "run_b": run_b, "rows": rows})
     elif not rows:
         sys.stdout.write(f"runs {run_a} and {run_b} share no (agent, backend)\n")
     else:

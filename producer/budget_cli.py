@@ -6,33 +6,29 @@ stderr and exit code 2, like every producer command.
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from sqlalchemy import ColumnElement
 from sqlmodel import Session, col, func, select
 
-from shared.budget import BudgetGuard
+from producer.output import JsonOpt, bad_input, console, emit_json
 from shared.config import ConfigError, get_settings
 from shared.db import migrate, session_scope
 from shared.models import BudgetEvent, CostEntry
+
+if TYPE_CHECKING:
+    from shared.budget import BudgetGuard
 
 budget_app = typer.Typer(
     help="Spend, limit and level of the budget; the cost ledger; lifting a halt.",
     invoke_without_command=True,
 )
-console = Console()
-err_console = Console(stderr=True)
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 STATUS_KEYS = ("limit_usd", "spent_usd", "reserved_usd", "level", "halted")
 DETAIL_KEYS = ("emergency_usd", "remaining_usd", "halt_reason", "waits", "overruns", "overrun_usd")
 LEVEL_STYLE = {"ok": "green", "warning": "yellow", "critical": "red", "emergency": "bold red"}
@@ -43,18 +39,15 @@ def _bad_input_exits() -> Iterator[None]:
     try:
         yield
     except ConfigError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        raise bad_input(str(exc)) from None
 
 
 def _guard() -> BudgetGuard:
+    from shared.budget import BudgetGuard  # the guard's Redis and pricing code, when a command runs
+
     settings = get_settings()
     migrate(settings.database_url)
     return BudgetGuard.from_settings(settings)
-
-
-def _emit_json(payload: Any) -> None:
-    sys.stdout.write(json.dumps(payload) + "\n")
 
 
 @budget_app.callback()
@@ -65,7 +58,7 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     with _bad_input_exits():
         state = _guard().status()
     if as_json:
-        _emit_json({key: state[key] for key in (*STATUS_KEYS, *DETAIL_KEYS)})
+        emit_json({key: state[key] for key in (*STATUS_KEYS, *DETAIL_KEYS)})
         return
     table = Table(title="budget")
     for column in ("limit", "spent", "used", "reserved", "left before halt", "level", "halted"):
@@ -93,7 +86,7 @@ def report(as_json: JsonOpt = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render_dashboard(guard))
     if as_json:
-        _emit_json({"path": str(path)})
+        emit_json({"path": str(path)})
     else:
         console.print(str(path))
 
@@ -119,7 +112,7 @@ def log_entry(
         if state["halted"] and guard.halt(run_id=None, reason=f"manual entry {entry.id} passed the emergency threshold"):
             _stop_provider_consumers()
     if as_json:
-        _emit_json({"id": entry.id, "cost_usd": entry.cost_usd, **{key: state[key] for key in STATUS_KEYS}})
+        emit_json({"id": entry.id, "cost_usd": entry.cost_usd, **{key: state[key] for key in STATUS_KEYS}})
     else:
         console.print(f"ledger entry {entry.id}: ${entry.cost_usd:.4f} {entry.operation}; "
                       f"spent ${state['spent_usd']:.4f} of ${state['limit_usd']:.2f} ({state['level']})")
@@ -139,7 +132,7 @@ def resume(
         state = guard.status()
     _restore_provider_consumers()
     if as_json:
-        _emit_json({key: state[key] for key in STATUS_KEYS})
+        emit_json({key: state[key] for key in STATUS_KEYS})
     else:
         console.print(f"budget resumed: limit ${state['limit_usd']:.2f}, spent ${state['spent_usd']:.4f} "
                       f"({state['level']}); provider queues restored. Finish a run with: producer resume RUN_ID")

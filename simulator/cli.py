@@ -10,7 +10,6 @@ from pydantic import ValidationError
 from shared.config import ConfigError
 
 from simulator.config import SimulatorConfig, one_line
-from simulator.server import serve_forever
 
 DEFAULTS = {name: field.default for name, field in SimulatorConfig.model_fields.items()}
 Probability = Annotated[float, typer.Option(min=0.0, max=1.0)]
@@ -98,6 +97,8 @@ def simulator_command(
     except ValidationError as error:
         raise typer.BadParameter(one_line(error)) from error
     try:
+        from simulator.server import serve_forever  # the HTTP server, only when it runs
+
         serve_forever(config, host, port, on_ready=announce)
     except ConfigError as error:  # the suite could not be loaded
         raise typer.BadParameter(str(error), param_hint="--suite") from error

@@ -3,6 +3,7 @@ simulator, and an environment that points them all at each other."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -64,6 +65,17 @@ def wait_for(predicate: Callable[[], object], *, timeout: float, interval: float
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def modules_loaded_after(code: str, modules: list[str], env: dict[str, str] | None = None) -> tuple[list[str], str]:
+    """Which of `modules` a fresh interpreter has loaded after running `code` (and what the code
+    printed): start-up weight is checked by what is imported, not by timing it."""
+    probe = f"import json, sys; print(json.dumps([m for m in {modules!r} if m in sys.modules]))"
+    done = subprocess.run([sys.executable, "-c", f"{code}\n{probe}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **(env or {})})
+    assert done.returncode == 0, done.stderr
+    *output, last = done.stdout.strip().splitlines()
+    return json.loads(last), "\n".join(output)
 
 
 def genesis_env(*, database_url: str, redis_url: str, reports_dir: Path, simulator_url: str | None,
@@ -272,7 +284,7 @@ def producer(*args: str):
 
 def wait_until_reported(run_id: str, timeout: float = 120) -> dict:
     """Poll `status` until the run is final and its report is written."""
-    from producer.cli import run_snapshot
+    from shared.progress import run_snapshot
 
     def reported():
         snap = run_snapshot(run_id)

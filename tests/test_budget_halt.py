@@ -164,7 +164,7 @@ def test_resume_finishes_the_run_without_paying_twice(monkeypatch, simulator, st
     assert result.exit_code == 0, result.output
 
     def completed():
-        from producer.cli import run_snapshot
+        from shared.progress import run_snapshot
 
         snap = run_snapshot(run_id)
         if snap["status"] != "completed" or not snap["report"]:

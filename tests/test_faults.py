@@ -26,7 +26,7 @@ def submit(limit: int, backend: str = "openai") -> str:
 
 
 def ok_jobs(run_id: str) -> int:
-    from producer.cli import run_snapshot
+    from shared.progress import run_snapshot
 
     return run_snapshot(run_id)["by_status"]["ok"]
 
@@ -79,7 +79,7 @@ def test_sigterm_lets_calls_in_flight_finish_and_leaves_the_rest_to_another_work
     first.stop()  # SIGTERM: warm shutdown
     assert first.proc.returncode == 0
 
-    from producer.cli import run_snapshot
+    from shared.progress import run_snapshot
 
     after_stop = run_snapshot(run_id)["by_status"]
     assert after_stop["running"] == 0 and after_stop["error"] == 0 and after_stop["queued"] > 0

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 def ok_jobs(run_id: str) -> int:
-    from producer.cli import run_snapshot
+    from shared.progress import run_snapshot
 
     return run_snapshot(run_id)["by_status"]["ok"]
 

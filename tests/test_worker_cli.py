@@ -6,23 +6,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.harness import ROOT, producer, wait_until_reported
+from tests.harness import modules_loaded_after, producer, wait_until_reported
 
 UMBRELLA_ONLY = ["celery.bin.celery", "flower", "tornado", "prompt_toolkit"]
-_LOADED = f"import json, sys; print(json.dumps([m for m in {UMBRELLA_ONLY!r} if m in sys.modules]))"
 
 
 def loaded_after(code: str) -> tuple[list[str], str]:
-    done = subprocess.run([sys.executable, "-c", f"{code}\n{_LOADED}"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stderr
-    *output, last = done.stdout.strip().splitlines()
-    return json.loads(last), "\n".join(output)
+    return modules_loaded_after(code, UMBRELLA_ONLY)
 
 
 def test_the_worker_script_loads_no_umbrella_cli_code() -> None:

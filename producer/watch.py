@@ -1,0 +1,95 @@
+"""Watching a run until it is final and reported (`submit --wait`, `status --watch`): progress
+bars from SQL, a note when it stalls, and giving up when nothing moves for too long."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy import func
+from sqlmodel import select
+
+from producer.errors import outage_line
+from producer.output import console, decision_line, err_console
+from producer.stall import STALLED, StallWatch
+from shared.config import get_settings
+from shared.db import session_scope
+from shared.models import Job, JobStatus, RunStatus
+from shared.progress import run_snapshot
+from shared.report import fetch_report
+
+FINAL_RUN_STATUSES = {RunStatus.completed, RunStatus.cancelled}
+
+
+def wait_for_report(run_id: str, *, quiet: bool) -> dict[str, Any]:
+    """Progress bars from SQL until the run is final and its report is written (or it halts)."""
+    progress = Progress(
+        TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console, disable=quiet,
+    )
+    bars: dict[str, int] = {}
+    watch = StallWatch(run_id, get_settings())
+    with progress:
+        while True:
+            try:
+                snapshot = run_snapshot(run_id)
+            except Exception as exc:  # noqa: BLE001 - an outage while waiting: say so, keep waiting
+                if outage_line(exc) is None:
+                    raise
+                snapshot = None
+            if (said := watch.observe(snapshot["by_status"] if snapshot else None)) and not quiet:
+                progress.console.print(f"[yellow]{said}[/yellow]", highlight=False, soft_wrap=True)
+            if watch.given_up():
+                return _stop_waiting(run_id, watch, quiet)
+            if snapshot is None:
+                time.sleep(0.5)
+                continue
+            for name, row in snapshot["by_backend"].items():
+                done = row.get("ok", 0) + row.get("error", 0) + row.get("halted", 0)
+                detail = f"ok {row.get('ok', 0)} err {row.get('error', 0)} halted {row.get('halted', 0)}"
+                if name not in bars:
+                    bars[name] = progress.add_task(name, total=sum(row.values()), detail=detail)
+                progress.update(bars[name], completed=done, detail=detail)
+            if snapshot["status"] in FINAL_RUN_STATUSES and snapshot["report_ready"]:
+                # Built on whichever host ran build_report: this host's copy comes from SQL.
+                published = fetch_report(run_id)
+                break
+            if snapshot["status"] == RunStatus.halted and not snapshot["by_status"]["running"]:
+                # The halted queues hold the rest, so the run cannot finish: report what did.
+                from shared.runs import publish_report
+
+                published = publish_report(run_id, partial=True)
+                break
+            time.sleep(0.5)
+    report = str(published.paths["md"]) if published else None
+    decision = published.decision if published else None
+    if not quiet:
+        if snapshot["status"] == RunStatus.halted:
+            console.print(f"[yellow]run {run_id} halted by the budget guard[/yellow]: "
+                          f"`producer budget resume [--limit USD]`, then `producer resume {run_id}`")
+        print_common_errors(run_id)
+        console.print(f"report: {report}")
+        console.print(decision_line(decision), highlight=False)
+    return {"status": snapshot["status"], "report": report, "decision": decision}
+
+
+def print_common_errors(run_id: str, top: int = 3) -> None:
+    """The few error messages behind most failed jobs (a worker that cannot read the suite,
+    a bad key...), so the user sees the cause without opening the report."""
+    with session_scope() as session:
+        rows = session.exec(
+            select(Job.error_type, Job.error_message, func.count()).where(Job.run_id == run_id, Job.status == JobStatus.error)
+            .group_by(Job.error_type, Job.error_message).order_by(func.count().desc()).limit(top)
+        ).all()
+    for error_type, message, n in rows:
+        err_console.print(f"[red]{n} job(s) failed:[/red] {error_type}: {message}", highlight=False, soft_wrap=True)
+
+
+def _stop_waiting(run_id: str, watch: StallWatch, quiet: bool) -> dict[str, Any]:
+    """No progress for give_up_after_s: stop waiting (exit 1); the run itself goes on."""
+    if not quiet:
+        err_console.print(f"[red]gave up waiting:[/red] run {run_id} made no progress for "
+                          f"{watch.settings.recovery.give_up_after_s:.0f}s ({watch.describe()}); it goes on without "
+                          f"this command: producer status {run_id}", highlight=False, soft_wrap=True)
+    return {"status": STALLED, "report": None, "decision": None, "stalled": watch.describe()}

