@@ -8,13 +8,11 @@ from __future__ import annotations
 import sys
 
 import typer
-from rich.console import Console
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from typer.core import TyperGroup
 
+from producer.output import err_console
 from shared.config import ConfigError, get_settings, redacted_url
-
-err_console = Console(stderr=True)
 
 
 def outage_line(exc: BaseException) -> str | None:
@@ -29,9 +27,10 @@ def outage_line(exc: BaseException) -> str | None:
 
 def _is_redis_error(exc: BaseException) -> bool:
     """A redis-py or kombu (broker) error, without importing either: an error of theirs can
-    exist only once they are imported, and `producer status` never imports them (~35-80 ms)."""
-    redis, kombu = sys.modules.get("redis"), sys.modules.get("kombu.exceptions")
-    return bool((redis and isinstance(exc, redis.RedisError)) or (kombu and isinstance(exc, kombu.OperationalError)))
+    exist only once its module is imported, and `producer status` never imports them (~35-80 ms)."""
+    classes = [getattr(sys.modules.get(module), name, None)
+               for module, name in (("redis.exceptions", "RedisError"), ("kombu.exceptions", "OperationalError"))]
+    return any(isinstance(cls, type) and isinstance(exc, cls) for cls in classes)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,5 +1,6 @@
 """`producer status`, `runs`, `resume`, `cancel` and `metrics`: a run after it was submitted.
-`status` and `runs` only read SQL, and import nothing else."""
+`status` (without `--watch`) and `runs` read SQL and import nothing else: no submit, report,
+budget, Redis or Celery code."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def status(
             from producer.stall import STALLED
             from producer.watch import wait_for_report
 
+            migrate()  # the watch ends in the report tables, which an older schema may lack
             snapshot = {**snapshot, **wait_for_report(run_id, quiet=False)}
             gave_up = snapshot["status"] == STALLED
     except ConfigError as exc:

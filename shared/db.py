@@ -117,13 +117,27 @@ def migrate(url: str | None = None) -> None:
 
 
 def read_migrating(read: Callable[[], T]) -> T:
-    """`read()`, migrating first only when the database says it must: a missing table or column
-    (a fresh or older database) fails the read, which then runs again on the current schema.
-    For read-only commands (`producer status`, `runs`), which need not pay `migrate` each time."""
+    """`read()`; when it fails because a table or column is missing (a fresh or older database),
+    migrate and read once more. For read-only commands (`producer status`, `runs`), which need
+    not pay `migrate` each time; any other error (an outage, a lock) is raised as it came."""
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
     try:
         return read()
-    except (OperationalError, ProgrammingError):
-        migrate()  # an outage fails here too, as it would have before the read
-        return read()
+    except (OperationalError, ProgrammingError) as exc:
+        if not _is_missing_schema(exc):
+            raise
+    migrate()
+    return read()
+
+
+# "no such table"/"no such column" (SQLite); undefined_table, undefined_column (PostgreSQL).
+_MISSING_SCHEMA_MESSAGES = ("no such table", "no such column")
+_MISSING_SCHEMA_SQLSTATES = {"42P01", "42703"}
+
+
+def _is_missing_schema(exc) -> bool:
+    cause = getattr(exc, "orig", None)
+    if getattr(cause, "sqlstate", None) in _MISSING_SCHEMA_SQLSTATES:
+        return True
+    return str(cause or exc).lower().startswith(_MISSING_SCHEMA_MESSAGES)
