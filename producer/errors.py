@@ -11,7 +11,7 @@ import typer
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from typer.core import TyperGroup
 
-from producer.output import err_console
+from producer.output import bad_input, err_console
 from shared.config import ConfigError, get_settings, redacted_url
 
 
@@ -43,8 +43,7 @@ class OneLineErrors(TyperGroup):
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise bad_input(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - only outages are turned into a line; the rest re-raises
             line = outage_line(exc)
             if line is None:

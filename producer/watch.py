@@ -15,11 +15,9 @@ from producer.output import console, decision_line, err_console
 from producer.stall import STALLED, StallWatch
 from shared.config import get_settings
 from shared.db import session_scope
-from shared.models import Job, JobStatus, RunStatus
+from shared.models import FINAL_RUN_STATUSES, Job, JobStatus, RunStatus
 from shared.progress import run_snapshot
 from shared.report import fetch_report
-
-FINAL_RUN_STATUSES = {RunStatus.completed, RunStatus.cancelled}
 
 
 def wait_for_report(run_id: str, *, quiet: bool) -> dict[str, Any]:
@@ -68,13 +66,13 @@ def wait_for_report(run_id: str, *, quiet: bool) -> dict[str, Any]:
         if snapshot["status"] == RunStatus.halted:
             console.print(f"[yellow]run {run_id} halted by the budget guard[/yellow]: "
                           f"`producer budget resume [--limit USD]`, then `producer resume {run_id}`")
-        print_common_errors(run_id)
+        _print_common_errors(run_id)
         console.print(f"report: {report}")
         console.print(decision_line(decision), highlight=False)
     return {"status": snapshot["status"], "report": report, "decision": decision}
 
 
-def print_common_errors(run_id: str, top: int = 3) -> None:
+def _print_common_errors(run_id: str, top: int = 3) -> None:
     """The few error messages behind most failed jobs (a worker that cannot read the suite,
     a bad key...), so the user sees the cause without opening the report."""
     with session_scope() as session:

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from shared.db import get_engine, session_scope
-from shared.models import CostEntry, Job, JobStatus, Run, RunStatus, utcnow
+from shared.models import FINAL_RUN_STATUSES, CostEntry, Job, JobStatus, Run, RunStatus, utcnow
 
 IN_FLIGHT_RUNS = (RunStatus.queued, RunStatus.running)
 UNFINISHED_JOBS = (JobStatus.queued, JobStatus.running)
@@ -322,7 +322,7 @@ def cancel_run(run_id: str) -> None:
             raise UnknownRun(run_id)
         changed = session.execute(
             update(Run)
-            .where(Run.id == run_id, col(Run.status).not_in([RunStatus.completed, RunStatus.cancelled]))
+            .where(Run.id == run_id, col(Run.status).not_in(FINAL_RUN_STATUSES))
             .values(status=RunStatus.cancelled, finished_at=utcnow())
         ).rowcount
         if not changed:

@@ -23,6 +23,9 @@ class RunStatus(StrEnum):
     cancelled = "cancelled"
 
 
+FINAL_RUN_STATUSES = (RunStatus.completed, RunStatus.cancelled)  # nothing more will happen to the run
+
+
 class JobStatus(StrEnum):
     queued = "queued"
     running = "running"

@@ -31,6 +31,11 @@ class SuiteError(ConfigError):
     """A suite that cannot be used; the message is one line naming the file and line."""
 
 
+def task_key(agent: str, task_id: str) -> str:
+    """A task's name within its suite: ids are unique per agent, not across agents."""
+    return f"{agent}/{task_id}"
+
+
 class SuiteTask(BaseModel):
     # Unknown fields are errors: a typo such as "max_token" would otherwise silently default.
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -50,7 +55,7 @@ class SuiteTask(BaseModel):
 
     @property
     def key(self) -> str:
-        return f"{self.agent}/{self.id}"
+        return task_key(self.agent, self.id)
 
 
 @dataclass
@@ -76,7 +81,7 @@ class Suite:
 
     def get(self, agent: str, task_id: str) -> SuiteTask:
         try:
-            return self._by_key[f"{agent}/{task_id}"]
+            return self._by_key[task_key(agent, task_id)]
         except KeyError:
             raise KeyError(f"suite {self.name!r} has no task {agent}/{task_id}") from None
 
@@ -154,10 +159,6 @@ def load_task(name_or_path: str, agent: str, task_id: str, *, max_age_s: float =
         return _indexed_task(name_or_path, agent, task_id, 0.0)
 
 
-class _Moved(SuiteError):
-    """The line at a task's indexed offset is another task's: its file changed since."""
-
-
 def _forget_index(name_or_path: str) -> None:
     path = resolve_suite_path(name_or_path)
     with _cache_lock:
@@ -169,13 +170,14 @@ def _forget_index(name_or_path: str) -> None:
 def _indexed_task(name_or_path: str, agent: str, task_id: str, max_age_s: float) -> SuiteTask:
     path, signature = _checked_files(name_or_path, max_age_s)
     index = _built("index", path, signature, lambda: _index_lines(_files(path, signature)))
+    key = task_key(agent, task_id)
     try:
-        file, offset, number = index[f"{agent}/{task_id}"]
+        file, offset, number = index[key]
     except KeyError:
-        raise KeyError(f"suite {path.name!r} has no task {agent}/{task_id}") from None
+        raise KeyError(f"suite {path.name!r} has no task {key}") from None
     task = _task_at(file, offset, number, signature)
-    if task.key != f"{agent}/{task_id}":
-        raise _Moved(f"{file}:{number}: {agent}/{task_id} is no longer on this line: the file changed while read")
+    if task.key != key:  # the line at that offset is another task's: the file changed since
+        raise SuiteError(f"{file}:{number}: {key} is no longer on this line: the file changed while read")
     return task
 
 
@@ -238,7 +240,7 @@ def _index_lines(files: list[Path]) -> dict[str, tuple[Path, int, int]]:
         if not (isinstance(agent, str) and isinstance(task_id, str)):
             agent, task_id = (task := _parse_line(text, where)).agent, task.id  # raises its file:line reason
         _first_time(seen, agent, task_id, where)
-        index[f"{agent}/{task_id}"] = (file, offset, number)
+        index[task_key(agent, task_id)] = (file, offset, number)
     return index
 
 
@@ -284,7 +286,7 @@ def _decoded(raw: bytes, where: str) -> str:
 
 
 def _first_time(seen: dict[str, str], agent: str, task_id: str, where: str) -> None:
-    key = f"{agent}/{task_id}"
+    key = task_key(agent, task_id)
     if key in seen:
         raise SuiteError(f"{where}: duplicate id {task_id!r} for agent {agent!r} (first at {seen[key]})")
     seen[key] = where

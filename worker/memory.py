@@ -24,9 +24,9 @@ USER_VARIABLES = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
 USER_TUNABLES = ("glibc.malloc.trim_threshold", "glibc.malloc.mmap_threshold")
 
 
-def user_chose_thresholds(environ: dict[str, str] | os._Environ = os.environ) -> bool:
-    tunables = environ.get("GLIBC_TUNABLES", "")
-    return any(name in environ for name in USER_VARIABLES) or any(name in tunables for name in USER_TUNABLES)
+def user_chose_thresholds() -> bool:
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return any(name in os.environ for name in USER_VARIABLES) or any(name in tunables for name in USER_TUNABLES)
 
 
 def return_freed_memory() -> bool:
