@@ -19,7 +19,7 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 # Redis-level unit tests (budget guard, limiter) use their own db (no workers), flushed per test.
-SCRATCH_REDIS_URL = os.environ.get("GENESIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
+SCRATCH_REDIS_URL = os.environ.get("GENESIS_TEST_SCRATCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 REDIS_START = [
     "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", "6379",
     "--save", "", "--appendonly", "no",
