@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
+from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from shared.numbers import FINITE
 
 Rate = Field(default=0.0, ge=0.0, le=1.0)
 
@@ -27,7 +30,7 @@ class SimulatorConfig(BaseModel):
     - suite: the suites whose answers it knows, comma-separated names or folders.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, **FINITE)
 
     latency_ms: float = Field(default=200.0, ge=0.0)
     latency_jitter_ms: float = Field(default=0.0, ge=0.0)
@@ -82,11 +85,12 @@ class SimulatorConfig(BaseModel):
         return SimulatorConfig.model_validate({**self.model_dump(), **knobs})
 
 
-def one_line(error: ValidationError) -> str:
-    """A validation error as one line naming each bad knob, for the CLI and `POST /_sim/config`."""
+def one_line(error: ValidationError, name: Callable[[str], str] = str) -> str:
+    """A validation error as one line naming each bad knob (`name` turns a knob into what the
+    caller calls it: the CLI says `--latency-ms`), for the CLI and `POST /_sim/config`."""
     problems = []
     for item in error.errors():
         message = item["msg"].removeprefix("Value error, ")
         knob = ".".join(str(part) for part in item["loc"])
-        problems.append(f"{knob}: {message}" if knob else message)
+        problems.append(f"{name(knob)}: {message}" if knob else message)
     return "; ".join(problems)
