@@ -155,6 +155,10 @@ def _restore_provider_consumers() -> None:
 
 
 def render_dashboard(guard: BudgetGuard) -> str:
+    """Markdown; every text from the ledger (agent, backend, operation: typed by whoever logged
+    the entry) and every event message goes through the report's one markdown escaping."""
+    from shared.report.markdown import md
+
     state = guard.status()
     with session_scope(guard.database_url) as session:
         sections = [
@@ -181,15 +185,15 @@ def render_dashboard(guard: BudgetGuard) -> str:
     for name, rows in sections:
         lines += ["", f"## Spend by {name}", "", f"| {name} | entries | input tokens | output tokens | cost USD |",
                   "|---|---:|---:|---:|---:|"]
-        lines += [f"| {key} | {n} | {tin} | {tout} | {cost:.4f} |" for key, n, tin, tout, cost in rows]
+        lines += [f"| {md(key)} | {n} | {tin} | {tout} | {cost:.4f} |" for key, n, tin, tout, cost in rows]
         if not rows:
             lines.append("| (no spend yet) | 0 | 0 | 0 | 0.0000 |")
     lines += ["", "## Budget events", ""]
     if events:
         lines += ["| at (UTC) | kind | level | spent USD | limit USD | run | message |", "|---|---|---|---:|---:|---|---|"]
         lines += [
-            f"| {e.at.isoformat(timespec='seconds')} | {e.kind} | {e.level} | {e.spent_usd:.4f} | {e.limit_usd:.2f} "
-            f"| {e.run_id or ''} | {e.message.replace('|', '/')} |"
+            f"| {e.at.isoformat(timespec='seconds')} | {md(e.kind)} | {md(e.level)} | {e.spent_usd:.4f} | {e.limit_usd:.2f} "
+            f"| {md(e.run_id or '')} | {md(e.message)} |"
             for e in events
         ]
     else:

@@ -3,6 +3,8 @@ line on stderr with exit code 2."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sys
 from typing import Annotated, Any
@@ -19,6 +21,22 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 
 def emit_json(payload: Any) -> None:
     sys.stdout.write(json.dumps(payload, default=str) + "\n")
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP, "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(rows: list[dict], columns: tuple[str, ...]) -> str:
+    """CSV for people who open it in a spreadsheet: a text cell that starts like a formula gets a
+    leading ' (shown as text, never run: `=HYPERLINK(...)` from a model id or an error stays
+    inert); numbers stay numbers. JSONL exports are data and keep every value as it is."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "'" + v if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v
+                      for k, v in row.items()} for row in rows)
+    return buffer.getvalue()
 
 
 def bad_input(message: str) -> typer.Exit:

@@ -27,6 +27,9 @@ class SimulatorConfig(BaseModel):
       call costs more than a client's estimate of it.
     - omit_usage_rate: probability of a 200 without a usage block (as some gateways answer).
     - judge_garbage_rate: probability a judge prompt is answered with prose instead of a grade.
+    - answers: `{fnmatch pattern: text}`, first match wins: every matching model answers every
+      prompt but a judge's with this text (hostile answers for tests and demos: links, HTML,
+      grading instructions aimed at the judge).
     - suite: the suites whose answers it knows, comma-separated names or folders.
     """
 
@@ -36,6 +39,7 @@ class SimulatorConfig(BaseModel):
     latency_jitter_ms: float = Field(default=0.0, ge=0.0)
     quality: dict[str, float] = Field(default_factory=lambda: {"ft:*": 0.85, "open-mistral-7b": 0.65})
     default_quality: float = Field(default=0.75, ge=0.0, le=1.0)
+    answers: dict[str, str] = Field(default_factory=dict)
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
     error_rates: dict[int, float] = Field(default_factory=dict)
@@ -79,6 +83,10 @@ class SimulatorConfig(BaseModel):
             if fnmatchcase(model, pattern):
                 return quality
         return self.default_quality
+
+    def answer_for(self, model: str) -> str | None:
+        """The fixed answer of a model (`answers`), or None: it answers as its quality says."""
+        return next((text for pattern, text in self.answers.items() if fnmatchcase(model, pattern)), None)
 
     def merged(self, **knobs: object) -> SimulatorConfig:
         """A validated copy with some knobs changed (model_copy would skip validation)."""

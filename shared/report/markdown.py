@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import re
+
 from shared.report.document import document, drilldown_table
 
 
-def md(text: str) -> str:
-    """Keeps table cells in one cell and stops raw HTML (e.g. `<script>`) reaching a renderer."""
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "\\<").replace("\n", " ")
+# Every character with a meaning in CommonMark or GitHub's markdown: links and images ([ ] !),
+# raw HTML and <autolinks> (< >), entities (&), code spans (`), emphasis (* _ ~), headings (#),
+# table cells (|), escapes themselves (\\).
+_SPECIAL = re.compile(r"[\\`*_\[\]<>!|#&~]")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# GitHub links bare URLs (https://..., www....): the escaped ":" or "." keeps them plain text.
+_BARE_LINK = re.compile(r"(?<=[A-Za-z0-9])(:)(?=//)|(?<=\bwww)(\.)", re.IGNORECASE)
+# A list item, quote or rule when the text starts a line: "- x", "+ x", "1. x", "1) x", "---", "===".
+_LINE_START = re.compile(r"\A(\s*\d*)([-+=](?=\s|\Z|[-=])|(?<=\d)[.)](?=\s|\Z))")
+
+
+def md(text: object) -> str:
+    """Text as markdown that shows exactly these characters and does nothing else: the one
+    escaping of the markdown report (report.md, finetuning_quality_report.md), the cost
+    dashboard and `compare`'s table. Model answers, errors and anything else model-derived
+    are hostile text: no link, image, HTML, entity, code span, heading or table cell of theirs
+    survives, and a line break becomes a space (one cell, one line)."""
+    flat = _LINE_BREAK.sub(" ", str(text))
+    escaped = _BARE_LINK.sub(lambda m: "\\" + m.group(0), _SPECIAL.sub(lambda m: "\\" + m.group(0), flat))
+    return _LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), escaped, count=1)
 
 
 def _table(headers: list[str], rows: list[list[str]], align: str) -> list[str]:
