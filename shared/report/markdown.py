@@ -13,9 +13,9 @@ from shared.report.document import document, drilldown_table
 _SPECIAL = re.compile(r"[\\`*_\[\]<>!|#&~]")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 # GitHub links bare URLs (https://..., www....): the escaped ":" or "." keeps them plain text.
-_BARE_LINK = re.compile(r"(?<=[A-Za-z0-9])(:)(?=//)|(?<=\bwww)(\.)", re.IGNORECASE)
+_BARE_LINK = re.compile(r"(?<=[A-Za-z0-9]):(?=//)|(?<=\bwww)\.", re.IGNORECASE)
 # A list item, quote or rule when the text starts a line: "- x", "+ x", "1. x", "1) x", "---", "===".
-_LINE_START = re.compile(r"\A(\s*\d*)([-+=](?=\s|\Z|[-=])|(?<=\d)[.)](?=\s|\Z))")
+_LINE_START = re.compile(r"(\s*\d*)(?:[-+=](?=\s|\Z|[-=])|(?<=\d)[.)](?=\s|\Z))")
 
 
 def md(text: object) -> str:
@@ -23,10 +23,22 @@ def md(text: object) -> str:
     escaping of the markdown report (report.md, finetuning_quality_report.md), the cost
     dashboard and `compare`'s table. Model answers, errors and anything else model-derived
     are hostile text: no link, image, HTML, entity, code span, heading or table cell of theirs
-    survives, and a line break becomes a space (one cell, one line)."""
-    flat = _LINE_BREAK.sub(" ", str(text))
-    escaped = _BARE_LINK.sub(lambda m: "\\" + m.group(0), _SPECIAL.sub(lambda m: "\\" + m.group(0), flat))
-    return _LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), escaped, count=1)
+    survives, and a line break becomes a space (one cell, one line). The cheap tests first: a
+    10,000-job report has tens of thousands of cells."""
+    escaped = str(text)
+    if _SPECIAL.search(escaped) is not None:
+        escaped = "".join("\\" + c if c in _SPECIAL_CHARS else c for c in escaped)
+    if "\n" in escaped or "\r" in escaped:
+        escaped = _LINE_BREAK.sub(" ", escaped)
+    if "//" in escaped or "w." in escaped or "W." in escaped:
+        escaped = _BARE_LINK.sub(lambda found: "\\" + found[0], escaped)
+    if escaped[:1] in _LINE_START_CHARS and (start := _LINE_START.match(escaped)) is not None:
+        escaped = f"{start[1]}\\{escaped[start.end(1):]}"
+    return escaped
+
+
+_LINE_START_CHARS = "-+=0123456789 \t"
+_SPECIAL_CHARS = frozenset("\\`*_[]<>!|#&~")
 
 
 def _table(headers: list[str], rows: list[list[str]], align: str) -> list[str]:
