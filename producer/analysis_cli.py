@@ -4,8 +4,6 @@ and statistics code (numpy) is imported when one of them runs."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 from pathlib import Path
@@ -14,7 +12,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 from sqlmodel import select
 
-from producer.output import JsonOpt, bad_input, console, decision_line, emit_json, err_console
+from producer.output import JsonOpt, bad_input, console, csv_text, decision_line, emit_json, err_console
 from shared.config import ConfigError, get_settings
 from shared.db import migrate, session_scope
 from shared.models import Job
@@ -64,11 +62,7 @@ def _export_rows(run_id: str) -> list[dict]:
 
 
 def _csv(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+    return csv_text(rows, EXPORT_COLUMNS)
 
 
 def _jsonl(rows: list[dict]) -> str:

@@ -21,6 +21,7 @@ from producer.output import JsonOpt, bad_input, console, emit_json
 from shared.config import ConfigError, get_settings
 from shared.db import migrate, session_scope
 from shared.models import BudgetEvent, CostEntry
+from shared.numbers import number
 
 if TYPE_CHECKING:
     from shared.budget import BudgetGuard
@@ -94,7 +95,7 @@ def report(as_json: JsonOpt = False) -> None:
 @budget_app.command("log")
 def log_entry(
     operation: Annotated[str, typer.Option(help="inference, judge, manual, ... (one word).")],
-    cost: Annotated[float, typer.Option(help="Cost in USD (>= 0).")],
+    cost: Annotated[float, typer.Option(parser=number(float, ge=0), help="Cost in USD (>= 0).")],
     agent: Annotated[Optional[str], typer.Option(help="The agent it was spent for.")] = None,
     backend: Annotated[Optional[str], typer.Option(help="The backend it was spent on.")] = None,
     note: Annotated[str, typer.Option(help="Why (kept in the log line).")] = "",
@@ -102,8 +103,6 @@ def log_entry(
 ) -> None:
     """Add a manual ledger entry (spend made outside the workers)."""
     with _bad_input_exits():
-        if cost < 0:
-            raise ConfigError(f"--cost must be >= 0 (got {cost})")
         if len(operation.split()) != 1:
             raise ConfigError(f"--operation must be one word (got {operation!r})")
         guard = _guard()
@@ -120,13 +119,13 @@ def log_entry(
 
 @budget_app.command()
 def resume(
-    limit: Annotated[Optional[float], typer.Option("--limit", help="A new budget limit in USD (> 0).")] = None,
+    limit: Annotated[
+        Optional[float], typer.Option("--limit", parser=number(float, gt=0), help="A new budget limit in USD (> 0).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Lift the halt (optionally raising the limit) and let the workers consume the provider queues again."""
     with _bad_input_exits():
-        if limit is not None and not limit > 0:
-            raise ConfigError(f"--limit must be > 0 (got {limit})")
         guard = _guard()
         guard.resume(limit_usd=limit)
         state = guard.status()
@@ -156,6 +155,10 @@ def _restore_provider_consumers() -> None:
 
 
 def render_dashboard(guard: BudgetGuard) -> str:
+    """Markdown; every text from the ledger (agent, backend, operation: typed by whoever logged
+    the entry) and every event message goes through the report's one markdown escaping."""
+    from shared.report.markdown import md
+
     state = guard.status()
     with session_scope(guard.database_url) as session:
         sections = [
@@ -182,15 +185,15 @@ def render_dashboard(guard: BudgetGuard) -> str:
     for name, rows in sections:
         lines += ["", f"## Spend by {name}", "", f"| {name} | entries | input tokens | output tokens | cost USD |",
                   "|---|---:|---:|---:|---:|"]
-        lines += [f"| {key} | {n} | {tin} | {tout} | {cost:.4f} |" for key, n, tin, tout, cost in rows]
+        lines += [f"| {md(key)} | {n} | {tin} | {tout} | {cost:.4f} |" for key, n, tin, tout, cost in rows]
         if not rows:
             lines.append("| (no spend yet) | 0 | 0 | 0 | 0.0000 |")
     lines += ["", "## Budget events", ""]
     if events:
         lines += ["| at (UTC) | kind | level | spent USD | limit USD | run | message |", "|---|---|---|---:|---:|---|---|"]
         lines += [
-            f"| {e.at.isoformat(timespec='seconds')} | {e.kind} | {e.level} | {e.spent_usd:.4f} | {e.limit_usd:.2f} "
-            f"| {e.run_id or ''} | {e.message.replace('|', '/')} |"
+            f"| {e.at.isoformat(timespec='seconds')} | {md(e.kind)} | {md(e.level)} | {e.spent_usd:.4f} | {e.limit_usd:.2f} "
+            f"| {md(e.run_id or '')} | {md(e.message)} |"
             for e in events
         ]
     else:

@@ -1,6 +1,7 @@
 """Every producer command ends in one line and an exit code, never a traceback: an outage of
 Redis or the database says which one is away (its URL without the password) and exits 1; bad
-input that reached the top exits 2. Installed as the click group class of the `producer` app,
+input that reached the top (a ConfigError, an option click refused, e.g. `--cost inf`) exits 2.
+Installed as the click group class of the `producer` app,
 so every command and sub-command gets it, however it is invoked."""
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ from typer.core import TyperGroup
 
 from producer.output import bad_input, err_console
 from shared.config import ConfigError, get_settings, redacted_url
+
+
+# click's UsageError (bad or missing options), whichever click Typer runs on (its own copy from
+# Typer 0.2x, the `click` package before): found from the BadParameter it raises.
+_USAGE_ERROR = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "UsageError")
 
 
 def outage_line(exc: BaseException) -> str | None:
@@ -44,6 +50,8 @@ class OneLineErrors(TyperGroup):
             return super().invoke(ctx)
         except ConfigError as exc:
             raise bad_input(str(exc)) from None
+        except _USAGE_ERROR as exc:
+            raise bad_input(exc.format_message()) from None
         except Exception as exc:  # noqa: BLE001 - only outages are turned into a line; the rest re-raises
             line = outage_line(exc)
             if line is None:

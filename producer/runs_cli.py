@@ -15,6 +15,7 @@ from producer.output import JsonOpt, bad_input, console, emit_json
 from shared.config import ConfigError, get_settings
 from shared.db import migrate, read_migrating, session_scope
 from shared.models import JobStatus, Run
+from shared.numbers import PORT, number
 from shared.progress import run_snapshot
 
 
@@ -56,7 +57,7 @@ def status(
 
 
 def runs(
-    limit: Annotated[int, typer.Option(help="How many recent runs.")] = 20,
+    limit: Annotated[int, typer.Option(parser=number(int, ge=1), help="How many recent runs.")] = 20,
     as_json: JsonOpt = False,
 ) -> None:
     """Recent runs, one line each."""
@@ -125,7 +126,7 @@ def cancel(run_id: str, as_json: JsonOpt = False) -> None:
 
 
 def metrics(
-    port: Annotated[int, typer.Option(help="Port of the /metrics endpoint.")] = 9108,
+    port: Annotated[int, typer.Option(parser=number(int, **PORT), help="Port of the /metrics endpoint.")] = 9108,
     host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 inside a container).")] = "127.0.0.1",
 ) -> None:
     """Serve the project's Prometheus metrics (spend, budget, limiter, errors, jobs) until stopped."""

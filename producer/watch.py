@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import func
 from sqlmodel import select
@@ -81,7 +82,9 @@ def _print_common_errors(run_id: str, top: int = 3) -> None:
             .group_by(Job.error_type, Job.error_message).order_by(func.count().desc()).limit(top)
         ).all()
     for error_type, message, n in rows:
-        err_console.print(f"[red]{n} job(s) failed:[/red] {error_type}: {message}", highlight=False, soft_wrap=True)
+        # the message may quote the provider or the model: printed as text, never as Rich markup
+        err_console.print(f"[red]{n} job(s) failed:[/red] {escape(f'{error_type}: {message}')}", highlight=False,
+                          soft_wrap=True)
 
 
 def _stop_waiting(run_id: str, watch: StallWatch, quiet: bool) -> dict[str, Any]:

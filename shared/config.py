@@ -23,6 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from shared.numbers import FINITE
 from shared.providers.registry import PROVIDER_NAMES
 
 Provider = Literal[PROVIDER_NAMES]  # type: ignore[valid-type]  # derived from the provider registry
@@ -36,9 +37,10 @@ class ConfigError(ValueError):
 
 class Strict(BaseModel):
     """A TOML table: a key this project does not know (a typo, `limit` for `limit_usd`) is refused
-    by name rather than silently ignored while the default stays in force."""
+    by name rather than silently ignored while the default stays in force; every number in it
+    is finite (shared.numbers), from the TOML or a GENESIS_* variable alike."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", **FINITE)
 
 
 class AgentsConfig(Strict):
@@ -76,7 +78,7 @@ class RateLimit(Strict):
 
 
 class BudgetConfig(Strict):
-    limit_usd: float = 30.0
+    limit_usd: float = Field(default=30.0, gt=0)
     warning: float = 0.25
     critical: float = 0.50
     emergency: float = 0.83
@@ -84,8 +86,6 @@ class BudgetConfig(Strict):
 
     @model_validator(mode="after")
     def _sane(self) -> "BudgetConfig":
-        if self.limit_usd <= 0:
-            raise ValueError(f"budget.limit_usd must be > 0 (got {self.limit_usd})")
         if not (0 < self.warning < self.critical < self.emergency <= 1):
             raise ValueError(
                 "budget thresholds must satisfy 0 < warning < critical < emergency <= 1 "
@@ -100,7 +100,7 @@ class DecisionConfig(Strict):
     # The sign-flip test is exact for 0/1 scores; otherwise Monte Carlo, seeded so a report
     # rebuilt from the same rows gives the same numbers.
     resamples: int = Field(default=20_000, ge=1_000)
-    seed: int = 20261201
+    seed: int = Field(default=20261201, ge=0)  # numpy's generators take seeds >= 0
 
 
 class ReuseConfig(Strict):
@@ -121,15 +121,15 @@ class JudgeConfig(Strict):
 
 class RetryConfig(Strict):
     max_attempts: int = Field(default=5, ge=1)
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 60.0
-    call_timeout_s: float = 60.0
+    backoff_base_s: float = Field(default=1.0, ge=0)
+    backoff_max_s: float = Field(default=60.0, ge=0)
+    call_timeout_s: float = Field(default=60.0, gt=0)
 
 
 class WorkerConfig(Strict):
-    concurrency: int = 16
+    concurrency: int = Field(default=16, ge=1)
     pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"
-    task_time_limit_s: int = 300
+    task_time_limit_s: int = Field(default=300, gt=0)
     # PostgreSQL connections per worker process; None: sized from its threads (shared/db.py).
     db_pool_size: int | None = Field(default=None, gt=0)
 
@@ -155,7 +155,7 @@ class RecoveryConfig(Strict):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="GENESIS_", env_nested_delimiter="__", extra="ignore"
+        env_prefix="GENESIS_", env_nested_delimiter="__", extra="ignore", **FINITE
     )
 
     database_url: str = "sqlite:///genesis.db"

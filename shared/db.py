@@ -62,8 +62,16 @@ def make_engine(url: str) -> Engine:
 
         return engine
     connect_args = {"application_name": _application_name[:63]} if url.startswith("postgresql") else {}
-    return create_engine(url, pool_pre_ping=True, pool_size=_pool_size, max_overflow=0, pool_timeout=POOL_TIMEOUT_S,
-                         connect_args=connect_args)
+    try:
+        return create_engine(url, pool_pre_ping=True, pool_size=_pool_size, max_overflow=0,
+                             pool_timeout=POOL_TIMEOUT_S, connect_args=connect_args)
+    except ModuleNotFoundError as exc:  # the URL's driver is an optional dependency
+        if not (exc.name or "").startswith("psycopg"):
+            raise
+        from shared.config import ConfigError
+
+        raise ConfigError(f"a PostgreSQL database needs the postgres extra ({exc.name} is not installed): "
+                          "pip install 'genesis-bench[postgres]'") from None
 
 
 _engines: dict[str, Engine] = {}

@@ -7,8 +7,10 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Float, Index, Text, TypeDecorator, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+from shared.numbers import is_cost
 
 
 def utcnow() -> datetime:
@@ -90,6 +92,20 @@ class Job(SQLModel, table=True):
     reused_from_run_id: str | None = Field(default=None, max_length=32)
 
 
+class LedgerCost(TypeDecorator):
+    """A FLOAT column that refuses to store anything but a finite amount >= 0: every write of a
+    ledger row (ORM or Core insert, whoever builds it) passes here, so an `inf` or `NaN` can
+    never reach the ledger that the budget is rebuilt from."""
+
+    impl = Float
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if value is not None and not is_cost(value):
+            raise ValueError(f"a ledger cost must be a finite number of dollars >= 0 (got {value!r})")
+        return value
+
+
 class CostEntry(SQLModel, table=True):
     """The ledger. (job_id, operation) is unique when job_id is set, so a redelivered job never
     costs twice, while its judge call (operation `judge`) is a second entry of the same job."""
@@ -107,7 +123,7 @@ class CostEntry(SQLModel, table=True):
     operation: str = "inference"  # inference | judge | manual | ...
     input_tokens: int = 0
     output_tokens: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float = Field(default=0.0, sa_type=LedgerCost)
     source: str = "api"  # api (usage the provider returned) | manual | ...
 
 

@@ -46,10 +46,14 @@ class Oracle:
     def task_for(self, prompt: str) -> SuiteTask | None:
         return next((t for s in self.suites if (t := s.by_prompt(prompt)) is not None), None)
 
-    def answer(self, prompt: str, model: str, quality: float, seed: int, *, judge_garbage: bool = False) -> str:
+    def answer(self, prompt: str, model: str, quality: float, seed: int, *, judge_garbage: bool = False,
+               fixed: str | None = None) -> str:
+        """`fixed`: what the model says to every prompt but a judge's (SimulatorConfig.answers)."""
         judged = read_judge_prompt(prompt)
         if judged is not None:
             return GARBAGE_REPLY if judge_garbage else judge_reply(judged)
+        if fixed is not None:
+            return fixed
         draw = draw_for(seed, model, prompt)
         task = self.task_for(prompt)
         if task is None:

@@ -8,11 +8,11 @@ import typer
 from pydantic import ValidationError
 
 from shared.config import ConfigError
+from shared.numbers import PORT, number
 
 from simulator.config import SimulatorConfig, one_line
 
 DEFAULTS = {name: field.default for name, field in SimulatorConfig.model_fields.items()}
-Probability = Annotated[float, typer.Option(min=0.0, max=1.0)]
 
 
 def parse_pairs(items: list[str], option: str, key_label: str) -> dict[str, float]:
@@ -41,11 +41,11 @@ def parse_error_rates(items: list[str]) -> dict[int, float]:
 
 
 def simulator_command(
-    port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8900,
+    port: Annotated[int, typer.Option(parser=number(int, **PORT), help="Port to listen on (0 picks a free one).")] = 8900,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    latency_ms: Annotated[float, typer.Option(min=0.0, help="Latency of every answer.")] = DEFAULTS["latency_ms"],
+    latency_ms: Annotated[float, typer.Option(help="Latency of every answer.")] = DEFAULTS["latency_ms"],
     latency_jitter_ms: Annotated[
-        float, typer.Option(min=0.0, help="Uniform jitter added to the latency, +/- this much.")
+        float, typer.Option(help="Uniform jitter added to the latency, +/- this much.")
     ] = DEFAULTS["latency_jitter_ms"],
     quality: Annotated[
         list[str] | None,
@@ -53,28 +53,29 @@ def simulator_command(
                      "probability P; repeatable, first match wins. Default: 'ft:*=0.85' 'open-mistral-7b=0.65'."),
     ] = None,
     default_quality: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Quality of models no --quality pattern matches.")
+        float, typer.Option(help="Quality of models no --quality pattern matches.")
     ] = DEFAULTS["default_quality"],
-    rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute per (API key, model).")] = None,
-    tpm: Annotated[int | None, typer.Option(min=1, help="Tokens per minute per (API key, model).")] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute per (API key, model).")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute per (API key, model).")] = None,
     error_rate: Annotated[
         list[str] | None, typer.Option(help="STATUS=P: answer STATUS with probability P; repeatable.")
     ] = None,
-    timeout_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of answers held back.")] = 0.0,
-    timeout_s: Annotated[float, typer.Option(min=0.0, help="How long a held-back answer waits.")] = DEFAULTS[
+    timeout_rate: Annotated[float, typer.Option(help="Share of answers held back.")] = 0.0,
+    timeout_s: Annotated[float, typer.Option(help="How long a held-back answer waits.")] = DEFAULTS[
         "timeout_s"
     ],
-    malformed_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of 200s with a broken body.")] = 0.0,
+    malformed_rate: Annotated[float, typer.Option(help="Share of 200s with a broken body.")] = 0.0,
     usage_scale: Annotated[
-        float, typer.Option(min=0.0, help="Usage reported (and billed) = tokens served x this; > 1 under-estimates.")
+        float, typer.Option(help="Usage reported (and billed) = tokens served x this; > 1 under-estimates.")
     ] = DEFAULTS["usage_scale"],
     omit_usage_rate: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Share of 200s without a usage block.")
+        float, typer.Option(help="Share of 200s without a usage block.")
     ] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of answers and fault draws.")] = DEFAULTS["seed"],
     suite: Annotated[str, typer.Option(help="Suite whose expected answers the models know.")] = DEFAULTS["suite"],
 ) -> None:
-    """Run the provider simulator (OpenAI, Anthropic and Mistral APIs) until Ctrl-C."""
+    """Run the provider simulator (OpenAI, Anthropic and Mistral APIs) until Ctrl-C. Its knobs are
+    checked by SimulatorConfig (finite, in range), the one place that knows their bounds."""
     knobs: dict[str, object] = {
         "latency_ms": latency_ms,
         "latency_jitter_ms": latency_jitter_ms,
@@ -95,13 +96,19 @@ def simulator_command(
     try:
         config = SimulatorConfig(**knobs)
     except ValidationError as error:
-        raise typer.BadParameter(one_line(error)) from error
+        raise typer.BadParameter(one_line(error, option_name)) from error
     try:
         from simulator.server import serve_forever  # the HTTP server, only when it runs
 
         serve_forever(config, host, port, on_ready=announce)
     except ConfigError as error:  # the suite could not be loaded
         raise typer.BadParameter(str(error), param_hint="--suite") from error
+
+
+def option_name(knob: str) -> str:
+    """The option that sets a SimulatorConfig knob (`error_rates.500` -> `--error-rate`)."""
+    field = knob.partition(".")[0]
+    return "--error-rate" if field == "error_rates" else "--" + field.replace("_", "-")
 
 
 def announce(url: str) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
+from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from shared.numbers import FINITE
 
 Rate = Field(default=0.0, ge=0.0, le=1.0)
 
@@ -24,15 +27,19 @@ class SimulatorConfig(BaseModel):
       call costs more than a client's estimate of it.
     - omit_usage_rate: probability of a 200 without a usage block (as some gateways answer).
     - judge_garbage_rate: probability a judge prompt is answered with prose instead of a grade.
+    - answers: `{fnmatch pattern: text}`, first match wins: every matching model answers every
+      prompt but a judge's with this text (hostile answers for tests and demos: links, HTML,
+      grading instructions aimed at the judge).
     - suite: the suites whose answers it knows, comma-separated names or folders.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, **FINITE)
 
     latency_ms: float = Field(default=200.0, ge=0.0)
     latency_jitter_ms: float = Field(default=0.0, ge=0.0)
     quality: dict[str, float] = Field(default_factory=lambda: {"ft:*": 0.85, "open-mistral-7b": 0.65})
     default_quality: float = Field(default=0.75, ge=0.0, le=1.0)
+    answers: dict[str, str] = Field(default_factory=dict)
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
     error_rates: dict[int, float] = Field(default_factory=dict)
@@ -77,16 +84,21 @@ class SimulatorConfig(BaseModel):
                 return quality
         return self.default_quality
 
+    def answer_for(self, model: str) -> str | None:
+        """The fixed answer of a model (`answers`), or None: it answers as its quality says."""
+        return next((text for pattern, text in self.answers.items() if fnmatchcase(model, pattern)), None)
+
     def merged(self, **knobs: object) -> SimulatorConfig:
         """A validated copy with some knobs changed (model_copy would skip validation)."""
         return SimulatorConfig.model_validate({**self.model_dump(), **knobs})
 
 
-def one_line(error: ValidationError) -> str:
-    """A validation error as one line naming each bad knob, for the CLI and `POST /_sim/config`."""
+def one_line(error: ValidationError, name: Callable[[str], str] = str) -> str:
+    """A validation error as one line naming each bad knob (`name` turns a knob into what the
+    caller calls it: the CLI says `--latency-ms`), for the CLI and `POST /_sim/config`."""
     problems = []
     for item in error.errors():
         message = item["msg"].removeprefix("Value error, ")
         knob = ".".join(str(part) for part in item["loc"])
-        problems.append(f"{knob}: {message}" if knob else message)
+        problems.append(f"{name(knob)}: {message}" if knob else message)
     return "; ".join(problems)

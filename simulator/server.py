@@ -103,7 +103,7 @@ class Simulator:
             return injected_error_reply(request, int(fault), limit_headers)
 
         answer = oracle.answer(request.last_user_text, request.model, config.quality_for(request.model), config.seed,
-                               judge_garbage=self._judge_garbage(config))
+                               judge_garbage=self._judge_garbage(config), fixed=config.answer_for(request.model))
         text, output_tokens, truncated = truncate_to_tokens(answer, max_tokens)
         billed = (round(request.prompt_tokens * config.usage_scale), round(output_tokens * config.usage_scale))
         completion = Completion(text, *billed, truncated)

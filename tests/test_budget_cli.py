@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from producer.budget_cli import budget_app
 from shared.budget import BudgetGuard
-from tests.harness import use_config
+from tests.harness import producer, use_config
 from shared.config import load_settings
 from shared.db import migrate, session_scope
 from shared.models import CostEntry
@@ -89,7 +89,7 @@ def test_log_writes_a_manual_ledger_entry(guard):
     ],
 )
 def test_bad_input_exits_2_with_one_line(guard, args, message):
-    result = invoke(*args)
+    result = producer("budget", *args)  # the producer's one-line errors, as a user runs it
     assert result.exit_code == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -22,7 +22,8 @@ from tests.harness import ROOT, wait_for
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DEBIAN_SCHEMA = Path("/usr/lib/python3/dist-packages/compose/config/compose_spec.json")
-DOTENV = {"POSTGRES_PASSWORD": "pw", "FLOWER_BASIC_AUTH": "admin:secret"}
+REDIS_PASSWORD = "redis-s3cret-pw"
+DOTENV = {"POSTGRES_PASSWORD": "pw", "REDIS_PASSWORD": REDIS_PASSWORD, "FLOWER_BASIC_AUTH": "admin:secret"}
 OUR_IMAGE = "${GENESIS_IMAGE:-genesis-bench:latest}"
 _VARIABLE = re.compile(r"\$(?:(\$)|\{([^}]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 
@@ -71,9 +72,11 @@ def test_docker_compose_1_29_accepts_the_file():
                               env={**env, **DOTENV}, capture_output=True, text=True, timeout=60)
     assert resolved.returncode == 0, resolved.stderr
     assert "simulator" in yaml.safe_load(resolved.stdout)["services"]
-    missing = subprocess.run(["docker-compose", "-f", str(COMPOSE_FILE), "config", "-q"], env=env,
-                             capture_output=True, text=True, timeout=60)
-    assert missing.returncode != 0 and "set POSTGRES_PASSWORD in .env" in missing.stderr
+    for required in ("POSTGRES_PASSWORD", "REDIS_PASSWORD"):
+        without = {k: v for k, v in DOTENV.items() if k != required}
+        missing = subprocess.run(["docker-compose", "-f", str(COMPOSE_FILE), "config", "-q"], env={**env, **without},
+                                 capture_output=True, text=True, timeout=60)
+        assert missing.returncode != 0 and f"set {required} in .env" in missing.stderr
 
 
 def test_the_compose_specification_accepts_the_file():
@@ -98,6 +101,11 @@ def test_the_deployment_contract():
     redis_cmd = services["redis"]["command"]
     assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
     assert redis_cmd[redis_cmd.index("--maxmemory-policy") + 1] == "noeviction"
+    assert redis_cmd[redis_cmd.index("--requirepass") + 1] == REDIS_PASSWORD
+    assert services["redis"]["environment"]["REDISCLI_AUTH"] == REDIS_PASSWORD  # the healthcheck's redis-cli
+    redis_urls = {name: (service.get("environment") or {}).get("GENESIS_REDIS_URL") for name, service in services.items()
+                  if service.get("image") == "genesis-bench:latest"}
+    assert set(redis_urls.values()) == {f"redis://:{REDIS_PASSWORD}@redis:6379/0"}, redis_urls  # every one, flower's too
     for name in ("redis", "postgres"):
         assert services[name]["healthcheck"]["test"] and ":" in services[name]["volumes"][0]
     assert services["migrate"]["command"] == ["alembic", "upgrade", "head"]
@@ -119,6 +127,8 @@ def test_the_deployment_contract():
             assert {"./config:/app/config:ro", "./models:/app/models:ro", "reports:/app/reports"} <= set(mounts)
     with pytest.raises(KeyError, match="POSTGRES_PASSWORD"):
         compose_model({})
+    with pytest.raises(KeyError, match="REDIS_PASSWORD"):
+        compose_model({k: v for k, v in DOTENV.items() if k != "REDIS_PASSWORD"})
 
 
 def test_dockerfile_and_dockerignore_agree():
@@ -237,9 +247,16 @@ def test_every_compose_command_works_outside_docker(local, tmp_path):
 
     redis_srv = start([*services["redis"]["command"], "--port", str(redis_port), "--bind", "127.0.0.1",
                        "--dir", str(tmp_path), "--save", ""], name="redis")
-    wait_for(lambda: redis_srv.run(["redis-cli", "-p", str(redis_port), "ping"]).stdout.strip() == "PONG",
-             timeout=10, what="redis-server")
-    assert redis_srv.run(["redis-cli", "-p", str(redis_port), "config", "get", "appendonly"]).stdout.split() == ["appendonly", "yes"]
+    cli = ["redis-cli", "-p", str(redis_port)]
+    authed = {**redis_srv.env, **services["redis"]["environment"]}
+    wait_for(lambda: "NOAUTH" in redis_srv.run([*cli, "ping"]).stdout, timeout=10, what="redis-server")
+    redis_health = services["redis"]["healthcheck"]["test"][1].replace("redis-cli", " ".join(cli))
+    assert subprocess.run(["sh", "-c", redis_health], env=authed).returncode == 0  # with the password
+    assert subprocess.run(["sh", "-c", f"{' '.join(cli)} ping | grep -q PONG"], env=redis_srv.env).returncode != 0
+    appendonly = subprocess.run([*cli, "config", "get", "appendonly"], env=authed, capture_output=True, text=True)
+    assert appendonly.stdout.split() == ["appendonly", "yes"]
+    # Every service from here on reaches Redis by the compose file's URL, password and all.
+    redis_url = services["worker"]["environment"]["GENESIS_REDIS_URL"].replace("@redis:6379", f"@127.0.0.1:{redis_port}")
 
     pg_health = services["postgres"]["healthcheck"]["test"][1:]
     if shutil.which(pg_health[0]):
@@ -248,18 +265,23 @@ def test_every_compose_command_works_outside_docker(local, tmp_path):
     start(with_option(services["simulator"]["command"], "--port", str(sim_port)), name="simulator")
     assert wait_for(lambda: http_status(f"http://127.0.0.1:{sim_port}/v1/models") > 0, timeout=30, what="simulator")
 
-    worker = start(services["worker"]["command"], name="worker")
+    worker = start(services["worker"]["command"], {"GENESIS_REDIS_URL": redis_url}, name="worker")
     health = services["worker"]["healthcheck"]["test"][1]
     wait_for(lambda: worker.run(health).returncode == 0, timeout=60, interval=1, what="worker healthcheck")
 
     start(with_option(services["flower"]["command"], "--port", str(flower_port)),
-          {"FLOWER_BASIC_AUTH": services["flower"]["environment"]["FLOWER_BASIC_AUTH"]}, name="flower")
+          {"FLOWER_BASIC_AUTH": services["flower"]["environment"]["FLOWER_BASIC_AUTH"], "GENESIS_REDIS_URL": redis_url},
+          name="flower")
     metrics_cmd = with_option(with_option(services["metrics"]["command"], "--port", str(metrics_port)), "--host", "127.0.0.1")
-    start(metrics_cmd, name="metrics")
+    start(metrics_cmd, {"GENESIS_REDIS_URL": redis_url}, name="metrics")
     flower_url = f"http://127.0.0.1:{flower_port}/"
     wait_for(lambda: http_status(flower_url) == 401, timeout=60, interval=0.5, what="Flower to refuse without auth")
     assert http_status(flower_url, ("admin", "secret")) == 200
     assert http_status(flower_url, ("admin", "wrong")) == 401
+    flower_metrics = f"http://127.0.0.1:{flower_port}/metrics"  # Flower leaves it open; worker/flower.py does not
+    assert http_status(flower_metrics) == 401 and http_status(flower_metrics, ("admin", "wrong")) == 401
+    assert http_status(flower_metrics, ("admin", "secret")) == 200
+    assert http_status(f"http://127.0.0.1:{flower_port}/healthcheck") == 200
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     wait_for(lambda: http_status(metrics_url) == 200, timeout=30, what="the metrics endpoint")
     with urllib.request.urlopen(metrics_url, timeout=10) as response:
@@ -267,3 +289,6 @@ def test_every_compose_command_works_outside_docker(local, tmp_path):
 
     worker.stop()
     assert worker.run(health, timeout=60).returncode != 0  # the healthcheck can fail
+    for log in tmp_path.glob("*.log"):  # Celery, Flower and the project print Redis' URL masked
+        assert REDIS_PASSWORD not in log.read_text(errors="replace"), log.name
+    assert ":**@127.0.0.1" in (tmp_path / "flower.log").read_text() + (tmp_path / "worker.log").read_text()

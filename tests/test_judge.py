@@ -78,7 +78,7 @@ def test_judged_jobs_are_graded_by_the_judge_backend_and_ledgered_as_judge(start
     for job in jobs:  # the simulator grades from the rubric: the stored score is that grade
         task = suite.get(job.agent, job.task_id)
         assert job.score == rubric_grade(task.scorer.rubric, job.output)[0]
-        assert job.scorer_detail.startswith("judge genesis-judge-v1: meets ")
+        assert job.scorer_detail.startswith("judge genesis-judge-v2: meets ")
     assert {j.score for j in jobs} - {1.0}, "some answers were wrong, so some grades are below 1"
 
     dashboard = producer("budget", "report", "--json")

@@ -327,7 +327,7 @@ def test_generate_report_writes_the_files(mixed_run, tmp_path):
     assert "**Overall: INCONCLUSIVE**" in markdown and "- qa: **INCONCLUSIVE**" in markdown
     assert "at least 8% relative" in markdown and "95% confidence interval" in markdown
     assert "|---|---|---|---:|" in markdown  # numbers right-aligned
-    assert "\\<script>" in markdown  # cannot reach a markdown renderer as raw HTML
+    assert "\\<script\\>" in markdown  # cannot reach a markdown renderer as raw HTML
 
     page = paths["html"].read_text()
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -361,7 +361,7 @@ def test_write_report_renders_hostile_names(tmp_path, mixed_run):
     paths = write_report(data, tmp_path)
     page = paths["html"].read_text()
     assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;|y" in page
-    assert "\\<b>x\\</b>\\|y" in paths["md"].read_text()
+    assert "\\<b\\>x\\</b\\>\\|y" in paths["md"].read_text()
 
 
 def test_budget_section_follows_the_recorded_halt_and_raised_limit(mixed_run):

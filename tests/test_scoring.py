@@ -300,7 +300,7 @@ def test_judge_reply_gives_a_score_in_0_1_with_its_reason(reply: str, expected: 
     from shared.scoring.judge import read_judge_reply
 
     result = read_judge_reply(reply)
-    assert result.score == expected and result.detail.startswith("judge genesis-judge-v1: ")
+    assert result.score == expected and result.detail.startswith("judge genesis-judge-v2: ")
     assert "\n" not in result.detail
 
 

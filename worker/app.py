@@ -6,6 +6,7 @@ provider, plus `reports`) with the defaults below; `-Q`, `-c`, `-P`, `-n` work a
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from celery import Celery, signals
@@ -110,3 +111,8 @@ def _prepare_for_queues(sender=None, **_kwargs) -> None:
 import worker.halt  # noqa: E402,F401  (connects the worker_ready handler: a halted budget keeps provider queues idle)
 import worker.completion  # noqa: E402,F401  (connects the task_postrun handler: the last job sends the report)
 import worker.recovery  # noqa: E402,F401  (connects the worker_ready handler: heartbeat and recovery sweep)
+
+if "flower" in sys.argv[1:]:  # `celery -A worker.app flower`: its /metrics behind its auth too
+    from worker.flower import guard_metrics
+
+    guard_metrics()

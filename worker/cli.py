@@ -32,7 +32,16 @@ def main(argv: list[str] | None = None) -> None:
     from celery.bin.base import CLIContext
     from celery.bin.worker import worker as worker_command
 
-    from worker.app import app
+    from shared.config import ConfigError
+
+    try:
+        from worker.app import app  # the settings: a bad number or key is refused here
+        from shared.db import get_engine
+
+        get_engine()  # the database's driver is installed (PostgreSQL: the postgres extra)
+    except ConfigError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
     no_color = os.environ.get("NO_COLOR", "").lower() not in ("", "0", "false") or None
     worker_command.main(args=args, prog_name="worker", auto_envvar_prefix=ENV_PREFIX,

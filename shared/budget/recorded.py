@@ -12,6 +12,7 @@ from sqlmodel import Session, col, select
 
 from shared.config import ConfigError, Settings
 from shared.models import BudgetEvent, CostEntry, Job, JobStatus, Run
+from shared.numbers import is_cost
 
 from shared.budget.money import to_micro
 from shared.budget.pricing import task_worst_case
@@ -52,7 +53,9 @@ def recorded_budget_state(session: Session) -> RecordedBudgetState:
     halted, reason = False, None
     fired: set[str] = set()
     for kind, event_limit, message in events:
-        if kind == "limit":
+        if kind == "limit" and not (is_cost(event_limit) and event_limit > 0):
+            log.warning("budget event: limit %r is not a positive finite amount: skipped", event_limit)
+        elif kind == "limit":
             limit_usd, fired = event_limit, set()
         elif kind in ("halt", "resume"):
             halted = kind == "halt"
@@ -82,9 +85,22 @@ def settled_member(entry_id: int, job_id: int | None, operation: str) -> str:
 def ledger_members(session: Session) -> tuple[int, list[str]]:
     """The settled spend in micro-dollars, summed per entry exactly as the settle script adds
     them, and the member each entry is counted under."""
-    entries = session.exec(select(CostEntry.id, CostEntry.job_id, CostEntry.cost_usd, CostEntry.operation)).all()
+    entries = _sound(session.exec(select(CostEntry.id, CostEntry.job_id, CostEntry.cost_usd, CostEntry.operation)).all())
     spent = sum(to_micro(cost) for _, _, cost, _ in entries)
     return spent, [settled_member(id_, job_id, operation) for id_, job_id, _, operation in entries]
+
+
+def _sound(entries: list) -> list:
+    """Ledger rows (id, job id, cost, ...) whose cost is a finite amount >= 0. The ledger refuses
+    any other since shared.models.LedgerCost, but a row written before that (`budget log --cost
+    inf`) must not stop every rebuild: it is left out, one log line each."""
+    sound = []
+    for entry in entries:
+        if is_cost(entry[2]):
+            sound.append(entry)
+        else:
+            log.warning("ledger entry %s: cost %r is not a finite amount >= 0: left out of the budget", entry[0], entry[2])
+    return sound
 
 
 def running_reservations(session: Session, settings: Settings) -> dict[int, int]:

@@ -2,12 +2,43 @@
 
 from __future__ import annotations
 
+import re
+
 from shared.report.document import document, drilldown_table
 
 
-def md(text: str) -> str:
-    """Keeps table cells in one cell and stops raw HTML (e.g. `<script>`) reaching a renderer."""
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "\\<").replace("\n", " ")
+# Every character with a meaning in CommonMark or GitHub's markdown: links and images ([ ] !),
+# raw HTML and <autolinks> (< >), entities (&), code spans (`), emphasis (* _ ~), headings (#),
+# table cells (|), escapes themselves (\\).
+_SPECIAL = re.compile(r"[\\`*_\[\]<>!|#&~]")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# GitHub links bare URLs (https://..., www....): the escaped ":" or "." keeps them plain text.
+_BARE_LINK = re.compile(r"(?<=[A-Za-z0-9]):(?=//)|(?<=\bwww)\.", re.IGNORECASE)
+# A list item, quote or rule when the text starts a line: "- x", "+ x", "1. x", "1) x", "---", "===".
+_LINE_START = re.compile(r"(\s*\d*)(?:[-+=](?=\s|\Z|[-=])|(?<=\d)[.)](?=\s|\Z))")
+
+
+def md(text: object) -> str:
+    """Text as markdown that shows exactly these characters and does nothing else: the one
+    escaping of the markdown report (report.md, finetuning_quality_report.md), the cost
+    dashboard and `compare`'s table. Model answers, errors and anything else model-derived
+    are hostile text: no link, image, HTML, entity, code span, heading or table cell of theirs
+    survives, and a line break becomes a space (one cell, one line). The cheap tests first: a
+    10,000-job report has tens of thousands of cells."""
+    escaped = str(text)
+    if _SPECIAL.search(escaped) is not None:
+        escaped = "".join("\\" + c if c in _SPECIAL_CHARS else c for c in escaped)
+    if "\n" in escaped or "\r" in escaped:
+        escaped = _LINE_BREAK.sub(" ", escaped)
+    if "//" in escaped or "w." in escaped or "W." in escaped:
+        escaped = _BARE_LINK.sub(lambda found: "\\" + found[0], escaped)
+    if escaped[:1] in _LINE_START_CHARS and (start := _LINE_START.match(escaped)) is not None:
+        escaped = f"{start[1]}\\{escaped[start.end(1):]}"
+    return escaped
+
+
+_LINE_START_CHARS = "-+=0123456789 \t"
+_SPECIAL_CHARS = frozenset("\\`*_[]<>!|#&~")
 
 
 def _table(headers: list[str], rows: list[list[str]], align: str) -> list[str]:
