@@ -9,15 +9,13 @@ import secrets
 import urllib.request
 from dataclasses import dataclass
 
-import redis
 from sqlalchemy import insert
 
-from shared import fleet
 from shared.calls import job_request, request_key
 from shared.config import ConfigError, Settings, get_settings
 from shared.db import session_scope
 from shared.models import Job, JobStatus, Run, RunStatus, utcnow
-from shared.providers import credentials, key_env, queue_for
+from shared.providers import credentials, key_env
 from shared.suite import SUITES_DIR, Suite, load_suite
 
 
@@ -105,8 +103,8 @@ def new_run_id() -> str:
     return utcnow().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
-def record_run(settings: Settings, selection: Selection) -> tuple[str, list[tuple[int, str]]]:
-    """Write the Run and all its Jobs in one transaction; returns (run_id, [(job_id, provider)]).
+def record_run(settings: Settings, selection: Selection) -> tuple[str, list[tuple[int, str, str]]]:
+    """Write the Run and all its Jobs in one transaction; returns (run_id, [(job_id, provider, backend)]).
     The schema must be current (the CLI migrates first)."""
     run_id = new_run_id()
     simulator = simulator_settings({settings.backends[b].provider for b in selection.backends})
@@ -128,10 +126,10 @@ def record_run(settings: Settings, selection: Selection) -> tuple[str, list[tupl
         # well under a second, where ORM objects took seconds.
         table = Job.__table__
         rows = session.connection().execute(
-            insert(table).returning(table.c.id, table.c.provider, sort_by_parameter_order=True),
+            insert(table).returning(table.c.id, table.c.provider, table.c.backend, sort_by_parameter_order=True),
             jobs,
         ).all()
-        return run_id, [(job_id, provider) for job_id, provider in rows]
+        return run_id, [tuple(row) for row in rows]
 
 
 def new_job(settings: Settings, run_id: str, agent: str, task, backend: str, model: str) -> dict:
@@ -156,30 +154,8 @@ def reuse_savings(settings: Settings, selection: Selection) -> dict:
         return estimate_savings(session, settings, selection, simulated=simulated)
 
 
-def enqueue(run_id: str, jobs: list[tuple[int, str]]) -> None:
-    """A run_job message per job on its provider's queue; the last job to finish sends
-    build_report (worker/completion.py), so there is no chord to publish or to count. The one
-    publisher of jobs: submit, `producer resume` and the recovery sweep all come through here.
+def enqueue(run_id: str, jobs: list[tuple[int, str, str | None]]) -> None:
+    """Publish a run's (job_id, provider, backend) jobs (shared.messaging owns how)."""
+    from shared.messaging import publish_jobs
 
-    Messages are built by Celery's own protocol (`as_task_v2`, what `send_task` sends) and
-    published through one kombu producer in pipelined batches of 1,000: `send_task` spends
-    ~0.16 ms of CPU per message on routing, declaring and options, this ~0.05 ms."""
-    from celery.utils import uuid
-
-    from worker.app import app
-    from worker.completion import rearm
-
-    client = redis.Redis.from_url(get_settings().redis_url)
-    rearm(run_id)
-    fleet.mark_run_enqueued(client, run_id)  # first, so no sweep re-enqueues a run being published
-    try:
-        with app.producer_or_acquire() as producer, producer.batch(max_size=1000):
-            for job_id, provider in jobs:
-                task_id = uuid()
-                message = app.amqp.as_task_v2(task_id, "genesis.run_job", args=(job_id,), kwargs={},
-                                              ignore_result=True, argsrepr=f"({job_id},)", kwargsrepr="{}")
-                producer.publish(message.body, exchange="", routing_key=queue_for(provider),
-                                 headers=message.headers, serializer="json", **message.properties)
-    except BaseException:
-        fleet.unmark_run(client, run_id)  # the sweep re-enqueues it once Redis answers
-        raise
+    publish_jobs(run_id, jobs)

@@ -111,16 +111,10 @@ def use_config(monkeypatch, tmp_path: Path, toml_text: str, redis_url: str) -> N
 
 
 def reconnect_app(app, settings) -> None:
-    """Re-point the Celery app at `settings` and drop connections made under earlier ones
-    (tests and benchmarks reconfigure one process several times)."""
-    from worker.app import celery_config
+    """Re-point the Celery app at `settings` (shared.messaging.reconnect; `app` is that one app)."""
+    from shared.messaging import reconnect
 
-    app.conf.update(celery_config(settings))
-    app._pool = None
-    app.amqp._producer_pool = None
-    app._backend_cache = None
-    app._local.__dict__.pop("backend", None)
-    app.__dict__.pop("control", None)
+    reconnect(settings)
 
 
 # How a user starts a worker: the project's `worker` script, or Celery's umbrella CLI.

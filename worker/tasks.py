@@ -39,6 +39,7 @@ from shared.lifecycle import PaidResult
 from shared.suite import load_task, run_suite_folder
 from shared.tokens import estimate_prompt_tokens
 from worker import judge, reuse
+from shared.messaging import BUILD_REPORT, RUN_JOB
 from worker.app import app
 from worker.halt import halt_on_refusal
 
@@ -56,11 +57,9 @@ SUITE_RECHECK_S = 1.0
 
 
 class GenesisTask(Task):
-    """Conventions for every genesis task: acknowledged late, redelivered if the worker dies,
-    retried only through explicit `self.retry` (attempts are counted in SQL, not here)."""
+    """Conventions for every genesis task: retried only through explicit `self.retry` (attempts
+    are counted in SQL, not here). Late acknowledgement is the app's (shared.messaging)."""
 
-    acks_late = True
-    reject_on_worker_lost = True
     max_retries = None
     typing = True
 
@@ -154,7 +153,7 @@ DATABASE_AWAY = (sql_errors.OperationalError, sql_errors.InterfaceError, sql_err
                  sql_errors.DisconnectionError)
 
 
-@genesis_task("genesis.run_job")
+@genesis_task(RUN_JOB)
 def run_job(self: GenesisTask, job_id: int, db_retries: int = 0) -> dict:
     """Never raises for a terminal outcome, so the run always completes (design §1).
     `db_retries` counts only deliveries the database turned away (rate-limit waits and
@@ -331,7 +330,7 @@ def _handle_failure(task: GenesisTask, job: jobs.ClaimedJob, err: ProviderError,
     return "error"
 
 
-@genesis_task("genesis.build_report", queue="reports", autoretry_for=(Exception,), retry_backoff=2,
+@genesis_task(BUILD_REPORT, autoretry_for=(Exception,), retry_backoff=2,
               retry_backoff_max=60, max_retries=8)
 def build_report(self: GenesisTask, results: list | None = None, run_id: str = "") -> str:
     """The run's completion step: reads SQL only (`results` is kept for messages sent by older
