@@ -3,19 +3,17 @@ carries only its job id. `resume` rebuilds the remaining work from SQL alone."""
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import urllib.request
 from dataclasses import dataclass
 
 from sqlalchemy import insert
 
 from shared.calls import job_request, request_key
-from shared.config import ConfigError, Settings, get_settings
+from shared.config import ConfigError, Settings
 from shared.db import session_scope
 from shared.models import Job, JobStatus, Run, RunStatus, utcnow
-from shared.providers import credentials, key_env
+from shared.providers import key_env
 from shared.suite import SUITES_DIR, Suite, load_suite
 
 
@@ -57,7 +55,7 @@ def select_work(
     for backend in chosen_backends:
         if backend not in settings.backends:
             raise ConfigError(f"unknown backend {backend!r} (known: {', '.join(settings.backends)})")
-    needed_keys = {key_env(settings.backends[b].provider) for b in chosen_backends}
+    needed_keys = {key_env(settings.backends[b].provider, settings.backends[b].api_key_env) for b in chosen_backends}
     missing_keys = sorted(var for var in needed_keys if var not in os.environ)
     if check_keys and missing_keys:
         raise ConfigError(
@@ -71,27 +69,10 @@ def select_work(
     for agent in judged:  # the judge backend must exist, be priced and have its key
         provider, model = settings.judge_model(agent)
         settings.price_for(model)
-        if check_keys and key_env(provider) not in os.environ:
-            raise ConfigError(f"missing {key_env(provider)} in the environment for the judge backend "
-                              f"{settings.judge.backend!r}")
+        variable = key_env(provider, settings.backends[settings.judge.backend].api_key_env)
+        if check_keys and variable not in os.environ:
+            raise ConfigError(f"missing {variable} in the environment for the judge backend {settings.judge.backend!r}")
     return Selection(loaded, chosen_agents, chosen_backends, limit)
-
-
-def simulator_settings(providers: set[str]) -> dict | None:
-    """The simulator's knobs when any provider endpoint answers as the genesis simulator
-    (the report must say the numbers came from it, and from which qualities), else None."""
-    for provider in providers:
-        _, base_url = credentials(provider)
-        if not base_url:
-            continue
-        root = base_url.rstrip("/").removesuffix("/v1")
-        try:
-            with urllib.request.urlopen(f"{root}/_sim/config", timeout=2) as response:
-                if response.status == 200:
-                    return json.loads(response.read())
-        except (OSError, ValueError):
-            continue
-    return None
 
 
 def suite_reference(suite: Suite) -> str:
@@ -107,8 +88,7 @@ def record_run(settings: Settings, selection: Selection) -> tuple[str, list[tupl
     """Write the Run and all its Jobs in one transaction; returns (run_id, [(job_id, provider, backend)]).
     The schema must be current (the CLI migrates first)."""
     run_id = new_run_id()
-    simulator = simulator_settings({settings.backends[b].provider for b in selection.backends})
-    config = settings.snapshot() | ({"simulator": simulator} if simulator else {})
+    config = settings.snapshot()
     models = {(b, a): settings.model_for(b, a) for b in selection.backends for a in selection.agents}
     jobs = [
         new_job(settings, run_id, agent, task, backend, models[backend, agent])
@@ -119,7 +99,7 @@ def record_run(settings: Settings, selection: Selection) -> tuple[str, list[tupl
     with session_scope() as session:
         session.add(Run(
             id=run_id, suite=suite_reference(selection.suite), agents=selection.agents, backends=selection.backends,
-            status=RunStatus.queued, simulated=simulator is not None, config=config, total_jobs=len(jobs),
+            status=RunStatus.queued, config=config, total_jobs=len(jobs),
         ))
         session.flush()
         # One multi-row INSERT ... RETURNING per batch (Core, no ORM objects): 10,000 jobs in
@@ -149,9 +129,8 @@ def reuse_savings(settings: Settings, selection: Selection) -> dict:
     """What `--reuse` would save on this selection now (an estimate: earlier answers may age out)."""
     from shared.reuse import estimate_savings
 
-    simulated = simulator_settings({settings.backends[b].provider for b in selection.backends}) is not None
     with session_scope() as session:
-        return estimate_savings(session, settings, selection, simulated=simulated)
+        return estimate_savings(session, settings, selection)
 
 
 def enqueue(run_id: str, jobs: list[tuple[int, str, str | None]]) -> None:

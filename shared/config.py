@@ -260,6 +260,13 @@ class Settings(BaseSettings):
             raise ConfigError(f"model {model!r} has no price: add [pricing.\"{model}\"] to the config")
         return self.pricing[max(matches, key=len)]
 
+    def limit_scope(self, backend: str, provider: str) -> str:
+        """Whose rate limits a backend's calls count against: a backend with its own base_url
+        has its own ([limits."<backend>"], [limits."<backend>:<model>"]; none set: unlimited),
+        the others share their provider's."""
+        config = self.backends.get(backend)
+        return backend if config is not None and config.base_url else provider
+
     def limit_for(self, provider: str, model: str | None = None) -> RateLimit:
         """Per-model override ([limits."mistral:model"]) merged over the provider's limits."""
         base = self.limits.get(provider, RateLimit())

@@ -147,6 +147,7 @@ class PaidResult:
     output_tokens: int
     cost_usd: float
     source: str = "api"  # the ledger's `source`: usage the provider returned, or how it was estimated
+    simulated: bool = False  # the genesis simulator answered (its header)
 
 
 def finish_ok(job: ClaimedJob, result: PaidResult, *, final: bool = True) -> bool:
@@ -166,6 +167,7 @@ def finish_ok(job: ClaimedJob, result: PaidResult, *, final: bool = True) -> boo
                 "score": result.score, "scorer_detail": result.detail, "latency_ms": result.latency_ms,
                 "input_tokens": result.input_tokens, "output_tokens": result.output_tokens,
                 "cost_usd": result.cost_usd, "error_type": None, "error_message": None, "finished_at": now,
+                "simulated": result.simulated,
             })
         return True
     except IntegrityError:
@@ -186,7 +188,7 @@ def finish_reused(job: ClaimedJob, source: Any, *, score: float | None, detail: 
         job.id, status=JobStatus.ok if final else JobStatus.running, output=source.output, score=score,
         scorer_detail=detail, latency_ms=source.latency_ms, input_tokens=source.input_tokens,
         output_tokens=source.output_tokens, cost_usd=0.0, reused_from_job_id=source.job_id,
-        reused_from_run_id=source.run_id, error_type=None, error_message=None,
+        reused_from_run_id=source.run_id, simulated=source.simulated, error_type=None, error_message=None,
         finished_at=utcnow() if final else None,
     )
 

@@ -276,6 +276,15 @@ def producer(*args: str):
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
 
+def serve_http(handler) -> tuple["ThreadingHTTPServer", str]:
+    """An HTTP server on a free local port, served by a daemon thread: (server, its root URL)."""
+    from http.server import ThreadingHTTPServer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
 def wait_until_reported(run_id: str, timeout: float = 120) -> dict:
     """Poll `status` until the run is final and its report is written."""
     from shared.progress import run_snapshot

@@ -208,7 +208,8 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
         return halt_on_refusal(app, svc.budget, job, refused)
     delivery.reserved = True
 
-    permit = _acquire(svc.limiter, job.provider, job.model, est_input + max_tokens)
+    limits = settings.limit_scope(job.backend, job.provider)  # a backend's own endpoint has its own
+    permit = _acquire(svc.limiter, limits, job.model, est_input + max_tokens)
     delivery.permit = permit if isinstance(permit, Permit) else None
     if not isinstance(permit, Permit):
         svc.budget.release(job.id)
@@ -231,7 +232,7 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
     delivery.paid, delivery.paid_usd = response, cost
     status = _record(delivery, response, _score(suite_task, response.text), cost, source,
                      final=suite_task.scorer.local)
-    _best_effort(svc.limiter.observe, job.provider, job.model, response.headers)
+    _best_effort(svc.limiter.observe, limits, job.model, response.headers)
     if status == "ok" and not suite_task.scorer.local:
         return judge.grade(task, job, suite_task, response.text, svc)
     return status
@@ -245,7 +246,8 @@ def _record(delivery: Delivery, response: ChatResponse, scored: ScoreResult, cos
     svc, job = services(), delivery.job
     result = PaidResult(output=response.text, score=scored.score, detail=scored.detail,
                         latency_ms=response.latency_ms, input_tokens=response.input_tokens,
-                        output_tokens=response.output_tokens, cost_usd=cost, source=source)
+                        output_tokens=response.output_tokens, cost_usd=cost, source=source,
+                        simulated=response.simulated)
     try:
         recorded = jobs.finish_ok(job, result, final=final)
     except DATABASE_AWAY as exc:
@@ -315,7 +317,8 @@ def _handle_failure(task: GenesisTask, job: jobs.ClaimedJob, err: ProviderError,
     settings = get_settings()
     retry_after = retry_after_from_headers(err.headers) if err.headers else None
     if err.kind == "rate_limit":
-        services().limiter.block(job.provider, job.model, retry_after or settings.retry.backoff_base_s)
+        services().limiter.block(settings.limit_scope(job.backend, job.provider), job.model,
+                                 retry_after or settings.retry.backoff_base_s)
     counters.count_failure(services().budget.redis, job.provider, err.kind, err.status)
     detail = f"{err.kind}{f' {err.status}' if err.status else ''}: {err}"
     if err.retryable and attempt < settings.retry.max_attempts:
