@@ -138,3 +138,11 @@ def test_submit_sends_nothing_to_any_provider_endpoint(genesis, monkeypatch, sim
         server.shutdown()
     assert Recording.seen == []
     assert simulator.stats()["requests_total"] == 0
+
+
+def test_wait_draws_its_progress_bars_on_stderr_and_keeps_stdout_for_data(genesis, start_worker):
+    start_worker("w1", concurrency=4)
+    result = producer("submit", "--agent", "qa", "--backend", "openai", "--limit", "2", "--wait")
+    assert result.exit_code == 0, result.output
+    assert "ok 2 err 0 halted 0" in result.stderr  # the openai bar, drawn once done
+    assert "halted 0" not in result.stdout and "report:" in result.stdout
