@@ -19,11 +19,13 @@ import time
 from pathlib import Path
 
 from bench.parts import ROOT, peak_rss_mb, running_system
+from shared.messaging import REPORTS_QUEUE
+from shared.providers import PROVIDER_QUEUES
 
 PER_AGENT = 500  # × 5 agents × 4 backends = 10,000 jobs
 BACKENDS = ["openai", "anthropic", "mistral-base", "mistral-ft"]
 WORKERS, CONCURRENCY, LATENCY_MS = 2, 32, 100
-PER_QUEUE = ["openai", "anthropic", "mistral", "reports"]  # the second layout: a worker per queue
+PER_QUEUE = [*PROVIDER_QUEUES, REPORTS_QUEUE]  # the second layout: a worker per queue
 STATUS_EVERY_S = 0.5
 TITLE = (f"10,000 jobs: generated suite ({PER_AGENT} tasks x 5 agents x 4 backends), {WORKERS} workers x "
          f"{CONCURRENCY}, {LATENCY_MS} ms simulator, no rate limits")

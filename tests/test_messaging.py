@@ -185,3 +185,30 @@ def test_mode_defaults_to_realtime_and_accepts_batch(monkeypatch, tmp_path, redi
                redis_url)
     settings = load_settings()
     assert settings.backends["local"].mode == "realtime" and settings.backends["b"].mode == "batch"
+
+
+def test_recovery_and_the_halt_control_are_bootsteps_of_the_app():
+    from worker.app import app
+    from worker.halt import HaltControlStep
+    from worker.recovery import RecoveryStep
+
+    assert RecoveryStep in app.steps["worker"] and HaltControlStep in app.steps["consumer"]
+
+
+def test_the_recovery_threads_stop(monkeypatch, tmp_path, redis_client):
+    """What RecoveryStep.stop does at worker shutdown: both loops end and are joined."""
+    import time
+
+    from shared.config import load_settings
+    from tests.harness import SCRATCH_REDIS_URL, use_config
+    from worker.recovery import Recovery
+
+    use_config(monkeypatch, tmp_path, "", SCRATCH_REDIS_URL)
+    recovery = Recovery("stop-test@host", load_settings())
+    recovery.start()
+    threads = list(recovery.threads)
+    assert [t.name for t in threads] == ["genesis-heartbeat", "genesis-sweep"] and all(t.is_alive() for t in threads)
+    started = time.monotonic()
+    recovery.stop()
+    assert not any(t.is_alive() for t in threads) and time.monotonic() - started < 5
+    assert redis_client.keys("*stop-test@host*")  # it did beat while it ran

@@ -9,18 +9,13 @@ from typing import Callable
 from shared.providers.adapters import TEMPERATURE, ChatRequest, ChatResponse
 from shared.providers.clients import client_for
 from shared.providers.deadline import DeadlineExceeded, within
-from shared.providers.clients import credentials as _credentials
 from shared.providers.errors import RETRYABLE_KINDS, ProviderError, classify, scrub_secrets
 from shared.providers.registry import PROVIDER_NAMES, PROVIDER_QUEUES, PROVIDERS, ProviderSpec, queue_for
 
 __all__ = [
     "PROVIDERS", "PROVIDER_NAMES", "PROVIDER_QUEUES", "RETRYABLE_KINDS", "TEMPERATURE", "ChatRequest", "ChatResponse",
-    "ProviderError", "ProviderSpec", "classify", "complete", "credentials", "key_env", "queue_for", "scrub_secrets",
+    "ProviderError", "ProviderSpec", "classify", "complete", "key_env", "queue_for", "scrub_secrets",
 ]
-
-
-def credentials(provider: str) -> tuple[str | None, str | None]:
-    return _credentials(PROVIDERS[provider])
 
 
 def key_env(provider: str, api_key_env: str | None = None) -> str:
