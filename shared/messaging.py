@@ -55,7 +55,7 @@ def all_queues(settings: Settings) -> tuple[str, ...]:
     return (*job_queues(settings), REPORTS_QUEUE)
 
 
-def queue_provider(settings: Settings, queue: str) -> str | None:
+def queue_provider(queue: str) -> str | None:
     """The provider whose SDK a queue's jobs call (None for `reports`)."""
     for name, spec in PROVIDERS.items():
         if queue == spec.queue or queue.startswith(f"{spec.queue}@"):

@@ -159,7 +159,7 @@ def test_a_backend_with_its_own_endpoint_has_its_own_queue(monkeypatch, tmp_path
     assert job_queues(settings) == ("openai", "anthropic", "mistral", "openai@local")
     assert all_queues(settings)[-1] == "reports"
     assert {q.name for q in celery_config(settings)["task_queues"]} == set(all_queues(settings))
-    assert queue_provider(settings, "openai@local") == "openai" and queue_provider(settings, "reports") is None
+    assert queue_provider("openai@local") == "openai" and queue_provider("reports") is None
 
 
 @pytest.mark.parametrize("table, message", [

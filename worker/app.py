@@ -8,16 +8,13 @@ shared.messaging; `-Q`, `-c`, `-P`, `-n` work as Celery users expect.
 
 from __future__ import annotations
 
-from typing import Any
-
 from celery import signals
 
 from shared.config import get_settings
-from shared.messaging import REPORTS_QUEUE, all_queues, app, celery_config, queue_provider  # noqa: F401  (app: `celery -A worker.app`)
+from shared.messaging import REPORTS_QUEUE, all_queues, app, queue_provider  # noqa: F401  (app: `celery -A worker.app`)
 from shared.providers.clients import prepare as prepare_provider
 from shared.providers.registry import PROVIDERS
 from worker import completion, halt, recovery
-
 
 
 @signals.worker_process_init.connect
@@ -55,7 +52,7 @@ def _prepare_for_queues(sender=None, **_kwargs) -> None:
     `reports` queue the report code (numpy and all, ~20 MB, ~0.3 s). So a `-Q openai` worker
     holds one SDK and no report code. A queue added later (`add_consumer`) pays on first use."""
     consumed = set(sender.app.amqp.queues.consume_from) if sender is not None else set(all_queues(get_settings()))
-    for provider in {queue_provider(get_settings(), queue) for queue in consumed} - {None}:
+    for provider in {queue_provider(queue) for queue in consumed} - {None}:
         prepare_provider(PROVIDERS[provider])
     if REPORTS_QUEUE in consumed:
         import shared.runs  # noqa: F401
