@@ -47,11 +47,11 @@ from sqlalchemy import func  # noqa: E402
 from sqlmodel import select  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
+from shared.providers import PROVIDER_QUEUES  # noqa: E402
 from tests.harness import WorkerProcess, ensure_redis, genesis_env, reconnect_app, wait_for  # noqa: E402
 
 SHAPES = [(1, 8), (3, 8), (3, 16)]
 BACKENDS = ("mistral-base", "mistral-ft")  # 5 agents × 20 tasks × 2 = 200 jobs, all on `mistral`
-PROVIDER_QUEUES = {"openai", "anthropic", "mistral"}
 STOP_MARK = "genesis-bench-budget-stop"
 WIDE_OPEN_LIMITS = {  # the budget, not the rate limiter, must be what stops the run
     "GENESIS_LIMITS__MISTRAL__RPM": "1000000",

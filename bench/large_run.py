@@ -19,11 +19,13 @@ import time
 from pathlib import Path
 
 from bench.parts import ROOT, peak_rss_mb, running_system
+from shared.messaging import REPORTS_QUEUE
+from shared.providers import PROVIDER_QUEUES
 
 PER_AGENT = 500  # × 5 agents × 4 backends = 10,000 jobs
 BACKENDS = ["openai", "anthropic", "mistral-base", "mistral-ft"]
 WORKERS, CONCURRENCY, LATENCY_MS = 2, 32, 100
-PER_QUEUE = ["openai", "anthropic", "mistral", "reports"]  # the second layout: a worker per queue
+PER_QUEUE = [*PROVIDER_QUEUES, REPORTS_QUEUE]  # the second layout: a worker per queue
 STATUS_EVERY_S = 0.5
 TITLE = (f"10,000 jobs: generated suite ({PER_AGENT} tasks x 5 agents x 4 backends), {WORKERS} workers x "
          f"{CONCURRENCY}, {LATENCY_MS} ms simulator, no rate limits")
@@ -60,6 +62,45 @@ def run_large(redis_url: str, timeout: float = 900) -> dict:
     return row
 
 
+def run_submit_only(redis_url: str, repeats: int = 3) -> list[dict]:
+    """Only `submit` of the 10,000 jobs (validate, record, publish), `repeats` times, with no
+    worker consuming: the messages stay in Redis until the db is flushed at the end."""
+    rows = []
+    with running_system("dsubmit", redis_url, latency_ms=LATENCY_MS, sim_rpm=None, limits={}, workers=0,
+                        concurrency=CONCURRENCY) as system:
+        suite = generate_suite(system.tmp / "suite-10k", PER_AGENT)
+        for _ in range(repeats):
+            rows.append(submit_steps(suite))
+    return rows
+
+
+def report_submit_only(rows: list[dict]) -> list[str]:
+    lines = []
+    for row in rows:
+        submit_s = row["record_s"] + row["enqueue_s"]
+        lines.append(f"(d-submit) jobs {row['jobs']}: validate suite {row['validate_s']:.2f} s; record "
+                     f"{row['record_s']:.2f} s + enqueue {row['enqueue_s']:.2f} s = {submit_s:.2f} s  [target ≤ 5 s]")
+    return lines
+
+
+def submit_steps(suite: Path) -> dict:
+    """`producer submit` of the whole suite on every backend, timing each step."""
+    from producer import submit as submitting
+    from shared.config import get_settings
+
+    settings = get_settings()
+    started = time.perf_counter()
+    selection = submitting.select_work(settings, agents=[], all_agents=True, backends=BACKENDS, suite=str(suite),
+                                       limit=None)
+    selected = time.perf_counter()
+    run_id, jobs = submitting.record_run(settings, selection)
+    recorded = time.perf_counter()
+    submitting.enqueue(run_id, jobs)
+    enqueued = time.perf_counter()
+    return {"run_id": run_id, "jobs": len(jobs), "validate_s": selected - started, "record_s": recorded - selected,
+            "enqueue_s": enqueued - recorded}
+
+
 def time_report_build(run_id: str) -> float:
     """Seconds to build and store the run's report from SQL, as `build_report` does (best of 2)."""
     from shared.runs import publish_report
@@ -74,19 +115,10 @@ def time_report_build(run_id: str) -> float:
 
 def submit_and_watch(suite: Path, timeout: float) -> dict:
     """Submit like `producer submit`, timing each step; then poll status until the report exists."""
-    from producer import submit as submitting
     from shared.progress import run_snapshot
-    from shared.config import get_settings
 
-    settings = get_settings()
-    started = time.perf_counter()
-    selection = submitting.select_work(settings, agents=[], all_agents=True, backends=BACKENDS, suite=str(suite),
-                                       limit=None)
-    selected = time.perf_counter()
-    run_id, jobs = submitting.record_run(settings, selection)
-    recorded = time.perf_counter()
-    submitting.enqueue(run_id, jobs)
-    enqueued = time.perf_counter()
+    steps = submit_steps(suite)
+    run_id, jobs, enqueued = steps["run_id"], steps["jobs"], time.perf_counter()
     status_ms: list[float] = []
     cli_ms = None
     final_at = None
@@ -96,7 +128,7 @@ def submit_and_watch(suite: Path, timeout: float) -> dict:
         now = time.perf_counter()
         if snap["active"]:
             status_ms.append((now - before) * 1000)
-        if cli_ms is None and snap["by_status"]["ok"] >= len(jobs) // 2:
+        if cli_ms is None and snap["by_status"]["ok"] >= jobs // 2:
             cli_ms = producer_status_cli_ms(run_id)
         if final_at is None and not snap["active"]:
             final_at = now
@@ -106,8 +138,7 @@ def submit_and_watch(suite: Path, timeout: float) -> dict:
     else:
         raise TimeoutError(f"run {run_id} not reported within {timeout} s")
     return {
-        "run_id": run_id, "jobs": len(jobs), "by_status": snap["by_status"],
-        "validate_s": selected - started, "record_s": recorded - selected, "enqueue_s": enqueued - recorded,
+        **steps, "by_status": snap["by_status"],
         "final_s": final_at - enqueued, "report_s": time.perf_counter() - enqueued,
         "status_ms": status_ms, "cli_status_ms": cli_ms,
     }

@@ -12,6 +12,7 @@
 (d) 10,000 jobs (generated suite): submit time, run completion, `producer status` latency
     during the run, the report's build time from SQL, worker peak RSS at -c 32 with every
     worker on every queue, then again with one worker per queue (bench/large_run.py).
+(d-submit) only the submit of (d)'s 10,000 jobs, three times, no workers (bench/large_run.py).
 
 --profile samples the workers with py-spy during the measured runs (a, b, c) and prints where
 their CPU goes by part (bench/profiling.py).
@@ -233,7 +234,7 @@ def report(sc: Scenario, rows: list[dict]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", choices=["a", "b", "c", "d", "all"], default="all")
+    parser.add_argument("--scenario", choices=["a", "b", "c", "d", "d-submit", "all"], default="all")
     parser.add_argument("--profile", action="store_true",
                         help="sample the workers with py-spy during measured runs and print where their CPU goes")
     parser.add_argument("--redis-url", default=os.environ.get("GENESIS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"))
@@ -243,7 +244,10 @@ def main() -> None:
         parser.exit(2, "error: --profile needs py-spy (pip install -e '.[bench]')\n")
     summary = []
     for key in keys:
-        if key == "d":
+        if key == "d-submit":
+            print(f"== (d-submit) {large_run.TITLE}: submit only", flush=True)
+            lines = large_run.report_submit_only(large_run.run_submit_only(args.redis_url))
+        elif key == "d":
             print(f"== (d) {large_run.TITLE}", flush=True)
             lines = large_run.report(large_run.run_large(args.redis_url))
         else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
@@ -69,17 +70,22 @@ def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(row, default=str) + "\n" for row in rows)
 
 
-_FORMATS: dict[str, Callable[[list[dict]], str]] = {"csv": _csv, "jsonl": _jsonl}
+class ExportFormat(str, Enum):
+    """What `--format` takes; Typer lists the choices in --help and refuses others (exit 2)."""
+
+    csv = "csv"
+    jsonl = "jsonl"
+
+
+_FORMATS: dict[ExportFormat, Callable[[list[dict]], str]] = {ExportFormat.csv: _csv, ExportFormat.jsonl: _jsonl}
 
 
 def export(
     run_id: str,
-    format: Annotated[str, typer.Option("--format", help="csv or jsonl.")] = "csv",
+    format: Annotated[ExportFormat, typer.Option("--format", help="Rows as CSV or as JSON lines.")] = ExportFormat.csv,
     output: Annotated[Optional[Path], typer.Option("--output", help="File to write (default: stdout).")] = None,
 ) -> None:
     """One row per job: agent, task, backend, model, status, score, latency, tokens, cost."""
-    if format not in _FORMATS:
-        raise bad_input(f"--format must be csv or jsonl (got {format!r})")
     if output is not None and not output.parent.is_dir():
         raise bad_input(f"--output: folder {str(output.parent)!r} does not exist")
     try:

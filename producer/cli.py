@@ -8,6 +8,7 @@ report, budget, Redis or Celery code (as a new process: ~1.0 s before, ~0.4 s no
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
@@ -18,6 +19,26 @@ from shared.config import ConfigError
 
 app = typer.Typer(help="genesis-bench producer: benchmark LLM agents across providers.", no_args_is_help=True,
                   cls=OneLineErrors)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            installed = version("genesis-bench")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            installed = "unknown (not installed)"
+        print(f"genesis-bench {installed}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="Print the installed version and exit.")] = False,
+) -> None:
+    """genesis-bench producer: benchmark LLM agents across providers."""
 
 
 def _register_commands() -> None:

@@ -16,8 +16,8 @@ from producer.output import bad_input, err_console
 from shared.config import ConfigError, get_settings, redacted_url
 
 
-# click's UsageError (bad or missing options), whichever click Typer runs on (its own copy from
-# Typer 0.2x, the `click` package before): found from the BadParameter it raises.
+# Click's UsageError (a bad option value, an unknown option), wherever this Typer keeps click:
+# current Typer vendors its own copy (typer._click), older ones use the click package.
 _USAGE_ERROR = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "UsageError")
 
 
@@ -50,8 +50,8 @@ class OneLineErrors(TyperGroup):
             return super().invoke(ctx)
         except ConfigError as exc:
             raise bad_input(str(exc)) from None
-        except _USAGE_ERROR as exc:
-            raise bad_input(exc.format_message()) from None
+        except _USAGE_ERROR as exc:  # a bad option value (e.g. --format xml): one line too
+            raise bad_input(" ".join(exc.format_message().split())) from None
         except Exception as exc:  # noqa: BLE001 - only outages are turned into a line; the rest re-raises
             line = outage_line(exc)
             if line is None:

@@ -3,21 +3,17 @@ carries only its job id. `resume` rebuilds the remaining work from SQL alone."""
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import urllib.request
 from dataclasses import dataclass
 
-import redis
 from sqlalchemy import insert
 
-from shared import fleet
 from shared.calls import job_request, request_key
-from shared.config import ConfigError, Settings, get_settings
+from shared.config import ConfigError, Settings
 from shared.db import session_scope
 from shared.models import Job, JobStatus, Run, RunStatus, utcnow
-from shared.providers import credentials, key_env, queue_for
+from shared.providers import key_env
 from shared.suite import SUITES_DIR, Suite, load_suite
 
 
@@ -59,7 +55,7 @@ def select_work(
     for backend in chosen_backends:
         if backend not in settings.backends:
             raise ConfigError(f"unknown backend {backend!r} (known: {', '.join(settings.backends)})")
-    needed_keys = {key_env(settings.backends[b].provider) for b in chosen_backends}
+    needed_keys = {key_env(settings.backends[b].provider, settings.backends[b].api_key_env) for b in chosen_backends}
     missing_keys = sorted(var for var in needed_keys if var not in os.environ)
     if check_keys and missing_keys:
         raise ConfigError(
@@ -73,27 +69,10 @@ def select_work(
     for agent in judged:  # the judge backend must exist, be priced and have its key
         provider, model = settings.judge_model(agent)
         settings.price_for(model)
-        if check_keys and key_env(provider) not in os.environ:
-            raise ConfigError(f"missing {key_env(provider)} in the environment for the judge backend "
-                              f"{settings.judge.backend!r}")
+        variable = key_env(provider, settings.backends[settings.judge.backend].api_key_env)
+        if check_keys and variable not in os.environ:
+            raise ConfigError(f"missing {variable} in the environment for the judge backend {settings.judge.backend!r}")
     return Selection(loaded, chosen_agents, chosen_backends, limit)
-
-
-def simulator_settings(providers: set[str]) -> dict | None:
-    """The simulator's knobs when any provider endpoint answers as the genesis simulator
-    (the report must say the numbers came from it, and from which qualities), else None."""
-    for provider in providers:
-        _, base_url = credentials(provider)
-        if not base_url:
-            continue
-        root = base_url.rstrip("/").removesuffix("/v1")
-        try:
-            with urllib.request.urlopen(f"{root}/_sim/config", timeout=2) as response:
-                if response.status == 200:
-                    return json.loads(response.read())
-        except (OSError, ValueError):
-            continue
-    return None
 
 
 def suite_reference(suite: Suite) -> str:
@@ -105,12 +84,11 @@ def new_run_id() -> str:
     return utcnow().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
-def record_run(settings: Settings, selection: Selection) -> tuple[str, list[tuple[int, str]]]:
-    """Write the Run and all its Jobs in one transaction; returns (run_id, [(job_id, provider)]).
+def record_run(settings: Settings, selection: Selection) -> tuple[str, list[tuple[int, str, str]]]:
+    """Write the Run and all its Jobs in one transaction; returns (run_id, [(job_id, provider, backend)]).
     The schema must be current (the CLI migrates first)."""
     run_id = new_run_id()
-    simulator = simulator_settings({settings.backends[b].provider for b in selection.backends})
-    config = settings.snapshot() | ({"simulator": simulator} if simulator else {})
+    config = settings.snapshot()
     models = {(b, a): settings.model_for(b, a) for b in selection.backends for a in selection.agents}
     jobs = [
         new_job(settings, run_id, agent, task, backend, models[backend, agent])
@@ -121,17 +99,17 @@ def record_run(settings: Settings, selection: Selection) -> tuple[str, list[tupl
     with session_scope() as session:
         session.add(Run(
             id=run_id, suite=suite_reference(selection.suite), agents=selection.agents, backends=selection.backends,
-            status=RunStatus.queued, simulated=simulator is not None, config=config, total_jobs=len(jobs),
+            status=RunStatus.queued, config=config, total_jobs=len(jobs),
         ))
         session.flush()
         # One multi-row INSERT ... RETURNING per batch (Core, no ORM objects): 10,000 jobs in
         # well under a second, where ORM objects took seconds.
         table = Job.__table__
         rows = session.connection().execute(
-            insert(table).returning(table.c.id, table.c.provider, sort_by_parameter_order=True),
+            insert(table).returning(table.c.id, table.c.provider, table.c.backend, sort_by_parameter_order=True),
             jobs,
         ).all()
-        return run_id, [(job_id, provider) for job_id, provider in rows]
+        return run_id, [tuple(row) for row in rows]
 
 
 def new_job(settings: Settings, run_id: str, agent: str, task, backend: str, model: str) -> dict:
@@ -151,35 +129,12 @@ def reuse_savings(settings: Settings, selection: Selection) -> dict:
     """What `--reuse` would save on this selection now (an estimate: earlier answers may age out)."""
     from shared.reuse import estimate_savings
 
-    simulated = simulator_settings({settings.backends[b].provider for b in selection.backends}) is not None
     with session_scope() as session:
-        return estimate_savings(session, settings, selection, simulated=simulated)
+        return estimate_savings(session, settings, selection)
 
 
-def enqueue(run_id: str, jobs: list[tuple[int, str]]) -> None:
-    """A run_job message per job on its provider's queue; the last job to finish sends
-    build_report (worker/completion.py), so there is no chord to publish or to count. The one
-    publisher of jobs: submit, `producer resume` and the recovery sweep all come through here.
+def enqueue(run_id: str, jobs: list[tuple[int, str, str | None]]) -> None:
+    """Publish a run's (job_id, provider, backend) jobs (shared.messaging owns how)."""
+    from shared.messaging import publish_jobs
 
-    Messages are built by Celery's own protocol (`as_task_v2`, what `send_task` sends) and
-    published through one kombu producer in pipelined batches of 1,000: `send_task` spends
-    ~0.16 ms of CPU per message on routing, declaring and options, this ~0.05 ms."""
-    from celery.utils import uuid
-
-    from worker.app import app
-    from worker.completion import rearm
-
-    client = redis.Redis.from_url(get_settings().redis_url)
-    rearm(run_id)
-    fleet.mark_run_enqueued(client, run_id)  # first, so no sweep re-enqueues a run being published
-    try:
-        with app.producer_or_acquire() as producer, producer.batch(max_size=1000):
-            for job_id, provider in jobs:
-                task_id = uuid()
-                message = app.amqp.as_task_v2(task_id, "genesis.run_job", args=(job_id,), kwargs={},
-                                              ignore_result=True, argsrepr=f"({job_id},)", kwargsrepr="{}")
-                producer.publish(message.body, exchange="", routing_key=queue_for(provider),
-                                 headers=message.headers, serializer="json", **message.properties)
-    except BaseException:
-        fleet.unmark_run(client, run_id)  # the sweep re-enqueues it once Redis answers
-        raise
+    publish_jobs(run_id, jobs)

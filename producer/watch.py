@@ -22,10 +22,11 @@ from shared.report import fetch_report
 
 
 def wait_for_report(run_id: str, *, quiet: bool) -> dict[str, Any]:
-    """Progress bars from SQL until the run is final and its report is written (or it halts)."""
+    """Progress bars from SQL until the run is final and its report is written (or it halts).
+    The bars and notes go to stderr: stdout is for data (`--json`, pipes)."""
     progress = Progress(
         TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console, disable=quiet,
+        TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=err_console, disable=quiet,
     )
     bars: dict[str, int] = {}
     watch = StallWatch(run_id, get_settings())

@@ -17,9 +17,11 @@ REQUEST_KEY_VERSION = 1
 
 def job_request(settings: Settings, backend: str, model: str, task: Any) -> ChatRequest:
     """The chat request of one (backend, suite task) with the model the job was recorded with."""
+    config = settings.backends[backend]
     return ChatRequest(
         model=model, prompt=task.prompt, system=task.system,
         max_tokens=max_output_tokens(settings, backend, task.max_tokens), timeout_s=settings.retry.call_timeout_s,
+        base_url=config.base_url, key_env=config.api_key_env,
     )
 
 
@@ -28,9 +30,11 @@ def judge_request(settings: Settings, agent: str, task: Any, answer: str) -> tup
     from shared.scoring.judge import JUDGE_SYSTEM
 
     provider, model = settings.judge_model(agent)
+    config = settings.backends[settings.judge.backend]
     return provider, ChatRequest(
         model=model, prompt=task.scorer.prompt(task.prompt, answer), system=JUDGE_SYSTEM,
         max_tokens=settings.judge.max_tokens, timeout_s=settings.retry.call_timeout_s,
+        base_url=config.base_url, key_env=config.api_key_env,
     )
 
 
@@ -55,9 +59,13 @@ def judge_worst_case(settings: Settings, selection: Any) -> dict[str, Any]:
 
 def request_key(provider: str, request: ChatRequest) -> str:
     """A hash of everything that changes the answer (the timeout does not): equal keys mean the
-    provider would receive the same request, so at temperature 0 it gives (nearly) the same answer."""
+    provider would receive the same request, so at temperature 0 it gives (nearly) the same answer.
+    A backend's own endpoint is part of it (a local server's model is not the hosted one, even
+    under the same name); the provider's default endpoint is not, so older keys still match."""
     fields = {
         "v": REQUEST_KEY_VERSION, "provider": provider, "model": request.model, "system": request.system,
         "prompt": request.prompt, "max_tokens": request.max_tokens, "temperature": TEMPERATURE,
     }
+    if request.base_url:
+        fields["endpoint"] = request.base_url
     return hashlib.sha256(json.dumps(fields, sort_keys=True, ensure_ascii=False).encode()).hexdigest()

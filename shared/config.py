@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import tomllib
 from functools import lru_cache
 from pathlib import Path
@@ -56,11 +57,21 @@ class BackendConfig(Strict):
     model_id_file: str | None = None
     max_tokens: int | None = None  # caps every task's own max_tokens when set
     enabled: bool = True
+    # Its own endpoint (a local OpenAI-compatible server, a gateway), in the form the provider's
+    # SDK takes; else the provider's *_BASE_URL, else the provider's own. With one, the backend
+    # gets its own queue and rate limits ([limits."<backend>"]): a local server's are not OpenAI's.
+    base_url: str | None = None
+    api_key_env: str | None = None  # the variable holding its key (else the provider's); never the key
+    mode: Literal["realtime", "batch"] = "realtime"  # design §11
 
     @model_validator(mode="after")
     def _has_a_model_source(self) -> "BackendConfig":
         if not (self.model or self.models or self.model_id_file):
             raise ValueError("needs one of model, models or model_id_file")
+        if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https:// (got {self.base_url!r})")
+        if self.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
+            raise ValueError(f"api_key_env must name an environment variable (got {self.api_key_env!r})")
         if self.role == "candidate" and not self.baseline:
             raise ValueError("a candidate needs `baseline = \"<backend name>\"`")
         return self
@@ -182,6 +193,9 @@ class Settings(BaseSettings):
         for name, b in backends.items():
             if b.baseline and b.baseline not in backends:
                 raise ValueError(f"backend {name!r}: baseline {b.baseline!r} is not a backend")
+            if b.base_url and (name in PROVIDER_NAMES or ":" in name):
+                raise ValueError(f"backend {name!r} has its own base_url, so its limits are [limits.\"{name}\"]: "
+                                 "give it a name that is not a provider's and has no ':'")
         return backends
 
     @classmethod
@@ -245,6 +259,13 @@ class Settings(BaseSettings):
         if not matches:
             raise ConfigError(f"model {model!r} has no price: add [pricing.\"{model}\"] to the config")
         return self.pricing[max(matches, key=len)]
+
+    def limit_scope(self, backend: str, provider: str) -> str:
+        """Whose rate limits a backend's calls count against: a backend with its own base_url
+        has its own ([limits."<backend>"], [limits."<backend>:<model>"]; none set: unlimited),
+        the others share their provider's."""
+        config = self.backends.get(backend)
+        return backend if config is not None and config.base_url else provider
 
     def limit_for(self, provider: str, model: str | None = None) -> RateLimit:
         """Per-model override ([limits."mistral:model"]) merged over the provider's limits."""

@@ -147,6 +147,7 @@ class PaidResult:
     output_tokens: int
     cost_usd: float
     source: str = "api"  # the ledger's `source`: usage the provider returned, or how it was estimated
+    simulated: bool = False  # the genesis simulator answered (its header)
 
 
 def finish_ok(job: ClaimedJob, result: PaidResult, *, final: bool = True) -> bool:
@@ -166,6 +167,7 @@ def finish_ok(job: ClaimedJob, result: PaidResult, *, final: bool = True) -> boo
                 "score": result.score, "scorer_detail": result.detail, "latency_ms": result.latency_ms,
                 "input_tokens": result.input_tokens, "output_tokens": result.output_tokens,
                 "cost_usd": result.cost_usd, "error_type": None, "error_message": None, "finished_at": now,
+                "simulated": result.simulated,
             })
         return True
     except IntegrityError:
@@ -186,7 +188,7 @@ def finish_reused(job: ClaimedJob, source: Any, *, score: float | None, detail: 
         job.id, status=JobStatus.ok if final else JobStatus.running, output=source.output, score=score,
         scorer_detail=detail, latency_ms=source.latency_ms, input_tokens=source.input_tokens,
         output_tokens=source.output_tokens, cost_usd=0.0, reused_from_job_id=source.job_id,
-        reused_from_run_id=source.run_id, error_type=None, error_message=None,
+        reused_from_run_id=source.run_id, simulated=source.simulated, error_type=None, error_message=None,
         finished_at=utcnow() if final else None,
     )
 
@@ -218,35 +220,38 @@ def running_workers() -> set[str]:
     return {w for w in rows if w}
 
 
-def requeue_lost(now: datetime, lease_s: float, dead_workers: set[str], keep: set[int]) -> list[tuple[str, int, str]]:
+def requeue_lost(now: datetime, lease_s: float, dead_workers: set[str],
+                 keep: set[int]) -> list[tuple[str, int, str, str]]:
     """Running jobs whose runner is gone (its node's heartbeat stopped) or whose lease passed go
     back to `queued`; `keep` (jobs whose paid answer waits in the journal) stay. Returns
-    (run_id, job_id, provider) of every job handed back."""
+    (run_id, job_id, provider, backend) of every job handed back."""
     lost = stale_running(now, lease_s)
     if dead_workers:
         lost = lost | ((Job.status == JobStatus.running) & col(Job.worker).in_(sorted(dead_workers)))
     with session_scope() as session:
         rows = session.exec(
-            select(Job.run_id, Job.id, Job.provider).where(lost, Job.run_id.in_(_in_flight_run_ids()))
+            select(Job.run_id, Job.id, Job.provider, Job.backend).where(lost, Job.run_id.in_(_in_flight_run_ids()))
         ).all()
         handed_back = []
-        for run_id, job_id, provider in rows:
+        for run_id, job_id, provider, backend in rows:
             if job_id in keep:
                 continue
             changed = session.execute(
                 update(Job).where(Job.id == job_id).where(lost).values(status=JobStatus.queued)
             ).rowcount
             if changed:
-                handed_back.append((run_id, job_id, provider))
+                handed_back.append((run_id, job_id, provider, backend))
         return handed_back
 
 
-def queued_jobs(run_id: str) -> list[tuple[int, str]]:
+def queued_jobs(run_id: str) -> list[tuple[int, str, str]]:
+    """(job_id, provider, backend) of the run's queued jobs: what shared.messaging.publish_jobs takes."""
     with session_scope() as session:
         rows = session.exec(
-            select(Job.id, Job.provider).where(Job.run_id == run_id, Job.status == JobStatus.queued).order_by(Job.id)
+            select(Job.id, Job.provider, Job.backend)
+            .where(Job.run_id == run_id, Job.status == JobStatus.queued).order_by(Job.id)
         ).all()
-    return [(job_id, provider) for job_id, provider in rows]
+    return [tuple(row) for row in rows]
 
 
 # --- runs -------------------------------------------------------------------------------------
@@ -330,7 +335,7 @@ def cancel_run(run_id: str) -> None:
             raise RunAlreadyFinal(run.status)
 
 
-def reopen_run(run_id: str, now: datetime, lease_s: float) -> list[tuple[int, str]]:
+def reopen_run(run_id: str, now: datetime, lease_s: float) -> list[tuple[int, str, str]]:
     """`producer resume`: every job without a final result (halted, error, or running past its
     lease) goes back to `queued`; returns the jobs to enqueue. A job that is `ok` is never touched."""
     with session_scope() as session:
@@ -343,10 +348,10 @@ def reopen_run(run_id: str, now: datetime, lease_s: float) -> list[tuple[int, st
             .values(status=JobStatus.queued, attempts=0, error_type=None, error_message=None, finished_at=None)
         )
         pending = session.exec(
-            select(Job.id, Job.provider)
+            select(Job.id, Job.provider, Job.backend)
             .where(Job.run_id == run_id, col(Job.status).in_(UNFINISHED_JOBS))
             .order_by(Job.id)
         ).all()
         if pending:
             session.execute(update(Run).where(Run.id == run_id).values(status=RunStatus.queued, finished_at=None))
-        return [(job_id, provider) for job_id, provider in pending]
+        return [tuple(row) for row in pending]

@@ -90,6 +90,9 @@ class Job(SQLModel, table=True):
     # Set when the answer was taken from an earlier paid job (submit --reuse): no call, $0.
     reused_from_job_id: int | None = None
     reused_from_run_id: str | None = Field(default=None, max_length=32)
+    # Whether the answer came from the genesis simulator (its response header said so), recorded
+    # with the answer (None: no answer yet). The report's banner and reuse read it, answer by answer.
+    simulated: bool | None = None
 
 
 class LedgerCost(TypeDecorator):

@@ -20,4 +20,5 @@ def publish_report(run_id: str, *, partial: bool = False) -> PublishedReport:
     with session_scope() as session:
         run = session.get(Run, run_id)
         run.report_path = str(published.paths["md"])
+        run.simulated = bool(published.data["simulated"])  # any answer was (what `producer runs` shows)
     return published

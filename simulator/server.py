@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from shared.providers.adapters import SIMULATOR_HEADER
 from simulator.answers import Oracle
 from simulator.config import SimulatorConfig, one_line
 from simulator.ratelimit import Admission, RateLimiter
@@ -262,6 +263,7 @@ class SimulatorHandler(BaseHTTPRequestHandler):
             self.send_response(status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
+            self.send_header(SIMULATOR_HEADER, "genesis-bench")  # what marks a job's answer as simulated
             for name, value in headers.items():
                 self.send_header(name, value)
             self.end_headers()

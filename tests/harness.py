@@ -111,16 +111,10 @@ def use_config(monkeypatch, tmp_path: Path, toml_text: str, redis_url: str) -> N
 
 
 def reconnect_app(app, settings) -> None:
-    """Re-point the Celery app at `settings` and drop connections made under earlier ones
-    (tests and benchmarks reconfigure one process several times)."""
-    from worker.app import celery_config
+    """Re-point the Celery app at `settings` (shared.messaging.reconnect; `app` is that one app)."""
+    from shared.messaging import reconnect
 
-    app.conf.update(celery_config(settings))
-    app._pool = None
-    app.amqp._producer_pool = None
-    app._backend_cache = None
-    app._local.__dict__.pop("backend", None)
-    app.__dict__.pop("control", None)
+    reconnect(settings)
 
 
 # How a user starts a worker: the project's `worker` script, or Celery's umbrella CLI.
@@ -280,6 +274,15 @@ def producer(*args: str):
     from producer.cli import app
 
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def serve_http(handler) -> tuple["ThreadingHTTPServer", str]:
+    """An HTTP server on a free local port, served by a daemon thread: (server, its root URL)."""
+    from http.server import ThreadingHTTPServer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def wait_until_reported(run_id: str, timeout: float = 120) -> dict:

@@ -4,12 +4,12 @@ OpenAI-compatible server), not only our simulator, and is then not reported as s
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from tests.harness import serve_http
 from tests.test_pipeline import producer, wait_until_reported
 
 pytestmark = pytest.mark.integration
@@ -49,9 +49,8 @@ class OpenAICompatible(BaseHTTPRequestHandler):
 
 
 def test_a_run_against_another_openai_compatible_server(genesis, start_worker, monkeypatch):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), OpenAICompatible)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server, root = serve_http(OpenAICompatible)
+    base_url = f"{root}/v1"
     genesis["OPENAI_BASE_URL"] = base_url  # the workers' environment
     monkeypatch.setenv("OPENAI_BASE_URL", base_url)  # the producer's
     try:

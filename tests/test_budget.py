@@ -33,11 +33,13 @@ from shared.budget import (
     worst_case_cost,
 )
 from shared.config import PROVIDERS, ConfigError, get_settings, load_settings
+from shared.messaging import REPORTS_QUEUE
+from shared.providers import PROVIDER_QUEUES
 from shared.db import migrate, session_scope
 from shared.models import BudgetEvent, CostEntry, Job, Run, RunStatus
 from shared.tokens import estimate_prompt_tokens
 from tests.harness import use_config
-import worker.halt  # noqa: F401,E402  (connects the worker_ready halt handler for halt_test_app)
+from worker.halt import HaltControlStep  # noqa: E402  (registered on halt_test_app below)
 
 from tests.harness import SCRATCH_REDIS_URL as REDIS_URL  # noqa: E402
 CAP_MICRO = 830_000  # limit $1.00 × emergency 0.83
@@ -573,13 +575,14 @@ def test_estimate_refuses_an_unpriced_model(settings):
 
 # --- the Celery side of a halt ------------------------------------------------------------------
 
-ALL_QUEUES = (*PROVIDERS, "reports")
+ALL_QUEUES = (*PROVIDER_QUEUES, REPORTS_QUEUE)
 
 
 def make_celery_app() -> Celery:
     app = Celery("budget-halt-test", broker=REDIS_URL, backend=REDIS_URL)
     app.conf.task_queues = [Queue(name) for name in ALL_QUEUES]
     app.conf.worker_hijack_root_logger = False
+    app.steps["consumer"].add(HaltControlStep)
     return app
 
 

@@ -14,13 +14,15 @@ import redis
 from sqlalchemy import func
 from sqlmodel import select
 
+from shared.messaging import REPORTS_QUEUE
+from shared.providers import PROVIDER_QUEUES as _PROVIDER_QUEUES
 from tests.harness import ROOT, wait_for
 from tests.test_pipeline import producer
 
 pytestmark = pytest.mark.integration
 
-QUEUES = ("openai", "anthropic", "mistral", "reports")
-PROVIDER_QUEUES = {"openai", "anthropic", "mistral"}
+PROVIDER_QUEUES = set(_PROVIDER_QUEUES)
+QUEUES = (*_PROVIDER_QUEUES, REPORTS_QUEUE)
 BACKENDS = ("mistral-base", "mistral-ft")  # 5 agents × 20 tasks × 2 backends = 200 jobs on `mistral`
 CALLS_COVERED = 30
 SHAPES = {8: (1, 8), 24: (3, 8), 48: (3, 16)}  # calls in flight: (workers, threads each)

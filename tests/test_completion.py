@@ -14,8 +14,8 @@ def test_report_is_requested_once_when_the_last_job_is_final(genesis, redis_url)
     from shared.config import get_settings
     from shared import lifecycle as jobs
     from shared.models import utcnow
+    from shared.messaging import request_report
     from worker import completion
-    from worker.app import app
 
     settings = get_settings()
     selection = submit.select_work(settings, agents=["qa"], all_agents=False, backends=["openai"], suite=None, limit=3)
@@ -25,7 +25,7 @@ def test_report_is_requested_once_when_the_last_job_is_final(genesis, redis_url)
     assert client.llen("openai") == 3  # one message per job, nothing for the report yet
     assert client.llen("reports") == 0
 
-    *first, last = [job_id for job_id, _ in queued]
+    *first, last = [job_id for job_id, *_ in queued]
     for job_id in first:
         assert jobs.claim(job_id, "test", utcnow(), 300)[0] == jobs.Claim.TAKEN
         jobs.finish_error(job_id, "Boom", "failed for good")
@@ -35,19 +35,19 @@ def test_report_is_requested_once_when_the_last_job_is_final(genesis, redis_url)
     jobs.finish_error(last, "Boom", "failed for good")
     assert completion.finished_run(last) == run_id
 
-    assert completion.send_report_once(app, run_id)
-    assert not completion.send_report_once(app, run_id)  # a duplicate delivery of the last job
+    assert request_report(run_id)
+    assert not request_report(run_id)  # a duplicate delivery of the last job
     assert client.llen("reports") == 1
     message = json.loads(client.lindex("reports", 0))
     assert message["headers"]["task"] == "genesis.build_report"
 
     submit.enqueue(run_id, [])  # what `producer resume` does before re-sending jobs
-    assert completion.send_report_once(app, run_id)
+    assert request_report(run_id)
     assert client.llen("reports") == 2
 
 
 def test_enqueued_messages_are_what_the_worker_runs(genesis, redis_url):
-    """The pipelined publish carries Celery's own message: task name, the job id as the only
+    """The pipelined publish (send_task) carries Celery's own message: task name, the job id as the only
     argument, no result expected."""
     from producer import submit
     from shared.config import get_settings
@@ -66,4 +66,4 @@ def test_enqueued_messages_are_what_the_worker_runs(genesis, redis_url):
             assert message["headers"]["ignore_result"] is True
             assert message["properties"]["delivery_info"]["routing_key"] == queue
             sent[int(message["headers"]["argsrepr"].strip("(,)"))] = queue
-    assert sent == dict(queued)
+    assert sent == {job_id: provider for job_id, provider, _ in queued}

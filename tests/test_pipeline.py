@@ -46,7 +46,9 @@ def test_all_agents_run_completes_with_a_report_consistent_with_sql(start_worker
 
     report = json.loads((Path(snap["report"]).parent / "report.json").read_text())
     assert report["run_id"] == submitted["run_id"] and report["simulated"] is True and report["complete"] is True
-    assert any("ft:* 0.85" in w for w in report["warnings"])  # what set the simulated numbers
+    # every answer said it came from the simulator (its header), recorded job by job
+    assert report["simulated_answers"] == 60 and all(j.simulated for j in jobs)
+    assert any(w.startswith("Simulated answers: 60 of 60") for w in report["warnings"])
     assert {c["agent"] for c in report["comparisons"]} >= {"qa", "content", "legal", "support", "analyst"}
     assert report["decision"]["overall"] in ("GO", "NO-GO", "INCONCLUSIVE")
     by_key = {(b["agent"], b["backend"]): b for b in report["backends"]}

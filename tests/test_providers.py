@@ -57,7 +57,8 @@ def test_config_queues_and_key_checks_derive_from_the_provider_registry() -> Non
 
     from shared.config import Provider
     from shared.providers import PROVIDERS, key_env, queue_for
-    from worker.app import PROVIDER_QUEUES, app
+    from shared.messaging import app
+    from shared.providers import PROVIDER_QUEUES
 
     assert set(get_args(Provider)) == set(PROVIDERS) == {"openai", "anthropic", "mistral"}
     assert set(PROVIDER_QUEUES) == {queue_for(name) for name in PROVIDERS}

@@ -12,27 +12,16 @@ everything all end the same way: the report is built when the last job finishes.
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
 
-import redis
-from celery import signals
 from sqlalchemy import bindparam, exists, select
 
-from shared.config import get_settings
 from shared.db import get_engine
+from shared.messaging import RUN_JOB, request_report
 from shared.models import Job, JobStatus
 
 log = logging.getLogger("genesis.worker")
 
-RUN_JOB = "genesis.run_job"
-BUILD_REPORT = "genesis.build_report"
 ACTIVE = (JobStatus.queued, JobStatus.running)
-MARKER_TTL_S = 7 * 24 * 3600
-
-
-def report_marker(run_id: str) -> str:
-    """Set by the one delivery that sends the run's report; cleared by every (re-)enqueue."""
-    return f"genesis:run:{run_id}:report-sent"
 
 
 _JOBS = Job.__table__
@@ -50,37 +39,14 @@ def finished_run(job_id: int) -> str | None:
         return conn.execute(_FINISHED_RUN, {"job_id": job_id}).scalar()
 
 
-@lru_cache(maxsize=4)
-def _redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
-
-
-def rearm(run_id: str) -> None:
-    """Before (re-)enqueueing a run's jobs: its next completion sends a report again."""
-    _redis(get_settings().redis_url).delete(report_marker(run_id))
-
-
-def send_report_once(app, run_id: str) -> bool:
-    """True for the one caller that sent the report of this enqueue of the run."""
-    client = _redis(get_settings().redis_url)
-    marker = report_marker(run_id)
-    if not client.set(marker, "1", nx=True, ex=MARKER_TTL_S):
-        return False
-    try:
-        app.send_task(BUILD_REPORT, args=(None,), kwargs={"run_id": run_id}, queue="reports", ignore_result=True)
-    except Exception:
-        client.delete(marker)  # not sent: the next final delivery (or `resume`) tries again
-        raise
-    return True
-
-
-@signals.task_postrun.connect
-def _after_run_job(sender=None, args=None, state=None, **_kwargs) -> None:
+def after_run_job(sender=None, args=None, state=None, **_kwargs) -> None:
+    """task_postrun handler (connected by worker/app.py): after a run_job delivery that did not
+    schedule a retry, the run's report is requested if no job of it is left queued or running."""
     if sender is None or sender.name != RUN_JOB or state == "RETRY" or not args:
         return
     try:
         run_id = finished_run(int(args[0]))
-        if run_id is not None and send_report_once(sender.app, run_id):
+        if run_id is not None and request_report(run_id):
             log.info("run %s: last job final, report requested", run_id)
     except Exception:  # noqa: BLE001 - `producer report` / `resume` can still finish the run
         log.exception("job %s: completion check failed", args[0])

@@ -1,8 +1,9 @@
 """The Celery side of a budget halt: workers stop taking paid work, queued jobs stay queued.
 
-Only the provider queues are stopped; `reports` keeps running so completion steps still build
-the report of what finished. The queues are named after the providers (worker.app declares
-them the same way; importing it here would be circular, since worker.app imports this module).
+Only the queues of paid work are stopped (shared.messaging.job_queues: one per provider, one per
+backend with its own endpoint); `reports` keeps running so completion steps still build the
+report of what finished. HaltControlStep, a consumer bootstep registered by worker/app.py,
+keeps a worker started during a halt off those queues.
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ import logging
 from typing import Any
 
 import redis
-from celery import Celery
-from celery.signals import worker_ready
+from celery import Celery, bootsteps
 from celery.worker.control import control_command
 
 from shared import lifecycle
 from shared.budget import BudgetGuard
 from shared.config import get_settings
-from shared.providers.registry import PROVIDER_QUEUES
+from shared.messaging import job_queues
 
 log = logging.getLogger("genesis.halt")
 
@@ -41,7 +41,7 @@ def halt_on_refusal(app: Celery, budget: BudgetGuard, job: Any, refused: Excepti
 
 def stop_provider_consumers(app: Celery) -> None:
     """Every worker, on every host, cancels its provider consumers (a broadcast)."""
-    for queue in PROVIDER_QUEUES:
+    for queue in job_queues(get_settings()):
         app.control.cancel_consumer(queue)
 
 
@@ -58,11 +58,25 @@ def genesis_restore_provider_queues(state: Any, **_: Any) -> dict:
     return {"ok": f"consuming {', '.join(_own_provider_queues) or 'no provider queue'}"}
 
 
-@worker_ready.connect
-def keep_provider_queues_stopped_while_halted(sender: Any, **_: Any) -> None:
-    """Remembers this worker's provider queues (for a restore); a worker started during a halt
-    must not consume paid work either. `sender` is its consumer."""
-    _own_provider_queues[:] = [q.name for q in sender.task_consumer.queues if q.name in PROVIDER_QUEUES]
+class HaltControlStep(bootsteps.StartStopStep):
+    """Starts once the consumer has its task queues (and again after a reconnection)."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def start(self, parent: Any) -> None:
+        keep_provider_queues_stopped_while_halted(parent)
+
+    def stop(self, parent: Any) -> None:
+        """Nothing runs between start and stop: the queues a halt cancelled stay as they are."""
+
+
+def keep_provider_queues_stopped_while_halted(sender: Any) -> None:
+    """Remembers this worker's provider queues (for a restore: on the first start only, as a
+    halt may have cancelled some since); a worker started during a halt must not consume paid
+    work either. `sender` is its consumer."""
+    paid = set(job_queues(get_settings()))
+    if not _own_provider_queues:
+        _own_provider_queues[:] = [q.name for q in sender.task_consumer.queues if q.name in paid]
     settings = get_settings()
     try:
         halted = BudgetGuard(redis.Redis.from_url(settings.redis_url), settings).is_halted()

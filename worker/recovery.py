@@ -11,9 +11,10 @@ takes its turn at a periodic sweep (one sweeper per interval across the fleet) t
 5. reconciles the budget's reservations with SQL (a dead worker's reservation is released, or
    settled from the ledger when its answer was recorded).
 
-Re-publishing goes through the producer's `enqueue`, exactly as `producer resume` does. Every
-SQL change is a conditional UPDATE in shared.lifecycle, so overlapping sweeps, workers and
-producers agree.
+Re-publishing goes through shared.messaging.publish_jobs, exactly as `producer resume` does.
+Every SQL change is a conditional UPDATE in shared.lifecycle, so overlapping sweeps, workers and
+producers agree. The threads are a worker bootstep (RecoveryStep): started and stopped with the
+worker.
 """
 
 from __future__ import annotations
@@ -24,20 +25,17 @@ from collections import defaultdict
 from typing import Any
 
 import redis
-from celery.signals import worker_ready
+from celery import bootsteps
 
 from shared import fleet, journal, lifecycle
 from shared.config import Settings, get_settings
-from shared.providers import PROVIDER_QUEUES
-
-ALL_QUEUES = (*PROVIDER_QUEUES, "reports")  # as worker.app declares them (importing it here is circular)
+from shared.messaging import all_queues, publish_jobs
 
 log = logging.getLogger("genesis.recovery")
 
 
 def sweep(client: redis.Redis, settings: Settings) -> dict[str, int]:
     """One pass; returns what it did (for logs and tests)."""
-    from producer.submit import enqueue
     from shared.budget import BudgetGuard
 
     grace_s = 2 * settings.recovery.heartbeat_interval_s
@@ -51,7 +49,7 @@ def sweep(client: redis.Redis, settings: Settings) -> dict[str, int]:
         done["runs_reenqueued"] = done.get("runs_reenqueued", 0) + 1
     for run_id, jobs in by_run.items():
         if jobs:
-            enqueue(run_id, jobs)
+            publish_jobs(run_id, jobs)
     fleet.drop_nodes(client, dead)  # handled: their messages are published again
     done["reported"] = _report_finished_runs(client, set(by_run), grace_s)
     reconciled = budget.reconcile()
@@ -60,7 +58,7 @@ def sweep(client: redis.Redis, settings: Settings) -> dict[str, int]:
 
 
 def _jobs_of_dead_runners(client: redis.Redis, settings: Settings,
-                          grace_s: float) -> tuple[set[str], dict[str, list[tuple[int, str]]]]:
+                          grace_s: float) -> tuple[set[str], dict[str, list[tuple[int, str, str]]]]:
     """Nodes without a heartbeat, and the running jobs handed back because their node is dead or
     their lease passed (journaled ones stay)."""
     now = fleet.redis_now(client)
@@ -68,9 +66,9 @@ def _jobs_of_dead_runners(client: redis.Redis, settings: Settings,
     lost = lifecycle.requeue_lost(now, lifecycle.lease_seconds(settings), dead, journal.pending_job_ids(client))
     if dead:
         log.warning("nodes without a heartbeat: %s; %d of their jobs handed back", ", ".join(sorted(dead)), len(lost))
-    by_run: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for run_id, job_id, provider in lost:
-        by_run[run_id].append((job_id, provider))
+    by_run: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
+    for run_id, job_id, provider, backend in lost:
+        by_run[run_id].append((job_id, provider, backend))
     return dead, by_run
 
 
@@ -85,7 +83,7 @@ def _runs_without_messages(client: redis.Redis, grace_s: float, dead: set[str]) 
     if dead:
         for run_id in in_flight - set(lost):
             lost[run_id] = f"may have had messages on {', '.join(sorted(dead))}"
-    empty = {"broker"} if fleet.broker_holds_nothing(client, ALL_QUEUES) else set()
+    empty = {"broker"} if fleet.broker_holds_nothing(client, all_queues(get_settings())) else set()
     if fleet.lasting(client, "idle", empty, grace_s):
         for run_id in in_flight - set(lost):
             if lifecycle.queued_jobs(run_id):
@@ -109,21 +107,26 @@ def _report_finished_runs(client: redis.Redis, busy: set[str], grace_s: float) -
 
 
 class Recovery:
-    """The heartbeat and sweep threads of one worker process (daemon threads: they die with it)."""
+    """The heartbeat and sweep threads of one worker process, stopped (and joined) by stop()."""
 
     def __init__(self, hostname: str, settings: Settings | None = None) -> None:
         self.hostname = hostname
         self.settings = settings or get_settings()
         self.client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
         rec = self.settings.recovery
         self._loop("heartbeat", rec.heartbeat_interval_s, self._beat)
         self._loop("sweep", rec.sweep_interval_s / 2, self._maybe_sweep)
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Ends both loops; a sweep in progress finishes first (up to timeout_s)."""
         self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout_s)
+        self.threads.clear()
 
     def _beat(self) -> None:
         fleet.beat(self.client, self.hostname, self.settings.recovery.heartbeat_ttl_s)
@@ -146,10 +149,28 @@ class Recovery:
                                 first_line, interval_s)
                 self.stopping.wait(interval_s)
 
-        threading.Thread(target=run, name=f"genesis-{name}", daemon=True).start()
+        thread = threading.Thread(target=run, name=f"genesis-{name}", daemon=True)
+        self.threads.append(thread)
+        thread.start()
 
 
-@worker_ready.connect
-def start_recovery(sender: Any, **_: Any) -> None:
-    """Each worker process (the main one, under any pool) beats and sweeps. `sender` is its consumer."""
-    Recovery(sender.hostname).start()
+class RecoveryStep(bootsteps.StartStopStep):
+    """Each worker (its main process, under any pool) beats and sweeps while it runs; registered
+    on the app by worker/app.py. Starts before the consumer connects, stops at shutdown."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.recovery: Recovery | None = None
+
+    def start(self, parent: Any) -> None:
+        self.recovery = Recovery(parent.hostname)
+        self.recovery.start()
+
+    def stop(self, parent: Any) -> None:
+        if self.recovery is not None:
+            self.recovery.stop()
+            self.recovery = None
+
+    shutdown = stop

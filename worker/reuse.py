@@ -14,7 +14,7 @@ from shared.config import get_settings
 from shared.db import session_scope
 from shared.models import Job, Run
 from shared.providers import ChatRequest
-from shared.reuse import find_earlier_answer, older_twin, reuse_settings
+from shared.reuse import backend_simulated, find_earlier_answer, older_twin, reuse_settings
 from shared.scoring import score
 from shared import lifecycle as jobs
 from worker import judge
@@ -26,18 +26,30 @@ MAX_TWIN_WAITS = 60  # then pay rather than wait on a twin that makes no progres
 
 
 @lru_cache(maxsize=256)
-def _run_reuse(run_id: str) -> tuple[bool, float, bool]:
-    """(enabled, max_age_days, simulated) of a run: fixed at submit (its config snapshot), so read
-    once per process rather than once per job."""
+def _run_reuse(run_id: str) -> tuple[bool, float]:
+    """(enabled, max_age_days) of a run: fixed at submit (its config snapshot), so read once per
+    process rather than once per job."""
     with session_scope() as session:
-        run = session.get(Run, run_id)
-        return (*reuse_settings(run), bool(run.simulated))
+        return reuse_settings(session.get(Run, run_id))
+
+
+_simulated: dict[tuple[str, str], bool] = {}  # (run, backend) -> learnt once answered, read once
+
+
+def _backend_simulated(session: Any, run_id: str, backend: str) -> bool | None:
+    """Whether this backend's answers are the simulator's, from its newest answer in SQL."""
+    if (run_id, backend) not in _simulated:
+        found = backend_simulated(session, backend)
+        if found is None:
+            return None
+        _simulated[(run_id, backend)] = found
+    return _simulated[(run_id, backend)]
 
 
 def take_earlier_answer(task: Any, job: jobs.ClaimedJob, suite_task: Any, request: ChatRequest, svc: Any) -> str | None:
     """The job's status when it took an earlier answer (no call, $0), else None: make the call.
     While an older identical request of a live run is queued or being paid for, wait for it."""
-    enabled, max_age_days, simulated = _run_reuse(job.run_id)
+    enabled, max_age_days = _run_reuse(job.run_id)
     if not enabled:
         return None
     with session_scope() as session:
@@ -45,7 +57,12 @@ def take_earlier_answer(task: Any, job: jobs.ClaimedJob, suite_task: Any, reques
         if key != session.get(Job, job.id).request_key:  # the config changed since submit: call
             log.info("job %s: request differs from the one recorded at submit; not reused", job.id)
             return None
+
         def earlier_answer():
+            # Which kind of answer this backend gives (simulated or not) is known once it answered.
+            simulated = _backend_simulated(session, job.run_id, job.backend)
+            if simulated is None:
+                return None
             return find_earlier_answer(session, key, max_age_days=max_age_days, simulated=simulated,
                                        exclude_job_id=job.id)
 

@@ -39,6 +39,7 @@ from shared.lifecycle import PaidResult
 from shared.suite import load_task, run_suite_folder
 from shared.tokens import estimate_prompt_tokens
 from worker import judge, reuse
+from shared.messaging import BUILD_REPORT, RUN_JOB
 from worker.app import app
 from worker.halt import halt_on_refusal
 
@@ -56,11 +57,9 @@ SUITE_RECHECK_S = 1.0
 
 
 class GenesisTask(Task):
-    """Conventions for every genesis task: acknowledged late, redelivered if the worker dies,
-    retried only through explicit `self.retry` (attempts are counted in SQL, not here)."""
+    """Conventions for every genesis task: retried only through explicit `self.retry` (attempts
+    are counted in SQL, not here). Late acknowledgement is the app's (shared.messaging)."""
 
-    acks_late = True
-    reject_on_worker_lost = True
     max_retries = None
     typing = True
 
@@ -154,7 +153,7 @@ DATABASE_AWAY = (sql_errors.OperationalError, sql_errors.InterfaceError, sql_err
                  sql_errors.DisconnectionError)
 
 
-@genesis_task("genesis.run_job")
+@genesis_task(RUN_JOB)
 def run_job(self: GenesisTask, job_id: int, db_retries: int = 0) -> dict:
     """Never raises for a terminal outcome, so the run always completes (design §1).
     `db_retries` counts only deliveries the database turned away (rate-limit waits and
@@ -209,7 +208,8 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
         return halt_on_refusal(app, svc.budget, job, refused)
     delivery.reserved = True
 
-    permit = _acquire(svc.limiter, job.provider, job.model, est_input + max_tokens)
+    limits = settings.limit_scope(job.backend, job.provider)  # a backend's own endpoint has its own
+    permit = _acquire(svc.limiter, limits, job.model, est_input + max_tokens)
     delivery.permit = permit if isinstance(permit, Permit) else None
     if not isinstance(permit, Permit):
         svc.budget.release(job.id)
@@ -232,7 +232,7 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
     delivery.paid, delivery.paid_usd = response, cost
     status = _record(delivery, response, _score(suite_task, response.text), cost, source,
                      final=suite_task.scorer.local)
-    _best_effort(svc.limiter.observe, job.provider, job.model, response.headers)
+    _best_effort(svc.limiter.observe, limits, job.model, response.headers)
     if status == "ok" and not suite_task.scorer.local:
         return judge.grade(task, job, suite_task, response.text, svc)
     return status
@@ -246,7 +246,8 @@ def _record(delivery: Delivery, response: ChatResponse, scored: ScoreResult, cos
     svc, job = services(), delivery.job
     result = PaidResult(output=response.text, score=scored.score, detail=scored.detail,
                         latency_ms=response.latency_ms, input_tokens=response.input_tokens,
-                        output_tokens=response.output_tokens, cost_usd=cost, source=source)
+                        output_tokens=response.output_tokens, cost_usd=cost, source=source,
+                        simulated=response.simulated)
     try:
         recorded = jobs.finish_ok(job, result, final=final)
     except DATABASE_AWAY as exc:
@@ -316,7 +317,8 @@ def _handle_failure(task: GenesisTask, job: jobs.ClaimedJob, err: ProviderError,
     settings = get_settings()
     retry_after = retry_after_from_headers(err.headers) if err.headers else None
     if err.kind == "rate_limit":
-        services().limiter.block(job.provider, job.model, retry_after or settings.retry.backoff_base_s)
+        services().limiter.block(settings.limit_scope(job.backend, job.provider), job.model,
+                                 retry_after or settings.retry.backoff_base_s)
     counters.count_failure(services().budget.redis, job.provider, err.kind, err.status)
     detail = f"{err.kind}{f' {err.status}' if err.status else ''}: {err}"
     if err.retryable and attempt < settings.retry.max_attempts:
@@ -331,7 +333,7 @@ def _handle_failure(task: GenesisTask, job: jobs.ClaimedJob, err: ProviderError,
     return "error"
 
 
-@genesis_task("genesis.build_report", queue="reports", autoretry_for=(Exception,), retry_backoff=2,
+@genesis_task(BUILD_REPORT, autoretry_for=(Exception,), retry_backoff=2,
               retry_backoff_max=60, max_retries=8)
 def build_report(self: GenesisTask, results: list | None = None, run_id: str = "") -> str:
     """The run's completion step: reads SQL only (`results` is kept for messages sent by older

@@ -9,23 +9,19 @@ from typing import Callable
 from shared.providers.adapters import TEMPERATURE, ChatRequest, ChatResponse
 from shared.providers.clients import client_for
 from shared.providers.deadline import DeadlineExceeded, within
-from shared.providers.clients import credentials as _credentials
 from shared.providers.errors import RETRYABLE_KINDS, ProviderError, classify, scrub_secrets
 from shared.providers.registry import PROVIDER_NAMES, PROVIDER_QUEUES, PROVIDERS, ProviderSpec, queue_for
 
 __all__ = [
     "PROVIDERS", "PROVIDER_NAMES", "PROVIDER_QUEUES", "RETRYABLE_KINDS", "TEMPERATURE", "ChatRequest", "ChatResponse",
-    "ProviderError", "ProviderSpec", "classify", "complete", "credentials", "key_env", "queue_for", "scrub_secrets",
+    "ProviderError", "ProviderSpec", "classify", "complete", "key_env", "queue_for", "scrub_secrets",
 ]
 
 
-def credentials(provider: str) -> tuple[str | None, str | None]:
-    return _credentials(PROVIDERS[provider])
-
-
-def key_env(provider: str) -> str:
-    """The variable that must hold this provider's API key on the worker hosts."""
-    return PROVIDERS[provider].key_env
+def key_env(provider: str, api_key_env: str | None = None) -> str:
+    """The variable that must hold the key on the worker hosts: a backend's own `api_key_env`,
+    else its provider's."""
+    return api_key_env or PROVIDERS[provider].key_env
 
 
 def complete(provider: str, req: ChatRequest, *, on_late: Callable[[ChatResponse], None] | None = None) -> ChatResponse:
@@ -42,7 +38,7 @@ def complete(provider: str, req: ChatRequest, *, on_late: Callable[[ChatResponse
 def _complete_here(provider: str, req: ChatRequest) -> ChatResponse:
     spec = PROVIDERS[provider]
     try:
-        return spec.call(client_for(spec, req.timeout_s), req)
+        return spec.call(client_for(spec, req.timeout_s, req.base_url, req.key_env), req)
     except ProviderError:
         raise
     except Exception as exc:  # noqa: BLE001 - classified below, re-raised as ProviderError

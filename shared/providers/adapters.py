@@ -11,6 +11,9 @@ from shared.providers.errors import ProviderError
 
 # Every call asks for greedy decoding where the API takes it; reuse keys (shared.reuse) count on it.
 TEMPERATURE = 0
+# The genesis simulator sends this header with every answer: how a job learns that its answer
+# is simulated, with no request made to ask (simulator/server.py sets it).
+SIMULATOR_HEADER = "x-genesis-simulator"
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,10 @@ class ChatRequest:
     system: str | None
     max_tokens: int
     timeout_s: float
+    # The backend's own endpoint and key variable (its `base_url` / `api_key_env`); None: the
+    # provider's (*_BASE_URL, else the provider's own; the provider's key variable).
+    base_url: str | None = None
+    key_env: str | None = None
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,10 @@ class ChatResponse:
     headers: Mapping[str, str] = field(default_factory=dict)
     usage_reported: bool = True  # False: the response had no usage block (some gateways); tokens are 0
 
+    @property
+    def simulated(self) -> bool:
+        """The answer came from the genesis simulator (it says so in a header)."""
+        return any(name.lower() == SIMULATOR_HEADER for name in self.headers)
 
 
 def _messages(req: ChatRequest) -> list[dict[str, str]]:
@@ -96,6 +107,8 @@ def _mistral_messages(req: ChatRequest) -> list[Any]:
 
 
 def call_mistral(client: Any, req: ChatRequest) -> ChatResponse:
+    from shared.providers.clients import last_response_headers
+
     started = time.perf_counter()
     response = client.chat.complete(
         model=req.model,
@@ -119,5 +132,6 @@ def call_mistral(client: Any, req: ChatRequest) -> ChatResponse:
         output_tokens=(usage.completion_tokens or 0) if usage else 0,
         latency_ms=latency_ms,
         finish_reason=str(choice.finish_reason) if choice.finish_reason else None,
+        headers=last_response_headers(client),
         usage_reported=usage is not None,
     )

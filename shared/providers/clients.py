@@ -9,7 +9,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-from shared.providers.errors import ProviderError
+from shared.providers.errors import ProviderError, register_key_variable
 from shared.providers.mistral_models import cache_wrapper_models
 
 if TYPE_CHECKING:
@@ -18,20 +18,28 @@ if TYPE_CHECKING:
 _local = threading.local()
 
 
-def credentials(spec: "ProviderSpec") -> tuple[str | None, str | None]:
-    """The key and base URL from this process's environment only (never passed around)."""
-    return os.environ.get(spec.key_env) or None, os.environ.get(spec.base_url_env) or None
+def credentials(spec: "ProviderSpec", base_url: str | None = None,
+                key_env: str | None = None) -> tuple[str | None, str | None]:
+    """The key and base URL of an endpoint: the key from this process's environment only (never
+    passed around), from the backend's `api_key_env` else the provider's variable; the backend's
+    `base_url`, else the provider's *_BASE_URL, else None (the SDK's own)."""
+    return (os.environ.get(key_env or spec.key_env) or None,
+            base_url or os.environ.get(spec.base_url_env) or None)
 
 
-def client_for(spec: "ProviderSpec", timeout_s: float) -> Any:
-    key, base_url = credentials(spec)
+def client_for(spec: "ProviderSpec", timeout_s: float, base_url: str | None = None, key_env: str | None = None) -> Any:
+    """This thread's client for the endpoint (base URL and key variable) of a provider."""
+    variable = key_env or spec.key_env
+    if key_env:
+        register_key_variable(key_env)  # error texts that echo it are scrubbed
+    key, url = credentials(spec, base_url, key_env)
     if not key:
-        raise ProviderError("config", f"{spec.key_env} is not set in the worker's environment")
+        raise ProviderError("config", f"{variable} is not set in the worker's environment")
     cache: dict = _local.__dict__.setdefault("clients", {})
-    cache_key = (spec.name, base_url, hash(key), timeout_s)
+    cache_key = (spec.name, url, variable, hash(key), timeout_s)
     client = cache.get(cache_key)
     if client is None:
-        client = cache[cache_key] = spec.build_client(key, base_url, timeout_s)
+        client = cache[cache_key] = spec.build_client(key, url, timeout_s)
     return client
 
 
@@ -90,6 +98,16 @@ def build_mistral(key: str, base_url: str | None, timeout_s: float) -> Any:
 
     cache_wrapper_models()  # here, so every process that calls Mistral gets it (idempotent, <1 µs once applied)
     httpx = _httpx()
-    return Mistral(api_key=key, server_url=base_url, timeout_ms=int(timeout_s * 1000),
-                   client=httpx.Client(verify=tls_context(), follow_redirects=True),
-                   async_client=httpx.AsyncClient(verify=tls_context(), follow_redirects=True))
+    seen: dict[str, Any] = {}
+    http = httpx.Client(verify=tls_context(), follow_redirects=True,
+                        event_hooks={"response": [lambda response: seen.__setitem__("headers", response.headers)]})
+    client = Mistral(api_key=key, server_url=base_url, timeout_ms=int(timeout_s * 1000), client=http,
+                     async_client=httpx.AsyncClient(verify=tls_context(), follow_redirects=True))
+    client._genesis_last_response = seen  # this SDK's parsed answers carry no headers
+    return client
+
+
+def last_response_headers(client: Any) -> dict[str, str]:
+    """The headers of the last response a (thread's own) Mistral client received."""
+    headers = getattr(client, "_genesis_last_response", {}).get("headers")
+    return dict(headers) if headers is not None else {}

@@ -46,13 +46,18 @@ def _kind_for_status(status: int) -> str:
 
 
 _KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_\-*]{6,}")  # OpenAI/Anthropic key shapes, masked or not
+# The variables that hold keys: each provider's (the registry) and each backend's api_key_env
+# (the clients, when they read one). Told to this module, so it imports neither.
+_KEY_VARIABLES: set[str] = set()
+
+
+def register_key_variable(name: str) -> None:
+    _KEY_VARIABLES.add(name)
 
 
 def scrub_secrets(text: str) -> str:
     """Error bodies can echo a (masked) key; keys never reach SQL, logs or reports."""
-    from shared.providers.registry import PROVIDERS  # the registry imports the adapters, which import this
-
-    for key_var in (spec.key_env for spec in PROVIDERS.values()):
+    for key_var in sorted(_KEY_VARIABLES):
         value = os.environ.get(key_var)
         if value and len(value) >= 12:  # real keys are long; short dummies would mangle words
             text = re.sub(rf"(?<![\w-]){re.escape(value)}(?![\w-])", "[redacted]", text)

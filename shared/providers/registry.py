@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from shared.providers import adapters, clients
 from shared.providers.adapters import ChatRequest, ChatResponse
+from shared.providers.errors import register_key_variable
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ PROVIDERS: dict[str, ProviderSpec] = {
     )
 }
 PROVIDER_NAMES: tuple[str, ...] = tuple(PROVIDERS)
+for _spec in PROVIDERS.values():
+    register_key_variable(_spec.key_env)
 PROVIDER_QUEUES: tuple[str, ...] = tuple(dict.fromkeys(spec.queue for spec in PROVIDERS.values()))
 
 

@@ -32,7 +32,10 @@ def build_report_data(session: Session, run_id: str, *, partial: bool = False) -
         "run_id": run.id,
         "suite": run.suite,
         "status": run.status,
-        "simulated": run.simulated,
+        # Answer by answer (each job records whether the simulator answered it); runs recorded
+        # before that column existed keep what their submit found.
+        "simulated": any(j.simulated for j in jobs) or bool(run.simulated and not any(j.simulated is not None for j in jobs)),
+        "simulated_answers": sum(1 for j in jobs if j.simulated),
         "complete": in_flight + counts[JobStatus.halted] == 0,
         "partial": partial,
         "created_at": facts_.iso(run.created_at),

@@ -26,7 +26,13 @@ def simulator_qualities(simulator: dict | None) -> str:
 def warnings(facts: RunFacts, comparisons: list[dict], decision: dict, budget: dict, costs: dict) -> list[str]:
     run, jobs = facts.run, facts.jobs
     found = []
-    if run.simulated:
+    simulated = [j for j in jobs if j.simulated]
+    if simulated:
+        answered = [j for j in jobs if j.simulated is not None]
+        found.append(f"Simulated answers: {len(simulated)} of {len(answered)} answers came from the provider simulator, "
+                     f"not real models (by backend: {_by_backend(simulated)})"
+                     + simulator_qualities(facts.snapshot.get("simulator")) + ".")
+    elif run.simulated:  # recorded before answers said so (its submit asked the endpoints)
         found.append("Simulated run: answers came from the provider simulator, not real models"
                      + simulator_qualities(facts.snapshot.get("simulator")) + ".")
     in_flight = [j for j in jobs if j.status in (JobStatus.queued, JobStatus.running)]
@@ -58,6 +64,10 @@ def warnings(facts: RunFacts, comparisons: list[dict], decision: dict, budget: d
         found.append(f"Budget at {budget['level']}: {usd(budget['spent_usd'])} of "
                      f"{usd(budget['limit_usd'])} spent ({budget['used_fraction']:.0%}).")
     return found
+
+
+def _by_backend(jobs: list[Any]) -> str:
+    return ", ".join(f"{backend} x{count}" for backend, count in sorted(Counter(j.backend for j in jobs).items()))
 
 
 def _breakdown(jobs: list[Any]) -> str:
