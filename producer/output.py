@@ -1,11 +1,15 @@
-"""What every producer command prints with: the two consoles, `--json`, and bad input as one
-line on stderr with exit code 2."""
+"""What every producer command prints with: the two consoles, `--json`, bad input as one line
+on stderr with exit code 2, and rows streamed as CSV or JSON lines."""
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
-from typing import Annotated, Any
+from collections.abc import Iterable
+from enum import Enum
+from pathlib import Path
+from typing import IO, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -30,3 +34,30 @@ def decision_line(decision: dict | None) -> str:
         return "decision: not available"
     agents = ", ".join(f"{agent} {verdict}" for agent, verdict in decision.get("by_agent", {}).items())
     return f"decision: overall {decision.get('overall')} ({agents})"
+
+
+class ExportFormat(str, Enum):
+    csv = "csv"
+    jsonl = "jsonl"
+
+
+def write_rows(rows: Iterable[dict[str, Any]], columns: tuple[str, ...], fmt: ExportFormat, out: IO[str]) -> int:
+    """Write rows one at a time (never all in memory); CSV with a header row. Returns the count."""
+    count = 0
+    if fmt is ExportFormat.csv:
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for count, row in enumerate(rows, 1):
+            writer.writerow(row)
+    else:
+        for count, row in enumerate(rows, 1):
+            out.write(json.dumps(row, default=str) + "\n")
+    return count
+
+
+def write_rows_to(path: Path, rows: Iterable[dict[str, Any]], columns: tuple[str, ...], fmt: ExportFormat) -> int:
+    """`write_rows` into a file that appears whole or not at all."""
+    from shared.files import replacing
+
+    with replacing(path, newline="") as out:
+        return write_rows(rows, columns, fmt, out)

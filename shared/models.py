@@ -7,12 +7,19 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def iso(moment: datetime) -> str:
+    """SQLite hands datetimes back naive; they were written as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.isoformat()
 
 
 class RunStatus(StrEnum):
@@ -90,12 +97,21 @@ class Job(SQLModel, table=True):
     reused_from_run_id: str | None = Field(default=None, max_length=32)
 
 
+FINE_TUNING = "fine_tuning"  # the ledger operation of a fine-tuning job; its source is the job id
+
+
 class CostEntry(SQLModel, table=True):
     """The ledger. (job_id, operation) is unique when job_id is set, so a redelivered job never
-    costs twice, while its judge call (operation `judge`) is a second entry of the same job."""
+    costs twice, while its judge call (operation `judge`) is a second entry of the same job.
+    A fine-tuning job is ledgered once: (operation, source) is unique for `fine_tuning` rows,
+    whose source is the provider's job id."""
 
     __tablename__ = "cost_entry"
-    __table_args__ = (UniqueConstraint("job_id", "operation", name="uq_cost_entry_job_operation"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "operation", name="uq_cost_entry_job_operation"),
+        Index("uq_cost_entry_fine_tuning_job", "operation", "source", unique=True,
+              sqlite_where=text(f"operation = '{FINE_TUNING}'"), postgresql_where=text(f"operation = '{FINE_TUNING}'")),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     at: datetime = Field(default_factory=utcnow, index=True)
@@ -104,11 +120,11 @@ class CostEntry(SQLModel, table=True):
     agent: str | None = None
     backend: str | None = None
     model: str | None = None
-    operation: str = "inference"  # inference | judge | manual | ...
+    operation: str = "inference"  # inference | judge | fine_tuning | manual | ...
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
-    source: str = "api"  # api (usage the provider returned) | manual | ...
+    source: str = "api"  # api (usage the provider returned) | manual | a fine-tuning job's id | ...
 
 
 class BudgetEvent(SQLModel, table=True):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 from pydantic import ValidationError
@@ -73,6 +75,11 @@ def simulator_command(
     ] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of answers and fault draws.")] = DEFAULTS["seed"],
     suite: Annotated[str, typer.Option(help="Suite whose expected answers the models know.")] = DEFAULTS["suite"],
+    fine_tunes: Annotated[
+        Optional[Path],
+        typer.Option(help="JSON file: the list of Mistral fine-tuning jobs to serve (fields of "
+                     "simulator.finetune.FineTuneJob). Default: 4 per agent (failed, archived, current, running)."),
+    ] = None,
 ) -> None:
     """Run the provider simulator (OpenAI, Anthropic and Mistral APIs) until Ctrl-C."""
     knobs: dict[str, object] = {
@@ -92,6 +99,8 @@ def simulator_command(
     }
     if quality:
         knobs["quality"] = parse_pairs(quality, "--quality", "PATTERN")
+    if fine_tunes is not None:
+        knobs["fine_tunes"] = read_fine_tunes(fine_tunes)
     try:
         config = SimulatorConfig(**knobs)
     except ValidationError as error:
@@ -102,6 +111,13 @@ def simulator_command(
         serve_forever(config, host, port, on_ready=announce)
     except ConfigError as error:  # the suite could not be loaded
         raise typer.BadParameter(str(error), param_hint="--suite") from error
+
+
+def read_fine_tunes(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise typer.BadParameter(f"{path}: {error}", param_hint="--fine-tunes") from error
 
 
 def announce(url: str) -> None:

@@ -6,6 +6,8 @@ from fnmatch import fnmatchcase
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from simulator.finetune import FineTuneJob, default_fine_tunes
+
 Rate = Field(default=0.0, ge=0.0, le=1.0)
 
 
@@ -25,6 +27,8 @@ class SimulatorConfig(BaseModel):
     - omit_usage_rate: probability of a 200 without a usage block (as some gateways answer).
     - judge_garbage_rate: probability a judge prompt is answered with prose instead of a grade.
     - suite: the suites whose answers it knows, comma-separated names or folders.
+    - fine_tunes: the Mistral fine-tuning jobs it lists (and the models they made), see
+      simulator/finetune.py.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -45,6 +49,7 @@ class SimulatorConfig(BaseModel):
     default_max_tokens: int = Field(default=1024, gt=0)
     seed: int = 7
     suite: str | None = "genesis-custom,genesis-judge"
+    fine_tunes: list[FineTuneJob] = Field(default_factory=default_fine_tunes)
 
     @field_validator("quality")
     @classmethod
@@ -62,6 +67,14 @@ class SimulatorConfig(BaseModel):
                 raise ValueError(f"error status must be a 4xx or 5xx code, got {status}")
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"error rate for {status} must be between 0 and 1, got {rate}")
+        return value
+
+    @field_validator("fine_tunes")
+    @classmethod
+    def _job_ids_are_unique(cls, value: list[FineTuneJob]) -> list[FineTuneJob]:
+        ids = [job.id for job in value]
+        if len(set(ids)) != len(ids):
+            raise ValueError("fine-tuning job ids must be unique")
         return value
 
     @model_validator(mode="after")
