@@ -144,11 +144,11 @@ def merge(cards: list[Any], jobs: list[Any]) -> tuple[list[FineTune], int]:
     listed; (them, how many entries were left out for implausible ids)."""
     by_job: dict[str, FineTune] = {}
     loose: list[FineTune] = []
-    ignored = 0
+    left_out: set[str | None] = set()  # jobs left out: their model's card goes too
     for job in jobs:
         job_id, model_id = _id(job, "id", JOB_ID), _id(job, "fine_tuned_model", MODEL_ID)
         if job_id is None or (model_id is None and _str(job, "fine_tuned_model")):
-            ignored += 1
+            left_out.add(_str(job, "id"))
             continue
         metadata = getattr(job, "metadata", None)
         by_job[job_id] = FineTune(
@@ -159,10 +159,11 @@ def merge(cards: list[Any], jobs: list[Any]) -> tuple[list[FineTune], int]:
             reported_cost=_float(metadata, "cost"), cost_currency=_str(metadata, "cost_currency"),
             suffix=_id(job, "suffix", MODEL_ID),
         )
+    ignored = len(left_out)
     for card in cards:
         model_id, job_id = _id(card, "id", MODEL_ID), _id(card, "job", JOB_ID)
-        if model_id is None:
-            ignored += 1
+        if model_id is None or _str(card, "job") in left_out:
+            ignored += _str(card, "job") not in left_out
             continue
         item = by_job.get(job_id) if job_id else None
         if item is None:
