@@ -33,6 +33,8 @@ SUCCEEDED = "SUCCESS"
 FINAL_STATUSES = frozenset({"SUCCESS", "FAILED", "FAILED_VALIDATION", "CANCELLED"})
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+-]{0,255}")
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # also what `budget log --source` takes
+STATUS = re.compile(r"[A-Z_]{1,40}")
+UNKNOWN_STATUS = "UNKNOWN"  # a status that is not one: never counts as succeeded
 PAGE_SIZE = 100
 MAX_PAGES = 1000  # a paging API that never ends is cut here
 
@@ -52,11 +54,12 @@ class FineTune:
     cost_currency: str | None = None
     suffix: str | None = None
     agent: str | None = None
+    listed: bool = True  # False: a job names its model, but the models list does not have it
 
     @property
     def usable(self) -> bool:
-        """A model that can be benchmarked: it exists, is not archived, its job succeeded."""
-        return bool(self.model_id) and self.archived is not True and self.status in (None, SUCCEEDED)
+        """A model that can be benchmarked: listed, not archived, and its job succeeded."""
+        return bool(self.model_id) and self.listed and self.archived is not True and self.status in (None, SUCCEEDED)
 
     @property
     def label(self) -> str | None:
@@ -153,7 +156,7 @@ def merge(cards: list[Any], jobs: list[Any]) -> tuple[list[FineTune], int]:
         metadata = getattr(job, "metadata", None)
         by_job[job_id] = FineTune(
             model_id=model_id, job_id=job_id, base_model=_id(job, "model", MODEL_ID), created=_int(job, "created_at"),
-            archived=None, status=_str(job, "status"),
+            archived=None, status=_id(job, "status", STATUS) or UNKNOWN_STATUS, listed=model_id is None,
             trained_tokens=_int(job, "trained_tokens") if _int(job, "trained_tokens") is not None
             else _int(metadata, "train_tokens"),
             reported_cost=_float(metadata, "cost"), cost_currency=_str(metadata, "cost_currency"),
@@ -170,7 +173,7 @@ def merge(cards: list[Any], jobs: list[Any]) -> tuple[list[FineTune], int]:
             loose.append(FineTune(model_id=model_id, job_id=job_id, base_model=_id(card, "root", MODEL_ID),
                                   created=_int(card, "created"), archived=bool(_bool(card, "archived")), status=None))
             continue
-        item.model_id = model_id
+        item.model_id, item.listed = model_id, True
         item.archived = bool(_bool(card, "archived"))
         item.base_model = item.base_model or _id(card, "root", MODEL_ID)
         item.created = _int(card, "created") or item.created

@@ -236,6 +236,17 @@ def test_merge_of_jobs_and_cards_whatever_sdk_line(env):
     assert costs == {"RUNNING": None, "SUCCESS": (1.2, "api"), "FAILED": (0.0, "trained tokens x training_per_mtok"),
                      "SUCCESS/archived": (pytest.approx(0.8), "trained tokens x training_per_mtok")}
 
+    # A job whose model the models list lacks (deleted), or whose status is not a status: not usable.
+    newest = ns(job_body(job("qa", 5, 40, fine_tuned_model="ft:open-mistral-7b:genesis:qa-v5")))
+    odd = ns({**job_body(job("qa", 6, 41, fine_tuned_model="ft:open-mistral-7b:genesis:qa-v6")), "status": "ok!"})
+    items, _ = merge([ns(fine_tuned_card(j)) for j in jobs if j.fine_tuned_model] + [ns({
+        **fine_tuned_card(job("qa", 6, 41, fine_tuned_model="ft:open-mistral-7b:genesis:qa-v6"))})], [newest, odd])
+    by_model = {item.model_id: item for item in items}
+    assert by_model["ft:open-mistral-7b:genesis:qa-v5"].listed is False
+    assert by_model["ft:open-mistral-7b:genesis:qa-v6"].status == "UNKNOWN"
+    states, _ = by_agent(get_settings(), Listing("2.4.13", True, items), ["qa"])
+    assert states[0].newest_usable == shipped_id("qa")
+
 
 # --- bad input and provider errors ----------------------------------------------------------
 
