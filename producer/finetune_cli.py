@@ -110,10 +110,13 @@ def _fetch(client: Any, endpoint: str) -> Listing:
 
 def _ledger(settings: Settings, items: list[FineTune]) -> list[dict[str, Any]]:
     """Ledger each finished job of an agent whose cost is known; one entry per job, ever."""
-    from producer.budget_cli import _guard, after_ledger_write
+    from producer.budget_cli import after_ledger_write
+    from shared.budget import BudgetGuard
+    from shared.db import migrate
     from shared.finetune import fine_tuning_entry, job_cost
 
-    guard = _guard()
+    migrate(settings.database_url)
+    guard = BudgetGuard.from_settings(settings)
     added = []
     for item in items:
         cost = job_cost(settings, item)

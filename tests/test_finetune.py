@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 import httpx2
 import pytest
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from shared.db import migrate, session_scope
@@ -440,3 +441,61 @@ def test_simulator_pages_jobs_and_gets_one(simulator):
     assert httpx2.get(f"{simulator.url}/v1/fine_tuning/jobs", params={"page_size": 0}).status_code == 422
     with pytest.raises(ValueError):
         simulator.update(fine_tunes=[{"id": "x", "status": "RUNNING", "fine_tuned_model": "ft:a"}])
+
+
+@needs_jobs_api
+def test_the_2x_sdk_validates_the_simulators_job_list_and_job(env, simulator):
+    from shared.providers.clients import build_mistral
+
+    client = build_mistral("sim-key", simulator.url, 10)
+    page = client.fine_tuning.jobs.list(page=1, page_size=3)
+    assert page.total == 20 and len(page.data) == 3
+    one = client.fine_tuning.jobs.get(job_id=page.data[0].id)
+    assert (one.id, one.status, one.model) == (page.data[0].id, page.data[0].status, "open-mistral-7b")
+
+
+def test_simulator_fine_tunes_file_option(tmp_path):
+    import typer
+
+    from simulator.cli import read_fine_tunes
+
+    jobs = tmp_path / "jobs.json"
+    jobs.write_text(json.dumps([{"id": "job-1", "suffix": "qa-v9", "status": "RUNNING"}]))
+    assert read_fine_tunes(jobs) == [{"id": "job-1", "suffix": "qa-v9", "status": "RUNNING"}]
+    jobs.write_text("[{")
+    with pytest.raises(typer.BadParameter):
+        read_fine_tunes(jobs)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+def test_migration_0006_keeps_earlier_fine_tuning_rows(database_url):
+    """Rows logged by hand before 0006 (all with source `manual`) get their id appended, so the
+    unique index can be built and none is lost."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from shared.db import MIGRATIONS_DIR, get_engine
+
+    if database_url.startswith("postgresql"):
+        reset_postgres(database_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    config.attributes["engine"] = get_engine(database_url)
+    command.upgrade(config, "0004")
+    with get_engine(database_url).begin() as conn:
+        for cost in (1.0, 2.0):
+            conn.execute(text("INSERT INTO cost_entry (at, operation, input_tokens, output_tokens, cost_usd, source) "
+                              "VALUES (CURRENT_TIMESTAMP, 'fine_tuning', 0, 0, :cost, 'manual')"), {"cost": cost})
+        conn.execute(text("INSERT INTO cost_entry (at, operation, input_tokens, output_tokens, cost_usd, source) "
+                          "VALUES (CURRENT_TIMESTAMP, 'manual', 0, 0, 0.5, 'manual')"))
+    command.upgrade(config, "head")
+    with get_engine(database_url).connect() as conn:
+        rows = conn.execute(text("SELECT id, operation, source, cost_usd FROM cost_entry ORDER BY id")).all()
+    assert [(op, source, cost) for _, op, source, cost in rows] == [
+        ("fine_tuning", f"manual:{rows[0][0]}", 1.0), ("fine_tuning", f"manual:{rows[1][0]}", 2.0),
+        ("manual", "manual", 0.5)]
+    with pytest.raises(IntegrityError), get_engine(database_url).begin() as conn:
+        conn.execute(text("INSERT INTO cost_entry (at, operation, input_tokens, output_tokens, cost_usd, source) "
+                          f"VALUES (CURRENT_TIMESTAMP, 'fine_tuning', 0, 0, 1, 'manual:{rows[0][0]}')"))
