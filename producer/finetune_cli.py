@@ -167,11 +167,11 @@ def _print(listing: Listing, states: list[AgentState], unassigned: list[FineTune
         console.print(Text.assemble((state.agent, "bold"), f": {_relative(state.model_id_file)} holds "
                                     f"{state.current or '(nothing)'} - ", (verdict, style)), soft_wrap=True)
         for item in state.fine_tunes:
-            _line("  " + _item_line(item, row(item)))
+            _line("  " + _item_line(item, row(item), FINAL_STATUSES))
     if unassigned:
         _line("no agent (the [finetune] owner_pattern matches none, or more than one):")
         for item in unassigned:
-            _line("  " + _item_line(item, row(item)))
+            _line("  " + _item_line(item, row(item), FINAL_STATUSES))
     if listing.ignored:
         _line(f"{listing.ignored} entr{'y' if listing.ignored == 1 else 'ies'} with an implausible id left out")
     for entry in added:
@@ -185,11 +185,11 @@ def _print(listing: Listing, states: list[AgentState], unassigned: list[FineTune
               "producer budget log --operation fine_tuning --source JOB_ID --cost USD --agent AGENT")
 
 
-def _item_line(item: FineTune, data: dict[str, Any]) -> str:
+def _item_line(item: FineTune, data: dict[str, Any], final: frozenset[str]) -> str:
     state = item.status or ("archived" if item.archived else "usable")
     if item.status and item.archived:
         state += ", archived"
-    parts = [item.model_id or "(no model yet)", state, f"base {item.base_model or '?'}", f"created {_when(item.created)}",
+    parts = [item.model_id or ("(no model)" if item.status in final else "(no model yet)"), state, f"base {item.base_model or '?'}", f"created {_when(item.created)}",
              f"job {item.job_id or '?'}"]
     if data["cost_usd"] is not None:
         parts.append(f"cost ${data['cost_usd']:.4f} ({data['cost_source']})")
