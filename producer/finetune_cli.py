@@ -16,7 +16,7 @@ import typer
 from rich.text import Text
 
 from producer.output import JsonOpt, bad_input, console, emit_json, err_console
-from shared.config import ConfigError, Settings, get_settings
+from shared.config import ConfigError, Settings, get_settings, redacted_url
 
 if TYPE_CHECKING:
     from shared.finetune import AgentState, FineTune, Listing
@@ -89,7 +89,7 @@ def _client(settings: Settings, backend: str) -> tuple[Any, str]:
     if not key:
         raise ConfigError(f"{key_env} is not set: `finetune status` asks the Mistral API from this host")
     base_url = getattr(config, "base_url", None) or credentials("mistral")[1]
-    return build_mistral(key, base_url, settings.retry.call_timeout_s), base_url or DEFAULT_ENDPOINT
+    return build_mistral(key, base_url, settings.retry.call_timeout_s), redacted_url(base_url or DEFAULT_ENDPOINT)
 
 
 def _fetch(client: Any, endpoint: str) -> Listing:

@@ -147,26 +147,29 @@ def merge(cards: list[Any], jobs: list[Any]) -> tuple[list[FineTune], int]:
     listed; (them, how many entries were left out for implausible ids)."""
     by_job: dict[str, FineTune] = {}
     loose: list[FineTune] = []
-    left_out: set[str | None] = set()  # jobs left out: their model's card goes too
+    left_out: set[str] = set()  # ids of jobs left out: their model's card goes too
+    ignored = 0
     for job in jobs:
         job_id, model_id = _id(job, "id", JOB_ID), _id(job, "fine_tuned_model", MODEL_ID)
         if job_id is None or (model_id is None and _str(job, "fine_tuned_model")):
-            left_out.add(_str(job, "id"))
+            left_out.add(_str(job, "id") or "")
+            ignored += 1
             continue
         metadata = getattr(job, "metadata", None)
+        trained = _int(job, "trained_tokens")
         by_job[job_id] = FineTune(
             model_id=model_id, job_id=job_id, base_model=_id(job, "model", MODEL_ID), created=_int(job, "created_at"),
             archived=None, status=_id(job, "status", STATUS) or UNKNOWN_STATUS, listed=model_id is None,
-            trained_tokens=_int(job, "trained_tokens") if _int(job, "trained_tokens") is not None
-            else _int(metadata, "train_tokens"),
+            trained_tokens=trained if trained is not None else _int(metadata, "train_tokens"),
             reported_cost=_float(metadata, "cost"), cost_currency=_str(metadata, "cost_currency"),
             suffix=_id(job, "suffix", MODEL_ID),
         )
-    ignored = len(left_out)
     for card in cards:
         model_id, job_id = _id(card, "id", MODEL_ID), _id(card, "job", JOB_ID)
-        if model_id is None or _str(card, "job") in left_out:
-            ignored += _str(card, "job") not in left_out
+        if _str(card, "job") in left_out - {""}:
+            continue  # counted with its job
+        if model_id is None:
+            ignored += 1
             continue
         item = by_job.get(job_id) if job_id else None
         if item is None:

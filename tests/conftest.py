@@ -29,7 +29,7 @@ def database_url(request, tmp_path: Path) -> str:
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    ensure_redis()
+    ensure_redis(INTEGRATION_REDIS_URL)
     client = redis.Redis.from_url(INTEGRATION_REDIS_URL)
     client.flushdb()
     yield INTEGRATION_REDIS_URL
@@ -41,7 +41,7 @@ def redis_client():
     """A flushed Redis for Redis-level unit tests (budget, limiter); settings rebuilt after each."""
     from shared.config import get_settings
 
-    ensure_redis()
+    ensure_redis(SCRATCH_REDIS_URL)
     client = redis.Redis.from_url(SCRATCH_REDIS_URL)
     client.flushdb()
     yield client

@@ -14,16 +14,14 @@ import threading
 import time
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlsplit
 
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 # Redis-level unit tests (budget guard, limiter) use their own db (no workers), flushed per test.
 SCRATCH_REDIS_URL = os.environ.get("GENESIS_TEST_SCRATCH_REDIS_URL", "redis://127.0.0.1:6379/12")
-REDIS_START = [
-    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", "6379",
-    "--save", "", "--appendonly", "no",
-]
+REDIS_START = ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
 
 
 def redis_answers(url: str) -> bool:
@@ -33,13 +31,14 @@ def redis_answers(url: str) -> bool:
         return False
 
 
-def ensure_redis(url: str = "redis://127.0.0.1:6379/0") -> None:
-    """Start a local redis-server when nothing answers (CI machines start one already)."""
+def ensure_redis(url: str = SCRATCH_REDIS_URL) -> None:
+    """Start a local redis-server on `url`'s port when nothing answers there (CI machines start
+    one already)."""
     if redis_answers(url):
         return
     if not shutil.which("redis-server"):
         raise RuntimeError("Redis is not answering and redis-server is not installed")
-    subprocess.run(REDIS_START, check=True)
+    subprocess.run([*REDIS_START, "--port", str(urlsplit(url).port or 6379)], check=True)
     wait_for(lambda: redis_answers(url), timeout=10, what="redis-server to start")
 
 
