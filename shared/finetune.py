@@ -16,6 +16,7 @@ ledger.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -268,8 +269,8 @@ def fine_tuning_entry(job_id: str, cost_usd: float, *, agent: str | None = None,
     so a second entry of the same job is refused by SQL); trained tokens go in input_tokens."""
     if not JOB_ID.fullmatch(job_id or ""):
         raise ConfigError(f"a fine-tuning job id is letters, digits and . _ : - (got {job_id!r})")
-    if not cost_usd >= 0:
-        raise ConfigError(f"a fine-tuning cost must be >= 0 (got {cost_usd})")
+    if not (math.isfinite(cost_usd) and cost_usd >= 0):
+        raise ConfigError(f"a fine-tuning cost must be a finite number >= 0 (got {cost_usd})")
     return CostEntry(operation=FINE_TUNING, source=job_id, agent=agent, model=model, backend=None,
                      input_tokens=trained_tokens, cost_usd=cost_usd)
 
@@ -305,7 +306,7 @@ def _float(obj: Any, name: str) -> float | None:
     value = getattr(obj, name, None)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value) if value >= 0 and value != float("inf") else None  # NaN fails `>= 0`
+    return float(value) if math.isfinite(value) and value >= 0 else None
 
 
 def _bool(obj: Any, name: str) -> bool | None:

@@ -355,6 +355,8 @@ def test_status_ledger_records_each_finished_job_once(env):
         (("--operation", "inference", "--cost", "1", "--source", "job-1"), "--source and --model go with"),
         (("--operation", "fine_tuning", "--cost", "1", "--source", "job-1", "--agent", "nobody"), "--agent 'nobody'"),
         (("--operation", "fine_tuning", "--cost", "-1", "--source", "job-1"), "--cost"),
+        (("--operation", "fine_tuning", "--cost", "inf", "--source", "job-1"), "finite"),
+        (("--operation", "fine_tuning", "--cost", "nan", "--source", "job-1"), "finite"),
     ],
 )
 def test_bad_fine_tuning_log_exits_2_and_writes_nothing(env, args, message):
