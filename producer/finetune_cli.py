@@ -47,7 +47,11 @@ def status(
         raise bad_input(str(exc)) from None
     listing = _fetch(client, endpoint)
     states, unassigned = finetune.by_agent(settings, listing, agents)
-    written = finetune.write_model_ids(states) if write_model_ids else []
+    try:
+        written = finetune.write_model_ids(states) if write_model_ids else []
+    except OSError as exc:  # e.g. models/ mounted read-only (docker-compose.yml)
+        err_console.print(f"[red]error:[/red] cannot write a model_id.txt: {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     mine = [item for state in states for item in state.fine_tunes]
     added = _ledger(settings, mine) if ledger else []
     in_ledger = _in_ledger([item.job_id for item in (*mine, *unassigned) if item.job_id])

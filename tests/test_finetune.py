@@ -202,6 +202,16 @@ def test_write_model_ids_changes_only_what_should_change(env, simulator, models)
 
     again = status("--write-model-ids")  # nothing left to change
     assert again["written"] == []
+
+    simulator.update(fine_tunes=[j.model_dump() for j in [
+        *default_fine_tunes(), job("qa", 8, 50, fine_tuned_model="ft:open-mistral-7b:genesis:qa-v8")]])
+    files["analyst"].unlink()
+    files["analyst"].mkdir()  # a file that cannot be written (as root too): one line, exit 1
+    one_line_error(producer("finetune", "status", "--write-model-ids"), 1, "cannot write a model_id.txt")
+    files["analyst"].rmdir()
+    files["analyst"].write_text(shipped_id("analyst") + "\n")
+    assert files["qa"].read_text() == "ft:open-mistral-7b:genesis:qa-v8\n"  # written before analyst's failed
+    assert status("--write-model-ids")["written"] == []
     text = producer("finetune", "status").stdout
     assert text.count("up to date") == 5
 
