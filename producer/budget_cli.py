@@ -6,6 +6,7 @@ stderr and exit code 2, like every producer command.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -17,7 +18,7 @@ from rich.table import Table
 from sqlalchemy import ColumnElement
 from sqlmodel import Session, col, func, select
 
-from producer.output import JsonOpt, bad_input, console, emit_json
+from producer.output import ExportFormat, JsonOpt, bad_input, console, emit_json, err_console, write_rows, write_rows_to
 from shared.config import ConfigError, get_settings
 from shared.db import migrate, session_scope
 from shared.models import BudgetEvent, CostEntry
@@ -94,27 +95,83 @@ def report(as_json: JsonOpt = False) -> None:
 
 @budget_app.command("log")
 def log_entry(
-    operation: Annotated[str, typer.Option(help="inference, judge, manual, ... (one word).")],
+    operation: Annotated[str, typer.Option(help="inference, judge, fine_tuning, manual, ... (one word).")],
     cost: Annotated[float, typer.Option(parser=number(float, ge=0), help="Cost in USD (>= 0).")],
     agent: Annotated[Optional[str], typer.Option(help="The agent it was spent for.")] = None,
     backend: Annotated[Optional[str], typer.Option(help="The backend it was spent on.")] = None,
     note: Annotated[str, typer.Option(help="Why (kept in the log line).")] = "",
+    source: Annotated[Optional[str], typer.Option(
+        help="With --operation fine_tuning (required there): the fine-tuning job's id. A job is ledgered once.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="With --operation fine_tuning: the model the job made.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Add a manual ledger entry (spend made outside the workers)."""
+    """Add a manual ledger entry (spend made outside the workers, e.g. a fine-tuning job)."""
     with _bad_input_exits():
         if len(operation.split()) != 1:
             raise ConfigError(f"--operation must be one word (got {operation!r})")
+        entry = _fine_tuning_entry(operation.strip(), source, model, agent, cost)
         guard = _guard()
-        entry = guard.log_manual(agent=agent, operation=operation, cost_usd=cost, backend=backend, note=note)
-        state = guard.status()
-        if state["halted"] and guard.halt(run_id=None, reason=f"manual entry {entry.id} passed the emergency threshold"):
-            _stop_provider_consumers()
+        if entry is None:
+            entry = guard.log_manual(agent=agent, operation=operation, cost_usd=cost, backend=backend, note=note)
+            added = True
+        else:
+            recorded = guard.record_entry(entry)
+            added, entry = recorded is entry, recorded
+        state = after_ledger_write(guard, f"manual entry {entry.id}")
     if as_json:
-        emit_json({"id": entry.id, "cost_usd": entry.cost_usd, **{key: state[key] for key in STATUS_KEYS}})
+        emit_json({"id": entry.id, "cost_usd": entry.cost_usd, "added": added,
+                   **{key: state[key] for key in STATUS_KEYS}})
     else:
-        console.print(f"ledger entry {entry.id}: ${entry.cost_usd:.4f} {entry.operation}; "
-                      f"spent ${state['spent_usd']:.4f} of ${state['limit_usd']:.2f} ({state['level']})")
+        what = f"ledger entry {entry.id}" if added else f"already in the ledger as entry {entry.id}, nothing added"
+        console.print(f"{what}: ${entry.cost_usd:.4f} {entry.operation}; "
+                      f"spent ${state['spent_usd']:.4f} of ${state['limit_usd']:.2f} ({state['level']})", highlight=False)
+
+
+def _fine_tuning_entry(operation: str, source: str | None, model: str | None, agent: str | None,
+                       cost: float) -> CostEntry | None:
+    """The entry of `budget log --operation fine_tuning --source JOB_ID`; None for other operations."""
+    from shared.finetune import fine_tuning_entry
+    from shared.models import FINE_TUNING
+
+    if operation != FINE_TUNING:
+        if source is not None or model is not None:
+            raise ConfigError(f"--source and --model go with --operation {FINE_TUNING} (a fine-tuning job)")
+        return None
+    if source is None:
+        raise ConfigError(f"--operation {FINE_TUNING} needs --source JOB_ID (the fine-tuning job's id)")
+    if agent is not None and agent not in get_settings().agents.names:
+        raise ConfigError(f"--agent {agent!r} is not an agent (known: {', '.join(get_settings().agents.names)})")
+    return fine_tuning_entry(source, cost, agent=agent, model=model)
+
+
+def after_ledger_write(guard: BudgetGuard, what: str) -> dict[str, Any]:
+    """The budget after a producer command wrote to the ledger: past the emergency threshold,
+    the halt is recorded and the provider queues stop, as when a worker's call passes it."""
+    state = guard.status()
+    if state["halted"] and guard.halt(run_id=None, reason=f"{what} passed the emergency threshold"):
+        _stop_provider_consumers()
+    return state
+
+
+@budget_app.command("export")
+def export_ledger(
+    format: Annotated[ExportFormat, typer.Option("--format", help="File format.")] = ExportFormat.csv,
+    output: Annotated[Optional[Path], typer.Option("--output", help="File to write (default: stdout).")] = None,
+) -> None:
+    """Every ledger entry (at, run, job, agent, backend, model, operation, tokens, cost, source), in the order written."""
+    from shared.budget.ledger import LEDGER_COLUMNS, ledger_rows
+
+    with _bad_input_exits():
+        settings = get_settings()
+        if output is not None and not output.parent.is_dir():
+            raise ConfigError(f"--output: folder {str(output.parent)!r} does not exist")
+        migrate(settings.database_url)
+    rows = ledger_rows(settings.database_url)
+    if output is None:
+        write_rows(rows, LEDGER_COLUMNS, format, sys.stdout)
+        return
+    count = write_rows_to(output, rows, LEDGER_COLUMNS, format)
+    err_console.print(f"{count} ledger entries written to {output}", highlight=False)
 
 
 @budget_app.command()

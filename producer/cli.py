@@ -1,8 +1,8 @@
-"""`producer`: submit runs, watch them, (re)build reports, resume and cancel; budget and
-simulator sub-commands. Exit codes: 0 ok, 1 a failed run or check, 2 bad input.
+"""`producer`: submit runs, watch them, (re)build reports, resume and cancel; budget,
+finetune and simulator sub-commands. Exit codes: 0 ok, 1 a failed run or check, 2 bad input.
 
-Each command lives with its kind (submit_cli, runs_cli, analysis_cli, budget_cli) and imports
-what only it needs when it runs: `producer status` reads SQL without loading the submit,
+Each command lives with its kind (submit_cli, runs_cli, analysis_cli, budget_cli,
+finetune_cli) and imports what only it needs when it runs: `producer status` reads SQL without loading the submit,
 report, budget, Redis or Celery code (as a new process: ~1.0 s before, ~0.4 s now)."""
 
 from __future__ import annotations
@@ -43,12 +43,14 @@ def _options(
 
 def _register_commands() -> None:
     from producer.budget_cli import budget_app
+    from producer.finetune_cli import finetune_app
     from simulator.cli import simulator_command
 
     submit_cli.register(app)  # submit
     runs_cli.register(app)  # status, runs, resume, cancel, metrics
     analysis_cli.register(app)  # report [--gate], export, compare
     app.add_typer(budget_app, name="budget", help="Spend, limits, ledger and the halt.")
+    app.add_typer(finetune_app, name="finetune", help="Fine-tuned Mistral models, their jobs and their cost.")
     app.command("simulator", help="Run the provider simulator (OpenAI, Anthropic, Mistral wire formats).")(simulator_command)
 
 

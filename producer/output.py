@@ -1,5 +1,5 @@
-"""What every producer command prints with: the two consoles, `--json`, and bad input as one
-line on stderr with exit code 2."""
+"""What every producer command prints with: the two consoles, `--json`, bad input as one line
+on stderr with exit code 2, and rows streamed as CSV or JSON lines."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import csv
 import io
 import json
 import sys
-from typing import Annotated, Any
+from collections.abc import Iterable
+from enum import Enum
+from pathlib import Path
+from typing import IO, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -28,15 +31,14 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def csv_text(rows: list[dict], columns: tuple[str, ...]) -> str:
-    """CSV for people who open it in a spreadsheet: a text cell that starts like a formula gets a
-    leading ' (shown as text, never run: `=HYPERLINK(...)` from a model id or an error stays
-    inert); numbers stay numbers. JSONL exports are data and keep every value as it is."""
+    """The CSV of `write_rows`, as one string."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: "'" + v if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v
-                      for k, v in row.items()} for row in rows)
+    write_rows(rows, columns, ExportFormat.csv, buffer)
     return buffer.getvalue()
+
+
+def _inert_cell(value: Any) -> Any:
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
 
 
 def bad_input(message: str) -> typer.Exit:
@@ -50,3 +52,33 @@ def decision_line(decision: dict | None) -> str:
         return "decision: not available"
     agents = ", ".join(f"{agent} {verdict}" for agent, verdict in decision.get("by_agent", {}).items())
     return f"decision: overall {decision.get('overall')} ({agents})"
+
+
+class ExportFormat(str, Enum):
+    csv = "csv"
+    jsonl = "jsonl"
+
+
+def write_rows(rows: Iterable[dict[str, Any]], columns: tuple[str, ...], fmt: ExportFormat, out: IO[str]) -> int:
+    """Write rows one at a time (never all in memory); CSV with a header row. Returns the count.
+    CSV is for people who open it in a spreadsheet: a text cell that starts like a formula gets a
+    leading ' (shown as text, never run: `=HYPERLINK(...)` from a model id or an error stays
+    inert); numbers stay numbers. JSONL is data and keeps every value as it is."""
+    count = 0
+    if fmt is ExportFormat.csv:
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for count, row in enumerate(rows, 1):
+            writer.writerow({key: _inert_cell(value) for key, value in row.items()})
+    else:
+        for count, row in enumerate(rows, 1):
+            out.write(json.dumps(row, default=str) + "\n")
+    return count
+
+
+def write_rows_to(path: Path, rows: Iterable[dict[str, Any]], columns: tuple[str, ...], fmt: ExportFormat) -> int:
+    """`write_rows` into a file that appears whole or not at all."""
+    from shared.files import replacing
+
+    with replacing(path, newline="") as out:
+        return write_rows(rows, columns, fmt, out)

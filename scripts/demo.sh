@@ -25,6 +25,8 @@ for n in 1 2; do
   pids+=($!)
 done
 echo "Workers: 2 × threads -c ${GENESIS_WORKER_CONCURRENCY:-16} (logs in .run/). Flower: celery -A worker.app flower"
+echo "Fine-tuned Mistral models per agent, and whether each models/{agent}_mistral/model_id.txt is the newest:"
+producer finetune status || echo "(producer finetune status failed; the run goes on with the ids in models/)"
 start=$(date +%s)
 producer submit --all-agents --wait "$@"
 echo "Run took $(( $(date +%s) - start )) s."

@@ -80,6 +80,9 @@ class BackendConfig(Strict):
 class Price(Strict):
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
+    # Fine-tuning a model based on this one, per million trained tokens: what a fine-tuning job
+    # is ledgered at when the provider reports its trained tokens but no cost.
+    training_per_mtok: float | None = Field(default=None, ge=0)
 
 
 class RateLimit(Strict):
@@ -128,6 +131,29 @@ class JudgeConfig(Strict):
     backend: str = "openai"
     model: str | None = None
     max_tokens: int = Field(default=200, gt=0)
+
+
+class FinetuneConfig(Strict):
+    """`producer finetune status`: which backend's fine-tuned ids it checks (its provider's key
+    and endpoint, its `model_id_file`), and which agent a fine-tuned model belongs to: the one
+    agent whose `owner_pattern` (a regex searched in the model id, `{agent}` standing for the
+    agent's name) matches; a job without a model yet is matched as `:<its suffix>`."""
+
+    backend: str = "mistral-ft"
+    # A colon-separated part of the id that is the agent's name, alone or followed by -v3, _x, .2:
+    # ft:open-mistral-7b:genesis:qa-v3 (the shipped ids), ft:open-mistral-7b:b6e2c1:20260101:qa:9f3a.
+    owner_pattern: str = r":{agent}([-_.][^:]*)?(:|$)"
+
+    @field_validator("owner_pattern")
+    @classmethod
+    def _a_regex_naming_the_agent(cls, value: str) -> str:
+        if "{agent}" not in value:
+            raise ValueError("must contain {agent} (where the agent's name stands in the model id)")
+        try:
+            re.compile(value.replace("{agent}", "agent"))
+        except re.error as exc:
+            raise ValueError(f"not a regular expression ({exc})") from None
+        return value
 
 
 class RetryConfig(Strict):
@@ -184,6 +210,7 @@ class Settings(BaseSettings):
     reuse: ReuseConfig = ReuseConfig()
     judge: JudgeConfig = JudgeConfig()
     recovery: RecoveryConfig = RecoveryConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
     # Where relative paths in the TOML (model_id_file) are resolved from; set by load_settings.
     config_dir: str = "."
 
@@ -218,13 +245,17 @@ class Settings(BaseSettings):
     def enabled_backends(self) -> list[str]:
         return [n for n, b in self.backends.items() if b.enabled]
 
+    def model_id_path(self, backend: str, agent: str) -> Path | None:
+        """The file holding `agent`'s model id for `backend` (its `model_id_file`), or None."""
+        template = self.backends[backend].model_id_file
+        return self._resolve(template.format(agent=agent)) if template else None
+
     def model_for(self, backend: str, agent: str) -> str:
         """The model id a backend uses for an agent (fine-tuned ids differ per agent)."""
         b = self.backends[backend]
         if agent in b.models:
             return b.models[agent]
-        if b.model_id_file:
-            path = self._resolve(b.model_id_file.format(agent=agent))
+        if (path := self.model_id_path(backend, agent)) is not None:
             if path.is_file() and (model := path.read_text().strip()):
                 return model
             if not b.model:

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, Float, Index, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import JSON, Column, Float, Index, Text, TypeDecorator, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from shared.numbers import is_cost
@@ -15,6 +15,13 @@ from shared.numbers import is_cost
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def iso(moment: datetime) -> str:
+    """SQLite hands datetimes back naive; they were written as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.isoformat()
 
 
 class RunStatus(StrEnum):
@@ -109,12 +116,21 @@ class LedgerCost(TypeDecorator):
         return value
 
 
+FINE_TUNING = "fine_tuning"  # the ledger operation of a fine-tuning job; its source is the job id
+
+
 class CostEntry(SQLModel, table=True):
     """The ledger. (job_id, operation) is unique when job_id is set, so a redelivered job never
-    costs twice, while its judge call (operation `judge`) is a second entry of the same job."""
+    costs twice, while its judge call (operation `judge`) is a second entry of the same job.
+    A fine-tuning job is ledgered once: (operation, source) is unique for `fine_tuning` rows,
+    whose source is the provider's job id."""
 
     __tablename__ = "cost_entry"
-    __table_args__ = (UniqueConstraint("job_id", "operation", name="uq_cost_entry_job_operation"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "operation", name="uq_cost_entry_job_operation"),
+        Index("uq_cost_entry_fine_tuning_job", "operation", "source", unique=True,
+              sqlite_where=text(f"operation = '{FINE_TUNING}'"), postgresql_where=text(f"operation = '{FINE_TUNING}'")),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     at: datetime = Field(default_factory=utcnow, index=True)
@@ -123,11 +139,11 @@ class CostEntry(SQLModel, table=True):
     agent: str | None = None
     backend: str | None = None
     model: str | None = None
-    operation: str = "inference"  # inference | judge | manual | ...
+    operation: str = "inference"  # inference | judge | fine_tuning | manual | ...
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = Field(default=0.0, sa_type=LedgerCost)
-    source: str = "api"  # api (usage the provider returned) | manual | ...
+    source: str = "api"  # api (usage the provider returned) | manual | a fine-tuning job's id | ...
 
 
 class BudgetEvent(SQLModel, table=True):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 from pydantic import ValidationError
@@ -73,6 +75,11 @@ def simulator_command(
     ] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of answers and fault draws.")] = DEFAULTS["seed"],
     suite: Annotated[str, typer.Option(help="Suite whose expected answers the models know.")] = DEFAULTS["suite"],
+    fine_tunes: Annotated[
+        Optional[Path],
+        typer.Option(help="JSON file: the list of Mistral fine-tuning jobs to serve (fields of "
+                     "simulator.finetune.FineTuneJob). Default: 4 per agent (failed, archived, current, running)."),
+    ] = None,
 ) -> None:
     """Run the provider simulator (OpenAI, Anthropic and Mistral APIs) until Ctrl-C. Its knobs are
     checked by SimulatorConfig (finite, in range), the one place that knows their bounds."""
@@ -93,6 +100,8 @@ def simulator_command(
     }
     if quality:
         knobs["quality"] = parse_pairs(quality, "--quality", "PATTERN")
+    if fine_tunes is not None:
+        knobs["fine_tunes"] = read_fine_tunes(fine_tunes)
     try:
         config = SimulatorConfig(**knobs)
     except ValidationError as error:
@@ -109,6 +118,13 @@ def option_name(knob: str) -> str:
     """The option that sets a SimulatorConfig knob (`error_rates.500` -> `--error-rate`)."""
     field = knob.partition(".")[0]
     return "--error-rate" if field == "error_rates" else "--" + field.replace("_", "-")
+
+
+def read_fine_tunes(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise typer.BadParameter(f"{path}: {error}", param_hint="--fine-tunes") from error
 
 
 def announce(url: str) -> None:

@@ -8,6 +8,7 @@ from typing import Callable
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.numbers import FINITE
+from simulator.finetune import FineTuneJob, default_fine_tunes
 
 Rate = Field(default=0.0, ge=0.0, le=1.0)
 
@@ -31,6 +32,8 @@ class SimulatorConfig(BaseModel):
       prompt but a judge's with this text (hostile answers for tests and demos: links, HTML,
       grading instructions aimed at the judge).
     - suite: the suites whose answers it knows, comma-separated names or folders.
+    - fine_tunes: the Mistral fine-tuning jobs it lists (and the models they made), see
+      simulator/finetune.py.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, **FINITE)
@@ -52,6 +55,7 @@ class SimulatorConfig(BaseModel):
     default_max_tokens: int = Field(default=1024, gt=0)
     seed: int = 7
     suite: str | None = "genesis-custom,genesis-judge"
+    fine_tunes: list[FineTuneJob] = Field(default_factory=default_fine_tunes)
 
     @field_validator("quality")
     @classmethod
@@ -69,6 +73,14 @@ class SimulatorConfig(BaseModel):
                 raise ValueError(f"error status must be a 4xx or 5xx code, got {status}")
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"error rate for {status} must be between 0 and 1, got {rate}")
+        return value
+
+    @field_validator("fine_tunes")
+    @classmethod
+    def _job_ids_are_unique(cls, value: list[FineTuneJob]) -> list[FineTuneJob]:
+        ids = [job.id for job in value]
+        if len(set(ids)) != len(ids):
+            raise ValueError("fine-tuning job ids must be unique")
         return value
 
     @model_validator(mode="after")

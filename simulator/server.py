@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from shared.providers.adapters import SIMULATOR_HEADER
 from simulator.answers import Oracle
 from simulator.config import SimulatorConfig, one_line
+from simulator.finetune import fine_tuning_route
 from simulator.ratelimit import Admission, RateLimiter
 from simulator.stats import ServedStats
 from simulator.text import truncate_to_tokens
@@ -208,6 +209,8 @@ class SimulatorHandler(BaseHTTPRequestHandler):
             self._send_json(200, self.server.simulator.stats.snapshot())
         elif self.path == "/_sim/config":
             self._send_json(200, self.server.simulator.config.model_dump(mode="json"))
+        elif (answer := fine_tuning_route(self.server.simulator.config.fine_tunes, self.path)) is not None:
+            self._send_json(*answer)
         else:
             self._send_not_found()
 

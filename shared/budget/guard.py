@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import redis
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
 
 from shared.config import Settings
 from shared.db import session_scope
 from shared.lifecycle import mark_runs_halted
-from shared.models import CostEntry, JobStatus
+from shared.models import FINE_TUNING, CostEntry, JobStatus
 
 from shared.budget import lua
 from shared.budget.events import level_of, record_event
@@ -212,12 +214,28 @@ class BudgetGuard:
         return self.record_entry(entry)
 
     def record_entry(self, entry: CostEntry) -> CostEntry:
-        """A ledger entry not tied to a job's result (manual, or a paid call whose result could
-        not be stored): written to SQL, then counted once under its own entry id."""
-        with session_scope(self.database_url) as session:
-            session.add(entry)
+        """A ledger entry not tied to a job's result (manual, a fine-tuning job, or a paid call
+        whose result could not be stored): written to SQL, then counted once under its own entry
+        id. A fine-tuning job already in the ledger is not added again (SQL refuses a second
+        entry): the one there is returned, not `entry`, and counted in case its writer died first."""
+        try:
+            with session_scope(self.database_url) as session:
+                session.add(entry)
+        except IntegrityError:
+            existing = self._same_fine_tuning_job(entry)
+            if existing is None:
+                raise
+            entry = existing
         self._add_spend(f"entry:{entry.id}", "", entry.cost_usd)
         return entry
+
+    def _same_fine_tuning_job(self, entry: CostEntry) -> CostEntry | None:
+        if entry.operation != FINE_TUNING:
+            return None
+        with session_scope(self.database_url) as session:
+            return session.exec(
+                select(CostEntry).where(CostEntry.operation == FINE_TUNING, CostEntry.source == entry.source)
+            ).first()
 
     # --- rebuild and reconciliation against SQL ----------------------------------------
 

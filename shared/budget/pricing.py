@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from shared.config import Settings
+from shared.config import ConfigError, Settings
 from shared.tokens import estimate_prompt_tokens, estimate_tokens
 
 from shared.budget.money import MICRO
@@ -19,6 +19,16 @@ USAGE_ESTIMATED = "estimate (response had no usage)"  # CostEntry.source of such
 def call_cost(settings: Settings, model: str, input_tokens: int, output_tokens: int) -> float:
     price = settings.price_for(model)
     return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / MICRO
+
+
+def training_cost(settings: Settings, base_model: str, trained_tokens: int) -> float | None:
+    """A fine-tuning job's cost from its trained tokens at the base model's `training_per_mtok`
+    (None when the model has no price or no training price: the cost must come from elsewhere)."""
+    try:
+        price = settings.price_for(base_model).training_per_mtok
+    except ConfigError:
+        return None
+    return None if price is None else trained_tokens * price / MICRO
 
 
 def worst_case_cost(settings: Settings, model: str, input_tokens: int, max_tokens: int) -> float:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Iterable
 
 from sqlalchemy import func
@@ -15,7 +14,7 @@ from sqlmodel import Session, select
 from shared.budget import recorded_budget_state, to_micro
 from shared.budget.events import level_of
 from shared.config import BudgetConfig, ConfigError
-from shared.models import BudgetEvent, CostEntry, Job, JobStatus, Run, RunStatus
+from shared.models import BudgetEvent, CostEntry, Job, JobStatus, Run, RunStatus, iso
 from shared.report.costs import NOTHING, Spend, is_reused, judge_spend, total
 from shared.stats import mean_or_none, percentile
 
@@ -227,10 +226,3 @@ def budget_facts(session: Session, run: Run, jobs: list[Any]) -> dict[str, Any]:
             for e in events
         ],
     }
-
-
-def iso(moment: datetime) -> str:
-    """SQLite hands datetimes back naive; they were written as UTC."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.isoformat()

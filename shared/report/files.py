@@ -4,13 +4,12 @@ each atomically (two builders of the same run may race)."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from shared.files import replacing
 from shared.report.html import render_html
 from shared.report.markdown import render_markdown
 
@@ -87,14 +86,5 @@ def _newer_run_holds(latest: Path, data: dict) -> bool:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            handle.write(text)
-        os.chmod(handle.name, 0o644)  # reports are for sharing; temp files start owner-only
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    with replacing(path) as handle:
+        handle.write(text)
