@@ -84,15 +84,14 @@ def _agents(settings: Settings, wanted: list[str] | None) -> list[str]:
 def _client(settings: Settings, backend: str) -> tuple[Any, str]:
     """The SDK client, with the key and endpoint of the backend (its own `api_key_env` and
     `base_url` where the config has them, else MISTRAL_API_KEY and MISTRAL_BASE_URL)."""
-    from shared.providers import PROVIDERS, credentials
-    from shared.providers.clients import build_mistral
+    from shared.providers import PROVIDERS, key_env as key_variable
+    from shared.providers.clients import build_mistral, credentials
 
     config = settings.backends[backend]
-    key_env = getattr(config, "api_key_env", None) or PROVIDERS["mistral"].key_env
-    key = os.environ.get(key_env) or None
+    key_env = key_variable("mistral", config.api_key_env)
+    key, base_url = credentials(PROVIDERS["mistral"], config.base_url, config.api_key_env)
     if not key:
         raise ConfigError(f"{key_env} is not set: `finetune status` asks the Mistral API from this host")
-    base_url = getattr(config, "base_url", None) or credentials("mistral")[1]
     return build_mistral(key, base_url, settings.retry.call_timeout_s), redacted_url(base_url or DEFAULT_ENDPOINT)
 
 
