@@ -13,7 +13,9 @@ with probability ERRORS (a candidate error counts 0, a baseline-only error is le
 `halted` with probability HALTED. The true difference is the candidate's accuracy net of its
 own errors minus the baseline's.
 
-Scenarios: null (every candidate exactly as good as its baseline: any GO is an error); above
+Scenarios: null (every candidate exactly as good as its baseline: any GO is an error); flaky
+(the issue's: 10% better when it answers but 15% errors, so worse once they count: any GO is
+an error); above
 the bar (every candidate 2 pp above the required improvement: any NO-GO is an error); +50%
 relative. Then the power check: from an observed pilot comparison, the tasks-needed number it
 reports; drawing that many tasks from the pilot's differences (the observed effect as the
@@ -46,9 +48,12 @@ def _job(task: int, status: str, score: float | None, model: str) -> SimpleNames
     return SimpleNamespace(task_id=f"t{task}", status=status, score=score if status == "ok" else None, model=model)
 
 
-def _status(rng: random.Random) -> str:
+FLAKY_ERRORS = 0.15  # the "flaky" scenario's candidate errors
+
+
+def _status(rng: random.Random, errors: float = ERRORS) -> str:
     u = rng.random()
-    return "error" if u < ERRORS else "halted" if u < ERRORS + HALTED else "ok"
+    return "error" if u < errors else "halted" if u < errors + HALTED else "ok"
 
 
 def simulate_run(rng: random.Random, scenario: str, agents: int, tasks: int, rule: DecisionConfig) -> SimpleNamespace:
@@ -57,16 +62,19 @@ def simulate_run(rng: random.Random, scenario: str, agents: int, tasks: int, rul
     names = [f"agent{a}" for a in range(agents)]
     for a, agent in enumerate(names):
         p_base = 0.45 + 0.2 * a / max(agents - 1, 1)
-        target = {"null": p_base, "above": p_base * (1 + rule.min_improvement) + 0.02, "large": 1.5 * p_base}[scenario]
-        # The candidate's accuracy before its own errors, so that net of them it is `target`.
-        gross = target / (1 - ERRORS)
+        errors = FLAKY_ERRORS if scenario == "flaky" else ERRORS
+        target = {"null": p_base, "above": p_base * (1 + rule.min_improvement) + 0.02, "large": 1.5 * p_base,
+                  "flaky": 0.935 * p_base}[scenario]
+        # The candidate's accuracy before its own errors, so that net of them it is `target`
+        # ("flaky": 10% better when it answers, 15% errors: worse once they count).
+        gross = target / (1 - errors)
         fix = (gross - p_base * (1 - LOSS)) / (1 - p_base)
         cand, base = [], []
         for t in range(tasks):
             easiness = rng.uniform(-0.15, 0.15)
             right = rng.random() < min(1.0, max(0.0, p_base + easiness))
             candidate_right = rng.random() >= LOSS if right else rng.random() < fix
-            cand.append(_job(t, _status(rng), float(candidate_right), "ft-model"))
+            cand.append(_job(t, _status(rng, errors), float(candidate_right), "ft-model"))
             base.append(_job(t, _status(rng), float(right), "base-model"))
         by_pair[(agent, "ft")], by_pair[(agent, "base")] = cand, base
     return SimpleNamespace(agents=names, backends=list(BACKENDS), by_pair=by_pair, snapshot={"backends": BACKENDS})
@@ -156,6 +164,7 @@ def main() -> None:
           f"{runs} runs x {args.agents} agents x {args.tasks} tasks; candidate loses {LOSS:.0%} of the baseline's "
           f"right answers; jobs {ERRORS:.0%} error, {HALTED:.0%} halted")
     for scenario, label, key in (("null", "null: every candidate = its baseline", "any GO"),
+                                 ("flaky", "candidate errs on 15%, worse net of it", "any GO"),
                                  ("above", "every candidate +2 pp above the bar", "any NO-GO"),
                                  ("large", "every candidate +50% relative", "overall GO")):
         started = time.perf_counter()

@@ -469,3 +469,32 @@ def test_a_ledger_entry_nobody_accounts_for_is_a_warning(judged_run):
     data = build(judged_run, "judged")
     assert data["costs"]["ledger_usd"] - data["costs"]["total_usd"] == pytest.approx(0.25)
     assert any("ledger holds $0.271500 for this run" in w for w in data["warnings"])
+
+
+def test_a_go_after_earlier_non_go_runs_on_the_same_tasks_is_flagged(db_url, tmp_path):
+    # Re-running until GO comes up is testing again at the same error rate: the report lists
+    # the earlier decisions on the same models and suite, and says so.
+    start = utcnow() - timedelta(hours=2)
+    for i, (run_id, ft) in enumerate((("try1", [0] * 8 + [1, 1]), ("try2", [1] * 10))):
+        with Session(get_engine(db_url)) as session:
+            add_run(session, run_id, ["qa", "legal"], created_at=start + timedelta(hours=i))
+            add_jobs(session, run_id, "qa", "mistral-ft", ft)
+            add_jobs(session, run_id, "qa", "mistral-base", [0] * 8 + [1, 1])
+            add_jobs(session, run_id, "legal", "mistral-ft", LEGAL_BASE)
+            add_jobs(session, run_id, "legal", "mistral-base", LEGAL_BASE)
+            session.commit()
+        generate_report(run_id, database_url=db_url, reports_dir=tmp_path)
+    data = build(db_url, "try2")
+    assert data["decision"]["by_agent"]["qa"] == "GO"
+    earlier = data["earlier_decisions"]
+    qa = [r for r in earlier["rows"] if r["agent"] == "qa"]
+    assert [(r["run_id"], r["decision"], r["same_tasks"]) for r in qa] == [("try1", "INCONCLUSIVE", True)]
+    assert qa[0]["candidate_model"] == "ft:open-mistral-7b:qa" and qa[0]["baseline_model"] == "open-mistral-7b"
+    assert data["decision"]["overall"] == "GO"  # the pooled verdict too: both are flagged
+    qa_note, pooled_note = earlier["notes"]
+    assert qa_note.startswith("qa: this GO follows 1 earlier non-GO verdict(s) on the same tasks (try1)")
+    assert pooled_note.startswith("all agents pooled: this GO follows 1 earlier non-GO verdict(s)")
+    markdown = render_markdown(data)
+    assert "Earlier decisions on the same candidate model" in markdown and "this GO follows" in markdown
+    first = build(db_url, "try1")  # nothing earlier than the first run
+    assert first["earlier_decisions"] == {"rows": [], "notes": []}
