@@ -42,6 +42,8 @@ def test_a_task_only_the_baseline_failed_is_not_a_candidate_win():
     baseline = jobs([None] * 3 + [1] * 17, ["error"] * 3 + ["ok"] * 17)
     row = compare("qa", "ft", "base", candidate, baseline, RULE)
     assert row["n"] == 17 and row["baseline_errors"] == 3 and row["improvement_abs"] == 0.0
+    both_failed = compare("qa", "ft", "base", jobs([None] + [1] * 19, ["error"] + ["ok"] * 19), baseline, RULE)
+    assert both_failed["n"] == 17 and both_failed["candidate_errors"] == 0  # left out, not counted as 0
 
 
 def test_halted_jobs_are_missing_and_too_many_make_it_inconclusive():

@@ -82,16 +82,16 @@ def comparisons(facts: RunFacts, rule: DecisionConfig, *, plan: bool = True) -> 
 
 def pairing(candidate_jobs: dict, baseline_jobs: dict) -> dict[str, Any]:
     """The suite's tasks as the decision counts them. `pairs`: (key, candidate score, baseline
-    score) with a candidate error as 0; `answered`: the keys both answered ok."""
+    score) with a candidate error as 0; `answered`: the keys both answered ok. The counts:
+    candidate errors counted as 0, baseline errors left out, tasks missing (never attempted)."""
     pairs, answered_keys = [], []
     candidate_errors = baseline_errors = missing = 0
     for key in sorted(candidate_jobs.keys() | baseline_jobs.keys()):
         cand, base = candidate_jobs.get(key), baseline_jobs.get(key)
         cand_failed = cand is not None and cand.status == JobStatus.error
-        if not answered(base):
+        if not answered(base):  # left out, whatever the candidate did
             baseline_errors += base is not None and base.status == JobStatus.error
             missing += base is None or base.status != JobStatus.error
-            candidate_errors += cand_failed
             continue
         if answered(cand):
             pairs.append((key, cand.score, base.score))
