@@ -3,6 +3,7 @@ error shares, power and the edge cases the issue lists."""
 
 from __future__ import annotations
 
+import json
 import random
 from types import SimpleNamespace
 
@@ -136,3 +137,55 @@ def test_smallest_confirmable_improvement():
     assert pooled is not None and 0.08 < pooled < 0.2
     assert smallest_confirmable(1000, 0.6, 0.08, 0.025, 0.05) < pooled  # more tasks, smaller effects
     assert smallest_confirmable(5, 0.6, 0.08, 0.005, 0.05) is None
+
+
+def test_dry_run_gives_the_power_per_agent_and_pooled(tmp_path, monkeypatch):
+    """`submit --dry-run --json` (no services: Redis refused, a fresh SQLite path): the suite's
+    power at the report's shares, from the configured assumption, then from the baseline's
+    last run in SQL."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from producer.cli import app
+    from shared.config import get_settings
+    from shared.db import migrate, session_scope
+    from shared.models import Job, Run
+
+    repo = Path(__file__).resolve().parents[1]
+    url = f"sqlite:///{tmp_path}/g.db"
+    monkeypatch.setenv("GENESIS_CONFIG", str(repo / "config" / "genesis.toml"))
+    monkeypatch.setenv("GENESIS_DATABASE_URL", url)
+    monkeypatch.setenv("GENESIS_REDIS_URL", "redis://127.0.0.1:1/0")
+    get_settings.cache_clear()
+    try:
+        def dry(*args):
+            result = CliRunner().invoke(app, ["submit", "--all-agents", "--backend", "mistral-ft", "--backend",
+                                              "mistral-base", *args, "--dry-run", "--json"], catch_exceptions=False)
+            assert result.exit_code == 0, result.output
+            return {r["agent"]: r for r in json.loads(result.stdout)["decision_power"]["rows"]}
+
+        judge = dry("--suite", "genesis-judge")
+        assert set(judge) == {"content", "legal", "support", POOLED}
+        assert not any(judge[a]["can_ever_go"] for a in ("content", "legal", "support"))  # 5 tasks each
+        assert judge[POOLED]["tasks"] == 15 and judge[POOLED]["can_ever_go"]
+
+        custom = dry()
+        assert custom["qa"]["baseline_accuracy_source"] == "assumed" and custom["qa"]["baseline_accuracy"] == 0.6
+        assert custom["qa"]["smallest_confirmable_abs"] is None  # 20 tasks at 99.5% per end, from 60%
+        assert custom[POOLED]["smallest_confirmable_abs"] == pytest.approx(0.116, abs=0.005)
+
+        migrate(url)
+        with session_scope(url) as session:
+            session.add(Run(id="old", suite="genesis-custom", agents=["qa"], backends=["mistral-base"]))
+            session.flush()
+            for i in range(10):
+                session.add(Job(run_id="old", agent="qa", task_id=f"t{i}", backend="mistral-base", provider="mistral",
+                                model="open-mistral-7b", status="ok", score=1.0 if i < 3 else 0.0, attempts=1))
+        informed = dry()
+        assert informed["qa"]["baseline_accuracy"] == pytest.approx(0.3)
+        assert informed["qa"]["baseline_accuracy_source"] == "run old"
+        assert informed["qa"]["smallest_confirmable_abs"] == pytest.approx(0.52, abs=0.01)
+        assert informed["legal"]["baseline_accuracy_source"] == "assumed"
+    finally:
+        get_settings.cache_clear()
