@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.stats import bounds  # noqa: E402
+from shared.stats import CONTINUITY, bounds  # noqa: E402
 
 SIZES = (5, 10, 20, 50, 100, 300, 1000)
 DISCORDANCE = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4)
@@ -44,7 +44,8 @@ def binary_points(discordance=DISCORDANCE, differences=DIFFERENCES) -> list[tupl
     return [(d, delta) for d in discordance for delta in differences if abs(delta) <= d + 1e-12]
 
 
-def binary_coverage(n: int, points: list[tuple[float, float]], alpha_each: float = ALPHA_EACH) -> list[float]:
+def binary_coverage(n: int, points: list[tuple[float, float]], alpha_each: float = ALPHA_EACH,
+                    continuity: float = CONTINUITY) -> list[float]:
     """Exact coverage at each (discordance, difference) for 0/1 scores and n pairs."""
     log_factorial = np.array([math.lgamma(k + 1.0) for k in range(n + 1)])
     wins, losses = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
@@ -64,7 +65,7 @@ def binary_coverage(n: int, points: list[tuple[float, float]], alpha_each: float
     table = np.array([probabilities(d, delta) for d, delta in points])
     needed = table.max(axis=0) > _CELL_FLOOR
     counts = np.stack([losses[needed], ties[needed], wins[needed]], axis=1).astype(float)
-    low, high = bounds(np.array([-1.0, 0.0, 1.0]), counts, alpha_each)
+    low, high = bounds(np.array([-1.0, 0.0, 1.0]), counts, alpha_each, continuity)
     results = []
     for (d, delta), p in zip(points, table):
         covered = (low <= delta + 1e-9) & (high >= delta - 1e-9)
@@ -91,12 +92,12 @@ def quarter_distribution(shape: str, d: float, delta: float) -> np.ndarray | Non
 
 
 def quarter_coverage(n: int, shape: str, d: float, delta: float, samples: int, rng: np.random.Generator,
-                     alpha_each: float = ALPHA_EACH) -> float | None:
+                     alpha_each: float = ALPHA_EACH, continuity: float = CONTINUITY) -> float | None:
     p = quarter_distribution(shape, d, delta)
     if p is None:
         return None
     counts = rng.multinomial(n, p / p.sum(), size=samples).astype(float)
-    low, high = bounds(QUARTERS, counts, alpha_each)
+    low, high = bounds(QUARTERS, counts, alpha_each, continuity)
     return float(np.mean((low <= delta + 1e-9) & (high >= delta - 1e-9)))
 
 
@@ -105,16 +106,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="n in 5, 20, 100; 1,000 samples per quarter-step point")
     parser.add_argument("--samples", type=int, default=None, help="samples per quarter-step point (default 2000)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--continuity", type=float, default=CONTINUITY,
+                        help=f"the correction, in tasks (default {CONTINUITY}; 0 = the plain score interval)")
     args = parser.parse_args()
     sizes = (5, 20, 100) if args.quick else SIZES
     samples = args.samples or (1000 if args.quick else 2000)
     rng = np.random.default_rng(args.seed)
     started = time.perf_counter()
     points = binary_points()
-    print(f"nominal 95% interval (each end 97.5%); 0/1 scores exact, quarter steps {samples} samples per point")
+    print(f"nominal 95% interval (each end 97.5%), continuity correction {args.continuity} task; "
+          f"0/1 scores exact, quarter steps {samples} samples per point")
     print(f"0/1 scores: minimum / mean coverage over {len(points)} (discordance, difference) points per n")
     worst = (2.0, None)
-    table = {n: binary_coverage(n, points) for n in sizes}
+    table = {n: binary_coverage(n, points, continuity=args.continuity) for n in sizes}
     for n, cover in table.items():
         low = int(np.argmin(cover))
         print(f"  n={n:<5} min {cover[low]:.4f} at discordance {points[low][0]:.0%}, difference "
@@ -130,7 +134,7 @@ def main() -> None:
         print("  " + f"{'disc':>5} {'diff':>6} " + " ".join(f"{n:>7}" for n in sizes))
         for d in QUARTER_DISCORDANCE:
             for delta in QUARTER_DIFFERENCES:
-                row = [quarter_coverage(n, shape, d, delta, samples, rng) for n in sizes]
+                row = [quarter_coverage(n, shape, d, delta, samples, rng, continuity=args.continuity) for n in sizes]
                 if row[0] is None:
                     continue
                 print("  " + f"{d:>5.0%} {delta:>+6.2f} " + " ".join(f"{c:>7.4f}" for c in row), flush=True)

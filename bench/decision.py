@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shared.config import DecisionConfig  # noqa: E402
 from shared.power import can_ever_go, smallest_confirmable  # noqa: E402
-from shared.report.decision import GO, NO_GO, POOLED, compare, comparisons, decide, error_shares  # noqa: E402
+from shared.report.decision import GO, NO_GO, compare, comparisons, decide, error_shares  # noqa: E402
 
 LOSS = 0.05  # of the baseline's right answers, the candidate gets wrong
 ERRORS = 0.03

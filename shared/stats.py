@@ -13,7 +13,8 @@ collapses to a point the data cannot support.
 
 A continuity correction of half a task (the sum of differences is shifted half a unit toward
 the tested value) keeps the coverage at or above the nominal level where the plain score
-interval dips (tie-heavy data, n about 100: 0.936 without it). bench/decision.py prints the
+interval dips (tie-heavy data, n about 100: 0.936 without it, `bench/coverage.py --continuity 0
+--quick`). bench/coverage.py prints the
 coverage over n = 5..1000, discordance 0-40%, differences -0.2..+0.2, 0/1 and quarter steps.
 
 One formula at every n (no exact/Monte Carlo/normal switch, so nothing jumps as n grows), one
@@ -119,7 +120,8 @@ def upper_tail(z: float) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2.0))
 
 
-def bounds(values: np.ndarray, counts: np.ndarray, alpha_each: float) -> tuple[np.ndarray, np.ndarray]:
+def bounds(values: np.ndarray, counts: np.ndarray, alpha_each: float,
+           continuity: float = CONTINUITY) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper bound, each holding with probability >= 1 - alpha_each: the deltas
     where the one-sided test's statistic crosses z. counts: (R, k); returns two (R,) arrays."""
     z = _NORMAL.inv_cdf(1.0 - alpha_each)
@@ -135,7 +137,7 @@ def bounds(values: np.ndarray, counts: np.ndarray, alpha_each: float) -> tuple[n
     def excess(delta: np.ndarray) -> np.ndarray:
         """> 0 where the test rejects delta; squashed to (-1, 1), since the statistic explodes
         toward the ends of [-1, 1] and would stall the secant steps."""
-        over = sign * statistic(values, both, delta) - z
+        over = sign * statistic(values, both, delta, continuity) - z
         return over / (1.0 + np.abs(over))
 
     excess_rejected = excess(rejected)
