@@ -56,12 +56,14 @@ def _status(rng: random.Random, errors: float = ERRORS) -> str:
     return "error" if u < errors else "halted" if u < errors + HALTED else "ok"
 
 
-def simulate_run(rng: random.Random, scenario: str, agents: int, tasks: int, rule: DecisionConfig) -> SimpleNamespace:
+def simulate_run(rng: random.Random, scenario: str, agents: int, tasks: int, rule: DecisionConfig,
+                 accuracies: tuple[float, float] = (0.45, 0.65)) -> SimpleNamespace:
     """One run's jobs as the report reads them (RunFacts' fields)."""
     by_pair = {}
     names = [f"agent{a}" for a in range(agents)]
     for a, agent in enumerate(names):
-        p_base = 0.45 + 0.2 * a / max(agents - 1, 1)
+        low, high = accuracies
+        p_base = low + (high - low) * a / max(agents - 1, 1)
         errors = FLAKY_ERRORS if scenario == "flaky" else ERRORS
         target = {"null": p_base, "above": p_base * (1 + rule.min_improvement) + 0.02, "large": 1.5 * p_base,
                   "flaky": 0.935 * p_base}[scenario]
@@ -69,6 +71,8 @@ def simulate_run(rng: random.Random, scenario: str, agents: int, tasks: int, rul
         # ("flaky": 10% better when it answers, 15% errors: worse once they count).
         gross = target / (1 - errors)
         fix = (gross - p_base * (1 - LOSS)) / (1 - p_base)
+        if not 0.0 <= fix <= 1.0:
+            raise SystemExit(f"scenario {scenario!r} cannot be reached from a baseline accuracy of {p_base:.0%}")
         cand, base = [], []
         for t in range(tasks):
             easiness = rng.uniform(-0.15, 0.15)
@@ -84,7 +88,7 @@ def run_scenario(scenario: str, runs: int, args, rule: DecisionConfig) -> dict:
     rng = random.Random(f"{args.seed}-{scenario}")
     any_go = any_no_go = overall_go = 0
     for _ in range(runs):
-        facts = simulate_run(rng, scenario, args.agents, args.tasks, rule)
+        facts = simulate_run(rng, scenario, args.agents, args.tasks, rule, tuple(args.accuracies))
         rows = comparisons(facts, rule, plan=False)  # the verdicts as the report's; no power figures
         verdicts = decide(facts.agents, rows)
         every = [verdicts["overall"], *verdicts["by_agent"].values()]
@@ -154,6 +158,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=None, help="draws per power check (default 400; --quick 150)")
     parser.add_argument("--agents", type=int, default=5)
     parser.add_argument("--tasks", type=int, default=20, help="tasks per agent (default 20)")
+    parser.add_argument("--accuracies", type=float, nargs=2, default=(0.45, 0.65), metavar=("LOW", "HIGH"),
+                        help="the agents' baseline accuracies, spread evenly (default 0.45 0.65)")
+    parser.add_argument("--scenarios", nargs="*", default=None, help="null flaky above large (default: all)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
@@ -161,12 +168,15 @@ def main() -> None:
     samples = args.samples or (150 if args.quick else 400)
     rule = DecisionConfig()
     print(f"rule: min_improvement {rule.min_improvement:.0%} relative, confidence {rule.confidence:.0%} family-wise; "
-          f"{runs} runs x {args.agents} agents x {args.tasks} tasks; candidate loses {LOSS:.0%} of the baseline's "
+          f"{runs} runs x {args.agents} agents x {args.tasks} tasks, baseline accuracies {args.accuracies[0]:.0%}.."
+          f"{args.accuracies[1]:.0%}; candidate loses {LOSS:.0%} of the baseline's "
           f"right answers; jobs {ERRORS:.0%} error, {HALTED:.0%} halted")
     for scenario, label, key in (("null", "null: every candidate = its baseline", "any GO"),
                                  ("flaky", "candidate errs on 15%, worse net of it", "any GO"),
                                  ("above", "every candidate +2 pp above the bar", "any NO-GO"),
                                  ("large", "every candidate +50% relative", "overall GO")):
+        if args.scenarios is not None and scenario not in args.scenarios:
+            continue
         started = time.perf_counter()
         rates = run_scenario(scenario, runs, args, rule)
         low, high = wilson(rates[key], runs)
