@@ -1,16 +1,25 @@
-"""How often the go/no-go rule is wrong, over many simulated runs (statistics only: no workers).
+"""How often the go/no-go rule is wrong over whole simulated runs (statistics only: no workers),
+decided by the report's own code (shared.report.decision.comparisons + decide) under the
+project's [decision] config; the power it promises; what the shipped suite can confirm.
 
-Each simulated run has AGENTS agents x TASKS tasks; every task has its own easiness, shared by
-both models (paired data, as in a real suite), and a share of tasks scores fractionally (as the
-`keywords` scorer does: k of 4 keywords found). The rule under test is the report's own
-(shared.report.decision.compare), with the project's [decision] config.
+    python bench/decision.py            # 500 runs per scenario (~4 min here)
+    python bench/decision.py --quick    # 150 runs, 150 samples per power check
 
-    python bench/decision.py                 # 1,000 runs per scenario
-    python bench/decision.py --runs 2000 --fractional 0.3
+A run: AGENTS agents x TASKS tasks, each agent with its own baseline accuracy (0.45..0.65: agents
+differ in difficulty) and every task its own easiness. Tie-heavy, as a fine-tune against its
+base: the candidate keeps the baseline's right answers except LOSS of them, and fixes the share
+of its misses that gives the scenario's true difference. Failed jobs: each job ends in `error`
+with probability ERRORS (a candidate error counts 0, a baseline-only error is left out) and is
+`halted` with probability HALTED. The true difference is the candidate's accuracy net of its
+own errors minus the baseline's.
 
-Prints, per scenario: GO / NO-GO / INCONCLUSIVE rates per agent and pooled (the report's
-`overall`), with a 95% Wilson interval for the GO rate, and the interval's coverage of the true
-difference (the mean over the run's tasks of the two models' expected scores).
+Scenarios: null (every candidate exactly as good as its baseline: any GO is an error); flaky
+(the issue's: 10% better when it answers but 15% errors, so worse once they count: any GO is
+an error); above
+the bar (every candidate 2 pp above the required improvement: any NO-GO is an error); +50%
+relative. Then the power check: from an observed pilot comparison, the tasks-needed number it
+reports; drawing that many tasks from the pilot's differences (the observed effect as the
+truth), how often the verdict comes out GO (target 75-85%).
 """
 
 from __future__ import annotations
@@ -26,97 +35,168 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shared.config import DecisionConfig  # noqa: E402
-from shared.report.decision import GO, INCONCLUSIVE, NO_GO, POOLED, compare  # noqa: E402
+from shared.power import can_ever_go, smallest_confirmable  # noqa: E402
+from shared.report.decision import GO, NO_GO, compare, comparisons, decide, error_shares  # noqa: E402
 
-SCENARIOS = {  # name: (baseline quality, candidate quality)
-    "null (equal, 0.60 vs 0.60)": (0.60, 0.60),
-    "null (equal, 0.85 vs 0.85)": (0.85, 0.85),
-    "small (+8% rel, 0.60 vs 0.648)": (0.60, 0.648),
-    "large (+50% rel, 0.60 vs 0.90)": (0.60, 0.90),
-}
-KEYWORDS = 4
+LOSS = 0.05  # of the baseline's right answers, the candidate gets wrong
+ERRORS = 0.03
+HALTED = 0.01
+BACKENDS = {"ft": {"role": "candidate", "baseline": "base"}, "base": {"role": "baseline"}}
 
 
-def _score(rng: random.Random, p: float, fractional: bool) -> float:
-    if fractional:
-        return sum(rng.random() < p for _ in range(KEYWORDS)) / KEYWORDS
-    return 1.0 if rng.random() < p else 0.0
+def _job(task: int, status: str, score: float | None, model: str) -> SimpleNamespace:
+    return SimpleNamespace(task_id=f"t{task}", status=status, score=score if status == "ok" else None, model=model)
 
 
-def simulate_run(rng: random.Random, baseline_q: float, candidate_q: float, agents: int, tasks: int,
-                 fractional_share: float):
-    """Jobs of one run as the report sees them, and the true difference per agent and pooled."""
-    by_agent, truth = {}, {}
-    for a in range(agents):
-        cand, base, gaps = {}, {}, []
+FLAKY_ERRORS = 0.15  # the "flaky" scenario's candidate errors
+
+
+def _status(rng: random.Random, errors: float = ERRORS) -> str:
+    u = rng.random()
+    return "error" if u < errors else "halted" if u < errors + HALTED else "ok"
+
+
+def simulate_run(rng: random.Random, scenario: str, agents: int, tasks: int, rule: DecisionConfig,
+                 accuracies: tuple[float, float] = (0.45, 0.65)) -> SimpleNamespace:
+    """One run's jobs as the report reads them (RunFacts' fields)."""
+    by_pair = {}
+    names = [f"agent{a}" for a in range(agents)]
+    for a, agent in enumerate(names):
+        low, high = accuracies
+        p_base = low + (high - low) * a / max(agents - 1, 1)
+        errors = FLAKY_ERRORS if scenario == "flaky" else ERRORS
+        target = {"null": p_base, "above": p_base * (1 + rule.min_improvement) + 0.02, "large": 1.5 * p_base,
+                  "flaky": 0.935 * p_base}[scenario]
+        # The candidate's accuracy before its own errors, so that net of them it is `target`
+        # ("flaky": 10% better when it answers, 15% errors: worse once they count).
+        gross = target / (1 - errors)
+        fix = (gross - p_base * (1 - LOSS)) / (1 - p_base)
+        if not 0.0 <= fix <= 1.0:
+            raise SystemExit(f"scenario {scenario!r} cannot be reached from a baseline accuracy of {p_base:.0%}")
+        cand, base = [], []
         for t in range(tasks):
-            easiness = rng.uniform(-0.2, 0.2)
-            p_base = min(1.0, max(0.0, baseline_q + easiness))
-            p_cand = min(1.0, max(0.0, candidate_q + easiness))
-            fractional = rng.random() < fractional_share
-            cand[t] = SimpleNamespace(status="ok", score=_score(rng, p_cand, fractional))
-            base[t] = SimpleNamespace(status="ok", score=_score(rng, p_base, fractional))
-            gaps.append(p_cand - p_base)
-        by_agent[f"agent{a}"] = (cand, base)
-        truth[f"agent{a}"] = sum(gaps) / tasks
-    truth[POOLED] = sum(truth.values()) / agents
-    return by_agent, truth
+            easiness = rng.uniform(-0.15, 0.15)
+            right = rng.random() < min(1.0, max(0.0, p_base + easiness))
+            candidate_right = rng.random() >= LOSS if right else rng.random() < fix
+            cand.append(_job(t, _status(rng, errors), float(candidate_right), "ft-model"))
+            base.append(_job(t, _status(rng), float(right), "base-model"))
+        by_pair[(agent, "ft")], by_pair[(agent, "base")] = cand, base
+    return SimpleNamespace(agents=names, backends=list(BACKENDS), by_pair=by_pair, snapshot={"backends": BACKENDS})
 
 
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
+def run_scenario(scenario: str, runs: int, args, rule: DecisionConfig) -> dict:
+    rng = random.Random(f"{args.seed}-{scenario}")
+    any_go = any_no_go = overall_go = 0
+    for _ in range(runs):
+        facts = simulate_run(rng, scenario, args.agents, args.tasks, rule, tuple(args.accuracies))
+        rows = comparisons(facts, rule, plan=False)  # the verdicts as the report's; no power figures
+        verdicts = decide(facts.agents, rows)
+        every = [verdicts["overall"], *verdicts["by_agent"].values()]
+        any_go += GO in every
+        any_no_go += NO_GO in every
+        overall_go += verdicts["overall"] == GO
+    return {"any GO": any_go / runs, "any NO-GO": any_no_go / runs, "overall GO": overall_go / runs}
+
+
+def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    p = successes
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def run_scenario(rule: DecisionConfig, baseline_q: float, candidate_q: float, args) -> dict:
-    rng = random.Random(args.seed)
-    counts = {scope: {GO: 0, NO_GO: 0, INCONCLUSIVE: 0, "covered": 0, "n": 0} for scope in ("agent", "pooled")}
-    for _ in range(args.runs):
-        by_agent, truth = simulate_run(rng, baseline_q, candidate_q, args.agents, args.tasks, args.fractional)
-        pooled_c, pooled_b = {}, {}
-        rows = []
-        for agent, (cand, base) in by_agent.items():
-            rows.append(compare(agent, "ft", "base", cand, base, rule))
-            pooled_c.update({(agent, t): j for t, j in cand.items()})
-            pooled_b.update({(agent, t): j for t, j in base.items()})
-        rows.append(compare(POOLED, "ft", "base", pooled_c, pooled_b, rule))
-        for row in rows:
-            tally = counts["pooled" if row["agent"] == POOLED else "agent"]
-            tally[row["decision"]] += 1
-            tally["n"] += 1
-            low, high = row["ci95_abs"]
-            tally["covered"] += low - 1e-9 <= truth[row["agent"]] <= high + 1e-9
-    return counts
+PILOTS = {  # name: (candidate scores, baseline scores) of an observed comparison
+    "b=2, c=0 of 20 (the issue's)": ([1.0] * 2 + [1.0] * 10 + [0.0] * 8, [0.0] * 2 + [1.0] * 10 + [0.0] * 8),
+    "b=8, c=2 of 20": ([1.0] * 8 + [0.0] * 2 + [1.0] * 5 + [0.0] * 5, [0.0] * 8 + [1.0] * 2 + [1.0] * 5 + [0.0] * 5),
+    "b=14, c=6 of 100": ([1.0] * 14 + [0.0] * 6 + [1.0] * 50 + [0.0] * 30, [0.0] * 14 + [1.0] * 6 + [1.0] * 50 + [0.0] * 30),
+    "quarter steps, 20": ([1, 0.75, 0.5, 1, 1, 0.25, 0.75, 1, 0, 0.5] * 2, [0.75, 0.5, 0.5, 1, 0.75, 0.25, 0.5, 1, 0, 0.75] * 2),
+}
+
+
+def power_check(name: str, pilot: tuple[list[float], list[float]], samples: int, alpha_each: float,
+                rule: DecisionConfig, rng: random.Random) -> str:
+    def jobs(scores):
+        return {i: SimpleNamespace(status="ok", score=s, model="m") for i, s in enumerate(scores)}
+
+    candidate, baseline = pilot
+    observed = compare("pilot", "ft", "base", jobs(candidate), jobs(baseline), rule, alpha_each=alpha_each)
+    needed = observed["pairs_needed"]
+    if needed is None:
+        return f"  {name}: {observed['decision']} already; no tasks-needed number"
+    differences = list(zip(candidate, baseline))
+    goal = GO if observed["improvement_abs"] >= observed["threshold_abs"] else NO_GO
+    hits = 0
+    for _ in range(samples):
+        draw = [rng.choice(differences) for _ in range(needed)]
+        row = compare("x", "ft", "base", jobs([c for c, _ in draw]), jobs([b for _, b in draw]), rule,
+                      alpha_each=alpha_each)
+        hits += row["decision"] == goal
+    low, high = wilson(hits / samples, samples)
+    return (f"  {name}: {observed['decision']} at n={observed['n']}, observed {100 * observed['improvement_abs']:+.1f} pp; "
+            f"tasks needed {needed}; {goal} in {hits / samples:.1%} of {samples} draws of {needed} "
+            f"(95% CI {low:.1%}..{high:.1%}; target 75-85%)")
+
+
+def shipped_suite_power(rule: DecisionConfig, baseline_accuracy: float, agents: int, tasks: int) -> list[str]:
+    per_agent, per_pooled = error_shares(agents, 1, rule.confidence)
+    lines = []
+    for who, n, alpha_each in (("per agent", tasks, per_agent), ("pooled", agents * tasks, per_pooled)):
+        smallest = smallest_confirmable(n, baseline_accuracy, rule.min_improvement, alpha_each, rule.assumed_loss_share)
+        if not can_ever_go(n, alpha_each):
+            text = "cannot reach GO at all"
+        elif smallest is None:
+            text = "no improvement reachable at 80% power (a candidate right on every task the baseline misses falls short)"
+        else:
+            text = f"{100 * smallest:+.1f} pp ({smallest / baseline_accuracy:+.0%} relative)"
+        lines.append(f"  {who} ({n} tasks, each end at {1 - alpha_each:.2%}): {text}")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=1000, help="simulated runs per scenario (default 1000)")
+    parser.add_argument("--runs", type=int, default=None, help="simulated runs per scenario (default 500; --quick 150)")
+    parser.add_argument("--samples", type=int, default=None, help="draws per power check (default 400; --quick 150)")
     parser.add_argument("--agents", type=int, default=5)
     parser.add_argument("--tasks", type=int, default=20, help="tasks per agent (default 20)")
-    parser.add_argument("--fractional", type=float, default=0.2, help="share of tasks scored k/4 (default 0.2)")
+    parser.add_argument("--accuracies", type=float, nargs=2, default=(0.45, 0.65), metavar=("LOW", "HIGH"),
+                        help="the agents' baseline accuracies, spread evenly (default 0.45 0.65)")
+    parser.add_argument("--scenarios", nargs="*", default=None, help="null flaky above large (default: all)")
+    parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
+    runs = args.runs or (150 if args.quick else 500)
+    samples = args.samples or (150 if args.quick else 400)
     rule = DecisionConfig()
-    print(f"rule: min_improvement {rule.min_improvement:.0%} relative, confidence {rule.confidence:.0%}; "
-          f"{args.runs} runs x {args.agents} agents x {args.tasks} tasks, {args.fractional:.0%} fractional")
-    header = f"{'scenario':<32} {'scope':<7} {'GO':>7} {'GO 95% CI':>15} {'NO-GO':>7} {'INCONC.':>8} {'coverage':>9}"
-    print(header)
-    print("-" * len(header))
-    for name, (baseline_q, candidate_q) in SCENARIOS.items():
+    print(f"rule: min_improvement {rule.min_improvement:.0%} relative, confidence {rule.confidence:.0%} family-wise; "
+          f"{runs} runs x {args.agents} agents x {args.tasks} tasks, baseline accuracies {args.accuracies[0]:.0%}.."
+          f"{args.accuracies[1]:.0%}; candidate loses {LOSS:.0%} of the baseline's "
+          f"right answers; jobs {ERRORS:.0%} error, {HALTED:.0%} halted")
+    for scenario, label, key in (("null", "null: every candidate = its baseline", "any GO"),
+                                 ("flaky", "candidate errs on 15%, worse net of it", "any GO"),
+                                 ("above", "every candidate +2 pp above the bar", "any NO-GO"),
+                                 ("large", "every candidate +50% relative", "overall GO")):
+        if args.scenarios is not None and scenario not in args.scenarios:
+            continue
         started = time.perf_counter()
-        counts = run_scenario(rule, baseline_q, candidate_q, args)
-        for scope, c in counts.items():
-            low, high = wilson(c[GO], c["n"])
-            print(f"{name if scope == 'agent' else '':<32} {scope:<7} {c[GO] / c['n']:>7.1%} "
-                  f"{f'[{low:.1%}, {high:.1%}]':>15} {c[NO_GO] / c['n']:>7.1%} "
-                  f"{c[INCONCLUSIVE] / c['n']:>8.1%} {c['covered'] / c['n']:>9.1%}")
-        print(f"{'':<32} ({counts['agent']['n']} agent and {counts['pooled']['n']} pooled comparisons, "
-              f"{time.perf_counter() - started:.1f} s)")
+        rates = run_scenario(scenario, runs, args, rule)
+        low, high = wilson(rates[key], runs)
+        print(f"{label:<40} {key}: {rates[key]:6.1%} (95% CI {low:.1%}..{high:.1%})   "
+              + "  ".join(f"{k} {v:.1%}" for k, v in rates.items() if k != key)
+              + f"   [{time.perf_counter() - started:.0f} s]", flush=True)
+    rng = random.Random(args.seed)
+    per_agent, per_pooled = error_shares(args.agents, 1, rule.confidence)
+    print(f"power check (at a per-agent comparison's share, each end {1 - per_agent:.2%}; "
+          f"and the pooled one's, {1 - per_pooled:.2%}):")
+    for name, pilot in PILOTS.items():
+        alpha_each = per_pooled if "100" in name else per_agent
+        print(power_check(name, pilot, samples, alpha_each, rule, rng), flush=True)
+    print(f"genesis-custom ({args.agents} agents x {args.tasks} tasks): smallest improvement confirmed at 80% power, "
+          f"candidate missing {rule.assumed_loss_share:.0%} of the baseline's right answers "
+          f"({rule.assumed_baseline_accuracy:.0%}: the configured assumption):")
+    for accuracy in sorted({0.3, rule.assumed_baseline_accuracy, 0.8}):
+        print(f" baseline accuracy {accuracy:.0%}:")
+        for line in shipped_suite_power(rule, accuracy, args.agents, args.tasks):
+            print(line)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,7 @@ files) and reports the peak Python memory of that build (tracemalloc, a separate
     python bench/report.py                     # 10,000 jobs
     python bench/report.py --tasks 1000        # 20,000 jobs
 
-Also prints what one pooled comparison's statistics would cost in pure Python (the reason
-numpy is a dependency).
+Also prints what one fractional comparison's statistics cost (numpy, vectorised).
 """
 
 from __future__ import annotations
@@ -69,36 +68,26 @@ def populate(database_url: str, tasks: int, seed: int) -> str:
     return run_id
 
 
-def pure_python_sign_flip_seconds(pairs: int, resamples: int, bisections: int) -> float:
-    """One Monte Carlo sign-flip comparison in pure Python: the sums per pattern, then the
-    interval's bisection steps each re-testing every pattern."""
-    rng = random.Random(0)
-    d = [rng.choice([-1.0, -0.5, 0.0, 0.25, 0.5, 1.0]) for _ in range(pairs)]
-    started = time.perf_counter()
-    sums, totals = [], []
-    for _ in range(resamples):
-        signs = [1 if rng.random() < 0.5 else -1 for _ in range(pairs)]
-        sums.append(sum(s * x for s, x in zip(signs, d)))
-        totals.append(sum(signs))
-    observed_total = sum(d)
-    for step in range(2 * bisections):
-        delta = -1 + step / bisections
-        observed = abs(observed_total - pairs * delta)
-        sum(abs(s - delta * t) >= observed for s, t in zip(sums, totals))
-    return time.perf_counter() - started
+def one_comparison_seconds(pairs: int, rule) -> tuple[float, float]:
+    """One fractional comparison through the decision (score interval, answered-only,
+    tasks needed at 80% power, smallest confirmable improvement), and its interval alone."""
+    from types import SimpleNamespace
 
-
-def numpy_sign_flip_seconds(pairs: int, rule) -> float:
-    from shared.stats import paired_sign_flip
+    from shared.report.decision import compare
+    from shared.stats import two_sided
 
     rng = random.Random(0)
     levels = [0.0, 0.25, 0.5, 0.75, 1.0]
-    candidate = [rng.choice(levels) for _ in range(pairs)]
     baseline = [rng.choice(levels) for _ in range(pairs)]
+    candidate = [b if rng.random() < 0.7 else rng.choice(levels) for b in baseline]
+    jobs = [{i: SimpleNamespace(status="ok", score=s, model="m") for i, s in enumerate(side)}
+            for side in (candidate, baseline)]
     started = time.perf_counter()
-    result = paired_sign_flip(candidate, baseline, confidence=rule.confidence, resamples=rule.resamples, seed=rule.seed)
-    assert result.method == "monte-carlo", result.method
-    return time.perf_counter() - started
+    compare("x", "ft", "base", *jobs, rule)
+    whole = time.perf_counter() - started
+    started = time.perf_counter()
+    two_sided(candidate, baseline, rule.confidence)
+    return whole, time.perf_counter() - started
 
 
 def main() -> None:
@@ -139,11 +128,10 @@ def main() -> None:
               f"{len(published.data['disagreements']):,} disagreements listed; files: "
               + ", ".join(f"{name} {size / 1024:,.0f} KiB" for name, size in sizes.items()))
         rule = get_settings().decision
-        pairs = 100  # a default run pooled (5 agents x 20 tasks): below LARGE_N, sampled when fractional
-        seconds = pure_python_sign_flip_seconds(pairs, 10_000, 50)
-        print(f"one sampled comparison, {pairs} fractional pairs: numpy with {rule.resamples:,} patterns "
-              f"{numpy_sign_flip_seconds(pairs, rule):.3f} s; pure Python with 10,000 patterns {seconds:.2f} s")
-
+        pairs = 100  # a default run pooled (5 agents x 20 tasks)
+        whole, interval = one_comparison_seconds(pairs, rule)
+        print(f"one comparison of {pairs} fractional pairs: {whole:.3f} s with its power figures, "
+              f"the interval alone {interval:.3f} s")
 
 if __name__ == "__main__":
     main()

@@ -103,10 +103,11 @@ def export(
 
 def compare_runs(run_a: str, run_b: str) -> list[dict]:
     """Every (agent, backend) both runs have, paired over the tasks both answered ok in both
-    runs; difference = B - A (e.g. the v4 fine-tune's run against v3's)."""
+    runs; difference = B - A (e.g. the v4 fine-tune's run against v3's). The interval and the
+    two-sided p-value come from the decision's score test (shared.stats), at `confidence`."""
     from shared.report.data import answered, get_run, load_jobs
-    from shared.report.decision import paired_keys
-    from shared.stats import paired_sign_flip
+    from shared.report.decision import pairing
+    from shared.stats import two_sided
 
     rule = get_settings().decision
     with session_scope() as session:
@@ -123,18 +124,18 @@ def compare_runs(run_a: str, run_b: str) -> list[dict]:
     a, b = index(jobs_a), index(jobs_b)
     rows = []
     for key in [k for k in a if k in b]:
-        tasks = paired_keys(a[key], b[key])
+        tasks = pairing(b[key], a[key])["answered"]
         scores_a = [a[key][t].score for t in tasks]
         scores_b = [b[key][t].score for t in tasks]
-        test = paired_sign_flip(scores_b, scores_a, confidence=rule.confidence, resamples=rule.resamples,
-                                seed=rule.seed)
+        test = two_sided(scores_b, scores_a, rule.confidence)
         rows.append({
             "agent": key[0], "backend": key[1], "n": len(tasks),
             "a_accuracy": sum(scores_a) / len(tasks) if tasks else None,
             "b_accuracy": sum(scores_b) / len(tasks) if tasks else None,
             "difference_abs": test.mean_difference if tasks else None,
             "ci95_abs": list(test.ci) if test.ci else None,
-            "p_value": test.p_value,
+            "p_value": test.p_two_sided,
+            "method": test.method,
             "unpaired_a": sum(answered(j) for j in a[key].values()) - len(tasks),
             "unpaired_b": sum(answered(j) for j in b[key].values()) - len(tasks),
         })

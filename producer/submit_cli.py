@@ -87,6 +87,7 @@ def refuse_while_halted(settings) -> None:
 
 def _dry_run(settings, selection, as_json: bool) -> None:
     from producer import submit as submitting
+    from producer.plan import decision_power, power_lines
     from shared.budget import BudgetGuard, estimate_run_cost
     from shared.calls import judge_worst_case
 
@@ -99,6 +100,7 @@ def _dry_run(settings, selection, as_json: bool) -> None:
         estimate["judge"] = judged
         estimate["estimated_cost_usd"] = round(estimate["estimated_cost_usd"] + judged["cost_usd"], 6)
         estimate["within_budget"] = estimate["estimated_cost_usd"] <= estimate["remaining_usd"]
+    estimate["decision_power"] = decision_power(settings, selection)
     try:
         remaining = BudgetGuard.from_settings(settings).status()["remaining_usd"]
         estimate["remaining_usd"] = remaining
@@ -123,6 +125,12 @@ def _dry_run(settings, selection, as_json: bool) -> None:
                       f"≤ ${saved['saved_usd']:.4f} (those answers cost ${saved['paid_before_usd']:.4f} when paid)")
     if "judge" in estimate:
         console.print(f"judge: {estimate['judge']['calls']} grading calls, ≤ ${estimate['judge']['cost_usd']:.4f}")
+    if estimate["decision_power"]["rows"]:
+        console.print("decision power (smallest improvement this suite confirms at 80% power, at the report's "
+                      f"error shares; the candidate assumed to miss {estimate['decision_power']['assumed_loss_share']:.0%} "
+                      "of the baseline's right answers):", highlight=False)
+        for line in power_lines(estimate["decision_power"]):
+            console.print(f"  {line}", highlight=False, soft_wrap=True)
     fits = "fits" if estimate["within_budget"] else "does NOT fit"
     console.print(f"estimated ≤ ${estimate['estimated_cost_usd']:.4f}; {fits} the remaining budget "
                   f"(${estimate['remaining_usd']:.2f}). Nothing was enqueued.")

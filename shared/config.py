@@ -111,8 +111,13 @@ class BudgetConfig(Strict):
 class DecisionConfig(Strict):
     min_improvement: float = Field(default=0.08, ge=0)  # relative to the baseline's accuracy
     confidence: float = Field(default=0.95, gt=0.5, lt=1)  # GO needs this interval above zero
-    # The sign-flip test is exact for 0/1 scores; otherwise Monte Carlo, seeded so a report
-    # rebuilt from the same rows gives the same numbers.
+    # Power before paying (submit --dry-run, the report): the baseline accuracy assumed when no
+    # earlier run of that baseline model is in SQL, and the share of the baseline's right answers
+    # a candidate is assumed to get wrong (a fine-tune mostly agrees with its base).
+    assumed_baseline_accuracy: float = Field(default=0.6, gt=0, lt=1)
+    assumed_loss_share: float = Field(default=0.05, ge=0, lt=1)
+    # Read by the sign-flip test this project used before the score test; accepted so that
+    # config files and run snapshots that set them still load.
     resamples: int = Field(default=20_000, ge=1_000)
     seed: int = Field(default=20261201, ge=0)  # numpy's generators take seeds >= 0
 

@@ -67,15 +67,15 @@ def add_run(
 
 def add_jobs(
     session: Session, run_id: str, agent: str, backend: str, scores: list, *,
-    model: str | None = None, statuses: dict[int, str] | None = None,
+    model: str | None = None, statuses: dict[int, str] | None = None, tasks: list[str] | None = None,
 ) -> None:
     """One job per task, ok unless `statuses` says otherwise by task index; ok jobs get a
     score, latency 100 ms x (index + 1), 100 + 20 tokens and $0.001 with its ledger row."""
-    for i, task in enumerate(TASKS):
+    for i, task in enumerate(tasks or TASKS):
         status = (statuses or {}).get(i, "ok")
         ok = status == "ok"
         job = Job(
-            run_id=run_id, agent=agent, task_id=task, difficulty=DIFFICULTIES[i], backend=backend,
+            run_id=run_id, agent=agent, task_id=task, difficulty=DIFFICULTIES[i % len(DIFFICULTIES)], backend=backend,
             provider=PROVIDERS[backend], model=model or MODELS[backend].format(agent=agent),
             status=status,
             score=float(scores[i]) if ok else None,
@@ -138,15 +138,16 @@ def test_comparisons_pair_tasks_and_say_what_would_settle_them(mixed_run):
     assert qa["improvement_abs"] == pytest.approx(0.2)
     assert qa["improvement_rel"] == pytest.approx(0.2 / 0.7)
     assert qa["threshold_abs"] == pytest.approx(0.08 * 0.7)
-    # Differences: eight 0s and two +1s. Only the two +1s' signs matter: |sum| >= 2 in 2 of
-    # the 4 sign patterns, so the exact two-sided p is 0.5; a shift below 0 makes every
-    # difference positive (p = 2/1024), so the interval starts at 0: not shown better.
-    assert qa["p_value"] == pytest.approx(0.5) and qa["method"] == "exact"
-    assert qa["ci95_abs"][0] == pytest.approx(0.0, abs=1e-9)
+    # Differences: eight 0s and two +1s. Score test at 0 (Tango, with the continuity correction):
+    # (2 - 1/2) / sqrt(2) = 1.061, one-sided p = 0.144; two agents and the pooled verdict share
+    # the run's 5%: 1.25% per agent comparison, so the reported p is 0.144 * 4 = 0.578.
+    assert qa["p_value_unadjusted"] == pytest.approx(0.14442, abs=1e-4) and qa["method"] == "score"
+    assert qa["p_value"] == pytest.approx(4 * qa["p_value_unadjusted"]) and qa["alpha_each"] == pytest.approx(0.0125)
+    assert qa["ci95_abs"][0] < 0 < qa["ci95_abs"][1]
     assert qa["decision"] == "INCONCLUSIVE"
-    # sd of the differences 0.4 (population): (1.96 * 0.4 / 0.2)^2 = 15.4 -> 16 pairs.
-    assert qa["pairs_needed"] == 16
-    assert "about 16 paired tasks would settle it" in qa["headline"]
+    # Two wins in ten as the truth: the test's own power reaches 80% at 39 tasks (seeded draws).
+    assert qa["pairs_needed"] == 39
+    assert "about 39 paired tasks would settle it at 80% power" in qa["headline"]
     assert [p["task_id"] for p in qa["pairs"]] == TASKS
     assert qa["pairs"][3] == {"task_id": "t03", "candidate_score": 1.0, "baseline_score": 0.0}
 
@@ -180,11 +181,12 @@ def test_go_and_no_go_need_the_interval_clear_of_the_line(db_url):
         session.commit()
     data = build(db_url, "clear")
     qa, legal, pooled = (comparison(data, agent) for agent in ("qa", "legal", "ALL"))
-    # Eight +1 differences: exact two-sided p = 2 / 2^8 = 0.0078 (sign test), interval [+0.5, +1].
-    assert qa["p_value"] == pytest.approx(2 / 256)
-    assert qa["ci95_abs"] == pytest.approx([0.5, 1.0])
+    # Eight +1 differences and two ties: (8 - 1/2) / sqrt(8) = 2.652, one-sided p = 0.0040,
+    # times 4 for the run's shares (two agents, pooled) = 0.016 < 0.05: GO, the interval above 0.
+    assert qa["p_value"] == pytest.approx(0.01602, abs=1e-4)
+    assert 0 < qa["ci95_abs"][0] < 0.8 < qa["ci95_abs"][1]
     assert qa["decision"] == "GO" and qa["pairs_needed"] is None
-    assert legal["ci95_abs"] == pytest.approx([-1.0, -0.5]) and legal["decision"] == "NO-GO"
+    assert legal["ci95_abs"][1] < 0 and legal["decision"] == "NO-GO"
     # Pooled: eight +1 and eight -1 cancel; 20 pairs cannot yet exclude the needed +4.8 pp (8% of 60%).
     assert pooled["improvement_abs"] == pytest.approx(0.0) and pooled["decision"] == "INCONCLUSIVE"
     assert data["decision"] == {"overall": "INCONCLUSIVE", "by_agent": {"qa": "GO", "legal": "NO-GO"}}
@@ -268,21 +270,22 @@ def test_inconclusive_when_the_baseline_all_errored(db_url):
     assert data["decision"]["overall"] == "INCONCLUSIVE"
     assert data["simulated"] is False and data["complete"] is True
     assert not any("Simulated" in w for w in data["warnings"])
-    assert any("no task answered ok by both" in w for w in data["warnings"])
+    assert any("no task paired" in w for w in data["warnings"])
 
 
 def test_a_verdict_exactly_on_the_threshold_is_go(db_url):
-    # (0.486 - 0.45) / 0.45 is 0.0799999... in floating point: still an 8% improvement.
+    # 243 vs 225 right of 500: (0.486 - 0.45) / 0.45 is 0.0799999... in floating point: still
+    # an 8% improvement. (Ten equal differences of +3.6 pp no longer make a point interval: ten
+    # tasks cannot rule out rare large losses, so that case is INCONCLUSIVE now.)
     with Session(get_engine(db_url)) as session:
         add_run(session, "edge", ["qa"])
-        add_jobs(session, "edge", "qa", "mistral-ft", [0.486] * 10)
-        add_jobs(session, "edge", "qa", "mistral-base", [0.45] * 10)
+        tasks = [f"e{i:03d}" for i in range(500)]
+        add_jobs(session, "edge", "qa", "mistral-ft", [1] * 243 + [0] * 257, tasks=tasks)
+        add_jobs(session, "edge", "qa", "mistral-base", [1] * 225 + [0] * 275, tasks=tasks)
         session.commit()
     qa = comparison(build(db_url, "edge"), "qa")
-    assert qa["improvement_rel"] == pytest.approx(0.08)
-    assert qa["decision"] == "GO"
-    # Ten equal differences: only all-kept or all-flipped signs reach |sum|, p = 2 / 2^10.
-    assert qa["ci95_abs"] == pytest.approx([0.036, 0.036]) and qa["p_value"] == pytest.approx(2 / 1024)
+    assert qa["improvement_rel"] == pytest.approx(0.08) and qa["improvement_rel"] < 0.08
+    assert qa["decision"] == "GO" and qa["ci95_abs"][0] > 0
 
 
 def test_unknown_run_and_in_flight_run(db_url):
@@ -325,7 +328,7 @@ def test_generate_report_writes_the_files(mixed_run, tmp_path):
     assert "# Fine-tuning quality report: run run1" in markdown
     assert "SIMULATED" in markdown
     assert "**Overall: INCONCLUSIVE**" in markdown and "- qa: **INCONCLUSIVE**" in markdown
-    assert "at least 8% relative" in markdown and "95% confidence interval" in markdown
+    assert "at least 8% relative" in markdown and "One error rate for the whole run" in markdown
     assert "|---|---|---|---:|" in markdown  # numbers right-aligned
     assert "\\<script\\>" in markdown  # cannot reach a markdown renderer as raw HTML
 
@@ -466,3 +469,32 @@ def test_a_ledger_entry_nobody_accounts_for_is_a_warning(judged_run):
     data = build(judged_run, "judged")
     assert data["costs"]["ledger_usd"] - data["costs"]["total_usd"] == pytest.approx(0.25)
     assert any("ledger holds $0.271500 for this run" in w for w in data["warnings"])
+
+
+def test_a_go_after_earlier_non_go_runs_on_the_same_tasks_is_flagged(db_url, tmp_path):
+    # Re-running until GO comes up is testing again at the same error rate: the report lists
+    # the earlier decisions on the same models and suite, and says so.
+    start = utcnow() - timedelta(hours=2)
+    for i, (run_id, ft) in enumerate((("try1", [0] * 8 + [1, 1]), ("try2", [1] * 10))):
+        with Session(get_engine(db_url)) as session:
+            add_run(session, run_id, ["qa", "legal"], created_at=start + timedelta(hours=i))
+            add_jobs(session, run_id, "qa", "mistral-ft", ft)
+            add_jobs(session, run_id, "qa", "mistral-base", [0] * 8 + [1, 1])
+            add_jobs(session, run_id, "legal", "mistral-ft", LEGAL_BASE)
+            add_jobs(session, run_id, "legal", "mistral-base", LEGAL_BASE)
+            session.commit()
+        generate_report(run_id, database_url=db_url, reports_dir=tmp_path)
+    data = build(db_url, "try2")
+    assert data["decision"]["by_agent"]["qa"] == "GO"
+    earlier = data["earlier_decisions"]
+    qa = [r for r in earlier["rows"] if r["agent"] == "qa"]
+    assert [(r["run_id"], r["decision"], r["same_tasks"]) for r in qa] == [("try1", "INCONCLUSIVE", True)]
+    assert qa[0]["candidate_model"] == "ft:open-mistral-7b:qa" and qa[0]["baseline_model"] == "open-mistral-7b"
+    assert data["decision"]["overall"] == "GO"  # the pooled verdict too: both are flagged
+    qa_note, pooled_note = earlier["notes"]
+    assert qa_note.startswith("qa: this GO follows 1 earlier non-GO verdict(s) on the same tasks (try1)")
+    assert pooled_note.startswith("all agents pooled: this GO follows 1 earlier non-GO verdict(s)")
+    markdown = render_markdown(data)
+    assert "Earlier decisions on the same candidate model" in markdown and "this GO follows" in markdown
+    first = build(db_url, "try1")  # nothing earlier than the first run
+    assert first["earlier_decisions"] == {"rows": [], "notes": []}

@@ -12,6 +12,7 @@ from shared.report import data as facts_
 from shared.report import decision as rule_
 from shared.report.costs import NOTHING, run_costs
 from shared.report.drilldown import disagreements
+from shared.report.history import earlier_decisions
 from shared.report.warnings import warnings
 
 
@@ -48,6 +49,9 @@ def build_report_data(session: Session, run_id: str, *, partial: bool = False) -
         "decision_rule": rule_.rule_text(rule),
         "decision": decision,
         "headlines": [c["headline"] for c in comparisons],
+        "sensitivity": [rule_.sensitivity_line(c) for c in comparisons],
+        "power": [rule_.power_line(c) for c in comparisons],
+        "earlier_decisions": earlier_decisions(session, run, comparisons),
         "comparisons": comparisons,
         "backends": [facts_.backend_row(a, b, facts.by_pair[(a, b)], backend_config, facts.judge.get((a, b), NOTHING))
                      for a, b in facts.pairs],

@@ -99,7 +99,7 @@ def forest(data: dict) -> str | None:
         f'<text x="{LABEL_W + 378}" y="{legend_y}" class="tick">no difference</text>',
     ]
     level = f"{data['confidence']:.0%}"
-    return _svg("forest", f"Improvement over the baseline (candidate - baseline, points) with its {level} interval",
+    return _svg("forest", f"Improvement over the baseline (candidate - baseline, points) with its {level} family-wise interval",
                 height, body)
 
 

@@ -1,21 +1,33 @@
-"""The go/no-go rule, its one owner: candidate vs baseline paired over the tasks both answered
-ok, per agent and pooled over all agents (`ALL`), judged by shared.stats' sign-flip interval.
+"""The go/no-go rule, its one owner: candidate vs baseline paired over the suite's tasks, per
+agent and pooled over all agents (`ALL`), judged by shared.stats' score interval.
 
-GO: the improvement meets `min_improvement` (relative) and the interval lies above zero.
-NO-GO: the interval's upper end is below the required improvement in points.
-INCONCLUSIVE: anything else, with about how many paired tasks would settle it."""
+Missing answers never help the candidate: a candidate `error` (after its retries) scores 0; a
+task only the baseline failed is left out (the baseline's fault says nothing about the
+candidate, and counting it as a candidate win would reward a flaky baseline); jobs never
+attempted (halted, cancelled, still queued) are missing. Below MIN_PAIRED_COVERAGE of the
+tasks paired, no verdict. The answered-only comparison (both ok) is computed beside it.
+
+One error rate for the run (weighted Bonferroni): of the 1 - confidence allowed, half goes to
+the pooled comparison(s), half is shared by the per-agent ones, and each comparison's interval
+ends hold at 1 - its share. So with every candidate no better than its baseline, P(any GO) is
+at most 1 - confidence; with every candidate above the bar, P(any NO-GO) likewise; that covers
+`combine` (an agent is GO if any of its candidates is), every candidate being in the family.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Hashable
 
 from shared.config import DecisionConfig
+from shared.models import JobStatus
+from shared.power import Truth, can_ever_go, smallest_confirmable, tasks_needed
 from shared.report.data import RunFacts, answered
-from shared.stats import pairs_needed, paired_sign_flip
+from shared.stats import paired_score_test
 
 GO, NO_GO, INCONCLUSIVE = "GO", "NO-GO", "INCONCLUSIVE"
 POOLED = "ALL"
-MIN_PAIRED_COVERAGE = 0.8  # below this share of a pair's tasks answered by both, no verdict
+MIN_PAIRED_COVERAGE = 0.8  # below this share of a comparison's tasks paired, no verdict
+POOLED_SHARE = 0.5  # of the run's error rate, for the pooled comparison(s)
 # Rounding must not flip a verdict that sits exactly on the threshold (e.g. 0.54 vs 0.50).
 _TOLERANCE = 1e-9
 
@@ -34,9 +46,21 @@ def candidate_pairs(facts: RunFacts) -> list[tuple[str, str]]:
     ]
 
 
-def comparisons(facts: RunFacts, rule: DecisionConfig) -> list[dict]:
-    """One comparison per agent and candidate, then one per candidate over all agents pooled."""
-    rows = []
+def error_shares(agent_comparisons: int, pooled_comparisons: int, confidence: float) -> tuple[float, float]:
+    """(per agent comparison, per pooled comparison): the error allowed at each interval end."""
+    alpha = 1.0 - confidence
+    if not agent_comparisons:
+        return 0.0, alpha / max(pooled_comparisons, 1)
+    if not pooled_comparisons:
+        return alpha / agent_comparisons, 0.0
+    return alpha * (1 - POOLED_SHARE) / agent_comparisons, alpha * POOLED_SHARE / pooled_comparisons
+
+
+def comparisons(facts: RunFacts, rule: DecisionConfig, *, plan: bool = True) -> list[dict]:
+    """One comparison per agent and candidate, then one per candidate over all agents pooled.
+    `plan=False` leaves out the power figures (tasks needed, smallest confirmable), which do not
+    change a verdict and cost most of the time (bench/decision.py's thousands of runs)."""
+    specs: list[tuple[str, str, str, dict, dict]] = []
     for candidate, baseline in candidate_pairs(facts):
         pooled_candidate: dict[Hashable, Any] = {}
         pooled_baseline: dict[Hashable, Any] = {}
@@ -45,68 +69,111 @@ def comparisons(facts: RunFacts, rule: DecisionConfig) -> list[dict]:
             base = {j.task_id: j for j in facts.by_pair.get((agent, baseline), [])}
             if not cand:
                 continue
-            rows.append(compare(agent, candidate, baseline, cand, base, rule))
+            specs.append((agent, candidate, baseline, cand, base))
             pooled_candidate.update({(agent, task): j for task, j in cand.items()})
             pooled_baseline.update({(agent, task): j for task, j in base.items()})
         if pooled_candidate:
-            rows.append(compare(POOLED, candidate, baseline, pooled_candidate, pooled_baseline, rule))
-    return rows
+            specs.append((POOLED, candidate, baseline, pooled_candidate, pooled_baseline))
+    pooled = sum(spec[0] == POOLED for spec in specs)
+    per_agent, per_pooled = error_shares(len(specs) - pooled, pooled, rule.confidence)
+    return [compare(*spec, rule, alpha_each=per_pooled if spec[0] == POOLED else per_agent, plan=plan)
+            for spec in specs]
 
 
-def paired_keys(candidate_jobs: dict, baseline_jobs: dict) -> list:
-    return sorted(k for k in candidate_jobs.keys() & baseline_jobs.keys()
-                  if answered(candidate_jobs[k]) and answered(baseline_jobs[k]))
+def pairing(candidate_jobs: dict, baseline_jobs: dict) -> dict[str, Any]:
+    """The suite's tasks as the decision counts them. `pairs`: (key, candidate score, baseline
+    score) with a candidate error as 0; `answered`: the keys both answered ok. The counts:
+    candidate errors counted as 0, baseline errors left out, tasks missing (never attempted)."""
+    pairs, answered_keys = [], []
+    candidate_errors = baseline_errors = missing = 0
+    for key in sorted(candidate_jobs.keys() | baseline_jobs.keys()):
+        cand, base = candidate_jobs.get(key), baseline_jobs.get(key)
+        cand_failed = cand is not None and cand.status == JobStatus.error
+        if not answered(base):  # left out, whatever the candidate did
+            baseline_errors += base is not None and base.status == JobStatus.error
+            missing += base is None or base.status != JobStatus.error
+            continue
+        if answered(cand):
+            pairs.append((key, cand.score, base.score))
+            answered_keys.append(key)
+        elif cand_failed:
+            pairs.append((key, 0.0, base.score))
+            candidate_errors += 1
+        else:
+            missing += 1
+    return {"tasks": len(candidate_jobs.keys() | baseline_jobs.keys()), "pairs": pairs, "answered": answered_keys,
+            "candidate_errors": candidate_errors, "baseline_errors": baseline_errors, "missing": missing}
+
+
+def _model(jobs: dict) -> str | None:
+    models = {j.model for j in jobs.values() if getattr(j, "model", None)}
+    return models.pop() if len(models) == 1 else (", ".join(sorted(models)) or None)
 
 
 def compare(
     agent: str, candidate: str, baseline: str, candidate_jobs: dict, baseline_jobs: dict,
-    rule: DecisionConfig,
+    rule: DecisionConfig, *, alpha_each: float | None = None, plan: bool = True,
 ) -> dict:
-    """Paired over the tasks both backends answered, so easy and hard tasks weigh the same on
-    each side and a missing answer cannot flatter either one."""
-    tasks = candidate_jobs.keys() | baseline_jobs.keys()
-    paired = paired_keys(candidate_jobs, baseline_jobs)
-    candidate_scores = [candidate_jobs[k].score for k in paired]
-    baseline_scores = [baseline_jobs[k].score for k in paired]
-    test = paired_sign_flip(candidate_scores, baseline_scores, confidence=rule.confidence,
-                            resamples=rule.resamples, seed=rule.seed)
+    """One comparison; `alpha_each` is its share of the run's error rate (default: a lone
+    comparison, 1 - confidence)."""
+    alpha_each = alpha_each if alpha_each is not None else 1.0 - rule.confidence
+    paired = pairing(candidate_jobs, baseline_jobs)
+    pairs = paired["pairs"]
     row: dict[str, Any] = {
         "agent": agent, "candidate": candidate, "baseline": baseline,
-        "tasks": len(tasks), "n": len(paired),
-        "paired_coverage": len(paired) / len(tasks) if tasks else 0.0,
-        "candidate_accuracy": None, "baseline_accuracy": None,
-        "improvement_rel": None, "improvement_abs": None, "threshold_abs": None,
-        "confidence": rule.confidence, "ci95_abs": None, "p_value": None, "method": test.method,
-        "sd_difference": None,
+        "candidate_model": _model(candidate_jobs), "baseline_model": _model(baseline_jobs),
+        "tasks": paired["tasks"], "n": len(pairs),
+        "candidate_errors": paired["candidate_errors"], "baseline_errors": paired["baseline_errors"],
+        "missing": paired["missing"],
+        "paired_coverage": len(pairs) / paired["tasks"] if paired["tasks"] else 0.0,
+        "confidence": rule.confidence, "alpha_each": alpha_each, "method": "score",
     }
-    if paired:
-        candidate_accuracy = sum(candidate_scores) / len(paired)
-        baseline_accuracy = sum(baseline_scores) / len(paired)
-        improvement = candidate_accuracy - baseline_accuracy
-        row.update(
-            candidate_accuracy=candidate_accuracy, baseline_accuracy=baseline_accuracy,
-            improvement_abs=improvement,
-            improvement_rel=improvement / baseline_accuracy if baseline_accuracy else None,
-            threshold_abs=rule.min_improvement * baseline_accuracy,
-            ci95_abs=list(test.ci), p_value=test.p_value, sd_difference=test.sd_difference,
-        )
+    row.update(_measure([c for _, c, _ in pairs], [b for _, _, b in pairs], rule, alpha_each))
+    row.update(_verdict(row, rule, [c - b for _, c, b in pairs] if plan else None))
+    by_key = {key: (c, b) for key, c, b in pairs}
+    answered_only = _measure([by_key[k][0] for k in paired["answered"]], [by_key[k][1] for k in paired["answered"]],
+                             rule, alpha_each)
+    answered_only.update(n=len(paired["answered"]), tasks=paired["tasks"],
+                         paired_coverage=len(paired["answered"]) / paired["tasks"] if paired["tasks"] else 0.0)
+    answered_only["decision"] = _verdict(answered_only, rule, None)["decision"]
+    row["answered_only"] = answered_only
+    row["power"] = _power(row, rule, alpha_each) if plan else None
     if agent != POOLED:
-        row["pairs"] = [
-            {"task_id": k, "candidate_score": candidate_jobs[k].score, "baseline_score": baseline_jobs[k].score}
-            for k in paired
-        ]
-    row.update(_verdict(row, rule))
+        row["pairs"] = [{"task_id": k, "candidate_score": c, "baseline_score": b} for k, c, b in pairs]
     row["headline"] = headline(row)
     return row
 
 
-def _verdict(c: dict, rule: DecisionConfig) -> dict[str, Any]:
-    """The decision, why, and (INCONCLUSIVE) about how many paired tasks would settle it."""
+def _measure(candidate: list[float], baseline: list[float], rule: DecisionConfig, alpha_each: float) -> dict:
+    """Accuracies, improvement, threshold, the interval and the p-value (None without pairs).
+    `p_value`: one-sided, "the candidate is no better", multiplied by the run's share factor
+    (Bonferroni), so GO needs it <= 1 - confidence exactly when the interval is above 0."""
+    row: dict[str, Any] = dict.fromkeys(
+        ("candidate_accuracy", "baseline_accuracy", "improvement_rel", "improvement_abs", "threshold_abs",
+         "ci95_abs", "p_value", "p_value_unadjusted", "sd_difference"))
+    if not candidate:
+        return row
+    test = paired_score_test(candidate, baseline, alpha_each=alpha_each)
+    candidate_accuracy, baseline_accuracy = sum(candidate) / len(candidate), sum(baseline) / len(baseline)
+    improvement = candidate_accuracy - baseline_accuracy
+    row.update(
+        candidate_accuracy=candidate_accuracy, baseline_accuracy=baseline_accuracy, improvement_abs=improvement,
+        improvement_rel=improvement / baseline_accuracy if baseline_accuracy else None,
+        threshold_abs=rule.min_improvement * baseline_accuracy, ci95_abs=list(test.ci),
+        p_value=min(1.0, test.p_above_zero * (1.0 - rule.confidence) / alpha_each),
+        p_value_unadjusted=test.p_above_zero, sd_difference=test.sd_difference,
+    )
+    return row
+
+
+def _verdict(c: dict, rule: DecisionConfig, differences: list[float] | None) -> dict[str, Any]:
+    """The decision, why, and (INCONCLUSIVE) how many paired tasks would settle it at 80% power
+    if the observed differences were the truth."""
     if c["n"] == 0:
-        return {"decision": INCONCLUSIVE, "reason": "no task answered ok by both", "pairs_needed": None}
+        return {"decision": INCONCLUSIVE, "reason": "no task paired", "pairs_needed": None}
     if c["paired_coverage"] < MIN_PAIRED_COVERAGE:
         return {"decision": INCONCLUSIVE, "pairs_needed": None,
-                "reason": f"only {c['paired_coverage']:.0%} of the tasks answered ok by both"}
+                "reason": f"only {c['paired_coverage']:.0%} of the tasks paired (the rest missing)"}
     low, high = c["ci95_abs"]
     improvement, threshold = c["improvement_abs"], c["threshold_abs"]
     meets = improvement > 0 and improvement >= threshold - _TOLERANCE
@@ -116,16 +183,24 @@ def _verdict(c: dict, rule: DecisionConfig) -> dict[str, Any]:
     if high < threshold - _TOLERANCE:
         return {"decision": NO_GO, "reason": "the interval's upper end is below the required improvement",
                 "pairs_needed": None}
-    # With more pairs at this effect, the interval would clear 0 (if the effect meets the
-    # threshold) or drop below the threshold (if it does not).
-    margin = improvement if meets else threshold - improvement
-    needed = pairs_needed(improvement, c["sd_difference"], margin, rule.confidence)
     reason = "the interval includes 0" if meets else "the interval reaches the required improvement"
+    needed = tasks_needed(Truth.observed(differences), threshold, c["alpha_each"]) if differences else None
     return {"decision": INCONCLUSIVE, "reason": reason, "pairs_needed": max(needed, c["n"] + 1) if needed else None}
 
 
+def _power(c: dict, rule: DecisionConfig, alpha_each: float) -> dict[str, Any]:
+    """What this many tasks can confirm at 80% power, from this run's baseline accuracy."""
+    tasks = c["tasks"]
+    accuracy = c["baseline_accuracy"]
+    smallest = (smallest_confirmable(tasks, accuracy, rule.min_improvement, alpha_each, rule.assumed_loss_share)
+                if accuracy is not None else None)
+    return {"tasks": tasks, "baseline_accuracy": accuracy, "can_ever_go": can_ever_go(tasks, alpha_each),
+            "smallest_confirmable_abs": smallest, "loss_share": rule.assumed_loss_share}
+
+
 def combine(verdicts: list[str]) -> str:
-    """Several candidates for one agent: one that passes is enough to ship."""
+    """Several candidates for one agent: one that passes is enough to ship (each is in the
+    run's error family, so this adds no false GO beyond its rate)."""
     if GO in verdicts:
         return GO
     if not verdicts or INCONCLUSIVE in verdicts:
@@ -141,17 +216,47 @@ def decide(agents: list[str], rows: list[dict]) -> dict[str, Any]:
 
 
 def headline(c: dict) -> str:
-    """`content: INCONCLUSIVE: +14 pp, 95% CI -13..+41; about 90 paired tasks would settle it`."""
+    """`content: INCONCLUSIVE: +14 pp, CI -13..+41 (...); about 90 paired tasks would settle it`."""
     who = "all agents pooled" if c["agent"] == POOLED else c["agent"]
     if c["n"] == 0 or c["ci95_abs"] is None:
         return f"{who}: {c['decision']}: {c['reason']}"
     low, high = (_points(x) for x in c["ci95_abs"])
     text = (f"{who}: {c['decision']}: {_points(c['improvement_abs'])} pp, "
-            f"{c['confidence']:.0%} CI {low}..{high} (needs {100 * c['threshold_abs']:+.1f} pp; n={c['n']})")
+            f"CI {low}..{high} (needs {100 * c['threshold_abs']:+.1f} pp; n={c['n']})")
     if c["decision"] == INCONCLUSIVE:
-        text += (f"; about {c['pairs_needed']} paired tasks would settle it" if c["pairs_needed"]
+        text += (f"; about {c['pairs_needed']} paired tasks would settle it at 80% power" if c["pairs_needed"]
                  else f"; {c['reason']}")
     return text
+
+
+def sensitivity_line(c: dict) -> str:
+    """The answered-only comparison beside the main one."""
+    who = "all agents pooled" if c["agent"] == POOLED else c["agent"]
+    a = c["answered_only"]
+    failed = f"{c['candidate_errors']} candidate error(s) counted as 0, {c['baseline_errors']} baseline error(s) " \
+             f"and {c['missing']} missing left out"
+    if a["ci95_abs"] is None:
+        return f"{who}: answered-only: no task answered by both ({failed})"
+    return (f"{who}: answered-only (both ok, n={a['n']}): {_points(a['improvement_abs'])} pp, CI "
+            f"{_points(a['ci95_abs'][0])}..{_points(a['ci95_abs'][1])}: {a['decision']} ({failed})")
+
+
+def power_line(c: dict) -> str:
+    who = "all agents pooled" if c["agent"] == POOLED else c["agent"]
+    p = c["power"]
+    if p is None:
+        return f"{who}: not computed"
+    if not p["can_ever_go"]:
+        return f"{who}: {p['tasks']} tasks cannot reach GO at all: even a candidate right on every task misses the bar"
+    if p["smallest_confirmable_abs"] is None:
+        return (f"{who}: {p['tasks']} tasks cannot confirm any improvement at 80% power "
+                f"(baseline accuracy {_share(p['baseline_accuracy'])})")
+    return (f"{who}: {p['tasks']} tasks confirm an improvement of {100 * p['smallest_confirmable_abs']:+.1f} pp or more "
+            f"at 80% power (baseline accuracy {_share(p['baseline_accuracy'])})")
+
+
+def _share(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.0%}"
 
 
 def _points(share: float) -> str:
@@ -165,16 +270,23 @@ def _points(share: float) -> str:
 def rule_text(rule: DecisionConfig) -> str:
     threshold = f"{rule.min_improvement * 100:g}%"
     level = f"{rule.confidence:.0%}"
+    error = f"{1 - rule.confidence:.0%}"
     return (
-        f"GO when the fine-tuned (candidate) model beats its baseline by at least {threshold} "
-        f"relative ((candidate - baseline) / baseline accuracy) AND the {level} confidence "
-        "interval of the difference lies above zero, both measured on the same tasks (paired: "
-        "tasks both answered ok). NO-GO when the interval's upper end is below the required "
-        f"improvement ({threshold} of the baseline's accuracy, in points): the candidate cannot "
-        "reach it. INCONCLUSIVE otherwise, and when fewer than "
-        f"{MIN_PAIRED_COVERAGE:.0%} of the tasks are paired; the report then says about how many "
-        "paired tasks would settle it at the observed effect. The interval and p-value come from "
-        "a paired sign-flip (randomization) test, exact for 0/1 scores, seeded otherwise. Per "
-        "agent, and overall on all agents' paired tasks pooled; an agent with several candidates "
-        "is GO if any of them is."
+        f"GO when the fine-tuned (candidate) model beats its baseline by at least {threshold} relative "
+        "((candidate - baseline) / baseline accuracy) AND the interval of the difference lies above zero, "
+        "both measured on the same tasks. NO-GO when the interval's upper end is below the required "
+        f"improvement ({threshold} of the baseline's accuracy, in points). INCONCLUSIVE otherwise, and when "
+        f"fewer than {MIN_PAIRED_COVERAGE:.0%} of the tasks are paired; the report then says how many paired "
+        "tasks would settle it at 80% power if the observed differences were the truth. A candidate error "
+        "counts as a score of 0; a task only the baseline failed, or never attempted (halted, cancelled), is "
+        "left out; the answered-only comparison is shown beside it. The interval inverts a score test of the "
+        "mean paired difference (Tango's for 0/1 scores, the same construction for fractional ones, with a "
+        "continuity correction of half a task). One error rate for the whole run (Bonferroni, weighted): "
+        f"{error} split half to the pooled verdict(s), half evenly over the per-agent ones; each interval end "
+        "holds at 1 minus its share, and the p-value is the one-sided p of 'no better' times the same factor. "
+        f"So with no candidate better than its baseline, some verdict says GO in at most {error} of runs, and "
+        f"with every candidate above the bar, some verdict says NO-GO in at most {error} ({level} family-wise). "
+        "Per agent, and overall on all agents' paired tasks pooled (each task once; the spread includes the "
+        "differences between agents, so agents of unequal difficulty widen it, never narrow it); an agent "
+        "with several candidates is GO if any of them is."
     )

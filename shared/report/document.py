@@ -29,6 +29,7 @@ def document(data: dict) -> list[tuple]:
         ("h2", "Decision"),
         ("decision", decision["overall"], data["headlines"] or ["No candidate/baseline pair ran: no verdict."]),
         ("p", "Rule: " + data["decision_rule"]),
+        *_decision_detail(data),
         ("chart", "forest"),
         ("h2", "Candidate vs baseline"),
         _comparison_table(data),
@@ -59,13 +60,39 @@ def document(data: dict) -> list[tuple]:
     return blocks
 
 
+def _decision_detail(data: dict) -> list[tuple]:
+    """Sensitivity (answered-only), power, and earlier decisions on the same models and suite
+    (reports built before these existed lack the keys)."""
+    blocks: list[tuple] = []
+    if data.get("sensitivity"):
+        blocks += [("p", "Sensitivity: the same comparison over the tasks both answered ok only."),
+                   ("list", data["sensitivity"])]
+    if data.get("power"):
+        blocks += [("p", "Power: the smallest improvement this many tasks confirm (GO) at 80% power, at the "
+                         "run's error share, assuming the candidate gets wrong a few of the baseline's right "
+                         "answers (see [decision] assumed_loss_share)."),
+                   ("list", data["power"])]
+    history = data.get("earlier_decisions") or {}
+    if history.get("rows"):
+        blocks += [("p", "Earlier decisions on the same candidate model, baseline model and suite:"),
+                   ("table", ["Run", "Created", "Agent", "Candidate model", "Baseline model", "Decision",
+                              "Improvement (abs)", "Same tasks"],
+                    [[r["run_id"], fmt.date(r["created_at"]), r["agent"], r["candidate_model"], r["baseline_model"],
+                      r["decision"], fmt.pp(r["improvement_abs"]),
+                      {True: "yes", False: "no", None: "n/a"}[r["same_tasks"]]] for r in history["rows"]],
+                    "lllllllr")]
+    if history.get("notes"):
+        blocks.append(("list", history["notes"]))
+    return blocks
+
+
 def _comparison_table(data: dict) -> tuple:
     level = f"{data['confidence']:.0%}"
     return (
         "table",
         ["Agent", "Candidate", "Baseline", "n (paired)", "Candidate acc.", "Baseline acc.",
-         "Improvement (rel)", "Improvement (abs)", "Needed (abs)", f"{level} CI (abs)", "p",
-         "Decision", "Pairs to settle"],
+         "Improvement (rel)", "Improvement (abs)", "Needed (abs)", f"CI (abs, {level} family-wise)",
+         "p (adjusted)", "Decision", "Pairs to settle (80% power)"],
         [[c["agent"], c["candidate"], c["baseline"], f"{c['n']} / {c['tasks']}",
           fmt.pct(c["candidate_accuracy"]), fmt.pct(c["baseline_accuracy"]),
           fmt.pct(c["improvement_rel"], signed=True), fmt.pp(c["improvement_abs"]), fmt.pp(c["threshold_abs"]),

@@ -37,19 +37,20 @@ def disagreements(session: Session, facts: RunFacts, comparisons: list[dict]) ->
             delta = pair["candidate_score"] - pair["baseline_score"]
             if abs(delta) > 1e-12:
                 task = pair["task_id"]
-                found.append((c, cand[task], base[task], delta))
+                found.append((c, cand[task], base[task], delta, pair))
     if not found:
         return []
-    outputs = load_outputs(session, [j.id for _, cj, bj, _ in found for j in (cj, bj)])
+    outputs = load_outputs(session, [j.id for _, cj, bj, _, _ in found for j in (cj, bj)])
     prompts = _prompts(facts.run.suite)
     rows = []
-    for c, cj, bj, delta in sorted(found, key=lambda f: (f[3] > 0, f[0]["agent"], f[1].task_id)):
+    for c, cj, bj, delta, pair in sorted(found, key=lambda f: (f[3] > 0, f[0]["agent"], f[1].task_id)):
         prompt = prompts.get((c["agent"], cj.task_id))
         rows.append({
             "agent": c["agent"], "candidate": c["candidate"], "baseline": c["baseline"],
             "task_id": cj.task_id, "difficulty": cj.difficulty,
             "kind": "candidate better" if delta > 0 else "candidate worse",
-            "candidate_score": cj.score, "baseline_score": bj.score,
+            # As the decision counted them: a candidate error is a 0.
+            "candidate_score": pair["candidate_score"], "baseline_score": pair["baseline_score"],
             "prompt_start": prompt[:PROMPT_CHARS] if prompt else None,
             "candidate_answer": (outputs.get(cj.id) or "")[:ANSWER_CHARS],
             "baseline_answer": (outputs.get(bj.id) or "")[:ANSWER_CHARS],

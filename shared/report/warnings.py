@@ -79,16 +79,16 @@ def _comparison_warnings(c: dict) -> list[str]:
     who = "all agents pooled" if c["agent"] == POOLED else f"agent {c['agent']}"
     label = f"{who}, {c['candidate']} vs {c['baseline']}"
     if c["n"] == 0:
-        return [f"{label}: no task answered ok by both: INCONCLUSIVE."]
+        return [f"{label}: no task paired (each missing, or failed by the baseline): INCONCLUSIVE."]
     found = []
     if c["paired_coverage"] < MIN_PAIRED_COVERAGE:
-        found.append(f"{label}: only {c['n']} of {c['tasks']} tasks answered ok by both "
-                     f"({c['paired_coverage']:.0%} < {MIN_PAIRED_COVERAGE:.0%}): INCONCLUSIVE.")
+        found.append(f"{label}: only {c['n']} of {c['tasks']} tasks paired (the rest never attempted or failed "
+                     f"by the baseline; {c['paired_coverage']:.0%} < {MIN_PAIRED_COVERAGE:.0%}): INCONCLUSIVE.")
     if not c["baseline_accuracy"]:
         found.append(f"{label}: baseline accuracy is 0: any improvement above 0 meets the relative threshold.")
     if c["n"] < SMALL_SAMPLE:
         found.append(f"{label}: only n={c['n']} paired tasks; the comparison is weak.")
-    if c["sd_difference"] == 0.0 and c["n"] > 1:
-        found.append(f"{label}: every paired task shows the same difference, so the interval "
-                     "collapses to it; more tasks could change that.")
+    if c.get("candidate_errors"):
+        found.append(f"{label}: {c['candidate_errors']} candidate error(s) counted as a score of 0; the "
+                     "answered-only comparison is in the decision section.")
     return found

@@ -1,0 +1,135 @@
+"""Power of the decision's test before and after paying: how many paired tasks settle a
+comparison at 80% power, and the smallest improvement a suite of n tasks can confirm.
+
+Power is the share of seeded samples from the assumed truth (a distribution of the paired
+differences) on which the decision's own test (shared.stats) gives the verdict: GO when the
+statistic at 0 clears z and the mean meets the threshold, NO-GO when the statistic at the
+threshold is below -z. A normal formula (n = ((z_a + z_b) sd / effect)^2) misses by far here:
+the test's spread is estimated from the same few discordant tasks, and with n=124 draws of
+"b=2, c=0 of 20" it promised 80% where the test says GO 97% of the time. bench/decision.py
+checks the 80% (GO rate at the tasks-needed n, the observed effect as the truth: 75-85%).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+
+from shared.stats import statistic, support
+
+POWER = 0.8
+MAX_TASKS = 1_000_000
+DRAWS = 2_000  # samples per power estimate (standard error 0.009 at 80%)
+SEED = 20261203  # the same numbers for the same data, every time
+_NORMAL = NormalDist()
+
+
+@dataclass(frozen=True)
+class Truth:
+    """A distribution of paired differences: values in [-1, 1] (with -1 and +1 present) and
+    their probabilities."""
+
+    values: np.ndarray
+    probabilities: np.ndarray
+
+    @classmethod
+    def observed(cls, differences) -> "Truth":
+        values, counts = support(np.asarray(differences, dtype=float))
+        return cls(values, counts / counts.sum())
+
+    @classmethod
+    def binary(cls, wins: float, losses: float) -> "Truth":
+        """0/1 scores: the candidate alone right on `wins` of the tasks, alone wrong on `losses`."""
+        return cls(np.array([-1.0, 0.0, 1.0]), np.array([losses, 1.0 - wins - losses, wins]))
+
+    @property
+    def mean(self) -> float:
+        return float(self.probabilities @ self.values)
+
+    @property
+    def variance(self) -> float:
+        return float(self.probabilities @ (self.values - self.mean) ** 2)
+
+
+def _chance(truth: Truth, n: int, threshold: float, alpha_each: float, verdict: str) -> float:
+    """P(the verdict at n tasks drawn from `truth`), over DRAWS seeded samples through the
+    decision's own test: GO = statistic at 0 above z and the mean at the threshold;
+    NO-GO = statistic at the threshold below -z."""
+    rng = np.random.default_rng(SEED)
+    counts = rng.multinomial(n, truth.probabilities, size=DRAWS).astype(float)
+    z = _NORMAL.inv_cdf(1.0 - alpha_each)
+    if verdict == "GO":
+        mean = counts @ truth.values / n
+        passed = statistic(truth.values, counts, np.zeros(DRAWS)) > z
+        return float(np.mean(passed & (mean > 0) & (mean >= threshold - 1e-9)))
+    at = np.full(DRAWS, min(max(threshold, -0.999), 0.999))
+    return float(np.mean(statistic(truth.values, counts, at) < -z))
+
+
+def go_power(truth: Truth, n: int, threshold: float, alpha_each: float) -> float:
+    return _chance(truth, n, threshold, alpha_each, "GO")
+
+
+def no_go_power(truth: Truth, n: int, threshold: float, alpha_each: float) -> float:
+    """P(the interval's upper end falls below the threshold)."""
+    return _chance(truth, n, threshold, alpha_each, "NO-GO")
+
+
+def tasks_needed(truth: Truth, threshold: float, alpha_each: float, power: float = POWER) -> int | None:
+    """The smallest number of paired tasks at which this truth gets its verdict (GO when its
+    mean meets the threshold, else NO-GO) with probability `power`; None if no suite of up to
+    MAX_TASKS would (a mean exactly at the threshold, or 0)."""
+    if truth.mean > max(threshold, 0.0):
+        chance = go_power
+    elif truth.mean < threshold:
+        chance = no_go_power
+    else:
+        return None
+    if chance(truth, MAX_TASKS, threshold, alpha_each) < power:
+        return None
+    low, high = 0, 1
+    while chance(truth, high, threshold, alpha_each) < power:
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        if chance(truth, middle, threshold, alpha_each) >= power:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def can_ever_go(n: int, alpha_each: float) -> bool:
+    """Whether even the best possible data (the candidate alone right on every task) clears
+    the test: with too few tasks, no outcome gives GO."""
+    if n <= 0:
+        return False
+    z = _NORMAL.inv_cdf(1.0 - alpha_each)
+    values = np.array([-1.0, 0.0, 1.0])
+    return bool(statistic(values, np.array([[0.0, 0.0, float(n)]]), np.zeros(1))[0] > z)
+
+
+def smallest_confirmable(n: int, baseline_accuracy: float, min_improvement: float, alpha_each: float,
+                         loss_share: float, power: float = POWER) -> float | None:
+    """The smallest absolute improvement that n paired 0/1 tasks confirm (GO) with probability
+    `power`, when the baseline is right on `baseline_accuracy` of them and the candidate gets
+    `loss_share` of those wrong (wins = improvement + losses). None when even a candidate right
+    on every task the baseline misses does not reach that power."""
+    if n <= 0 or not can_ever_go(n, alpha_each):
+        return None
+    losses = loss_share * baseline_accuracy
+    ceiling = 1.0 - baseline_accuracy - losses  # wins cannot exceed the baseline's misses
+    threshold = min_improvement * baseline_accuracy
+
+    def chance(improvement: float) -> float:
+        return go_power(Truth.binary(improvement + losses, losses), n, threshold, alpha_each)
+
+    if ceiling <= 0 or chance(ceiling) < power:
+        return None
+    low, high = 0.0, ceiling
+    for _ in range(16):  # to 1e-5 of the range: the report shows a tenth of a point
+        middle = (low + high) / 2.0
+        low, high = (low, middle) if chance(middle) >= power else (middle, high)
+    return max(high, threshold)
