@@ -1,21 +1,19 @@
-"""Fixtures for integration tests: real Redis (db 13, flushed per test), SQLite in a temp dir
-or the real PostgreSQL, the simulator on a real port, real `celery worker` processes."""
+"""Fixtures for integration tests: real Redis (GENESIS_TEST_REDIS_URL, flushed per test), SQLite
+in a temp dir or the real PostgreSQL, the simulator on a real port, real `celery worker`
+processes. The helpers they are built from live in tests/support, one module per concern."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 import redis
 
-from tests.harness import (
-    FAST_RECOVERY, SCRATCH_REDIS_URL, WorkerProcess, ensure_redis, genesis_env, reconnect_app, reset_postgres,
-)
-
-INTEGRATION_REDIS_URL = os.environ.get("GENESIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
-POSTGRES_URL = os.environ.get("GENESIS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from tests.support.env import FAST_RECOVERY, INTEGRATION_REDIS_URL, POSTGRES_URL, SCRATCH_REDIS_URL, genesis_env
+from tests.support.postgres import reset_postgres
+from tests.support.redis_server import ensure_redis
+from tests.support.workers import WorkerProcess, reconnect_app
 
 
 @pytest.fixture(params=["sqlite"])
@@ -29,7 +27,7 @@ def database_url(request, tmp_path: Path) -> str:
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    ensure_redis()
+    ensure_redis(INTEGRATION_REDIS_URL)
     client = redis.Redis.from_url(INTEGRATION_REDIS_URL)
     client.flushdb()
     yield INTEGRATION_REDIS_URL
@@ -41,7 +39,7 @@ def redis_client():
     """A flushed Redis for Redis-level unit tests (budget, limiter); settings rebuilt after each."""
     from shared.config import get_settings
 
-    ensure_redis()
+    ensure_redis(SCRATCH_REDIS_URL)
     client = redis.Redis.from_url(SCRATCH_REDIS_URL)
     client.flushdb()
     yield client

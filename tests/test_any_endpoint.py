@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.test_pipeline import producer, wait_until_reported
+from tests.support.runs import submit, wait_until_reported
 
 pytestmark = pytest.mark.integration
 
@@ -56,9 +56,7 @@ def test_a_run_against_another_openai_compatible_server(genesis, start_worker, m
     monkeypatch.setenv("OPENAI_BASE_URL", base_url)  # the producer's
     try:
         start_worker("w1", concurrency=4)
-        result = producer("submit", "--agent", "qa", "--backend", "openai", "--limit", "4", "--json")
-        assert result.exit_code == 0, result.output
-        snap = wait_until_reported(json.loads(result.stdout)["run_id"])
+        snap = wait_until_reported(submit("--agent", "qa", "--backend", "openai", "--limit", "4"))
     finally:
         server.shutdown()
     assert snap["by_status"]["ok"] == 4

@@ -36,10 +36,11 @@ from shared.config import PROVIDERS, ConfigError, get_settings, load_settings
 from shared.db import migrate, session_scope
 from shared.models import BudgetEvent, CostEntry, Job, Run, RunStatus
 from shared.tokens import estimate_prompt_tokens
-from tests.harness import use_config
+from tests.support.env import use_config
+from tests.support.waiting import wait_for
 import worker.halt  # noqa: F401,E402  (connects the worker_ready halt handler for halt_test_app)
 
-from tests.harness import SCRATCH_REDIS_URL as REDIS_URL  # noqa: E402
+from tests.support.env import SCRATCH_REDIS_URL as REDIS_URL  # noqa: E402
 CAP_MICRO = 830_000  # limit $1.00 × emergency 0.83
 
 CONFIG = """
@@ -594,15 +595,6 @@ def consumed_queues(app: Celery, node_prefix: str) -> set[str] | None:
     return None
 
 
-def wait_for(predicate, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
-
-
 # Stop and restore against real worker processes: tests/test_halt_control.py.
 
 
@@ -617,7 +609,8 @@ def test_a_worker_started_while_halted_does_not_consume_provider_queues(guard, t
         cwd=tests_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        queues = wait_for(lambda: consumed_queues(halt_test_app, "haltedstart@"), timeout=30)
+        queues = wait_for(lambda: consumed_queues(halt_test_app, "haltedstart@"), timeout=30, interval=0.2,
+                          what="the halted worker's queues")
         assert queues == {"reports"}
     finally:
         worker.terminate()

@@ -14,8 +14,9 @@ import redis
 from sqlalchemy import func
 from sqlmodel import select
 
-from tests.harness import ROOT, wait_for
-from tests.test_pipeline import producer
+from tests.support.env import ROOT
+from tests.support.runs import producer
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,8 @@ from dataclasses import replace
 
 import pytest
 
-from tests.harness import ROOT, producer
+from tests.support.env import ROOT
+from tests.support.runs import producer
 
 SECRET = "hunter2-s3cret"
 COMMANDS = [

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.harness import ROOT, wait_for
+from tests.support.env import ROOT
+from tests.support.waiting import wait_for
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DEBIAN_SCHEMA = Path("/usr/lib/python3/dist-packages/compose/config/compose_spec.json")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.harness import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()

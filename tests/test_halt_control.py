@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import redis
 
 from shared.config import Settings
 from shared.limiter import IN_FLIGHT_POLL_S, Permit, RateLimiter
-from tests.harness import SCRATCH_REDIS_URL as REDIS_URL
+from tests.support.env import SCRATCH_REDIS_URL as REDIS_URL
 
 @pytest.fixture
 def r(redis_client) -> redis.Redis:

@@ -11,7 +11,7 @@ from sqlmodel import SQLModel
 
 import shared.models  # noqa: F401  (registers every table)
 from shared.db import get_engine
-from tests.harness import alembic_cli
+from tests.support.processes import alembic_cli
 
 TABLES = {"run", "job", "cost_entry", "budget_event", "alembic_version"}
 

@@ -16,10 +16,13 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from tests.harness import (
-    NetnsLab, TcpForwarder, WorkerProcess, genesis_env, reconnect_app, redis_answers, producer,
-    wait_for, wait_until_reported,
-)
+from tests.support.env import genesis_env
+from tests.support.forwarder import TcpForwarder
+from tests.support.netns import NetnsLab
+from tests.support.redis_server import redis_answers
+from tests.support.runs import producer, wait_until_reported
+from tests.support.waiting import wait_for
+from tests.support.workers import WorkerProcess, reconnect_app
 
 pytestmark = pytest.mark.integration
 
@@ -52,8 +55,8 @@ def fleet(lab, monkeypatch, tmp_path):
     from shared.db import migrate
     from simulator.config import SimulatorConfig
     from simulator.server import start_simulator
-    from tests.conftest import POSTGRES_URL
-    from tests.harness import reset_postgres
+    from tests.support.env import POSTGRES_URL
+    from tests.support.postgres import reset_postgres
     from worker.app import app
 
     redis_port = next(redis_ports)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from tests.harness import alembic_cli, modules_loaded_after, producer
+from tests.support.processes import alembic_cli, modules_loaded_after
+from tests.support.runs import producer
 
 HEAVY = ["redis", "kombu", "celery", "numpy", "alembic", "producer.submit", "shared.budget", "shared.report",
          "simulator.server", "anthropic", "openai"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.harness import chromium, open_in_chromium, png_varied_rows
+from tests.support.browser import chromium, open_in_chromium, png_varied_rows
 
 pytestmark = [
     pytest.mark.integration,

@@ -10,7 +10,7 @@ import weakref
 
 import pytest
 
-from tests.harness import ROOT
+from tests.support.env import ROOT
 from worker.memory import USER_VARIABLES
 
 # 30 MB in 100 KB blocks (above the 64 KiB we set, below glibc's default 128 KiB mmap threshold),
