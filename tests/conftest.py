@@ -13,7 +13,11 @@ import redis
 from tests.support.env import FAST_RECOVERY, INTEGRATION_REDIS_URL, POSTGRES_URL, SCRATCH_REDIS_URL, genesis_env
 from tests.support.postgres import reset_postgres
 from tests.support.redis_server import ensure_redis
+from tests.support.resources import uses
 from tests.support.workers import WorkerProcess, reconnect_app
+
+# Marks every test by the fixtures it uses (unit, redis, postgres, ...) and guards the unit tier.
+pytest_plugins = ["tests.support.tiers"]
 
 
 @pytest.fixture(params=["sqlite"])
@@ -26,6 +30,7 @@ def database_url(request, tmp_path: Path) -> str:
 
 
 @pytest.fixture
+@uses("redis")
 def redis_url() -> Iterator[str]:
     ensure_redis(INTEGRATION_REDIS_URL)
     client = redis.Redis.from_url(INTEGRATION_REDIS_URL)
@@ -35,6 +40,7 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
+@uses("redis")
 def redis_client():
     """A flushed Redis for Redis-level unit tests (budget, limiter); settings rebuilt after each."""
     from shared.config import get_settings
@@ -48,6 +54,7 @@ def redis_client():
 
 
 @pytest.fixture
+@uses("simulator")
 def simulator():
     from simulator.config import SimulatorConfig
     from simulator.server import start_simulator
@@ -78,6 +85,7 @@ def genesis(monkeypatch, tmp_path: Path, database_url: str, redis_url: str, simu
 
 
 @pytest.fixture
+@uses("workers")
 def start_worker(genesis, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     from worker.app import app
 

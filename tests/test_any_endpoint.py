@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.runs import submit, wait_until_reported
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.sockets  # an OpenAI-compatible server of its own
 
 
 class OpenAICompatible(BaseHTTPRequestHandler):

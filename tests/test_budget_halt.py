@@ -18,8 +18,6 @@ from tests.support.env import ROOT
 from tests.support.runs import producer
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.integration
-
 QUEUES = ("openai", "anthropic", "mistral", "reports")
 PROVIDER_QUEUES = {"openai", "anthropic", "mistral"}
 BACKENDS = ("mistral-base", "mistral-ft")  # 5 agents × 20 tasks × 2 backends = 200 jobs on `mistral`

@@ -14,8 +14,6 @@ from sqlmodel import select
 from tests.support.runs import ledger_rows, producer, submit, wait_until_reported
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.integration
-
 
 def assert_counters_agree_with_the_ledger() -> dict:
     """Spent in Redis is the sum of the ledger (to the micro-dollar), nothing is left reserved."""

@@ -30,7 +30,6 @@ def test_a_sized_pool_never_overflows(monkeypatch):
     db.get_engine(POSTGRES_URL).dispose()
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 def test_a_16_thread_worker_holds_at_most_its_pool(start_worker, database_url):
     from shared.db import pool_size_for

@@ -14,8 +14,6 @@ from tests.support.postgres import postgres_outage
 from tests.support.runs import ledger_figures, producer, running_on, served_ok, submit, wait_until_reported
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.integration
-
 OPENAI_3_AGENTS = ("--agent", "qa", "--agent", "legal", "--agent", "content", "--backend", "openai")
 
 

@@ -16,8 +16,6 @@ from tests.support.env import ROOT
 from tests.support.runs import ledger_rows, producer, run_jobs, submit, wait_until_reported
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.integration
-
 SELECTION = ["--suite", "genesis-judge", "--agent", "content", "--agent", "legal",
              "--backend", "mistral-ft", "--backend", "mistral-base", "--limit", "2"]
 JOBS = 2 * 2 * 2

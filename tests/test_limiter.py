@@ -102,6 +102,7 @@ def _hammer(limit: dict[str, Any], config: str, start: Any, seconds: float, out:
     out.put(grants)
 
 
+@pytest.mark.processes
 def test_limit_is_shared_across_processes(make_limiter, tmp_path) -> None:
     make_limiter({})  # only for the empty config it writes
     ctx = multiprocessing.get_context("spawn")  # fork would copy other tests' threads and locks

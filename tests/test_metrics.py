@@ -12,8 +12,6 @@ from sqlmodel import select
 
 from tests.support.runs import producer, submit, wait_until_reported
 
-pytestmark = pytest.mark.integration
-
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
     with urllib.request.urlopen(url, timeout=10) as response:
@@ -74,6 +72,7 @@ def test_metrics_endpoint_reports_what_workers_did(monkeypatch, start_worker, si
     assert samples[("genesis_limiter_waits_total", (("provider", "openai"),))] > 0
 
 
+@pytest.mark.sockets
 def test_metrics_command_refuses_a_port_it_cannot_bind(genesis):
     import socket
 

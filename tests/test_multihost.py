@@ -20,11 +20,10 @@ from tests.support.env import genesis_env
 from tests.support.forwarder import TcpForwarder
 from tests.support.netns import NetnsLab
 from tests.support.redis_server import redis_answers
+from tests.support.resources import uses
 from tests.support.runs import producer, wait_until_reported
 from tests.support.waiting import wait_for
 from tests.support.workers import WorkerProcess, reconnect_app
-
-pytestmark = pytest.mark.integration
 
 HOSTS = ["h1", "h2"]
 POSTGRES_PORT = 15412
@@ -33,6 +32,7 @@ redis_ports = itertools.count(16412)
 
 
 @pytest.fixture
+@uses("netns", "processes")
 def lab():
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root (CI runs as root)")
@@ -47,6 +47,7 @@ def lab():
 
 
 @pytest.fixture
+@uses("redis", "postgres", "simulator", "workers")
 def fleet(lab, monkeypatch, tmp_path):
     """Services on the bridge address only; the producer (this process) pointed at them."""
     from sqlalchemy.engine import make_url

@@ -13,8 +13,6 @@ from sqlmodel import select
 
 from tests.support.runs import producer, submit, wait_until_reported
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
 def test_all_agents_run_completes_with_a_report_consistent_with_sql(start_worker, simulator, database_url):

@@ -9,14 +9,11 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from sqlmodel import select
 
 import simulator.server as sim_server
 from tests.support.runs import run_jobs, submit, wait_until_reported
 from tests.support.waiting import wait_for
-
-pytestmark = pytest.mark.integration
 
 
 class Arrivals:

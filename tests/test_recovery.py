@@ -14,8 +14,6 @@ from sqlmodel import select
 from tests.support.runs import producer, submit, wait_until_reported
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.integration
-
 
 def ok_jobs(run_id: str) -> int:
     from shared.progress import run_snapshot

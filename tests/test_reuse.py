@@ -12,8 +12,6 @@ import pytest
 from tests.support.env import ROOT
 from tests.support.runs import ledger_rows, producer, run_jobs, submit, wait_until_reported
 
-pytestmark = pytest.mark.integration
-
 SELECTION = ["--agent", "qa", "--agent", "support", "--limit", "3"]  # × 4 backends = 24 jobs
 JOBS = 2 * 3 * 4
 

@@ -18,6 +18,7 @@ def loaded_after(code: str) -> tuple[list[str], str]:
     return modules_loaded_after(code, UMBRELLA_ONLY)
 
 
+@pytest.mark.processes
 def test_the_worker_script_loads_no_umbrella_cli_code() -> None:
     umbrella, _ = loaded_after("import celery.bin.celery")  # what `celery -A worker.app worker` carries
     assert "celery.bin.celery" in umbrella and "prompt_toolkit" in umbrella
@@ -72,7 +73,6 @@ def test_detach_is_refused_with_one_line_instead_of_starting_nothing(monkeypatch
     said = capsys.readouterr().err.strip().splitlines()
     assert len(said) == 1 and "--detach is not supported" in said[0]
 
-@pytest.mark.integration
 def test_celery_umbrella_cli_still_starts_a_working_worker(start_worker) -> None:
     start_worker("umbrella", concurrency=2, launcher="celery")
     snap = wait_until_reported(submit("--agent", "qa", "--backend", "openai", "--limit", "2"))
