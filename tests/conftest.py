@@ -16,8 +16,9 @@ from tests.support.redis_server import ensure_redis
 from tests.support.resources import uses
 from tests.support.workers import WorkerProcess, reconnect_app
 
-# Marks every test by the fixtures it uses (unit, redis, postgres, ...) and guards the unit tier.
-pytest_plugins = ["tests.support.tiers"]
+# Marks every test by the fixtures it uses (unit, redis, postgres, ...) and guards the unit tier;
+# pytester runs that plugin on test files of tests/test_tiers.py's own.
+pytest_plugins = ["tests.support.tiers", "pytester"]
 
 
 @pytest.fixture(params=["sqlite"])

@@ -7,10 +7,18 @@ other fixtures, gets those markers. A test parametrized with `database_url="post
 marker itself (`processes`, `sockets`, `browser`, ...). Any of these markers also adds
 `integration`; a test with none of them is `unit`. SQLite files in tmp dirs are allowed in
 the unit tier: no server, no process.
+
+The unit tier is guarded: while a `unit` test sets up and runs, starting a process or
+connecting or binding a socket fails it, even when the code under test swallowed the error, so
+a test that lacks its marker fails loudly, in the full run as well as under `-m unit`.
 """
 
 from __future__ import annotations
 
+import _posixsubprocess
+import os
+import socket
+import subprocess
 from collections import Counter
 
 import pytest
@@ -36,3 +44,56 @@ def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Ite
                      if item.get_closest_marker(name))
     return "tiers: " + ", ".join(f"{name} {counts[name]}" for name in ("unit", "integration", *RESOURCES)
                                  if counts[name])
+
+
+class UnitTierViolation(RuntimeError):
+    """A `unit` test started a process or opened a socket."""
+
+
+def _refuse(patch: pytest.MonkeyPatch, seen: list[str]) -> None:
+    def refusal(what: str):
+        def refused(*_args, **_kwargs):
+            seen.append(what)
+            raise UnitTierViolation(f"a unit test may not {what} (tests/support/tiers.py)")
+
+        return refused
+
+    patch.setattr(subprocess.Popen, "_execute_child", refusal("start a process (subprocess)"))
+    patch.setattr(_posixsubprocess, "fork_exec", refusal("start a process (multiprocessing)"))
+    for name in ("fork", "forkpty", "system", "posix_spawn", "posix_spawnp"):
+        if hasattr(os, name):
+            patch.setattr(os, name, refusal(f"start a process (os.{name})"))
+    for name in ("connect", "connect_ex", "bind"):
+        patch.setattr(socket.socket, name, refusal(f"open a socket (socket.{name})"))
+
+
+def _guarded(item: pytest.Item):
+    """Runs one phase of `item`; a unit test's phase fails if it tried to start a process or
+    open a socket, whether or not the code it called let the error through."""
+    if item.get_closest_marker("unit") is None:
+        return (yield)
+    seen: list[str] = []
+    with pytest.MonkeyPatch.context() as patch:
+        _refuse(patch, seen)
+        try:
+            result = yield
+        except Exception:
+            if not seen:
+                raise
+            result = None
+    if seen:
+        pytest.fail(f"a unit test tried to {'; '.join(dict.fromkeys(seen))}: give the fixture that does it "
+                    f"@uses(...) (tests/support/resources.py) or mark the test with one of {', '.join(RESOURCES)}",
+                    pytrace=False)
+    return result
+
+
+# Setup and call only: a teardown may finalize a module's server that an earlier test started.
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item):
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    return (yield from _guarded(item))
