@@ -10,5 +10,6 @@
 - workers: `worker` / `celery worker` processes, re-pointing this process's Celery app;
 - processes: fresh interpreters and the alembic CLI (start-up weight, migrations);
 - browser, netns, forwarder: headless Chromium, network namespaces, a TCP relay;
-- tiers: the pytest plugin that marks each test by what it uses (`unit`, `redis`, ...).
+- resources, tiers: the markers of what a test uses, `@uses(...)` for fixtures, and the pytest
+  plugin that marks each test (`unit`, `redis`, ...) and guards the unit tier.
 """

@@ -19,6 +19,7 @@ import _posixsubprocess
 import os
 import socket
 import subprocess
+import threading
 from collections import Counter
 
 import pytest
@@ -51,20 +52,29 @@ class UnitTierViolation(RuntimeError):
 
 
 def _refuse(patch: pytest.MonkeyPatch, seen: list[str]) -> None:
-    def refusal(what: str):
-        def refused(*_args, **_kwargs):
+    """Patches every way to start a process or use a socket. Threads alive before the phase
+    (a server or a pool an earlier integration test left running) pass through: only the test's
+    own thread and the threads it starts are refused."""
+    earlier = {thread.ident for thread in threading.enumerate()} - {threading.get_ident()}
+
+    def refuse(owner, name: str, what: str) -> None:
+        original = getattr(owner, name)
+
+        def refused(*args, **kwargs):
+            if threading.get_ident() in earlier:
+                return original(*args, **kwargs)
             seen.append(what)
             raise UnitTierViolation(f"a unit test may not {what} (tests/support/tiers.py)")
 
-        return refused
+        patch.setattr(owner, name, refused)
 
-    patch.setattr(subprocess.Popen, "_execute_child", refusal("start a process (subprocess)"))
-    patch.setattr(_posixsubprocess, "fork_exec", refusal("start a process (multiprocessing)"))
+    refuse(subprocess.Popen, "_execute_child", "start a process (subprocess)")
+    refuse(_posixsubprocess, "fork_exec", "start a process (multiprocessing)")
     for name in ("fork", "forkpty", "system", "posix_spawn", "posix_spawnp"):
         if hasattr(os, name):
-            patch.setattr(os, name, refusal(f"start a process (os.{name})"))
+            refuse(os, name, f"start a process (os.{name})")
     for name in ("connect", "connect_ex", "bind"):
-        patch.setattr(socket.socket, name, refusal(f"open a socket (socket.{name})"))
+        refuse(socket.socket, name, f"open a socket (socket.{name})")
 
 
 def _guarded(item: pytest.Item):
