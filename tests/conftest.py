@@ -43,7 +43,7 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture
 @uses("redis")
 def redis_client():
-    """A flushed Redis for Redis-level unit tests (budget, limiter); settings rebuilt after each."""
+    """A flushed Redis for Redis-level tests without workers (budget, limiter); settings rebuilt after each."""
     from shared.config import get_settings
 
     ensure_redis(SCRATCH_REDIS_URL)
