@@ -48,7 +48,10 @@ from sqlmodel import select  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from shared.providers import PROVIDER_QUEUES  # noqa: E402
-from tests.harness import WorkerProcess, ensure_redis, genesis_env, reconnect_app, wait_for  # noqa: E402
+from tests.support.env import genesis_env  # noqa: E402
+from tests.support.redis_server import ensure_redis  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
+from tests.support.workers import WorkerProcess, reconnect_app  # noqa: E402
 
 SHAPES = [(1, 8), (3, 8), (3, 16)]
 BACKENDS = ("mistral-base", "mistral-ft")  # 5 agents × 20 tasks × 2 = 200 jobs, all on `mistral`

@@ -18,7 +18,9 @@ from typing import Iterator
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.harness import WorkerProcess, ensure_redis, genesis_env, reconnect_app  # noqa: E402
+from tests.support.env import genesis_env  # noqa: E402
+from tests.support.redis_server import ensure_redis  # noqa: E402
+from tests.support.workers import WorkerProcess, reconnect_app  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -16,7 +16,7 @@ refuse connections). The fault is injected once 40 jobs are ok:
 Printed per fault: seconds from the fault until the run's report exists, jobs called more than
 once (and how many were in flight on the faulted worker), ledger entries vs calls the simulator
 served with 200, ledger entries without a job. Default recovery timings unless --fast (the
-tests' timings, tests.harness.FAST_RECOVERY).
+tests' timings, tests.support.env.FAST_RECOVERY).
 """
 
 from __future__ import annotations
@@ -34,10 +34,12 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
-from tests.harness import (  # noqa: E402
-    FAST_RECOVERY, WorkerProcess, ensure_redis, genesis_env, ledger_figures, postgres_outage, producer,
-    reconnect_app, reset_postgres, running_on, served_ok, wait_for, wait_until_reported,
-)
+from tests.support.env import FAST_RECOVERY, genesis_env  # noqa: E402
+from tests.support.postgres import postgres_outage, reset_postgres  # noqa: E402
+from tests.support.redis_server import ensure_redis  # noqa: E402
+from tests.support.runs import ledger_figures, producer, running_on, served_ok, wait_until_reported  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
+from tests.support.workers import WorkerProcess, reconnect_app  # noqa: E402
 
 FAULTS = {"sigkill": 1000, "postgres": 300, "flushdb": 300, "sigterm": 1000}  # simulator latency, ms
 OPEN_LIMITS = {"GENESIS_LIMITS__MISTRAL__RPM": "1000000", "GENESIS_LIMITS__MISTRAL__TPM": "1000000000",

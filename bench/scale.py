@@ -27,7 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.throughput import Scenario, SimulatorProcess, config_file, cpu_s, machine_cpu_s  # noqa: E402
 from bench.throughput import prepare_this_process, submit_and_wait  # noqa: E402
-from tests.harness import ConnectionSampler, WorkerProcess, ensure_redis, genesis_env, reset_postgres  # noqa: E402
+from tests.support.env import genesis_env  # noqa: E402
+from tests.support.postgres import ConnectionSampler, reset_postgres  # noqa: E402
+from tests.support.redis_server import ensure_redis  # noqa: E402
+from tests.support.workers import WorkerProcess  # noqa: E402
 
 BACKENDS = ["openai", "anthropic", "mistral-base", "mistral-ft"]
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import large_run, profiling  # noqa: E402
 from bench.parts import SimulatorProcess, cpu_s, machine_cpu_s, redis_server_pid, running_system  # noqa: E402
-from tests.harness import WorkerProcess  # noqa: E402
+from tests.support.workers import WorkerProcess  # noqa: E402
 
 
 @dataclass

@@ -1,4 +1,5 @@
-# Sourced by the other scripts: a project venv with genesis-bench installed, and Redis answering.
+# Sourced by the other scripts: a project venv with genesis-bench installed, and Redis answering
+# (unless BOOTSTRAP_REDIS=0: the tests start Redis themselves, on their own URL, when they need it).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -14,13 +15,15 @@ if [ ! -f "$stamp" ]; then
   python -m pip install -q -e ".[test]"
   touch "$stamp"
 fi
-REDIS_URL="${GENESIS_REDIS_URL:-redis://127.0.0.1:6379/0}"
-if ! python - "$REDIS_URL" <<'PY' 2>/dev/null
+if [ "${BOOTSTRAP_REDIS:-1}" = 1 ]; then
+  REDIS_URL="${GENESIS_REDIS_URL:-redis://127.0.0.1:6379/0}"
+  if ! python - "$REDIS_URL" <<'PY' 2>/dev/null
 import sys, redis
 redis.Redis.from_url(sys.argv[1], socket_connect_timeout=1).ping()
 PY
-then
-  echo "Redis is not answering at $REDIS_URL: starting redis-server on 127.0.0.1:6379"
-  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
-  for _ in $(seq 50); do redis-cli -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done
+  then
+    echo "Redis is not answering at $REDIS_URL: starting redis-server on 127.0.0.1:6379"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+    for _ in $(seq 50); do redis-cli -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done
+  fi
 fi

@@ -26,8 +26,9 @@ echo "lowest allowed versions installed:"
 if [ "$#" -gt 0 ]; then
   exec python -m pytest -q "$@"
 fi
-# (the test fixtures start redis-server when nothing answers)
-python -m pytest -q -m "not integration" --ignore=tests/test_floors.py  # (that one checks this run was made)
+# Everything but worker processes, Chromium and network namespaces (unit, Redis-level, simulator
+# and SDK tests); the test fixtures start redis-server when nothing answers.
+python -m pytest -q -m "not workers and not browser and not netns" --ignore=tests/test_floors.py  # (that one checks this run was made)
 python -m pytest -q "tests/test_pipeline.py::test_all_agents_run_completes_with_a_report_consistent_with_sql" \
   tests/test_completion.py tests/test_messaging.py
 # What passed, committed beside this script: tests/test_floors.py fails when pyproject.toml's

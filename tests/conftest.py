@@ -1,21 +1,24 @@
-"""Fixtures for integration tests: real Redis (db 13, flushed per test), SQLite in a temp dir
-or the real PostgreSQL, the simulator on a real port, real `celery worker` processes."""
+"""Fixtures for integration tests: real Redis (GENESIS_TEST_REDIS_URL, flushed per test), SQLite
+in a temp dir or the real PostgreSQL, the simulator on a real port, real `celery worker`
+processes. The helpers they are built from live in tests/support, one module per concern."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 import redis
 
-from tests.harness import (
-    FAST_RECOVERY, SCRATCH_REDIS_URL, WorkerProcess, ensure_redis, genesis_env, reconnect_app, reset_postgres,
-)
+from tests.support.env import FAST_RECOVERY, INTEGRATION_REDIS_URL, POSTGRES_URL, SCRATCH_REDIS_URL, genesis_env
+from tests.support.postgres import reset_postgres
+from tests.support.redis_server import ensure_redis
+from tests.support.resources import uses
+from tests.support.workers import WorkerProcess, reconnect_app
 
-INTEGRATION_REDIS_URL = os.environ.get("GENESIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
-POSTGRES_URL = os.environ.get("GENESIS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+# Marks every test by the fixtures it uses (unit, redis, postgres, ...) and guards the unit tier;
+# pytester runs that plugin on test files of tests/test_tiers.py's own.
+pytest_plugins = ["tests.support.tiers", "pytester"]
 
 
 @pytest.fixture(params=["sqlite"])
@@ -28,6 +31,7 @@ def database_url(request, tmp_path: Path) -> str:
 
 
 @pytest.fixture
+@uses("redis")
 def redis_url() -> Iterator[str]:
     ensure_redis(INTEGRATION_REDIS_URL)
     client = redis.Redis.from_url(INTEGRATION_REDIS_URL)
@@ -37,8 +41,9 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
+@uses("redis")
 def redis_client():
-    """A flushed Redis for Redis-level unit tests (budget, limiter); settings rebuilt after each."""
+    """A flushed Redis for Redis-level tests without workers (budget, limiter); settings rebuilt after each."""
     from shared.config import get_settings
 
     ensure_redis(SCRATCH_REDIS_URL)
@@ -50,6 +55,7 @@ def redis_client():
 
 
 @pytest.fixture
+@uses("simulator")
 def simulator():
     from simulator.config import SimulatorConfig
     from simulator.server import start_simulator
@@ -80,6 +86,7 @@ def genesis(monkeypatch, tmp_path: Path, database_url: str, redis_url: str, simu
 
 
 @pytest.fixture
+@uses("workers")
 def start_worker(genesis, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     from worker.app import app
 

@@ -9,10 +9,10 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from tests.harness import serve_http
-from tests.test_pipeline import producer, wait_until_reported
+from tests.support.http_server import serve_http
+from tests.support.runs import submit, wait_until_reported
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.sockets  # an OpenAI-compatible server of its own
 
 
 class OpenAICompatible(BaseHTTPRequestHandler):
@@ -55,9 +55,7 @@ def test_a_run_against_another_openai_compatible_server(genesis, start_worker, m
     monkeypatch.setenv("OPENAI_BASE_URL", base_url)  # the producer's
     try:
         start_worker("w1", concurrency=4)
-        result = producer("submit", "--agent", "qa", "--backend", "openai", "--limit", "4", "--json")
-        assert result.exit_code == 0, result.output
-        snap = wait_until_reported(json.loads(result.stdout)["run_id"])
+        snap = wait_until_reported(submit("--agent", "qa", "--backend", "openai", "--limit", "4"))
     finally:
         server.shutdown()
     assert snap["by_status"]["ok"] == 4

@@ -16,7 +16,8 @@ from sqlmodel import select
 from shared.config import ConfigError, load_settings
 from shared.db import migrate, session_scope
 from shared.models import BudgetEvent, CostEntry
-from tests.harness import ROOT, SCRATCH_REDIS_URL, producer, use_config
+from tests.support.env import ROOT, SCRATCH_REDIS_URL, use_config
+from tests.support.runs import producer
 
 CONFIG = (ROOT / "config" / "genesis.toml").read_text()
 

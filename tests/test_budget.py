@@ -38,10 +38,12 @@ from shared.providers import PROVIDER_QUEUES
 from shared.db import migrate, session_scope
 from shared.models import BudgetEvent, CostEntry, Job, Run, RunStatus
 from shared.tokens import estimate_prompt_tokens
-from tests.harness import use_config
+from tests.support.env import use_config
+from tests.support.resources import uses
+from tests.support.waiting import wait_for
 from worker.halt import HaltControlStep  # noqa: E402  (registered on halt_test_app below)
 
-from tests.harness import SCRATCH_REDIS_URL as REDIS_URL  # noqa: E402
+from tests.support.env import SCRATCH_REDIS_URL as REDIS_URL  # noqa: E402
 CAP_MICRO = 830_000  # limit $1.00 × emergency 0.83
 
 CONFIG = """
@@ -221,6 +223,7 @@ def test_48_threads_random_amounts_never_pass_the_cap(guard, redis_client):
     assert len(granted) > 30  # random amounts of ≤ $0.03: dozens fit before the cap
 
 
+@pytest.mark.processes
 def test_4_processes_of_12_threads_grant_exactly_what_fits(guard, redis_client):
     guard.status()
     with Sampler(redis_client) as sampler, ProcessPoolExecutor(4, mp_context=get_context("spawn")) as pool:
@@ -266,6 +269,7 @@ def test_a_redelivered_job_reserving_after_its_settle_costs_nothing_more(guard):
 
 
 @pytest.fixture
+@uses("sockets")
 def webhook():
     received: list[dict] = []
 
@@ -312,6 +316,7 @@ def test_warning_and_critical_fire_once_each_with_a_log_line_and_a_webhook(
     assert guard.status()["level"] == "critical"
 
 
+@pytest.mark.sockets
 def test_a_dead_webhook_is_logged_and_never_raised(tmp_path, monkeypatch, redis_client, caplog):
     write_config(tmp_path, monkeypatch, 'webhook_url = "http://127.0.0.1:9/nothing-listens"\n')
     settings = load_settings()
@@ -597,18 +602,10 @@ def consumed_queues(app: Celery, node_prefix: str) -> set[str] | None:
     return None
 
 
-def wait_for(predicate, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
-
-
 # Stop and restore against real worker processes: tests/test_halt_control.py.
 
 
+@pytest.mark.processes
 def test_a_worker_started_while_halted_does_not_consume_provider_queues(guard, tmp_path):
     guard.halt(run_id=None, reason="test")
     tests_dir = Path(__file__).parent
@@ -620,7 +617,8 @@ def test_a_worker_started_while_halted_does_not_consume_provider_queues(guard, t
         cwd=tests_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        queues = wait_for(lambda: consumed_queues(halt_test_app, "haltedstart@"), timeout=30)
+        queues = wait_for(lambda: consumed_queues(halt_test_app, "haltedstart@"), timeout=30, interval=0.2,
+                          what="the halted worker's queues")
         assert queues == {"reports"}
     finally:
         worker.terminate()

@@ -13,12 +13,13 @@ from typer.testing import CliRunner
 
 from producer.budget_cli import budget_app
 from shared.budget import BudgetGuard
-from tests.harness import producer, use_config
+from tests.support.env import use_config
+from tests.support.runs import producer
 from shared.config import load_settings
 from shared.db import migrate, session_scope
 from shared.models import CostEntry
 
-from tests.harness import SCRATCH_REDIS_URL as REDIS_URL  # noqa: E402
+from tests.support.env import SCRATCH_REDIS_URL as REDIS_URL  # noqa: E402
 BUDGET = """
 [pricing."m"]
 input_per_mtok = 1.0

@@ -16,10 +16,9 @@ from sqlmodel import select
 
 from shared.messaging import REPORTS_QUEUE
 from shared.providers import PROVIDER_QUEUES as _PROVIDER_QUEUES
-from tests.harness import ROOT, wait_for
-from tests.test_pipeline import producer
-
-pytestmark = pytest.mark.integration
+from tests.support.env import ROOT
+from tests.support.runs import producer
+from tests.support.waiting import wait_for
 
 PROVIDER_QUEUES = set(_PROVIDER_QUEUES)
 QUEUES = (*_PROVIDER_QUEUES, REPORTS_QUEUE)

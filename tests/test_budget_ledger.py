@@ -11,18 +11,8 @@ import pytest
 from sqlalchemy import func, update
 from sqlmodel import select
 
-from tests.harness import wait_for
-from tests.test_pipeline import producer, wait_until_reported
-
-pytestmark = pytest.mark.integration
-
-
-def ledger_rows(run_id: str) -> list:
-    from shared.db import session_scope
-    from shared.models import CostEntry
-
-    with session_scope() as session:
-        return list(session.exec(select(CostEntry).where(CostEntry.run_id == run_id)).all())
+from tests.support.runs import ledger_rows, producer, submit, wait_until_reported
+from tests.support.waiting import wait_for
 
 
 def assert_counters_agree_with_the_ledger() -> dict:
@@ -38,11 +28,7 @@ def assert_counters_agree_with_the_ledger() -> dict:
     return budget
 
 
-def submit(backend: str, limit: int) -> str:
-    result = producer("submit", "--agent", "qa", "--agent", "legal", "--backend", backend, "--limit", str(limit),
-                      "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)["run_id"]
+QA_AND_LEGAL = ("--agent", "qa", "--agent", "legal")
 
 
 def test_calls_costing_more_than_reserved_are_settled_at_their_real_cost(start_worker, simulator):
@@ -51,7 +37,7 @@ def test_calls_costing_more_than_reserved_are_settled_at_their_real_cost(start_w
 
     simulator.update(usage_scale=12.0)  # the provider bills 12× the tokens the workers estimated
     start_worker("w1", concurrency=4)
-    run_id = submit("openai", 5)
+    run_id = submit(*QA_AND_LEGAL, "--backend", "openai", "--limit", "5")
     assert wait_until_reported(run_id)["by_status"]["ok"] == 10
 
     rows = ledger_rows(run_id)
@@ -76,7 +62,7 @@ def test_responses_without_usage_are_costed_from_an_estimate_and_flagged(backend
 
     simulator.update(omit_usage_rate=1.0)
     start_worker("w1", concurrency=4)
-    run_id = submit(backend, 4)
+    run_id = submit(*QA_AND_LEGAL, "--backend", backend, "--limit", "4")
     assert wait_until_reported(run_id)["by_status"]["ok"] == 8
 
     settings, suite = get_settings(), load_suite("genesis-custom")
@@ -102,7 +88,7 @@ def test_a_worker_killed_between_call_and_settle_leaves_no_reservation_behind(st
 
     simulator.update(latency_ms=3000)
     doomed = start_worker("doomed", concurrency=4)
-    run_id = submit("openai", 4)
+    run_id = submit(*QA_AND_LEGAL, "--backend", "openai", "--limit", "4")
     wait_for(lambda: simulator.stats()["in_flight"] == 4, timeout=20, what="4 calls in flight")
     doomed.kill()  # SIGKILL: the calls are answered (and billed) but never settled
     guard = BudgetGuard.from_settings(get_settings())

@@ -11,7 +11,8 @@ from dataclasses import replace
 
 import pytest
 
-from tests.harness import ROOT, producer
+from tests.support.env import ROOT
+from tests.support.runs import producer
 
 SECRET = "hunter2-s3cret"
 COMMANDS = [
@@ -52,6 +53,7 @@ def test_an_unknown_run_on_a_fresh_database_is_bad_input(cli_env, redis_url, tmp
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+@pytest.mark.sockets
 def test_redis_away_is_one_line_without_its_password(cli_env, tmp_path, command):
     cli_env(f"sqlite:///{tmp_path / 'fresh.db'}", f"redis://:{SECRET}@127.0.0.1:1/0")
     result = producer(*command)
@@ -66,6 +68,7 @@ def test_redis_away_is_one_line_without_its_password(cli_env, tmp_path, command)
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+@pytest.mark.sockets
 def test_the_database_away_is_one_line_without_its_password(cli_env, redis_url, command):
     cli_env(f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1:1/nowhere", redis_url)
     line = one_line_error(producer(*command), 1)
@@ -123,6 +126,7 @@ def test_a_call_past_its_deadline_is_abandoned_and_its_late_answer_still_reporte
     assert arrived.wait(5) and late == [answer]
 
 
+@pytest.mark.sockets
 def test_a_failing_webhook_is_logged_without_its_url(caplog):
     from shared.budget import post_webhook
     from shared.models import BudgetEvent

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from importlib.metadata import version
 
-from tests.harness import producer
+from tests.support.runs import producer
 
 
 def test_version_prints_the_installed_version():

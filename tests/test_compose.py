@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.harness import ROOT, wait_for
+from tests.support.env import ROOT
+from tests.support.resources import uses
+from tests.support.waiting import wait_for
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DEBIAN_SCHEMA = Path("/usr/lib/python3/dist-packages/compose/config/compose_spec.json")
@@ -61,6 +63,7 @@ def compose_model(env: dict[str, str] = DOTENV) -> dict:
     return interpolate(raw, env)
 
 
+@pytest.mark.processes
 def test_docker_compose_1_29_accepts_the_file():
     if not shutil.which("docker-compose"):
         pytest.skip("docker-compose is not installed (Debian: apt-get install docker-compose)")
@@ -131,6 +134,7 @@ def test_the_deployment_contract():
         compose_model({k: v for k, v in DOTENV.items() if k != "REDIS_PASSWORD"})
 
 
+@pytest.mark.processes
 def test_dockerfile_and_dockerignore_agree():
     dockerfile = (ROOT / "Dockerfile").read_text()
     copied = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")]
@@ -210,6 +214,7 @@ class Service:
 
 
 @pytest.fixture
+@uses("processes")
 def local(tmp_path, redis_url):
     """The compose services' environment with local addresses in place of container names."""
     env = {
@@ -230,7 +235,6 @@ def local(tmp_path, redis_url):
         service.stop()
 
 
-@pytest.mark.integration
 def test_every_compose_command_works_outside_docker(local, tmp_path):
     start, env = local
     redis_port, sim_port, flower_port, metrics_port = free_ports(4)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tests.conftest import POSTGRES_URL
-from tests.harness import ConnectionSampler, producer, wait_until_reported
+from tests.support.env import POSTGRES_URL
+from tests.support.postgres import ConnectionSampler
+from tests.support.runs import submit, wait_until_reported
 
 
 def test_pool_size_follows_the_threads():
@@ -31,16 +30,13 @@ def test_a_sized_pool_never_overflows(monkeypatch):
     db.get_engine(POSTGRES_URL).dispose()
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 def test_a_16_thread_worker_holds_at_most_its_pool(start_worker, database_url):
     from shared.db import pool_size_for
 
     worker = start_worker("w1", concurrency=16)
     with ConnectionSampler(database_url) as sampler:
-        submitted = producer("submit", "--all-agents", "--limit", "4", "--json")
-        assert submitted.exit_code == 0, submitted.output
-        snap = wait_until_reported(json.loads(submitted.stdout)["run_id"])
+        snap = wait_until_reported(submit("--all-agents", "--limit", "4"))
     assert snap["by_status"]["ok"] == snap["total"] == 80
     name = f"genesis-worker {worker.hostname}"
     assert 0 < sampler.peak[name] <= pool_size_for(16) == 5, sampler.peak

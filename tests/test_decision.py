@@ -10,19 +10,11 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from tests.harness import wait_for
+from tests.support.runs import producer
+from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.integration
-runner = CliRunner()
 PAIR = ["--backend", "mistral-ft", "--backend", "mistral-base"]  # the candidate and its baseline
-
-
-def producer(*args: str):
-    from producer.cli import app
-
-    return runner.invoke(app, list(args), catch_exceptions=False)
 
 
 def run_to_completion(*args: str) -> dict:

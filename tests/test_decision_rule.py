@@ -139,6 +139,7 @@ def test_smallest_confirmable_improvement():
     assert smallest_confirmable(5, 0.6, 0.08, 0.005, 0.05) is None
 
 
+@pytest.mark.sockets  # the dry run asks a refused Redis port for the budget left
 def test_dry_run_gives_the_power_per_agent_and_pooled(tmp_path, monkeypatch):
     """`submit --dry-run --json` (no services: Redis refused, a fresh SQLite path): the suite's
     power at the report's shares, from the configured assumption, then from the baseline's

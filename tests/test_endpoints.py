@@ -9,7 +9,9 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from tests.harness import ROOT, producer, serve_http, wait_until_reported
+from tests.support.env import ROOT
+from tests.support.http_server import serve_http
+from tests.support.runs import producer, wait_until_reported
 
 pytestmark = pytest.mark.integration
 

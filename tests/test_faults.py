@@ -1,7 +1,7 @@
 """Runs finish by themselves (design §10): with real `celery worker` processes, real Redis and
 the real SDKs against the simulator, a fault is injected mid-run and nothing else is done. The
 run must complete, with one ledger entry per job, paying again only for calls in flight on a
-dead worker. Recovery timings are shortened to seconds (tests.harness.FAST_RECOVERY)."""
+dead worker. Recovery timings are shortened to seconds (tests.support.env.FAST_RECOVERY)."""
 
 from __future__ import annotations
 
@@ -10,19 +10,11 @@ import json
 import pytest
 import redis
 
-from tests.harness import (
-    ledger_figures, postgres_outage, producer, running_on, served_ok, wait_for, wait_until_reported,
-)
+from tests.support.postgres import postgres_outage
+from tests.support.runs import ledger_figures, producer, running_on, served_ok, submit, wait_until_reported
+from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.integration
-
-AGENTS = ("--agent", "qa", "--agent", "legal", "--agent", "content")
-
-
-def submit(limit: int, backend: str = "openai") -> str:
-    result = producer("submit", *AGENTS, "--backend", backend, "--limit", str(limit), "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)["run_id"]
+OPENAI_3_AGENTS = ("--agent", "qa", "--agent", "legal", "--agent", "content", "--backend", "openai")
 
 
 def ok_jobs(run_id: str) -> int:
@@ -36,7 +28,7 @@ def test_sigkill_of_a_worker_mid_run_completes_paying_again_only_for_its_calls_i
     simulator.update(latency_ms=300)
     doomed = start_worker("w1", concurrency=4)
     start_worker("w2", concurrency=4)
-    run_id = submit(limit=20)  # 60 jobs
+    run_id = submit(*OPENAI_3_AGENTS, "--limit", "20")  # 60 jobs
     wait_for(lambda: ok_jobs(run_id) >= 10 and running_on(run_id, doomed.hostname), timeout=60,
              what="the run under way on both workers")
 
@@ -55,7 +47,7 @@ def test_sigkill_of_a_worker_mid_run_completes_paying_again_only_for_its_calls_i
 def test_flushdb_mid_run_completes_without_paying_twice(fast_recovery, start_worker, simulator, redis_url):
     simulator.update(latency_ms=200)
     start_worker("w1", concurrency=4)
-    run_id = submit(limit=12)  # 36 jobs
+    run_id = submit(*OPENAI_3_AGENTS, "--limit", "12")  # 36 jobs
     wait_for(lambda: ok_jobs(run_id) >= 6, timeout=60, what="a few jobs to finish")
 
     redis.Redis.from_url(redis_url).flushdb()  # queues, chord state, budget counters, heartbeats: gone
@@ -71,7 +63,7 @@ def test_flushdb_mid_run_completes_without_paying_twice(fast_recovery, start_wor
 def test_sigterm_lets_calls_in_flight_finish_and_leaves_the_rest_to_another_worker(start_worker, simulator):
     simulator.update(latency_ms=600)
     first = start_worker("w1", concurrency=4)
-    run_id = submit(limit=10)  # 30 jobs
+    run_id = submit(*OPENAI_3_AGENTS, "--limit", "10")  # 30 jobs
     wait_for(lambda: ok_jobs(run_id) >= 4 and running_on(run_id, first.hostname), timeout=60,
              what="calls in flight on w1")
 
@@ -108,7 +100,7 @@ def test_postgres_refusing_connections_mid_run_loses_no_paid_answer(fast_recover
     simulator.update(latency_ms=300)
     start_worker("w1", concurrency=4)
     start_worker("w2", concurrency=4)
-    run_id = submit(limit=20)  # 60 jobs
+    run_id = submit(*OPENAI_3_AGENTS, "--limit", "20")  # 60 jobs
     wait_for(lambda: ok_jobs(run_id) >= 8, timeout=60, what="the run under way")
 
     postgres_outage(database_url, 6.0)  # workers keep calling (and paying) meanwhile
@@ -127,7 +119,7 @@ def test_watching_a_run_whose_only_worker_died_says_what_is_recovered_and_gives_
 
     simulator.update(latency_ms=3000)
     doomed = start_worker("w1", concurrency=2)
-    run_id = submit(limit=2)  # 6 jobs, far slower than the watch
+    run_id = submit(*OPENAI_3_AGENTS, "--limit", "2")  # 6 jobs, far slower than the watch
     wait_for(lambda: running_on(run_id, doomed.hostname), timeout=30, what="calls in flight on w1")
     doomed.kill()
     monkeypatch.setenv("GENESIS_RECOVERY__STALL_AFTER_S", "1")
@@ -146,7 +138,7 @@ def test_queued_jobs_whose_messages_were_lost_one_by_one_still_run(fast_recovery
                                                                    redis_url):
     from shared.fleet import RUN_PREFIX
 
-    run_id = submit(limit=3)  # 9 jobs, no worker yet
+    run_id = submit(*OPENAI_3_AGENTS, "--limit", "3")  # 9 jobs, no worker yet
     client = redis.Redis.from_url(redis_url)
     assert client.llen("openai") == 9
     client.delete("openai")  # their messages are gone, but Redis did not lose everything: the marker stays

@@ -24,7 +24,9 @@ from sqlmodel import select
 from shared.db import migrate, session_scope
 from shared.models import FINE_TUNING, BudgetEvent, CostEntry
 from simulator.finetune import FineTuneJob, default_fine_tunes, fine_tuned_card, job_body, job_id_for
-from tests.harness import ROOT, SCRATCH_REDIS_URL, producer, reset_postgres, use_config
+from tests.support.env import ROOT, SCRATCH_REDIS_URL, use_config
+from tests.support.postgres import reset_postgres
+from tests.support.runs import producer
 
 CONFIG = """
 [agents]

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -16,6 +18,7 @@ def lowest_pins() -> list[str]:
     return done.stdout.split()
 
 
+@pytest.mark.processes  # reads the floors with the script test-lowest.sh uses
 def test_the_floors_are_the_ones_the_lowest_bounds_run_passed_with():
     tested = (ROOT / "scripts" / "lowest-tested.txt").read_text().split()
     pins = lowest_pins()

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
-from tests.harness import wait_for
-
-pytestmark = pytest.mark.integration
+from tests.support.waiting import wait_for
 
 
 def consumed(app, hostname: str) -> set[str]:

@@ -181,7 +181,7 @@ def test_a_run_whose_candidate_answers_hostile_text(start_worker, simulator, gen
     from shared.db import session_scope
     from shared.models import Job
     from shared.suite import load_suite
-    from tests.harness import producer, wait_until_reported
+    from tests.support.runs import producer, wait_until_reported
 
     simulator.update(answers={"ft:*": ANSWER})  # the fine-tuned candidate; its baseline answers as usual
     start_worker("w1", concurrency=4)

@@ -9,7 +9,7 @@ import time
 from sqlalchemy import func
 from sqlmodel import select
 
-from tests.harness import ROOT, SCRATCH_REDIS_URL, use_config
+from tests.support.env import ROOT, SCRATCH_REDIS_URL, use_config
 
 
 def a_running_job(monkeypatch, tmp_path):

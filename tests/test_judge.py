@@ -12,9 +12,9 @@ import pytest
 from sqlmodel import select
 
 from simulator.judging import rubric_grade
-from tests.harness import ROOT, producer, wait_for, wait_until_reported
-
-pytestmark = pytest.mark.integration
+from tests.support.env import ROOT
+from tests.support.runs import ledger_rows, producer, run_jobs, submit, wait_until_reported
+from tests.support.waiting import wait_for
 
 SELECTION = ["--suite", "genesis-judge", "--agent", "content", "--agent", "legal",
              "--backend", "mistral-ft", "--backend", "mistral-base", "--limit", "2"]
@@ -22,20 +22,8 @@ JOBS = 2 * 2 * 2
 JUDGE_MODEL = "gpt-4o-mini"  # [judge] backend = "openai"
 
 
-def submit(*args: str) -> str:
-    result = producer("submit", *SELECTION, *args, "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)["run_id"]
-
-
 def rows(run_id: str):
-    from shared.db import session_scope
-    from shared.models import CostEntry, Job
-
-    with session_scope() as session:
-        jobs = session.exec(select(Job).where(Job.run_id == run_id).order_by(Job.id)).all()
-        entries = session.exec(select(CostEntry).where(CostEntry.run_id == run_id)).all()
-    return jobs, entries
+    return run_jobs(run_id), ledger_rows(run_id)
 
 
 def report_costs(run_id: str) -> tuple[dict, float]:
@@ -63,7 +51,7 @@ def test_judged_jobs_are_graded_by_the_judge_backend_and_ledgered_as_judge(start
     dry = json.loads(producer("submit", *SELECTION, "--dry-run", "--json").stdout)
     assert dry["judge"]["calls"] == JOBS and dry["judge"]["cost_usd"] > 0
     start_worker("w1", concurrency=8)
-    run_id = submit()
+    run_id = submit(*SELECTION)
     snap = wait_until_reported(run_id)
     assert snap["status"] == "completed" and snap["by_status"]["ok"] == JOBS
 
@@ -95,7 +83,7 @@ def test_an_unparseable_judge_answer_is_retried_then_an_error_and_resume_pays_on
     genesis["GENESIS_RETRY__BACKOFF_BASE_S"] = "0.1"
     simulator.update(judge_garbage_rate=1.0)
     start_worker("w1", concurrency=8)
-    run_id = submit()
+    run_id = submit(*SELECTION)
     snap = wait_until_reported(run_id)
     assert snap["by_status"]["error"] == JOBS
 
@@ -137,7 +125,7 @@ def test_the_budget_guard_halts_on_judge_spend(start_worker, simulator, monkeypa
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     start_worker("w1", concurrency=4)
-    run_id = submit()
+    run_id = submit(*SELECTION)
 
     def halted():
         snap = json.loads(producer("status", run_id, "--json").stdout)

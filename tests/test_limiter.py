@@ -15,7 +15,7 @@ import redis
 
 from shared.config import Settings
 from shared.limiter import IN_FLIGHT_POLL_S, Permit, RateLimiter
-from tests.harness import SCRATCH_REDIS_URL as REDIS_URL
+from tests.support.env import SCRATCH_REDIS_URL as REDIS_URL
 
 @pytest.fixture
 def r(redis_client) -> redis.Redis:
@@ -102,6 +102,7 @@ def _hammer(limit: dict[str, Any], config: str, start: Any, seconds: float, out:
     out.put(grants)
 
 
+@pytest.mark.processes
 def test_limit_is_shared_across_processes(make_limiter, tmp_path) -> None:
     make_limiter({})  # only for the empty config it writes
     ctx = multiprocessing.get_context("spawn")  # fork would copy other tests' threads and locks

@@ -149,7 +149,7 @@ model = "gpt-4o-mini"
 def test_a_backend_with_its_own_endpoint_has_its_own_queue(monkeypatch, tmp_path, redis_url):
     from shared.messaging import all_queues, celery_config, job_queue, job_queues, queue_provider
     from shared.config import get_settings
-    from tests.harness import use_config
+    from tests.support.env import use_config
 
     use_config(monkeypatch, tmp_path, ENDPOINT_TOML, redis_url)
     settings = get_settings()
@@ -170,7 +170,7 @@ def test_a_backend_with_its_own_endpoint_has_its_own_queue(monkeypatch, tmp_path
 ])
 def test_bad_endpoint_keys_are_refused_by_name(monkeypatch, tmp_path, redis_url, table, message):
     from shared.config import ConfigError, load_settings
-    from tests.harness import use_config
+    from tests.support.env import use_config
 
     use_config(monkeypatch, tmp_path, table, redis_url)
     with pytest.raises(ConfigError, match=message):
@@ -179,7 +179,7 @@ def test_bad_endpoint_keys_are_refused_by_name(monkeypatch, tmp_path, redis_url,
 
 def test_mode_defaults_to_realtime_and_accepts_batch(monkeypatch, tmp_path, redis_url):
     from shared.config import load_settings
-    from tests.harness import use_config
+    from tests.support.env import use_config
 
     use_config(monkeypatch, tmp_path, ENDPOINT_TOML + '\n[backends.b]\nprovider = "mistral"\nmodel = "m"\nmode = "batch"\n',
                redis_url)
@@ -200,7 +200,7 @@ def test_the_recovery_threads_stop(monkeypatch, tmp_path, redis_client):
     import time
 
     from shared.config import load_settings
-    from tests.harness import SCRATCH_REDIS_URL, use_config
+    from tests.support.env import SCRATCH_REDIS_URL, use_config
     from worker.recovery import Recovery
 
     use_config(monkeypatch, tmp_path, "", SCRATCH_REDIS_URL)

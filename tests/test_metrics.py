@@ -3,7 +3,6 @@ job figures that agree with SQL, Redis and what the simulator served, across wor
 
 from __future__ import annotations
 
-import json
 import urllib.request
 
 import pytest
@@ -11,9 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func
 from sqlmodel import select
 
-from tests.harness import producer, wait_until_reported
-
-pytestmark = pytest.mark.integration
+from tests.support.runs import producer, submit, wait_until_reported
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -36,10 +33,8 @@ def test_metrics_endpoint_reports_what_workers_did(monkeypatch, start_worker, si
     simulator.update(error_rates={500: 0.2, 429: 0.2}, latency_ms=50)
     start_worker("w1", concurrency=4)
     start_worker("w2", concurrency=4)
-    submitted = producer("submit", "--agent", "qa", "--agent", "legal", "--backend", "openai",
-                             "--backend", "mistral-base", "--limit", "5", "--json")
-    assert submitted.exit_code == 0, submitted.output
-    run_id = json.loads(submitted.stdout)["run_id"]
+    run_id = submit("--agent", "qa", "--agent", "legal", "--backend", "openai", "--backend", "mistral-base",
+                    "--limit", "5")
     wait_until_reported(run_id)
 
     server, _thread = serve(get_settings(), "127.0.0.1", 0)
@@ -77,6 +72,7 @@ def test_metrics_endpoint_reports_what_workers_did(monkeypatch, start_worker, si
     assert samples[("genesis_limiter_waits_total", (("provider", "openai"),))] > 0
 
 
+@pytest.mark.sockets
 def test_metrics_command_refuses_a_port_it_cannot_bind(genesis):
     import socket
 

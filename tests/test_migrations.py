@@ -11,12 +11,13 @@ from sqlmodel import SQLModel
 
 import shared.models  # noqa: F401  (registers every table)
 from shared.db import get_engine
-from tests.harness import alembic_cli
+from tests.support.processes import alembic_cli
 
 TABLES = {"run", "job", "cost_entry", "budget_event", "alembic_version"}
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+@pytest.mark.processes
 def test_alembic_upgrade_head_from_the_repo_root(database_url):
     result = alembic_cli(["upgrade", "head"], database_url)
     assert result.returncode == 0, result.stderr
@@ -31,6 +32,7 @@ def test_alembic_upgrade_head_from_the_repo_root(database_url):
     assert drift == [], f"models and migrations disagree (add a migration): {drift}"
 
 
+@pytest.mark.processes
 def test_alembic_url_override_beats_the_environment(tmp_path):
     target, unused = tmp_path / "other.db", tmp_path / "unused.db"
     result = alembic_cli(["-x", f"url=sqlite:///{target}", "upgrade", "head"], f"sqlite:///{unused}")

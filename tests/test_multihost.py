@@ -16,12 +16,14 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from tests.harness import (
-    NetnsLab, TcpForwarder, WorkerProcess, genesis_env, reconnect_app, redis_answers, producer,
-    wait_for, wait_until_reported,
-)
-
-pytestmark = pytest.mark.integration
+from tests.support.env import genesis_env
+from tests.support.forwarder import TcpForwarder
+from tests.support.netns import NetnsLab
+from tests.support.redis_server import redis_answers
+from tests.support.resources import uses
+from tests.support.runs import producer, wait_until_reported
+from tests.support.waiting import wait_for
+from tests.support.workers import WorkerProcess, reconnect_app
 
 HOSTS = ["h1", "h2"]
 POSTGRES_PORT = 15412
@@ -30,6 +32,7 @@ redis_ports = itertools.count(16412)
 
 
 @pytest.fixture
+@uses("netns", "processes")
 def lab():
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root (CI runs as root)")
@@ -44,6 +47,7 @@ def lab():
 
 
 @pytest.fixture
+@uses("redis", "postgres", "simulator", "workers")
 def fleet(lab, monkeypatch, tmp_path):
     """Services on the bridge address only; the producer (this process) pointed at them."""
     from sqlalchemy.engine import make_url
@@ -52,8 +56,8 @@ def fleet(lab, monkeypatch, tmp_path):
     from shared.db import migrate
     from simulator.config import SimulatorConfig
     from simulator.server import start_simulator
-    from tests.conftest import POSTGRES_URL
-    from tests.harness import reset_postgres
+    from tests.support.env import POSTGRES_URL
+    from tests.support.postgres import reset_postgres
     from worker.app import app
 
     redis_port = next(redis_ports)

@@ -11,9 +11,7 @@ import pytest
 from sqlalchemy import func
 from sqlmodel import select
 
-from tests.harness import producer, wait_until_reported
-
-pytestmark = pytest.mark.integration
+from tests.support.runs import producer, submit, wait_until_reported
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
@@ -67,10 +65,8 @@ def test_provider_errors_are_counted_and_the_report_still_appears(monkeypatch, s
     monkeypatch.setenv("GENESIS_RETRY__MAX_ATTEMPTS", "1")
     start_worker("w1", concurrency=8)
     simulator.update(error_rates={500: 0.5})
-    result = producer("submit", "--agent", "qa", "--agent", "legal", "--backend", "openai",
-                      "--backend", "mistral-base", "--limit", "5", "--json")
-    assert result.exit_code == 0, result.output
-    run_id = json.loads(result.stdout)["run_id"]
+    run_id = submit("--agent", "qa", "--agent", "legal", "--backend", "openai", "--backend", "mistral-base",
+                    "--limit", "5")
 
     snap = wait_until_reported(run_id)
     served = simulator.stats()["by_status"]
@@ -121,8 +117,6 @@ def test_a_suite_given_as_a_folder_runs_from_that_folder(start_worker, tmp_path)
     (suite_dir / "qa.jsonl").write_text("\n".join(lines) + "\n")
     start_worker("w1", concurrency=4)
 
-    result = producer("submit", "--agent", "qa", "--backend", "openai", "--suite", str(suite_dir), "--json")
-    assert result.exit_code == 0, result.output
-    run_id = json.loads(result.stdout)["run_id"]
+    run_id = submit("--agent", "qa", "--backend", "openai", "--suite", str(suite_dir))
     snap = wait_until_reported(run_id)
     assert snap["by_status"]["ok"] == 3 == snap["total"]

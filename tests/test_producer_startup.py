@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from tests.harness import alembic_cli, modules_loaded_after, producer
+from tests.support.processes import alembic_cli, modules_loaded_after
+from tests.support.runs import producer
 
 HEAVY = ["redis", "kombu", "celery", "numpy", "alembic", "producer.submit", "shared.budget", "shared.report",
          "simulator.server", "anthropic", "openai"]
@@ -28,6 +29,7 @@ def database_env(tmp_path: Path) -> dict[str, str]:
     return {"GENESIS_DATABASE_URL": f"sqlite:///{tmp_path / 'g.db'}", "GENESIS_REPORTS_DIR": str(tmp_path / "reports")}
 
 
+@pytest.mark.processes
 def test_status_and_runs_load_none_of_the_other_commands_code(database_env: dict[str, str]) -> None:
     loaded, said = modules_loaded_after(run_producer("runs", "--json"), HEAVY, env=database_env)
     assert said.splitlines() == ["[]", "exit 0"]  # a fresh database: migrated, no runs yet
@@ -38,17 +40,20 @@ def test_status_and_runs_load_none_of_the_other_commands_code(database_env: dict
         assert said.splitlines()[-1] == f"exit {code}"
 
 
+@pytest.mark.processes
 def test_status_on_a_fresh_database_migrates_and_says_unknown_run(database_env: dict[str, str]) -> None:
     loaded, said = modules_loaded_after(run_producer("status", "no-such-run"), HEAVY, env=database_env)
     assert "alembic" in loaded  # the read failed on the missing tables, so it migrated and read again
     assert "exit 2" in said
 
 
+@pytest.mark.processes
 def test_a_command_that_needs_more_still_gets_it(database_env: dict[str, str]) -> None:
     loaded, _ = modules_loaded_after(run_producer("budget", "--json"), ["shared.budget", "redis"], env=database_env)
     assert loaded == ["shared.budget", "redis"]
 
 
+@pytest.mark.processes
 def test_status_watch_on_an_older_database_migrates_before_it_reads_the_report(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from shared.config import get_settings

@@ -9,14 +9,11 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from sqlmodel import select
 
 import simulator.server as sim_server
-from tests.harness import wait_for
-from tests.test_pipeline import producer, wait_until_reported
-
-pytestmark = pytest.mark.integration
+from tests.support.runs import run_jobs, submit, wait_until_reported
+from tests.support.waiting import wait_for
 
 
 class Arrivals:
@@ -43,20 +40,6 @@ class Arrivals:
     def times(self, status: int | None = None) -> list[float]:
         with self._lock:
             return sorted(t for t, s in self.events if status is None or s == status)
-
-
-def submit(*args: str) -> str:
-    result = producer("submit", *args, "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)["run_id"]
-
-
-def run_jobs(run_id: str) -> list:
-    from shared.db import session_scope
-    from shared.models import Job
-
-    with session_scope() as session:
-        return session.exec(select(Job).where(Job.run_id == run_id).order_by(Job.id)).all()
 
 
 def report_json(snap: dict) -> dict:

@@ -11,10 +11,8 @@ import redis
 from sqlalchemy import func
 from sqlmodel import select
 
-from tests.harness import wait_for
-from tests.test_pipeline import producer, wait_until_reported
-
-pytestmark = pytest.mark.integration
+from tests.support.runs import producer, submit, wait_until_reported
+from tests.support.waiting import wait_for
 
 
 def ok_jobs(run_id: str) -> int:
@@ -29,8 +27,7 @@ def test_resume_after_redis_loses_everything_pays_for_nothing_twice(start_worker
 
     simulator.update(latency_ms=300)
     first = start_worker("w1", concurrency=2)
-    result = producer("submit", "--agent", "qa", "--agent", "legal", "--backend", "openai", "--limit", "10", "--json")
-    run_id = json.loads(result.stdout)["run_id"]
+    run_id = submit("--agent", "qa", "--agent", "legal", "--backend", "openai", "--limit", "10")
     wait_for(lambda: ok_jobs(run_id) >= 4, timeout=30, what="a few jobs to finish")
 
     first.stop()  # warm shutdown: in-flight calls finish and are recorded
@@ -61,8 +58,7 @@ def test_resume_after_redis_loses_everything_pays_for_nothing_twice(start_worker
 def test_cancel_stops_a_run_and_reports_what_finished(start_worker, simulator):
     simulator.update(latency_ms=400)
     start_worker("w1", concurrency=1)
-    result = producer("submit", "--agent", "qa", "--backend", "openai", "--limit", "20", "--json")
-    run_id = json.loads(result.stdout)["run_id"]
+    run_id = submit("--agent", "qa", "--backend", "openai", "--limit", "20")
     wait_for(lambda: ok_jobs(run_id) >= 1, timeout=30, what="a first job")
 
     cancelled = producer("cancel", run_id, "--json")

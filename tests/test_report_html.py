@@ -8,12 +8,13 @@ import re
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from tests.harness import chromium, open_in_chromium, png_varied_rows
+from tests.support.browser import chromium, open_in_chromium, png_varied_rows
+from tests.support.runs import producer
 
 pytestmark = [
-    pytest.mark.integration,
+    pytest.mark.browser,
+    pytest.mark.processes,
     pytest.mark.skipif(chromium() is None, reason="chromium is not installed (Debian: apt-get install chromium)"),
 ]
 CHARTS = {"forest", "accuracy", "latency", "cost", "cost-per-point"}
@@ -30,12 +31,9 @@ def test_the_checks_can_fail(tmp_path):
 
 
 def test_a_real_runs_report_renders_in_chromium(fast_limits, simulator, start_worker, tmp_path):
-    from producer.cli import app
-
     start_worker("w1", concurrency=16)
-    result = CliRunner().invoke(app, ["submit", "--all-agents", "--limit", "5", "--backend", "mistral-ft",
-                                      "--backend", "mistral-base", "--backend", "openai", "--wait", "--json"],
-                                catch_exceptions=False)
+    result = producer("submit", "--all-agents", "--limit", "5", "--backend", "mistral-ft", "--backend", "mistral-base",
+                      "--backend", "openai", "--wait", "--json")
     assert result.exit_code == 0, result.output
     page = Path(json.loads(result.stdout.strip().splitlines()[-1])["report"]).with_name("report.html")
     text = page.read_text()

@@ -8,36 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlmodel import select
 
-from tests.harness import ROOT, producer, wait_until_reported
-
-pytestmark = pytest.mark.integration
+from tests.support.env import ROOT
+from tests.support.runs import ledger_rows, producer, run_jobs, submit, wait_until_reported
 
 SELECTION = ["--agent", "qa", "--agent", "support", "--limit", "3"]  # × 4 backends = 24 jobs
 JOBS = 2 * 3 * 4
-
-
-def submit(*args: str) -> str:
-    result = producer("submit", *SELECTION, *args, "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)["run_id"]
-
-
-def run_jobs(run_id: str) -> list:
-    from shared.db import session_scope
-    from shared.models import Job
-
-    with session_scope() as session:
-        return session.exec(select(Job).where(Job.run_id == run_id).order_by(Job.id)).all()
-
-
-def ledger(run_id: str) -> list:
-    from shared.db import session_scope
-    from shared.models import CostEntry
-
-    with session_scope() as session:
-        return session.exec(select(CostEntry).where(CostEntry.run_id == run_id)).all()
 
 
 def slot(job) -> tuple:
@@ -46,21 +22,21 @@ def slot(job) -> tuple:
 
 def test_an_identical_run_with_reuse_makes_no_call_costs_nothing_and_names_its_source(start_worker, simulator):
     start_worker("w1", concurrency=8)
-    first = submit()
+    first = submit(*SELECTION)
     assert wait_until_reported(first)["by_status"]["ok"] == JOBS
     assert simulator.stats()["requests_total"] == JOBS
 
     dry = json.loads(producer("submit", *SELECTION, "--reuse", "--dry-run", "--json").stdout)
-    paid = sum(e.cost_usd for e in ledger(first))
+    paid = sum(e.cost_usd for e in ledger_rows(first))
     assert dry["reuse"]["calls_saved"] == JOBS and dry["estimated_cost_usd"] == 0.0
     assert dry["reuse"]["paid_before_usd"] == pytest.approx(paid, abs=1e-5) and dry["reuse"]["saved_usd"] >= paid
 
     simulator.reset()
-    second = submit("--reuse")
+    second = submit(*SELECTION, "--reuse")
     snap = wait_until_reported(second)
     assert snap["status"] == "completed" and snap["by_status"]["ok"] == JOBS
     assert simulator.stats()["requests_total"] == 0
-    assert ledger(second) == [] and snap["spent_usd"] == 0.0
+    assert ledger_rows(second) == [] and snap["spent_usd"] == 0.0
 
     originals = {slot(j): j for j in run_jobs(first)}
     for job in run_jobs(second):
@@ -78,7 +54,7 @@ def test_new_fine_tuned_ids_are_paid_and_everything_else_is_reused(start_worker,
     from shared.config import get_settings
 
     start_worker("w1", concurrency=8)
-    first = submit()
+    first = submit(*SELECTION)
     wait_until_reported(first)
 
     # A new fine-tune per agent: the producer records jobs with the new ids (workers read them from SQL).
@@ -91,7 +67,7 @@ def test_new_fine_tuned_ids_are_paid_and_everything_else_is_reused(start_worker,
     get_settings.cache_clear()
 
     simulator.reset()
-    second = submit("--reuse")
+    second = submit(*SELECTION, "--reuse")
     snap = wait_until_reported(second)
     assert snap["by_status"]["ok"] == JOBS
     served = simulator.stats()
@@ -99,7 +75,7 @@ def test_new_fine_tuned_ids_are_paid_and_everything_else_is_reused(start_worker,
     assert set(served["by_model"]) == {"ft:open-mistral-7b:qa:v2", "ft:open-mistral-7b:support:v2"}
     for job in run_jobs(second):
         assert (job.reused_from_run_id is None) == (job.backend == "mistral-ft"), slot(job)
-    assert {e.backend for e in ledger(second)} == {"mistral-ft"} and len(ledger(second)) == 6
+    assert {e.backend for e in ledger_rows(second)} == {"mistral-ft"} and len(ledger_rows(second)) == 6
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
@@ -107,13 +83,13 @@ def test_two_concurrent_runs_with_reuse_pay_once_per_request(start_worker, simul
     simulator.update(latency_ms=150)
     start_worker("w1", concurrency=8)
     start_worker("w2", concurrency=8)
-    runs = [submit("--reuse"), submit("--reuse")]
+    runs = [submit(*SELECTION, "--reuse"), submit(*SELECTION, "--reuse")]
     for run_id in runs:
         assert wait_until_reported(run_id)["by_status"]["ok"] == JOBS
 
     assert simulator.stats()["requests_total"] == JOBS  # each distinct request paid once
     jobs = [job for run_id in runs for job in run_jobs(run_id)]
-    paid = {e.job_id for run_id in runs for e in ledger(run_id)}
+    paid = {e.job_id for run_id in runs for e in ledger_rows(run_id)}
     by_id = {j.id: j for j in jobs}
     assert len(paid) == JOBS
     for job in jobs:
@@ -131,7 +107,7 @@ def test_reuse_ignores_answers_older_than_max_age(start_worker, simulator, monke
     from shared.models import Job, utcnow
 
     start_worker("w1", concurrency=8)
-    first = submit()
+    first = submit(*SELECTION)
     wait_until_reported(first)
     from datetime import timedelta
 
@@ -143,7 +119,7 @@ def test_reuse_ignores_answers_older_than_max_age(start_worker, simulator, monke
     dry = json.loads(producer("submit", *SELECTION, "--reuse", "--dry-run", "--json").stdout)
     assert dry["reuse"]["calls_saved"] == 0
     simulator.reset()
-    second = submit("--reuse")
+    second = submit(*SELECTION, "--reuse")
     wait_until_reported(second)
     assert simulator.stats()["requests_total"] == JOBS
     assert all(j.reused_from_job_id is None for j in run_jobs(second))

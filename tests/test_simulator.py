@@ -30,6 +30,7 @@ from simulator.config import SimulatorConfig
 from simulator.ratelimit import RateLimiter
 from simulator.server import SimulatorHandle, draw_latency_s, start_simulator
 from simulator.text import count_prompt_tokens, count_tokens, truncate_to_tokens
+from tests.support.resources import uses
 
 TASKS = [
     {
@@ -67,6 +68,7 @@ def suite_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+@uses("simulator")
 def server(suite_dir: Path):
     handle = start_simulator(SimulatorConfig(suite=str(suite_dir), **BASELINE))
     yield handle
@@ -504,6 +506,8 @@ def test_cli_rejects_bad_input_with_exit_code_2(arguments: list[str], named: str
     assert named in result.output
 
 
+@pytest.mark.processes
+@pytest.mark.simulator
 def test_python_dash_m_simulator_serves_and_announces_the_urls(suite_dir: Path) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "simulator", "--port", "0", "--latency-ms", "0", "--suite", str(suite_dir)],

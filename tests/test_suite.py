@@ -143,6 +143,7 @@ def test_threads_loading_the_same_suite_at_once_parse_it_once(tmp_path: Path, mo
     assert len(parses) == 1
 
 
+@pytest.mark.processes
 def test_a_child_forked_while_a_thread_parses_loads_the_suite_itself(tmp_path: Path, monkeypatch) -> None:
     """A prefork child must not inherit the parsing thread's lock (nobody would release it)."""
     from shared import suite as suites

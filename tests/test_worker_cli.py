@@ -5,11 +5,11 @@ worker.app worker` still works as Celery users expect."""
 from __future__ import annotations
 
 import importlib.util
-import json
 
 import pytest
 
-from tests.harness import modules_loaded_after, producer, wait_until_reported
+from tests.support.processes import modules_loaded_after
+from tests.support.runs import submit, wait_until_reported
 
 UMBRELLA_ONLY = ["celery.bin.celery", "flower", "tornado", "prompt_toolkit"]
 
@@ -18,6 +18,7 @@ def loaded_after(code: str) -> tuple[list[str], str]:
     return modules_loaded_after(code, UMBRELLA_ONLY)
 
 
+@pytest.mark.processes
 def test_the_worker_script_loads_no_umbrella_cli_code() -> None:
     umbrella, _ = loaded_after("import celery.bin.celery")  # what `celery -A worker.app worker` carries
     assert "celery.bin.celery" in umbrella and "prompt_toolkit" in umbrella
@@ -72,10 +73,7 @@ def test_detach_is_refused_with_one_line_instead_of_starting_nothing(monkeypatch
     said = capsys.readouterr().err.strip().splitlines()
     assert len(said) == 1 and "--detach is not supported" in said[0]
 
-@pytest.mark.integration
 def test_celery_umbrella_cli_still_starts_a_working_worker(start_worker) -> None:
     start_worker("umbrella", concurrency=2, launcher="celery")
-    result = producer("submit", "--agent", "qa", "--backend", "openai", "--limit", "2", "--json")
-    assert result.exit_code == 0, result.output
-    snap = wait_until_reported(json.loads(result.stdout)["run_id"])
+    snap = wait_until_reported(submit("--agent", "qa", "--backend", "openai", "--limit", "2"))
     assert snap["by_status"]["ok"] == 2 == snap["total"]

@@ -10,7 +10,7 @@ import weakref
 
 import pytest
 
-from tests.harness import ROOT
+from tests.support.env import ROOT
 from worker.memory import USER_VARIABLES
 
 # 30 MB in 100 KB blocks (above the 64 KiB we set, below glibc's default 128 KiB mmap threshold),
@@ -43,6 +43,7 @@ def retained_kb(mode: str, **user_settings: str) -> tuple[str, int]:
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the thresholds are glibc's")
+@pytest.mark.processes
 def test_freed_blocks_leave_the_process_once_set() -> None:
     assert retained_kb("unset")[1] > 20_000  # glibc's defaults: the freed 30 MB stay resident
     answer, kb = retained_kb("set")
@@ -52,6 +53,7 @@ def test_freed_blocks_leave_the_process_once_set() -> None:
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the thresholds are glibc's")
 @pytest.mark.parametrize("user_settings", [{"MALLOC_TRIM_THRESHOLD_": "-1"},
                                            {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=4294967295"}])
+@pytest.mark.processes
 def test_thresholds_a_user_set_in_the_environment_are_left_alone(user_settings: dict[str, str]) -> None:
     answer, kb = retained_kb("set", **user_settings)
     assert answer == "False" and kb > 20_000
