@@ -48,10 +48,10 @@ from sqlalchemy import exc as sql_errors
 from shared import counters, fleet, journal
 from shared import lifecycle as jobs
 from shared.budget import USAGE_ESTIMATED, BudgetGuard, BudgetRefused, BudgetWait, call_cost, estimated_usage
-from shared.budget.guard import OUTCOME_UNKNOWN
+from shared.budget.reconcile import OUTCOME_UNKNOWN
 from shared.budget.recorded import call_key
 from shared.config import get_settings
-from shared.lifecycle import Payment
+from shared.payments import Payment
 from shared.limiter import Permit, RateLimiter
 from shared.providers import ChatRequest, ChatResponse, ProviderError, complete
 from shared.providers.deadline import helper_threads
