@@ -143,7 +143,10 @@ class CostEntry(SQLModel, table=True):
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = Field(default=0.0, sa_type=LedgerCost)
-    source: str = "api"  # api (usage the provider returned) | manual | a fine-tuning job's id | ...
+    source: str = "api"  # api (usage the provider returned) | manual | a fine-tuning job's id | outcome unknown | ...
+    # The paid call this entry is for (worker/paid_call.py): its reservation, journal entry and
+    # settled member carry the same id, so one payment is never ledgered or counted twice.
+    call_id: str | None = Field(default=None, max_length=32, unique=True, index=True)
 
 
 class BudgetEvent(SQLModel, table=True):

@@ -31,6 +31,8 @@ class SimulatorConfig(BaseModel):
     - answers: `{fnmatch pattern: text}`, first match wins: every matching model answers every
       prompt but a judge's with this text (hostile answers for tests and demos: links, HTML,
       grading instructions aimed at the judge).
+    - empty_choices_rate: probability of a billed 200 (usage reported) with no choices (OpenAI and
+      Mistral wire formats; an Anthropic answer gets empty content), counted as fault `empty`.
     - suite: the suites whose answers it knows, comma-separated names or folders.
     - fine_tunes: the Mistral fine-tuning jobs it lists (and the models they made), see
       simulator/finetune.py.
@@ -52,6 +54,7 @@ class SimulatorConfig(BaseModel):
     usage_scale: float = Field(default=1.0, ge=0.0)
     omit_usage_rate: float = Rate
     judge_garbage_rate: float = Rate
+    empty_choices_rate: float = Rate
     default_max_tokens: int = Field(default=1024, gt=0)
     seed: int = 7
     suite: str | None = "genesis-custom,genesis-judge"
@@ -85,9 +88,9 @@ class SimulatorConfig(BaseModel):
 
     @model_validator(mode="after")
     def _fault_rates_fit_in_one(self) -> SimulatorConfig:
-        total = sum(self.error_rates.values()) + self.timeout_rate + self.malformed_rate
+        total = sum(self.error_rates.values()) + self.timeout_rate + self.malformed_rate + self.empty_choices_rate
         if total > 1.0 + 1e-9:
-            raise ValueError(f"error, timeout and malformed rates add up to {total:g}, more than 1")
+            raise ValueError(f"error, timeout, malformed and empty-choices rates add up to {total:g}, more than 1")
         return self
 
     def quality_for(self, model: str) -> float:

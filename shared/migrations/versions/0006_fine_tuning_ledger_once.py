@@ -5,7 +5,7 @@ all have source `manual`; those that share a source get their entry id appended 
 index can be built and no spend is lost.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 """
 from typing import Sequence, Union
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = '0006'
-down_revision: Union[str, Sequence[str], None] = '0004'
+down_revision: Union[str, Sequence[str], None] = '0005'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
