@@ -54,6 +54,10 @@ class BackendConfig(Strict):
     model_id_file: str | None = None
     max_tokens: int | None = None  # caps every task's own max_tokens when set
     enabled: bool = True
+    # realtime: one call per job; batch: through the provider's batch API (design §11)
+    mode: Literal["realtime", "batch"] = "realtime"
+    batch_max_jobs: int | None = Field(default=None, gt=0)  # None: [batch] max_jobs
+    batch_max_wait_s: float | None = Field(default=None, gt=0)  # None: [batch] max_wait_s
 
     @model_validator(mode="after")
     def _has_a_model_source(self) -> "BackendConfig":
@@ -67,6 +71,8 @@ class BackendConfig(Strict):
 class Price(Strict):
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
+    # what a call through the provider's batch API costs, as a fraction of the realtime price
+    batch_discount: float = Field(default=0.5, gt=0, le=1)
 
 
 class RateLimit(Strict):
@@ -117,6 +123,21 @@ class JudgeConfig(Strict):
     backend: str = "openai"
     model: str | None = None
     max_tokens: int = Field(default=200, gt=0)
+
+
+class BatchConfig(Strict):
+    """Provider batch APIs (backends with `mode = "batch"`): a batch is submitted when it holds
+    `max_jobs` jobs or its oldest job is `max_wait_s` old (a backend's batch_max_jobs /
+    batch_max_wait_s override them); open batches are polled from every `poll_min_s`, backing
+    off to `poll_max_s`; a job whose batch expired or failed goes into another batch until it
+    has been claimed `max_attempts` times, then ends `error` with the provider's reason."""
+
+    max_jobs: int = Field(default=100, gt=0)
+    max_wait_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    poll_min_s: float = Field(default=2.0, gt=0, allow_inf_nan=False)
+    poll_max_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    max_attempts: int = Field(default=3, ge=1)
+    completion_window: str = "24h"
 
 
 class RetryConfig(Strict):
@@ -173,6 +194,7 @@ class Settings(BaseSettings):
     reuse: ReuseConfig = ReuseConfig()
     judge: JudgeConfig = JudgeConfig()
     recovery: RecoveryConfig = RecoveryConfig()
+    batch: BatchConfig = BatchConfig()
     # Where relative paths in the TOML (model_id_file) are resolved from; set by load_settings.
     config_dir: str = "."
 
@@ -203,6 +225,16 @@ class Settings(BaseSettings):
 
     def enabled_backends(self) -> list[str]:
         return [n for n, b in self.backends.items() if b.enabled]
+
+    def is_batch(self, backend: str) -> bool:
+        """Whether a backend's jobs go through its provider's batch API (design §11)."""
+        b = self.backends.get(backend)
+        return b is not None and b.mode == "batch"
+
+    def batch_limits(self, backend: str) -> tuple[int, float]:
+        """(max jobs, max wait in seconds) of a batch backend's batches."""
+        b = self.backends[backend]
+        return b.batch_max_jobs or self.batch.max_jobs, b.batch_max_wait_s or self.batch.max_wait_s
 
     def model_for(self, backend: str, agent: str) -> str:
         """The model id a backend uses for an agent (fine-tuned ids differ per agent)."""

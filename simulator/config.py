@@ -24,6 +24,9 @@ class SimulatorConfig(BaseModel):
       call costs more than a client's estimate of it.
     - omit_usage_rate: probability of a 200 without a usage block (as some gateways answer).
     - judge_garbage_rate: probability a judge prompt is answered with prose instead of a grade.
+    - batch_delay_s: a batch (simulator/batches.py) answers its requests one by one over this long;
+      batch_error_rate: probability one request of a batch errors; batch_expire_rate: probability a
+      batch expires with nothing answered.
     - suite: the suites whose answers it knows, comma-separated names or folders.
     """
 
@@ -43,6 +46,9 @@ class SimulatorConfig(BaseModel):
     omit_usage_rate: float = Rate
     judge_garbage_rate: float = Rate
     default_max_tokens: int = Field(default=1024, gt=0)
+    batch_delay_s: float = Field(default=2.0, ge=0.0)
+    batch_error_rate: float = Rate
+    batch_expire_rate: float = Rate
     seed: int = 7
     suite: str | None = "genesis-custom,genesis-judge"
 
