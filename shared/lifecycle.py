@@ -36,8 +36,11 @@ _JOBS, _RUNS = Job.__table__, Run.__table__
 
 
 def running_claimed_before(moment):
-    """The one "running but stale" rule: claimed before `moment` (a value or a bound parameter)."""
-    return (_JOBS.c.status == JobStatus.running) & (_JOBS.c.started_at < moment)
+    """The one "running but stale" rule: claimed before `moment` (a value or a bound parameter).
+    A job waiting in a provider batch is not stale however long it waits: its batch answers for
+    it (shared.batches), and the recovery sweep resumes the batch's polling instead."""
+    return ((_JOBS.c.status == JobStatus.running) & (_JOBS.c.started_at < moment)
+            & _JOBS.c.provider_batch_id.is_(None))
 
 
 def stale_running(now: datetime, lease_s: float):
@@ -224,7 +227,8 @@ def requeue_lost(now: datetime, lease_s: float, dead_workers: set[str], keep: se
     (run_id, job_id, provider) of every job handed back."""
     lost = stale_running(now, lease_s)
     if dead_workers:
-        lost = lost | ((Job.status == JobStatus.running) & col(Job.worker).in_(sorted(dead_workers)))
+        lost = lost | ((Job.status == JobStatus.running) & col(Job.worker).in_(sorted(dead_workers))
+                       & col(Job.provider_batch_id).is_(None))
     with session_scope() as session:
         rows = session.exec(
             select(Job.run_id, Job.id, Job.provider).where(lost, Job.run_id.in_(_in_flight_run_ids()))

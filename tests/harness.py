@@ -282,6 +282,15 @@ def producer(*args: str):
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
 
+def submit(*args: str) -> str:
+    """`producer submit ARGS --json`, which must succeed; returns the run id."""
+    import json
+
+    result = producer("submit", *args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["run_id"]
+
+
 def wait_until_reported(run_id: str, timeout: float = 120) -> dict:
     """Poll `status` until the run is final and its report is written."""
     from shared.progress import run_snapshot

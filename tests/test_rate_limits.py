@@ -13,8 +13,8 @@ import pytest
 from sqlmodel import select
 
 import simulator.server as sim_server
-from tests.harness import wait_for
-from tests.test_pipeline import producer, wait_until_reported
+from tests.harness import submit, wait_for
+from tests.test_pipeline import wait_until_reported
 
 pytestmark = pytest.mark.integration
 
@@ -43,12 +43,6 @@ class Arrivals:
     def times(self, status: int | None = None) -> list[float]:
         with self._lock:
             return sorted(t for t, s in self.events if status is None or s == status)
-
-
-def submit(*args: str) -> str:
-    result = producer("submit", *args, "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)["run_id"]
 
 
 def run_jobs(run_id: str) -> list:

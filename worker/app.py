@@ -14,7 +14,11 @@ from kombu import Queue
 from shared.config import Settings, get_settings
 from shared.providers.clients import prepare as prepare_provider
 from shared.providers.registry import PROVIDER_QUEUES, PROVIDERS
+BATCH_TASKS = ("genesis.flush_batch", "genesis.poll_batch", "genesis.cancel_batches")
 REPORTS_QUEUE = "reports"
+# Provider batches' submissions, polls and cancels (worker/batches.py): not a provider queue, so
+# a budget halt, which stops those, leaves it running (cancelled batches are still read).
+BATCHES_QUEUE = "batches"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -33,9 +37,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         # Must exceed the longest countdown/ETA we schedule, or Redis redelivers early.
         "broker_transport_options": {"visibility_timeout": 3600},
-        "task_queues": [Queue(name) for name in (*PROVIDER_QUEUES, REPORTS_QUEUE)],
+        "task_queues": [Queue(name) for name in (*PROVIDER_QUEUES, REPORTS_QUEUE, BATCHES_QUEUE)],
         "task_default_queue": REPORTS_QUEUE,
-        "task_routes": {"genesis.build_report": {"queue": REPORTS_QUEUE}},
+        "task_routes": {"genesis.build_report": {"queue": REPORTS_QUEUE},
+                        **{name: {"queue": BATCHES_QUEUE} for name in BATCH_TASKS}},
         "task_time_limit": settings.worker.task_time_limit_s,
         "task_soft_time_limit": max(settings.worker.task_time_limit_s - 30, 10),
         "result_expires": 7 * 24 * 3600,
@@ -57,7 +62,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def create_app(settings: Settings | None = None) -> Celery:
-    celery_app = Celery("genesis", include=["worker.tasks"])
+    celery_app = Celery("genesis", include=["worker.tasks", "worker.batches"])
     celery_app.config_from_object(celery_config(settings or get_settings()))
     return celery_app
 

@@ -40,9 +40,11 @@ def halt_on_refusal(app: Celery, budget: BudgetGuard, job: Any, refused: Excepti
 
 
 def stop_provider_consumers(app: Celery) -> None:
-    """Every worker, on every host, cancels its provider consumers (a broadcast)."""
+    """Every worker, on every host, cancels its provider consumers (a broadcast); submitted
+    provider batches are cancelled (worker/batches.py, on the `batches` queue a halt leaves running)."""
     for queue in PROVIDER_QUEUES:
         app.control.cancel_consumer(queue)
+    app.send_task("genesis.cancel_batches", queue="batches", ignore_result=True)
 
 
 def restore_provider_consumers(app: Celery) -> None:

@@ -8,7 +8,8 @@ takes its turn at a periodic sweep (one sweeper per interval across the fleet) t
 3. re-publishes the queued jobs of runs whose messages Redis lost (no run marker);
 4. builds the report of runs whose every job is final but that nobody completed (the last
    job's completion step failed, e.g. the database was away at that moment);
-5. reconciles the budget's reservations with SQL (a dead worker's reservation is released, or
+5. sends again the flush or poll message of provider batches that lost theirs (worker/batches.py);
+6. reconciles the budget's reservations with SQL (a dead worker's reservation is released, or
    settled from the ledger when its answer was recorded).
 
 Re-publishing goes through the producer's `enqueue`, exactly as `producer resume` does. Every
@@ -30,7 +31,7 @@ from shared import fleet, journal, lifecycle
 from shared.config import Settings, get_settings
 from shared.providers import PROVIDER_QUEUES
 
-ALL_QUEUES = (*PROVIDER_QUEUES, "reports")  # as worker.app declares them (importing it here is circular)
+ALL_QUEUES = (*PROVIDER_QUEUES, "reports", "batches")  # as worker.app declares them (importing it here is circular)
 
 log = logging.getLogger("genesis.recovery")
 
@@ -54,6 +55,9 @@ def sweep(client: redis.Redis, settings: Settings) -> dict[str, int]:
             enqueue(run_id, jobs)
     fleet.drop_nodes(client, dead)  # handled: their messages are published again
     done["reported"] = _report_finished_runs(client, set(by_run), grace_s)
+    from worker.batches import resume_batches
+
+    done["batches_resumed"] = resume_batches(client, settings)
     reconciled = budget.reconcile()
     done["reconciled"] = len(reconciled.released) + len(reconciled.settled)
     return done

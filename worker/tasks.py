@@ -185,6 +185,8 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
     outcome, job = jobs.claim(delivery.job_id, task.request.hostname or "local", fleet.redis_now(svc.redis),
                               jobs.lease_seconds(settings))
     if outcome == jobs.Claim.BUSY:  # a duplicate delivery: wait for the runner to finish it
+        if getattr(job, "provider_batch_id", None) is not None:
+            return "batched"  # its provider batch answers for it (worker/batches.py)
         raise task.retry(countdown=BUSY_RECHECK_S)
     if outcome == jobs.Claim.DONE:
         return job.status if job else "missing"
@@ -198,6 +200,10 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
     request = job_request(settings, job.backend, job.model, suite_task)
     if (reused := reuse.take_earlier_answer(task, job, suite_task, request, svc)) is not None:
         return reused
+    if settings.is_batch(job.backend):  # recorded into a provider batch; no call here
+        from worker.batches import enrol
+
+        return enrol(job)
 
     try:
         svc.budget.reserve(job.id, task_worst_case(settings, suite_task, job.backend, job.model), run_id=job.run_id)

@@ -1,0 +1,143 @@
+"""What a provider batch's results do to its jobs and to the budget (design §11), written per
+job exactly as a realtime job's: output, score, tokens, cost (at the batch price) and its ledger
+entry in one transaction, then the budget settled; a `judge` task's answer is recorded and the
+job goes back to its queue, where run_job grades it through the normal judge path.
+
+`BatchMoney` is the one place a batch's money goes through: each job's worst case reserved
+before the batch is sent (all or none), each result settled, each unanswered job released."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from dataclasses import replace
+from datetime import datetime
+
+from shared import batches as sql
+from shared import lifecycle as jobs
+from shared.budget import BudgetDenied, BudgetGuard, call_cost
+from shared.config import get_settings
+from shared.lifecycle import ClaimedJob, PaidResult
+from shared.providers.batch_api import Result, job_of
+from shared.suite import load_task, run_suite_folder
+from worker.tasks import SUITE_RECHECK_S, _score, _with_usage, record_unattached_payment
+
+log = logging.getLogger("genesis.batches")
+
+
+class BatchMoney:
+    """Reserve, settle and release a batch's jobs under their own budget keys (the job ids, as
+    realtime calls use): a rebuild after Redis loss restores them from the running jobs at the
+    batch price, and reconciliation leaves them alone while their jobs wait in the batch."""
+
+    def __init__(self, budget: BudgetGuard) -> None:
+        self.budget = budget
+
+    def reserve_all(self, amounts: list[tuple[int, float]], run_id: str) -> float:
+        """Every job's worst case, or none: a refusal or a wait gives back what was reserved."""
+        done: list[int] = []
+        try:
+            for job_id, amount in amounts:
+                self.budget.reserve(job_id, amount, run_id=run_id)
+                done.append(job_id)
+        except BudgetDenied:
+            self.release(done)
+            raise
+        return sum(amount for _, amount in amounts)
+
+    def release(self, job_ids: list[int]) -> None:
+        for job_id in job_ids:
+            try:
+                self.budget.release(job_id)
+            except Exception:  # noqa: BLE001 - reconciliation releases it when the job is final
+                log.warning("job %s: releasing its batch reservation failed", job_id, exc_info=True)
+
+    def record(self, job: ClaimedJob, result: PaidResult, *, final: bool) -> bool:
+        """The answer and its ledger entry (one transaction), then the settle; a job whose
+        answer is already recorded gets none, and this paid answer is ledgered without a link."""
+        if jobs.finish_ok(job, result, final=final):
+            self.budget.settle(job.id, result.cost_usd)
+            return True
+        self.budget.release(job.id)
+        record_unattached_payment(job, _Paid(result), result.cost_usd, "duplicate batch answer for a recorded job")
+        return False
+
+
+class _Paid:
+    """The token counts record_unattached_payment reads from a response."""
+
+    def __init__(self, result: PaidResult) -> None:
+        self.input_tokens, self.output_tokens = result.input_tokens, result.output_tokens
+
+
+def write_results(batch, results: list[Result], now: datetime, budget: BudgetGuard) -> dict[str, int]:
+    """Every waiting job of the batch gets its outcome; returns counts by outcome."""
+    settings = get_settings()
+    money = BatchMoney(budget)
+    by_job = {job_of(r.custom_id): r for r in results}
+    waited_ms = max(0.0, (now - batch.submitted_at).total_seconds() * 1000) if batch.submitted_at else 0.0
+    counts: Counter[str] = Counter()
+    judge_next: list[ClaimedJob] = []
+    for job in sql.jobs_of(batch.id):
+        result = by_job.get(job.id)
+        if result is not None and result.kind == "succeeded" and result.response is not None:
+            suite_task = load_task(run_suite_folder(job.suite), job.agent, job.task_id, max_age_s=SUITE_RECHECK_S)
+            response, source = _with_usage(suite_task, replace(result.response, latency_ms=waited_ms))
+            cost = call_cost(settings, job.model, response.input_tokens, response.output_tokens, batch=True)
+            scored = _score(suite_task, response.text)
+            paid = PaidResult(output=response.text, score=scored.score, detail=scored.detail,
+                              latency_ms=response.latency_ms, input_tokens=response.input_tokens,
+                              output_tokens=response.output_tokens, cost_usd=cost, source=f"{source} (batch)")
+            if money.record(job, paid, final=suite_task.scorer.local) and not suite_task.scorer.local:
+                judge_next.append(job)
+            counts["succeeded"] += 1
+            continue
+        money.release([job.id])
+        if batch.cancel_requested and (result is None or result.kind in ("canceled", "expired")):
+            jobs.finish_halted(job.id, f"provider batch {batch.provider_batch_id} cancelled by the budget halt")
+            counts["halted"] += 1
+            continue
+        counts["errored"] += 1
+        kind = result.kind if result is not None else "missing"
+        send_back_or_fail(batch, job, f"Batch{kind.capitalize()}",
+                          result.error if result is not None and result.error else f"no result ({kind})")
+    for job in judge_next:  # answered and ledgered: graded by run_job's judge path
+        _requeue(batch.id, [job], None, None)
+    return dict(counts)
+
+
+def end_without_results(batch, error_type: str, reason: str) -> dict[str, int]:
+    """An expired or failed batch answered nothing: its jobs go back or end `error` (or
+    `halted`, when a budget halt cancelled it)."""
+    money = BatchMoney(BudgetGuard.from_settings(get_settings()))
+    counts: Counter[str] = Counter()
+    for job in sql.jobs_of(batch.id):
+        money.release([job.id])
+        if batch.cancel_requested:
+            jobs.finish_halted(job.id, f"provider batch {batch.provider_batch_id} cancelled by the budget halt")
+            counts["halted"] += 1
+        else:
+            send_back_or_fail(batch, job, error_type, reason)
+            counts["errored"] += 1
+    return dict(counts)
+
+
+def send_back_or_fail(batch, job: ClaimedJob, error_type: str, reason: str) -> None:
+    """Bounded: a job claimed `[batch] max_attempts` times ends `error` with the provider's reason."""
+    detail = f"provider batch {batch.provider_batch_id or batch.id}: {reason}"[:500]
+    if job.attempts < get_settings().batch.max_attempts:
+        _requeue(batch.id, [job], error_type, detail)
+    else:
+        jobs.finish_error(job.id, error_type, f"after {job.attempts} attempt(s): {detail}")
+
+
+def _requeue(batch_id: int, claimed: list[ClaimedJob], error_type: str | None, detail: str | None) -> None:
+    """Recorded first (queued, unlinked), then published."""
+    from producer.submit import enqueue
+
+    moved = sql.leave([job.id for job in claimed], batch_id, error_type=error_type, error_message=detail)
+    by_run: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for run_id, job_id, provider in moved:
+        by_run[run_id].append((job_id, provider))
+    for run_id, pending in by_run.items():
+        enqueue(run_id, pending)
