@@ -30,10 +30,11 @@ class Enrolled:
 
 
 def enrol(job_id: int, provider: str, backend: str, model: str, now: datetime, max_jobs: int,
-          max_wait_s: float) -> Enrolled:
-    """Put a running job into the open batch of its (backend, model), or open one. One
-    transaction: the batch's count and the job's link change together, and only while the
-    batch is open, so a batch being submitted never takes a job it will not send."""
+          max_wait_s: float, *, may_open: bool = True) -> Enrolled | None:
+    """Put a running job into the open batch of its (backend, model), or open one (None when
+    there is none and `may_open` is False). One transaction: the batch's count and the job's
+    link change together, and only while the batch is open, so a batch being submitted never
+    takes a job it will not send."""
     with get_engine().begin() as conn:
         for batch_id in conn.execute(
             select(_BATCHES.c.id).where(_BATCHES.c.state == BatchState.open, _BATCHES.c.backend == backend,
@@ -47,6 +48,8 @@ def enrol(job_id: int, provider: str, backend: str, model: str, now: datetime, m
             if count is not None:
                 _link(conn, job_id, batch_id)
                 return Enrolled(batch_id, new=False, full=count >= max_jobs)
+        if not may_open:
+            return None
         batch_id = conn.execute(insert(_BATCHES).values(
             provider=provider, backend=backend, model=model, state=BatchState.open, job_count=1, succeeded=0,
             errored=0, created_at=now, due_at=now + timedelta(seconds=max_wait_s), polls=0, reserved_usd=0.0,

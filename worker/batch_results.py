@@ -33,17 +33,18 @@ class BatchMoney:
     def __init__(self, budget: BudgetGuard) -> None:
         self.budget = budget
 
-    def reserve_all(self, amounts: list[tuple[int, float]], run_id: str) -> float:
-        """Every job's worst case, or none: a refusal or a wait gives back what was reserved."""
-        done: list[int] = []
-        try:
-            for job_id, amount in amounts:
+    def reserve_in_order(self, amounts: list[tuple[int, float]], run_id: str) -> tuple[int, float, BudgetDenied | None]:
+        """Each job's worst case in turn until the guard says wait or refuses: returns how many
+        were reserved, their sum, and the denial that stopped it (None: all reserved). A batch
+        is sent with the jobs that fit, as that many realtime calls would have been."""
+        total = 0.0
+        for reserved, (job_id, amount) in enumerate(amounts):
+            try:
                 self.budget.reserve(job_id, amount, run_id=run_id)
-                done.append(job_id)
-        except BudgetDenied:
-            self.release(done)
-            raise
-        return sum(amount for _, amount in amounts)
+            except BudgetDenied as denied:
+                return reserved, total, denied
+            total += amount
+        return len(amounts), total, None
 
     def release(self, job_ids: list[int]) -> None:
         for job_id in job_ids:
@@ -101,8 +102,7 @@ def write_results(batch, results: list[Result], now: datetime, budget: BudgetGua
         kind = result.kind if result is not None else "missing"
         send_back_or_fail(batch, job, f"Batch{kind.capitalize()}",
                           result.error if result is not None and result.error else f"no result ({kind})")
-    for job in judge_next:  # answered and ledgered: graded by run_job's judge path
-        _requeue(batch.id, [job], None, None)
+    requeue(batch.id, judge_next)  # answered and ledgered: graded by run_job's judge path
     return dict(counts)
 
 
@@ -126,13 +126,14 @@ def send_back_or_fail(batch, job: ClaimedJob, error_type: str, reason: str) -> N
     """Bounded: a job claimed `[batch] max_attempts` times ends `error` with the provider's reason."""
     detail = f"provider batch {batch.provider_batch_id or batch.id}: {reason}"[:500]
     if job.attempts < get_settings().batch.max_attempts:
-        _requeue(batch.id, [job], error_type, detail)
+        requeue(batch.id, [job], error_type, detail)
     else:
         jobs.finish_error(job.id, error_type, f"after {job.attempts} attempt(s): {detail}")
 
 
-def _requeue(batch_id: int, claimed: list[ClaimedJob], error_type: str | None, detail: str | None) -> None:
-    """Recorded first (queued, unlinked), then published."""
+def requeue(batch_id: int, claimed: list[ClaimedJob], error_type: str | None = None,
+            detail: str | None = None) -> None:
+    """Out of the batch and back to the queue: recorded first (queued, unlinked), then published."""
     from producer.submit import enqueue
 
     moved = sql.leave([job.id for job in claimed], batch_id, error_type=error_type, error_message=detail)

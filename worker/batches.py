@@ -15,6 +15,7 @@ batches must still be read and ledgered).
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 
 from celery.exceptions import Retry
@@ -39,16 +40,31 @@ from worker.tasks import DATABASE_AWAY, SUITE_RECHECK_S, GenesisTask, genesis_ta
 log = logging.getLogger("genesis.batches")
 
 BUDGET_WAIT_S = 2.0  # a batch whose worst case waits for calls in flight to settle tries again after this
+OPEN_TRIES, OPEN_LOCK_MS = 50, 2000  # enrolments wait up to ~1 s for another to open the batch
 METADATA_KEY = "genesis_batch"  # our batch id in the provider's metadata (a lost submission is found by it)
 
 
 def enrol(job: jobs.ClaimedJob) -> str:
     """run_job's whole work for a batch backend's job: recorded in SQL first, then the flush is
     scheduled (when this job opened the batch) or sent now (when it filled it)."""
-    settings = get_settings()
+    settings, client_redis = get_settings(), services().redis
     max_jobs, max_wait_s = settings.batch_limits(job.backend)
-    enrolled = sql.enrol(job.id, job.provider, job.backend, job.model, fleet.redis_now(services().redis), max_jobs,
-                         max_wait_s)
+    lock = f"genesis:batch-opening:{job.backend}:{job.model}"
+    enrolled = None
+    for _ in range(OPEN_TRIES):  # one opener at a time, so jobs arriving together share a batch
+        opener = bool(client_redis.set(lock, "1", nx=True, px=OPEN_LOCK_MS))
+        try:
+            enrolled = sql.enrol(job.id, job.provider, job.backend, job.model, fleet.redis_now(client_redis),
+                                 max_jobs, max_wait_s, may_open=opener)
+        finally:
+            if opener:
+                client_redis.delete(lock)
+        if enrolled is not None:
+            break
+        time.sleep(0.02)
+    if enrolled is None:  # the opener is slow or gone: open one anyway (two small batches at worst)
+        enrolled = sql.enrol(job.id, job.provider, job.backend, job.model, fleet.redis_now(client_redis),
+                             max_jobs, max_wait_s)
     if enrolled.full:
         flush_batch.apply_async((enrolled.batch_id,), queue=BATCHES_QUEUE)
     elif enrolled.new:
@@ -86,20 +102,23 @@ def _flush(batch_id: int) -> str:
         lines.append((custom_id(job.id), job_request(settings, job.backend, job.model, suite_task)))
         amounts.append((job.id, task_worst_case(settings, suite_task, job.backend, job.model)))
     money = batch_results.BatchMoney(svc.budget)
-    try:
-        reserved = money.reserve_all(amounts, waiting[0].run_id)
-    except BudgetWait:  # room held by calls in flight: send it when they settle
+    fit, reserved, denied = money.reserve_in_order(amounts, waiting[0].run_id)
+    if isinstance(denied, BudgetWait) and not fit:  # room held by calls in flight: send it when they settle
         sql.reopen(batch_id, now)
         flush_batch.apply_async((batch_id,), countdown=BUDGET_WAIT_S, queue=BATCHES_QUEUE)
         svc.budget.maybe_reconcile()
         return "waiting for budget"
-    except BudgetRefused as refused:
-        halt_on_refusal(app, svc.budget, waiting[0], refused, "batch submission")
-        for job in waiting[1:]:
-            jobs.finish_halted(job.id, f"batch submission: {refused}")
-        sql.finish(batch_id, BatchState.halted, now, error=str(refused)[:500])
+    if isinstance(denied, BudgetWait):  # the rest wait for room in a later batch
+        batch_results.requeue(batch_id, waiting[fit:])
+    elif isinstance(denied, BudgetRefused):  # the settled spend leaves no room: a halt
+        halt_on_refusal(app, svc.budget, waiting[fit], denied, "batch submission")
+        for job in waiting[fit + 1:]:
+            jobs.finish_halted(job.id, f"batch submission: {denied}")
+    if not fit:
+        sql.finish(batch_id, BatchState.halted, now, error=str(denied)[:500])
         _complete_runs(waiting)
         return "halted"
+    waiting, lines = waiting[:fit], lines[:fit]
     try:
         provider_id = BATCH_APIS[batch.provider].submit(
             client(batch.provider, settings.retry.call_timeout_s), batch.model, lines, {METADATA_KEY: str(batch_id)})
