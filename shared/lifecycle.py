@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import bindparam, func, insert, or_, update
 from sqlalchemy.exc import IntegrityError
@@ -33,6 +33,15 @@ def lease_seconds(settings) -> float:
 
 
 _JOBS, _RUNS = Job.__table__, Run.__table__
+
+# The clock of every timestamp written here. Workers set it to the Redis clock (use_clock), the
+# one leases are judged on, so a job's started_at and finished_at are on one timeline.
+_clock: Callable[[], datetime] = utcnow
+
+
+def use_clock(clock: Callable[[], datetime]) -> None:
+    global _clock
+    _clock = clock
 
 
 def running_claimed_before(moment):
@@ -117,6 +126,18 @@ def _update_running(job_id: int, **values) -> None:
         conn.execute(update(_JOBS).where(_JOBS.c.id == job_id, _JOBS.c.status == JobStatus.running).values(**values))
 
 
+def renew_lease(job: ClaimedJob, worker: str, now: datetime) -> bool:
+    """Before each paid call of a job: its lease starts again, so a job of two calls (answer,
+    then judge) is never taken from a live runner. False when this claim no longer holds the
+    job (another delivery took it past its lease, or it is final): make no call."""
+    with get_engine().begin() as conn:
+        return conn.execute(
+            update(_JOBS).where(_JOBS.c.id == job.id, _JOBS.c.status == JobStatus.running,
+                                _JOBS.c.worker == worker, _JOBS.c.attempts == job.attempts)
+            .values(started_at=now)
+        ).rowcount == 1
+
+
 def requeue(job_id: int, *, error_type: str | None = None, error_message: str | None = None,
             uncount: bool = False) -> None:
     """Hand the job back (a retry is scheduled), keeping the last error for `status`."""
@@ -129,13 +150,47 @@ def requeue(job_id: int, *, error_type: str | None = None, error_message: str | 
 def finish_error(job_id: int, error_type: str, error_message: str) -> None:
     """Only a running job can fail: an `ok` result is never overwritten."""
     _update_running(job_id, status=JobStatus.error, error_type=error_type, error_message=error_message,
-                    finished_at=utcnow())
+                    finished_at=_clock())
 
 
 def finish_halted(job_id: int, reason: str) -> None:
     """Skipped by the budget guard after this delivery claimed it (no call: not an attempt)."""
     _update_running(job_id, status=JobStatus.halted, error_type="BudgetHalt", error_message=reason,
-                    attempts=_JOBS.c.attempts - 1, finished_at=utcnow())
+                    attempts=_JOBS.c.attempts - 1, finished_at=_clock())
+
+
+@dataclass(frozen=True)
+class Payment:
+    """One paid call as the ledger records it (worker/paid_call.py makes them): its id is its
+    budget reservation's, its journal entry's and its ledger row's."""
+
+    call_id: str
+    operation: str  # inference | judge | batch ...
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    source: str = "api"
+
+    def entry(self, job: ClaimedJob, *, attached: bool = True, why: str | None = None) -> CostEntry:
+        """Its ledger row: the job's own (attached) or a cost without a job link, saying why."""
+        return CostEntry(
+            run_id=job.run_id, job_id=job.id if attached else None, agent=job.agent, backend=job.backend,
+            model=self.model, operation=self.operation, input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens, cost_usd=self.cost_usd, call_id=self.call_id,
+            source=f"{self.source} ({why})" if why else self.source,
+        )
+
+
+def record_payment(entry: CostEntry) -> bool:
+    """A ledger row of its own (an unattached payment); True also when this paid call's row is
+    already there (a replay)."""
+    try:
+        with session_scope() as session:
+            session.add(entry)
+        return True
+    except IntegrityError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -152,17 +207,18 @@ class PaidResult:
     source: str = "api"  # the ledger's `source`: usage the provider returned, or how it was estimated
 
 
-def finish_ok(job: ClaimedJob, result: PaidResult, *, final: bool = True) -> bool:
+def finish_ok(job: ClaimedJob, result: PaidResult, *, final: bool = True, call_id: str | None = None) -> bool:
     """Store the result and its ledger entry in one transaction. Returns False when the
     ledger already had this job (a redelivery): nothing is written twice. `final=False` keeps
     the job running: its paid answer is recorded and waits for its judge (finish_judged)."""
-    now = utcnow()
+    now = _clock()
     try:
         with get_engine().begin() as conn:
             conn.execute(_RECORD_COST, {
                 "at": now, "run_id": job.run_id, "job_id": job.id, "agent": job.agent, "backend": job.backend,
                 "model": job.model, "operation": "inference", "input_tokens": result.input_tokens,
                 "output_tokens": result.output_tokens, "cost_usd": result.cost_usd, "source": result.source,
+                "call_id": call_id,
             })
             conn.execute(_RECORD_OK, {
                 "job_id": job.id, "status": JobStatus.ok if final else JobStatus.running, "output": result.output,
@@ -190,7 +246,7 @@ def finish_reused(job: ClaimedJob, source: Any, *, score: float | None, detail: 
         scorer_detail=detail, latency_ms=source.latency_ms, input_tokens=source.input_tokens,
         output_tokens=source.output_tokens, cost_usd=0.0, reused_from_job_id=source.job_id,
         reused_from_run_id=source.run_id, error_type=None, error_message=None,
-        finished_at=utcnow() if final else None,
+        finished_at=_clock() if final else None,
     )
 
 
@@ -203,7 +259,7 @@ def finish_judged(job: ClaimedJob, entry: CostEntry, *, score: float, detail: st
             session.execute(
                 update(Job).where(Job.id == job.id, Job.status == JobStatus.running).values(
                     status=JobStatus.ok, score=score, scorer_detail=detail, error_type=None, error_message=None,
-                    finished_at=utcnow(),
+                    finished_at=_clock(),
                 )
             )
         return True

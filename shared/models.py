@@ -155,7 +155,10 @@ class CostEntry(SQLModel, table=True):
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
-    source: str = "api"  # api (usage the provider returned) | manual | ...
+    source: str = "api"  # api (usage the provider returned) | manual | outcome unknown | ...
+    # The paid call this entry is for (worker/paid_call.py): its reservation, journal entry and
+    # settled member carry the same id, so one payment is never ledgered or counted twice.
+    call_id: str | None = Field(default=None, max_length=32, unique=True, index=True)
 
 
 class BudgetEvent(SQLModel, table=True):

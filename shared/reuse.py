@@ -59,11 +59,12 @@ def find_earlier_answer(session: Session, key: str, *, max_age_days: float, simu
     return EarlierAnswer(job.id, job.run_id, job.output, job.input_tokens, job.output_tokens, job.latency_ms)
 
 
-def older_twin(session: Session, key: str, job_id: int, lease_s: float) -> int | None:
+def older_twin(session: Session, key: str, job_id: int, lease_s: float, now: datetime) -> int | None:
     """An older job (smaller id) of a live run with the identical request, queued or being
     paid for right now: waiting for it pays once when two runs overlap. Only older ones are
-    waited for, so no two jobs ever wait on each other."""
-    started_after = utcnow() - timedelta(seconds=lease_s)
+    waited for, so no two jobs ever wait on each other. `now` is on the Redis clock, the one
+    its started_at was written on (shared.fleet.redis_now)."""
+    started_after = now - timedelta(seconds=lease_s)
     live = (Job.status == JobStatus.queued) | ((Job.status == JobStatus.running) & (col(Job.started_at) >= started_after))
     query = (
         select(Job.id)

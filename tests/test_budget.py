@@ -232,14 +232,27 @@ def test_4_processes_of_12_threads_grant_exactly_what_fits(guard, redis_client):
 # --- idempotence --------------------------------------------------------------------------
 
 
-def test_reserving_the_same_job_twice_replaces_the_reservation(guard):
-    guard.reserve(7, 0.10)
-    guard.reserve(7, 0.10)
+def test_each_paid_call_holds_its_own_reservation_and_settles_it_by_id(guard):
+    first = guard.reserve(7, 0.10)
+    assert guard.reserve(7, 0.10, call_id=first) == first  # the same call reserving again: once
     assert guard.status()["reserved_usd"] == pytest.approx(0.10)
-    guard.reserve(7, 0.25)
-    assert guard.status()["reserved_usd"] == pytest.approx(0.25)
-    guard.release(7)
+    second = guard.reserve(7, 0.25)  # a duplicate delivery of job 7, live at the same time
+    assert guard.status()["reserved_usd"] == pytest.approx(0.35)
+    guard.settle(7, 0.05, second)  # settles its own call only: the first call is still held
+    assert guard.status()["reserved_usd"] == pytest.approx(0.10)
+    assert guard.release(7, second) is False and guard.release(7, first) is True
     assert guard.status()["reserved_usd"] == 0
+
+
+def test_a_denied_reservation_leaves_another_deliverys_live_reservation(guard):
+    live = guard.reserve(1, 0.80)
+    with pytest.raises(BudgetWait):
+        guard.reserve(1, 0.10)  # a duplicate delivery of the same job must wait...
+    assert guard.status()["reserved_usd"] == pytest.approx(0.80)  # ...without dropping the live call's room
+    guard.settle(1, 0.80, live)
+    with pytest.raises(BudgetRefused):
+        guard.reserve(1, 0.10)
+    assert guard.status()["spent_usd"] == pytest.approx(0.80)
 
 
 def test_settling_twice_counts_once(guard):
@@ -443,7 +456,7 @@ def test_reconcile_releases_or_settles_what_sql_says_is_not_running(guard, setti
 
 def test_a_release_by_a_stale_reservation_id_leaves_a_newer_reservation(guard, redis_client):
     seen = guard.reserve(1, 0.05)
-    assert seen == redis_client.hget(guard.keys.reservation_ids, "1").decode()
+    assert redis_client.hexists(guard.keys.reservations, f"1#{seen}")
     guard.release(1)
     guard.reserve(1, 0.07)  # a new delivery of the same job reserved after the sweep looked
     assert guard.release(1, seen) is False

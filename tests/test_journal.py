@@ -31,29 +31,73 @@ def a_running_job(monkeypatch, tmp_path):
                       model="gpt-4o-mini", attempts=1, suite="genesis-custom")
 
 
-def test_a_journaled_answer_reaches_the_ledger_once_however_often_replayed(redis_client, monkeypatch, tmp_path):
+def journaled_answer(redis_client, job, call_id: str, *, final: bool = True, output: str = "42"):
+    from dataclasses import asdict
+
     from shared import journal
+    from shared.lifecycle import PaidResult, Payment
+
+    payment = Payment(call_id, "inference", job.model, 30, 4, 0.0001)
+    result = PaidResult(output=output, score=1.0 if final else None, detail="exact", latency_ms=12.0,
+                        input_tokens=30, output_tokens=4, cost_usd=0.0001)
+    journal.write(redis_client, "answer", job, str(job.id), payment, {"result": asdict(result), "final": final})
+
+
+def ledger_of(job_id: int):
     from shared.db import session_scope
-    from shared.lifecycle import PaidResult
     from shared.models import CostEntry, Job
 
-    job = a_running_job(monkeypatch, tmp_path)
-    answer = PaidResult(output="42", score=1.0, detail="exact", latency_ms=12.0, input_tokens=30,
-                        output_tokens=4, cost_usd=0.0001)
-    settled: list[tuple[int, float]] = []
+    with session_scope() as session:
+        entries = session.exec(select(CostEntry).where(CostEntry.run_id == "r1").order_by(CostEntry.id)).all()
+        return session.get(Job, job_id), entries
 
-    journal.write(redis_client, job, answer)
+
+def test_a_journaled_answer_reaches_the_ledger_once_however_often_replayed(redis_client, monkeypatch, tmp_path):
+    from shared import journal
+
+    job = a_running_job(monkeypatch, tmp_path)
+    settled: list[tuple] = []
+
+    journaled_answer(redis_client, job, "c1")
     assert journal.pending_job_ids(redis_client) == {job.id}
-    assert journal.replay(redis_client, lambda job_id, cost: settled.append((job_id, cost))) == 1
-    journal.write(redis_client, job, answer)  # as if the first replay's HDEL had been lost
-    assert journal.replay(redis_client, lambda job_id, cost: settled.append((job_id, cost))) == 1
+    assert journal.replay(redis_client, lambda *args: settled.append(args)) == (1, [])
+    journaled_answer(redis_client, job, "c1")  # as if the first replay's HDEL had been lost
+    assert journal.replay(redis_client, lambda *args: settled.append(args)) == (1, [])
 
     assert journal.pending_job_ids(redis_client) == set()
-    assert settled == [(job.id, 0.0001)] * 2  # the budget's settle is idempotent per job
-    with session_scope() as session:
-        stored = session.get(Job, job.id)
-        entries = session.exec(select(func.count()).select_from(CostEntry).where(CostEntry.job_id == job.id)).one()
-    assert (stored.status, stored.output, stored.cost_usd, entries) == ("ok", "42", 0.0001, 1)
+    assert settled == [(str(job.id), 0.0001, "c1")] * 2  # the budget's settle is idempotent per paid call
+    stored, entries = ledger_of(job.id)
+    assert (stored.status, stored.output, stored.cost_usd) == ("ok", "42", 0.0001)
+    assert [(e.job_id, e.call_id) for e in entries] == [(job.id, "c1")]
+
+
+def test_a_journaled_payment_conflicting_with_a_later_one_is_ledgered_unattached(redis_client, monkeypatch,
+                                                                              tmp_path):
+    """The job was paid again (a claim past the lease, `producer resume`) before the replay:
+    both payments are real, so both are in the ledger, the journaled one without a job link."""
+    from shared import journal
+    from shared.lifecycle import PaidResult, finish_ok
+
+    job = a_running_job(monkeypatch, tmp_path)
+    journaled_answer(redis_client, job, "c1", output="journaled")
+    assert finish_ok(job, PaidResult(output="second", score=1.0, detail="exact", latency_ms=9.0, input_tokens=30,
+                                     output_tokens=4, cost_usd=0.0001), call_id="c2")
+    assert journal.replay(redis_client, lambda *args: None).count == 1
+    stored, entries = ledger_of(job.id)
+    assert stored.output == "second"
+    assert [(e.job_id, e.call_id) for e in entries] == [(job.id, "c2"), (None, "c1")]
+    assert "journaled; the job was paid again" in entries[1].source
+
+
+def test_a_journaled_answer_waiting_for_its_judge_is_replayed_as_such(redis_client, monkeypatch, tmp_path):
+    from shared import journal
+
+    job = a_running_job(monkeypatch, tmp_path)
+    journaled_answer(redis_client, job, "c1", final=False)
+    replayed = journal.replay(redis_client, lambda *args: None)
+    assert replayed.needs_judge == [job]
+    stored, _ = ledger_of(job.id)
+    assert (stored.status, stored.score, stored.output) == ("running", None, "42")  # not `ok` with no grade
 
 
 def test_a_missing_heartbeat_is_believed_only_after_the_grace_period(redis_client):

@@ -3,24 +3,33 @@ job exactly as a realtime job's: output, score, tokens, cost (at the batch price
 entry in one transaction, then the budget settled; a `judge` task's answer is recorded and the
 job goes back to its queue, where run_job grades it through the normal judge path.
 
-`BatchMoney` is the one place a batch's money goes through: each job's worst case reserved
-before the batch is sent (all or none), each result settled, each unanswered job released."""
+`BatchMoney` is the one place a batch's money goes through, on the primitives of the guarded
+paid-call path (worker/paid_call.py): each job's worst case reserved by call id before the batch
+is sent, each answer recorded by the journal's `answer` recorder (or journaled while the
+database is away) and settled by that id, each unanswered job's reservation released by it.
+`pay()` itself makes one job's call and records it at once; a batch is one submission whose
+answers arrive later, in another task, so it uses the same steps without `pay()`'s call.
+Reservations carry no holder: a batch, not a worker, answers for them, so the sweep's
+reconciliation never takes a dead submitter's batch for a call lost in flight."""
 
 from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from dataclasses import replace
+from dataclasses import asdict
 from datetime import datetime
 
 from shared import batches as sql
+from shared import journal
 from shared import lifecycle as jobs
-from shared.budget import BudgetDenied, BudgetGuard, call_cost
+from shared.budget import USAGE_ESTIMATED, BudgetDenied, BudgetGuard, call_cost, estimated_usage
+from shared.budget.recorded import call_key
 from shared.config import get_settings
-from shared.lifecycle import ClaimedJob, PaidResult
+from shared.lifecycle import ClaimedJob, PaidResult, Payment
 from shared.providers.batch_api import Result, job_of
 from shared.suite import load_task, run_suite_folder
-from worker.tasks import SUITE_RECHECK_S, _score, _with_usage, record_unattached_payment
+from worker.paid_call import DATABASE_AWAY
+from worker.tasks import SUITE_RECHECK_S, _score
 
 log = logging.getLogger("genesis.batches")
 
@@ -30,8 +39,13 @@ class BatchMoney:
     realtime calls use): a rebuild after Redis loss restores them from the running jobs at the
     batch price, and reconciliation leaves them alone while their jobs wait in the batch."""
 
-    def __init__(self, budget: BudgetGuard) -> None:
-        self.budget = budget
+    def __init__(self, budget: BudgetGuard, batch_id: int) -> None:
+        self.budget, self.batch_id = budget, batch_id
+
+    def call_id(self, job_id: int) -> str:
+        """One job's paid call in this batch: the same id for its reservation, its ledger row and
+        its settle, so re-reading the batch's results never counts an answer twice."""
+        return f"batch{self.batch_id}-job{job_id}"
 
     def reserve_in_order(self, amounts: list[tuple[int, float]], run_id: str) -> tuple[int, float, BudgetDenied | None]:
         """Each job's worst case in turn until the guard says wait or refuses: returns how many
@@ -40,7 +54,7 @@ class BatchMoney:
         total = 0.0
         for reserved, (job_id, amount) in enumerate(amounts):
             try:
-                self.budget.reserve(job_id, amount, run_id=run_id)
+                self.budget.reserve(call_key(job_id), amount, run_id=run_id, call_id=self.call_id(job_id))
             except BudgetDenied as denied:
                 return reserved, total, denied
             total += amount
@@ -49,32 +63,32 @@ class BatchMoney:
     def release(self, job_ids: list[int]) -> None:
         for job_id in job_ids:
             try:
-                self.budget.release(job_id)
+                self.budget.release(call_key(job_id), self.call_id(job_id))
             except Exception:  # noqa: BLE001 - reconciliation releases it when the job is final
                 log.warning("job %s: releasing its batch reservation failed", job_id, exc_info=True)
 
     def record(self, job: ClaimedJob, result: PaidResult, *, final: bool) -> bool:
-        """The answer and its ledger entry (one transaction), then the settle; a job whose
-        answer is already recorded gets none, and this paid answer is ledgered without a link."""
-        if jobs.finish_ok(job, result, final=final):
-            self.budget.settle(job.id, result.cost_usd)
-            return True
-        self.budget.release(job.id)
-        record_unattached_payment(job, _Paid(result), result.cost_usd, "duplicate batch answer for a recorded job")
-        return False
-
-
-class _Paid:
-    """The token counts record_unattached_payment reads from a response."""
-
-    def __init__(self, result: PaidResult) -> None:
-        self.input_tokens, self.output_tokens = result.input_tokens, result.output_tokens
+        """The answer and its ledger row (one transaction, the journal's `answer` recorder), then
+        the settle by call id; journaled when the database is away. False when this job's answer
+        was already recorded (the batch's results read again): it is the same payment, not a
+        second one."""
+        key, call_id = call_key(job.id), self.call_id(job.id)
+        payment = Payment(call_id, "inference", job.model, result.input_tokens, result.output_tokens,
+                          result.cost_usd, result.source)
+        data = {"result": asdict(result), "final": final}
+        try:
+            recorded = journal.RECORDERS["answer"](job, payment, data)
+        except DATABASE_AWAY:
+            journal.write(self.budget.redis, "answer", job, key, payment, data)
+            recorded = True
+        self.budget.settle(key, result.cost_usd, call_id)  # counted once per call id, whatever happened
+        return recorded
 
 
 def write_results(batch, results: list[Result], now: datetime, budget: BudgetGuard) -> dict[str, int]:
     """Every waiting job of the batch gets its outcome; returns counts by outcome."""
     settings = get_settings()
-    money = BatchMoney(budget)
+    money = BatchMoney(budget, batch.id)
     by_job = {job_of(r.custom_id): r for r in results}
     waited_ms = max(0.0, (now - batch.submitted_at).total_seconds() * 1000) if batch.submitted_at else 0.0
     counts: Counter[str] = Counter()
@@ -83,12 +97,15 @@ def write_results(batch, results: list[Result], now: datetime, budget: BudgetGua
         result = by_job.get(job.id)
         if result is not None and result.kind == "succeeded" and result.response is not None:
             suite_task = load_task(run_suite_folder(job.suite), job.agent, job.task_id, max_age_s=SUITE_RECHECK_S)
-            response, source = _with_usage(suite_task, replace(result.response, latency_ms=waited_ms))
-            cost = call_cost(settings, job.model, response.input_tokens, response.output_tokens, batch=True)
+            response = result.response
+            tokens, source = (response.input_tokens, response.output_tokens), "api"
+            if not response.usage_reported:  # still billed: estimated from its text, flagged
+                tokens, source = estimated_usage(suite_task, response.text), USAGE_ESTIMATED
+            cost = call_cost(settings, job.model, *tokens, batch=True)
             scored = _score(suite_task, response.text)
-            paid = PaidResult(output=response.text, score=scored.score, detail=scored.detail,
-                              latency_ms=response.latency_ms, input_tokens=response.input_tokens,
-                              output_tokens=response.output_tokens, cost_usd=cost, source=f"{source} (batch)")
+            paid = PaidResult(output=response.text, score=scored.score, detail=scored.detail, latency_ms=waited_ms,
+                              input_tokens=tokens[0], output_tokens=tokens[1], cost_usd=cost,
+                              source=f"{source} (batch)")
             if money.record(job, paid, final=suite_task.scorer.local) and not suite_task.scorer.local:
                 judge_next.append(job)
             counts["succeeded"] += 1
@@ -109,7 +126,7 @@ def write_results(batch, results: list[Result], now: datetime, budget: BudgetGua
 def end_without_results(batch, error_type: str, reason: str) -> dict[str, int]:
     """An expired or failed batch answered nothing: its jobs go back or end `error` (or
     `halted`, when a budget halt cancelled it)."""
-    money = BatchMoney(BudgetGuard.from_settings(get_settings()))
+    money = BatchMoney(BudgetGuard.from_settings(get_settings()), batch.id)
     counts: Counter[str] = Counter()
     for job in sql.jobs_of(batch.id):
         money.release([job.id])

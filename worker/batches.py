@@ -23,7 +23,7 @@ from celery.exceptions import Retry
 from shared import batches as sql
 from shared import fleet
 from shared import lifecycle as jobs
-from shared.budget import BudgetRefused, BudgetWait, task_worst_case
+from shared.budget import BudgetRefused, task_worst_case
 from shared.calls import job_request
 from shared.config import get_settings
 from shared.models import BatchState
@@ -35,7 +35,8 @@ from worker import batch_results
 from worker.app import BATCHES_QUEUE, app
 from worker.completion import finished_run, send_report_once
 from worker.halt import halt_on_refusal
-from worker.tasks import DATABASE_AWAY, SUITE_RECHECK_S, GenesisTask, genesis_task, services
+from worker.paid_call import DATABASE_AWAY, services
+from worker.tasks import SUITE_RECHECK_S, GenesisTask, genesis_task
 
 log = logging.getLogger("genesis.batches")
 
@@ -101,17 +102,18 @@ def _flush(batch_id: int) -> str:
         suite_task = load_task(run_suite_folder(job.suite), job.agent, job.task_id, max_age_s=SUITE_RECHECK_S)
         lines.append((custom_id(job.id), job_request(settings, job.backend, job.model, suite_task)))
         amounts.append((job.id, task_worst_case(settings, suite_task, job.backend, job.model)))
-    money = batch_results.BatchMoney(svc.budget)
+    money = batch_results.BatchMoney(svc.budget, batch_id)
     fit, reserved, denied = money.reserve_in_order(amounts, waiting[0].run_id)
-    if isinstance(denied, BudgetWait) and not fit:  # room held by calls in flight: send it when they settle
+    halted = isinstance(denied, BudgetRefused) and halt_on_refusal(
+        app, svc.budget, waiting[fit], denied, "batch submission") is not None  # None: a resume made room
+    if denied is not None and not halted and not fit:  # room held by calls in flight: send it when they settle
         sql.reopen(batch_id, now)
         flush_batch.apply_async((batch_id,), countdown=BUDGET_WAIT_S, queue=BATCHES_QUEUE)
         svc.budget.maybe_reconcile()
         return "waiting for budget"
-    if isinstance(denied, BudgetWait):  # the rest wait for room in a later batch
+    if denied is not None and not halted:  # the rest wait for room in a later batch
         batch_results.requeue(batch_id, waiting[fit:])
-    elif isinstance(denied, BudgetRefused):  # the settled spend leaves no room: a halt
-        halt_on_refusal(app, svc.budget, waiting[fit], denied, "batch submission")
+    elif halted:  # the settled spend leaves no room: the refused job is halted, and so is the rest
         for job in waiting[fit + 1:]:
             jobs.finish_halted(job.id, f"batch submission: {denied}")
     if not fit:

@@ -16,7 +16,7 @@ from celery.signals import worker_ready
 from celery.worker.control import control_command
 
 from shared import lifecycle
-from shared.budget import BudgetGuard
+from shared.budget import BudgetGuard, BudgetRefused
 from shared.config import get_settings
 from shared.providers.registry import PROVIDER_QUEUES
 
@@ -30,11 +30,18 @@ RESTORE_COMMAND = "genesis_restore_provider_queues"
 _own_provider_queues: list[str] = []
 
 
-def halt_on_refusal(app: Celery, budget: BudgetGuard, job: Any, refused: Exception, what: str = "call") -> str:
-    """A reservation the budget refused: the job is stored `halted` (it stays resumable), and
-    the first to see the halt stops every worker's provider queues. Returns the job's status."""
+def halt_on_refusal(app: Celery, budget: BudgetGuard, job: Any, refused: BudgetRefused, what: str = "call") -> str | None:
+    """A reservation the budget refused: the first to see the halt stops every worker's
+    provider queues, and the job is stored `halted` (it stays resumable). Returns the job's
+    status, or None when a `budget resume` lifted the halt since the refusal and the call now
+    fits (the HALT step checks again under the current limit): nothing is halted then."""
+    halted = budget.halt(run_id=job.run_id, reason=str(refused), refused_usd=refused.amount_usd,
+                         on_first=lambda: stop_provider_consumers(app))
+    if halted is None:
+        log.info("job %s: refused under the old limit, but a resume made room since; not halted", job.id)
+        return None
     lifecycle.finish_halted(job.id, str(refused) if what == "call" else f"{what}: {refused}")
-    if budget.halt(run_id=job.run_id, reason=str(refused), on_first=lambda: stop_provider_consumers(app)):
+    if halted:
         log.warning("budget emergency threshold reached on a %s: provider queues halted (%s)", what, refused)
     return "halted"
 

@@ -1,7 +1,8 @@
 """Recovery without a human (design §10): every worker process keeps a heartbeat in Redis and
 takes its turn at a periodic sweep (one sweeper per interval across the fleet) that
 
-1. replays the paid-call journal into SQL (answers billed while the database was away);
+1. replays the paid-call journal into SQL (answers billed while the database was away); a
+   replayed answer still waiting for its judge is handed back and published, to be judged;
 2. hands back jobs `running` on a node whose heartbeat stopped, or past their lease, and
    re-publishes them (a dead worker's unacknowledged messages would otherwise wait for
    Redis' one-hour visibility timeout);
@@ -9,8 +10,9 @@ takes its turn at a periodic sweep (one sweeper per interval across the fleet) t
 4. builds the report of runs whose every job is final but that nobody completed (the last
    job's completion step failed, e.g. the database was away at that moment);
 5. sends again the flush or poll message of provider batches that lost theirs (worker/batches.py);
-6. reconciles the budget's reservations with SQL (a dead worker's reservation is released, or
-   settled from the ledger when its answer was recorded).
+6. reconciles the budget's reservations with SQL (a dead worker's call in flight is settled
+   from the ledger when its answer was recorded, else ledgered at its worst case as `outcome
+   unknown`: the provider may have billed it).
 
 Re-publishing goes through the producer's `enqueue`, exactly as `producer resume` does. Every
 SQL change is a conditional UPDATE in shared.lifecycle, so overlapping sweeps, workers and
@@ -43,8 +45,12 @@ def sweep(client: redis.Redis, settings: Settings) -> dict[str, int]:
 
     grace_s = 2 * settings.recovery.heartbeat_interval_s
     budget = BudgetGuard(client, settings)
-    done = {"replayed": journal.replay(client, budget.settle)}
+    replayed = journal.replay(client, budget.settle)
+    done = {"replayed": replayed.count}
     dead, by_run = _jobs_of_dead_runners(client, settings, grace_s)
+    for job in replayed.needs_judge:  # its answer is recorded now: a delivery runs its judge (once: the claim decides)
+        lifecycle.requeue(job.id)
+        by_run[job.run_id].append((job.id, job.provider))
     done["requeued"] = sum(len(jobs) for jobs in by_run.values())
     for run_id, why in _runs_without_messages(client, grace_s, dead).items():
         by_run[run_id] = sorted(set(by_run[run_id]) | set(lifecycle.queued_jobs(run_id)))
@@ -58,8 +64,8 @@ def sweep(client: redis.Redis, settings: Settings) -> dict[str, int]:
     from worker.batches import resume_batches
 
     done["batches_resumed"] = resume_batches(client, settings)
-    reconciled = budget.reconcile()
-    done["reconciled"] = len(reconciled.released) + len(reconciled.settled)
+    reconciled = budget.reconcile(dead)  # a dead node's calls in flight: ledgered as outcome unknown
+    done["reconciled"] = len(reconciled.released) + len(reconciled.settled) + len(reconciled.unknown)
     return done
 
 

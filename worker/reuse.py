@@ -16,8 +16,10 @@ from shared.models import Job, Run
 from shared.providers import ChatRequest
 from shared.reuse import find_earlier_answer, older_twin, reuse_settings
 from shared.scoring import score
+from shared import fleet
 from shared import lifecycle as jobs
 from worker import judge
+from worker.paid_call import services
 
 log = logging.getLogger("genesis.reuse")
 
@@ -34,7 +36,7 @@ def _run_reuse(run_id: str) -> tuple[bool, float, bool]:
         return (*reuse_settings(run), bool(run.simulated))
 
 
-def take_earlier_answer(task: Any, job: jobs.ClaimedJob, suite_task: Any, request: ChatRequest, svc: Any) -> str | None:
+def take_earlier_answer(task: Any, job: jobs.ClaimedJob, suite_task: Any, request: ChatRequest) -> str | None:
     """The job's status when it took an earlier answer (no call, $0), else None: make the call.
     While an older identical request of a live run is queued or being paid for, wait for it."""
     enabled, max_age_days, simulated = _run_reuse(job.run_id)
@@ -52,7 +54,8 @@ def take_earlier_answer(task: Any, job: jobs.ClaimedJob, suite_task: Any, reques
         earlier = earlier_answer()
         if earlier is None:
             lease_s = jobs.lease_seconds(get_settings())
-            if task.request.retries < MAX_TWIN_WAITS and older_twin(session, key, job.id, lease_s) is not None:
+            now = fleet.redis_now(services().redis)  # the clock the twin's started_at was written on
+            if task.request.retries < MAX_TWIN_WAITS and older_twin(session, key, job.id, lease_s, now) is not None:
                 wait = True
             else:  # the twin may have finished between the two reads (READ COMMITTED): look once more
                 wait, earlier = False, earlier_answer()
@@ -66,4 +69,4 @@ def take_earlier_answer(task: Any, job: jobs.ClaimedJob, suite_task: Any, reques
         jobs.finish_reused(job, earlier, score=result.score, detail=result.detail, final=True)
         return "ok"
     jobs.finish_reused(job, earlier, score=None, detail="awaiting the judge", final=False)
-    return judge.grade(task, job, suite_task, earlier.output, svc)
+    return judge.grade(task, job, suite_task, earlier.output)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from shared.config import BudgetConfig, Settings
 from shared.db import session_scope
@@ -38,10 +39,12 @@ def record_event(
     message: str,
     run_id: str | None = None,
     level: str | None = None,
+    at: datetime | None = None,
 ) -> BudgetEvent:
+    """`at`: the Redis time of the step that caused it (halt, resume, limit), else now."""
     event = BudgetEvent(
         kind=kind, level=level or level_of(settings.budget, spent, limit), spent_usd=to_usd(spent),
-        limit_usd=to_usd(limit), run_id=run_id, message=message,
+        limit_usd=to_usd(limit), run_id=run_id, message=message, **({"at": at} if at else {}),
     )
     with session_scope(database_url) as session:
         session.add(event)

@@ -13,6 +13,7 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 import redis
@@ -31,13 +32,23 @@ from shared.budget.recorded import (
     job_outcomes,
     ledger_id,
     ledger_members,
+    paid_call_cost,
     recorded_budget_state,
     running_reservations,
+    settled_member,
 )
 
 log = logging.getLogger("genesis.budget")
 
 STAGED_TTL_S = 300
+OUTCOME_UNKNOWN = "outcome unknown"
+REBUILT = "rebuilt"  # the holder of a reservation a rebuild made (lua.INSTALL)  # the ledger source of a call whose worker died mid-call
+
+
+def redis_time(micros: int) -> datetime:
+    """A time the budget scripts read from Redis (`TIME`, in µs): halt, limit and resume events
+    are stamped with it, so their order never depends on which host wrote them."""
+    return datetime.fromtimestamp(micros / 1e6, tz=timezone.utc)
 RECONCILE_EVERY_S = 2.0  # fleet-wide, at most one reconciliation per this long (`maybe_reconcile`)
 
 
@@ -87,6 +98,7 @@ class Reconciled:
 
     released: list[str] = field(default_factory=list)
     settled: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)  # a dead worker's calls, ledgered at their worst case
 
 
 class BudgetGuard:
@@ -115,30 +127,34 @@ class BudgetGuard:
 
     # --- the cap ---------------------------------------------------------------------
 
-    def reserve(self, job_id: int, amount_usd: float, *, run_id: str | None = None) -> str:
-        """Grant the call's worst case and return the reservation's id (for `release`), or raise
-        BudgetWait / BudgetRefused. `run_id` is accepted for the caller's symmetry with halt();
-        the cap is global."""
+    def reserve(self, key: int | str, amount_usd: float, *, run_id: str | None = None, call_id: str | None = None,
+                holder: str = "") -> str:
+        """Grant the call's worst case under its call key and return the reservation's id (the
+        paid call's id: pass it to `settle`/`release`), or raise BudgetWait / BudgetRefused.
+        `holder` (`<node>|<model>`) lets reconcile ledger the call if its worker dies mid-call.
+        `run_id` is accepted for the caller's symmetry with halt(); the cap is global."""
         if amount_usd < 0:
             raise ValueError(f"a reservation cannot be negative (got {amount_usd})")
-        args = [job_id, to_micro(amount_usd), self._config_limit_micro(), self.settings.budget.emergency]
-        verdict, spent, reserved, limit, *granted = (int(v) for v in self._run("RESERVE", args))
+        call_id = call_id or uuid.uuid4().hex
+        args = [key, to_micro(amount_usd), self._config_limit_micro(), self.settings.budget.emergency, call_id, holder]
+        verdict, spent, reserved, limit = (int(v) for v in self._run("RESERVE", args))
         if verdict == lua.GRANTED:
-            return str(granted[0])
+            return call_id
         denied = BudgetWait if verdict == lua.WAIT else BudgetRefused
         raise denied(amount_usd=amount_usd, spent_usd=to_usd(spent), reserved_usd=to_usd(reserved),
                      limit_usd=to_usd(limit))
 
-    def settle(self, job_id: int, actual_usd: float) -> None:
-        """Called after the job's CostEntry is committed, at its real cost (even above what was
-        reserved); a second settle only drops a stray reservation."""
-        self._add_spend(f"job:{job_id}", job_id, actual_usd)
+    def settle(self, key: int | str, actual_usd: float, call_id: str = "") -> None:
+        """Called after the call's CostEntry is committed (or journaled), at its real cost (even
+        above what was reserved). With `call_id`: counted once per paid call, dropping only that
+        call's reservation; without: once per call key, dropping every reservation of the key."""
+        self._add_spend(f"call:{call_id}" if call_id else f"job:{key}", key, actual_usd, call_id)
 
-    def release(self, job_id: int, reservation_id: str = "") -> bool:
-        """The call failed or will be retried: its worst case no longer holds budget back.
-        With `reservation_id`, only that reservation (not one a newer delivery made since)."""
+    def release(self, key: int | str, call_id: str = "") -> bool:
+        """The call was not made, or failed unbilled: its worst case no longer holds budget back.
+        With `call_id`, only that reservation (never one another delivery holds)."""
         # A missing state needs nothing: a rebuilt state holds only the running jobs' reservations.
-        return int(self._scripts["RELEASE"](keys=self.keys.all(), args=[job_id, reservation_id])) == 1
+        return int(self._scripts["RELEASE"](keys=self.keys.all(), args=[key, call_id])) == 1
 
     # --- status and halt -------------------------------------------------------------
 
@@ -164,10 +180,18 @@ class BudgetGuard:
     def is_halted(self) -> bool:
         return bool(self._read_state("halted")[0])
 
-    def halt(self, *, run_id: str | None, reason: str, on_first: Callable[[], None] | None = None) -> bool:
+    def halt(self, *, run_id: str | None, reason: str, refused_usd: float | None = None,
+             on_first: Callable[[], None] | None = None) -> bool | None:
         """True for exactly one caller per halt: that one records the event and stops the queues.
-        `on_first` (stopping the consumers) runs before the SQL writes, so workers stop sooner."""
-        newly = int(self._run("HALT", [])) == 1
+        `refused_usd` (a refused call's worst case) is checked again if a resume cleared the flag
+        since the refusal: None when it fits the current limit (nothing halted; the caller hands
+        its job back). `on_first` (stopping the consumers) runs before the SQL writes."""
+        args = ["" if refused_usd is None else to_micro(refused_usd), self._config_limit_micro(),
+                self.settings.budget.emergency]
+        verdict, at_us = (int(v) for v in self._run("HALT", args))
+        if verdict == 2:
+            return None
+        newly = verdict == 1
         if newly and on_first is not None:
             try:
                 on_first()
@@ -178,19 +202,20 @@ class BudgetGuard:
             self._best_effort_reconcile()  # the event's figures count every cost SQL holds
             spent, limit = self._read_state("spent", "limit")
             record_event(self.settings, self.database_url, "halt", spent=spent, limit=limit, run_id=run_id,
-                         message=reason, level="emergency")
+                         message=reason, level="emergency", at=redis_time(at_us))
         return newly
 
     def resume(self, *, limit_usd: float | None = None) -> None:
-        """A new limit is written as a `limit` event, so a rebuild after Redis loss keeps it."""
+        """A new limit is written as a `limit` event, so a rebuild after Redis loss keeps it. Both
+        events carry the Redis time of the RESUME step, the clock halts are stamped with too."""
         if limit_usd is not None and not limit_usd > 0:
             raise ValueError(f"a budget limit must be > 0 (got {limit_usd})")
         new_limit = "" if limit_usd is None else str(to_micro(limit_usd))
-        self._run("RESUME", [new_limit])
+        _, at_us = (int(v) for v in self._run("RESUME", [new_limit]))
         spent, limit = self._read_state("spent", "limit")
         if limit_usd is not None:
-            self._event("limit", spent, limit, f"limit set to ${limit_usd:.2f}")
-        self._event("resume", spent, limit, "budget halt lifted")
+            self._event("limit", spent, limit, f"limit set to ${limit_usd:.2f}", at=redis_time(at_us))
+        self._event("resume", spent, limit, "budget halt lifted", at=redis_time(at_us))
         self._fire_tiers(spent, limit)
 
     # --- the ledger ------------------------------------------------------------------
@@ -211,12 +236,14 @@ class BudgetGuard:
         log.info("manual ledger entry: $%.6f %s %s", cost_usd, operation, note)
         return self.record_entry(entry)
 
-    def record_entry(self, entry: CostEntry) -> CostEntry:
+    def record_entry(self, entry: CostEntry, *, key: int | str = "") -> CostEntry:
         """A ledger entry not tied to a job's result (manual, or a paid call whose result could
-        not be stored): written to SQL, then counted once under its own entry id."""
+        not be stored): written to SQL, then counted once under its paid call's id (or its entry
+        id), dropping that call's reservation under `key`."""
         with session_scope(self.database_url) as session:
             session.add(entry)
-        self._add_spend(f"entry:{entry.id}", "", entry.cost_usd)
+        member = settled_member(entry.id, None, entry.operation, entry.call_id)
+        self._add_spend(member, key if entry.call_id else "", entry.cost_usd, entry.call_id or "")
         return entry
 
     # --- rebuild and reconciliation against SQL ----------------------------------------
@@ -247,29 +274,58 @@ class BudgetGuard:
             keys=[*self.keys.all(), *staged], args=[spent, limit_override, "1" if recorded.halted else "", ledger]
         )
 
-    def reconcile(self) -> Reconciled:
-        """Repair what a dead worker or a stray redelivery left: a reservation whose job SQL does
-        not say is running is settled from the ledger when the job's entry is there (the worker
-        died between its commit and its settle), else released. Any process may call it at any
-        time (the recovery sweep does); a reservation made after it looked is left alone."""
-        held = {key.decode(): rid.decode() for key, rid in self.redis.hgetall(self.keys.reservation_ids).items()}
+    def reconcile(self, dead_nodes: set[str] = frozenset()) -> Reconciled:
+        """Repair what a dead worker or a stray redelivery left. A reservation whose holder is in
+        `dead_nodes` (the sweep's, believed after a grace period) was a call in flight when its
+        worker died: settled from the ledger if its entry got there, else ledgered at its worst
+        case as `outcome unknown` (the provider may have billed it), never released. A live
+        holder's reservation is its call's to settle (a late answer may still come). One
+        without a holder (a rebuild's, or reserved without one) whose job SQL does not say is running is settled from the
+        ledger when the job's entry is there, else released. A reservation made after this
+        looked is left alone."""
+        held = {field.decode(): holder.decode()
+                for field, holder in self.redis.hgetall(self.keys.reservation_holders).items()}
+        amounts = {field.decode(): int(amount) for field, amount in self.redis.hgetall(self.keys.reservations).items()}
         done = Reconciled()
         if not held:
             return done
+        calls = {field: field.rsplit("#", 1) for field in held}
         with session_scope(self.database_url) as session:
-            statuses, costs = job_outcomes(session, sorted({call_of(key)[0] for key in held}))
-        for key, reservation_id in held.items():
-            if statuses.get(call_of(key)[0]) == JobStatus.running:
-                continue
-            if key in costs:
-                self.settle(key, costs[key])
+            outcomes = job_outcomes(session, sorted({call_of(key)[0] for key, _ in calls.values()}))
+            paid = paid_call_cost(session, [call_id for _, call_id in calls.values()])
+        for field, holder in held.items():
+            key, call_id = calls[field]
+            node, _, model = holder.partition("|") if holder != REBUILT else ("", "", "")
+            if call_id in paid:  # its entry is in the ledger: the worker died before its settle
+                self.settle(key, paid[call_id], call_id)
                 done.settled.append(key)
-            elif self.release(key, reservation_id):
+            elif node and node in dead_nodes and field in amounts:
+                self._ledger_unknown(key, call_id, to_usd(amounts[field]), model, outcomes)
+                done.unknown.append(key)
+            elif node or outcomes.statuses.get(call_of(key)[0]) == JobStatus.running:
+                continue
+            elif key in outcomes.costs:
+                self.settle(key, outcomes.costs[key][0], outcomes.costs[key][1] or "")
+                done.settled.append(key)
+            elif self.release(key, call_id):
                 done.released.append(key)
-        if done.released or done.settled:
-            log.warning("budget reconciled with SQL: released %s, settled from the ledger %s",
-                        done.released, done.settled)
+        if done.released or done.settled or done.unknown:
+            log.warning("budget reconciled with SQL: released %s, settled from the ledger %s, ledgered as "
+                        "outcome unknown %s", done.released, done.settled, done.unknown)
         return done
+
+    def _ledger_unknown(self, key: str, call_id: str, worst_usd: float, model: str, outcomes) -> None:
+        """A call whose worker died mid-call: the provider may have billed it; its worst case is
+        ledgered (without a job link: the job runs again) so the spend is never lost."""
+        job_id, operation = call_of(key)
+        job = outcomes.jobs.get(job_id)
+        log.warning("call %s of job %s: its worker died mid-call; $%.6f (its worst case) ledgered as outcome unknown",
+                    operation, job_id, worst_usd)
+        self.record_entry(CostEntry(
+            run_id=job.run_id if job else None, agent=job.agent if job else None, backend=job.backend if job else None,
+            model=model or (job.model if job else None), operation=operation, cost_usd=worst_usd,
+            source=OUTCOME_UNKNOWN, call_id=call_id,
+        ), key=key)
 
     def maybe_reconcile(self, every_s: float = RECONCILE_EVERY_S) -> Reconciled | None:
         """`reconcile`, at most once per `every_s` across the fleet (many waiting jobs poll)."""
@@ -327,8 +383,9 @@ class BudgetGuard:
             return recorded
         return "settled spend passed the emergency threshold" if past_cap else "halted by an operator"
 
-    def _add_spend(self, member: str, job_id: int | str, amount_usd: float) -> None:
-        args = [job_id, member, to_micro(amount_usd), self._config_limit_micro(), self.settings.budget.emergency]
+    def _add_spend(self, member: str, job_id: int | str, amount_usd: float, call_id: str = "") -> None:
+        args = [job_id, call_id, member, to_micro(amount_usd), self._config_limit_micro(),
+                self.settings.budget.emergency]
         _, spent, limit, counted, reserved = (int(v) for v in self._run("SETTLE", args))
         if counted and 0 <= reserved < to_micro(amount_usd):
             log.warning("job %s cost $%.6f, more than the $%.6f it reserved: settled at its real cost",
@@ -341,8 +398,8 @@ class BudgetGuard:
             if spent >= threshold(limit, ratios[tier]) and self.redis.sadd(self.keys.tiers, tier) == 1:
                 self._event(tier, spent, limit, f"spend crossed {ratios[tier]:.0%} of the budget")
 
-    def _event(self, kind: str, spent: int, limit: int, message: str) -> None:
-        record_event(self.settings, self.database_url, kind, spent=spent, limit=limit, message=message)
+    def _event(self, kind: str, spent: int, limit: int, message: str, at: datetime | None = None) -> None:
+        record_event(self.settings, self.database_url, kind, spent=spent, limit=limit, message=message, at=at)
 
     def _config_limit_micro(self) -> int:
         return to_micro(self.settings.budget.limit_usd)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
 
 from sqlmodel import Session, col, select
 
@@ -45,21 +47,31 @@ def ledger_id(session: Session) -> str:
 
 
 def recorded_budget_state(session: Session) -> RecordedBudgetState:
+    """Tiers and limits in the order they were written; halted or not by the last halt or resume
+    on the Redis clock that stamps both (`at`, then id), so a halt event committed after a
+    resume that followed it in Redis does not come back in a rebuild."""
     events = session.exec(
-        select(BudgetEvent.kind, BudgetEvent.limit_usd, BudgetEvent.message).order_by(col(BudgetEvent.id))
+        select(BudgetEvent.kind, BudgetEvent.limit_usd, BudgetEvent.message, BudgetEvent.at)
+        .order_by(col(BudgetEvent.id))
     ).all()
     limit_usd: float | None = None
-    halted, reason = False, None
     fired: set[str] = set()
-    for kind, event_limit, message in events:
+    switches = []
+    for kind, event_limit, message, at in events:
         if kind == "limit":
             limit_usd, fired = event_limit, set()
         elif kind in ("halt", "resume"):
-            halted = kind == "halt"
-            reason = message if halted else None
+            switches.append((_aware(at), len(switches), kind, message))
         elif kind in TIERS:
             fired.add(kind)
-    return RecordedBudgetState(limit_usd, halted, frozenset(fired), reason)
+    last = max(switches, default=None)
+    halted = last is not None and last[2] == "halt"
+    return RecordedBudgetState(limit_usd, halted, frozenset(fired), last[3] if halted else None)
+
+
+def _aware(at: datetime) -> datetime:
+    """SQLite hands timestamps back naive (they were written in UTC)."""
+    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
 
 
 def call_key(job_id: int, operation: str = "inference") -> str:
@@ -74,17 +86,22 @@ def call_of(key: str) -> tuple[int, str]:
     return int(job_id), operation or "inference"
 
 
-def settled_member(entry_id: int, job_id: int | None, operation: str) -> str:
-    """The settled-set member of a ledger entry, as settle() names it (`job:<call key>`)."""
+def settled_member(entry_id: int, job_id: int | None, operation: str, call_id: str | None = None) -> str:
+    """The settled-set member of a ledger entry, as settle() names it: `call:<paid call id>`,
+    or for an entry without one, `job:<call key>` (a job's) or `entry:<id>` (unattached)."""
+    if call_id:
+        return f"call:{call_id}"
     return f"entry:{entry_id}" if job_id is None else f"job:{call_key(job_id, operation)}"
 
 
 def ledger_members(session: Session) -> tuple[int, list[str]]:
     """The settled spend in micro-dollars, summed per entry exactly as the settle script adds
     them, and the member each entry is counted under."""
-    entries = session.exec(select(CostEntry.id, CostEntry.job_id, CostEntry.cost_usd, CostEntry.operation)).all()
-    spent = sum(to_micro(cost) for _, _, cost, _ in entries)
-    return spent, [settled_member(id_, job_id, operation) for id_, job_id, _, operation in entries]
+    entries = session.exec(
+        select(CostEntry.id, CostEntry.job_id, CostEntry.cost_usd, CostEntry.operation, CostEntry.call_id)
+    ).all()
+    spent = sum(to_micro(cost) for _, _, cost, _, _ in entries)
+    return spent, [settled_member(id_, job_id, operation, call_id) for id_, job_id, _, operation, call_id in entries]
 
 
 def running_reservations(session: Session, settings: Settings) -> dict[int, int]:
@@ -107,14 +124,34 @@ def running_reservations(session: Session, settings: Settings) -> dict[int, int]
     return held
 
 
-def job_outcomes(session: Session, job_ids: list[int]) -> tuple[dict[int, str], dict[str, float]]:
-    """(status of each job SQL knows, ledger cost of each of their calls that has its entry, by
-    call key)."""
-    statuses = dict(session.exec(select(Job.id, Job.status).where(col(Job.id).in_(job_ids))).all())
-    costs = {
-        call_key(job_id, operation): cost
-        for job_id, operation, cost in session.exec(
-            select(CostEntry.job_id, CostEntry.operation, CostEntry.cost_usd).where(col(CostEntry.job_id).in_(job_ids))
-        ).all()
-    }
-    return statuses, costs
+@dataclass(frozen=True)
+class JobOutcomes:
+    """What SQL says about the jobs of some reservations: each job's status and (run, agent,
+    backend, model); each call key's ledger (cost, paid call id)."""
+
+    statuses: dict[int, str]
+    jobs: dict[int, Any]
+    costs: dict[str, tuple[float, str | None]]
+
+
+def job_outcomes(session: Session, job_ids: list[int]) -> JobOutcomes:
+    rows = session.exec(
+        select(Job.id, Job.status, Job.run_id, Job.agent, Job.backend, Job.model).where(col(Job.id).in_(job_ids))
+    ).all()
+    entries = session.exec(
+        select(CostEntry.job_id, CostEntry.operation, CostEntry.cost_usd, CostEntry.call_id)
+        .where(col(CostEntry.job_id).in_(job_ids))
+    ).all()
+    return JobOutcomes(
+        statuses={row.id: row.status for row in rows},
+        jobs={row.id: row for row in rows},
+        costs={call_key(job_id, operation): (cost, call_id) for job_id, operation, cost, call_id in entries},
+    )
+
+
+def paid_call_cost(session: Session, call_ids: list[str]) -> dict[str, float]:
+    """The ledger's cost of each of these paid calls that has an entry (attached or not)."""
+    if not call_ids:
+        return {}
+    rows = session.exec(select(CostEntry.call_id, CostEntry.cost_usd).where(col(CostEntry.call_id).in_(call_ids)))
+    return dict(rows.all())

@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Callable
 
 from shared.providers.adapters import TEMPERATURE, ChatRequest, ChatResponse
-from shared.providers.clients import client_for
+from shared.providers.clients import client_for, close_thread_clients
 from shared.providers.deadline import DeadlineExceeded, within
 from shared.providers.clients import credentials as _credentials
-from shared.providers.errors import RETRYABLE_KINDS, ProviderError, classify, scrub_secrets
+from shared.providers.errors import DEADLINE_EXCEEDED, RETRYABLE_KINDS, ProviderError, classify, scrub_secrets
 from shared.providers.registry import PROVIDER_NAMES, PROVIDER_QUEUES, PROVIDERS, ProviderSpec, queue_for
 
 __all__ = [
@@ -28,15 +28,22 @@ def key_env(provider: str) -> str:
     return PROVIDERS[provider].key_env
 
 
-def complete(provider: str, req: ChatRequest, *, on_late: Callable[[ChatResponse], None] | None = None) -> ChatResponse:
+def complete(provider: str, req: ChatRequest, *,
+             on_late: Callable[[ChatResponse | ProviderError], None] | None = None) -> ChatResponse:
     """Make one call within a total deadline of `req.timeout_s`; any failure comes out as a
-    classified ProviderError. An answer that arrives after the deadline was still billed: it is
-    handed to `on_late`."""
+    classified ProviderError. A call past its deadline goes on: its outcome (an answer, which
+    was billed, or a ProviderError) is handed to `on_late` when it ends, and its connection is
+    closed then (shared.providers.deadline)."""
+    def late(done) -> None:
+        if on_late is not None:
+            error = done.exception()
+            on_late(done.result() if error is None else error if isinstance(error, ProviderError) else classify(error))
+
     try:
-        return within(req.timeout_s, lambda: _complete_here(provider, req), on_late=on_late)
+        return within(req.timeout_s, lambda: _complete_here(provider, req), on_late=late, on_exit=close_thread_clients)
     except DeadlineExceeded:
         raise ProviderError("timeout", f"no complete answer within the {req.timeout_s:g}s deadline",
-                            error_type="DeadlineExceeded") from None
+                            error_type=DEADLINE_EXCEEDED) from None
 
 
 def _complete_here(provider: str, req: ChatRequest) -> ChatResponse:

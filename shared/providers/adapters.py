@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from shared.providers.clients import read_timeout_s
 from shared.providers.errors import ProviderError
 
 # Every call asks for greedy decoding where the API takes it; reuse keys (shared.reuse) count on it.
@@ -34,6 +35,14 @@ class ChatResponse:
 
 
 
+def _billed_without_choices(provider: str, usage: Any) -> ProviderError:
+    """A 200 without choices was still billed: the error carries its usage (None when the body
+    had none) so the paid call ledgers it before the retry."""
+    billed = ((usage.prompt_tokens or 0), (usage.completion_tokens or 0)) if usage is not None else None
+    return ProviderError("malformed", f"{provider} returned no choices (HTTP 200, billed)", billed=billed or (0, 0),
+                         usage_reported=usage is not None)
+
+
 def _messages(req: ChatRequest) -> list[dict[str, str]]:
     system = [{"role": "system", "content": req.system}] if req.system else []
     return [*system, {"role": "user", "content": req.prompt}]
@@ -47,7 +56,7 @@ def call_openai(client: Any, req: ChatRequest) -> ChatResponse:
     latency_ms = (time.perf_counter() - started) * 1000
     completion = raw.parse()
     if not completion.choices:
-        raise ProviderError("malformed", "OpenAI returned no choices")
+        raise _billed_without_choices("OpenAI", completion.usage)
     choice = completion.choices[0]
     usage = completion.usage
     return ChatResponse(
@@ -103,11 +112,11 @@ def call_mistral(client: Any, req: ChatRequest) -> ChatResponse:
         max_tokens=req.max_tokens,
         temperature=TEMPERATURE,
         retries=None,
-        timeout_ms=int(req.timeout_s * 1000),
+        timeout_ms=int(read_timeout_s(req.timeout_s) * 1000),
     )
     latency_ms = (time.perf_counter() - started) * 1000
     if response is None or not response.choices:
-        raise ProviderError("malformed", "Mistral returned no choices")
+        raise _billed_without_choices("Mistral", response.usage if response is not None else None)
     choice = response.choices[0]
     content = choice.message.content if choice.message else ""
     if not isinstance(content, str):  # a list of content chunks

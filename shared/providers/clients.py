@@ -9,6 +9,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
+from shared.providers.deadline import LATE_READ_FACTOR
 from shared.providers.errors import ProviderError
 from shared.providers.mistral_models import cache_wrapper_models
 
@@ -31,8 +32,27 @@ def client_for(spec: "ProviderSpec", timeout_s: float) -> Any:
     cache_key = (spec.name, base_url, hash(key), timeout_s)
     client = cache.get(cache_key)
     if client is None:
-        client = cache[cache_key] = spec.build_client(key, base_url, timeout_s)
+        client = cache[cache_key] = spec.build_client(key, base_url, read_timeout_s(timeout_s))
     return client
+
+
+def close_thread_clients() -> None:
+    """Close this thread's SDK clients and their connections (a helper thread that abandoned
+    a call past its deadline, on its way out)."""
+    for client in _local.__dict__.pop("clients", {}).values():
+        # openai/anthropic close their own; Mistral's is the httpx client we gave it (build_mistral)
+        http = client if hasattr(client, "close") else getattr(client.sdk_configuration, "client", None)
+        try:
+            if http is not None:
+                http.close()
+        except Exception:  # noqa: BLE001 - closing is tidying; the thread ends either way
+            pass
+
+
+def read_timeout_s(deadline_s: float) -> float:
+    """The SDK's per-read timeout: longer than the call's deadline, so a late answer still
+    arrives to be ledgered (the deadline, not the SDK, bounds how long the worker waits)."""
+    return deadline_s * LATE_READ_FACTOR
 
 
 def _httpx() -> Any:

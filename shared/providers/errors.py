@@ -7,6 +7,7 @@ import os
 import re
 from typing import Mapping
 
+DEADLINE_EXCEEDED = "DeadlineExceeded"
 RETRYABLE_KINDS = frozenset({"rate_limit", "server", "timeout", "connection", "malformed"})
 
 
@@ -22,9 +23,14 @@ class ProviderError(Exception):
         status: int | None = None,
         headers: Mapping[str, str] | None = None,
         error_type: str | None = None,
+        billed: tuple[int, int] | None = None,
+        usage_reported: bool = True,
     ) -> None:
         super().__init__(message)
         self.kind = kind
+        # (input, output) tokens of a failure the provider billed anyway (a 200 without choices)
+        self.billed = billed
+        self.usage_reported = usage_reported
         self.status = status
         self.headers = dict(headers or {})
         self.error_type = error_type or kind
@@ -32,6 +38,11 @@ class ProviderError(Exception):
     @property
     def retryable(self) -> bool:
         return self.kind in RETRYABLE_KINDS
+
+    @property
+    def past_deadline(self) -> bool:
+        """The call was abandoned at its deadline and goes on: its outcome comes to `on_late`."""
+        return self.error_type == DEADLINE_EXCEEDED
 
 
 

@@ -1,7 +1,7 @@
 """provider_batch table and job.provider_batch_id (backend mode "batch", design §11)
 
 Revision ID: 0007
-Revises: 0004
+Revises: 0005
 """
 from typing import Sequence, Union
 
@@ -10,7 +10,7 @@ import sqlmodel
 from alembic import op
 
 revision: str = '0007'
-down_revision: Union[str, Sequence[str], None] = '0004'
+down_revision: Union[str, Sequence[str], None] = '0005'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
