@@ -182,9 +182,21 @@ def run_batches(run_id: str) -> list[dict]:
     return list(found.values())
 
 
-def open_batch_counts() -> dict[tuple[str, str], int]:
+def batched_by_backend(batches: list[dict]) -> dict[str, dict[str, int]]:
+    """backend → its batched jobs: `enrolled` (in a batch not yet sent), `submitted` (at the
+    provider), `done` (final, answered or not)."""
+    found: dict[str, dict[str, int]] = {}
+    for batch in batches:
+        row = found.setdefault(batch["backend"], {"enrolled": 0, "submitted": 0, "done": 0})
+        waiting = batch["jobs"].get(JobStatus.running, 0)
+        row["submitted" if batch["state"] == BatchState.submitted else "enrolled"] += waiting
+        row["done"] += sum(n for status, n in batch["jobs"].items() if status != JobStatus.running)
+    return found
+
+
+def open_batch_counts(database_url: str | None = None) -> dict[tuple[str, str], int]:
     """(provider, state) → batches not yet ended, for the metrics."""
-    with session_scope() as session:
+    with session_scope(database_url) as session:
         rows = session.exec(select(ProviderBatch.provider, ProviderBatch.state, func.count())
                             .where(col(ProviderBatch.state).in_(OPEN_BATCH_STATES))
                             .group_by(ProviderBatch.provider, ProviderBatch.state)).all()

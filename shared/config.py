@@ -270,13 +270,7 @@ class Settings(BaseSettings):
         return path
 
     def price_for(self, model: str) -> Price:
-        """Exact key first, then the longest matching glob (e.g. "ft:open-mistral-7b:*")."""
-        if model in self.pricing:
-            return self.pricing[model]
-        matches = [p for p in self.pricing if fnmatch.fnmatchcase(model, p)]
-        if not matches:
-            raise ConfigError(f"model {model!r} has no price: add [pricing.\"{model}\"] to the config")
-        return self.pricing[max(matches, key=len)]
+        return price_in(self.pricing, model)
 
     def limit_for(self, provider: str, model: str | None = None) -> RateLimit:
         """Per-model override ([limits."mistral:model"]) merged over the provider's limits."""
@@ -291,6 +285,16 @@ class Settings(BaseSettings):
         return self.model_dump(
             mode="json", exclude={"database_url": True, "redis_url": True, "config_dir": True, "budget": {"webhook_url"}}
         )
+
+
+def price_in(pricing: dict[str, Price], model: str) -> Price:
+    """A model's price: exact key first, then the longest matching glob (e.g. "ft:open-mistral-7b:*")."""
+    if model in pricing:
+        return pricing[model]
+    matches = [p for p in pricing if fnmatch.fnmatchcase(model, p)]
+    if not matches:
+        raise ConfigError(f"model {model!r} has no price: add [pricing.\"{model}\"] to the config")
+    return pricing[max(matches, key=len)]
 
 
 def redacted_url(url: str) -> str:

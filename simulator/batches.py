@@ -11,7 +11,8 @@ Each request of a batch is answered by the same logic as a realtime call (`Simul
 so a batch gives the answers a realtime run of the same seed gives. Time drives a batch: its
 requests finish one by one over `batch_delay_s`; a cancel keeps those already finished (billed)
 and cancels the rest; a batch drawn to expire (`batch_expire_rate`) ends with nothing answered;
-`batch_error_rate` fails single requests. `stats()` counts what was batched and billed."""
+`batch_error_rate` fails single requests. `stats()` counts what was batched and billed, and
+the HTTP requests the batch and file routes served."""
 
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ class BatchStore:
         the billed answers, with their tokens (at the realtime count, before any discount)."""
         with self._lock:
             return {"batches": dict(self.by_api), **{k: self.counts[k] for k in
-                    ("requests", "succeeded", "errored", "cancelled", "expired", "cancels")},
+                    ("requests", "succeeded", "errored", "cancelled", "expired", "cancels", "http_requests")},
                     "billed_by_model": dict(self.billed_by_model), "input_tokens": self.input_tokens,
                     "output_tokens": self.output_tokens}
 
@@ -108,6 +109,8 @@ class BatchStore:
         """None when the path is not a batch or file route."""
         path = path.split("?", 1)[0].rstrip("/")
         parts = path.strip("/").split("/")
+        with self._lock:
+            self.counts["http_requests"] += 1
         mistral = "mistral" in headers.get("user-agent", "").lower()
         try:
             if parts[:2] == ["v1", "files"]:
