@@ -95,15 +95,18 @@ def ledger(run_id: str | None = None) -> tuple[float, Counter]:
     return sum(cost for _, cost, _ in rows), Counter(job for job, _, op in rows if op == "inference")
 
 
-def outputs(run_id: str) -> dict:
+def jobs_of(run_id: str) -> list:
     from sqlmodel import select
 
     from shared.db import session_scope
     from shared.models import Job
 
     with session_scope() as session:
-        return {(j.agent, j.task_id, j.backend): (j.output, j.score)
-                for j in session.exec(select(Job).where(Job.run_id == run_id)).all()}
+        return session.exec(select(Job).where(Job.run_id == run_id)).all()
+
+
+def outputs(run_id: str) -> dict:
+    return {(j.agent, j.task_id, j.backend): (j.output, j.score) for j in jobs_of(run_id)}
 
 
 def comparison(env_: Env, limit: int | None, delay_s: float) -> list[dict]:
@@ -166,11 +169,11 @@ def fault_row(env_: Env, fault: str) -> dict:
         snap = wait_until_reported(run_id, timeout=300)
         _, per_job = ledger(run_id)
         stats = env_.simulator.stats()["batch"]
+        other = dict(Counter(f"{j.status} {j.error_type}" for j in jobs_of(run_id) if j.status != "ok"))
         return {"fault": fault, "status": snap["status"], "ok": snap["by_status"]["ok"],
                 "jobs": sum(snap["by_status"].values()), "paid_twice": sum(1 for n in per_job.values() if n > 1),
                 "ledger": sum(per_job.values()), "served": stats["succeeded"],
-                "batches": sum(stats["batches"].values()), "other": {k: v for k, v in snap["by_status"].items()
-                                                                   if k != "ok" and v}}
+                "batches": sum(stats["batches"].values()), "other": other}
     finally:
         for worker in workers:
             worker.stop(timeout=60)

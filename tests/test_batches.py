@@ -258,3 +258,29 @@ def test_a_halt_cancels_open_batches_and_pays_nothing_past_the_threshold(monkeyp
     assert status["halted"] and status["reserved_usd"] == 0
     assert ledger(first)[1] == pytest.approx(status["spent_usd"], abs=1e-6)
     assert status["spent_usd"] <= limit * settings.budget.emergency
+
+
+def test_judged_answers_from_a_batch_are_graded_through_the_realtime_judge(monkeypatch, batch_knobs, start_worker,
+                                                                          simulator):
+    """The answers come through the batch API at the batch price; each is then graded once by
+    the [judge] backend as a realtime call (ledgered `judge`), as a realtime job's would be."""
+    simulator.update(batch_delay_s=0.5)
+    batch_mode(monkeypatch, "mistral-ft", "mistral-base")
+    start_worker("w1", concurrency=8)
+    run_id = submit("--suite", "genesis-judge", "--agent", "content", "--agent", "legal",
+                    "--backend", "mistral-ft", "--backend", "mistral-base", "--limit", "2")
+    snap = wait_until_reported(run_id, timeout=120)
+    assert snap["status"] == "completed" and snap["by_status"]["ok"] == 8
+
+    from shared.db import session_scope
+    from shared.models import CostEntry
+
+    with session_scope() as session:
+        entries = session.exec(select(CostEntry).where(CostEntry.run_id == run_id)).all()
+    jobs = jobs_of(run_id)
+    for operation in ("inference", "judge"):
+        assert sorted(e.job_id for e in entries if e.operation == operation) == [j.id for j in jobs]
+    assert all(e.source.endswith("(batch)") for e in entries if e.operation == "inference")
+    assert all(j.score is not None and j.scorer_detail.startswith("judge ") for j in jobs)
+    stats = simulator.stats()
+    assert stats["batch"]["succeeded"] == 8 and stats["by_model"] == {"gpt-4o-mini": 8}  # the judge, realtime
