@@ -173,7 +173,10 @@ class Payment:
     source: str = "api"
 
     def entry(self, job: ClaimedJob, *, attached: bool = True, why: str | None = None) -> CostEntry:
-        """Its ledger row: the job's own (attached) or a cost without a job link, saying why."""
+        """Its ledger row: the job's own (attached), or a cost without a job link (the job's
+        own row is another payment's) saying why and naming the job."""
+        if not attached:
+            why = f"{why or 'not the job result'}, job {job.id}"
         return CostEntry(
             run_id=job.run_id, job_id=job.id if attached else None, agent=job.agent, backend=job.backend,
             model=self.model, operation=self.operation, input_tokens=self.input_tokens,

@@ -24,6 +24,8 @@ class SimulatorConfig(BaseModel):
       call costs more than a client's estimate of it.
     - omit_usage_rate: probability of a 200 without a usage block (as some gateways answer).
     - judge_garbage_rate: probability a judge prompt is answered with prose instead of a grade.
+    - empty_choices_rate: probability of a billed 200 (usage reported) with no choices (OpenAI and
+      Mistral wire formats; an Anthropic answer gets empty content), counted as fault `empty`.
     - batch_delay_s: a batch (simulator/batches.py) answers its requests one by one over this long;
       batch_error_rate: probability one request of a batch errors; batch_expire_rate: probability a
       batch expires with nothing answered.
@@ -45,6 +47,7 @@ class SimulatorConfig(BaseModel):
     usage_scale: float = Field(default=1.0, ge=0.0)
     omit_usage_rate: float = Rate
     judge_garbage_rate: float = Rate
+    empty_choices_rate: float = Rate
     default_max_tokens: int = Field(default=1024, gt=0)
     batch_delay_s: float = Field(default=2.0, ge=0.0)
     batch_error_rate: float = Rate
@@ -72,9 +75,9 @@ class SimulatorConfig(BaseModel):
 
     @model_validator(mode="after")
     def _fault_rates_fit_in_one(self) -> SimulatorConfig:
-        total = sum(self.error_rates.values()) + self.timeout_rate + self.malformed_rate
+        total = sum(self.error_rates.values()) + self.timeout_rate + self.malformed_rate + self.empty_choices_rate
         if total > 1.0 + 1e-9:
-            raise ValueError(f"error, timeout and malformed rates add up to {total:g}, more than 1")
+            raise ValueError(f"error, timeout, malformed and empty-choices rates add up to {total:g}, more than 1")
         return self
 
     def quality_for(self, model: str) -> float:

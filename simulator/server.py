@@ -113,6 +113,8 @@ class Simulator:
         body_dict, completion = self.completion(request, config, oracle)
         if self._omits_usage(config):
             body_dict.pop("usage")
+        if fault == "empty":  # billed all the same: its usage is counted below
+            body_dict["choices" if "choices" in body_dict else "content"] = []
         body = json.dumps(body_dict).encode()
         reply = Reply(200, body, request.model, {**limit_headers, **request_id_header(api)}, fault=fault)
         if fault == "timeout":
@@ -148,7 +150,8 @@ class Simulator:
         with self._lock:
             draw = self._rng.random()
         faults = [(str(status), rate) for status, rate in sorted(config.error_rates.items())]
-        faults += [("timeout", config.timeout_rate), ("malformed", config.malformed_rate)]
+        faults += [("timeout", config.timeout_rate), ("malformed", config.malformed_rate),
+                   ("empty", config.empty_choices_rate)]
         threshold = 0.0
         for fault, rate in faults:
             threshold += rate

@@ -497,13 +497,52 @@ def ledger_figures(run_id: str) -> dict:
     from shared.models import CostEntry, Job
 
     with session_scope() as session:
-        entries = session.exec(select(CostEntry.job_id).where(CostEntry.run_id == run_id)).all()
+        rows = session.exec(select(CostEntry.job_id, CostEntry.source).where(CostEntry.run_id == run_id)).all()
+        entries = [job_id for job_id, _ in rows]
         repeated = set(session.exec(select(Job.id).where(Job.run_id == run_id, Job.attempts > 1)).all())
         jobs = session.exec(select(func.count()).select_from(Job).where(Job.run_id == run_id)).one()
     return {"entries": len(entries), "job_entries": len({e for e in entries if e is not None}),
-            "unattached": sum(1 for e in entries if e is None), "jobs": jobs, "repeated": repeated}
+            "unattached": sum(1 for e in entries if e is None), "jobs": jobs, "repeated": repeated,
+            "unknown": sum(1 for _, source in rows if source.startswith("outcome unknown"))}
 
 
 def served_ok(simulator) -> int:
     by_status = simulator.stats()["by_status"]
     return int(by_status.get("200", 0))
+
+
+def paid_call_figures(run_id: str, simulator, app=None) -> dict:
+    """One row of the paid-call fault table: paid calls the simulator served (200s), ledger
+    entries, jobs paid more than once for one operation (the ledger names the job of an
+    unattached entry in its source), and call helper threads still alive on the workers."""
+    import re
+    from collections import Counter
+
+    from sqlmodel import select
+
+    from shared.db import session_scope
+    from shared.models import CostEntry
+
+    with session_scope() as session:
+        rows = session.exec(select(CostEntry.job_id, CostEntry.operation, CostEntry.source)
+                            .where(CostEntry.run_id == run_id)).all()
+    payments: Counter = Counter()
+    for job_id, operation, source in rows:
+        named = re.search(r"job (\d+)\)$", source or "")
+        payments[(job_id or (int(named.group(1)) if named else None), operation)] += 1
+    threads = {"callers": 0, "late": 0}
+    if app is not None:
+        for reply in app.control.broadcast("genesis_call_threads", reply=True, timeout=1.0) or []:
+            for counts in reply.values():
+                for name in threads:
+                    threads[name] += counts.get(name, 0)
+    return {"served": served_ok(simulator), "entries": len(rows),
+            "unknown": sum(1 for *_, source in rows if (source or "").startswith("outcome unknown")),
+            "paid_twice": len({job for (job, _), n in payments.items() if n > 1}),
+            "threads_late": threads["late"], "threads": threads["callers"]}
+
+
+def print_fault_row(fault: str, figures: dict) -> None:
+    """The row `pytest -s tests/test_paid_calls.py` prints for the fault table."""
+    print(f"\n| {fault} | {figures['served']} | {figures['entries']} ({figures['unknown']} outcome unknown) | "
+          f"{figures['paid_twice']} | {figures['threads_late']} late, {figures['threads']} serving |")

@@ -287,11 +287,11 @@ class _LateAnswer:
                 payment = Payment(held.call_id, spec.operation, spec.model, 0, 0, spec.worst_case_usd,
                                   OUTCOME_UNKNOWN)
                 _ledger_unattached(spec, held, payment, f"no answer after its deadline: {outcome.kind}")
-            else:
-                held.release()
+            else:  # an HTTP error: not billed
+                held.release(by_late_handler=True)
         except Exception:  # noqa: BLE001 - on a helper thread: nothing above it to tell
             log.exception("job %s: late %s could not be ledgered", spec.job.id, spec.what)
-            held.release()
+            held.release(by_late_handler=True)
 
 
 def _paid_late(spec: PaidCall, held: "_Holds", response: ChatResponse) -> None:
@@ -324,8 +324,8 @@ class _Holds:
         self.svc.budget.settle(self.key, cost, self.call_id)
         self.done = True
 
-    def release(self) -> None:
-        if self.late:
+    def release(self, *, by_late_handler: bool = False) -> None:
+        if self.late and not by_late_handler:  # the late answer's handler ends them
             return
         self.release_permit()
         if not self.done:

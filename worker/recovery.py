@@ -129,6 +129,7 @@ class Recovery:
 
     def start(self) -> None:
         rec = self.settings.recovery
+        lifecycle.use_clock(lambda: fleet.redis_now(self.client))  # a replay's finished_at, on the leases' clock
         self._loop("heartbeat", rec.heartbeat_interval_s, self._beat)
         self._loop("sweep", rec.sweep_interval_s / 2, self._maybe_sweep)
 

@@ -324,7 +324,7 @@ class BudgetGuard:
         self.record_entry(CostEntry(
             run_id=job.run_id if job else None, agent=job.agent if job else None, backend=job.backend if job else None,
             model=model or (job.model if job else None), operation=operation, cost_usd=worst_usd,
-            source=OUTCOME_UNKNOWN, call_id=call_id,
+            source=f"{OUTCOME_UNKNOWN} (its worker died mid-call, job {job_id})", call_id=call_id,
         ), key=key)
 
     def maybe_reconcile(self, every_s: float = RECONCILE_EVERY_S) -> Reconciled | None:
