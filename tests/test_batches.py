@@ -61,6 +61,7 @@ def ledger(run_id: str) -> tuple[int, float]:
 def test_a_batch_run_answers_as_realtime_at_half_the_ledgered_cost(monkeypatch, batch_knobs, start_worker, simulator):
     simulator.update(batch_delay_s=1.0)
     realtime_worker = start_worker("w1", concurrency=8)
+    estimate = json.loads(producer("submit", "--all-agents", "--limit", "3", "--dry-run", "--json").stdout)
     realtime = submit("--all-agents", "--limit", "3")
     assert wait_until_reported(realtime)["status"] == "completed"
     served_realtime = simulator.stats()["requests_total"]
@@ -68,6 +69,8 @@ def test_a_batch_run_answers_as_realtime_at_half_the_ledgered_cost(monkeypatch, 
     realtime_worker.stop()
 
     batch_mode(monkeypatch, *BACKENDS)  # workers started from here on take it from the environment
+    batch_estimate = json.loads(producer("submit", "--all-agents", "--limit", "3", "--dry-run", "--json").stdout)
+    assert batch_estimate["estimated_cost_usd"] == pytest.approx(estimate["estimated_cost_usd"] * 0.5, abs=1e-5)
     start_worker("w2", concurrency=8)
     batched = submit("--all-agents", "--limit", "3")
     snap = wait_until_reported(batched, timeout=180)
@@ -82,6 +85,14 @@ def test_a_batch_run_answers_as_realtime_at_half_the_ledgered_cost(monkeypatch, 
     assert stats["batch"]["succeeded"] == stats["batch"]["requests"] == 60
     report = json.loads(producer("report", batched, "--json").stdout)
     assert report["decision"] == json.loads(producer("report", realtime, "--json").stdout)["decision"]
+
+    data = json.loads((Path(snap["report"]).parent / "report.json").read_text())
+    assert {b["mode"] for b in data["backends"]} == {"batch"}
+    assert all(b["latency_p50_ms"] is None for b in data["backends"])  # a batch's turnaround is no call latency
+    assert data["costs"]["batch_saved_usd"] == pytest.approx(cost, rel=1e-6)  # at half price: saved as much
+    status = json.loads(producer("status", batched, "--json").stdout)
+    assert {b["state"] for b in status["batches"]} == {"ended"}
+    assert sum(b["jobs"].get("ok", 0) for b in status["batches"]) == 60
 
 
 def batch_rows(run_id: str | None = None) -> list:
@@ -172,7 +183,8 @@ def test_an_expired_batch_sends_its_jobs_back_then_ends_them_with_the_reason(mon
         assert "after 2 attempt(s)" in job.error_message and "batch" in job.error_message.lower()
     assert ledger(run_id) == (0, 0.0)
     states = [b.state for b in batch_rows()]
-    assert states.count("expired") == len(states) == 4  # two backends, two rounds
+    # two backends, two rounds; on a loaded machine an enrolment that waited ~1 s for the opener opens its own
+    assert states.count("expired") == len(states) >= 4
     assert simulator.stats()["batch"]["expired"] == 24 and simulator.stats()["batch"]["succeeded"] == 0
     report = json.loads((Path(snap["report"]).parent / "report.json").read_text())
     assert sum(b["errors"] for b in report["backends"]) == 12

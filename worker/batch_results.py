@@ -106,7 +106,8 @@ def write_results(batch, results: list[Result], now: datetime, budget: BudgetGua
             paid = PaidResult(output=response.text, score=scored.score, detail=scored.detail, latency_ms=waited_ms,
                               input_tokens=tokens[0], output_tokens=tokens[1], cost_usd=cost,
                               source=f"{source} (batch)")
-            if money.record(job, paid, final=suite_task.scorer.local) and not suite_task.scorer.local:
+            money.record(job, paid, final=suite_task.scorer.local)
+            if not suite_task.scorer.local:  # recorded now or by an earlier read of these results
                 judge_next.append(job)
             counts["succeeded"] += 1
             continue
@@ -123,10 +124,10 @@ def write_results(batch, results: list[Result], now: datetime, budget: BudgetGua
     return dict(counts)
 
 
-def end_without_results(batch, error_type: str, reason: str) -> dict[str, int]:
+def end_without_results(batch, error_type: str, reason: str, budget: BudgetGuard) -> dict[str, int]:
     """An expired or failed batch answered nothing: its jobs go back or end `error` (or
     `halted`, when a budget halt cancelled it)."""
-    money = BatchMoney(BudgetGuard.from_settings(get_settings()), batch.id)
+    money = BatchMoney(budget, batch.id)
     counts: Counter[str] = Counter()
     for job in sql.jobs_of(batch.id):
         money.release([job.id])

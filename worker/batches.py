@@ -183,7 +183,7 @@ def _poll(batch_id: int, token: str) -> str:
         counts = batch_results.write_results(batch, api.results(cli, batch.provider_batch_id), now, svc.budget)
     else:
         error_type = "BatchExpired" if polled.phase == EXPIRED else "BatchFailed"
-        counts = batch_results.end_without_results(batch, error_type, polled.reason or polled.status)
+        counts = batch_results.end_without_results(batch, error_type, polled.reason or polled.status, svc.budget)
     state = BatchState.cancelled if batch.cancel_requested else (
         BatchState.ended if polled.phase == ENDED else BatchState(polled.phase))
     sql.finish(batch_id, state, now, succeeded=counts.get("succeeded", 0), errored=counts.get("errored", 0),

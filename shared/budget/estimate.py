@@ -27,8 +27,7 @@ def estimate_run_cost(
 ) -> dict[str, Any]:
     """Batch backends at their batch price. An unpriced model raises ConfigError. With a guard, `remaining_usd` is what the live
     budget has left, else the configured allowance."""
-    by_backend = {name: {"jobs": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0,
-                         "mode": settings.backends[name].mode} for name in backends}
+    by_backend = {name: {"jobs": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0} for name in backends}
     for agent in agents:
         tasks = suite.tasks_for(agent, limit)
         for backend in backends:
