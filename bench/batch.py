@@ -12,7 +12,7 @@ batch uploads, creates, polls and result downloads), requests answered, time fro
 the report, and whether the answers are the same.
 
 Part 2, the fault table: batch mode, 40 jobs, batches submitted, then one fault: none, worker
-SIGKILL, Redis FLUSHDB, a batch that expires (once: [batch] max_attempts 2), 30% failed
+SIGKILL, Redis FLUSHDB, half the batches expiring ([batch] max_attempts 3), 30% failed
 requests, a tight budget (batches wait for room, or the run halts). Per fault: jobs ok, jobs paid twice
 (more than one inference ledger row), and ledger = served (ledger rows == answers the
 simulator billed through its batch API)."""
@@ -58,7 +58,8 @@ class Env:
         self.n += 1
         redis.Redis.from_url(self.redis_url).flushdb()
         self.simulator.reset()
-        for key in [k for k in os.environ if k.startswith(("GENESIS_BACKENDS__", "GENESIS_BATCH__", "GENESIS_BUDGET__"))]:
+        stale = ("GENESIS_BACKENDS__", "GENESIS_BATCH__", "GENESIS_BUDGET__")  # the previous run's knobs
+        for key in [k for k in os.environ if k.startswith(stale)]:
             del os.environ[key]
         env = genesis_env(database_url=f"sqlite:///{self.tmp / f'run{self.n}.db'}", redis_url=self.redis_url,
                           reports_dir=self.tmp / "reports", simulator_url=self.simulator.url,
@@ -149,7 +150,7 @@ def all_submitted(run_id: str, jobs: int) -> bool:
 def fault_row(env_: Env, fault: str) -> dict:
     extra = {**ALL_BATCH, **BATCH_KNOBS, "GENESIS_BATCH__POLL_MAX_S": "1"}
     knobs = {"batch_delay_s": 3.0, "batch_error_rate": 0.0, "batch_expire_rate": 0.0}
-    if fault == "expired once":
+    if fault == "half the batches expire":
         extra["GENESIS_BATCH__MAX_ATTEMPTS"] = "3"
         knobs["batch_expire_rate"] = 0.5
     if fault == "30% failed requests":
@@ -197,7 +198,8 @@ def main() -> None:
             env_ = Env(Path(tmp), opts.redis_url, simulator)
             rows = comparison(env_, opts.limit, opts.batch_delay)
             faults = [] if opts.skip_faults else [fault_row(env_, f) for f in (
-                "none", "worker SIGKILL", "Redis FLUSHDB", "expired once", "30% failed requests", "tight budget")]
+                "none", "worker SIGKILL", "Redis FLUSHDB", "half the batches expire", "30% failed requests",
+                "tight budget")]
     finally:
         simulator.stop()
         redis.Redis.from_url(opts.redis_url).flushdb()

@@ -137,6 +137,7 @@ def all_submitted(run_id: str, jobs: int):
         b.state == BatchState.submitted for b in rows) else None
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
 def test_a_mixed_run_with_failed_requests_retries_them_in_new_batches(monkeypatch, batch_knobs, start_worker,
                                                                      simulator):
     """openai and anthropic in batch mode, mistral realtime; 30% of batch requests fail."""
