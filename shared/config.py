@@ -137,7 +137,6 @@ class BatchConfig(Strict):
     poll_min_s: float = Field(default=2.0, gt=0, allow_inf_nan=False)
     poll_max_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
     max_attempts: int = Field(default=3, ge=1)
-    completion_window: str = "24h"
 
 
 class RetryConfig(Strict):
