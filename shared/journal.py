@@ -20,7 +20,8 @@ import redis
 from shared import lifecycle
 from shared.budget.recorded import paid_call_cost
 from shared.db import session_scope
-from shared.lifecycle import ClaimedJob, PaidResult, Payment
+from shared.lifecycle import ClaimedJob
+from shared.payments import PaidResult, Payment, record_payment
 
 log = logging.getLogger("genesis.journal")
 
@@ -36,7 +37,7 @@ RECORDERS: dict[str, Callable[[ClaimedJob, Payment, dict], bool]] = {
     "judged": lambda job, payment, data: lifecycle.finish_judged(
         job, payment.entry(job), score=data["score"], detail=data["detail"]),
     # a paid call that is not the job's result (late, unusable, duplicate): its cost alone
-    "unattached": lambda job, payment, data: lifecycle.record_payment(
+    "unattached": lambda job, payment, data: record_payment(
         payment.entry(job, attached=False, why=data.get("why"))),
 }
 HOLDS_THE_JOB = ("answer", "judged")  # a job with such an entry pending is not run again
@@ -77,7 +78,7 @@ def replay(client: redis.Redis, settle: Callable[[str, float, str], None], *,
         if not recorded and not _already_ledgered(payment.call_id):
             log.warning("job %s: journaled %s payment ($%.6f) conflicts with one recorded since; ledgered "
                         "without a job link", job.id, payment.operation, payment.cost_usd)
-            lifecycle.record_payment(payment.entry(job, attached=False, why="journaled; the job was paid again"))
+            record_payment(payment.entry(job, attached=False, why="journaled; the job was paid again"))
         settle(entry["key"], payment.cost_usd, payment.call_id)
         client.hdel(JOURNAL_KEY, field)
         count += 1

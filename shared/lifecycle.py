@@ -18,6 +18,7 @@ from sqlmodel import col, select
 
 from shared.db import get_engine, session_scope
 from shared.models import FINAL_RUN_STATUSES, CostEntry, Job, JobStatus, Run, RunStatus, utcnow
+from shared.payments import PaidResult
 
 IN_FLIGHT_RUNS = (RunStatus.queued, RunStatus.running)
 UNFINISHED_JOBS = (JobStatus.queued, JobStatus.running)
@@ -157,57 +158,6 @@ def finish_halted(job_id: int, reason: str) -> None:
     """Skipped by the budget guard after this delivery claimed it (no call: not an attempt)."""
     _update_running(job_id, status=JobStatus.halted, error_type="BudgetHalt", error_message=reason,
                     attempts=_JOBS.c.attempts - 1, finished_at=_clock())
-
-
-@dataclass(frozen=True)
-class Payment:
-    """One paid call as the ledger records it (worker/paid_call.py makes them): its id is its
-    budget reservation's, its journal entry's and its ledger row's."""
-
-    call_id: str
-    operation: str  # inference | judge | batch ...
-    model: str
-    input_tokens: int
-    output_tokens: int
-    cost_usd: float
-    source: str = "api"
-
-    def entry(self, job: ClaimedJob, *, attached: bool = True, why: str | None = None) -> CostEntry:
-        """Its ledger row: the job's own (attached), or a cost without a job link (the job's
-        own row is another payment's) saying why and naming the job."""
-        if not attached:
-            why = f"{why or 'not the job result'}, job {job.id}"
-        return CostEntry(
-            run_id=job.run_id, job_id=job.id if attached else None, agent=job.agent, backend=job.backend,
-            model=self.model, operation=self.operation, input_tokens=self.input_tokens,
-            output_tokens=self.output_tokens, cost_usd=self.cost_usd, call_id=self.call_id,
-            source=f"{self.source} ({why})" if why else self.source,
-        )
-
-
-def record_payment(entry: CostEntry) -> bool:
-    """A ledger row of its own (an unattached payment); True also when this paid call's row is
-    already there (a replay)."""
-    try:
-        with session_scope() as session:
-            session.add(entry)
-        return True
-    except IntegrityError:
-        return False
-
-
-@dataclass(frozen=True)
-class PaidResult:
-    """A provider's (billed) answer, scored: what `finish_ok` stores and the journal keeps."""
-
-    output: str
-    score: float | None  # None: waits for its judge
-    detail: str
-    latency_ms: float
-    input_tokens: int
-    output_tokens: int
-    cost_usd: float
-    source: str = "api"  # the ledger's `source`: usage the provider returned, or how it was estimated
 
 
 def finish_ok(job: ClaimedJob, result: PaidResult, *, final: bool = True, call_id: str | None = None) -> bool:

@@ -92,9 +92,10 @@ def test_responses_without_usage_are_costed_from_an_estimate_and_flagged(backend
     assert_counters_agree_with_the_ledger()
 
 
-def test_a_worker_killed_between_call_and_settle_leaves_no_reservation_behind(start_worker, simulator):
-    """The dead worker's reservations are held while SQL says its jobs run (their calls may still
-    be billed), then given back when the jobs run again elsewhere or stop running."""
+def test_a_worker_killed_mid_call_leaves_its_calls_ledgered_at_their_worst_case(start_worker, simulator):
+    """The dead worker's reservations are held while it may be alive (a late answer may still
+    come), whatever SQL says of their jobs; once the sweep believes it dead, each of its calls
+    in flight is ledgered at its worst case as `outcome unknown`, never silently released."""
     from shared.budget import BudgetGuard
     from shared.config import get_settings
     from shared.db import session_scope
@@ -113,8 +114,12 @@ def test_a_worker_killed_between_call_and_settle_leaves_no_reservation_behind(st
     with session_scope() as session:  # one is given back to the queue (as the recovery sweep does)
         first = session.exec(select(Job.id).where(Job.run_id == run_id, Job.status == JobStatus.running)).first()
         session.execute(update(Job).where(Job.id == first).values(status=JobStatus.queued))
-    assert guard.reconcile().released == [str(first)]
-    assert 0 < guard.status()["reserved_usd"] < leaked
+    assert guard.reconcile().released == []  # its call may still be billed: not released
+    done = guard.reconcile({doomed.hostname})  # the sweep's verdict: that node is dead
+    assert len(done.unknown) == 4 and done.released == []
+    assert guard.status()["reserved_usd"] == 0
+    unknown = [e for e in ledger_rows(run_id) if e.source.startswith("outcome unknown")]
+    assert len(unknown) == 4 and sum(e.cost_usd for e in unknown) == pytest.approx(leaked, abs=1e-5)
 
     with session_scope() as session:  # the others' lease passes: `producer resume` runs them again
         session.execute(update(Job).where(Job.run_id == run_id, Job.status == JobStatus.running)
@@ -124,5 +129,5 @@ def test_a_worker_killed_between_call_and_settle_leaves_no_reservation_behind(st
     assert producer("resume", run_id, "--json").exit_code == 0
     snap = wait_until_reported(run_id)
     assert snap["status"] == "completed" and snap["by_status"]["ok"] == 8
-    assert len(ledger_rows(run_id)) == 8
+    assert len(ledger_rows(run_id)) == 8 + 4  # each answer once, and the 4 killed calls
     assert_counters_agree_with_the_ledger()

@@ -35,7 +35,7 @@ def journaled_answer(redis_client, job, call_id: str, *, final: bool = True, out
     from dataclasses import asdict
 
     from shared import journal
-    from shared.lifecycle import PaidResult, Payment
+    from shared.payments import PaidResult, Payment
 
     payment = Payment(call_id, "inference", job.model, 30, 4, 0.0001)
     result = PaidResult(output=output, score=1.0 if final else None, detail="exact", latency_ms=12.0,
@@ -76,7 +76,8 @@ def test_a_journaled_payment_conflicting_with_a_later_one_is_ledgered_unattached
     """The job was paid again (a claim past the lease, `producer resume`) before the replay:
     both payments are real, so both are in the ledger, the journaled one without a job link."""
     from shared import journal
-    from shared.lifecycle import PaidResult, finish_ok
+    from shared.lifecycle import finish_ok
+    from shared.payments import PaidResult
 
     job = a_running_job(monkeypatch, tmp_path)
     journaled_answer(redis_client, job, "c1", output="journaled")

@@ -68,9 +68,10 @@ def test_a_judged_run_through_a_database_outage_ledgers_every_paid_call_once(
     start_worker("w1", concurrency=4)
     start_worker("w2", concurrency=4)
     run_id = submit(*JUDGED, "--backend", "mistral-base")  # 2 agents x 5 tasks x 2 backends, each judged
-    wait_for(lambda: sum(j.status == "ok" for j in jobs_of(run_id)) >= 3, timeout=60, what="the run under way")
+    wait_for(lambda: sum(j.status == "ok" for j in jobs_of(run_id)) >= 3 and simulator.stats()["in_flight"] >= 4,
+             timeout=60, interval=0.05, what="the run under way, calls in flight")
 
-    postgres_outage(database_url, 6.0)  # answers and grades keep being paid meanwhile
+    postgres_outage(database_url, 6.0)  # the calls in flight are paid meanwhile, and cannot be recorded
 
     snap = wait_until_reported(run_id, timeout=150)
     jobs = jobs_of(run_id)

@@ -17,7 +17,7 @@ from shared.budget import worst_case_cost
 from shared.budget.recorded import call_key
 from shared.calls import judge_request
 from shared.config import get_settings
-from shared.lifecycle import Payment
+from shared.payments import Payment
 from shared.providers import ChatResponse
 from shared.scoring.judge import JudgeReplyError, read_judge_reply
 from shared.tokens import estimate_prompt_tokens

@@ -48,10 +48,10 @@ from sqlalchemy import exc as sql_errors
 from shared import counters, fleet, journal
 from shared import lifecycle as jobs
 from shared.budget import USAGE_ESTIMATED, BudgetGuard, BudgetRefused, BudgetWait, call_cost, estimated_usage
-from shared.budget.guard import OUTCOME_UNKNOWN
+from shared.budget.reconcile import OUTCOME_UNKNOWN
 from shared.budget.recorded import call_key
 from shared.config import get_settings
-from shared.lifecycle import Payment
+from shared.payments import Payment
 from shared.limiter import Permit, RateLimiter
 from shared.providers import ChatRequest, ChatResponse, ProviderError, complete
 from shared.providers.deadline import helper_threads
@@ -212,7 +212,7 @@ def _paid(task: Any, spec: PaidCall, held: "_Holds", response: ChatResponse) -> 
         _ledger_unattached(spec, held, payment, bad.why)
         return Outcome(_retry_or_fail(task, job, bad.error_type, bad.detail, retryable=True))
     except BaseException:
-        _ledger_unattached(spec, held, payment, "result not stored")
+        _best_effort(_ledger_unattached, spec, held, payment, "result not stored")
         raise
     return Outcome(_record(spec, held, payment, recording), response)
 
@@ -230,7 +230,7 @@ def _record(spec: PaidCall, held: "_Holds", payment: Payment, recording: Recordi
         held.settle(payment.cost_usd)
         return "journaled"
     except BaseException:
-        _ledger_unattached(spec, held, payment, "result not stored")
+        _best_effort(_ledger_unattached, spec, held, payment, "result not stored")
         raise
     if not recorded:  # another delivery's result is the job's: this call is still a real cost
         _ledger_unattached(spec, held, payment, f"duplicate {spec.what} for an already recorded job")

@@ -15,7 +15,7 @@ from shared import lifecycle as jobs
 from shared.budget import task_worst_case
 from shared.calls import job_request
 from shared.config import get_settings
-from shared.lifecycle import PaidResult, Payment
+from shared.payments import PaidResult, Payment
 from shared.providers import ChatResponse, scrub_secrets
 from shared.scoring import ScoreResult, score
 from shared.suite import load_task, run_suite_folder

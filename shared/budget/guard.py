@@ -21,18 +21,16 @@ import redis
 from shared.config import Settings
 from shared.db import session_scope
 from shared.lifecycle import mark_runs_halted
-from shared.models import CostEntry, JobStatus
+from shared.models import CostEntry
 
 from shared.budget import lua
 from shared.budget.events import level_of, record_event
+from shared.budget.reconcile import Reconciled, reconcile
 from shared.budget.money import threshold, to_micro, to_usd
 from shared.budget.recorded import (
     TIERS,
-    call_of,
-    job_outcomes,
     ledger_id,
     ledger_members,
-    paid_call_cost,
     recorded_budget_state,
     running_reservations,
     settled_member,
@@ -41,15 +39,13 @@ from shared.budget.recorded import (
 log = logging.getLogger("genesis.budget")
 
 STAGED_TTL_S = 300
-OUTCOME_UNKNOWN = "outcome unknown"
-REBUILT = "rebuilt"  # the holder of a reservation a rebuild made (lua.INSTALL)  # the ledger source of a call whose worker died mid-call
+RECONCILE_EVERY_S = 2.0  # fleet-wide, at most one reconciliation per this long (`maybe_reconcile`)
 
 
 def redis_time(micros: int) -> datetime:
     """A time the budget scripts read from Redis (`TIME`, in µs): halt, limit and resume events
     are stamped with it, so their order never depends on which host wrote them."""
     return datetime.fromtimestamp(micros / 1e6, tz=timezone.utc)
-RECONCILE_EVERY_S = 2.0  # fleet-wide, at most one reconciliation per this long (`maybe_reconcile`)
 
 
 class BudgetDenied(Exception):
@@ -89,16 +85,6 @@ class BudgetWait(BudgetDenied):
 
     verdict = "wait"
     why = " (calls in flight hold the rest until they settle)"
-
-
-@dataclass
-class Reconciled:
-    """What a reconciliation did: reservations released (their job is not running in SQL and
-    has no ledger entry) and settled (their job's cost is in the ledger, never counted)."""
-
-    released: list[str] = field(default_factory=list)
-    settled: list[str] = field(default_factory=list)
-    unknown: list[str] = field(default_factory=list)  # a dead worker's calls, ledgered at their worst case
 
 
 class BudgetGuard:
@@ -275,57 +261,9 @@ class BudgetGuard:
         )
 
     def reconcile(self, dead_nodes: set[str] = frozenset()) -> Reconciled:
-        """Repair what a dead worker or a stray redelivery left. A reservation whose holder is in
-        `dead_nodes` (the sweep's, believed after a grace period) was a call in flight when its
-        worker died: settled from the ledger if its entry got there, else ledgered at its worst
-        case as `outcome unknown` (the provider may have billed it), never released. A live
-        holder's reservation is its call's to settle (a late answer may still come). One
-        without a holder (a rebuild's, or reserved without one) whose job SQL does not say is running is settled from the
-        ledger when the job's entry is there, else released. A reservation made after this
-        looked is left alone."""
-        held = {field.decode(): holder.decode()
-                for field, holder in self.redis.hgetall(self.keys.reservation_holders).items()}
-        amounts = {field.decode(): int(amount) for field, amount in self.redis.hgetall(self.keys.reservations).items()}
-        done = Reconciled()
-        if not held:
-            return done
-        calls = {field: field.rsplit("#", 1) for field in held}
-        with session_scope(self.database_url) as session:
-            outcomes = job_outcomes(session, sorted({call_of(key)[0] for key, _ in calls.values()}))
-            paid = paid_call_cost(session, [call_id for _, call_id in calls.values()])
-        for field, holder in held.items():
-            key, call_id = calls[field]
-            node, _, model = holder.partition("|") if holder != REBUILT else ("", "", "")
-            if call_id in paid:  # its entry is in the ledger: the worker died before its settle
-                self.settle(key, paid[call_id], call_id)
-                done.settled.append(key)
-            elif node and node in dead_nodes and field in amounts:
-                self._ledger_unknown(key, call_id, to_usd(amounts[field]), model, outcomes)
-                done.unknown.append(key)
-            elif node or outcomes.statuses.get(call_of(key)[0]) == JobStatus.running:
-                continue
-            elif key in outcomes.costs:
-                self.settle(key, outcomes.costs[key][0], outcomes.costs[key][1] or "")
-                done.settled.append(key)
-            elif self.release(key, call_id):
-                done.released.append(key)
-        if done.released or done.settled or done.unknown:
-            log.warning("budget reconciled with SQL: released %s, settled from the ledger %s, ledgered as "
-                        "outcome unknown %s", done.released, done.settled, done.unknown)
-        return done
-
-    def _ledger_unknown(self, key: str, call_id: str, worst_usd: float, model: str, outcomes) -> None:
-        """A call whose worker died mid-call: the provider may have billed it; its worst case is
-        ledgered (without a job link: the job runs again) so the spend is never lost."""
-        job_id, operation = call_of(key)
-        job = outcomes.jobs.get(job_id)
-        log.warning("call %s of job %s: its worker died mid-call; $%.6f (its worst case) ledgered as outcome unknown",
-                    operation, job_id, worst_usd)
-        self.record_entry(CostEntry(
-            run_id=job.run_id if job else None, agent=job.agent if job else None, backend=job.backend if job else None,
-            model=model or (job.model if job else None), operation=operation, cost_usd=worst_usd,
-            source=f"{OUTCOME_UNKNOWN} (its worker died mid-call, job {job_id})", call_id=call_id,
-        ), key=key)
+        """Repair what a dead worker or a stray redelivery left (shared/budget/reconcile.py);
+        `dead_nodes` are the workers the recovery sweep believes dead."""
+        return reconcile(self, dead_nodes)
 
     def maybe_reconcile(self, every_s: float = RECONCILE_EVERY_S) -> Reconciled | None:
         """`reconcile`, at most once per `every_s` across the fleet (many waiting jobs poll)."""
