@@ -25,7 +25,8 @@ from shared import lifecycle as jobs
 from shared.budget import USAGE_ESTIMATED, BudgetDenied, BudgetGuard, call_cost, estimated_usage
 from shared.budget.recorded import call_key
 from shared.config import get_settings
-from shared.lifecycle import ClaimedJob, PaidResult, Payment
+from shared.lifecycle import ClaimedJob
+from shared.payments import PaidResult, Payment
 from shared.providers.batch_api import Result, job_of
 from shared.suite import load_task, run_suite_folder
 from worker.paid_call import DATABASE_AWAY
