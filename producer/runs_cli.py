@@ -49,6 +49,12 @@ def status(
         table.add_row(name, *(str(row.get(s, 0)) for s in statuses))
     table.add_row("[bold]total[/bold]", *(str(snapshot["by_status"].get(s, 0)) for s in statuses))
     console.print(table)
+    for batch in snapshot["batches"]:
+        jobs = ", ".join(f"{n} {status}" for status, n in sorted(batch["jobs"].items()))
+        provider_id = batch["provider_batch_id"] or "not sent yet"
+        state = {"open": "enrolled", "submitting": "enrolled"}.get(batch["state"], batch["state"])
+        console.print(f"batch {batch['batch']} ({batch['backend']}, {provider_id}): {state}; jobs {jobs}",
+                      highlight=False, soft_wrap=True)
     eta = f", ETA {snapshot['eta_s']} s" if snapshot["eta_s"] else ""
     console.print(f"spent ${snapshot['spent_usd']:.4f}; {snapshot['jobs_per_s']} jobs/s{eta}; "
                   f"report: {snapshot['report'] or 'not yet'}")

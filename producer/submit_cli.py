@@ -116,7 +116,8 @@ def _dry_run(settings, selection, as_json: bool) -> None:
         table.add_column(column, justify="right" if column != "backend" else "left")
     for name, row in estimate["by_backend"].items():
         reused = (str(row["reused"]),) if reusing else ()
-        table.add_row(name, str(row["jobs"]), *reused, str(row["input_tokens"]), str(row["output_tokens"]),
+        label = f"{name} (batch price)" if settings.is_batch(name) else name
+        table.add_row(label, str(row["jobs"]), *reused, str(row["input_tokens"]), str(row["output_tokens"]),
                       f"{row['cost_usd']:.4f}")
     console.print(table)
     if "reuse" in estimate:

@@ -17,6 +17,7 @@ from producer.stall import STALLED, StallWatch
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.models import FINAL_RUN_STATUSES, Job, JobStatus, RunStatus
+from shared.batches import batched_by_backend
 from shared.progress import run_snapshot
 from shared.report import fetch_report
 
@@ -45,9 +46,12 @@ def wait_for_report(run_id: str, *, quiet: bool) -> dict[str, Any]:
             if snapshot is None:
                 time.sleep(0.5)
                 continue
+            batched = batched_by_backend(snapshot["batches"])
             for name, row in snapshot["by_backend"].items():
                 done = row.get("ok", 0) + row.get("error", 0) + row.get("halted", 0)
                 detail = f"ok {row.get('ok', 0)} err {row.get('error', 0)} halted {row.get('halted', 0)}"
+                if name in batched:  # a batch backend: where its jobs are
+                    detail += " | batch: enrolled {enrolled} submitted {submitted} done {done}".format(**batched[name])
                 if name not in bars:
                     bars[name] = progress.add_task(name, total=sum(row.values()), detail=detail)
                 progress.update(bars[name], completed=done, detail=detail)

@@ -63,6 +63,8 @@ class BackendConfig(Strict):
     base_url: str | None = None
     api_key_env: str | None = None  # the variable holding its key (else the provider's); never the key
     mode: Literal["realtime", "batch"] = "realtime"  # design §11
+    batch_max_jobs: int | None = Field(default=None, gt=0)  # None: [batch] max_jobs
+    batch_max_wait_s: float | None = Field(default=None, gt=0)  # None: [batch] max_wait_s
 
     @model_validator(mode="after")
     def _has_a_model_source(self) -> "BackendConfig":
@@ -83,6 +85,8 @@ class Price(Strict):
     # Fine-tuning a model based on this one, per million trained tokens: what a fine-tuning job
     # is ledgered at when the provider reports its trained tokens but no cost.
     training_per_mtok: float | None = Field(default=None, ge=0)
+    # what a call through the provider's batch API costs, as a fraction of the realtime price
+    batch_discount: float = Field(default=0.5, gt=0, le=1)
 
 
 class RateLimit(Strict):
@@ -161,6 +165,20 @@ class FinetuneConfig(Strict):
         return value
 
 
+class BatchConfig(Strict):
+    """Provider batch APIs (backends with `mode = "batch"`): a batch is submitted when it holds
+    `max_jobs` jobs or its oldest job is `max_wait_s` old (a backend's batch_max_jobs /
+    batch_max_wait_s override them); open batches are polled from every `poll_min_s`, backing
+    off to `poll_max_s`; a job whose batch expired or failed goes into another batch until it
+    has been claimed `max_attempts` times, then ends `error` with the provider's reason."""
+
+    max_jobs: int = Field(default=100, gt=0)
+    max_wait_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    poll_min_s: float = Field(default=2.0, gt=0, allow_inf_nan=False)
+    poll_max_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    max_attempts: int = Field(default=3, ge=1)
+
+
 class RetryConfig(Strict):
     max_attempts: int = Field(default=5, ge=1)
     backoff_base_s: float = Field(default=1.0, ge=0)
@@ -216,6 +234,7 @@ class Settings(BaseSettings):
     judge: JudgeConfig = JudgeConfig()
     recovery: RecoveryConfig = RecoveryConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    batch: BatchConfig = BatchConfig()
     # Where relative paths in the TOML (model_id_file) are resolved from; set by load_settings.
     config_dir: str = "."
 
@@ -255,6 +274,16 @@ class Settings(BaseSettings):
         template = self.backends[backend].model_id_file
         return self._resolve(template.format(agent=agent)) if template else None
 
+    def is_batch(self, backend: str) -> bool:
+        """Whether a backend's jobs go through its provider's batch API (design §11)."""
+        b = self.backends.get(backend)
+        return b is not None and b.mode == "batch"
+
+    def batch_limits(self, backend: str) -> tuple[int, float]:
+        """(max jobs, max wait in seconds) of a batch backend's batches."""
+        b = self.backends[backend]
+        return b.batch_max_jobs or self.batch.max_jobs, b.batch_max_wait_s or self.batch.max_wait_s
+
     def model_for(self, backend: str, agent: str) -> str:
         """The model id a backend uses for an agent (fine-tuned ids differ per agent)."""
         b = self.backends[backend]
@@ -288,13 +317,7 @@ class Settings(BaseSettings):
         return path
 
     def price_for(self, model: str) -> Price:
-        """Exact key first, then the longest matching glob (e.g. "ft:open-mistral-7b:*")."""
-        if model in self.pricing:
-            return self.pricing[model]
-        matches = [p for p in self.pricing if fnmatch.fnmatchcase(model, p)]
-        if not matches:
-            raise ConfigError(f"model {model!r} has no price: add [pricing.\"{model}\"] to the config")
-        return self.pricing[max(matches, key=len)]
+        return price_in(self.pricing, model)
 
     def limit_scope(self, backend: str, provider: str) -> str:
         """Whose rate limits a backend's calls count against: a backend with its own base_url
@@ -316,6 +339,16 @@ class Settings(BaseSettings):
         return self.model_dump(
             mode="json", exclude={"database_url": True, "redis_url": True, "config_dir": True, "budget": {"webhook_url"}}
         )
+
+
+def price_in(pricing: dict[str, Price], model: str) -> Price:
+    """A model's price: exact key first, then the longest matching glob (e.g. "ft:open-mistral-7b:*")."""
+    if model in pricing:
+        return pricing[model]
+    matches = [p for p in pricing if fnmatch.fnmatchcase(model, p)]
+    if not matches:
+        raise ConfigError(f"model {model!r} has no price: add [pricing.\"{model}\"] to the config")
+    return pricing[max(matches, key=len)]
 
 
 def redacted_url(url: str) -> str:

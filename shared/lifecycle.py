@@ -46,8 +46,11 @@ def use_clock(clock: Callable[[], datetime]) -> None:
 
 
 def running_claimed_before(moment):
-    """The one "running but stale" rule: claimed before `moment` (a value or a bound parameter)."""
-    return (_JOBS.c.status == JobStatus.running) & (_JOBS.c.started_at < moment)
+    """The one "running but stale" rule: claimed before `moment` (a value or a bound parameter).
+    A job waiting in a provider batch is not stale however long it waits: its batch answers for
+    it (shared.batches), and the recovery sweep resumes the batch's polling instead."""
+    return ((_JOBS.c.status == JobStatus.running) & (_JOBS.c.started_at < moment)
+            & _JOBS.c.provider_batch_id.is_(None))
 
 
 def stale_running(now: datetime, lease_s: float):
@@ -86,7 +89,7 @@ _TAKE = (
     .where(or_(_JOBS.c.status == JobStatus.queued, running_claimed_before(bindparam("stale_before"))))
     .where(_JOBS.c.run_id.in_(select(_RUNS.c.id).where(_RUNS.c.status != RunStatus.cancelled)))
     .values(status=JobStatus.running, started_at=bindparam("now"), worker=bindparam("worker"),
-            attempts=_JOBS.c.attempts + 1)
+            attempts=_JOBS.c.attempts + 1, provider_batch_id=None)  # a resumed job's old batch no longer holds it
     .returning(_JOBS.c.id, _JOBS.c.run_id, _JOBS.c.agent, _JOBS.c.task_id, _JOBS.c.backend, _JOBS.c.provider,
                _JOBS.c.model, _JOBS.c.attempts,
                select(_RUNS.c.suite).where(_RUNS.c.id == _JOBS.c.run_id).scalar_subquery().label("suite"))
@@ -235,7 +238,8 @@ def requeue_lost(now: datetime, lease_s: float, dead_workers: set[str],
     (run_id, job_id, provider, backend) of every job handed back."""
     lost = stale_running(now, lease_s)
     if dead_workers:
-        lost = lost | ((Job.status == JobStatus.running) & col(Job.worker).in_(sorted(dead_workers)))
+        lost = lost | ((Job.status == JobStatus.running) & col(Job.worker).in_(sorted(dead_workers))
+                       & col(Job.provider_batch_id).is_(None))
     with session_scope() as session:
         rows = session.exec(
             select(Job.run_id, Job.id, Job.provider, Job.backend).where(lost, Job.run_id.in_(_in_flight_run_ids()))

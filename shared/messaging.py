@@ -23,8 +23,15 @@ from shared.providers.registry import PROVIDER_QUEUES, PROVIDERS
 
 RUN_JOB = "genesis.run_job"
 BUILD_REPORT = "genesis.build_report"
+FLUSH_BATCH = "genesis.flush_batch"
+POLL_BATCH = "genesis.poll_batch"
+CANCEL_BATCHES = "genesis.cancel_batches"
 REPORTS_QUEUE = "reports"
-TASK_MODULES = ["worker.tasks"]  # imported by a worker only (by name: nothing here imports worker/)
+# Provider batches' submissions, polls and cancels (worker/batches.py): not a job queue, so a
+# budget halt, which stops those, leaves it running (cancelled batches are still read).
+BATCHES_QUEUE = "batches"
+# Imported by a worker only (by name: nothing here imports worker/).
+TASK_MODULES = ["worker.tasks", "worker.batches"]
 REPORT_MARKER_TTL_S = 7 * 24 * 3600
 PUBLISH_BATCH = 1000  # messages per pipelined Redis round trip
 
@@ -52,11 +59,11 @@ def job_queues(settings: Settings) -> tuple[str, ...]:
 
 def all_queues(settings: Settings) -> tuple[str, ...]:
     """What a worker started without `-Q` consumes."""
-    return (*job_queues(settings), REPORTS_QUEUE)
+    return (*job_queues(settings), REPORTS_QUEUE, BATCHES_QUEUE)
 
 
 def queue_provider(queue: str) -> str | None:
-    """The provider whose SDK a queue's jobs call (None for `reports`)."""
+    """The provider whose SDK a queue's jobs call (None for `reports` and `batches`)."""
     for name, spec in PROVIDERS.items():
         if queue == spec.queue or queue.startswith(f"{spec.queue}@"):
             return name
@@ -82,7 +89,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_queues": [Queue(name) for name in all_queues(settings)],
         "task_default_queue": REPORTS_QUEUE,
         # run_job goes to the queue publish_jobs names (its provider's or its endpoint's).
-        "task_routes": {BUILD_REPORT: {"queue": REPORTS_QUEUE}},
+        "task_routes": {BUILD_REPORT: {"queue": REPORTS_QUEUE},
+                        **{name: {"queue": BATCHES_QUEUE} for name in (FLUSH_BATCH, POLL_BATCH, CANCEL_BATCHES)}},
         "task_time_limit": settings.worker.task_time_limit_s,
         "task_soft_time_limit": max(settings.worker.task_time_limit_s - 30, 10),
         "result_expires": 7 * 24 * 3600,

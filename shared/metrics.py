@@ -92,6 +92,20 @@ class GenesisCollector(Collector):
                 runs.add_metric([status], n)
         yield jobs
         yield runs
+        yield self._batches()
+
+    def _batches(self) -> Metric:
+        from shared.batches import open_batch_counts
+        from shared.models import OPEN_BATCH_STATES
+
+        batches = GaugeMetricFamily("genesis_provider_batches", "Provider batches not yet ended, by provider and "
+                                    "state (open: taking jobs; submitting; submitted: at the provider).",
+                                    labels=["provider", "state"])
+        counts = open_batch_counts(self.settings.database_url)
+        for provider in sorted({p for p, _ in counts}):
+            for state in OPEN_BATCH_STATES:
+                batches.add_metric([provider, state], counts.get((provider, state), 0))
+        return batches
 
 
 def serve(settings: Settings, host: str, port: int):

@@ -101,6 +101,54 @@ class Job(SQLModel, table=True):
     # with the answer (None: no answer yet). The report's banner and reuse read it, answer by answer.
     simulated: bool | None = None
 
+    # Set while the job sits in a provider batch (backend mode "batch"): the batch, not a
+    # worker's lease, answers for it until its result is written (shared/batches.py).
+    provider_batch_id: int | None = Field(default=None, foreign_key="provider_batch.id", index=True)
+
+
+class BatchState(StrEnum):
+    open = "open"  # taking jobs
+    submitting = "submitting"  # one worker is reserving its worst case and sending it
+    submitted = "submitted"  # at the provider, polled
+    ended = "ended"  # every result written
+    expired = "expired"  # the provider's window passed: its jobs went back or ended `error`
+    failed = "failed"  # the provider refused or failed it: likewise
+    cancelled = "cancelled"  # cancelled (a budget halt): answered jobs written, the rest halted
+    halted = "halted"  # never submitted: the budget refused its worst case
+
+
+OPEN_BATCH_STATES = (BatchState.open, BatchState.submitting, BatchState.submitted)
+
+
+class ProviderBatch(SQLModel, table=True):
+    """One provider batch (OpenAI Batch API, Anthropic Message Batches, Mistral batch jobs) of
+    jobs of one backend and model. Its provider id and state live here, so polling resumes from
+    SQL after a lost worker, a restart or Redis losing everything."""
+
+    __tablename__ = "provider_batch"
+
+    id: int | None = Field(default=None, primary_key=True)
+    provider: str
+    backend: str
+    model: str
+    state: str = Field(default=BatchState.open, index=True)
+    provider_batch_id: str | None = Field(default=None, max_length=128)
+    provider_status: str | None = None  # the provider's own word for its state
+    job_count: int = 0
+    succeeded: int = 0
+    errored: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    due_at: datetime  # submitted by then even when not full
+    submitted_at: datetime | None = None
+    finished_at: datetime | None = None
+    last_polled_at: datetime | None = None
+    polls: int = 0
+    poll_token: str | None = Field(default=None, max_length=32)  # the one live poll chain
+    reserved_usd: float = 0.0  # the worst case the budget guard holds for it
+    attempts: int = 0  # submissions tried
+    cancel_requested: bool = False
+    error: str | None = Field(default=None, sa_column=Column(Text))
+
 
 class LedgerCost(TypeDecorator):
     """A FLOAT column that refuses to store anything but a finite amount >= 0: every write of a

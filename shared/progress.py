@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import select
 
+from shared.batches import run_batches
 from shared.config import ConfigError
 from shared.db import session_scope
 from shared.models import CostEntry, Job, JobStatus, Run
@@ -41,8 +42,9 @@ def run_snapshot(run_id: str) -> dict[str, Any]:
     elapsed = ((last_finish or created) - (first_start or created)).total_seconds() if first_start else 0.0
     rate = finished / elapsed if elapsed > 0 else 0.0
     remaining = by_status["queued"] + by_status["running"]
+    batches = run_batches(run_id)
     return {
-        "run_id": run_id, "status": run_status, "total": total, "by_status": by_status, "by_backend": by_backend,
+        "batches": batches, "run_id": run_id, "status": run_status, "total": total, "by_status": by_status, "by_backend": by_backend,
         "spent_usd": round(float(spent), 6), "report": report, "report_ready": report_ready, "jobs_per_s": round(rate, 2),
         "eta_s": round(remaining / rate, 1) if rate and remaining else None, "active": remaining > 0,
     }

@@ -73,6 +73,13 @@ def simulator_command(
     omit_usage_rate: Annotated[
         float, typer.Option(help="Share of 200s without a usage block.")
     ] = 0.0,
+    batch_delay_s: Annotated[
+        float, typer.Option(min=0.0, help="A batch answers its requests one by one over this long.")
+    ] = DEFAULTS["batch_delay_s"],
+    batch_error_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of batch requests that fail.")] = 0.0,
+    batch_expire_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of batches that expire unanswered.")
+    ] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of answers and fault draws.")] = DEFAULTS["seed"],
     suite: Annotated[str, typer.Option(help="Suite whose expected answers the models know.")] = DEFAULTS["suite"],
     fine_tunes: Annotated[
@@ -95,6 +102,9 @@ def simulator_command(
         "malformed_rate": malformed_rate,
         "usage_scale": usage_scale,
         "omit_usage_rate": omit_usage_rate,
+        "batch_delay_s": batch_delay_s,
+        "batch_error_rate": batch_error_rate,
+        "batch_expire_rate": batch_expire_rate,
         "seed": seed,
         "suite": suite,
     }

@@ -33,6 +33,9 @@ class SimulatorConfig(BaseModel):
       grading instructions aimed at the judge).
     - empty_choices_rate: probability of a billed 200 (usage reported) with no choices (OpenAI and
       Mistral wire formats; an Anthropic answer gets empty content), counted as fault `empty`.
+    - batch_delay_s: a batch (simulator/batches.py) answers its requests one by one over this long;
+      batch_error_rate: probability one request of a batch errors; batch_expire_rate: probability a
+      batch expires with nothing answered.
     - suite: the suites whose answers it knows, comma-separated names or folders.
     - fine_tunes: the Mistral fine-tuning jobs it lists (and the models they made), see
       simulator/finetune.py.
@@ -56,6 +59,9 @@ class SimulatorConfig(BaseModel):
     judge_garbage_rate: float = Rate
     empty_choices_rate: float = Rate
     default_max_tokens: int = Field(default=1024, gt=0)
+    batch_delay_s: float = Field(default=2.0, ge=0.0)
+    batch_error_rate: float = Rate
+    batch_expire_rate: float = Rate
     seed: int = 7
     suite: str | None = "genesis-custom,genesis-judge"
     fine_tunes: list[FineTuneJob] = Field(default_factory=default_fine_tunes)

@@ -23,6 +23,8 @@ from pydantic import ValidationError
 
 from shared.providers.adapters import SIMULATOR_HEADER
 from simulator.answers import Oracle
+from simulator.batches import PREFIXES as BATCH_PREFIXES
+from simulator.batches import BatchStore
 from simulator.config import SimulatorConfig, one_line
 from simulator.finetune import fine_tuning_route
 from simulator.ratelimit import Admission, RateLimiter
@@ -67,6 +69,7 @@ class Simulator:
         self._oracle = Oracle(config.suite)
         self._limiter = RateLimiter(config.rpm, config.tpm)
         self._rng = random.Random(config.seed)
+        self.batches = BatchStore(self)
 
     def update(self, **knobs: Any) -> SimulatorConfig:
         """Change knobs live; limits or seed changes start fresh buckets or a fresh fault RNG."""
@@ -86,6 +89,11 @@ class Simulator:
             self._limiter = RateLimiter(self.config.rpm, self.config.tpm)
             self._rng = random.Random(self.config.seed)
         self.stats.reset()
+        self.batches.reset()
+
+    def stats_snapshot(self) -> dict:
+        """What was served: realtime calls, and under `batch` what the batch APIs took and billed."""
+        return {**self.stats.snapshot(), "batch": self.batches.stats()}
 
     def chat(self, api: Api, headers: dict[str, str], raw_body: bytes) -> Reply:
         config, oracle, limiter = self.config, self._oracle, self._limiter
@@ -104,12 +112,7 @@ class Simulator:
         if fault is not None and fault.isdigit():
             return injected_error_reply(request, int(fault), limit_headers)
 
-        answer = oracle.answer(request.last_user_text, request.model, config.quality_for(request.model), config.seed,
-                               judge_garbage=self._judge_garbage(config), fixed=config.answer_for(request.model))
-        text, output_tokens, truncated = truncate_to_tokens(answer, max_tokens)
-        billed = (round(request.prompt_tokens * config.usage_scale), round(output_tokens * config.usage_scale))
-        completion = Completion(text, *billed, truncated)
-        body_dict = completion_body(request, completion)
+        body_dict, completion = self.completion(request, config, oracle)
         if self._omits_usage(config):
             body_dict.pop("usage")
         if fault == "empty":  # billed all the same: its usage is counted below
@@ -123,6 +126,19 @@ class Simulator:
         else:
             reply.usage = (completion.input_tokens, completion.output_tokens)
         return reply
+
+    def completion(self, request: ChatRequest, config: SimulatorConfig | None = None,
+                   oracle: Oracle | None = None) -> tuple[dict, Completion]:
+        """The answer to a request and its body: one logic for realtime calls and batch requests,
+        so both give the same answer for the same seed, model and prompt."""
+        config, oracle = config or self.config, oracle or self._oracle
+        max_tokens = request.max_tokens or config.default_max_tokens
+        answer = oracle.answer(request.last_user_text, request.model, config.quality_for(request.model), config.seed,
+                               judge_garbage=self._judge_garbage(config), fixed=config.answer_for(request.model))
+        text, output_tokens, truncated = truncate_to_tokens(answer, max_tokens)
+        billed = (round(request.prompt_tokens * config.usage_scale), round(output_tokens * config.usage_scale))
+        completion = Completion(text, *billed, truncated)
+        return completion_body(request, completion), completion
 
     def _rate_limited(self, request: ChatRequest, admission: Admission, limit_headers: dict[str, str]) -> Reply:
         message = f"Rate limit exceeded for model {request.model}; retry after {admission.retry_after_header} s."
@@ -209,12 +225,12 @@ class SimulatorHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path == "/_sim/stats":
-            self._send_json(200, self.server.simulator.stats.snapshot())
+            self._send_json(200, self.server.simulator.stats_snapshot())
         elif self.path == "/_sim/config":
             self._send_json(200, self.server.simulator.config.model_dump(mode="json"))
         elif (answer := fine_tuning_route(self.server.simulator.config.fine_tunes, self.path)) is not None:
             self._send_json(*answer)
-        else:
+        elif not self._serve_batch(b""):
             self._send_not_found()
 
     def do_POST(self) -> None:
@@ -228,8 +244,19 @@ class SimulatorHandler(BaseHTTPRequestHandler):
             self._send_json(200, simulator.stats.snapshot())
         elif self.path == "/_sim/config":
             self._update_config(simulator, raw_body)
-        else:
+        elif not self._serve_batch(raw_body):
             self._send_not_found()
+
+    def _serve_batch(self, raw_body: bytes) -> bool:
+        """The batch and file routes (simulator/batches.py); False when the path is not one."""
+        if not self.path.startswith(BATCH_PREFIXES):
+            return False
+        answer = self.server.simulator.batches.handle(
+            self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, raw_body)
+        if answer is None:
+            return False
+        self._send(answer.status, answer.body, {}, answer.content_type)
+        return True
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silent: thousands of requests a minute would drown the console."""
@@ -264,10 +291,10 @@ class SimulatorHandler(BaseHTTPRequestHandler):
     def _send_json(self, status: int, payload: object) -> None:
         self._send(status, json.dumps(payload).encode(), {})
 
-    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+    def _send(self, status: int, body: bytes, headers: dict[str, str], content_type: str = "application/json") -> None:
         try:
             self.send_response(status)
-            self.send_header("content-type", "application/json")
+            self.send_header("content-type", content_type)
             self.send_header("content-length", str(len(body)))
             self.send_header(SIMULATOR_HEADER, "genesis-bench")  # what marks a job's answer as simulated
             for name, value in headers.items():
@@ -309,7 +336,7 @@ class SimulatorHandle:
         return self.server.simulator.config
 
     def stats(self) -> dict:
-        return self.server.simulator.stats.snapshot()
+        return self.server.simulator.stats_snapshot()
 
     def reset(self) -> None:
         self.server.simulator.reset()

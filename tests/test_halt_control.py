@@ -16,11 +16,11 @@ def test_restore_gives_back_only_the_queues_each_worker_had(start_worker):
 
     everything = start_worker("all", concurrency=2)
     reports_only = start_worker("rep", concurrency=1, queues="reports")
-    assert consumed(app, everything.hostname) == {"openai", "anthropic", "mistral", "reports"}
+    everything_queues = {"openai", "anthropic", "mistral", "reports", "batches"}
+    assert consumed(app, everything.hostname) == everything_queues
 
-    stop_provider_consumers(app)
-    wait_for(lambda: consumed(app, everything.hostname) == {"reports"}, timeout=10, what="the halt")
+    stop_provider_consumers(app)  # `batches` keeps running: a halt's cancels and results are read there
+    wait_for(lambda: consumed(app, everything.hostname) == {"reports", "batches"}, timeout=10, what="the halt")
     restore_provider_consumers(app)
-    wait_for(lambda: consumed(app, everything.hostname) == {"openai", "anthropic", "mistral", "reports"},
-             timeout=10, what="the restore")
+    wait_for(lambda: consumed(app, everything.hostname) == everything_queues, timeout=10, what="the restore")
     assert consumed(app, reports_only.hostname) == {"reports"}

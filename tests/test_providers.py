@@ -62,5 +62,5 @@ def test_config_queues_and_key_checks_derive_from_the_provider_registry() -> Non
 
     assert set(get_args(Provider)) == set(PROVIDERS) == {"openai", "anthropic", "mistral"}
     assert set(PROVIDER_QUEUES) == {queue_for(name) for name in PROVIDERS}
-    assert {q.name for q in app.conf.task_queues} == set(PROVIDER_QUEUES) | {"reports"}
+    assert {q.name for q in app.conf.task_queues} == set(PROVIDER_QUEUES) | {"reports", "batches"}
     assert key_env("anthropic") == "ANTHROPIC_API_KEY" and PROVIDERS["openai"].base_url_env == "OPENAI_BASE_URL"

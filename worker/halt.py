@@ -18,7 +18,7 @@ from celery.worker.control import control_command
 from shared import lifecycle
 from shared.budget import BudgetGuard, BudgetRefused
 from shared.config import get_settings
-from shared.messaging import job_queues
+from shared.messaging import BATCHES_QUEUE, CANCEL_BATCHES, job_queues
 
 log = logging.getLogger("genesis.halt")
 
@@ -47,9 +47,11 @@ def halt_on_refusal(app: Celery, budget: BudgetGuard, job: Any, refused: BudgetR
 
 
 def stop_provider_consumers(app: Celery) -> None:
-    """Every worker, on every host, cancels its provider consumers (a broadcast)."""
+    """Every worker, on every host, cancels its provider consumers (a broadcast); submitted
+    provider batches are cancelled (worker/batches.py, on the `batches` queue a halt leaves running)."""
     for queue in job_queues(get_settings()):
         app.control.cancel_consumer(queue)
+    app.send_task(CANCEL_BATCHES, queue=BATCHES_QUEUE, ignore_result=True)
 
 
 def restore_provider_consumers(app: Celery) -> None:

@@ -9,7 +9,8 @@ takes its turn at a periodic sweep (one sweeper per interval across the fleet) t
 3. re-publishes the queued jobs of runs whose messages Redis lost (no run marker);
 4. builds the report of runs whose every job is final but that nobody completed (the last
    job's completion step failed, e.g. the database was away at that moment);
-5. reconciles the budget's reservations with SQL (a dead worker's call in flight is settled
+5. sends again the flush or poll message of provider batches that lost theirs (worker/batches.py);
+6. reconciles the budget's reservations with SQL (a dead worker's call in flight is settled
    from the ledger when its answer was recorded, else ledgered at its worst case as `outcome
    unknown`: the provider may have billed it).
 
@@ -58,6 +59,9 @@ def sweep(client: redis.Redis, settings: Settings) -> dict[str, int]:
             publish_jobs(run_id, jobs)
     fleet.drop_nodes(client, dead)  # handled: their messages are published again
     done["reported"] = _report_finished_runs(client, set(by_run), grace_s)
+    from worker.batches import resume_batches
+
+    done["batches_resumed"] = resume_batches(client, settings)
     reconciled = budget.reconcile(dead)  # a dead node's calls in flight: ledgered as outcome unknown
     done["reconciled"] = len(reconciled.released) + len(reconciled.settled) + len(reconciled.unknown)
     return done

@@ -100,6 +100,8 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
     outcome, job = jobs.claim(delivery.job_id, task.request.hostname or "local", fleet.redis_now(svc.redis),
                               jobs.lease_seconds(settings))
     if outcome == jobs.Claim.BUSY:  # a duplicate delivery: wait for the runner to finish it
+        if getattr(job, "provider_batch_id", None) is not None:
+            return "batched"  # its provider batch answers for it (worker/batches.py)
         raise task.retry(countdown=BUSY_RECHECK_S)
     if outcome == jobs.Claim.DONE:
         return job.status if job else "missing"
@@ -114,6 +116,10 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
     request = job_request(settings, job.backend, job.model, suite_task)
     if (reused := reuse.take_earlier_answer(task, job, suite_task, request)) is not None:
         return reused
+    if settings.is_batch(job.backend):  # recorded into a provider batch; no call here
+        from worker.batches import enrol
+
+        return enrol(job)
 
     paid = pay(task, PaidCall(
         job=job, operation="inference", provider=job.provider, model=job.model, request=request,

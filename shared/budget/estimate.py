@@ -25,7 +25,7 @@ def estimate_run_cost(
     *,
     guard: "BudgetGuard | None" = None,
 ) -> dict[str, Any]:
-    """An unpriced model raises ConfigError. With a guard, `remaining_usd` is what the live
+    """Batch backends at their batch price. An unpriced model raises ConfigError. With a guard, `remaining_usd` is what the live
     budget has left, else the configured allowance."""
     by_backend = {name: {"jobs": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0} for name in backends}
     for agent in agents:
@@ -39,7 +39,8 @@ def estimate_run_cost(
                 row["jobs"] += 1
                 row["input_tokens"] += input_tokens
                 row["output_tokens"] += output_tokens
-                row["cost_usd"] += worst_case_cost(settings, model, input_tokens, output_tokens)
+                row["cost_usd"] += worst_case_cost(settings, model, input_tokens, output_tokens,
+                                                   batch=settings.is_batch(backend))
     for row in by_backend.values():
         row["cost_usd"] = round(row["cost_usd"], 6)
     cost = round(sum(row["cost_usd"] for row in by_backend.values()), 6)

@@ -16,9 +16,12 @@ if TYPE_CHECKING:
 USAGE_ESTIMATED = "estimate (response had no usage)"  # CostEntry.source of such a call
 
 
-def call_cost(settings: Settings, model: str, input_tokens: int, output_tokens: int) -> float:
+def call_cost(settings: Settings, model: str, input_tokens: int, output_tokens: int, *, batch: bool = False) -> float:
+    """At the model's price; `batch`: a request answered through the provider's batch API, at
+    the model's `batch_discount` of it (design §11)."""
     price = settings.price_for(model)
-    return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / MICRO
+    cost = (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / MICRO
+    return cost * price.batch_discount if batch else cost
 
 
 def training_cost(settings: Settings, base_model: str, trained_tokens: int) -> float | None:
@@ -31,9 +34,10 @@ def training_cost(settings: Settings, base_model: str, trained_tokens: int) -> f
     return None if price is None else trained_tokens * price / MICRO
 
 
-def worst_case_cost(settings: Settings, model: str, input_tokens: int, max_tokens: int) -> float:
+def worst_case_cost(settings: Settings, model: str, input_tokens: int, max_tokens: int, *,
+                    batch: bool = False) -> float:
     """What a call can cost at most: its whole output allowance is billed."""
-    return call_cost(settings, model, input_tokens, max_tokens)
+    return call_cost(settings, model, input_tokens, max_tokens, batch=batch)
 
 
 def max_output_tokens(settings: Settings, backend: str, task_max_tokens: int) -> int:
@@ -43,9 +47,11 @@ def max_output_tokens(settings: Settings, backend: str, task_max_tokens: int) ->
 
 
 def task_worst_case(settings: Settings, task: "SuiteTask", backend: str, model: str) -> float:
-    """The reservation of one job: the worker reserves it, a rebuild after Redis loss restores it."""
+    """The reservation of one job (at the batch price on a batch backend): the worker or the
+    batch submitter reserves it, a rebuild after Redis loss restores it."""
     input_tokens = estimate_prompt_tokens(task.prompt, task.system)
-    return worst_case_cost(settings, model, input_tokens, max_output_tokens(settings, backend, task.max_tokens))
+    return worst_case_cost(settings, model, input_tokens, max_output_tokens(settings, backend, task.max_tokens),
+                           batch=settings.is_batch(backend))
 
 
 def estimated_usage(task: "SuiteTask", output_text: str) -> tuple[int, int]:

@@ -10,6 +10,7 @@ from typing import Any, Iterable
 from sqlalchemy import func
 from sqlmodel import Session, select
 
+from shared.config import ConfigError, Price, price_in
 from shared.models import CostEntry
 
 JUDGE_OPERATION = "judge"
@@ -52,8 +53,32 @@ def reuse_facts(jobs: list[Any]) -> dict[str, Any]:
     return {"jobs": len(reused), "source_runs": sorted({j.reused_from_run_id for j in reused if j.reused_from_run_id})}
 
 
-def run_costs(jobs: list[Any], judge: dict[tuple[str | None, str | None], Spend], ledger_usd: float) -> dict:
-    """The run's cost split: inference as its jobs recorded it, judge from the ledger."""
+def batch_backends(snapshot: dict) -> list[str]:
+    """The backends the run sent through the providers' batch APIs (its config snapshot)."""
+    return sorted(name for name, b in (snapshot.get("backends") or {}).items() if b.get("mode") == "batch")
+
+
+def batch_saved_usd(jobs: list[Any], snapshot: dict) -> float:
+    """What the batch backends' answers would have cost more at realtime prices: each job's
+    batch cost over its model's `batch_discount`, less that cost."""
+    batch = set(batch_backends(snapshot))
+    pricing = {name: Price.model_validate(p) for name, p in (snapshot.get("pricing") or {}).items()}
+    saved = 0.0
+    for job in jobs:
+        if job.backend in batch and job.cost_usd:
+            try:
+                discount = price_in(pricing, job.model).batch_discount
+            except ConfigError:
+                continue
+            saved += job.cost_usd / discount - job.cost_usd
+    return saved
+
+
+def run_costs(jobs: list[Any], judge: dict[tuple[str | None, str | None], Spend], ledger_usd: float,
+              snapshot: dict | None = None) -> dict:
+    """The run's cost split: inference as its jobs recorded it, judge from the ledger, and what
+    batch mode saved against realtime prices."""
+    snapshot = snapshot or {}
     inference = sum(j.cost_usd or 0.0 for j in jobs)
     judged = total(judge.values())
     whole = inference + judged.usd
@@ -65,5 +90,8 @@ def run_costs(jobs: list[Any], judge: dict[tuple[str | None, str | None], Spend]
         "total_usd": whole,
         "ledger_usd": ledger_usd,
         "reuse": reuse_facts(jobs),
+        "batch_backends": batch_backends(snapshot),
+        "batch_usd": sum(j.cost_usd or 0.0 for j in jobs if j.backend in batch_backends(snapshot)),
+        "batch_saved_usd": batch_saved_usd(jobs, snapshot),
     }
 

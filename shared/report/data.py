@@ -124,16 +124,24 @@ def scored(jobs: Iterable[Any]) -> list[Any]:
     return [j for j in jobs if answered(j)]
 
 
+def is_batch(config: dict[str, dict], backend: str) -> bool:
+    """A batch backend's latency is its batch's turnaround, not a call's: left out of latency
+    figures and charts (design §11)."""
+    return config.get(backend, {}).get("mode") == "batch"
+
+
 def backend_row(agent: str, backend: str, jobs: list[Any], config: dict[str, dict], judge: Spend = NOTHING) -> dict:
     """`cost_usd` is inference only; the judge's calls are beside it. Cost per request is over
     the paid ok answers: a reused one cost nothing and would flatter the backend."""
     ok = scored(jobs)
-    latencies = [j.latency_ms for j in ok if j.latency_ms is not None]
+    batch = is_batch(config, backend)
+    latencies = [] if batch else [j.latency_ms for j in ok if j.latency_ms is not None]
     cost = sum(j.cost_usd or 0.0 for j in jobs)
     paid = [j.cost_usd or 0.0 for j in ok if not is_reused(j)]
     return {
         "agent": agent,
         "backend": backend,
+        "mode": "batch" if batch else "realtime",
         "model": Counter(j.model for j in jobs).most_common(1)[0][0],
         "role": config.get(backend, {}).get("role"),
         "jobs": len(jobs),
@@ -163,12 +171,14 @@ def backend_summary(facts: RunFacts) -> list[dict]:
     for backend in facts.backends:
         jobs = [j for agent in facts.agents for j in facts.by_pair.get((agent, backend), [])]
         ok = scored(jobs)
-        latencies = [j.latency_ms for j in ok if j.latency_ms is not None]
+        batch = is_batch(config, backend)
+        latencies = [] if batch else [j.latency_ms for j in ok if j.latency_ms is not None]
         accuracy = mean_or_none([j.score for j in ok])
         cost = sum(j.cost_usd or 0.0 for j in jobs)
         judge = total(facts.judge.get((agent, backend), NOTHING) for agent in facts.agents)
         rows.append({
             "backend": backend,
+            "mode": "batch" if batch else "realtime",
             "role": config.get(backend, {}).get("role"),
             "jobs": len(jobs),
             "n": len(ok),

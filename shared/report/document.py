@@ -108,13 +108,17 @@ def _backend_table(rows: list[dict]) -> tuple:
         "table",
         ["Agent", "Backend", "Model", "Role", "n", "Reused", "Errors", "Halted", "Accuracy", "p50", "p95",
          "Input tok.", "Output tok.", "Cost (inference)", "Judge", "Total", "Cost / paid request"],
-        [[b["agent"], b["backend"], b["model"], b["role"] or "", str(b["n"]), str(b["reused"]), str(b["errors"]),
+        [[b["agent"], _name(b), b["model"], b["role"] or "", str(b["n"]), str(b["reused"]), str(b["errors"]),
           str(b["halted"]), fmt.pct(b["accuracy"]), fmt.ms(b["latency_p50_ms"]), fmt.ms(b["latency_p95_ms"]),
           f"{b['input_tokens']:,}", f"{b['output_tokens']:,}", fmt.usd(b["cost_usd"]),
           fmt.usd(b["judge_cost_usd"]), fmt.usd(b["total_cost_usd"]), fmt.usd(b["cost_per_request_usd"])]
          for b in rows],
         "llll" + "r" * 13,
     )
+
+
+def _name(row: dict) -> str:
+    return f"{row['backend']} (batch)" if row.get("mode") == "batch" else row["backend"]
 
 
 def _backend_summary_table(rows: list[dict]) -> tuple:
@@ -125,7 +129,7 @@ def _backend_summary_table(rows: list[dict]) -> tuple:
         "table",
         ["Backend", "Role", "n", "Accuracy", "Latency p25", "p50", "p75", "p95", "Cost (inference)",
          "Judge", "Inference / accuracy point"],
-        [[b["backend"], b["role"] or "", str(b["n"]), fmt.pct(b["accuracy"]), latency(b, "p25"),
+        [[_name(b), b["role"] or "", str(b["n"]), fmt.pct(b["accuracy"]), latency(b, "p25"),
           latency(b, "p50"), latency(b, "p75"), latency(b, "p95"), fmt.usd(b["cost_usd"]),
           fmt.usd(b["judge_cost_usd"]), fmt.usd(b["cost_per_accuracy_point_usd"])]
          for b in rows],
@@ -167,6 +171,9 @@ def _cost_lines(costs: dict) -> list[str]:
         + (f" ({reused} reused answer(s) made no call: $0)" if reused else ""),
         f"judge: {fmt.usd(costs['judge_usd'])} over {costs['judge_calls']} calls{share}",
         f"total: {fmt.usd(costs['total_usd'])} (the ledger holds {fmt.usd(costs['ledger_usd'])} for this run)",
+        *([f"batch mode ({', '.join(costs['batch_backends'])}): {fmt.usd(costs['batch_usd'])} at the batch price, "
+           f"{fmt.usd(costs['batch_saved_usd'])} less than the same answers at realtime prices; their latency "
+           "(a batch's turnaround) is left out of the latency figures"] if costs.get("batch_backends") else []),
     ]
 
 

@@ -1,7 +1,7 @@
 """job.simulated: whether the genesis simulator gave the answer (its response header), per job
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 
 Earlier answers take their run's flag (which their submit learnt by asking the endpoints).
 """
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = '0008'
-down_revision: Union[str, Sequence[str], None] = '0006'
+down_revision: Union[str, Sequence[str], None] = '0007'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 

@@ -1,0 +1,219 @@
+"""The providers' batch APIs over their official SDKs (design §11): submit a batch of chat
+requests, poll it, read its results, cancel it. OpenAI and Mistral take a JSONL file (uploaded
+through their files API) and answer with output and error files; Anthropic takes the requests
+inline (`messages.batches`) and streams JSONL results from the batch's `results_url`.
+
+Every request's `custom_id` names its job, so results match jobs whatever their order. Every
+SDK failure comes out as a classified ProviderError (keys scrubbed), as for realtime calls."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from shared.providers.adapters import TEMPERATURE, ChatRequest, ChatResponse, _messages
+from shared.providers.clients import client_for
+from shared.providers.errors import ProviderError, classify
+from shared.providers.registry import PROVIDERS
+
+ENDPOINT = "/v1/chat/completions"
+# What a poll found, in our words: the batch is still running, or ended (results to read),
+# or ended without results the provider will ever give (expired, failed).
+RUNNING, ENDED, EXPIRED, FAILED = "running", "ended", "expired", "failed"
+
+
+@dataclass(frozen=True)
+class Polled:
+    phase: str  # RUNNING | ENDED | EXPIRED | FAILED
+    status: str  # the provider's own word
+    reason: str | None = None  # why it expired or failed, in the provider's words
+
+
+@dataclass(frozen=True)
+class Result:
+    """One request's outcome: an answer, or why there is none (`kind`: errored, canceled, expired)."""
+
+    custom_id: str
+    kind: str  # succeeded | errored | canceled | expired
+    response: ChatResponse | None = None
+    error: str | None = None
+
+
+def custom_id(job_id: int) -> str:
+    return f"job-{job_id}"
+
+
+def job_of(custom: str) -> int | None:
+    prefix, _, number = custom.partition("-")
+    return int(number) if prefix == "job" and number.isdigit() else None
+
+
+def _sdk(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except ProviderError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - classified, as realtime calls are
+        raise classify(exc) from None
+
+
+def client(provider: str, timeout_s: float, base_url: str | None = None, key_env: str | None = None) -> Any:
+    """This thread's SDK client for a batch backend's endpoint (its own `base_url` and
+    `api_key_env` where it has them, as for its realtime calls)."""
+    return client_for(PROVIDERS[provider], timeout_s, base_url, key_env)
+
+
+# --- OpenAI and Mistral: a JSONL file in, output and error files out ---------------------------
+
+
+def _jsonl(lines: Iterable[dict]) -> bytes:
+    return b"".join(json.dumps(line, ensure_ascii=False).encode() + b"\n" for line in lines)
+
+
+def _openai_line(cid: str, req: ChatRequest) -> dict:
+    return {"custom_id": cid, "method": "POST", "url": ENDPOINT,
+            "body": {"model": req.model, "messages": _messages(req), "max_tokens": req.max_tokens,
+                     "temperature": TEMPERATURE}}
+
+
+def _chat_result(cid: str, line: dict) -> Result:
+    """A line of an OpenAI or Mistral output/error file: a chat completion body, or an error."""
+    response = line.get("response") or {}
+    body = response.get("body") if isinstance(response, dict) else None
+    if response.get("status_code") == 200 and isinstance(body, dict) and body.get("choices"):
+        choice = body["choices"][0]
+        content = (choice.get("message") or {}).get("content") or ""
+        if not isinstance(content, str):
+            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        usage = body.get("usage")
+        return Result(cid, "succeeded", ChatResponse(
+            text=content, input_tokens=(usage or {}).get("prompt_tokens") or 0,
+            output_tokens=(usage or {}).get("completion_tokens") or 0, latency_ms=0.0,
+            finish_reason=choice.get("finish_reason"), usage_reported=usage is not None))
+    error = line.get("error") or (body or {}).get("error") or body or "no answer"
+    message = error.get("message") if isinstance(error, dict) else str(error)
+    return Result(cid, "errored", error=f"{response.get('status_code') or 'error'}: {message}"[:500])
+
+
+def _file_lines(raw: bytes) -> list[dict]:
+    return [json.loads(line) for line in raw.splitlines() if line.strip()]
+
+
+class OpenAIBatches:
+    def submit(self, cli: Any, model: str, lines: list[tuple[str, ChatRequest]], metadata: dict[str, str]) -> str:
+        data = _jsonl(_openai_line(cid, req) for cid, req in lines)
+        uploaded = _sdk(lambda: cli.files.create(file=("batch.jsonl", io.BytesIO(data)), purpose="batch"))
+        batch = _sdk(lambda: cli.batches.create(input_file_id=uploaded.id, endpoint=ENDPOINT,
+                                                completion_window="24h", metadata=metadata))
+        return batch.id
+
+    def poll(self, cli: Any, batch_id: str) -> Polled:
+        batch = _sdk(lambda: cli.batches.retrieve(batch_id))
+        reason = "; ".join(e.message or "" for e in (batch.errors.data or [])) if batch.errors else None
+        phase = {"completed": ENDED, "cancelled": ENDED, "expired": EXPIRED, "failed": FAILED}.get(batch.status,
+                                                                                                   RUNNING)
+        if batch.status == "expired" and (batch.output_file_id or batch.error_file_id):
+            phase = ENDED  # what it answered before expiring is billed: read it; the rest is missing
+        return Polled(phase, batch.status, reason or (f"batch {batch.status}" if phase in (EXPIRED, FAILED) else None))
+
+    def results(self, cli: Any, batch_id: str) -> list[Result]:
+        batch = _sdk(lambda: cli.batches.retrieve(batch_id))
+        found: list[Result] = []
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            if file_id:
+                raw = _sdk(lambda: cli.files.content(file_id).read())
+                found += [_chat_result(line.get("custom_id", ""), line) for line in _file_lines(raw)]
+        return found
+
+    def cancel(self, cli: Any, batch_id: str) -> None:
+        _sdk(lambda: cli.batches.cancel(batch_id))
+
+    def find(self, cli: Any, key: str, value: str) -> str | None:
+        """The provider batch whose metadata says it is ours (a submission whose answer was lost)."""
+        page = _sdk(lambda: cli.batches.list(limit=100))
+        return next((b.id for b in page.data if (b.metadata or {}).get(key) == value), None)
+
+
+class MistralBatches:
+    def submit(self, cli: Any, model: str, lines: list[tuple[str, ChatRequest]], metadata: dict[str, str]) -> str:
+        data = _jsonl({"custom_id": cid, "body": {"messages": _messages(req), "max_tokens": req.max_tokens,
+                                                   "temperature": TEMPERATURE}} for cid, req in lines)
+        uploaded = _sdk(lambda: cli.files.upload(file={"file_name": "batch.jsonl", "content": data},
+                                                 purpose="batch", retries=None))
+        job = _sdk(lambda: cli.batch.jobs.create(endpoint=ENDPOINT, input_files=[uploaded.id], model=model,
+                                                 metadata=metadata, retries=None))
+        return job.id
+
+    def poll(self, cli: Any, batch_id: str) -> Polled:
+        job = _sdk(lambda: cli.batch.jobs.get(job_id=batch_id, retries=None))
+        status = str(job.status)
+        reason = "; ".join(e.message for e in job.errors or []) or None
+        if status in ("SUCCESS", "CANCELLED") or (status in ("TIMEOUT_EXCEEDED", "FAILED") and
+                                                 (job.output_file or job.error_file)):
+            return Polled(ENDED, status, reason)
+        if status == "TIMEOUT_EXCEEDED":
+            return Polled(EXPIRED, status, reason or "batch job timed out")
+        if status == "FAILED":
+            return Polled(FAILED, status, reason or "batch job failed")
+        return Polled(RUNNING, status)
+
+    def results(self, cli: Any, batch_id: str) -> list[Result]:
+        job = _sdk(lambda: cli.batch.jobs.get(job_id=batch_id, retries=None))
+        found: list[Result] = []
+        for file_id in (job.output_file, job.error_file):
+            if file_id:
+                raw = _sdk(lambda: cli.files.download(file_id=file_id, retries=None).read())
+                found += [_chat_result(line.get("custom_id", ""), line) for line in _file_lines(raw)]
+        return found
+
+    def cancel(self, cli: Any, batch_id: str) -> None:
+        _sdk(lambda: cli.batch.jobs.cancel(job_id=batch_id, retries=None))
+
+    def find(self, cli: Any, key: str, value: str) -> str | None:
+        listed = _sdk(lambda: cli.batch.jobs.list(page_size=100, retries=None))
+        return next((j.id for j in listed.data or [] if (j.metadata or {}).get(key) == value), None)
+
+
+# --- Anthropic: requests inline, JSONL results at the batch's results_url ----------------------
+
+
+class AnthropicBatches:
+    def submit(self, cli: Any, model: str, lines: list[tuple[str, ChatRequest]], metadata: dict[str, str]) -> str:
+        requests = [{"custom_id": cid, "params": {"model": req.model, "max_tokens": req.max_tokens,
+                                                  "messages": [{"role": "user", "content": req.prompt}],
+                                                  **({"system": req.system} if req.system else {})}}
+                    for cid, req in lines]
+        return _sdk(lambda: cli.messages.batches.create(requests=requests)).id
+
+    def poll(self, cli: Any, batch_id: str) -> Polled:
+        batch = _sdk(lambda: cli.messages.batches.retrieve(batch_id))
+        return Polled(ENDED if batch.processing_status == "ended" else RUNNING, batch.processing_status)
+
+    def results(self, cli: Any, batch_id: str) -> list[Result]:
+        found = []
+        for entry in _sdk(lambda: list(cli.messages.batches.results(batch_id))):
+            result = entry.result
+            if result.type == "succeeded":
+                message = result.message
+                usage = getattr(message, "usage", None)
+                found.append(Result(entry.custom_id, "succeeded", ChatResponse(
+                    text="".join(getattr(block, "text", "") for block in message.content),
+                    input_tokens=usage.input_tokens if usage else 0, output_tokens=usage.output_tokens if usage else 0,
+                    latency_ms=0.0, finish_reason=message.stop_reason, usage_reported=usage is not None)))
+            elif result.type == "errored":
+                found.append(Result(entry.custom_id, "errored",
+                                    error=f"{result.error.error.type}: {result.error.error.message}"[:500]))
+            else:
+                found.append(Result(entry.custom_id, result.type, error=f"request {result.type}"))
+        return found
+
+    def cancel(self, cli: Any, batch_id: str) -> None:
+        _sdk(lambda: cli.messages.batches.cancel(batch_id))
+
+    def find(self, cli: Any, key: str, value: str) -> str | None:
+        return None  # Message Batches carry no metadata: a lost submission cannot be recognised
+
+
+BATCH_APIS: dict[str, Any] = {"openai": OpenAIBatches(), "mistral": MistralBatches(), "anthropic": AnthropicBatches()}

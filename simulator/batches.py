@@ -1,0 +1,398 @@
+"""The three providers' batch APIs, with the shapes their SDKs validate:
+
+- OpenAI: `POST /v1/files` (multipart, purpose `batch`), `POST /v1/batches`, `GET /v1/batches[/{id}]`,
+  `POST /v1/batches/{id}/cancel`, `GET /v1/files/{id}/content` (output and error files);
+- Anthropic: `POST /v1/messages/batches`, `GET /v1/messages/batches[/{id}]`,
+  `POST .../{id}/cancel`, `GET .../{id}/results` (the batch's `results_url`, JSONL);
+- Mistral: `POST /v1/files` (purpose `batch`), `POST /v1/batch/jobs`, `GET /v1/batch/jobs[/{id}]`,
+  `POST /v1/batch/jobs/{id}/cancel`, `GET /v1/files/{id}/content`.
+
+Each request of a batch is answered by the same logic as a realtime call (`Simulator.completion`),
+so a batch gives the answers a realtime run of the same seed gives. Time drives a batch: its
+requests finish one by one over `batch_delay_s`; a cancel keeps those already finished (billed)
+and cancels the rest; a batch drawn to expire (`batch_expire_rate`) ends with nothing answered;
+`batch_error_rate` fails single requests. `stats()` counts what was batched and billed, and
+the HTTP requests the batch and file routes served."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.parser import BytesParser
+from email.policy import HTTP
+from typing import TYPE_CHECKING, Any
+
+from simulator.wire import Api, BadRequest, ChatRequest, error_body, parse_chat_request
+
+if TYPE_CHECKING:
+    from simulator.server import Simulator
+
+JSON, BINARY = "application/json", "application/octet-stream"
+PREFIXES = ("/v1/files", "/v1/batches", "/v1/messages/batches", "/v1/batch/jobs")
+
+
+@dataclass
+class Answer:
+    status: int
+    body: bytes
+    content_type: str = JSON
+
+
+@dataclass
+class Item:
+    custom_id: str
+    request: ChatRequest | None  # None: the line could not be read (answered as an error)
+    fails: bool  # drawn at creation: this request errors
+
+
+@dataclass
+class SimBatch:
+    id: str
+    api: Api
+    items: list[Item]
+    created: float
+    delay_s: float
+    expires: bool
+    endpoint: str = "/v1/chat/completions"
+    model: str | None = None
+    input_file_id: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    cancelled_at: float | None = None
+    ended_at: float | None = None
+    outcome: str = "in_progress"  # in_progress | completed | expired | cancelled
+    results: list[tuple[Item, str, dict | None]] = field(default_factory=list)  # (item, kind, body)
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+
+    def finished_by(self, index: int) -> float:
+        """When request `index` is answered: spread evenly over the batch's delay."""
+        return self.created + self.delay_s * (index + 1) / max(1, len(self.items))
+
+
+class BatchStore:
+    """Files and batches of every API, in memory; `handle` routes one HTTP request."""
+
+    def __init__(self, simulator: "Simulator") -> None:
+        self.simulator = simulator
+        self._lock = threading.Lock()
+        self.files: dict[str, dict[str, Any]] = {}
+        self.batches: dict[str, SimBatch] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._rng = random.Random(self.simulator.config.seed + 1)
+            self.counts: Counter[str] = Counter()
+            self.by_api: Counter[str] = Counter()
+            self.billed_by_model: Counter[str] = Counter()
+            self.input_tokens = 0
+            self.output_tokens = 0
+
+    def stats(self) -> dict:
+        """What was batched: batches created, requests in them, and per outcome; `succeeded` are
+        the billed answers, with their tokens (at the realtime count, before any discount)."""
+        with self._lock:
+            return {"batches": dict(self.by_api), **{k: self.counts[k] for k in
+                    ("requests", "succeeded", "errored", "cancelled", "expired", "cancels", "http_requests")},
+                    "billed_by_model": dict(self.billed_by_model), "input_tokens": self.input_tokens,
+                    "output_tokens": self.output_tokens}
+
+    # --- routing ---------------------------------------------------------------------------
+
+    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Answer | None:
+        """None when the path is not a batch or file route."""
+        path = path.split("?", 1)[0].rstrip("/")
+        parts = path.strip("/").split("/")
+        with self._lock:
+            self.counts["http_requests"] += 1
+        mistral = "mistral" in headers.get("user-agent", "").lower()
+        try:
+            if parts[:2] == ["v1", "files"]:
+                return self._files(method, parts[2:], headers, body, Api.MISTRAL if mistral else Api.OPENAI)
+            if parts[:3] == ["v1", "messages", "batches"]:
+                return self._batches(method, parts[3:], headers, body, Api.ANTHROPIC)
+            if parts[:2] == ["v1", "batches"]:
+                return self._batches(method, parts[2:], headers, body, Api.OPENAI)
+            if parts[:3] == ["v1", "batch", "jobs"]:
+                return self._batches(method, parts[3:], headers, body, Api.MISTRAL)
+        except (BadRequest, ValueError, KeyError) as error:
+            return _error(Api.MISTRAL if mistral else Api.OPENAI, 400, f"bad batch request: {error}")
+        return None
+
+    def _files(self, method: str, rest: list[str], headers: dict[str, str], body: bytes, api: Api) -> Answer:
+        if method == "POST" and not rest:
+            return self._upload(headers, body, api)
+        if method == "GET" and len(rest) == 2 and rest[1] == "content":
+            found = self.files.get(rest[0])
+            if found is None:
+                return _error(api, 404, f"no file {rest[0]}")
+            return Answer(200, found["data"], BINARY)
+        if method == "GET" and len(rest) == 1 and rest[0] in self.files:
+            return _json(200, self._file_object(rest[0], api))
+        return _error(api, 404, "no such file route")
+
+    def _batches(self, method: str, rest: list[str], headers: dict[str, str], body: bytes, api: Api) -> Answer:
+        if method == "POST" and not rest:
+            return self._create(api, json.loads(body or b"null"), headers)
+        if method == "GET" and not rest:
+            with self._lock:
+                mine = [b for b in self.batches.values() if b.api is api]
+            bodies = [self._batch_object(b, headers) for b in mine]
+            if api is Api.MISTRAL:
+                return _json(200, {"object": "list", "data": bodies, "total": len(bodies)})
+            return _json(200, {"object": "list", "data": bodies, "has_more": False,
+                               "first_id": bodies[0]["id"] if bodies else None,
+                               "last_id": bodies[-1]["id"] if bodies else None})
+        batch = self.batches.get(rest[0]) if rest else None
+        if batch is None or batch.api is not api:
+            return _error(api, 404, f"no batch {rest[0] if rest else ''}")
+        if method == "GET" and len(rest) == 1:
+            return _json(200, self._batch_object(batch, headers))
+        if method == "POST" and rest[1:] == ["cancel"]:
+            self._cancel(batch)
+            return _json(200, self._batch_object(batch, headers, cancelling=True))
+        if method == "GET" and rest[1:] == ["results"] and api is Api.ANTHROPIC:
+            self._advance(batch)
+            if batch.outcome == "in_progress":
+                return _error(api, 404, "results are not ready")
+            return Answer(200, _jsonl(_anthropic_line(item, kind, result) for item, kind, result in batch.results),
+                          BINARY)
+        return _error(api, 404, "no such batch route")
+
+    # --- files ---------------------------------------------------------------------------
+
+    def _upload(self, headers: dict[str, str], body: bytes, api: Api) -> Answer:
+        message = BytesParser(policy=HTTP).parsebytes(
+            b"Content-Type: " + headers.get("content-type", "").encode() + b"\r\n\r\n" + body)
+        data, filename, purpose = b"", "upload.jsonl", "batch"
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            if name == "file":
+                data, filename = part.get_payload(decode=True) or b"", part.get_filename() or filename
+            elif name == "purpose":
+                purpose = (part.get_payload(decode=True) or b"batch").decode()
+        file_id = self._store_file(data, filename, purpose)
+        return _json(200, self._file_object(file_id, api))
+
+    def _store_file(self, data: bytes, filename: str, purpose: str) -> str:
+        file_id = f"file-{uuid.uuid4().hex[:24]}"
+        with self._lock:
+            self.files[file_id] = {"data": data, "filename": filename, "purpose": purpose, "created": int(time.time())}
+        return file_id
+
+    def _file_object(self, file_id: str, api: Api) -> dict:
+        found = self.files[file_id]
+        if api is Api.MISTRAL:
+            kind = {"batch": "batch_request", "batch_output": "batch_result", "batch_error": "batch_error"}
+            return {"id": file_id, "object": "file", "bytes": len(found["data"]), "created_at": found["created"],
+                    "filename": found["filename"], "purpose": "batch",
+                    "sample_type": kind.get(found["purpose"], "batch_request"), "source": "upload",
+                    "num_lines": found["data"].count(b"\n")}
+        return {"id": file_id, "object": "file", "bytes": len(found["data"]), "created_at": found["created"],
+                "filename": found["filename"], "purpose": found["purpose"], "status": "processed"}
+
+    # --- batches -------------------------------------------------------------------------
+
+    def _create(self, api: Api, body: Any, headers: dict[str, str]) -> Answer:
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object")
+        if api is Api.ANTHROPIC:
+            lines = [(r["custom_id"], r["params"]) for r in body.get("requests") or []]
+            model = None
+        else:
+            file_ids = [body["input_file_id"]] if api is Api.OPENAI else list(body.get("input_files") or [])
+            lines = []
+            for file_id in file_ids:
+                if file_id not in self.files:
+                    return _error(api, 404, f"no file {file_id}")
+                for raw in self.files[file_id]["data"].splitlines():
+                    if raw.strip():
+                        line = json.loads(raw)
+                        lines.append((str(line["custom_id"]), line["body"]))
+            model = body.get("model")
+        if not lines:
+            return _error(api, 400, "a batch needs at least one request")
+        config = self.simulator.config
+        with self._lock:
+            expires = self._rng.random() < config.batch_expire_rate if config.batch_expire_rate else False
+            items = []
+            for custom_id, params in lines:
+                fails = self._rng.random() < config.batch_error_rate if config.batch_error_rate else False
+                items.append(Item(custom_id, _parse(api, params, model), fails))
+        prefix = {Api.OPENAI: "batch_", Api.ANTHROPIC: "msgbatch_", Api.MISTRAL: ""}[api]
+        batch = SimBatch(id=f"{prefix}{uuid.uuid4().hex[:24]}", api=api, items=items, created=time.time(),
+                         delay_s=config.batch_delay_s, expires=expires, model=model,
+                         endpoint=body.get("endpoint", "/v1/chat/completions"),
+                         input_file_id=body.get("input_file_id") or ",".join(body.get("input_files") or []),
+                         metadata=dict(body.get("metadata") or {}))
+        with self._lock:
+            self.batches[batch.id] = batch
+            self.by_api[str(api)] += 1
+            self.counts["requests"] += len(items)
+        return _json(200, self._batch_object(batch, headers))
+
+    def _cancel(self, batch: SimBatch) -> None:
+        with self._lock:
+            if batch.outcome == "in_progress" and batch.cancelled_at is None:
+                batch.cancelled_at = time.time()
+                self.counts["cancels"] += 1
+        self._advance(batch)
+
+    def _advance(self, batch: SimBatch) -> None:
+        """End the batch once its time has come (or it was cancelled), writing its results once."""
+        now = time.time()
+        with self._lock:
+            if batch.outcome != "in_progress":
+                return
+            if batch.cancelled_at is not None:
+                cut, outcome = batch.cancelled_at, "cancelled"
+            elif now >= batch.created + batch.delay_s:
+                cut, outcome = now, "expired" if batch.expires else "completed"
+            else:
+                return
+            batch.outcome, batch.ended_at = outcome, now
+        results = []
+        for index, item in enumerate(batch.items):
+            if outcome == "expired":
+                results.append((item, "expired", None))
+            elif batch.finished_by(index) > cut:
+                results.append((item, "canceled", None))
+            elif item.request is None or item.fails:
+                results.append((item, "errored", None))
+            else:
+                body, completion = self.simulator.completion(item.request)
+                results.append((item, "succeeded", body))
+                with self._lock:
+                    self.billed_by_model[item.request.model] += 1
+                    self.input_tokens += completion.input_tokens
+                    self.output_tokens += completion.output_tokens
+        with self._lock:
+            batch.results = results
+            for _, kind, _ in results:
+                self.counts[{"canceled": "cancelled"}.get(kind, kind)] += 1
+        if batch.api is not Api.ANTHROPIC:
+            self._write_files(batch)
+
+    def _write_files(self, batch: SimBatch) -> None:
+        ok = [_file_line(batch.api, item, result) for item, kind, result in batch.results if kind == "succeeded"]
+        failed = [_file_line(batch.api, item, None) for item, kind, _ in batch.results if kind == "errored"]
+        if ok:
+            batch.output_file_id = self._store_file(_jsonl(ok), f"{batch.id}_output.jsonl", "batch_output")
+        if failed:
+            batch.error_file_id = self._store_file(_jsonl(failed), f"{batch.id}_error.jsonl", "batch_error")
+
+    def _batch_object(self, batch: SimBatch, headers: dict[str, str], cancelling: bool = False) -> dict:
+        self._advance(batch)
+        kinds = Counter(kind for _, kind, _ in batch.results)
+        done = sum(1 for i in range(len(batch.items)) if batch.finished_by(i) <= time.time())
+        if batch.api is Api.ANTHROPIC:
+            return _anthropic_batch(batch, kinds, headers, cancelling)
+        if batch.api is Api.MISTRAL:
+            return _mistral_batch(batch, kinds, done)
+        return _openai_batch(batch, kinds, done, cancelling)
+
+
+def _parse(api: Api, params: Any, model: str | None) -> ChatRequest | None:
+    try:
+        if model and isinstance(params, dict) and "model" not in params:
+            params = {**params, "model": model}
+        return parse_chat_request(api, params)
+    except BadRequest:
+        return None
+
+
+def _openai_batch(batch: SimBatch, kinds: Counter, done: int, cancelling: bool) -> dict:
+    status = {"in_progress": "in_progress", "completed": "completed", "expired": "expired",
+              "cancelled": "cancelling" if cancelling else "cancelled"}[batch.outcome]
+    created = int(batch.created)
+    ended = int(batch.ended_at) if batch.ended_at else None
+    total = len(batch.items)
+    return {
+        "id": batch.id, "object": "batch", "endpoint": batch.endpoint, "errors": None,
+        "input_file_id": batch.input_file_id, "completion_window": "24h", "status": status,
+        "output_file_id": batch.output_file_id, "error_file_id": batch.error_file_id,
+        "created_at": created, "in_progress_at": created, "expires_at": created + 24 * 3600,
+        "completed_at": ended if batch.outcome == "completed" else None,
+        "expired_at": ended if batch.outcome == "expired" else None,
+        "cancelling_at": int(batch.cancelled_at) if batch.cancelled_at else None,
+        "cancelled_at": ended if batch.outcome == "cancelled" else None,
+        "request_counts": {"total": total, "completed": kinds["succeeded"] if batch.results else min(done, total),
+                           "failed": kinds["errored"] + kinds["expired"]},
+        "metadata": batch.metadata or None,
+    }
+
+
+def _mistral_batch(batch: SimBatch, kinds: Counter, done: int) -> dict:
+    status = {"in_progress": "RUNNING", "completed": "SUCCESS", "expired": "TIMEOUT_EXCEEDED",
+              "cancelled": "CANCELLED"}[batch.outcome]
+    total = len(batch.items)
+    completed = len(batch.results) - kinds["canceled"] if batch.results else min(done, total)
+    return {
+        "id": batch.id, "object": "batch", "input_files": batch.input_file_id.split(","), "endpoint": batch.endpoint,
+        "model": batch.model, "errors": [{"message": "batch timed out", "count": total}] if batch.outcome == "expired"
+        else [], "status": status, "created_at": int(batch.created), "total_requests": total,
+        "completed_requests": completed, "succeeded_requests": kinds["succeeded"],
+        "failed_requests": kinds["errored"] + kinds["expired"], "output_file": batch.output_file_id,
+        "error_file": batch.error_file_id, "metadata": batch.metadata or None, "started_at": int(batch.created),
+        "completed_at": int(batch.ended_at) if batch.ended_at else None,
+    }
+
+
+def _anthropic_batch(batch: SimBatch, kinds: Counter, headers: dict[str, str], cancelling: bool) -> dict:
+    def iso(moment: float | None) -> str | None:
+        return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z") if moment else None
+
+    ended = batch.outcome != "in_progress"
+    processing = 0 if ended else len(batch.items)
+    host = headers.get("host", "127.0.0.1")
+    return {
+        "id": batch.id, "type": "message_batch",
+        "processing_status": "canceling" if cancelling and ended and batch.outcome == "cancelled" else
+        ("ended" if ended else "in_progress"),
+        "request_counts": {"processing": processing, "succeeded": kinds["succeeded"], "errored": kinds["errored"],
+                           "canceled": kinds["canceled"], "expired": kinds["expired"]},
+        "created_at": iso(batch.created), "expires_at": iso(batch.created + 24 * 3600),
+        "ended_at": iso(batch.ended_at) if ended else None, "cancel_initiated_at": iso(batch.cancelled_at),
+        "archived_at": None,
+        "results_url": f"http://{host}/v1/messages/batches/{batch.id}/results" if ended else None,
+    }
+
+
+def _anthropic_line(item: Item, kind: str, body: dict | None) -> dict:
+    if kind == "succeeded":
+        return {"custom_id": item.custom_id, "result": {"type": "succeeded", "message": body}}
+    if kind == "errored":
+        message = "Injected batch request error from the simulator." if item.request else "invalid request"
+        return {"custom_id": item.custom_id, "result": {"type": "errored", "error": {
+            "type": "error", "error": {"type": "api_error", "message": message}}}}
+    return {"custom_id": item.custom_id, "result": {"type": kind}}
+
+
+def _file_line(api: Api, item: Item, body: dict | None) -> dict:
+    """One line of an OpenAI or Mistral output (body) or error (no body) file."""
+    request_id = uuid.uuid4().hex
+    if body is not None:
+        return {"id": f"batch_req_{request_id}", "custom_id": item.custom_id,
+                "response": {"status_code": 200, "request_id": request_id, "body": body}, "error": None}
+    message = "Injected batch request error from the simulator." if item.request else "invalid request"
+    return {"id": f"batch_req_{request_id}", "custom_id": item.custom_id,
+            "response": {"status_code": 500, "request_id": request_id, "body": error_body(api, 500, message)},
+            "error": {"code": "server_error", "message": message}}
+
+
+def _jsonl(lines) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def _json(status: int, payload: object) -> Answer:
+    return Answer(status, json.dumps(payload).encode())
+
+
+def _error(api: Api, status: int, message: str) -> Answer:
+    return _json(status, error_body(api, status, message))

@@ -1,0 +1,142 @@
+"""Batch mode's small parts, fast (no workers): the batch price, grouping jobs into batches in
+SQL, reading the providers' result lines, what the report says batch mode saved."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+
+@pytest.fixture
+def settings(monkeypatch, tmp_path):
+    from shared.config import get_settings
+    from shared.db import migrate
+
+    monkeypatch.setenv("GENESIS_DATABASE_URL", f"sqlite:///{tmp_path}/units.db")
+    monkeypatch.setenv("GENESIS_BACKENDS__OPENAI__MODE", "batch")
+    monkeypatch.setenv("GENESIS_BACKENDS__OPENAI__BATCH_MAX_JOBS", "3")
+    get_settings.cache_clear()
+    migrate()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def test_a_batch_backend_is_priced_and_reserved_at_its_discount(settings):
+    from shared.budget import call_cost, task_worst_case
+    from shared.suite import load_suite
+
+    task = load_suite(settings.suite).tasks_for("qa", 1)[0]
+    assert call_cost(settings, "gpt-4o-mini", 1000, 1000, batch=True) == pytest.approx(
+        0.5 * call_cost(settings, "gpt-4o-mini", 1000, 1000))
+    realtime = task_worst_case(settings, task, "anthropic", "gpt-4o-mini")  # same model, realtime backend
+    assert task_worst_case(settings, task, "openai", "gpt-4o-mini") == pytest.approx(0.5 * realtime)
+    assert settings.batch_limits("openai") == (3, settings.batch.max_wait_s)  # the backend's own max jobs
+    assert settings.is_batch("openai") and not settings.is_batch("mistral-base")
+
+
+def test_batch_knobs_refuse_nonsense(monkeypatch, settings):
+    from shared.config import ConfigError, get_settings, load_settings
+
+    for key, value in (("GENESIS_PRICING__GPT-4O-MINI__BATCH_DISCOUNT", "0"),
+                       ("GENESIS_PRICING__GPT-4O-MINI__BATCH_DISCOUNT", "1.5"),
+                       ("GENESIS_BACKENDS__OPENAI__MODE", "overnight"),
+                       ("GENESIS_BATCH__MAX_WAIT_S", "nan"),
+                       ("GENESIS_BATCH__MAX_JOBS", "0")):
+        with monkeypatch.context() as patch:
+            patch.setenv(key, value)
+            get_settings.cache_clear()
+            with pytest.raises(ConfigError):
+                load_settings()
+
+
+_made = iter(range(10**6))
+
+
+def _running_jobs(n: int, model: str = "gpt-4o-mini") -> list[int]:
+    from shared.db import session_scope
+    from shared.models import Job, Run
+
+    with session_scope() as session:
+        if session.get(Run, "r1") is None:
+            session.add(Run(id="r1", suite="genesis-custom"))
+            session.flush()
+        jobs = [Job(run_id="r1", agent="qa", task_id=f"t{next(_made)}", backend="openai", provider="openai",
+                    model=model, status="running", attempts=1) for _ in range(n)]
+        session.add_all(jobs)
+        session.flush()
+        return [j.id for j in jobs]
+
+
+def test_jobs_fill_one_open_batch_per_backend_and_model_then_the_next(settings):
+    from datetime import datetime, timezone
+
+    from shared import batches
+
+    now = datetime.now(timezone.utc)
+    ids = _running_jobs(4)
+    other = _running_jobs(1, model="gpt-4o")
+    got = [batches.enrol(j, "openai", "openai", "gpt-4o-mini", now, 3, 30) for j in ids]
+    assert [(e.new, e.full) for e in got] == [(True, False), (False, False), (False, True), (True, False)]
+    assert len({e.batch_id for e in got[:3]}) == 1 and got[3].batch_id != got[0].batch_id
+    assert batches.enrol(other[0], "openai", "openai", "gpt-4o", now, 3, 30).batch_id not in {e.batch_id for e in got}
+    assert [j.id for j in batches.jobs_of(got[0].batch_id)] == ids[:3]
+
+    # a batch being submitted takes no more jobs; without leave to open one, none is opened
+    assert batches.take_for_submit(got[3].batch_id, now)
+    late = _running_jobs(1)[0]
+    assert batches.enrol(late, "openai", "openai", "gpt-4o-mini", now, 3, 30, may_open=False) is None
+    assert not batches.take_for_submit(got[3].batch_id, now)  # one submitter only
+
+    moved = batches.leave([ids[0]], got[0].batch_id, error_type="BatchErrored", error_message="500: boom")
+    assert moved == [("r1", ids[0], "openai")] and [j.id for j in batches.jobs_of(got[0].batch_id)] == ids[1:3]
+
+
+def test_jobs_in_a_batch_are_not_stale_however_long_they_wait(settings):
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+
+    from shared import batches, lifecycle
+    from shared.db import get_engine
+    from shared.models import Job
+
+    now = datetime.now(timezone.utc)
+    batched, alone = _running_jobs(1)[0], _running_jobs(1)[0]
+    batches.enrol(batched, "openai", "openai", "gpt-4o-mini", now, 3, 30)
+    with get_engine().begin() as conn:
+        conn.execute(update(Job).values(started_at=now - timedelta(hours=5), worker="dead@host"))
+    lost = lifecycle.requeue_lost(now, 60, {"dead@host"}, set())
+    assert [job_id for _, job_id, _ in lost] == [alone]
+
+
+def test_result_lines_of_openai_and_mistral_files_are_read_per_request():
+    from shared.providers.batch_api import _chat_result, custom_id, job_of
+
+    assert job_of(custom_id(42)) == 42 and job_of("someone-else") is None
+    ok = _chat_result("job-1", {"custom_id": "job-1", "response": {"status_code": 200, "body": {
+        "choices": [{"message": {"content": "Paris"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 3}}}})
+    assert ok.kind == "succeeded" and ok.response.text == "Paris" and ok.response.input_tokens == 12
+    assert ok.response.usage_reported
+    failed = _chat_result("job-2", {"custom_id": "job-2", "response": {"status_code": 500, "body": {}},
+                                    "error": {"code": "server_error", "message": "overloaded"}})
+    assert failed.kind == "errored" and failed.error == "500: overloaded"
+    no_usage = _chat_result("job-3", {"response": {"status_code": 200, "body": {
+        "choices": [{"message": {"content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}}]}}})
+    assert no_usage.response.text == "ab" and not no_usage.response.usage_reported
+
+
+def test_the_report_counts_what_batch_mode_saved_against_realtime_prices():
+    from shared.report.costs import batch_saved_usd, run_costs
+
+    snapshot = {"backends": {"openai": {"mode": "batch"}, "mistral-base": {"mode": "realtime"}},
+                "pricing": {"gpt-4o-mini": {"input_per_mtok": 0.15, "output_per_mtok": 0.6},
+                            "open-*": {"input_per_mtok": 0.2, "output_per_mtok": 0.2, "batch_discount": 0.25}}}
+    jobs = [SimpleNamespace(backend="openai", model="gpt-4o-mini", cost_usd=0.002, reused_from_job_id=None),
+            SimpleNamespace(backend="mistral-base", model="open-mistral-7b", cost_usd=0.004, reused_from_job_id=None)]
+    assert batch_saved_usd(jobs, snapshot) == pytest.approx(0.002)  # 0.002 at half of 0.004
+    costs = run_costs(jobs, {}, 0.006, snapshot)
+    assert costs["batch_backends"] == ["openai"] and costs["batch_usd"] == pytest.approx(0.002)
+    snapshot["backends"]["mistral-base"]["mode"] = "batch"
+    assert batch_saved_usd(jobs, snapshot) == pytest.approx(0.002 + 0.012)  # 0.004 at a quarter of 0.016

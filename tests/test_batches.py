@@ -1,0 +1,300 @@
+"""Backend mode "batch" end to end (design §11): real workers, the real SDKs, the simulator's
+batch APIs. Same answers as a realtime run of the same seed, at the batch price; halts, dead
+workers, a flushed Redis, expired batches and failed requests handled per job."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func
+from sqlmodel import select
+
+from tests.support.runs import producer, submit, wait_until_reported
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+BACKENDS = ("mistral-ft", "mistral-base", "openai", "anthropic")
+
+
+@pytest.fixture
+def batch_knobs(monkeypatch):
+    """Small batches, due fast, polled often (set before start_worker so workers get them)."""
+    from shared.config import get_settings
+
+    for key, value in {"GENESIS_BATCH__MAX_WAIT_S": "1", "GENESIS_BATCH__POLL_MIN_S": "0.3",
+                       "GENESIS_BATCH__POLL_MAX_S": "1", "GENESIS_BATCH__MAX_JOBS": "25"}.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+
+
+def batch_mode(monkeypatch, *backends: str) -> None:
+    from shared.config import get_settings
+
+    for backend in backends:
+        monkeypatch.setenv(f"GENESIS_BACKENDS__{backend.upper()}__MODE", "batch")
+    get_settings.cache_clear()
+
+
+def answers(run_id: str) -> dict:
+    from shared.db import session_scope
+    from shared.models import Job
+
+    with session_scope() as session:
+        rows = session.exec(select(Job).where(Job.run_id == run_id)).all()
+    return {(j.agent, j.task_id, j.backend): (j.status, j.output, j.score, j.input_tokens, j.output_tokens)
+            for j in rows}
+
+
+def ledger(run_id: str) -> tuple[int, float]:
+    from shared.db import session_scope
+    from shared.models import CostEntry
+
+    with session_scope() as session:
+        n, total = session.exec(select(func.count(), func.sum(CostEntry.cost_usd))
+                                .where(CostEntry.run_id == run_id)).one()
+    return n, total or 0.0
+
+
+def test_a_batch_run_answers_as_realtime_at_half_the_ledgered_cost(monkeypatch, batch_knobs, start_worker, simulator):
+    simulator.update(batch_delay_s=1.0)
+    realtime_worker = start_worker("w1", concurrency=8)
+    estimate = json.loads(producer("submit", "--all-agents", "--limit", "3", "--dry-run", "--json").stdout)
+    realtime = submit("--all-agents", "--limit", "3")
+    assert wait_until_reported(realtime)["status"] == "completed"
+    served_realtime = simulator.stats()["requests_total"]
+    realtime_entries, realtime_cost = ledger(realtime)
+    realtime_worker.stop()
+
+    batch_mode(monkeypatch, *BACKENDS)  # workers started from here on take it from the environment
+    batch_estimate = json.loads(producer("submit", "--all-agents", "--limit", "3", "--dry-run", "--json").stdout)
+    assert batch_estimate["estimated_cost_usd"] == pytest.approx(estimate["estimated_cost_usd"] * 0.5, abs=1e-5)
+    start_worker("w2", concurrency=8)
+    batched = submit("--all-agents", "--limit", "3")
+    snap = wait_until_reported(batched, timeout=180)
+    assert snap["status"] == "completed" and snap["by_status"]["ok"] == 60
+
+    assert answers(batched) == answers(realtime)  # same outputs, scores and tokens
+    entries, cost = ledger(batched)
+    assert entries == realtime_entries == 60
+    assert cost == pytest.approx(realtime_cost * 0.5, rel=1e-6)
+    stats = simulator.stats()
+    assert stats["requests_total"] == served_realtime  # no realtime call for a batch job
+    assert stats["batch"]["succeeded"] == stats["batch"]["requests"] == 60
+    report = json.loads(producer("report", batched, "--json").stdout)
+    assert report["decision"] == json.loads(producer("report", realtime, "--json").stdout)["decision"]
+
+    data = json.loads((Path(snap["report"]).parent / "report.json").read_text())
+    assert {b["mode"] for b in data["backends"]} == {"batch"}
+    assert all(b["latency_p50_ms"] is None for b in data["backends"])  # a batch's turnaround is no call latency
+    assert data["costs"]["batch_saved_usd"] == pytest.approx(cost, rel=1e-6)  # at half price: saved as much
+    status = json.loads(producer("status", batched, "--json").stdout)
+    assert {b["state"] for b in status["batches"]} == {"ended"}
+    assert sum(b["jobs"].get("ok", 0) for b in status["batches"]) == 60
+
+
+def batch_rows(run_id: str | None = None) -> list:
+    from shared.db import session_scope
+    from shared.models import Job, ProviderBatch
+
+    with session_scope() as session:
+        query = select(ProviderBatch)
+        if run_id is not None:
+            ids = select(Job.provider_batch_id).where(Job.run_id == run_id)
+            query = query.where(ProviderBatch.id.in_(ids))
+        return session.exec(query.order_by(ProviderBatch.id)).all()
+
+
+def jobs_of(run_id: str) -> list:
+    from shared.db import session_scope
+    from shared.models import Job
+
+    with session_scope() as session:
+        return session.exec(select(Job).where(Job.run_id == run_id).order_by(Job.id)).all()
+
+
+def inference_entries(run_id: str) -> dict[int | None, int]:
+    """Ledger entries of a run's inference by job (None: paid but not attached to a job)."""
+    from collections import Counter
+
+    from shared.db import session_scope
+    from shared.models import CostEntry
+
+    with session_scope() as session:
+        rows = session.exec(select(CostEntry.job_id).where(CostEntry.run_id == run_id,
+                                                           CostEntry.operation == "inference")).all()
+    return dict(Counter(rows))
+
+
+def all_submitted(run_id: str, jobs: int):
+    """Every job of the run sits in a submitted provider batch."""
+    from shared.models import BatchState
+
+    rows = batch_rows(run_id)
+    return rows if rows and sum(b.job_count for b in rows) >= jobs and all(
+        b.state == BatchState.submitted for b in rows) else None
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+def test_a_mixed_run_with_failed_requests_retries_them_in_new_batches(monkeypatch, batch_knobs, start_worker,
+                                                                     simulator):
+    """openai and anthropic in batch mode, mistral realtime; 30% of batch requests fail."""
+    simulator.update(batch_delay_s=0.5, batch_error_rate=0.3)
+    batch_mode(monkeypatch, "openai", "anthropic")
+    start_worker("w1", concurrency=8)
+    run_id = submit("--all-agents", "--limit", "4")
+    snap = wait_until_reported(run_id, timeout=180)
+    assert snap["status"] == "completed"
+
+    jobs = jobs_of(run_id)
+    batch_jobs = [j for j in jobs if j.backend in ("openai", "anthropic")]
+    assert {j.status for j in jobs if j.backend.startswith("mistral")} == {"ok"}
+    assert all(j.provider_batch_id is None for j in jobs if j.backend.startswith("mistral"))
+    failed = [j for j in batch_jobs if j.status == "error"]
+    assert all(j.error_type == "BatchErrored" and "Injected batch request error" in j.error_message for j in failed)
+    assert all(j.attempts == 3 for j in failed)  # [batch] max_attempts
+    assert any(j.attempts > 1 and j.status == "ok" for j in batch_jobs)  # a failed request answered in a later batch
+
+    stats = simulator.stats()
+    entries = inference_entries(run_id)
+    assert None not in entries and set(entries.values()) == {1}  # nobody paid twice
+    ok = [j for j in jobs if j.status == "ok"]
+    assert len(entries) == len(ok)
+    assert stats["batch"]["succeeded"] == len([j for j in batch_jobs if j.status == "ok"])  # ledger = served
+    assert stats["by_status"].get("200", 0) == 40  # the realtime backends' jobs, called once each
+    assert stats["batch"]["errored"] >= len(failed) * 3
+    assert len(batch_rows(run_id)) >= 4  # both providers, retried requests in new batches
+
+
+def test_an_expired_batch_sends_its_jobs_back_then_ends_them_with_the_reason(monkeypatch, batch_knobs,
+                                                                           start_worker, simulator):
+    monkeypatch.setenv("GENESIS_BATCH__MAX_ATTEMPTS", "2")
+    simulator.update(batch_delay_s=0.3, batch_expire_rate=1.0)
+    batch_mode(monkeypatch, "openai", "mistral-base")
+    start_worker("w1", concurrency=8)
+    run_id = submit("--agent", "qa", "--agent", "legal", "--backend", "openai", "--backend", "mistral-base",
+                    "--limit", "3")
+    snap = wait_until_reported(run_id, timeout=120)
+    assert snap["by_status"]["error"] == 12
+
+    for job in jobs_of(run_id):
+        assert job.error_type == "BatchExpired" and job.attempts == 2
+        assert "after 2 attempt(s)" in job.error_message and "batch" in job.error_message.lower()
+    assert ledger(run_id) == (0, 0.0)
+    states = [b.state for b in batch_rows()]
+    # two backends, two rounds; on a loaded machine an enrolment that waited ~1 s for the opener opens its own
+    assert states.count("expired") == len(states) >= 4
+    assert simulator.stats()["batch"]["expired"] == 24 and simulator.stats()["batch"]["succeeded"] == 0
+    report = json.loads((Path(snap["report"]).parent / "report.json").read_text())
+    assert sum(b["errors"] for b in report["backends"]) == 12
+
+
+@pytest.mark.parametrize("fault", ["kill", "flushdb"])
+def test_open_batches_survive_a_dead_worker_or_a_flushed_redis(fault, monkeypatch, batch_knobs, fast_recovery,
+                                                              start_worker, simulator, redis_url):
+    """Polling resumes from SQL; no batch is submitted twice, no answer paid twice."""
+    import redis
+
+    simulator.update(batch_delay_s=4.0)
+    batch_mode(monkeypatch, *BACKENDS)
+    first = start_worker("w1", concurrency=8)
+    if fault == "kill":
+        start_worker("w2", concurrency=8)
+    run_id = submit("--all-agents", "--limit", "2")
+    wait_for(lambda: all_submitted(run_id, 40), timeout=30, interval=0.2, what="every batch submitted")
+    if fault == "kill":
+        first.kill()
+    else:
+        redis.Redis.from_url(redis_url).flushdb()
+    snap = wait_until_reported(run_id, timeout=120)
+    assert snap["status"] == "completed" and snap["by_status"]["ok"] == 40
+
+    stats = simulator.stats()["batch"]
+    assert stats["requests"] == stats["succeeded"] == 40  # nothing submitted twice
+    entries = inference_entries(run_id)
+    assert len(entries) == 40 and set(entries.values()) == {1} and None not in entries
+    from shared.budget import BudgetGuard
+    from shared.config import get_settings
+
+    spent = BudgetGuard.from_settings(get_settings()).status()["spent_usd"]
+    assert spent == pytest.approx(ledger(run_id)[1], abs=1e-5)  # the counters agree with the ledger
+    assert all(b.polls > 0 and b.state == "ended" for b in batch_rows(run_id))
+
+
+def test_a_halt_cancels_open_batches_and_pays_nothing_past_the_threshold(monkeypatch, batch_knobs, start_worker,
+                                                                        simulator):
+    """An openai batch is submitted (its worst case reserved); then a job whose worst case alone
+    exceeds what the settled ledger leaves is refused, which halts. The halt cancels the openai
+    batch at the provider: its answers so far are ledgered, nothing after; its other jobs, and
+    the refused one, are halted; the spend stays under the emergency threshold."""
+    from shared.budget import BudgetGuard, task_worst_case
+    from shared.config import get_settings
+    from shared.suite import load_suite
+
+    simulator.update(batch_delay_s=10.0)
+    batch_mode(monkeypatch, "openai", "anthropic")
+    settings = get_settings()
+    suite = load_suite(settings.suite)
+    batch_worst = sum(task_worst_case(settings, t, "openai", "gpt-4o-mini")
+                      for a in settings.agents.names for t in suite.tasks_for(a, 1))
+    agent, costly = max(((a, task_worst_case(settings, suite.tasks_for(a, 1)[0], "anthropic",
+                                             settings.model_for("anthropic", a))) for a in settings.agents.names),
+                        key=lambda pair: pair[1])
+    assert costly > batch_worst  # fits the budget below on its own only if nothing else were reserved
+    limit = round((batch_worst + costly) / 2 / settings.budget.emergency, 6)
+    monkeypatch.setenv("GENESIS_BUDGET__LIMIT_USD", str(limit))
+    get_settings.cache_clear()
+    start_worker("w1", concurrency=4)
+
+    first = submit("--all-agents", "--backend", "openai", "--limit", "1")
+    wait_for(lambda: all_submitted(first, 5), timeout=30, interval=0.2, what="the openai batch submitted")
+    time.sleep(3)  # its first request is answered (one every 2 s) before the halt
+    second = submit("--agent", agent, "--backend", "anthropic", "--limit", "1")
+    wait_for(lambda: all(b.state == "cancelled" for b in batch_rows(first)), timeout=40, interval=0.3,
+             what="the halt to cancel the openai batch")
+    snaps = [wait_until_reported(run_id, timeout=60) for run_id in (first, second)]
+    assert [s["status"] for s in snaps] == ["halted", "halted"]
+
+    assert {j.status for j in jobs_of(second)} == {"halted"}
+    assert [b.state for b in batch_rows(second)] == ["halted"]
+    jobs = jobs_of(first)
+    ok = [j for j in jobs if j.status == "ok"]
+    halted = [j for j in jobs if j.status == "halted"]
+    assert len(ok) + len(halted) == 5 and ok and halted  # answered before the cancel: paid; the rest halted
+    assert all("cancelled by the budget halt" in j.error_message for j in halted)
+    stats = simulator.stats()["batch"]
+    assert stats["batches"] == {"openai": 1} and stats["cancels"] == 1
+    assert stats["succeeded"] == len(ok) and inference_entries(first) == {j.id: 1 for j in ok}  # ledger = served
+    status = BudgetGuard.from_settings(get_settings()).status()
+    assert status["halted"] and status["reserved_usd"] == 0
+    assert ledger(first)[1] == pytest.approx(status["spent_usd"], abs=1e-6)
+    assert status["spent_usd"] <= limit * settings.budget.emergency
+
+
+def test_judged_answers_from_a_batch_are_graded_through_the_realtime_judge(monkeypatch, batch_knobs, start_worker,
+                                                                          simulator):
+    """The answers come through the batch API at the batch price; each is then graded once by
+    the [judge] backend as a realtime call (ledgered `judge`), as a realtime job's would be."""
+    simulator.update(batch_delay_s=0.5)
+    batch_mode(monkeypatch, "mistral-ft", "mistral-base")
+    start_worker("w1", concurrency=8)
+    run_id = submit("--suite", "genesis-judge", "--agent", "content", "--agent", "legal",
+                    "--backend", "mistral-ft", "--backend", "mistral-base", "--limit", "2")
+    snap = wait_until_reported(run_id, timeout=120)
+    assert snap["status"] == "completed" and snap["by_status"]["ok"] == 8
+
+    from shared.db import session_scope
+    from shared.models import CostEntry
+
+    with session_scope() as session:
+        entries = session.exec(select(CostEntry).where(CostEntry.run_id == run_id)).all()
+    jobs = jobs_of(run_id)
+    for operation in ("inference", "judge"):
+        assert sorted(e.job_id for e in entries if e.operation == operation) == [j.id for j in jobs]
+    assert all(e.source.endswith("(batch)") for e in entries if e.operation == "inference")
+    assert all(j.score is not None and j.scorer_detail.startswith("judge ") for j in jobs)
+    stats = simulator.stats()
+    assert stats["batch"]["succeeded"] == 8 and stats["by_model"] == {"gpt-4o-mini": 8}  # the judge, realtime

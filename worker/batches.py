@@ -1,0 +1,288 @@
+"""Backend mode "batch" (design §11): a job's `run_job` enrols it into an open provider batch
+in SQL instead of calling; these tasks do the rest, on the `batches` queue (a budget halt
+stops the provider queues, not this one: a halt's cancels and the results of cancelled
+batches must still be read and ledgered).
+
+- `flush_batch(batch_id)`: sent when a batch opens (with a countdown of its max wait) and when
+  it fills; submits it when full or due: every job's worst case reserved at the batch price,
+  then one submission through the provider's SDK, then the first poll.
+- `poll_batch(batch_id, token)`: polls with backoff, re-sending itself (no beat); when the
+  batch ends, writes every job's result (worker/batch_results.py) and runs the completion step.
+- `cancel_batches()`: sent by a budget halt; cancels every submitted batch at its provider.
+- `resume_batches` (called by the recovery sweep): batches whose flush or poll message was
+  lost (a dead worker, Redis losing everything) get a new one, from their SQL rows."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+from datetime import timedelta
+
+from celery.exceptions import Retry
+
+from shared import batches as sql
+from shared import fleet
+from shared import lifecycle as jobs
+from shared.budget import BudgetRefused, task_worst_case
+from shared.calls import job_request
+from shared.config import get_settings
+from shared.models import BatchState
+from shared.providers import ProviderError
+from shared.providers.batch_api import BATCH_APIS, ENDED, EXPIRED, RUNNING, client, custom_id
+from shared.retry import backoff_delay
+from shared.suite import load_task, run_suite_folder
+from worker import batch_results
+from shared.messaging import BATCHES_QUEUE, CANCEL_BATCHES, FLUSH_BATCH, POLL_BATCH
+from worker.app import app
+from shared.messaging import request_report
+from worker.completion import finished_run
+from worker.halt import halt_on_refusal
+from worker.paid_call import DATABASE_AWAY, services
+from worker.tasks import SUITE_RECHECK_S, GenesisTask, genesis_task
+
+log = logging.getLogger("genesis.batches")
+
+BUDGET_WAIT_S = 2.0  # a batch whose worst case waits for calls in flight to settle tries again after this
+OPEN_TRIES, OPEN_LOCK_MS = 50, 2000  # enrolments wait up to ~1 s for another to open the batch
+METADATA_KEY = "genesis_batch"  # our batch id in the provider's metadata (a lost submission is found by it)
+
+
+def enrol(job: jobs.ClaimedJob) -> str:
+    """run_job's whole work for a batch backend's job: recorded in SQL first, then the flush is
+    scheduled (when this job opened the batch) or sent now (when it filled it)."""
+    settings, client_redis = get_settings(), services().redis
+    max_jobs, max_wait_s = settings.batch_limits(job.backend)
+    lock = f"genesis:batch-opening:{job.backend}:{job.model}"
+    enrolled = None
+    for _ in range(OPEN_TRIES):  # one opener at a time, so jobs arriving together share a batch
+        opener = bool(client_redis.set(lock, "1", nx=True, px=OPEN_LOCK_MS))
+        try:
+            enrolled = sql.enrol(job.id, job.provider, job.backend, job.model, fleet.redis_now(client_redis),
+                                 max_jobs, max_wait_s, may_open=opener)
+        finally:
+            if opener:
+                client_redis.delete(lock)
+        if enrolled is not None:
+            break
+        time.sleep(0.02)
+    if enrolled is None:  # the opener is slow or gone: open one anyway (two small batches at worst)
+        enrolled = sql.enrol(job.id, job.provider, job.backend, job.model, fleet.redis_now(client_redis),
+                             max_jobs, max_wait_s)
+    if enrolled.full:
+        flush_batch.apply_async((enrolled.batch_id,), queue=BATCHES_QUEUE)
+    elif enrolled.new:
+        flush_batch.apply_async((enrolled.batch_id,), countdown=max_wait_s, queue=BATCHES_QUEUE)
+    return "batched"
+
+
+@genesis_task(FLUSH_BATCH)
+def flush_batch(self: GenesisTask, batch_id: int) -> str:
+    try:
+        return _flush(batch_id)
+    except DATABASE_AWAY:
+        raise self.retry(countdown=get_settings().recovery.claim_retry_max_s)
+
+
+def _flush(batch_id: int) -> str:
+    settings, svc = get_settings(), services()
+    now = fleet.redis_now(svc.redis)
+    batch = sql.get(batch_id)
+    if batch is None or batch.state != BatchState.open:
+        return batch.state if batch else "missing"
+    max_jobs, _ = settings.batch_limits(batch.backend)
+    if batch.job_count < max_jobs and batch.due_at > now:
+        flush_batch.apply_async((batch_id,), countdown=(batch.due_at - now).total_seconds(), queue=BATCHES_QUEUE)
+        return "not due"
+    if not sql.take_for_submit(batch_id, now):
+        return "taken"
+    waiting = sql.jobs_of(batch_id)
+    if not waiting:
+        sql.finish(batch_id, BatchState.ended, now)
+        return "empty"
+    lines, amounts = [], []
+    for job in waiting:
+        suite_task = load_task(run_suite_folder(job.suite), job.agent, job.task_id, max_age_s=SUITE_RECHECK_S)
+        lines.append((custom_id(job.id), job_request(settings, job.backend, job.model, suite_task)))
+        amounts.append((job.id, task_worst_case(settings, suite_task, job.backend, job.model)))
+    money = batch_results.BatchMoney(svc.budget, batch_id)
+    fit, reserved, denied = money.reserve_in_order(amounts, waiting[0].run_id)
+    halted = isinstance(denied, BudgetRefused) and halt_on_refusal(
+        app, svc.budget, waiting[fit], denied, "batch submission") is not None  # None: a resume made room
+    if denied is not None and not halted and not fit:  # room held by calls in flight: send it when they settle
+        sql.reopen(batch_id, now)
+        flush_batch.apply_async((batch_id,), countdown=BUDGET_WAIT_S, queue=BATCHES_QUEUE)
+        svc.budget.maybe_reconcile()
+        return "waiting for budget"
+    if denied is not None and not halted:  # the rest wait for room in a later batch
+        batch_results.requeue(batch_id, waiting[fit:])
+    elif halted:  # the settled spend leaves no room: the refused job is halted, and so is the rest
+        for job in waiting[fit + 1:]:
+            jobs.finish_halted(job.id, f"batch submission: {denied}")
+    if not fit:
+        sql.finish(batch_id, BatchState.halted, now, error=str(denied)[:500])
+        _complete_runs(waiting)
+        return "halted"
+    waiting, lines = waiting[:fit], lines[:fit]
+    try:
+        provider_id = BATCH_APIS[batch.provider].submit(
+            _client(settings, batch), batch.model, lines, {METADATA_KEY: str(batch_id)})
+    except ProviderError as err:
+        money.release([job.id for job in waiting])
+        return _submission_failed(batch, waiting, err, now)
+    token = sql.mark_submitted(batch_id, provider_id, reserved, now)
+    log.info("batch %s: %d jobs submitted as %s %s ($%.6f reserved)", batch_id, len(waiting), batch.provider,
+             provider_id, reserved)
+    poll_batch.apply_async((batch_id, token), countdown=settings.batch.poll_min_s, queue=BATCHES_QUEUE)
+    return "submitted"
+
+
+def _submission_failed(batch, waiting: list[jobs.ClaimedJob], err: ProviderError, now) -> str:
+    settings = get_settings()
+    detail = f"batch submission failed ({err.kind}{f' {err.status}' if err.status else ''}): {err}"[:500]
+    attempts = batch.attempts + 1
+    if err.retryable and attempts < settings.batch.max_attempts:
+        delay = backoff_delay(attempts - 1, base=settings.retry.backoff_base_s, cap=settings.retry.backoff_max_s)
+        sql.reopen(batch.id, now + timedelta(seconds=delay), error=detail)
+        flush_batch.apply_async((batch.id,), countdown=delay, queue=BATCHES_QUEUE)
+        log.warning("batch %s: %s; submitting again in %.1fs", batch.id, detail, delay)
+        return "retrying"
+    for job in waiting:
+        jobs.finish_error(job.id, err.error_type, detail)
+    sql.finish(batch.id, BatchState.failed, now, errored=len(waiting), error=detail)
+    _complete_runs(waiting)
+    return "failed"
+
+
+@genesis_task(POLL_BATCH)
+def poll_batch(self: GenesisTask, batch_id: int, token: str) -> str:
+    try:
+        return _poll(batch_id, token)
+    except Retry:
+        raise
+    except (ProviderError, *DATABASE_AWAY) as exc:  # the batch is still at the provider: poll again
+        log.warning("batch %s: poll failed (%s); polling again", batch_id, exc)
+        _poll_later(batch_id, token, 0)
+        return "poll failed"
+
+
+def _poll(batch_id: int, token: str) -> str:
+    settings, svc = get_settings(), services()
+    batch = sql.get(batch_id)
+    if batch is None or batch.state != BatchState.submitted or batch.poll_token != token:
+        return "not mine"  # ended, or another chain took over
+    api, cli = BATCH_APIS[batch.provider], _client(settings, batch)
+    if not batch.cancel_requested and svc.budget.is_halted():
+        _cancel(batch)
+        batch = sql.get(batch_id)
+    polled = api.poll(cli, batch.provider_batch_id)
+    now = fleet.redis_now(svc.redis)
+    if not sql.polled(batch_id, token, now, polled.status):
+        return "not mine"
+    if polled.phase == RUNNING:
+        _poll_later(batch_id, token, batch.polls + 1)
+        return polled.status
+    if polled.phase == ENDED:
+        counts = batch_results.write_results(batch, api.results(cli, batch.provider_batch_id), now, svc.budget)
+    else:
+        error_type = "BatchExpired" if polled.phase == EXPIRED else "BatchFailed"
+        counts = batch_results.end_without_results(batch, error_type, polled.reason or polled.status, svc.budget)
+    state = BatchState.cancelled if batch.cancel_requested else (
+        BatchState.ended if polled.phase == ENDED else BatchState(polled.phase))
+    sql.finish(batch_id, state, now, succeeded=counts.get("succeeded", 0), errored=counts.get("errored", 0),
+               error=polled.reason)
+    log.info("batch %s (%s %s) %s: %s", batch_id, batch.provider, batch.provider_batch_id, state, counts)
+    _complete_runs_of(batch_id)
+    return state
+
+
+def _poll_later(batch_id: int, token: str, polls: int) -> None:
+    settings = get_settings().batch
+    countdown = min(settings.poll_max_s, settings.poll_min_s * 1.5 ** polls)
+    poll_batch.apply_async((batch_id, token), countdown=countdown, queue=BATCHES_QUEUE)
+
+
+@genesis_task(CANCEL_BATCHES)
+def cancel_batches(self: GenesisTask) -> int:
+    """A budget halt: every submitted batch is cancelled at its provider; its poll chain then
+    writes what it answered (paid) and leaves the rest `halted`."""
+    cancelled = 0
+    for batch in sql.in_states((BatchState.submitted,)):
+        if not batch.cancel_requested:
+            try:
+                _cancel(batch)
+                cancelled += 1
+            except ProviderError as err:  # its next poll (which sees the halt) tries again
+                log.warning("batch %s: cancel failed: %s", batch.id, err)
+    return cancelled
+
+
+def _cancel(batch) -> None:
+    BATCH_APIS[batch.provider].cancel(_client(get_settings(), batch),
+                                      batch.provider_batch_id)
+    sql.request_cancel(batch.id)
+    log.warning("batch %s: %s batch %s cancelled (budget halt)", batch.id, batch.provider, batch.provider_batch_id)
+
+
+def _complete_runs(claimed: list[jobs.ClaimedJob]) -> None:
+    """The run's completion step, as after a run_job: its report once its last job is final."""
+    for run_id, job_id in {job.run_id: job.id for job in claimed}.items():
+        if finished_run(job_id) is not None and request_report(run_id):
+            log.info("run %s: last job final (batch), report requested", run_id)
+
+
+def _complete_runs_of(batch_id: int) -> None:
+    from sqlmodel import select
+
+    from shared.db import session_scope
+    from shared.models import Job
+
+    with session_scope() as session:
+        rows = session.exec(select(Job.run_id, Job.id).where(Job.provider_batch_id == batch_id)).all()
+    firsts = {run_id: job_id for run_id, job_id in rows}
+    for run_id, job_id in firsts.items():
+        if finished_run(job_id) is not None and request_report(run_id):
+            log.info("run %s: last job final (batch), report requested", run_id)
+
+
+def resume_batches(client_redis, settings) -> int:
+    """For the recovery sweep: a batch past its due time still open, or submitted but not polled
+    for longer than a live chain ever waits, gets its message again (from SQL). A batch left
+    `submitting` by a dead worker is looked up at its provider by our id in its metadata and
+    adopted; if the provider has none (or cannot say), it opens again and is sent anew."""
+    now = fleet.redis_now(client_redis)
+    grace = timedelta(seconds=2 * settings.recovery.sweep_interval_s + settings.recovery.heartbeat_ttl_s)
+    stale = timedelta(seconds=2 * settings.batch.poll_max_s) + grace
+    resent = 0
+    for batch in sql.in_states((BatchState.open, BatchState.submitting, BatchState.submitted)):
+        if batch.state == BatchState.open and batch.due_at < now - grace:
+            flush_batch.apply_async((batch.id,), queue=BATCHES_QUEUE)
+        elif batch.state == BatchState.submitted and (token := sql.take_over_polling(batch.id, now - stale)):
+            poll_batch.apply_async((batch.id, token), queue=BATCHES_QUEUE)
+        elif batch.state == BatchState.submitting and batch.last_polled_at < now - stale - grace:
+            _adopt_or_reopen(batch, now)
+        else:
+            continue
+        resent += 1
+        log.warning("batch %s (%s): its message was lost; sent again from SQL", batch.id, batch.state)
+    return resent
+
+
+def _adopt_or_reopen(batch, now) -> None:
+    settings = get_settings()
+    try:
+        found = BATCH_APIS[batch.provider].find(_client(settings, batch), METADATA_KEY,
+                                                str(batch.id))
+    except ProviderError:
+        return  # the provider cannot say now: the next sweep asks again
+    if found is not None:
+        token = sql.mark_submitted(batch.id, found, batch.reserved_usd, now)
+        poll_batch.apply_async((batch.id, token), queue=BATCHES_QUEUE)
+    elif sql.reopen(batch.id, now):
+        flush_batch.apply_async((batch.id,), queue=BATCHES_QUEUE)
+
+
+def _client(settings, batch) -> Any:
+    """The SDK client of a batch's backend: its endpoint and key variable, as its realtime calls'."""
+    config = settings.backends.get(batch.backend)
+    return client(batch.provider, settings.retry.call_timeout_s, config and config.base_url, config and config.api_key_env)
