@@ -20,7 +20,6 @@ simulator billed through its batch API)."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import redis  # noqa: E402
 
 from tests.support.env import FAST_RECOVERY, genesis_env  # noqa: E402
 from tests.support.redis_server import ensure_redis  # noqa: E402
-from tests.support.runs import producer, submit, wait_until_reported  # noqa: E402
+from tests.support.runs import submit, wait_until_reported  # noqa: E402
 from tests.support.waiting import wait_for  # noqa: E402
 from tests.support.workers import WorkerProcess, reconnect_app  # noqa: E402
 
