@@ -128,7 +128,7 @@ def jobs_of(batch_id: int) -> list[ClaimedJob]:
 def leave(job_ids: list[int], batch_id: int, *, error_type: str | None = None,
           error_message: str | None = None) -> list[tuple[str, int, str]]:
     """Jobs of the batch go back to `queued`, unlinked, for another delivery (another batch, or
-    the judge of an answer already recorded). Returns (run id, job id, provider) of each moved."""
+    the judge of an answer already recorded). Returns (run id, job id, provider, backend) of each moved."""
     if not job_ids:
         return []
     with get_engine().begin() as conn:
@@ -137,7 +137,7 @@ def leave(job_ids: list[int], batch_id: int, *, error_type: str | None = None,
                                 _JOBS.c.status == JobStatus.running)
             .values(status=JobStatus.queued, provider_batch_id=None, error_type=error_type,
                     error_message=error_message)
-            .returning(_JOBS.c.run_id, _JOBS.c.id, _JOBS.c.provider)
+            .returning(_JOBS.c.run_id, _JOBS.c.id, _JOBS.c.provider, _JOBS.c.backend)
         ).all()]
 
 

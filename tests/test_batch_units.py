@@ -89,7 +89,7 @@ def test_jobs_fill_one_open_batch_per_backend_and_model_then_the_next(settings):
     assert not batches.take_for_submit(got[3].batch_id, now)  # one submitter only
 
     moved = batches.leave([ids[0]], got[0].batch_id, error_type="BatchErrored", error_message="500: boom")
-    assert moved == [("r1", ids[0], "openai")] and [j.id for j in batches.jobs_of(got[0].batch_id)] == ids[1:3]
+    assert moved == [("r1", ids[0], "openai", "openai")] and [j.id for j in batches.jobs_of(got[0].batch_id)] == ids[1:3]
 
 
 def test_jobs_in_a_batch_are_not_stale_however_long_they_wait(settings):
@@ -107,7 +107,7 @@ def test_jobs_in_a_batch_are_not_stale_however_long_they_wait(settings):
     with get_engine().begin() as conn:
         conn.execute(update(Job).values(started_at=now - timedelta(hours=5), worker="dead@host"))
     lost = lifecycle.requeue_lost(now, 60, {"dead@host"}, set())
-    assert [job_id for _, job_id, _ in lost] == [alone]
+    assert [job_id for _, job_id, _, _ in lost] == [alone]
 
 
 def test_result_lines_of_openai_and_mistral_files_are_read_per_request():

@@ -25,12 +25,12 @@ from shared import lifecycle as jobs
 from shared.budget import USAGE_ESTIMATED, BudgetDenied, BudgetGuard, call_cost, estimated_usage
 from shared.budget.recorded import call_key
 from shared.config import get_settings
+from shared.messaging import publish_jobs
 from shared.lifecycle import ClaimedJob
 from shared.payments import PaidResult, Payment
 from shared.providers.batch_api import Result, job_of
-from shared.suite import load_task, run_suite_folder
 from worker.paid_call import DATABASE_AWAY
-from worker.tasks import SUITE_RECHECK_S, _score
+from worker.base import score_answer, suite_task_of
 
 log = logging.getLogger("genesis.batches")
 
@@ -97,13 +97,13 @@ def write_results(batch, results: list[Result], now: datetime, budget: BudgetGua
     for job in sql.jobs_of(batch.id):
         result = by_job.get(job.id)
         if result is not None and result.kind == "succeeded" and result.response is not None:
-            suite_task = load_task(run_suite_folder(job.suite), job.agent, job.task_id, max_age_s=SUITE_RECHECK_S)
+            suite_task = suite_task_of(job)
             response = result.response
             tokens, source = (response.input_tokens, response.output_tokens), "api"
             if not response.usage_reported:  # still billed: estimated from its text, flagged
                 tokens, source = estimated_usage(suite_task, response.text), USAGE_ESTIMATED
             cost = call_cost(settings, job.model, *tokens, batch=True)
-            scored = _score(suite_task, response.text)
+            scored = score_answer(suite_task, response.text)
             paid = PaidResult(output=response.text, score=scored.score, detail=scored.detail, latency_ms=waited_ms,
                               input_tokens=tokens[0], output_tokens=tokens[1], cost_usd=cost,
                               source=f"{source} (batch)")
@@ -153,11 +153,9 @@ def send_back_or_fail(batch, job: ClaimedJob, error_type: str, reason: str) -> N
 def requeue(batch_id: int, claimed: list[ClaimedJob], error_type: str | None = None,
             detail: str | None = None) -> None:
     """Out of the batch and back to the queue: recorded first (queued, unlinked), then published."""
-    from producer.submit import enqueue
-
     moved = sql.leave([job.id for job in claimed], batch_id, error_type=error_type, error_message=detail)
-    by_run: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for run_id, job_id, provider in moved:
-        by_run[run_id].append((job_id, provider))
+    by_run: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
+    for run_id, job_id, provider, backend in moved:
+        by_run[run_id].append((job_id, provider, backend))
     for run_id, pending in by_run.items():
-        enqueue(run_id, pending)
+        publish_jobs(run_id, pending)

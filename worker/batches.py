@@ -31,15 +31,14 @@ from shared.models import BatchState
 from shared.providers import ProviderError
 from shared.providers.batch_api import BATCH_APIS, ENDED, EXPIRED, RUNNING, client, custom_id
 from shared.retry import backoff_delay
-from shared.suite import load_task, run_suite_folder
 from worker import batch_results
 from shared.messaging import BATCHES_QUEUE, CANCEL_BATCHES, FLUSH_BATCH, POLL_BATCH
-from worker.app import app
+from shared.messaging import app
 from shared.messaging import request_report
 from worker.completion import finished_run
 from worker.halt import halt_on_refusal
 from worker.paid_call import DATABASE_AWAY, services
-from worker.tasks import SUITE_RECHECK_S, GenesisTask, genesis_task
+from worker.base import GenesisTask, genesis_task, suite_task_of
 
 log = logging.getLogger("genesis.batches")
 
@@ -102,7 +101,7 @@ def _flush(batch_id: int) -> str:
         return "empty"
     lines, amounts = [], []
     for job in waiting:
-        suite_task = load_task(run_suite_folder(job.suite), job.agent, job.task_id, max_age_s=SUITE_RECHECK_S)
+        suite_task = suite_task_of(job)
         lines.append((custom_id(job.id), job_request(settings, job.backend, job.model, suite_task)))
         amounts.append((job.id, task_worst_case(settings, suite_task, job.backend, job.model)))
     money = batch_results.BatchMoney(svc.budget, batch_id)

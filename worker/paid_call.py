@@ -159,7 +159,7 @@ def genesis_call_threads(state: Any, **_: Any) -> dict:
 def pay(task: Any, spec: PaidCall) -> Outcome:
     """Make `spec`'s call under every guard; returns its Outcome, or raises the Celery Retry
     that gives the job back (budget wait, rate-limit wait, a retryable failure)."""
-    from worker.app import app
+    from shared.messaging import app
     from worker.halt import halt_on_refusal
 
     svc, job = services(), spec.job

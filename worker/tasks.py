@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 
-from celery import Task
 from celery.exceptions import Retry
 
 from shared import fleet, journal
@@ -17,40 +16,15 @@ from shared.calls import job_request
 from shared.config import get_settings
 from shared.payments import PaidResult, Payment
 from shared.providers import ChatResponse, scrub_secrets
-from shared.scoring import ScoreResult, score
-from shared.suite import load_task, run_suite_folder
 from shared.tokens import estimate_prompt_tokens
 from worker import judge, reuse
 from shared.messaging import BUILD_REPORT, RUN_JOB
-from worker.app import app
+from worker.base import GenesisTask, genesis_task, score_answer, suite_task_of
 from worker.paid_call import DATABASE_AWAY, PaidCall, Recording, pay, services
 
 log = logging.getLogger("genesis.worker")
 
 BUSY_RECHECK_S = 5.0
-# A suite's files are looked at again (for changes) at most this often per worker process.
-SUITE_RECHECK_S = 1.0
-
-
-class GenesisTask(Task):
-    """Conventions for every genesis task: retried only through explicit `self.retry` (attempts
-    are counted in SQL, not here). Late acknowledgement is the app's (shared.messaging)."""
-
-    max_retries = None
-    typing = True
-
-    def hand_back(self, job_id: int, countdown: float, **requeue_values) -> Retry:
-        """Give a claimed job back for a later delivery; the caller raises what this returns.
-        The retry is published before the job is handed back in SQL: if publishing fails, the
-        job is still this delivery's (it ends `error`), never `queued` without a message."""
-        retry = self.retry(countdown=countdown, throw=False)
-        jobs.requeue(job_id, **requeue_values)
-        return retry
-
-
-def genesis_task(name: str, **options):
-    return app.task(name=name, base=GenesisTask, bind=True, **options)
-
 
 @dataclass
 class Delivery:
@@ -107,7 +81,7 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
         return job.status if job else "missing"
     delivery.job = job
 
-    suite_task = load_task(run_suite_folder(job.suite), job.agent, job.task_id, max_age_s=SUITE_RECHECK_S)
+    suite_task = suite_task_of(job)
     if job.id in journal.pending_job_ids(svc.redis):  # paid for already, the database was away: never again
         if not journal.replay(svc.redis, svc.budget.settle, job_id=job.id).needs_judge:
             return "ok"
@@ -135,22 +109,12 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
 
 def _answer(suite_task, response: ChatResponse, payment: Payment) -> Recording:
     """The job's answer, scored here (a local scorer) or left for its judge (`final` False)."""
-    scored = _score(suite_task, response.text)
+    scored = score_answer(suite_task, response.text)
     result = PaidResult(output=response.text, score=scored.score, detail=scored.detail,
                         latency_ms=response.latency_ms, input_tokens=payment.input_tokens,
                         output_tokens=payment.output_tokens, cost_usd=payment.cost_usd, source=payment.source,
                         simulated=response.simulated)
     return Recording("answer", {"result": asdict(result), "final": suite_task.scorer.local})
-
-
-def _score(suite_task, text: str) -> ScoreResult:
-    if not suite_task.scorer.local:
-        return ScoreResult(None, "awaiting the judge")  # type: ignore[arg-type]  # graded by worker.judge
-    try:
-        return score(suite_task, text)
-    except Exception as exc:  # noqa: BLE001 - a scorer bug must not lose a paid answer
-        log.exception("scoring failed")
-        return ScoreResult(0.0, f"scorer failed: {type(exc).__name__}: {exc}")
 
 
 @genesis_task(BUILD_REPORT, autoretry_for=(Exception,), retry_backoff=2,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -23,7 +22,7 @@ from sqlmodel import select
 from shared.config import Settings
 from shared.db import session_scope
 from shared.lifecycle import mark_runs_halted
-from shared.models import FINE_TUNING, CostEntry, JobStatus
+from shared.models import FINE_TUNING, CostEntry
 
 from shared.budget import lua
 from shared.budget.events import level_of, record_event
