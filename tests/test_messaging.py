@@ -157,7 +157,7 @@ def test_a_backend_with_its_own_endpoint_has_its_own_queue(monkeypatch, tmp_path
     assert job_queue(settings, "openai", "hosted") == "openai"
     assert job_queue(settings, "openai", "gone-from-the-config") == "openai"
     assert job_queues(settings) == ("openai", "anthropic", "mistral", "openai@local")
-    assert all_queues(settings)[-1] == "reports"
+    assert all_queues(settings)[-2:] == ("reports", "batches")
     assert {q.name for q in celery_config(settings)["task_queues"]} == set(all_queues(settings))
     assert queue_provider("openai@local") == "openai" and queue_provider("reports") is None
 
