@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 from rich.text import Text
 
-from producer.output import JsonOpt, bad_input, console, emit_json, err_console
+from producer.output import JsonOpt, bad_input, console, emit_json, failure
 from shared.config import ConfigError, Settings, get_settings, redacted_url
 
 if TYPE_CHECKING:
@@ -50,8 +50,7 @@ def status(
     try:
         written = finetune.write_model_ids(states) if write_model_ids else []
     except OSError as exc:  # e.g. models/ mounted read-only (docker-compose.yml)
-        err_console.print(f"[red]error:[/red] cannot write a model_id.txt: {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        raise failure(f"cannot write a model_id.txt: {exc}") from None
     mine = [item for state in states for item in state.fine_tunes]
     added = _ledger(settings, mine) if ledger else []
     in_ledger = _in_ledger([item.job_id for item in (*mine, *unassigned) if item.job_id])
@@ -106,9 +105,7 @@ def _fetch(client: Any, endpoint: str) -> Listing:
         if error.kind == "connection":
             raise bad_input(f"the Mistral API at {endpoint} is not reachable ({error})") from None
         status = f" {error.status}" if error.status else ""
-        err_console.print(f"[red]error:[/red] the Mistral API call failed ({error.kind}{status}): {error}",
-                          highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        raise failure(f"the Mistral API call failed ({error.kind}{status}): {error}") from None
 
 
 def _ledger(settings: Settings, items: list[FineTune]) -> list[dict[str, Any]]:

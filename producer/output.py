@@ -43,8 +43,17 @@ def _inert_cell(value: Any) -> Any:
 
 def bad_input(message: str) -> typer.Exit:
     """The message is printed as it is (escaped: `[postgres]` is text, not Rich markup)."""
+    return _error_line(message, 2)
+
+
+def failure(message: str) -> typer.Exit:
+    """A failed call or check (exit 1), its message printed as `bad_input`'s."""
+    return _error_line(message, 1)
+
+
+def _error_line(message: str, code: int) -> typer.Exit:
     err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
+    return typer.Exit(code)
 
 
 def decision_line(decision: dict | None) -> str:

@@ -140,3 +140,21 @@ def test_the_report_counts_what_batch_mode_saved_against_realtime_prices():
     assert costs["batch_backends"] == ["openai"] and costs["batch_usd"] == pytest.approx(0.002)
     snapshot["backends"]["mistral-base"]["mode"] = "batch"
     assert batch_saved_usd(jobs, snapshot) == pytest.approx(0.002 + 0.012)  # 0.004 at a quarter of 0.016
+
+
+def test_a_retryable_submission_failure_reopens_the_batch_with_backoff(settings, monkeypatch):
+    from datetime import datetime, timezone
+
+    import worker.batches
+    from shared.providers import ProviderError
+
+    reopened, sent = [], []
+    monkeypatch.setattr(worker.batches.sql, "reopen", lambda batch_id, due, error: reopened.append((batch_id, error)))
+    monkeypatch.setattr(worker.batches.flush_batch, "apply_async",
+                        lambda args, countdown, queue: sent.append((args, countdown, queue)))
+    batch = SimpleNamespace(id=7, attempts=0)
+    status = worker.batches._submission_failed(batch, [], ProviderError("server", "boom", status=503),
+                                               datetime.now(timezone.utc))
+    assert status == "retrying"
+    assert [batch_id for batch_id, _ in reopened] == [7] and "503" in reopened[0][1]
+    assert sent and sent[0][0] == (7,) and sent[0][1] > 0 and sent[0][2] == "batches"

@@ -513,3 +513,20 @@ def test_migration_0006_keeps_earlier_fine_tuning_rows(database_url):
     with pytest.raises(IntegrityError), get_engine(database_url).begin() as conn:
         conn.execute(text("INSERT INTO cost_entry (at, operation, input_tokens, output_tokens, cost_usd, source) "
                           f"VALUES (CURRENT_TIMESTAMP, 'fine_tuning', 0, 0, 1, 'manual:{rows[0][0]}')"))
+
+
+def test_a_failed_call_whose_error_text_looks_like_markup_is_one_line(monkeypatch, capsys):
+    """Provider error text is hostile: `[/v1]` in it is printed, not parsed as Rich markup."""
+    import typer
+
+    import shared.finetune
+    from producer import finetune_cli
+
+    def refuse(_client):
+        raise RuntimeError("upstream said [/v1] [bold]no[/bold]")
+
+    monkeypatch.setattr(shared.finetune, "fetch", refuse)
+    with pytest.raises(typer.Exit) as exited:
+        finetune_cli._fetch(object(), "http://127.0.0.1:1")
+    assert exited.value.exit_code == 1
+    assert "[/v1] [bold]no[/bold]" in capsys.readouterr().err

@@ -142,3 +142,19 @@ def test_the_fleet_clock_is_redis_time_read_once_per_resync(redis_client, monkey
     monkeypatch.setattr(fleet, "CLOCK_RESYNC_S", 0.0)
     fleet.redis_now(redis_client)
     assert len(reads) == 2
+
+
+def test_the_sweep_publishes_a_replayed_answer_that_waits_for_its_judge(redis_client, monkeypatch, tmp_path):
+    """Its judge runs in a delivery: the sweep requeues the job and publishes it (job, provider, backend)."""
+    import worker.recovery
+    from shared.config import get_settings
+
+    job = a_running_job(monkeypatch, tmp_path)
+    journaled_answer(redis_client, job, "c1", final=False)
+    published: list = []
+    monkeypatch.setattr(worker.recovery, "publish_jobs", lambda run_id, jobs: published.append((run_id, list(jobs))))
+    done = worker.recovery.sweep(redis_client, get_settings())
+    assert done["replayed"] == 1
+    assert published == [("r1", [(job.id, "openai", "openai")])]
+    stored, _ = ledger_of(job.id)
+    assert stored.status == "queued"

@@ -141,7 +141,8 @@ def _submission_failed(batch, waiting: list[jobs.ClaimedJob], err: ProviderError
     detail = f"batch submission failed ({err.kind}{f' {err.status}' if err.status else ''}): {err}"[:500]
     attempts = batch.attempts + 1
     if err.retryable and attempts < settings.batch.max_attempts:
-        delay = backoff_delay(attempts - 1, base=settings.retry.backoff_base_s, cap=settings.retry.backoff_max_s)
+        delay = backoff_delay(attempts - 1, retry_after=None, base=settings.retry.backoff_base_s,
+                              cap=settings.retry.backoff_max_s)
         sql.reopen(batch.id, now + timedelta(seconds=delay), error=detail)
         flush_batch.apply_async((batch.id,), countdown=delay, queue=BATCHES_QUEUE)
         log.warning("batch %s: %s; submitting again in %.1fs", batch.id, detail, delay)

@@ -48,7 +48,7 @@ def sweep(client: redis.Redis, settings: Settings) -> dict[str, int]:
     dead, by_run = _jobs_of_dead_runners(client, settings, grace_s)
     for job in replayed.needs_judge:  # its answer is recorded now: a delivery runs its judge (once: the claim decides)
         lifecycle.requeue(job.id)
-        by_run[job.run_id].append((job.id, job.provider))
+        by_run[job.run_id].append((job.id, job.provider, job.backend))
     done["requeued"] = sum(len(jobs) for jobs in by_run.values())
     for run_id, why in _runs_without_messages(client, grace_s, dead).items():
         by_run[run_id] = sorted(set(by_run[run_id]) | set(lifecycle.queued_jobs(run_id)))
