@@ -36,7 +36,8 @@ from tests.support.env import FAST_RECOVERY, genesis_env  # noqa: E402
 from tests.support.redis_server import ensure_redis  # noqa: E402
 from tests.support.runs import submit, wait_until_reported  # noqa: E402
 from tests.support.waiting import wait_for  # noqa: E402
-from tests.support.workers import WorkerProcess, reconnect_app  # noqa: E402
+from bench.parts import prepare_this_process  # noqa: E402
+from tests.support.workers import WorkerProcess  # noqa: E402
 
 BACKENDS = ("mistral-ft", "mistral-base", "openai", "anthropic")
 OPEN_LIMITS = {f"GENESIS_LIMITS__{p}__{k}": v for p in ("MISTRAL", "OPENAI", "ANTHROPIC")
@@ -52,8 +53,6 @@ class Env:
         self.tmp, self.redis_url, self.simulator, self.n = tmp, redis_url, simulator, 0
 
     def start(self, extra: dict[str, str], workers: int = 2) -> tuple[dict, list[WorkerProcess]]:
-        from shared.config import get_settings
-        from shared.db import migrate
         from worker.app import app
 
         self.n += 1
@@ -65,10 +64,7 @@ class Env:
         env = genesis_env(database_url=f"sqlite:///{self.tmp / f'run{self.n}.db'}", redis_url=self.redis_url,
                           reports_dir=self.tmp / "reports", simulator_url=self.simulator.url,
                           extra={**OPEN_LIMITS, **FAST_RECOVERY, **extra})
-        os.environ.update(env)
-        get_settings.cache_clear()
-        migrate(env["GENESIS_DATABASE_URL"])
-        reconnect_app(app, get_settings())
+        prepare_this_process(env)
         started = [WorkerProcess(env, name=f"b{self.n}w{i}", concurrency=8, log_path=self.tmp / f"b{self.n}w{i}.log")
                    for i in range(1, workers + 1)]
         for worker in started:

@@ -51,7 +51,8 @@ from shared.providers import PROVIDER_QUEUES  # noqa: E402
 from tests.support.env import genesis_env  # noqa: E402
 from tests.support.redis_server import ensure_redis  # noqa: E402
 from tests.support.waiting import wait_for  # noqa: E402
-from tests.support.workers import WorkerProcess, reconnect_app  # noqa: E402
+from bench.parts import prepare_this_process  # noqa: E402
+from tests.support.workers import WorkerProcess  # noqa: E402
 
 SHAPES = [(1, 8), (3, 8), (3, 16)]
 BACKENDS = ("mistral-base", "mistral-ft")  # 5 agents × 20 tasks × 2 = 200 jobs, all on `mistral`
@@ -106,14 +107,7 @@ def worst_cases(settings) -> tuple[float, float]:
 
 def point_process_at(env: dict[str, str]) -> None:
     """This process is the producer: same settings as the workers, fresh Celery connections."""
-    from shared.config import get_settings
-    from shared.db import migrate
-    from worker.app import app
-
-    os.environ.update(env)
-    get_settings.cache_clear()
-    migrate(env["GENESIS_DATABASE_URL"])
-    reconnect_app(app, get_settings())
+    prepare_this_process(env)
 
 
 def consuming_providers(app, hostnames: list[str]) -> bool | None:

@@ -35,7 +35,7 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shared.config import DecisionConfig  # noqa: E402
-from shared.power import can_ever_go, smallest_confirmable  # noqa: E402
+from shared.power import confirmable  # noqa: E402
 from shared.report.decision import GO, NO_GO, compare, comparisons, decide, error_shares  # noqa: E402
 
 LOSS = 0.05  # of the baseline's right answers, the candidate gets wrong
@@ -152,8 +152,8 @@ def shipped_suite_power(rule: DecisionConfig, baseline_accuracy: float, agents: 
     per_agent, per_pooled = error_shares(agents, 1, rule.confidence)
     lines = []
     for who, n, alpha_each in (("per agent", tasks, per_agent), ("pooled", agents * tasks, per_pooled)):
-        smallest = smallest_confirmable(n, baseline_accuracy, rule.min_improvement, alpha_each, rule.assumed_loss_share)
-        if not can_ever_go(n, alpha_each):
+        reachable, smallest = confirmable(n, baseline_accuracy, rule, alpha_each)
+        if not reachable:
             text = "cannot reach GO at all"
         elif smallest is None:
             text = "no improvement reachable at 80% power (a candidate right on every task the baseline misses falls short)"

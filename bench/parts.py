@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.env import genesis_env  # noqa: E402
 from tests.support.redis_server import ensure_redis  # noqa: E402
-from tests.support.workers import WorkerProcess, reconnect_app  # noqa: E402
+from tests.support.workers import WorkerProcess  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -95,11 +95,11 @@ def prepare_this_process(env: dict[str, str]):
     from shared.config import get_settings
     from shared.db import migrate
 
+    from shared.messaging import app, reconnect
+
     get_settings.cache_clear()
     migrate()
-    from worker.app import app
-
-    reconnect_app(app, get_settings())
+    reconnect(get_settings())
     return app
 
 

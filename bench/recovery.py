@@ -39,7 +39,8 @@ from tests.support.postgres import postgres_outage, reset_postgres  # noqa: E402
 from tests.support.redis_server import ensure_redis  # noqa: E402
 from tests.support.runs import ledger_figures, producer, running_on, served_ok, wait_until_reported  # noqa: E402
 from tests.support.waiting import wait_for  # noqa: E402
-from tests.support.workers import WorkerProcess, reconnect_app  # noqa: E402
+from bench.parts import prepare_this_process  # noqa: E402
+from tests.support.workers import WorkerProcess  # noqa: E402
 
 FAULTS = {"sigkill": 1000, "postgres": 300, "flushdb": 300, "sigterm": 1000}  # simulator latency, ms
 OPEN_LIMITS = {"GENESIS_LIMITS__MISTRAL__RPM": "1000000", "GENESIS_LIMITS__MISTRAL__TPM": "1000000000",
@@ -54,8 +55,6 @@ def ok_jobs(run_id: str) -> int:
 
 
 def run_fault(fault: str, *, redis_url: str, postgres_url: str, simulator, tmp: Path, fast: bool) -> dict:
-    from shared.config import get_settings
-    from shared.db import migrate
     from worker.app import app
 
     redis.Redis.from_url(redis_url).flushdb()
@@ -66,10 +65,7 @@ def run_fault(fault: str, *, redis_url: str, postgres_url: str, simulator, tmp: 
         reset_postgres(database_url)
     env = genesis_env(database_url=database_url, redis_url=redis_url, reports_dir=tmp / "reports",
                       simulator_url=simulator.url, extra={**OPEN_LIMITS, **(FAST_RECOVERY if fast else {})})
-    os.environ.update(env)
-    get_settings.cache_clear()
-    migrate(database_url)
-    reconnect_app(app, get_settings())
+    prepare_this_process(env)
 
     workers = [WorkerProcess(env, name=f"{fault}{i}", concurrency=8, log_path=tmp / f"{fault}{i}.log")
                for i in (1, 2)]

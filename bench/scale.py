@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.throughput import Scenario, SimulatorProcess, config_file, cpu_s, machine_cpu_s  # noqa: E402
-from bench.throughput import prepare_this_process, submit_and_wait  # noqa: E402
+from bench.parts import SimulatorProcess, config_file, cpu_s, machine_cpu_s, prepare_this_process  # noqa: E402
+from bench.throughput import Scenario, submit_and_wait  # noqa: E402
 from tests.support.env import genesis_env  # noqa: E402
 from tests.support.postgres import ConnectionSampler, reset_postgres  # noqa: E402
 from tests.support.redis_server import ensure_redis  # noqa: E402

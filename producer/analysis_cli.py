@@ -4,16 +4,16 @@ and statistics code (numpy) is imported when one of them runs."""
 
 from __future__ import annotations
 
-import json
 import sys
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from sqlmodel import select
 
-from producer.output import JsonOpt, bad_input, console, csv_text, decision_line, emit_json, err_console
+from producer.output import (
+    ExportFormat, JsonOpt, bad_input, console, decision_line, emit_json, err_console, write_rows, write_rows_to,
+)
 from shared.config import ConfigError, get_settings
 from shared.db import migrate, session_scope
 from shared.models import Job
@@ -62,24 +62,6 @@ def _export_rows(run_id: str) -> list[dict]:
         return [{column: getattr(job, column) for column in EXPORT_COLUMNS} for job in jobs]
 
 
-def _csv(rows: list[dict]) -> str:
-    return csv_text(rows, EXPORT_COLUMNS)
-
-
-def _jsonl(rows: list[dict]) -> str:
-    return "".join(json.dumps(row, default=str) + "\n" for row in rows)
-
-
-class ExportFormat(str, Enum):
-    """What `--format` takes; Typer lists the choices in --help and refuses others (exit 2)."""
-
-    csv = "csv"
-    jsonl = "jsonl"
-
-
-_FORMATS: dict[ExportFormat, Callable[[list[dict]], str]] = {ExportFormat.csv: _csv, ExportFormat.jsonl: _jsonl}
-
-
 def export(
     run_id: str,
     format: Annotated[ExportFormat, typer.Option("--format", help="Rows as CSV or as JSON lines.")] = ExportFormat.csv,
@@ -93,12 +75,11 @@ def export(
         rows = _export_rows(run_id)
     except ConfigError as exc:
         raise bad_input(str(exc)) from None
-    text = _FORMATS[format](rows)
     if output is None:
-        sys.stdout.write(text)
+        write_rows(rows, EXPORT_COLUMNS, format, sys.stdout)
     else:
-        output.write_text(text, encoding="utf-8")
-        err_console.print(f"{len(rows)} rows written to {output}", highlight=False)
+        count = write_rows_to(output, rows, EXPORT_COLUMNS, format)
+        err_console.print(f"{count} rows written to {output}", highlight=False)
 
 
 def compare_runs(run_a: str, run_b: str) -> list[dict]:

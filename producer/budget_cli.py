@@ -195,17 +195,15 @@ def resume(
 
 
 def _stop_provider_consumers() -> None:
-    from worker.app import app  # lazily: the CLI must not build the Celery app for every command
-    from worker.halt import stop_provider_consumers
+    from shared.messaging import stop_provider_consumers  # lazily: not every command needs the Celery app
 
-    stop_provider_consumers(app)
+    stop_provider_consumers()
 
 
 def _restore_provider_consumers() -> None:
-    from worker.app import app
-    from worker.halt import restore_provider_consumers
+    from shared.messaging import restore_provider_consumers
 
-    restore_provider_consumers(app)
+    restore_provider_consumers()
 
 
 # --- the dashboard ----------------------------------------------------------------------

@@ -64,6 +64,8 @@ def decision_line(decision: dict | None) -> str:
 
 
 class ExportFormat(str, Enum):
+    """What `--format` takes; Typer lists the choices in --help and refuses others (exit 2)."""
+
     csv = "csv"
     jsonl = "jsonl"
 

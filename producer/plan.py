@@ -13,7 +13,7 @@ from sqlmodel import select
 
 from shared.config import Settings
 from shared.models import Job, JobStatus, Run
-from shared.power import can_ever_go, smallest_confirmable
+from shared.power import confirmable
 from shared.report.decision import POOLED, error_shares
 
 
@@ -73,12 +73,11 @@ def decision_power(settings: Settings, selection) -> dict[str, Any]:
 
 
 def _row(agent, candidate, baseline, tasks, accuracy, source, alpha_each, rule) -> dict[str, Any]:
-    smallest = (smallest_confirmable(tasks, accuracy, rule.min_improvement, alpha_each, rule.assumed_loss_share)
-                if accuracy is not None else None)
+    reachable, smallest = confirmable(tasks, accuracy, rule, alpha_each)
     return {
         "agent": agent, "candidate": candidate, "baseline": baseline, "tasks": tasks,
         "baseline_accuracy": accuracy, "baseline_accuracy_source": source, "alpha_each": alpha_each,
-        "can_ever_go": can_ever_go(tasks, alpha_each),
+        "can_ever_go": reachable,
         "smallest_confirmable_abs": smallest,
         "smallest_confirmable_rel": smallest / accuracy if smallest is not None and accuracy else None,
     }

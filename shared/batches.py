@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, insert, update
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from shared.db import get_engine, session_scope
 from shared.lifecycle import ClaimedJob
@@ -125,6 +125,13 @@ def jobs_of(batch_id: int) -> list[ClaimedJob]:
     return [ClaimedJob(*row) for row in rows]
 
 
+def runs_of(batch_id: int) -> dict[str, int]:
+    """One job of each run the batch holds jobs of: {run id: job id}, for the completion check."""
+    with session_scope() as session:
+        rows = session.exec(select(Job.run_id, Job.id).where(Job.provider_batch_id == batch_id)).all()
+    return {run_id: job_id for run_id, job_id in rows}
+
+
 def leave(job_ids: list[int], batch_id: int, *, error_type: str | None = None,
           error_message: str | None = None) -> list[tuple[str, int, str]]:
     """Jobs of the batch go back to `queued`, unlinked, for another delivery (another batch, or
@@ -160,19 +167,18 @@ def take_over_polling(batch_id: int, stale_before: datetime) -> str | None:
     return token if changed else None
 
 
-def run_batches(run_id: str) -> list[dict]:
+def run_batches(session: Session, run_id: str) -> list[dict]:
     """The batches that hold or held a run's jobs: what `status` shows (enrolled in an open
-    batch, submitted, done) with the provider's batch id."""
-    with session_scope() as session:
-        rows = session.exec(
-            select(ProviderBatch.id, ProviderBatch.backend, ProviderBatch.state, ProviderBatch.provider_batch_id,
-                   ProviderBatch.provider_status, Job.status, func.count())
-            .join(Job, col(Job.provider_batch_id) == col(ProviderBatch.id))
-            .where(Job.run_id == run_id)
-            .group_by(ProviderBatch.id, ProviderBatch.backend, ProviderBatch.state, ProviderBatch.provider_batch_id,
-                      ProviderBatch.provider_status, Job.status)
-            .order_by(col(ProviderBatch.id))
-        ).all()
+    batch, submitted, done) with the provider's batch id (in the caller's session: one read)."""
+    rows = session.exec(
+        select(ProviderBatch.id, ProviderBatch.backend, ProviderBatch.state, ProviderBatch.provider_batch_id,
+               ProviderBatch.provider_status, Job.status, func.count())
+        .join(Job, col(Job.provider_batch_id) == col(ProviderBatch.id))
+        .where(Job.run_id == run_id)
+        .group_by(ProviderBatch.id, ProviderBatch.backend, ProviderBatch.state, ProviderBatch.provider_batch_id,
+                  ProviderBatch.provider_status, Job.status)
+        .order_by(col(ProviderBatch.id))
+    ).all()
     found: dict[int, dict] = {}
     for batch_id, backend, state, provider_id, provider_status, job_status, n in rows:
         entry = found.setdefault(batch_id, {"batch": batch_id, "backend": backend, "state": state,

@@ -173,9 +173,9 @@ class BatchConfig(Strict):
     has been claimed `max_attempts` times, then ends `error` with the provider's reason."""
 
     max_jobs: int = Field(default=100, gt=0)
-    max_wait_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
-    poll_min_s: float = Field(default=2.0, gt=0, allow_inf_nan=False)
-    poll_max_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    max_wait_s: float = Field(default=30.0, gt=0)
+    poll_min_s: float = Field(default=2.0, gt=0)
+    poll_max_s: float = Field(default=60.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
 
 

@@ -16,7 +16,6 @@ ledger.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -28,6 +27,7 @@ from sqlmodel import Session, col, select
 from shared.config import ConfigError, Settings
 from shared.files import replacing
 from shared.models import FINE_TUNING, CostEntry
+from shared.numbers import is_cost
 
 SUCCEEDED = "SUCCESS"
 # A job in one of these states changes no more: its cost is final and can be ledgered.
@@ -269,7 +269,7 @@ def fine_tuning_entry(job_id: str, cost_usd: float, *, agent: str | None = None,
     so a second entry of the same job is refused by SQL); trained tokens go in input_tokens."""
     if not JOB_ID.fullmatch(job_id or ""):
         raise ConfigError(f"a fine-tuning job id is letters, digits and . _ : - (got {job_id!r})")
-    if not (math.isfinite(cost_usd) and cost_usd >= 0):
+    if not is_cost(cost_usd):
         raise ConfigError(f"a fine-tuning cost must be a finite number >= 0 (got {cost_usd})")
     return CostEntry(operation=FINE_TUNING, source=job_id, agent=agent, model=model, backend=None,
                      input_tokens=trained_tokens, cost_usd=cost_usd)
@@ -304,9 +304,7 @@ def _int(obj: Any, name: str) -> int | None:
 
 def _float(obj: Any, name: str) -> float | None:
     value = getattr(obj, name, None)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) and value >= 0 else None
+    return float(value) if is_cost(value) else None
 
 
 def _bool(obj: Any, name: str) -> bool | None:

@@ -19,7 +19,7 @@ from celery import Celery
 from kombu import Queue
 
 from shared.config import Settings, get_settings
-from shared.providers.registry import PROVIDER_QUEUES, PROVIDERS
+from shared.providers.registry import PROVIDER_QUEUES, PROVIDERS, queue_for
 
 RUN_JOB = "genesis.run_job"
 BUILD_REPORT = "genesis.build_report"
@@ -36,18 +36,22 @@ REPORT_MARKER_TTL_S = 7 * 24 * 3600
 PUBLISH_BATCH = 1000  # messages per pipelined Redis round trip
 
 
+# The worker control command that makes each worker take back the job queues it had (worker/halt.py).
+RESTORE_COMMAND = "genesis_restore_provider_queues"
+
+
 def job_queue(settings: Settings, provider: str, backend: str | None = None) -> str:
     """The queue of a job: its backend's own endpoint queue when the backend has a `base_url`
     (its jobs wait apart, for workers that hold its key), else its provider's queue."""
     config = settings.backends.get(backend) if backend else None
     if config is not None and config.base_url and config.provider == provider:
         return endpoint_queue(provider, backend)
-    return PROVIDERS[provider].queue
+    return queue_for(provider)
 
 
 def endpoint_queue(provider: str, backend: str) -> str:
     """`openai@local-vllm`: cannot collide with a provider queue or `reports`."""
-    return f"{PROVIDERS[provider].queue}@{backend}"
+    return f"{queue_for(provider)}@{backend}"
 
 
 def job_queues(settings: Settings) -> tuple[str, ...]:
@@ -190,3 +194,18 @@ def request_report(run_id: str) -> bool:
         client.delete(marker)  # not sent: the next final delivery (or `resume`) tries again
         raise
     return True
+
+
+def stop_provider_consumers(celery_app: Celery = app) -> None:
+    """A budget halt: every worker, on every host, cancels its job-queue consumers (a broadcast),
+    and submitted provider batches are cancelled (on the `batches` queue, which a halt leaves
+    running)."""
+    for queue in job_queues(get_settings()):
+        celery_app.control.cancel_consumer(queue)
+    celery_app.send_task(CANCEL_BATCHES, queue=BATCHES_QUEUE, ignore_result=True)
+
+
+def restore_provider_consumers(celery_app: Celery = app) -> None:
+    """Each worker takes back only the job queues it had (worker/halt.py answers the command): a
+    `-Q reports` worker, or one on a host without a provider's key, must not start taking jobs."""
+    celery_app.control.broadcast(RESTORE_COMMAND)

@@ -13,6 +13,7 @@ checks the 80% (GO rate at the tasks-needed n, the observed effect as the truth:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from statistics import NormalDist
 
 import numpy as np
@@ -47,10 +48,6 @@ class Truth:
     @property
     def mean(self) -> float:
         return float(self.probabilities @ self.values)
-
-    @property
-    def variance(self) -> float:
-        return float(self.probabilities @ (self.values - self.mean) ** 2)
 
 
 def _chance(truth: Truth, n: int, threshold: float, alpha_each: float, verdict: str) -> float:
@@ -133,3 +130,12 @@ def smallest_confirmable(n: int, baseline_accuracy: float, min_improvement: floa
         middle = (low + high) / 2.0
         low, high = (low, middle) if chance(middle) >= power else (middle, high)
     return max(high, threshold)
+
+
+def confirmable(tasks: int, baseline_accuracy: float | None, rule: Any, alpha_each: float) -> tuple[bool, float | None]:
+    """(whether this many tasks can give GO at all, the smallest improvement they confirm at 80%
+    power from `baseline_accuracy` under `rule`'s bar and assumed losses): what the dry run and
+    the report both state."""
+    smallest = (smallest_confirmable(tasks, baseline_accuracy, rule.min_improvement, alpha_each,
+                                     rule.assumed_loss_share) if baseline_accuracy is not None else None)
+    return can_ever_go(tasks, alpha_each), smallest

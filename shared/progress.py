@@ -33,6 +33,7 @@ def run_snapshot(run_id: str) -> dict[str, Any]:
         run_status, created, total = run.status, run.created_at, run.total_jobs
         report = run.report_path if run.report_path and Path(run.report_path).exists() else None
         report_ready = run.report_path is not None  # possibly on another host: SQL holds it
+        batches = run_batches(session, run_id)
     by_status = {s.value: 0 for s in JobStatus}
     by_backend: dict[str, dict[str, int]] = {}
     for backend, status, n, _, _ in rows:
@@ -42,7 +43,6 @@ def run_snapshot(run_id: str) -> dict[str, Any]:
     elapsed = ((last_finish or created) - (first_start or created)).total_seconds() if first_start else 0.0
     rate = finished / elapsed if elapsed > 0 else 0.0
     remaining = by_status["queued"] + by_status["running"]
-    batches = run_batches(run_id)
     return {
         "batches": batches, "run_id": run_id, "status": run_status, "total": total, "by_status": by_status, "by_backend": by_backend,
         "spent_usd": round(float(spent), 6), "report": report, "report_ready": report_ready, "jobs_per_s": round(rate, 2),

@@ -92,9 +92,15 @@ class SimulatorConfig(BaseModel):
             raise ValueError("fine-tuning job ids must be unique")
         return value
 
+    def fault_rates(self) -> list[tuple[str, float]]:
+        """Every injected fault and its rate, in the order a request's one draw walks them."""
+        return [*((str(status), rate) for status, rate in sorted(self.error_rates.items())),
+                ("timeout", self.timeout_rate), ("malformed", self.malformed_rate),
+                ("empty", self.empty_choices_rate)]
+
     @model_validator(mode="after")
     def _fault_rates_fit_in_one(self) -> SimulatorConfig:
-        total = sum(self.error_rates.values()) + self.timeout_rate + self.malformed_rate + self.empty_choices_rate
+        total = sum(rate for _, rate in self.fault_rates())
         if total > 1.0 + 1e-9:
             raise ValueError(f"error, timeout, malformed and empty-choices rates add up to {total:g}, more than 1")
         return self

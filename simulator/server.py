@@ -151,11 +151,8 @@ class Simulator:
         """One seeded draw against the cumulative fault rates (arrival order matters here)."""
         with self._lock:
             draw = self._rng.random()
-        faults = [(str(status), rate) for status, rate in sorted(config.error_rates.items())]
-        faults += [("timeout", config.timeout_rate), ("malformed", config.malformed_rate),
-                   ("empty", config.empty_choices_rate)]
         threshold = 0.0
-        for fault, rate in faults:
+        for fault, rate in config.fault_rates():
             threshold += rate
             if draw < threshold:
                 return fault

@@ -14,7 +14,7 @@ from tests.support.env import FAST_RECOVERY, INTEGRATION_REDIS_URL, POSTGRES_URL
 from tests.support.postgres import reset_postgres
 from tests.support.redis_server import ensure_redis
 from tests.support.resources import uses
-from tests.support.workers import WorkerProcess, reconnect_app
+from tests.support.workers import WorkerProcess
 
 # Marks every test by the fixtures it uses (unit, redis, postgres, ...) and guards the unit tier;
 # pytester runs that plugin on test files of tests/test_tiers.py's own.
@@ -78,9 +78,9 @@ def genesis(monkeypatch, tmp_path: Path, database_url: str, redis_url: str, simu
     get_settings.cache_clear()
     migrate(database_url)
 
-    from worker.app import app
+    from shared.messaging import reconnect
 
-    reconnect_app(app, get_settings())
+    reconnect(get_settings())
     yield env
     get_settings.cache_clear()
 

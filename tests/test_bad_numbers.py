@@ -14,7 +14,7 @@ from sqlalchemy import func, insert, text
 from sqlmodel import select
 
 from shared.config import ConfigError, load_settings
-from shared.db import migrate, session_scope
+from shared.db import session_scope
 from shared.models import BudgetEvent, CostEntry
 from tests.support.env import ROOT, SCRATCH_REDIS_URL, use_config
 from tests.support.runs import producer

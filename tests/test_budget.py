@@ -32,7 +32,7 @@ from shared.budget import (
     to_micro,
     worst_case_cost,
 )
-from shared.config import PROVIDERS, ConfigError, get_settings, load_settings
+from shared.config import ConfigError, get_settings, load_settings
 from shared.messaging import REPORTS_QUEUE
 from shared.providers import PROVIDER_QUEUES
 from shared.db import migrate, session_scope

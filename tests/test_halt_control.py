@@ -12,7 +12,7 @@ def consumed(app, hostname: str) -> set[str]:
 
 def test_restore_gives_back_only_the_queues_each_worker_had(start_worker):
     from worker.app import app
-    from worker.halt import restore_provider_consumers, stop_provider_consumers
+    from shared.messaging import restore_provider_consumers, stop_provider_consumers
 
     everything = start_worker("all", concurrency=2)
     reports_only = start_worker("rep", concurrency=1, queues="reports")

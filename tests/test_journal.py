@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import func
 from sqlmodel import select
 
 from tests.support.env import ROOT, SCRATCH_REDIS_URL, use_config

@@ -23,7 +23,7 @@ from tests.support.redis_server import redis_answers
 from tests.support.resources import uses
 from tests.support.runs import producer, wait_until_reported
 from tests.support.waiting import wait_for
-from tests.support.workers import WorkerProcess, reconnect_app
+from tests.support.workers import WorkerProcess
 
 HOSTS = ["h1", "h2"]
 POSTGRES_PORT = 15412
@@ -85,7 +85,9 @@ def fleet(lab, monkeypatch, tmp_path):
         get_settings.cache_clear()
         cleanup.callback(get_settings.cache_clear)
         migrate(database_url)
-        reconnect_app(app, get_settings())
+        from shared.messaging import reconnect
+
+        reconnect(get_settings())
 
         def start(host: str, hidden: list[Path] = ()) -> WorkerProcess:
             host_env = {**env, "GENESIS_REPORTS_DIR": str(tmp_path / host / "reports")}

@@ -22,7 +22,7 @@ from datetime import datetime
 from shared import batches as sql
 from shared import journal
 from shared import lifecycle as jobs
-from shared.budget import USAGE_ESTIMATED, BudgetDenied, BudgetGuard, call_cost, estimated_usage
+from shared.budget import BudgetDenied, BudgetGuard, billed_usage, call_cost
 from shared.budget.recorded import call_key
 from shared.config import get_settings
 from shared.messaging import publish_jobs
@@ -99,9 +99,8 @@ def write_results(batch, results: list[Result], now: datetime, budget: BudgetGua
         if result is not None and result.kind == "succeeded" and result.response is not None:
             suite_task = suite_task_of(job)
             response = result.response
-            tokens, source = (response.input_tokens, response.output_tokens), "api"
-            if not response.usage_reported:  # still billed: estimated from its text, flagged
-                tokens, source = estimated_usage(suite_task, response.text), USAGE_ESTIMATED
+            *tokens, source = billed_usage(suite_task, response.input_tokens, response.output_tokens,
+                                           response.usage_reported, response.text)
             cost = call_cost(settings, job.model, *tokens, batch=True)
             scored = score_answer(suite_task, response.text)
             paid = PaidResult(output=response.text, score=scored.score, detail=scored.detail, latency_ms=waited_ms,

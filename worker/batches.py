@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 from datetime import timedelta
-
-from celery.exceptions import Retry
+from typing import Any
 
 from shared import batches as sql
 from shared import fleet
@@ -27,18 +25,17 @@ from shared import lifecycle as jobs
 from shared.budget import BudgetRefused, task_worst_case
 from shared.calls import job_request
 from shared.config import get_settings
+from shared.messaging import BATCHES_QUEUE, CANCEL_BATCHES, FLUSH_BATCH, POLL_BATCH, app
 from shared.models import BatchState
-from shared.providers import ProviderError
-from shared.providers.batch_api import BATCH_APIS, ENDED, EXPIRED, RUNNING, client, custom_id
+from shared.providers import PROVIDERS, ProviderError
+from shared.providers.batch_api import BATCH_APIS, ENDED, EXPIRED, RUNNING, custom_id
+from shared.providers.clients import client_for
 from shared.retry import backoff_delay
 from worker import batch_results
-from shared.messaging import BATCHES_QUEUE, CANCEL_BATCHES, FLUSH_BATCH, POLL_BATCH
-from shared.messaging import app
-from shared.messaging import request_report
-from worker.completion import finished_run
+from worker.base import GenesisTask, genesis_task, suite_task_of
+from worker.completion import complete_run_of
 from worker.halt import halt_on_refusal
 from worker.paid_call import DATABASE_AWAY, services
-from worker.base import GenesisTask, genesis_task, suite_task_of
 
 log = logging.getLogger("genesis.batches")
 
@@ -158,8 +155,6 @@ def _submission_failed(batch, waiting: list[jobs.ClaimedJob], err: ProviderError
 def poll_batch(self: GenesisTask, batch_id: int, token: str) -> str:
     try:
         return _poll(batch_id, token)
-    except Retry:
-        raise
     except (ProviderError, *DATABASE_AWAY) as exc:  # the batch is still at the provider: poll again
         log.warning("batch %s: poll failed (%s); polling again", batch_id, exc)
         _poll_later(batch_id, token, 0)
@@ -192,7 +187,8 @@ def _poll(batch_id: int, token: str) -> str:
     sql.finish(batch_id, state, now, succeeded=counts.get("succeeded", 0), errored=counts.get("errored", 0),
                error=polled.reason)
     log.info("batch %s (%s %s) %s: %s", batch_id, batch.provider, batch.provider_batch_id, state, counts)
-    _complete_runs_of(batch_id)
+    for job_id in sql.runs_of(batch_id).values():
+        complete_run_of(job_id, " (batch)")
     return state
 
 
@@ -225,24 +221,8 @@ def _cancel(batch) -> None:
 
 
 def _complete_runs(claimed: list[jobs.ClaimedJob]) -> None:
-    """The run's completion step, as after a run_job: its report once its last job is final."""
-    for run_id, job_id in {job.run_id: job.id for job in claimed}.items():
-        if finished_run(job_id) is not None and request_report(run_id):
-            log.info("run %s: last job final (batch), report requested", run_id)
-
-
-def _complete_runs_of(batch_id: int) -> None:
-    from sqlmodel import select
-
-    from shared.db import session_scope
-    from shared.models import Job
-
-    with session_scope() as session:
-        rows = session.exec(select(Job.run_id, Job.id).where(Job.provider_batch_id == batch_id)).all()
-    firsts = {run_id: job_id for run_id, job_id in rows}
-    for run_id, job_id in firsts.items():
-        if finished_run(job_id) is not None and request_report(run_id):
-            log.info("run %s: last job final (batch), report requested", run_id)
+    for job_id in {job.run_id: job.id for job in claimed}.values():
+        complete_run_of(job_id, " (batch)")
 
 
 def resume_batches(client_redis, settings) -> int:
@@ -285,4 +265,5 @@ def _adopt_or_reopen(batch, now) -> None:
 def _client(settings, batch) -> Any:
     """The SDK client of a batch's backend: its endpoint and key variable, as its realtime calls'."""
     config = settings.backends.get(batch.backend)
-    return client(batch.provider, settings.retry.call_timeout_s, config and config.base_url, config and config.api_key_env)
+    return client_for(PROVIDERS[batch.provider], settings.retry.call_timeout_s, config and config.base_url,
+                      config and config.api_key_env)

@@ -45,8 +45,14 @@ def after_run_job(sender=None, args=None, state=None, **_kwargs) -> None:
     if sender is None or sender.name != RUN_JOB or state == "RETRY" or not args:
         return
     try:
-        run_id = finished_run(int(args[0]))
-        if run_id is not None and request_report(run_id):
-            log.info("run %s: last job final, report requested", run_id)
+        complete_run_of(int(args[0]))
     except Exception:  # noqa: BLE001 - `producer report` / `resume` can still finish the run
         log.exception("job %s: completion check failed", args[0])
+
+
+def complete_run_of(job_id: int, how: str = "") -> None:
+    """The completion step after a job became final (a run_job delivery, or a batch's results):
+    the run's report is requested once no job of it is left queued or running."""
+    run_id = finished_run(job_id)
+    if run_id is not None and request_report(run_id):
+        log.info("run %s: last job final%s, report requested", run_id, how)

@@ -18,12 +18,11 @@ from celery.worker.control import control_command
 from shared import lifecycle
 from shared.budget import BudgetGuard, BudgetRefused
 from shared.config import get_settings
-from shared.messaging import BATCHES_QUEUE, CANCEL_BATCHES, job_queues
+from shared.messaging import RESTORE_COMMAND, job_queues, stop_provider_consumers
 
 log = logging.getLogger("genesis.halt")
 
 
-RESTORE_COMMAND = "genesis_restore_provider_queues"
 
 # The provider queues this worker process consumed when it started: what a restore gives back.
 # Kept in memory, so it survives Redis losing everything.
@@ -46,21 +45,7 @@ def halt_on_refusal(app: Celery, budget: BudgetGuard, job: Any, refused: BudgetR
     return "halted"
 
 
-def stop_provider_consumers(app: Celery) -> None:
-    """Every worker, on every host, cancels its provider consumers (a broadcast); submitted
-    provider batches are cancelled (worker/batches.py, on the `batches` queue a halt leaves running)."""
-    for queue in job_queues(get_settings()):
-        app.control.cancel_consumer(queue)
-    app.send_task(CANCEL_BATCHES, queue=BATCHES_QUEUE, ignore_result=True)
-
-
-def restore_provider_consumers(app: Celery) -> None:
-    """Each worker takes back only the provider queues it had: a `-Q reports` worker, or one on
-    a host without a provider's key, must not start taking that provider's jobs."""
-    app.control.broadcast(RESTORE_COMMAND)
-
-
-@control_command()
+@control_command(name=RESTORE_COMMAND)
 def genesis_restore_provider_queues(state: Any, **_: Any) -> dict:
     for queue in _own_provider_queues:
         state.consumer.call_soon(state.consumer.add_task_queue, queue)

@@ -7,19 +7,21 @@ made twice whatever fails around it (design §7, §10).
 with one retry decision (one BUDGET_WAIT, one failure count, one backoff). What a caller
 supplies, as a `PaidCall`:
 
-- what to call: `request` (sent with `complete()` to `provider`), or `send(on_late)`, any callable
-  returning a ChatResponse; one that gives up at a deadline raises a ProviderError with
-  `past_deadline` and later hands the call's outcome (answer or ProviderError) to `on_late`;
+- what to call: `request`, sent with `complete()` to `provider` (which gives up at the deadline
+  with a ProviderError marked `past_deadline` and later hands the call's outcome, answer or
+  ProviderError, to `on_late`);
 - its worst case (`worst_case_usd`, reserved) and its size for the limiter (`tokens`);
 - the ledger entry's identity: the claimed `job` and its `operation` (`inference`, `judge`, ...);
 - how to record a result: `result(response, payment)` returns a `Recording`, whose `kind` names
   a recorder in `shared.journal.RECORDERS` (the same function writes it now and replays it from
   the journal), or raises `UnusableReply` (a billed reply that is no result: ledgered, retried).
 
-A new kind of paid call (e.g. a provider batch submission) plugs in by building a PaidCall with
-its own operation (`batch`) and, if its result is stored differently from an answer or a grade,
-by registering a recorder under a new kind in `shared.journal.RECORDERS`. Nothing else changes:
-reservation, permit, deadline, late answers, ledger, journal and settle are all here.
+A new kind of paid call plugs in by building a PaidCall with its own operation and, if its result
+is stored differently from an answer or a grade, by registering a recorder under a new kind in
+`shared.journal.RECORDERS`: reservation, permit, deadline, late answers, ledger, journal and settle
+are all here. (A provider batch is one submission whose answers arrive later in another task, so
+worker/batch_results.py uses the same parts one step at a time: the guard's reservation by call
+id, the journal's recorders, settle by id.)
 
 The money rules this module owns:
 - a late answer (after the deadline) keeps its reservation and its permit until it arrives, and
@@ -47,15 +49,17 @@ from sqlalchemy import exc as sql_errors
 
 from shared import counters, fleet, journal
 from shared import lifecycle as jobs
-from shared.budget import USAGE_ESTIMATED, BudgetGuard, BudgetRefused, BudgetWait, call_cost, estimated_usage
+from shared.budget import BudgetGuard, BudgetRefused, BudgetWait, billed_usage, call_cost
 from shared.budget.reconcile import OUTCOME_UNKNOWN
 from shared.budget.recorded import call_key
 from shared.config import get_settings
+from shared.messaging import app
 from shared.payments import Payment
 from shared.limiter import Permit, RateLimiter
 from shared.providers import ChatRequest, ChatResponse, ProviderError, complete
 from shared.providers.deadline import helper_threads
 from shared.retry import backoff_delay, retry_after_from_headers
+from worker.halt import halt_on_refusal
 
 log = logging.getLogger("genesis.paid_call")
 
@@ -101,8 +105,7 @@ class PaidCall:
     worst_case_usd: float
     tokens: int  # estimated prompt + output allowance, for the rate limiter
     result: Callable[[ChatResponse, Payment], Recording]
-    request: ChatRequest | None = None
-    send: Callable[[Callable[[ChatResponse | ProviderError], None]], ChatResponse] | None = None
+    request: ChatRequest
     what: str = "call"  # how halts and failures name it ("judge call")
     limits: str = ""  # whose rate limits it counts against (Settings.limit_scope); "": its provider's
 
@@ -111,8 +114,6 @@ class PaidCall:
         return self.limits or self.provider
 
     def call(self, on_late: Callable[[ChatResponse | ProviderError], None]) -> ChatResponse:
-        if self.send is not None:
-            return self.send(on_late)
         return complete(self.provider, self.request, on_late=on_late)
 
 
@@ -159,9 +160,6 @@ def genesis_call_threads(state: Any, **_: Any) -> dict:
 def pay(task: Any, spec: PaidCall) -> Outcome:
     """Make `spec`'s call under every guard; returns its Outcome, or raises the Celery Retry
     that gives the job back (budget wait, rate-limit wait, a retryable failure)."""
-    from shared.messaging import app
-    from worker.halt import halt_on_refusal
-
     svc, job = services(), spec.job
     node = task.request.hostname or "local"
     key = call_key(job.id, spec.operation)
@@ -205,12 +203,8 @@ def pay(task: Any, spec: PaidCall) -> Outcome:
 def _paid(task: Any, spec: PaidCall, held: "_Holds", response: ChatResponse) -> Outcome:
     """Billed from here on: record it before anything else can fail."""
     svc, job = held.svc, spec.job
-    response, source = _with_usage(spec, response)
-    held.release_permit(response.input_tokens + response.output_tokens)
+    response, payment = _payment(spec, held, response)
     _best_effort(svc.limiter.observe, spec.limit_scope, spec.model, response.headers)
-    cost = call_cost(get_settings(), spec.model, response.input_tokens, response.output_tokens)
-    payment = Payment(held.call_id, spec.operation, spec.model, response.input_tokens, response.output_tokens,
-                      cost, source)
     try:
         recording = spec.result(response, payment)
     except UnusableReply as bad:
@@ -263,10 +257,7 @@ def _unbilled_or_ledgered(spec: PaidCall, held: "_Holds", err: ProviderError) ->
     if err.billed is None:
         held.release()
         return
-    tokens_in, tokens_out = err.billed
-    source = "api" if err.usage_reported else USAGE_ESTIMATED
-    if not err.usage_reported:
-        tokens_in, tokens_out = estimated_usage(spec.request, "") if spec.request else (spec.tokens, 0)
+    tokens_in, tokens_out, source = billed_usage(spec.request, *err.billed, err.usage_reported, "")
     cost = call_cost(get_settings(), spec.model, tokens_in, tokens_out)
     payment = Payment(held.call_id, spec.operation, spec.model, tokens_in, tokens_out, cost, source)
     _best_effort(_ledger_unattached, spec, held, payment, f"billed failure: {err}")
@@ -300,11 +291,7 @@ class _LateAnswer:
 
 
 def _paid_late(spec: PaidCall, held: "_Holds", response: ChatResponse) -> None:
-    response, source = _with_usage(spec, response)
-    held.release_permit(response.input_tokens + response.output_tokens)
-    cost = call_cost(get_settings(), spec.model, response.input_tokens, response.output_tokens)
-    payment = Payment(held.call_id, spec.operation, spec.model, response.input_tokens, response.output_tokens,
-                      cost, source)
+    _, payment = _payment(spec, held, response)
     _ledger_unattached(spec, held, payment, "answered after its deadline")
 
 
@@ -372,12 +359,15 @@ def _retry_or_fail(task: Any, job: jobs.ClaimedJob, error_type: str, detail: str
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _with_usage(spec: PaidCall, response: ChatResponse) -> tuple[ChatResponse, str]:
-    """A response without usage is still billed: its tokens estimated from its text, flagged."""
-    if response.usage_reported:
-        return response, "api"
-    input_tokens, output_tokens = estimated_usage(spec.request, response.text) if spec.request else (spec.tokens, 0)
-    return replace(response, input_tokens=input_tokens, output_tokens=output_tokens), USAGE_ESTIMATED
+def _payment(spec: PaidCall, held: "_Holds", response: ChatResponse) -> tuple[ChatResponse, Payment]:
+    """A billed answer's payment (a response without usage is still billed: its tokens estimated
+    from its text, flagged), its permit given back with the tokens it really took."""
+    input_tokens, output_tokens, source = billed_usage(spec.request, response.input_tokens, response.output_tokens,
+                                                       response.usage_reported, response.text)
+    response = replace(response, input_tokens=input_tokens, output_tokens=output_tokens)
+    held.release_permit(input_tokens + output_tokens)
+    cost = call_cost(get_settings(), spec.model, input_tokens, output_tokens)
+    return response, Payment(held.call_id, spec.operation, spec.model, input_tokens, output_tokens, cost, source)
 
 
 def _acquire(limiter: RateLimiter, provider: str, model: str, tokens: int) -> Permit | float:

@@ -12,6 +12,7 @@ from shared.budget.guard import BudgetDenied, BudgetGuard, BudgetRefused, Budget
 from shared.budget.money import MICRO, to_micro, to_usd
 from shared.budget.pricing import (
     USAGE_ESTIMATED,
+    billed_usage,
     call_cost,
     estimated_usage,
     max_output_tokens,
@@ -23,7 +24,7 @@ from shared.budget.webhook import post_webhook
 
 __all__ = [
     "MICRO", "USAGE_ESTIMATED", "BudgetDenied", "BudgetGuard", "BudgetRefused", "BudgetWait", "Reconciled",
-    "RecordedBudgetState", "call_cost", "estimate_run_cost", "estimated_usage", "ledger_id",
+    "RecordedBudgetState", "billed_usage", "call_cost", "estimate_run_cost", "estimated_usage", "ledger_id",
     "max_output_tokens", "post_webhook", "recorded_budget_state", "task_worst_case", "to_micro", "to_usd",
     "worst_case_cost",
 ]

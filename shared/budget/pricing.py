@@ -3,7 +3,7 @@ reserves before calling), or from its text when the response carried no usage.""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shared.config import ConfigError, Settings
 from shared.tokens import estimate_prompt_tokens, estimate_tokens
@@ -58,3 +58,13 @@ def estimated_usage(task: "SuiteTask", output_text: str) -> tuple[int, int]:
     """(input, output) tokens of a call whose response had no usage block: the same generous
     character estimate the reservation used, so such a call is never costed at $0."""
     return estimate_prompt_tokens(task.prompt, task.system), estimate_tokens(output_text)
+
+
+def billed_usage(task: Any, input_tokens: int, output_tokens: int, usage_reported: bool,
+                 output_text: str) -> tuple[int, int, str]:
+    """(input, output, ledger source) of a billed answer: the usage the provider reported, or,
+    when it reported none, the estimate of `estimated_usage`, flagged. `task`: anything with
+    `prompt` and `system` (a suite task, a request)."""
+    if usage_reported:
+        return input_tokens, output_tokens, "api"
+    return (*estimated_usage(task, output_text), USAGE_ESTIMATED)

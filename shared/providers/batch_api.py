@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from shared.providers.adapters import TEMPERATURE, ChatRequest, ChatResponse, _messages
-from shared.providers.clients import client_for
 from shared.providers.errors import ProviderError, classify
-from shared.providers.registry import PROVIDERS
 
 ENDPOINT = "/v1/chat/completions"
 # What a poll found, in our words: the batch is still running, or ended (results to read),
@@ -57,12 +55,6 @@ def _sdk(call: Callable[[], Any]) -> Any:
         raise
     except Exception as exc:  # noqa: BLE001 - classified, as realtime calls are
         raise classify(exc) from None
-
-
-def client(provider: str, timeout_s: float, base_url: str | None = None, key_env: str | None = None) -> Any:
-    """This thread's SDK client for a batch backend's endpoint (its own `base_url` and
-    `api_key_env` where it has them, as for its realtime calls)."""
-    return client_for(PROVIDERS[provider], timeout_s, base_url, key_env)
 
 
 # --- OpenAI and Mistral: a JSONL file in, output and error files out ---------------------------

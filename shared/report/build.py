@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from shared.models import JobStatus, utcnow
+from shared.models import JobStatus, iso, utcnow
 from shared.report import data as facts_
 from shared.report import decision as rule_
 from shared.report.costs import NOTHING, run_costs
@@ -39,9 +39,9 @@ def build_report_data(session: Session, run_id: str, *, partial: bool = False) -
         "simulated_answers": sum(1 for j in jobs if j.simulated),
         "complete": in_flight + counts[JobStatus.halted] == 0,
         "partial": partial,
-        "created_at": facts_.iso(run.created_at),
-        "finished_at": facts_.iso(run.finished_at) if run.finished_at else None,
-        "generated_at": facts_.iso(utcnow()),
+        "created_at": iso(run.created_at),
+        "finished_at": iso(run.finished_at) if run.finished_at else None,
+        "generated_at": iso(utcnow()),
         "total_jobs": len(jobs),
         "counts": {status.value: count for status, count in counts.items()},
         "min_improvement": rule.min_improvement,

@@ -53,15 +53,22 @@ def reuse_facts(jobs: list[Any]) -> dict[str, Any]:
     return {"jobs": len(reused), "source_runs": sorted({j.reused_from_run_id for j in reused if j.reused_from_run_id})}
 
 
+def is_batch(config: dict[str, dict], backend: str) -> bool:
+    """Whether a backend of the run's config snapshot went through its provider's batch API (a
+    batch's latency is its turnaround, not a call's: left out of latency figures and charts)."""
+    return config.get(backend, {}).get("mode") == "batch"
+
+
 def batch_backends(snapshot: dict) -> list[str]:
     """The backends the run sent through the providers' batch APIs (its config snapshot)."""
-    return sorted(name for name, b in (snapshot.get("backends") or {}).items() if b.get("mode") == "batch")
+    config = snapshot.get("backends") or {}
+    return sorted(name for name in config if is_batch(config, name))
 
 
-def batch_saved_usd(jobs: list[Any], snapshot: dict) -> float:
+def batch_saved_usd(jobs: list[Any], snapshot: dict, batch: Iterable[str] | None = None) -> float:
     """What the batch backends' answers would have cost more at realtime prices: each job's
     batch cost over its model's `batch_discount`, less that cost."""
-    batch = set(batch_backends(snapshot))
+    batch = set(batch_backends(snapshot) if batch is None else batch)
     pricing = {name: Price.model_validate(p) for name, p in (snapshot.get("pricing") or {}).items()}
     saved = 0.0
     for job in jobs:
@@ -82,6 +89,7 @@ def run_costs(jobs: list[Any], judge: dict[tuple[str | None, str | None], Spend]
     inference = sum(j.cost_usd or 0.0 for j in jobs)
     judged = total(judge.values())
     whole = inference + judged.usd
+    batch = batch_backends(snapshot)
     return {
         "inference_usd": inference,
         "judge_usd": judged.usd,
@@ -90,8 +98,8 @@ def run_costs(jobs: list[Any], judge: dict[tuple[str | None, str | None], Spend]
         "total_usd": whole,
         "ledger_usd": ledger_usd,
         "reuse": reuse_facts(jobs),
-        "batch_backends": batch_backends(snapshot),
-        "batch_usd": sum(j.cost_usd or 0.0 for j in jobs if j.backend in batch_backends(snapshot)),
-        "batch_saved_usd": batch_saved_usd(jobs, snapshot),
+        "batch_backends": batch,
+        "batch_usd": sum(j.cost_usd or 0.0 for j in jobs if j.backend in batch),
+        "batch_saved_usd": batch_saved_usd(jobs, snapshot, batch),
     }
 

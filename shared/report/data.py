@@ -15,7 +15,7 @@ from shared.budget import recorded_budget_state, to_micro
 from shared.budget.events import level_of
 from shared.config import BudgetConfig, ConfigError
 from shared.models import BudgetEvent, CostEntry, Job, JobStatus, Run, RunStatus, iso
-from shared.report.costs import NOTHING, Spend, is_reused, judge_spend, total
+from shared.report.costs import NOTHING, Spend, is_batch, is_reused, judge_spend, total
 from shared.stats import mean_or_none, percentile
 
 DIFFICULTY_ORDER = ("easy", "medium", "hard")
@@ -122,12 +122,6 @@ def answered(job: Any | None) -> bool:
 
 def scored(jobs: Iterable[Any]) -> list[Any]:
     return [j for j in jobs if answered(j)]
-
-
-def is_batch(config: dict[str, dict], backend: str) -> bool:
-    """A batch backend's latency is its batch's turnaround, not a call's: left out of latency
-    figures and charts (design §11)."""
-    return config.get(backend, {}).get("mode") == "batch"
 
 
 def backend_row(agent: str, backend: str, jobs: list[Any], config: dict[str, dict], judge: Spend = NOTHING) -> dict:

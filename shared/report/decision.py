@@ -20,7 +20,7 @@ from typing import Any, Hashable
 
 from shared.config import DecisionConfig
 from shared.models import JobStatus
-from shared.power import Truth, can_ever_go, smallest_confirmable, tasks_needed
+from shared.power import Truth, confirmable, tasks_needed
 from shared.report.data import RunFacts, answered
 from shared.stats import paired_score_test
 
@@ -128,11 +128,15 @@ def compare(
         "paired_coverage": len(pairs) / paired["tasks"] if paired["tasks"] else 0.0,
         "confidence": rule.confidence, "alpha_each": alpha_each, "method": "score",
     }
-    row.update(_measure([c for _, c, _ in pairs], [b for _, _, b in pairs], rule, alpha_each))
+    measured = _measure([c for _, c, _ in pairs], [b for _, _, b in pairs], rule, alpha_each)
+    row.update(measured)
     row.update(_verdict(row, rule, [c - b for _, c, b in pairs] if plan else None))
-    by_key = {key: (c, b) for key, c, b in pairs}
-    answered_only = _measure([by_key[k][0] for k in paired["answered"]], [by_key[k][1] for k in paired["answered"]],
-                             rule, alpha_each)
+    if paired["candidate_errors"]:  # else the answered tasks are the paired ones: the same measure
+        by_key = {key: (c, b) for key, c, b in pairs}
+        answered = paired["answered"]
+        answered_only = _measure([by_key[k][0] for k in answered], [by_key[k][1] for k in answered], rule, alpha_each)
+    else:
+        answered_only = dict(measured)
     answered_only.update(n=len(paired["answered"]), tasks=paired["tasks"],
                          paired_coverage=len(paired["answered"]) / paired["tasks"] if paired["tasks"] else 0.0)
     answered_only["decision"] = _verdict(answered_only, rule, None)["decision"]
@@ -192,9 +196,8 @@ def _power(c: dict, rule: DecisionConfig, alpha_each: float) -> dict[str, Any]:
     """What this many tasks can confirm at 80% power, from this run's baseline accuracy."""
     tasks = c["tasks"]
     accuracy = c["baseline_accuracy"]
-    smallest = (smallest_confirmable(tasks, accuracy, rule.min_improvement, alpha_each, rule.assumed_loss_share)
-                if accuracy is not None else None)
-    return {"tasks": tasks, "baseline_accuracy": accuracy, "can_ever_go": can_ever_go(tasks, alpha_each),
+    reachable, smallest = confirmable(tasks, accuracy, rule, alpha_each)
+    return {"tasks": tasks, "baseline_accuracy": accuracy, "can_ever_go": reachable,
             "smallest_confirmable_abs": smallest, "loss_share": rule.assumed_loss_share}
 
 

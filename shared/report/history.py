@@ -10,9 +10,8 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from shared.models import Run, RunReport
-from shared.report.data import iso
-from shared.report.decision import GO
+from shared.models import Run, RunReport, iso
+from shared.report.decision import GO, POOLED
 
 MAX_EARLIER_RUNS = 200  # the newest reports of the same suite that are read
 
@@ -39,13 +38,14 @@ def earlier_decisions(session: Session, run: Run, comparisons: list[dict]) -> di
         .order_by(Run.created_at.desc())
         .limit(MAX_EARLIER_RUNS)
     ).all()
+    tasks_now = {key: _task_ids(c) for key, c in wanted.items()}
     rows = []
     for run_id, created_at, data_json in stored:
         for earlier in json.loads(data_json).get("comparisons", []):
-            current = wanted.get(_key(earlier))
+            current = wanted.get(key := _key(earlier))
             if current is None:
                 continue
-            same_tasks = _task_ids(earlier) == _task_ids(current) if current["agent"] != "ALL" else None
+            same_tasks = _task_ids(earlier) == tasks_now[key] if current["agent"] != POOLED else None
             rows.append({"run_id": run_id, "created_at": iso(created_at), "agent": earlier["agent"],
                          "candidate_model": earlier["candidate_model"], "baseline_model": earlier["baseline_model"],
                          "decision": earlier["decision"], "improvement_abs": earlier.get("improvement_abs"),
@@ -55,7 +55,7 @@ def earlier_decisions(session: Session, run: Run, comparisons: list[dict]) -> di
         before = [r for r in rows if (r["agent"], r["candidate_model"], r["baseline_model"]) == key]
         not_go = [r for r in before if r["decision"] != GO and r["same_tasks"] in (True, None)]
         if current["decision"] == GO and not_go:
-            who = "all agents pooled" if current["agent"] == "ALL" else current["agent"]
+            who = "all agents pooled" if current["agent"] == POOLED else current["agent"]
             notes.append(f"{who}: this GO follows {len(not_go)} earlier non-GO verdict(s) on the same tasks "
                          f"({', '.join(r['run_id'] for r in not_go[:5])}): each run has its own "
                          f"{1 - current['confidence']:.0%} chance of a false GO, so repeated runs until one says "

@@ -27,7 +27,7 @@ def md(text: object) -> str:
     10,000-job report has tens of thousands of cells."""
     escaped = str(text)
     if _SPECIAL.search(escaped) is not None:
-        escaped = "".join("\\" + c if c in _SPECIAL_CHARS else c for c in escaped)
+        escaped = _SPECIAL.sub(r"\\\g<0>", escaped)
     if "\n" in escaped or "\r" in escaped:
         escaped = _LINE_BREAK.sub(" ", escaped)
     if "//" in escaped or "w." in escaped or "W." in escaped:
@@ -38,7 +38,6 @@ def md(text: object) -> str:
 
 
 _LINE_START_CHARS = "-+=0123456789 \t"
-_SPECIAL_CHARS = frozenset("\\`*_[]<>!|#&~")
 
 
 def _table(headers: list[str], rows: list[list[str]], align: str) -> list[str]:

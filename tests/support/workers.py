@@ -19,13 +19,6 @@ WORKER_LAUNCHERS = {
 }
 
 
-def reconnect_app(app, settings) -> None:
-    """Re-point the Celery app at `settings` (shared.messaging.reconnect; `app` is that one app)."""
-    from shared.messaging import reconnect
-
-    reconnect(settings)
-
-
 class WorkerProcess:
     """A worker in its own process, as a user would start it (`worker`, or with
     launcher="celery", `celery -A worker.app worker`)."""
