@@ -12,8 +12,10 @@ batch uploads, creates, polls and result downloads), requests answered, time fro
 the report, and whether the answers are the same.
 
 Part 2, the fault table: batch mode, 40 jobs, batches submitted, then one fault: none, worker
-SIGKILL, Redis FLUSHDB, half the batches expiring ([batch] max_attempts 3), 30% failed
-requests, a tight budget (batches wait for room, or the run halts). Per fault: jobs ok, jobs paid twice
+SIGKILL, Redis FLUSHDB, the workers SIGKILLed mid-submission (every batch created at its
+provider, its id not yet answered: the creations are held back 4 s), half the batches expiring
+or failing outright ([batch] max_attempts 3), 30% failed requests, a tight budget (batches wait
+for room, or the run halts). Per fault: jobs ok, jobs paid twice
 (more than one inference ledger row), and ledger = served (ledger rows == answers the
 simulator billed through its batch API)."""
 
@@ -53,8 +55,6 @@ class Env:
         self.tmp, self.redis_url, self.simulator, self.n = tmp, redis_url, simulator, 0
 
     def start(self, extra: dict[str, str], workers: int = 2) -> tuple[dict, list[WorkerProcess]]:
-        from worker.app import app
-
         self.n += 1
         redis.Redis.from_url(self.redis_url).flushdb()
         self.simulator.reset()
@@ -65,11 +65,18 @@ class Env:
                           reports_dir=self.tmp / "reports", simulator_url=self.simulator.url,
                           extra={**OPEN_LIMITS, **FAST_RECOVERY, **extra})
         prepare_this_process(env)
-        started = [WorkerProcess(env, name=f"b{self.n}w{i}", concurrency=8, log_path=self.tmp / f"b{self.n}w{i}.log")
-                   for i in range(1, workers + 1)]
+        self.env = env
+        return env, self.start_more(workers=workers)
+
+    def start_more(self, workers: int = 2, first: int = 1) -> list[WorkerProcess]:
+        """Workers on the current environment (after start(); `first` numbers them on)."""
+        from worker.app import app
+
+        started = [WorkerProcess(self.env, name=f"b{self.n}w{i}", concurrency=8,
+                                 log_path=self.tmp / f"b{self.n}w{i}.log") for i in range(first, first + workers)]
         for worker in started:
             worker.wait_ready(app)
-        return env, started
+        return started
 
 
 def ledger(run_id: str | None = None) -> tuple[float, Counter]:
@@ -126,24 +133,35 @@ def comparison(env_: Env, limit: int | None, delay_s: float) -> list[dict]:
     return rows
 
 
-def all_submitted(run_id: str, jobs: int) -> bool:
+def batches_of(run_id: str) -> list:
     from sqlmodel import select
 
     from shared.db import session_scope
     from shared.models import Job, ProviderBatch
 
     with session_scope() as session:
-        rows = session.exec(select(ProviderBatch).where(
+        return session.exec(select(ProviderBatch).where(
             ProviderBatch.id.in_(select(Job.provider_batch_id).where(Job.run_id == run_id)))).all()
-    return bool(rows) and sum(b.job_count for b in rows) >= jobs and all(b.state == "submitted" for b in rows)
+
+
+def batch_count(run_id: str) -> int:
+    return len(batches_of(run_id))
+
+
+def all_submitted(run_id: str, jobs: int, state: str = "submitted") -> bool:
+    rows = batches_of(run_id)
+    return bool(rows) and sum(b.job_count for b in rows) >= jobs and all(b.state == state for b in rows)
 
 
 def fault_row(env_: Env, fault: str) -> dict:
     extra = {**ALL_BATCH, **BATCH_KNOBS, "GENESIS_BATCH__POLL_MAX_S": "1"}
-    knobs = {"batch_delay_s": 3.0, "batch_error_rate": 0.0, "batch_expire_rate": 0.0}
-    if fault == "half the batches expire":
+    knobs = {"batch_delay_s": 3.0, "batch_error_rate": 0.0, "batch_expire_rate": 0.0, "batch_fail_rate": 0.0,
+             "batch_create_delay_s": 0.0}
+    if fault in ("half the batches expire", "half the batches fail"):
         extra["GENESIS_BATCH__MAX_ATTEMPTS"] = "3"
-        knobs["batch_expire_rate"] = 0.5
+        knobs["batch_expire_rate" if fault.endswith("expire") else "batch_fail_rate"] = 0.5
+    if fault == "SIGKILL mid-submit":
+        knobs["batch_create_delay_s"] = 4.0
     if fault == "30% failed requests":
         knobs["batch_error_rate"] = 0.3
     if fault == "tight budget":
@@ -158,6 +176,13 @@ def fault_row(env_: Env, fault: str) -> dict:
                 workers[0].kill()
             else:
                 redis.Redis.from_url(env_.redis_url).flushdb()
+        if fault == "SIGKILL mid-submit":  # every submitter dies before learning its batch's id
+            wait_for(lambda: all_submitted(run_id, 40, "submitting") and sum(
+                env_.simulator.stats()["batch"]["batches"].values()) == batch_count(run_id),
+                timeout=60, interval=0.1, what="every batch created, none answered")
+            for worker in workers:
+                worker.kill()
+            workers.extend(env_.start_more(first=3))
         snap = wait_until_reported(run_id, timeout=300)
         _, per_job = ledger(run_id)
         stats = env_.simulator.stats()["batch"]
@@ -189,8 +214,8 @@ def main() -> None:
             env_ = Env(Path(tmp), opts.redis_url, simulator)
             rows = comparison(env_, opts.limit, opts.batch_delay)
             faults = [] if opts.skip_faults else [fault_row(env_, f) for f in (
-                "none", "worker SIGKILL", "Redis FLUSHDB", "half the batches expire", "30% failed requests",
-                "tight budget")]
+                "none", "worker SIGKILL", "Redis FLUSHDB", "SIGKILL mid-submit", "half the batches expire",
+                "half the batches fail", "30% failed requests", "tight budget")]
     finally:
         simulator.stop()
         redis.Redis.from_url(opts.redis_url).flushdb()
@@ -205,11 +230,11 @@ def main() -> None:
     print(f"batch / realtime cost: {rows[1]['cost'] / rows[0]['cost']:.3f}; same answers: {rows[1]['same_answers']}")
     print("calls = HTTP requests the simulator served (chat calls; batch: uploads, creates, polls, result reads)")
     if faults:
-        print(f"\nbatch mode under faults (40 jobs, all 4 backends in batch mode)")
-        print(f"{'fault':>20} {'status':>10} {'jobs ok':>8} {'paid twice':>10} {'ledger':>7} {'served':>7} "
+        print("\nbatch mode under faults (40 jobs, all 4 backends in batch mode)")
+        print(f"{'fault':>23} {'status':>10} {'jobs ok':>8} {'paid twice':>10} {'ledger':>7} {'served':>7} "
               f"{'ledger = served':>15} {'batches':>8}  other")
         for r in faults:
-            print(f"{r['fault']:>20} {r['status']:>10} {r['ok']:>5}/{r['jobs']:<2} {r['paid_twice']:>10} "
+            print(f"{r['fault']:>23} {r['status']:>10} {r['ok']:>5}/{r['jobs']:<2} {r['paid_twice']:>10} "
                   f"{r['ledger']:>7} {r['served']:>7} {str(r['ledger'] == r['served']):>15} {r['batches']:>8}  "
                   f"{r['other'] or ''}")
     broken = [r["fault"] for r in faults if r["paid_twice"] or r["ledger"] != r["served"]]

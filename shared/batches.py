@@ -154,6 +154,14 @@ def in_states(states: tuple[str, ...]) -> list[ProviderBatch]:
                                  .order_by(col(ProviderBatch.id))).all())
 
 
+def provider_ids_since(provider: str, since: datetime) -> frozenset[str]:
+    """The provider's batch ids our batches submitted since `since` hold: never taken for a lost one."""
+    with session_scope() as session:
+        return frozenset(session.exec(select(ProviderBatch.provider_batch_id).where(
+            ProviderBatch.provider == provider, col(ProviderBatch.provider_batch_id).is_not(None),
+            col(ProviderBatch.submitted_at) >= since)).all())
+
+
 def take_over_polling(batch_id: int, stale_before: datetime) -> str | None:
     """A submitted batch nobody polled since `stale_before` (its poll message was lost with a
     worker or with Redis) gets a new chain; the old one, should it come back, finds its token

@@ -10,9 +10,10 @@
 Each request of a batch is answered by the same logic as a realtime call (`Simulator.completion`),
 so a batch gives the answers a realtime run of the same seed gives. Time drives a batch: its
 requests finish one by one over `batch_delay_s`; a cancel keeps those already finished (billed)
-and cancels the rest; a batch drawn to expire (`batch_expire_rate`) ends with nothing answered;
-`batch_error_rate` fails single requests. `stats()` counts what was batched and billed, and
-the HTTP requests the batch and file routes served."""
+and cancels the rest; a batch drawn to expire (`batch_expire_rate`) or to fail (`batch_fail_rate`)
+ends with nothing answered; `batch_error_rate` fails single requests; `batch_create_delay_s` holds
+back the answer to a creation after the batch exists. Lists are newest first, as the providers'.
+`stats()` counts what was batched and billed, and the HTTP requests the batch and file routes served."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from simulator.server import Simulator
 
 JSON, BINARY = "application/json", "application/octet-stream"
+REQUEST_ERROR = "Injected batch request error from the simulator."
+BATCH_FAILURE = "Injected batch failure from the simulator."
 PREFIXES = ("/v1/files", "/v1/batches", "/v1/messages/batches", "/v1/batch/jobs")
 
 
@@ -58,14 +61,14 @@ class SimBatch:
     items: list[Item]
     created: float
     delay_s: float
-    expires: bool
+    fate: str  # completed | expired | failed: how it ends if nobody cancels it
     endpoint: str = "/v1/chat/completions"
     model: str | None = None
     input_file_id: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
     cancelled_at: float | None = None
     ended_at: float | None = None
-    outcome: str = "in_progress"  # in_progress | completed | expired | cancelled
+    outcome: str = "in_progress"  # in_progress | completed | expired | failed | cancelled
     results: list[tuple[Item, str, dict | None]] = field(default_factory=list)  # (item, kind, body)
     output_file_id: str | None = None
     error_file_id: str | None = None
@@ -99,7 +102,8 @@ class BatchStore:
         the billed answers, with their tokens (at the realtime count, before any discount)."""
         with self._lock:
             return {"batches": dict(self.by_api), **{k: self.counts[k] for k in
-                    ("requests", "succeeded", "errored", "cancelled", "expired", "cancels", "http_requests")},
+                    ("requests", "succeeded", "errored", "cancelled", "expired", "failed", "cancels",
+                     "http_requests")},
                     "billed_by_model": dict(self.billed_by_model), "input_tokens": self.input_tokens,
                     "output_tokens": self.output_tokens}
 
@@ -142,7 +146,7 @@ class BatchStore:
             return self._create(api, json.loads(body or b"null"), headers)
         if method == "GET" and not rest:
             with self._lock:
-                mine = [b for b in self.batches.values() if b.api is api]
+                mine = sorted((b for b in self.batches.values() if b.api is api), key=lambda b: -b.created)
             bodies = [self._batch_object(b, headers) for b in mine]
             if api is Api.MISTRAL:
                 return _json(200, {"object": "list", "data": bodies, "total": len(bodies)})
@@ -220,14 +224,18 @@ class BatchStore:
             return _error(api, 400, "a batch needs at least one request")
         config = self.simulator.config
         with self._lock:
-            expires = self._rng.random() < config.batch_expire_rate if config.batch_expire_rate else False
+            fate = "completed"
+            if config.batch_expire_rate or config.batch_fail_rate:
+                draw = self._rng.random()
+                fate = "expired" if draw < config.batch_expire_rate else (
+                    "failed" if draw < config.batch_expire_rate + config.batch_fail_rate else "completed")
             items = []
             for custom_id, params in lines:
                 fails = self._rng.random() < config.batch_error_rate if config.batch_error_rate else False
                 items.append(Item(custom_id, _parse(api, params, model), fails))
         prefix = {Api.OPENAI: "batch_", Api.ANTHROPIC: "msgbatch_", Api.MISTRAL: ""}[api]
         batch = SimBatch(id=f"{prefix}{uuid.uuid4().hex[:24]}", api=api, items=items, created=time.time(),
-                         delay_s=config.batch_delay_s, expires=expires, model=model,
+                         delay_s=config.batch_delay_s, fate=fate, model=model,
                          endpoint=body.get("endpoint", "/v1/chat/completions"),
                          input_file_id=body.get("input_file_id") or ",".join(body.get("input_files") or []),
                          metadata=dict(body.get("metadata") or {}))
@@ -235,6 +243,8 @@ class BatchStore:
             self.batches[batch.id] = batch
             self.by_api[str(api)] += 1
             self.counts["requests"] += len(items)
+        if config.batch_create_delay_s:  # the batch exists; its creator learns its id only later
+            time.sleep(config.batch_create_delay_s)
         return _json(200, self._batch_object(batch, headers))
 
     def _cancel(self, batch: SimBatch) -> None:
@@ -253,14 +263,18 @@ class BatchStore:
             if batch.cancelled_at is not None:
                 cut, outcome = batch.cancelled_at, "cancelled"
             elif now >= batch.created + batch.delay_s:
-                cut, outcome = now, "expired" if batch.expires else "completed"
+                cut, outcome = now, batch.fate
+                if outcome == "failed" and batch.api is Api.ANTHROPIC:
+                    outcome = "completed"  # a Message Batch cannot fail: every request of it errors
             else:
                 return
             batch.outcome, batch.ended_at = outcome, now
         results = []
         for index, item in enumerate(batch.items):
-            if outcome == "expired":
-                results.append((item, "expired", None))
+            if outcome in ("expired", "failed"):
+                results.append((item, outcome, None))
+            elif batch.fate == "failed":
+                results.append((item, "errored", {"message": BATCH_FAILURE}))
             elif batch.finished_by(index) > cut:
                 results.append((item, "canceled", None))
             elif item.request is None or item.fails:
@@ -308,37 +322,42 @@ def _parse(api: Api, params: Any, model: str | None) -> ChatRequest | None:
 
 
 def _openai_batch(batch: SimBatch, kinds: Counter, done: int, cancelling: bool) -> dict:
-    status = {"in_progress": "in_progress", "completed": "completed", "expired": "expired",
+    status = {"in_progress": "in_progress", "completed": "completed", "expired": "expired", "failed": "failed",
               "cancelled": "cancelling" if cancelling else "cancelled"}[batch.outcome]
     created = int(batch.created)
     ended = int(batch.ended_at) if batch.ended_at else None
     total = len(batch.items)
+    errors = {"object": "list", "data": [{"code": "simulated_failure", "message": BATCH_FAILURE, "param": None,
+                                          "line": None}]} if batch.outcome == "failed" else None
     return {
-        "id": batch.id, "object": "batch", "endpoint": batch.endpoint, "errors": None,
+        "id": batch.id, "object": "batch", "endpoint": batch.endpoint, "errors": errors,
         "input_file_id": batch.input_file_id, "completion_window": "24h", "status": status,
         "output_file_id": batch.output_file_id, "error_file_id": batch.error_file_id,
         "created_at": created, "in_progress_at": created, "expires_at": created + 24 * 3600,
         "completed_at": ended if batch.outcome == "completed" else None,
         "expired_at": ended if batch.outcome == "expired" else None,
+        "failed_at": ended if batch.outcome == "failed" else None,
         "cancelling_at": int(batch.cancelled_at) if batch.cancelled_at else None,
         "cancelled_at": ended if batch.outcome == "cancelled" else None,
         "request_counts": {"total": total, "completed": kinds["succeeded"] if batch.results else min(done, total),
-                           "failed": kinds["errored"] + kinds["expired"]},
+                           "failed": kinds["errored"] + kinds["expired"] + kinds["failed"]},
         "metadata": batch.metadata or None,
     }
 
 
 def _mistral_batch(batch: SimBatch, kinds: Counter, done: int) -> dict:
-    status = {"in_progress": "RUNNING", "completed": "SUCCESS", "expired": "TIMEOUT_EXCEEDED",
+    status = {"in_progress": "RUNNING", "completed": "SUCCESS", "expired": "TIMEOUT_EXCEEDED", "failed": "FAILED",
               "cancelled": "CANCELLED"}[batch.outcome]
     total = len(batch.items)
     completed = len(batch.results) - kinds["canceled"] if batch.results else min(done, total)
+    errors = {"expired": [{"message": "batch timed out", "count": total}],
+              "failed": [{"message": BATCH_FAILURE, "count": total}]}.get(batch.outcome, [])
     return {
         "id": batch.id, "object": "batch", "input_files": batch.input_file_id.split(","), "endpoint": batch.endpoint,
-        "model": batch.model, "errors": [{"message": "batch timed out", "count": total}] if batch.outcome == "expired"
-        else [], "status": status, "created_at": int(batch.created), "total_requests": total,
+        "model": batch.model, "errors": errors, "status": status, "created_at": int(batch.created),
+        "total_requests": total,
         "completed_requests": completed, "succeeded_requests": kinds["succeeded"],
-        "failed_requests": kinds["errored"] + kinds["expired"], "output_file": batch.output_file_id,
+        "failed_requests": kinds["errored"] + kinds["expired"] + kinds["failed"], "output_file": batch.output_file_id,
         "error_file": batch.error_file_id, "metadata": batch.metadata or None, "started_at": int(batch.created),
         "completed_at": int(batch.ended_at) if batch.ended_at else None,
     }
@@ -368,7 +387,7 @@ def _anthropic_line(item: Item, kind: str, body: dict | None) -> dict:
     if kind == "succeeded":
         return {"custom_id": item.custom_id, "result": {"type": "succeeded", "message": body}}
     if kind == "errored":
-        message = "Injected batch request error from the simulator." if item.request else "invalid request"
+        message = (body or {}).get("message") or (REQUEST_ERROR if item.request else "invalid request")
         return {"custom_id": item.custom_id, "result": {"type": "errored", "error": {
             "type": "error", "error": {"type": "api_error", "message": message}}}}
     return {"custom_id": item.custom_id, "result": {"type": kind}}
@@ -380,7 +399,7 @@ def _file_line(api: Api, item: Item, body: dict | None) -> dict:
     if body is not None:
         return {"id": f"batch_req_{request_id}", "custom_id": item.custom_id,
                 "response": {"status_code": 200, "request_id": request_id, "body": body}, "error": None}
-    message = "Injected batch request error from the simulator." if item.request else "invalid request"
+    message = REQUEST_ERROR if item.request else "invalid request"
     return {"id": f"batch_req_{request_id}", "custom_id": item.custom_id,
             "response": {"status_code": 500, "request_id": request_id, "body": error_body(api, 500, message)},
             "error": {"code": "server_error", "message": message}}

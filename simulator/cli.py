@@ -80,6 +80,13 @@ def simulator_command(
     batch_expire_rate: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Share of batches that expire unanswered.")
     ] = 0.0,
+    batch_fail_rate: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Share of batches that fail outright (Anthropic: all requests error)."),
+    ] = 0.0,
+    batch_create_delay_s: Annotated[
+        float, typer.Option(min=0.0, help="Hold back the answer to a batch's creation this long after it exists.")
+    ] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of answers and fault draws.")] = DEFAULTS["seed"],
     suite: Annotated[str, typer.Option(help="Suite whose expected answers the models know.")] = DEFAULTS["suite"],
     fine_tunes: Annotated[
@@ -105,6 +112,8 @@ def simulator_command(
         "batch_delay_s": batch_delay_s,
         "batch_error_rate": batch_error_rate,
         "batch_expire_rate": batch_expire_rate,
+        "batch_fail_rate": batch_fail_rate,
+        "batch_create_delay_s": batch_create_delay_s,
         "seed": seed,
         "suite": suite,
     }

@@ -35,7 +35,11 @@ class SimulatorConfig(BaseModel):
       Mistral wire formats; an Anthropic answer gets empty content), counted as fault `empty`.
     - batch_delay_s: a batch (simulator/batches.py) answers its requests one by one over this long;
       batch_error_rate: probability one request of a batch errors; batch_expire_rate: probability a
-      batch expires with nothing answered.
+      batch expires with nothing answered; batch_fail_rate: probability a batch fails outright
+      (OpenAI `failed`, Mistral `FAILED`, with the reason in its errors; Anthropic has no failed
+      batch, so there every request of it errors); batch_create_delay_s: the answer to a batch's
+      creation is held back this long after the batch exists (a submitter that dies meanwhile
+      leaves a batch at the provider whose id it never learnt).
     - suite: the suites whose answers it knows, comma-separated names or folders.
     - fine_tunes: the Mistral fine-tuning jobs it lists (and the models they made), see
       simulator/finetune.py.
@@ -62,6 +66,8 @@ class SimulatorConfig(BaseModel):
     batch_delay_s: float = Field(default=2.0, ge=0.0)
     batch_error_rate: float = Rate
     batch_expire_rate: float = Rate
+    batch_fail_rate: float = Rate
+    batch_create_delay_s: float = Field(default=0.0, ge=0.0)
     seed: int = 7
     suite: str | None = "genesis-custom,genesis-judge"
     fine_tunes: list[FineTuneJob] = Field(default_factory=default_fine_tunes)
@@ -103,6 +109,8 @@ class SimulatorConfig(BaseModel):
         total = sum(rate for _, rate in self.fault_rates())
         if total > 1.0 + 1e-9:
             raise ValueError(f"error, timeout, malformed and empty-choices rates add up to {total:g}, more than 1")
+        if self.batch_expire_rate + self.batch_fail_rate > 1.0 + 1e-9:
+            raise ValueError("batch_expire_rate and batch_fail_rate add up to more than 1")
         return self
 
     def quality_for(self, model: str) -> float:

@@ -129,9 +129,12 @@ def test_the_simulator_config_refuses_non_finite_knobs():
     from simulator.config import SimulatorConfig
 
     for knobs in ({"latency_ms": math.inf}, {"timeout_s": math.nan}, {"quality": {"ft:*": math.nan}},
-                  {"error_rates": {500: math.inf}}, {"usage_scale": math.inf}):
+                  {"error_rates": {500: math.inf}}, {"usage_scale": math.inf}, {"batch_create_delay_s": math.inf}):
         with pytest.raises(ValidationError, match="finite number"):
             SimulatorConfig(**knobs)
+    with pytest.raises(ValidationError, match="batch_expire_rate and batch_fail_rate add up to more than 1"):
+        SimulatorConfig(batch_expire_rate=0.6, batch_fail_rate=0.5)
+    assert SimulatorConfig(batch_expire_rate=0.5, batch_fail_rate=0.5).batch_fail_rate == 0.5
 
 
 @pytest.mark.parametrize("cost", [math.inf, -math.inf, math.nan, -0.5])

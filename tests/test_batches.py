@@ -5,6 +5,10 @@ workers, a flushed Redis, expired batches and failed requests handled per job.""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +16,8 @@ import pytest
 from sqlalchemy import func
 from sqlmodel import select
 
+from tests.support.env import ROOT
+from tests.support.http_server import free_ports, get_json, http_status
 from tests.support.runs import producer, submit, wait_until_reported
 from tests.support.waiting import wait_for
 
@@ -169,10 +175,13 @@ def test_a_mixed_run_with_failed_requests_retries_them_in_new_batches(monkeypatc
     assert len(batch_rows(run_id)) >= 4  # both providers, retried requests in new batches
 
 
-def test_an_expired_batch_sends_its_jobs_back_then_ends_them_with_the_reason(monkeypatch, batch_knobs,
-                                                                           start_worker, simulator):
+@pytest.mark.parametrize("fault", ["expire", "fail"])
+def test_an_expired_or_failed_batch_sends_its_jobs_back_then_ends_them_with_the_reason(
+        fault, monkeypatch, batch_knobs, start_worker, simulator):
+    """Every batch expires (or fails outright, as OpenAI's `failed` and Mistral's `FAILED`): its
+    jobs go back for a new batch, and after [batch] max_attempts end `error` with the reason."""
     monkeypatch.setenv("GENESIS_BATCH__MAX_ATTEMPTS", "2")
-    simulator.update(batch_delay_s=0.3, batch_expire_rate=1.0)
+    simulator.update(batch_delay_s=0.3, **{f"batch_{fault}_rate": 1.0})
     batch_mode(monkeypatch, "openai", "mistral-base")
     start_worker("w1", concurrency=8)
     run_id = submit("--agent", "qa", "--agent", "legal", "--backend", "openai", "--backend", "mistral-base",
@@ -180,14 +189,18 @@ def test_an_expired_batch_sends_its_jobs_back_then_ends_them_with_the_reason(mon
     snap = wait_until_reported(run_id, timeout=120)
     assert snap["by_status"]["error"] == 12
 
+    ended, error_type = {"expire": ("expired", "BatchExpired"), "fail": ("failed", "BatchFailed")}[fault]
     for job in jobs_of(run_id):
-        assert job.error_type == "BatchExpired" and job.attempts == 2
+        assert job.error_type == error_type and job.attempts == 2
         assert "after 2 attempt(s)" in job.error_message and "batch" in job.error_message.lower()
+        if fault == "fail":  # the provider's reason, from the batch's errors
+            assert "Injected batch failure from the simulator." in job.error_message
     assert ledger(run_id) == (0, 0.0)
     states = [b.state for b in batch_rows()]
     # two backends, two rounds; on a loaded machine an enrolment that waited ~1 s for the opener opens its own
-    assert states.count("expired") == len(states) >= 4
-    assert simulator.stats()["batch"]["expired"] == 24 and simulator.stats()["batch"]["succeeded"] == 0
+    assert states.count(ended) == len(states) >= 4
+    stats = simulator.stats()["batch"]
+    assert stats[ended] == stats["requests"] == 24 and stats["succeeded"] == 0
     report = json.loads((Path(snap["report"]).parent / "report.json").read_text())
     assert sum(b["errors"] for b in report["backends"]) == 12
 
@@ -222,6 +235,124 @@ def test_open_batches_survive_a_dead_worker_or_a_flushed_redis(fault, monkeypatc
     spent = BudgetGuard.from_settings(get_settings()).status()["spent_usd"]
     assert spent == pytest.approx(ledger(run_id)[1], abs=1e-5)  # the counters agree with the ledger
     assert all(b.polls > 0 and b.state == "ended" for b in batch_rows(run_id))
+
+
+def test_a_submitter_killed_before_it_learns_its_batch_ids_leaves_them_adopted_not_sent_again(
+        monkeypatch, batch_knobs, fast_recovery, start_worker, simulator, tmp_path):
+    """The provider holds every batch, but their creations are answered only after the only
+    worker is SIGKILLed, so no batch id reaches SQL. A new worker's sweep finds each at its
+    provider (OpenAI and Mistral by our id in the metadata, Anthropic by creation time and size)
+    and polls it: nothing is submitted twice, nothing paid twice."""
+    simulator.update(batch_delay_s=1.0, batch_create_delay_s=4.0)
+    batch_mode(monkeypatch, *BACKENDS)
+    first = start_worker("w1", concurrency=8)
+    run_id = submit("--all-agents", "--limit", "2")
+
+    def all_created():
+        rows = batch_rows(run_id)
+        created = sum(simulator.stats()["batch"]["batches"].values())
+        return rows if created == len(rows) == 8 and all(b.state == "submitting" for b in rows) else None
+
+    wait_for(all_created, timeout=30, interval=0.1, what="every batch created, none answered yet")
+    first.kill()
+    start_worker("w2", concurrency=8)
+    snap = wait_until_reported(run_id, timeout=120)
+    assert snap["status"] == "completed" and snap["by_status"]["ok"] == 40
+
+    stats = simulator.stats()["batch"]
+    assert stats["batches"] == {"openai": 1, "anthropic": 1, "mistral": 6}  # none sent again (a fine-tune each)
+    assert stats["requests"] == stats["succeeded"] == 40
+    entries = inference_entries(run_id)
+    assert len(entries) == 40 and set(entries.values()) == {1} and None not in entries
+    rows = batch_rows(run_id)
+    assert all(b.state == "ended" and b.attempts == 1 and b.provider_batch_id for b in rows)
+    adopted = (tmp_path / "w2.log").read_text().count(": adopted")
+    assert adopted == 8, f"{adopted} adoptions logged by w2"
+    from shared.budget import BudgetGuard
+    from shared.config import get_settings
+
+    status = BudgetGuard.from_settings(get_settings()).status()
+    assert status["reserved_usd"] == 0 and status["spent_usd"] == pytest.approx(ledger(run_id)[1], abs=1e-5)
+
+
+def test_a_lost_submission_is_told_apart_at_its_provider(simulator, monkeypatch):
+    """The finder the sweep asks (no worker here, the real SDKs against the simulator): by our id
+    in the metadata (OpenAI, Mistral); for Anthropic, whose batches carry none, by creation time
+    and size, and between two alike, only once one has ended, by its results' custom ids."""
+    from datetime import datetime, timedelta, timezone
+
+    from shared.providers import PROVIDERS, ChatRequest
+    from shared.providers.batch_api import BATCH_APIS, LostSubmission, Undecided, custom_id
+    from shared.providers.clients import client_for
+
+    for provider, variable, url in (("openai", "OPENAI_BASE_URL", f"{simulator.url}/v1"),
+                                    ("anthropic", "ANTHROPIC_BASE_URL", simulator.url),
+                                    ("mistral", "MISTRAL_BASE_URL", simulator.url)):
+        monkeypatch.setenv(variable, url)
+        monkeypatch.setenv(PROVIDERS[provider].key_env, "sim-key")
+    simulator.update(batch_delay_s=1.0)
+
+    def lines(model: str, *jobs: int) -> list:
+        return [(custom_id(job), ChatRequest(model, f"question {job}", None, 16, 10.0)) for job in jobs]
+
+    def lost(*jobs: int, metadata=None, started_at=None, known=()) -> LostSubmission:
+        return LostSubmission(metadata or {}, frozenset(custom_id(j) for j in jobs),
+                              started_at or datetime.now(timezone.utc) - timedelta(seconds=2), frozenset(known))
+
+    for provider, model in (("openai", "gpt-4o-mini"), ("mistral", "open-mistral-7b")):
+        api, cli = BATCH_APIS[provider], client_for(PROVIDERS[provider], 10.0)
+        ours = api.submit(cli, model, lines(model, 1, 2), {"genesis_batch": "7"})
+        api.submit(cli, model, lines(model, 3, 4), {"genesis_batch": "8"})
+        assert api.find(cli, lost(1, 2, metadata={"genesis_batch": "7"})) == ours
+        assert api.find(cli, lost(5, metadata={"genesis_batch": "9"})) is None  # never reached the provider
+
+    api, cli = BATCH_APIS["anthropic"], client_for(PROVIDERS["anthropic"], 10.0)
+    model = "claude-3-5-haiku-latest"
+    assert api.find(cli, lost(1, 2)) is None  # nothing created since
+    first = api.submit(cli, model, lines(model, 1, 2), {})
+    assert api.find(cli, lost(1, 2)) == first  # the one batch of that size created since
+    assert api.find(cli, lost(1, 2, 3)) is None  # none of that size
+    assert api.find(cli, lost(1, 2, known=[first])) is None  # already another batch's
+    assert api.find(cli, lost(1, 2, started_at=datetime.now(timezone.utc) + timedelta(minutes=10))) is None
+    second = api.submit(cli, model, lines(model, 5, 6), {})
+    with pytest.raises(Undecided):  # two alike, both running: re-sending could pay twice, adopting could be wrong
+        api.find(cli, lost(5, 6))
+    time.sleep(1.2)  # both ended: their results say which
+    assert api.find(cli, lost(5, 6)) == second and api.find(cli, lost(1, 2)) == first
+    assert api.find(cli, lost(7, 8)) is None
+
+
+def test_flower_shows_each_open_batch_by_its_provider_id_and_state(monkeypatch, batch_knobs, start_worker, simulator,
+                                                                    genesis, tmp_path):
+    """Flower, with its basic auth, as the README starts it: the poll tasks' results name each
+    open batch at its provider and what the provider says of it."""
+    simulator.update(batch_delay_s=6.0)
+    batch_mode(monkeypatch, "openai", "anthropic")
+    start_worker("w1", concurrency=8)
+    (port,) = free_ports(1)
+    flower_url, auth = f"http://127.0.0.1:{port}", ("admin", "pw")
+    flower = subprocess.Popen(
+        [str(Path(sys.executable).parent / "celery"), "-A", "worker.app", "flower", "--address=127.0.0.1",
+         f"--port={port}"], cwd=ROOT, env={**os.environ, **genesis, "FLOWER_BASIC_AUTH": ":".join(auth)},
+        stdout=open(tmp_path / "flower.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: http_status(f"{flower_url}/", auth) == 200, timeout=60, interval=0.5, what="Flower")
+        run_id = submit("--all-agents", "--backend", "openai", "--backend", "anthropic", "--limit", "2")
+        batches = wait_for(lambda: all_submitted(run_id, 20), timeout=30, interval=0.2, what="both batches submitted")
+
+        def shown() -> str | None:
+            tasks = get_json(f"{flower_url}/api/tasks?taskname=genesis.poll_batch", auth)
+            said = "\n".join(str(task.get("result")) for task in tasks.values())
+            return said if all(f"{b.provider} {b.provider_batch_id} (batch {b.id}, 10 jobs): in_progress" in said
+                               for b in batches) else None
+
+        wait_for(shown, timeout=30, interval=0.5, what="Flower to show both open batches")
+        assert http_status(f"{flower_url}/api/tasks", ("admin", "wrong")) == 401
+        snap = wait_until_reported(run_id, timeout=60)
+        assert snap["status"] == "completed" and snap["by_status"]["ok"] == 20
+    finally:
+        os.killpg(flower.pid, signal.SIGTERM)
+        flower.wait(20)
 
 
 def test_a_halt_cancels_open_batches_and_pays_nothing_past_the_threshold(monkeypatch, batch_knobs, start_worker,

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -19,6 +18,7 @@ import pytest
 import yaml
 
 from tests.support.env import ROOT
+from tests.support.http_server import free_ports, http_status
 from tests.support.resources import uses
 from tests.support.waiting import wait_for
 
@@ -152,18 +152,6 @@ def test_dockerfile_and_dockerignore_agree():
 # --- every command, outside Docker ------------------------------------------------------------
 
 
-def free_ports(n: int) -> list[int]:
-    """n distinct free ports (all held open while chosen, so no two are the same)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def with_option(command: list[str], option: str, value: str) -> list[str]:
     """Replace an option's value (`--port 8900` or `--port=5555`) for a local run."""
     out = list(command)
@@ -173,21 +161,6 @@ def with_option(command: list[str], option: str, value: str) -> list[str]:
         elif arg.startswith(option + "="):
             out[i] = f"{option}={value}"
     return out
-
-
-def http_status(url: str, auth: tuple[str, str] | None = None) -> int:
-    request = urllib.request.Request(url)
-    if auth:
-        import base64
-
-        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status
-    except urllib.error.HTTPError as err:
-        return err.code
-    except OSError:
-        return 0
 
 
 class Service:

@@ -8,6 +8,8 @@ batches must still be read and ledgered).
   then one submission through the provider's SDK, then the first poll.
 - `poll_batch(batch_id, token)`: polls with backoff, re-sending itself (no beat); when the
   batch ends, writes every job's result (worker/batch_results.py) and runs the completion step.
+  Its result names the batch at its provider and what the provider said ("openai batch_… (40
+  jobs): in_progress"): Flower's task list, filtered on it, shows the open batches.
 - `cancel_batches()`: sent by a budget halt; cancels every submitted batch at its provider.
 - `resume_batches` (called by the recovery sweep): batches whose flush or poll message was
   lost (a dead worker, Redis losing everything) get a new one, from their SQL rows."""
@@ -28,7 +30,8 @@ from shared.config import get_settings
 from shared.messaging import BATCHES_QUEUE, CANCEL_BATCHES, FLUSH_BATCH, POLL_BATCH, app
 from shared.models import BatchState
 from shared.providers import PROVIDERS, ProviderError
-from shared.providers.batch_api import BATCH_APIS, ENDED, EXPIRED, RUNNING, custom_id
+from shared.providers.batch_api import (BATCH_APIS, CLOCK_SLACK, ENDED, EXPIRED, RUNNING, LostSubmission,
+                                        Undecided, custom_id)
 from shared.providers.clients import client_for
 from shared.retry import backoff_delay
 from worker import batch_results
@@ -130,7 +133,7 @@ def _flush(batch_id: int) -> str:
     log.info("batch %s: %d jobs submitted as %s %s ($%.6f reserved)", batch_id, len(waiting), batch.provider,
              provider_id, reserved)
     poll_batch.apply_async((batch_id, token), countdown=settings.batch.poll_min_s, queue=BATCHES_QUEUE)
-    return "submitted"
+    return f"submitted as {_named(batch, provider_id, len(waiting))}"
 
 
 def _submission_failed(batch, waiting: list[jobs.ClaimedJob], err: ProviderError, now) -> str:
@@ -176,7 +179,7 @@ def _poll(batch_id: int, token: str) -> str:
         return "not mine"
     if polled.phase == RUNNING:
         _poll_later(batch_id, token, batch.polls + 1)
-        return polled.status
+        return f"{_named(batch)}: {polled.status}"
     if polled.phase == ENDED:
         counts = batch_results.write_results(batch, api.results(cli, batch.provider_batch_id), now, svc.budget)
     else:
@@ -189,7 +192,13 @@ def _poll(batch_id: int, token: str) -> str:
     log.info("batch %s (%s %s) %s: %s", batch_id, batch.provider, batch.provider_batch_id, state, counts)
     for job_id in sql.runs_of(batch_id).values():
         complete_run_of(job_id, " (batch)")
-    return state
+    return f"{_named(batch)}: {state} {counts}"
+
+
+def _named(batch, provider_batch_id: str | None = None, jobs: int | None = None) -> str:
+    """How a task's result names a batch (what Flower shows of it)."""
+    jobs = batch.job_count if jobs is None else jobs
+    return f"{batch.provider} {provider_batch_id or batch.provider_batch_id} (batch {batch.id}, {jobs} jobs)"
 
 
 def _poll_later(batch_id: int, token: str, polls: int) -> None:
@@ -228,8 +237,9 @@ def _complete_runs(claimed: list[jobs.ClaimedJob]) -> None:
 def resume_batches(client_redis, settings) -> int:
     """For the recovery sweep: a batch past its due time still open, or submitted but not polled
     for longer than a live chain ever waits, gets its message again (from SQL). A batch left
-    `submitting` by a dead worker is looked up at its provider by our id in its metadata and
-    adopted; if the provider has none (or cannot say), it opens again and is sent anew."""
+    `submitting` by a dead worker is looked up at its provider (shared.providers.batch_api's
+    `find`) and adopted; when the provider has none it opens again and is sent anew; when the
+    provider cannot say (yet), the next sweep asks again."""
     now = fleet.redis_now(client_redis)
     grace = timedelta(seconds=2 * settings.recovery.sweep_interval_s + settings.recovery.heartbeat_ttl_s)
     stale = timedelta(seconds=2 * settings.batch.poll_max_s) + grace
@@ -250,13 +260,20 @@ def resume_batches(client_redis, settings) -> int:
 
 def _adopt_or_reopen(batch, now) -> None:
     settings = get_settings()
+    sent = sql.jobs_of(batch.id)  # what the dead submitter sent: the jobs it did not send it took out first
+    lost = LostSubmission(
+        metadata={METADATA_KEY: str(batch.id)}, custom_ids=frozenset(custom_id(job.id) for job in sent),
+        started_at=batch.last_polled_at,
+        known=sql.provider_ids_since(batch.provider, batch.last_polled_at - CLOCK_SLACK))
     try:
-        found = BATCH_APIS[batch.provider].find(_client(settings, batch), METADATA_KEY,
-                                                str(batch.id))
-    except ProviderError:
-        return  # the provider cannot say now: the next sweep asks again
+        found = BATCH_APIS[batch.provider].find(_client(settings, batch), lost)
+    except (ProviderError, Undecided) as why:
+        log.warning("batch %s: its lost submission is not found yet (%s); asking again later", batch.id, why)
+        return
     if found is not None:
-        token = sql.mark_submitted(batch.id, found, batch.reserved_usd, now)
+        reserved = sum(task_worst_case(settings, suite_task_of(job), job.backend, job.model) for job in sent)
+        token = sql.mark_submitted(batch.id, found, reserved, now)
+        log.warning("batch %s: its lost submission is %s batch %s: adopted", batch.id, batch.provider, found)
         poll_batch.apply_async((batch.id, token), queue=BATCHES_QUEUE)
     elif sql.reopen(batch.id, now):
         flush_batch.apply_async((batch.id,), queue=BATCHES_QUEUE)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
 
 from shared.providers.adapters import TEMPERATURE, ChatRequest, ChatResponse, _messages
@@ -37,6 +38,29 @@ class Result:
     kind: str  # succeeded | errored | canceled | expired
     response: ChatResponse | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class LostSubmission:
+    """A batch whose submitter died before it wrote the provider's batch id: what we know to
+    recognise it at the provider. OpenAI and Mistral carry our `metadata`; an Anthropic Message
+    Batch carries none, so there it is the batch created since `started_at` with as many
+    requests, not already ours (`known`), and, when several could be, the one whose results
+    name our `custom_ids`."""
+
+    metadata: dict[str, str]
+    custom_ids: frozenset[str]
+    started_at: datetime  # when the submitter took the batch (our clock)
+    known: frozenset[str]  # provider batch ids our other batches hold
+
+
+class Undecided(Exception):
+    """The provider holds more than one batch that could be the lost one, and none has ended
+    to tell by its results: ask again later (re-sending could pay twice)."""
+
+
+CLOCK_SLACK = timedelta(minutes=5)  # the provider's clock against ours, when matching by creation time
+SCAN_LIMIT = 1000  # at most this many of the newest batches are looked at
 
 
 def custom_id(job_id: int) -> str:
@@ -122,10 +146,10 @@ class OpenAIBatches:
     def cancel(self, cli: Any, batch_id: str) -> None:
         _sdk(lambda: cli.batches.cancel(batch_id))
 
-    def find(self, cli: Any, key: str, value: str) -> str | None:
-        """The provider batch whose metadata says it is ours (a submission whose answer was lost)."""
+    def find(self, cli: Any, lost: LostSubmission) -> str | None:
+        """The provider batch whose metadata says it is ours (None: the provider never got it)."""
         page = _sdk(lambda: cli.batches.list(limit=100))
-        return next((b.id for b in page.data if (b.metadata or {}).get(key) == value), None)
+        return next((b.id for b in page.data if _carries(b.metadata, lost.metadata)), None)
 
 
 class MistralBatches:
@@ -163,9 +187,9 @@ class MistralBatches:
     def cancel(self, cli: Any, batch_id: str) -> None:
         _sdk(lambda: cli.batch.jobs.cancel(job_id=batch_id, retries=None))
 
-    def find(self, cli: Any, key: str, value: str) -> str | None:
+    def find(self, cli: Any, lost: LostSubmission) -> str | None:
         listed = _sdk(lambda: cli.batch.jobs.list(page_size=100, retries=None))
-        return next((j.id for j in listed.data or [] if (j.metadata or {}).get(key) == value), None)
+        return next((j.id for j in listed.data or [] if _carries(j.metadata, lost.metadata)), None)
 
 
 # --- Anthropic: requests inline, JSONL results at the batch's results_url ----------------------
@@ -204,8 +228,40 @@ class AnthropicBatches:
     def cancel(self, cli: Any, batch_id: str) -> None:
         _sdk(lambda: cli.messages.batches.cancel(batch_id))
 
-    def find(self, cli: Any, key: str, value: str) -> str | None:
-        return None  # Message Batches carry no metadata: a lost submission cannot be recognised
+    def find(self, cli: Any, lost: LostSubmission) -> str | None:
+        """Message Batches carry no metadata: the lost one is told by when it was created, how
+        many requests it holds, and (among several) by its results' custom ids."""
+        since = _aware(lost.started_at) - CLOCK_SLACK
+
+        def recent() -> list[Any]:  # the list is newest first; it pages on by itself
+            found = []
+            for batch in cli.messages.batches.list(limit=100):
+                if _aware(batch.created_at) < since or len(found) >= SCAN_LIMIT:
+                    break
+                found.append(batch)
+            return found
+
+        candidates = [b for b in _sdk(recent) if b.id not in lost.known
+                      and sum(dict(b.request_counts).values()) == len(lost.custom_ids)]
+        if len(candidates) <= 1:
+            return candidates[0].id if candidates else None
+        for batch in candidates:
+            if batch.processing_status == "ended" and {
+                    entry.custom_id for entry in _sdk(lambda: list(cli.messages.batches.results(batch.id)))
+            } == lost.custom_ids:
+                return batch.id
+        if all(b.processing_status == "ended" for b in candidates):
+            return None  # none of them holds our requests
+        raise Undecided(f"{len(candidates)} Anthropic batches created since {since:%H:%M:%S} could be ours")
+
+
+def _carries(metadata: dict | None, ours: dict[str, str]) -> bool:
+    return bool(ours) and all((metadata or {}).get(key) == value for key, value in ours.items())
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite gives datetimes back without their zone; ours are all UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 BATCH_APIS: dict[str, Any] = {"openai": OpenAIBatches(), "mistral": MistralBatches(), "anthropic": AnthropicBatches()}
