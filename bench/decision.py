@@ -34,7 +34,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.config import DecisionConfig  # noqa: E402
+from shared.config.tables import DecisionConfig  # noqa: E402
 from shared.power import confirmable  # noqa: E402
 from shared.report.decision import GO, NO_GO, compare, comparisons, decide, error_shares  # noqa: E402
 

@@ -35,7 +35,7 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
     ("recovery (heartbeat, sweep, journal)", ("worker/recovery.py", "shared/fleet.py", "shared/journal.py")),
     ("scoring", ("shared/scoring/",)),
     ("suite loading", ("shared/suite.py",)),
-    ("settings/pricing", ("shared/config.py", "shared/tokens.py")),
+    ("settings/pricing", ("shared/config/", "shared/tokens.py")),
     ("SQL (other)", ("sqlalchemy/", "sqlmodel/", "sqlite3/")),
     ("SDK (other)", ("openai/", "anthropic/", "mistralai/", "httpx/", "httpx2/", "httpcore/", "pydantic")),
     ("Celery result backend", ("celery/backends/",)),

@@ -84,14 +84,15 @@ def _client(settings: Settings, backend: str) -> tuple[Any, str]:
     """The SDK client, with the key and endpoint of the backend (its own `api_key_env` and
     `base_url` where the config has them, else MISTRAL_API_KEY and MISTRAL_BASE_URL)."""
     from shared.providers import PROVIDERS, key_env as key_variable
-    from shared.providers.clients import build_mistral, credentials
+    from shared.providers.clients import client_for, credentials
 
-    config = settings.backends[backend]
-    key_env = key_variable("mistral", config.api_key_env)
-    key, base_url = credentials(PROVIDERS["mistral"], config.base_url, config.api_key_env)
+    config, spec = settings.backends[backend], PROVIDERS["mistral"]
+    key, base_url = credentials(spec, config.base_url, config.api_key_env)
     if not key:
-        raise ConfigError(f"{key_env} is not set: `finetune status` asks the Mistral API from this host")
-    return build_mistral(key, base_url, settings.retry.call_timeout_s), redacted_url(base_url or DEFAULT_ENDPOINT)
+        raise ConfigError(f"{key_variable('mistral', config.api_key_env)} is not set: "
+                          "`finetune status` asks the Mistral API from this host")
+    client = client_for(spec, settings.retry.call_timeout_s, config.base_url, config.api_key_env)
+    return client, redacted_url(base_url or DEFAULT_ENDPOINT)
 
 
 def _fetch(client: Any, endpoint: str) -> Listing:

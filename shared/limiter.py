@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import redis
 
 from shared import counters
-from shared.config import RateLimit, Settings
+from shared.config import Settings
+from shared.config.tables import RateLimit
 from shared.retry import quotas_from_headers
 
 SECONDS_PER_MINUTE = 60.0

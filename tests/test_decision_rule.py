@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from shared.config import DecisionConfig
+from shared.config.tables import DecisionConfig
 from shared.power import Truth, can_ever_go, go_power, smallest_confirmable, tasks_needed
 from shared.report.decision import (
     GO, INCONCLUSIVE, NO_GO, POOLED, compare, comparisons, decide, error_shares, power_line, sensitivity_line,

@@ -55,7 +55,7 @@ def test_keys_are_scrubbed_from_error_messages(monkeypatch):
 def test_config_queues_and_key_checks_derive_from_the_provider_registry() -> None:
     from typing import get_args
 
-    from shared.config import Provider
+    from shared.config.tables import Provider
     from shared.providers import PROVIDERS, key_env, queue_for
     from shared.messaging import app
     from shared.providers import PROVIDER_QUEUES

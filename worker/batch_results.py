@@ -81,6 +81,7 @@ class BatchMoney:
             recorded = journal.RECORDERS["answer"](job, payment, data)
         except DATABASE_AWAY:
             journal.write(self.budget.redis, "answer", job, key, payment, data)
+            log.warning("job %s: database away; its batch answer is journaled (replayed by the sweep)", job.id)
             recorded = True
         self.budget.settle(key, result.cost_usd, call_id)  # counted once per call id, whatever happened
         return recorded
@@ -94,6 +95,7 @@ def write_results(batch, results: list[Result], now: datetime, budget: BudgetGua
     waited_ms = max(0.0, (now - batch.submitted_at).total_seconds() * 1000) if batch.submitted_at else 0.0
     counts: Counter[str] = Counter()
     judge_next: list[ClaimedJob] = []
+    failed: list[tuple[ClaimedJob, str, str]] = []
     for job in sql.jobs_of(batch.id):
         result = by_job.get(job.id)
         if result is not None and result.kind == "succeeded" and result.response is not None:
@@ -118,8 +120,9 @@ def write_results(batch, results: list[Result], now: datetime, budget: BudgetGua
             continue
         counts["errored"] += 1
         kind = result.kind if result is not None else "missing"
-        send_back_or_fail(batch, job, f"Batch{kind.capitalize()}",
-                          result.error if result is not None and result.error else f"no result ({kind})")
+        failed.append((job, f"Batch{kind.capitalize()}",
+                       result.error if result is not None and result.error else f"no result ({kind})"))
+    send_back_or_fail(batch, failed)
     requeue(batch.id, judge_next)  # answered and ledgered: graded by run_job's judge path
     return dict(counts)
 
@@ -129,24 +132,33 @@ def end_without_results(batch, error_type: str, reason: str, budget: BudgetGuard
     `halted`, when a budget halt cancelled it)."""
     money = BatchMoney(budget, batch.id)
     counts: Counter[str] = Counter()
+    failed: list[tuple[ClaimedJob, str, str]] = []
     for job in sql.jobs_of(batch.id):
         money.release([job.id])
         if batch.cancel_requested:
             jobs.finish_halted(job.id, f"provider batch {batch.provider_batch_id} cancelled by the budget halt")
             counts["halted"] += 1
         else:
-            send_back_or_fail(batch, job, error_type, reason)
+            failed.append((job, error_type, reason))
             counts["errored"] += 1
+    send_back_or_fail(batch, failed)
     return dict(counts)
 
 
-def send_back_or_fail(batch, job: ClaimedJob, error_type: str, reason: str) -> None:
-    """Bounded: a job claimed `[batch] max_attempts` times ends `error` with the provider's reason."""
-    detail = f"provider batch {batch.provider_batch_id or batch.id}: {reason}"[:500]
-    if job.attempts < get_settings().batch.max_attempts:
-        requeue(batch.id, [job], error_type, detail)
-    else:
-        jobs.finish_error(job.id, error_type, f"after {job.attempts} attempt(s): {detail}")
+def send_back_or_fail(batch, failed: list[tuple[ClaimedJob, str, str]]) -> None:
+    """(job, error type, the provider's reason) each: bounded, a job claimed `[batch]
+    max_attempts` times ends `error` with the reason; the others go back, one requeue (an
+    UPDATE and a publish per run) for all those with the same reason, not one per job."""
+    max_attempts = get_settings().batch.max_attempts
+    back: dict[tuple[str, str], list[ClaimedJob]] = defaultdict(list)
+    for job, error_type, reason in failed:
+        detail = f"provider batch {batch.provider_batch_id or batch.id}: {reason}"[:500]
+        if job.attempts < max_attempts:
+            back[(error_type, detail)].append(job)
+        else:
+            jobs.finish_error(job.id, error_type, f"after {job.attempts} attempt(s): {detail}")
+    for (error_type, detail), claimed in back.items():
+        requeue(batch.id, claimed, error_type, detail)
 
 
 def requeue(batch_id: int, claimed: list[ClaimedJob], error_type: str | None = None,

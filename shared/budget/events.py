@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from shared.config import BudgetConfig, Settings
+from shared.config import Settings
+from shared.config.tables import BudgetConfig
 from shared.db import session_scope
 from shared.models import BudgetEvent
 

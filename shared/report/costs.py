@@ -10,7 +10,8 @@ from typing import Any, Iterable
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from shared.config import ConfigError, Price, price_in
+from shared.config import ConfigError, price_in
+from shared.config.tables import Price
 from shared.models import CostEntry
 
 JUDGE_OPERATION = "judge"

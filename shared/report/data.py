@@ -13,7 +13,8 @@ from sqlmodel import Session, select
 
 from shared.budget import recorded_budget_state, to_micro
 from shared.budget.events import level_of
-from shared.config import BudgetConfig, ConfigError
+from shared.config import ConfigError
+from shared.config.tables import BudgetConfig
 from shared.models import BudgetEvent, CostEntry, Job, JobStatus, Run, RunStatus, iso
 from shared.report.costs import NOTHING, Spend, is_batch, is_reused, judge_spend, total
 from shared.stats import mean_or_none, percentile

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Hashable
 
-from shared.config import DecisionConfig
+from shared.config.tables import DecisionConfig
 from shared.models import JobStatus
 from shared.power import Truth, confirmable, tasks_needed
 from shared.report.data import RunFacts, answered
