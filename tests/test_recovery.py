@@ -70,3 +70,27 @@ def test_cancel_stops_a_run_and_reports_what_finished(start_worker, simulator):
     assert served_at_cancel <= snap["by_status"]["ok"] + 1  # at most the call in flight at cancel time
     report = json.loads((Path(snap["report"]).parent / "report.json").read_text())
     assert report["complete"] is False and report["status"] == "cancelled"
+
+
+def test_a_run_recorded_while_the_broker_was_long_idle_is_not_taken_for_lost_before_its_own_grace(genesis,
+                                                                                                   redis_url):
+    """Record first, then enqueue: between the two a sweep sees queued jobs and an empty broker.
+    The broker had been idle for longer than the grace before the run existed; the run still
+    gets the whole grace of its own (it was published twice otherwise), and is taken for lost
+    once that passes with no message."""
+    import time
+
+    from producer.submit import record_run, select_work
+    from shared.config import get_settings
+    from worker.recovery import _runs_without_messages
+
+    client, grace_s = redis.Redis.from_url(redis_url), 0.5
+    assert _runs_without_messages(client, grace_s, set()) == {}  # an idle broker, nothing in flight
+    time.sleep(grace_s + 0.2)
+    settings = get_settings()
+    selection = select_work(settings, agents=["qa"], all_agents=False, backends=["openai"], suite=None, limit=2)
+    run_id, jobs = record_run(settings, selection)  # not yet published
+    assert len(jobs) == 2
+    assert _runs_without_messages(client, grace_s, set()) == {}
+    time.sleep(grace_s + 0.2)
+    assert run_id in _runs_without_messages(client, grace_s, set())  # its messages never came

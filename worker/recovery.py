@@ -87,17 +87,19 @@ def _runs_without_messages(client: redis.Redis, grace_s: float, dead: set[str]) 
     (Redis lost everything); a node died (the messages it had reserved, or held for a
     countdown, stay unacknowledged for the hour of Redis' visibility timeout, and which ones is
     not recorded: every queued job is published again, and the claim lets only one delivery
-    run it); or the broker holds no message at all (lost one by one)."""
+    run it); or the broker has held no message all the while a run had queued jobs (lost one
+    by one). That last clock is the run's own: a run recorded a moment ago, its messages not yet
+    published, is not taken for one whose messages were lost because the broker was idle before."""
     in_flight = set(lifecycle.runs_in_flight())
     lost = {run_id: "lost its queue state in Redis" for run_id in fleet.runs_without_messages(client, in_flight, grace_s)}
     if dead:
         for run_id in in_flight - set(lost):
             lost[run_id] = f"may have had messages on {', '.join(sorted(dead))}"
-    empty = {"broker"} if fleet.broker_holds_nothing(client, all_queues(get_settings())) else set()
-    if fleet.lasting(client, "idle", empty, grace_s):
-        for run_id in in_flight - set(lost):
-            if lifecycle.queued_jobs(run_id):
-                lost[run_id] = "has queued jobs but the broker holds no message"
+    waiting = set()
+    if fleet.broker_holds_nothing(client, all_queues(get_settings())):
+        waiting = {run_id for run_id in in_flight - set(lost) if lifecycle.queued_jobs(run_id)}
+    for run_id in fleet.lasting(client, "idle", waiting, grace_s):
+        lost[run_id] = "has queued jobs but the broker holds no message"
     return lost
 
 
