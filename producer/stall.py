@@ -1,7 +1,9 @@
 """`submit --wait` / `status --watch` never wait forever: when no job of the run has finished
 for `recovery.stall_after_s`, say so and say what is being recovered (jobs on nodes whose
 heartbeat stopped, answers waiting in the journal for the database, no live worker at all);
-after `recovery.give_up_after_s` without progress, stop waiting (the run itself goes on)."""
+after `recovery.give_up_after_s` without progress, stop waiting (the run itself goes on). Jobs
+waiting in provider batches that are still being polled are waiting, not stalled: a batch may
+take the provider's window of hours, and the wait follows it."""
 
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ import redis
 from sqlmodel import select
 
 from shared import fleet, journal
+from shared.batches import polled_lately
 from shared.db import session_scope
-from shared.models import Job, JobStatus
+from shared.models import Job, JobStatus, utcnow
 
 FINAL = ("ok", "error", "halted")
 STALLED = "stalled"  # what a wait that gave up reports as the run's status
@@ -27,11 +30,12 @@ class StallWatch:
         self.last_progress = time.monotonic()
         self.last_said = 0.0
 
-    def observe(self, by_status: dict[str, int] | None) -> str | None:
-        """Feed one snapshot (None when it could not be read); returns a line to show, if any."""
+    def observe(self, by_status: dict[str, int] | None, batches: list[dict] | None = None) -> str | None:
+        """Feed one snapshot (None when it could not be read; `batches`: its batches); returns a
+        line to show, if any."""
         done = sum(by_status.get(s, 0) for s in FINAL) if by_status is not None else self.done
         now = time.monotonic()
-        if done != self.done:
+        if done != self.done or self._at_provider(batches):
             self.done, self.last_progress = done, now
             return None
         stalled_for = now - self.last_progress
@@ -39,6 +43,14 @@ class StallWatch:
             return None
         self.last_said = now
         return f"stalled: no job finished for {stalled_for:.0f}s; {self.describe()}"
+
+    def _at_provider(self, batches: list[dict] | None) -> bool:
+        """Jobs wait in batches polled within two of their longest poll intervals (and a stall's
+        time): the sweep revives a lost poll chain well within that."""
+        if not batches:
+            return False
+        within_s = 2 * self.settings.batch.poll_max_s + self.settings.recovery.stall_after_s
+        return polled_lately(batches, utcnow(), within_s) > 0
 
     def given_up(self) -> bool:
         return time.monotonic() - self.last_progress >= self.settings.recovery.give_up_after_s

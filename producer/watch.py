@@ -39,7 +39,8 @@ def wait_for_report(run_id: str, *, quiet: bool) -> dict[str, Any]:
                 if outage_line(exc) is None:
                     raise
                 snapshot = None
-            if (said := watch.observe(snapshot["by_status"] if snapshot else None)) and not quiet:
+            by_status, batches = (snapshot["by_status"], snapshot["batches"]) if snapshot else (None, None)
+            if (said := watch.observe(by_status, batches)) and not quiet:
                 progress.console.print(f"[yellow]{said}[/yellow]", highlight=False, soft_wrap=True)
             if watch.given_up():
                 return _stop_waiting(run_id, watch, quiet)

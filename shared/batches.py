@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 
 from shared.db import get_engine, session_scope
 from shared.lifecycle import ClaimedJob
-from shared.models import OPEN_BATCH_STATES, BatchState, Job, JobStatus, ProviderBatch, Run
+from shared.models import OPEN_BATCH_STATES, BatchState, Job, JobStatus, ProviderBatch, Run, aware
 
 _BATCHES, _JOBS = ProviderBatch.__table__, Job.__table__
 
@@ -177,23 +177,32 @@ def take_over_polling(batch_id: int, stale_before: datetime) -> str | None:
 
 def run_batches(session: Session, run_id: str) -> list[dict]:
     """The batches that hold or held a run's jobs: what `status` shows (enrolled in an open
-    batch, submitted, done) with the provider's batch id (in the caller's session: one read)."""
+    batch, submitted, done) with the provider's batch id and when it was last polled (in the
+    caller's session: one read)."""
+    columns = (ProviderBatch.id, ProviderBatch.backend, ProviderBatch.state, ProviderBatch.provider_batch_id,
+               ProviderBatch.provider_status, ProviderBatch.last_polled_at)
     rows = session.exec(
-        select(ProviderBatch.id, ProviderBatch.backend, ProviderBatch.state, ProviderBatch.provider_batch_id,
-               ProviderBatch.provider_status, Job.status, func.count())
+        select(*columns, Job.status, func.count())
         .join(Job, col(Job.provider_batch_id) == col(ProviderBatch.id))
         .where(Job.run_id == run_id)
-        .group_by(ProviderBatch.id, ProviderBatch.backend, ProviderBatch.state, ProviderBatch.provider_batch_id,
-                  ProviderBatch.provider_status, Job.status)
+        .group_by(*columns, Job.status)
         .order_by(col(ProviderBatch.id))
     ).all()
     found: dict[int, dict] = {}
-    for batch_id, backend, state, provider_id, provider_status, job_status, n in rows:
+    for batch_id, backend, state, provider_id, provider_status, polled_at, job_status, n in rows:
         entry = found.setdefault(batch_id, {"batch": batch_id, "backend": backend, "state": state,
                                             "provider_batch_id": provider_id, "provider_status": provider_status,
-                                            "jobs": {}})
+                                            "polled_at": polled_at and aware(polled_at), "jobs": {}})
         entry["jobs"][job_status] = n
     return list(found.values())
+
+
+def polled_lately(batches: list[dict], now: datetime, within_s: float) -> int:
+    """Jobs waiting in submitted batches that a poll chain asked about within `within_s`: a run
+    whose jobs wait at their provider like this is waiting, not stalled."""
+    return sum(batch["jobs"].get(JobStatus.running, 0) for batch in batches
+               if batch["state"] == BatchState.submitted and batch["polled_at"] is not None
+               and (now - batch["polled_at"]).total_seconds() <= within_s)
 
 
 def batched_by_backend(batches: list[dict]) -> dict[str, dict[str, int]]:

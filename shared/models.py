@@ -17,11 +17,13 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def iso(moment: datetime) -> str:
+def aware(moment: datetime) -> datetime:
     """SQLite hands datetimes back naive; they were written as UTC."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.isoformat()
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def iso(moment: datetime) -> str:
+    return aware(moment).isoformat()
 
 
 class RunStatus(StrEnum):

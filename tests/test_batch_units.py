@@ -158,3 +158,31 @@ def test_a_retryable_submission_failure_reopens_the_batch_with_backoff(settings,
     assert status == "retrying"
     assert [batch_id for batch_id, _ in reopened] == [7] and "503" in reopened[0][1]
     assert sent and sent[0][0] == (7,) and sent[0][1] > 0 and sent[0][2] == "batches"
+
+
+def test_a_wait_follows_jobs_at_their_provider_while_their_batch_is_polled_and_gives_up_once_it_is_not(settings):
+    """`submit --wait` / `status --watch`: no job finishing for hours is no stall while a poll
+    chain keeps asking about the batch that holds them; once nobody polls it, it is one."""
+    from datetime import timedelta
+
+    from producer.stall import StallWatch
+    from shared.models import utcnow
+
+    watch = StallWatch("run", settings)
+    watch.describe = lambda: "described"  # what the fleet does: SQL and Redis, not this test's concern
+    long_ago = settings.recovery.give_up_after_s + 1
+
+    def batch(state: str, polled_s_ago: float | None) -> dict:
+        return {"state": state, "jobs": {"running": 40, "ok": 2},
+                "polled_at": None if polled_s_ago is None else utcnow() - timedelta(seconds=polled_s_ago)}
+
+    assert watch.observe({"ok": 2}, [batch("submitted", 5)]) is None
+    watch.last_progress -= long_ago  # hours without a job finishing...
+    assert watch.observe({"ok": 2}, [batch("submitted", 5)]) is None  # ...but the batch was polled 5 s ago
+    assert not watch.given_up()
+
+    stale = 2 * settings.batch.poll_max_s + settings.recovery.stall_after_s + 5
+    for batches in ([batch("submitted", stale)], [batch("open", 1)], [batch("submitted", None)], [], None):
+        watch.last_progress, watch.last_said = watch.last_progress - long_ago, 0.0
+        assert watch.observe({"ok": 2}, batches).startswith("stalled: no job finished for"), batches
+        assert watch.given_up()

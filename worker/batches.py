@@ -28,7 +28,7 @@ from shared.budget import BudgetRefused, task_worst_case
 from shared.calls import job_request
 from shared.config import get_settings
 from shared.messaging import BATCHES_QUEUE, CANCEL_BATCHES, FLUSH_BATCH, POLL_BATCH, app
-from shared.models import BatchState
+from shared.models import BatchState, aware
 from shared.providers import PROVIDERS, ProviderError
 from shared.providers.batch_api import (BATCH_APIS, CLOCK_SLACK, ENDED, EXPIRED, RUNNING, LostSubmission,
                                         Undecided, custom_id)
@@ -263,7 +263,7 @@ def _adopt_or_reopen(batch, now) -> None:
     sent = sql.jobs_of(batch.id)  # what the dead submitter sent: the jobs it did not send it took out first
     lost = LostSubmission(
         metadata={METADATA_KEY: str(batch.id)}, custom_ids=frozenset(custom_id(job.id) for job in sent),
-        started_at=batch.last_polled_at,
+        started_at=aware(batch.last_polled_at),
         known=sql.provider_ids_since(batch.provider, batch.last_polled_at - CLOCK_SLACK))
     try:
         found = BATCH_APIS[batch.provider].find(_client(settings, batch), lost)

@@ -7,13 +7,12 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from sqlmodel import Session, col, select
 
 from shared.config import ConfigError, Settings
-from shared.models import BudgetEvent, CostEntry, Job, JobStatus, Run
+from shared.models import BudgetEvent, CostEntry, Job, JobStatus, Run, aware
 from shared.numbers import is_cost
 
 from shared.budget.money import to_micro
@@ -64,17 +63,12 @@ def recorded_budget_state(session: Session) -> RecordedBudgetState:
         elif kind == "limit":
             limit_usd, fired = event_limit, set()
         elif kind in ("halt", "resume"):
-            switches.append((_aware(at), len(switches), kind, message))
+            switches.append((aware(at), len(switches), kind, message))
         elif kind in TIERS:
             fired.add(kind)
     last = max(switches, default=None)
     halted = last is not None and last[2] == "halt"
     return RecordedBudgetState(limit_usd, halted, frozenset(fired), last[3] if halted else None)
-
-
-def _aware(at: datetime) -> datetime:
-    """SQLite hands timestamps back naive (they were written in UTC)."""
-    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
 
 
 def call_key(job_id: int, operation: str = "inference") -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
 from shared.providers.adapters import TEMPERATURE, ChatRequest, ChatResponse, _messages
@@ -50,7 +50,7 @@ class LostSubmission:
 
     metadata: dict[str, str]
     custom_ids: frozenset[str]
-    started_at: datetime  # when the submitter took the batch (our clock)
+    started_at: datetime  # when the submitter took the batch (our clock; with its zone)
     known: frozenset[str]  # provider batch ids our other batches hold
 
 
@@ -231,12 +231,12 @@ class AnthropicBatches:
     def find(self, cli: Any, lost: LostSubmission) -> str | None:
         """Message Batches carry no metadata: the lost one is told by when it was created, how
         many requests it holds, and (among several) by its results' custom ids."""
-        since = _aware(lost.started_at) - CLOCK_SLACK
+        since = lost.started_at - CLOCK_SLACK
 
         def recent() -> list[Any]:  # the list is newest first; it pages on by itself
             found = []
             for batch in cli.messages.batches.list(limit=100):
-                if _aware(batch.created_at) < since or len(found) >= SCAN_LIMIT:
+                if batch.created_at < since or len(found) >= SCAN_LIMIT:
                     break
                 found.append(batch)
             return found
@@ -257,11 +257,6 @@ class AnthropicBatches:
 
 def _carries(metadata: dict | None, ours: dict[str, str]) -> bool:
     return bool(ours) and all((metadata or {}).get(key) == value for key, value in ours.items())
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite gives datetimes back without their zone; ours are all UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 BATCH_APIS: dict[str, Any] = {"openai": OpenAIBatches(), "mistral": MistralBatches(), "anthropic": AnthropicBatches()}
