@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 
 from shared.db import get_engine, session_scope
 from shared.lifecycle import ClaimedJob
-from shared.models import OPEN_BATCH_STATES, BatchState, Job, JobStatus, ProviderBatch, Run, aware
+from shared.models import OPEN_BATCH_STATES, BatchState, Job, JobStatus, ProviderBatch, Run
 
 _BATCHES, _JOBS = ProviderBatch.__table__, Job.__table__
 
@@ -87,11 +87,13 @@ def reopen(batch_id: int, due_at: datetime, error: str | None = None) -> bool:
     return _move(batch_id, (BatchState.submitting,), state=BatchState.open, due_at=due_at, error=error)
 
 
-def mark_submitted(batch_id: int, provider_batch_id: str, reserved_usd: float, now: datetime) -> str:
-    """Returns the poll chain's token."""
+def mark_submitted(batch_id: int, provider_batch_id: str, reserved_usd: float, sent: int, now: datetime) -> str:
+    """`sent` jobs are at the provider (those the budget left out went back first). Returns the
+    poll chain's token."""
     token = uuid.uuid4().hex
     _move(batch_id, (BatchState.submitting,), state=BatchState.submitted, provider_batch_id=provider_batch_id,
-          reserved_usd=reserved_usd, submitted_at=now, last_polled_at=now, poll_token=token, error=None)
+          reserved_usd=reserved_usd, job_count=sent, submitted_at=now, last_polled_at=now, poll_token=token,
+          error=None)
     return token
 
 
@@ -192,7 +194,7 @@ def run_batches(session: Session, run_id: str) -> list[dict]:
     for batch_id, backend, state, provider_id, provider_status, polled_at, job_status, n in rows:
         entry = found.setdefault(batch_id, {"batch": batch_id, "backend": backend, "state": state,
                                             "provider_batch_id": provider_id, "provider_status": provider_status,
-                                            "polled_at": polled_at and aware(polled_at), "jobs": {}})
+                                            "polled_at": polled_at, "jobs": {}})
         entry["jobs"][job_status] = n
     return list(found.values())
 

@@ -17,13 +17,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def aware(moment: datetime) -> datetime:
-    """SQLite hands datetimes back naive; they were written as UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
 def iso(moment: datetime) -> str:
-    return aware(moment).isoformat()
+    """SQLite hands datetimes back naive; they were written as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.isoformat()
 
 
 class RunStatus(StrEnum):
@@ -136,7 +134,7 @@ class ProviderBatch(SQLModel, table=True):
     state: str = Field(default=BatchState.open, index=True)
     provider_batch_id: str | None = Field(default=None, max_length=128)
     provider_status: str | None = None  # the provider's own word for its state
-    job_count: int = 0
+    job_count: int = 0  # jobs enrolled; once submitted, the jobs sent
     succeeded: int = 0
     errored: int = 0
     created_at: datetime = Field(default_factory=utcnow)

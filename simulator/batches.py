@@ -89,7 +89,10 @@ class BatchStore:
         self.reset()
 
     def reset(self) -> None:
+        """Forget every file and batch, and the counters (a new scenario on the same server)."""
         with self._lock:
+            self.files.clear()
+            self.batches.clear()
             self._rng = random.Random(self.simulator.config.seed + 1)
             self.counts: Counter[str] = Counter()
             self.by_api: Counter[str] = Counter()
@@ -273,7 +276,7 @@ class BatchStore:
         for index, item in enumerate(batch.items):
             if outcome in ("expired", "failed"):
                 results.append((item, outcome, None))
-            elif batch.fate == "failed":
+            elif batch.fate == "failed" and outcome == "completed":  # an Anthropic batch drawn to fail
                 results.append((item, "errored", {"message": BATCH_FAILURE}))
             elif batch.finished_by(index) > cut:
                 results.append((item, "canceled", None))

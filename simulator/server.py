@@ -84,7 +84,7 @@ class Simulator:
         return new
 
     def reset(self) -> None:
-        """Zero the counters, refill every rate-limit bucket and restart the fault RNG."""
+        """Zero the counters, refill every rate-limit bucket, restart the fault RNG and forget every batch."""
         with self._lock:
             self._limiter = RateLimiter(self.config.rpm, self.config.tpm)
             self._rng = random.Random(self.config.seed)

@@ -113,7 +113,8 @@ def test_jobs_in_a_batch_are_not_stale_however_long_they_wait(settings):
 def test_result_lines_of_openai_and_mistral_files_are_read_per_request():
     from shared.providers.batch_api import _chat_result, custom_id, job_of
 
-    assert job_of(custom_id(42)) == 42 and job_of("someone-else") is None
+    assert job_of(custom_id(7, 42), 7) == 42 and job_of("someone-else", 7) is None
+    assert job_of(custom_id(8, 42), 7) is None  # another batch's request answers none of this one's jobs
     ok = _chat_result("job-1", {"custom_id": "job-1", "response": {"status_code": 200, "body": {
         "choices": [{"message": {"content": "Paris"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 12, "completion_tokens": 3}}}})

@@ -277,8 +277,9 @@ def test_a_submitter_killed_before_it_learns_its_batch_ids_leaves_them_adopted_n
 
 def test_a_lost_submission_is_told_apart_at_its_provider(simulator, monkeypatch):
     """The finder the sweep asks (no worker here, the real SDKs against the simulator): by our id
-    in the metadata (OpenAI, Mistral); for Anthropic, whose batches carry none, by creation time
-    and size, and between two alike, only once one has ended, by its results' custom ids."""
+    in the metadata (OpenAI, Mistral); for Anthropic, whose batches carry none, a batch of its
+    size created since, once it has ended and its results name our requests; never by size
+    alone while it runs (two alike, or another client's, would be taken for each other)."""
     from datetime import datetime, timedelta, timezone
 
     from shared.providers import PROVIDERS, ChatRequest
@@ -290,36 +291,36 @@ def test_a_lost_submission_is_told_apart_at_its_provider(simulator, monkeypatch)
                                     ("mistral", "MISTRAL_BASE_URL", simulator.url)):
         monkeypatch.setenv(variable, url)
         monkeypatch.setenv(PROVIDERS[provider].key_env, "sim-key")
-    simulator.update(batch_delay_s=1.0)
+    simulator.update(batch_delay_s=3.0)
 
-    def lines(model: str, *jobs: int) -> list:
-        return [(custom_id(job), ChatRequest(model, f"question {job}", None, 16, 10.0)) for job in jobs]
+    def lines(model: str, batch: int, *jobs: int) -> list:
+        return [(custom_id(batch, job), ChatRequest(model, f"question {job}", None, 16, 10.0)) for job in jobs]
 
-    def lost(*jobs: int, metadata=None, started_at=None, known=()) -> LostSubmission:
-        return LostSubmission(metadata or {}, frozenset(custom_id(j) for j in jobs),
+    def lost(batch: int, *jobs: int, started_at=None, known=()) -> LostSubmission:
+        return LostSubmission({"genesis_batch": str(batch)}, frozenset(custom_id(batch, j) for j in jobs),
                               started_at or datetime.now(timezone.utc) - timedelta(seconds=2), frozenset(known))
 
     for provider, model in (("openai", "gpt-4o-mini"), ("mistral", "open-mistral-7b")):
         api, cli = BATCH_APIS[provider], client_for(PROVIDERS[provider], 10.0)
-        ours = api.submit(cli, model, lines(model, 1, 2), {"genesis_batch": "7"})
-        api.submit(cli, model, lines(model, 3, 4), {"genesis_batch": "8"})
-        assert api.find(cli, lost(1, 2, metadata={"genesis_batch": "7"})) == ours
-        assert api.find(cli, lost(5, metadata={"genesis_batch": "9"})) is None  # never reached the provider
+        ours = api.submit(cli, model, lines(model, 7, 1, 2), {"genesis_batch": "7"})
+        api.submit(cli, model, lines(model, 8, 3, 4), {"genesis_batch": "8"})
+        assert api.find(cli, lost(7, 1, 2)) == ours
+        assert api.find(cli, lost(9, 5)) is None  # never reached the provider
+        assert api.find(cli, lost(7, 1, 2, started_at=datetime.now(timezone.utc) + timedelta(minutes=10))) is None
 
     api, cli = BATCH_APIS["anthropic"], client_for(PROVIDERS["anthropic"], 10.0)
     model = "claude-3-5-haiku-latest"
-    assert api.find(cli, lost(1, 2)) is None  # nothing created since
-    first = api.submit(cli, model, lines(model, 1, 2), {})
-    assert api.find(cli, lost(1, 2)) == first  # the one batch of that size created since
-    assert api.find(cli, lost(1, 2, 3)) is None  # none of that size
-    assert api.find(cli, lost(1, 2, known=[first])) is None  # already another batch's
-    assert api.find(cli, lost(1, 2, started_at=datetime.now(timezone.utc) + timedelta(minutes=10))) is None
-    second = api.submit(cli, model, lines(model, 5, 6), {})
-    with pytest.raises(Undecided):  # two alike, both running: re-sending could pay twice, adopting could be wrong
-        api.find(cli, lost(5, 6))
-    time.sleep(1.2)  # both ended: their results say which
-    assert api.find(cli, lost(5, 6)) == second and api.find(cli, lost(1, 2)) == first
-    assert api.find(cli, lost(7, 8)) is None
+    assert api.find(cli, lost(1, 1, 2)) is None  # nothing created since
+    first = api.submit(cli, model, lines(model, 1, 1, 2), {})
+    second = api.submit(cli, model, lines(model, 2, 3, 4), {})
+    with pytest.raises(Undecided):  # batches of its size, running: adopting one could be the wrong one
+        api.find(cli, lost(1, 1, 2))
+    assert api.find(cli, lost(1, 1, 2, 9)) is None  # none of that size
+    assert api.find(cli, lost(1, 1, 2, started_at=datetime.now(timezone.utc) + timedelta(minutes=10))) is None
+    time.sleep(3.2)  # both ended: their results say which is which
+    assert api.find(cli, lost(1, 1, 2)) == first and api.find(cli, lost(2, 3, 4)) == second
+    assert api.find(cli, lost(2, 3, 4, known=[second])) is None  # the other one is not ours
+    assert api.find(cli, lost(3, 7, 8)) is None
 
 
 def test_flower_shows_each_open_batch_by_its_provider_id_and_state(monkeypatch, batch_knobs, start_worker, simulator,

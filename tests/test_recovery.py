@@ -81,6 +81,7 @@ def test_a_run_recorded_while_the_broker_was_long_idle_is_not_taken_for_lost_bef
     import time
 
     from producer.submit import record_run, select_work
+    from shared import fleet
     from shared.config import get_settings
     from worker.recovery import _runs_without_messages
 
@@ -89,8 +90,10 @@ def test_a_run_recorded_while_the_broker_was_long_idle_is_not_taken_for_lost_bef
     time.sleep(grace_s + 0.2)
     settings = get_settings()
     selection = select_work(settings, agents=["qa"], all_agents=False, backends=["openai"], suite=None, limit=2)
-    run_id, jobs = record_run(settings, selection)  # not yet published
+    run_id, jobs = record_run(settings, selection)
+    fleet.mark_run_enqueued(client, run_id)  # publish_jobs' first step; its messages not yet sent
     assert len(jobs) == 2
     assert _runs_without_messages(client, grace_s, set()) == {}
     time.sleep(grace_s + 0.2)
-    assert run_id in _runs_without_messages(client, grace_s, set())  # its messages never came
+    assert _runs_without_messages(client, grace_s, set()) == {  # its messages never came
+        run_id: "has queued jobs but the broker holds no message"}

@@ -91,7 +91,7 @@ def write_results(batch, results: list[Result], now: datetime, budget: BudgetGua
     """Every waiting job of the batch gets its outcome; returns counts by outcome."""
     settings = get_settings()
     money = BatchMoney(budget, batch.id)
-    by_job = {job_of(r.custom_id): r for r in results}
+    by_job = {job_of(r.custom_id, batch.id): r for r in results}
     waited_ms = max(0.0, (now - batch.submitted_at).total_seconds() * 1000) if batch.submitted_at else 0.0
     counts: Counter[str] = Counter()
     judge_next: list[ClaimedJob] = []

@@ -8,8 +8,8 @@ batches must still be read and ledgered).
   then one submission through the provider's SDK, then the first poll.
 - `poll_batch(batch_id, token)`: polls with backoff, re-sending itself (no beat); when the
   batch ends, writes every job's result (worker/batch_results.py) and runs the completion step.
-  Its result names the batch at its provider and what the provider said ("openai batch_… (40
-  jobs): in_progress"): Flower's task list, filtered on it, shows the open batches.
+  Its result names the batch at its provider and what the provider said ("openai batch_…
+  (batch 12, 40 jobs): in_progress"): Flower's task list, filtered on it, shows the open batches.
 - `cancel_batches()`: sent by a budget halt; cancels every submitted batch at its provider.
 - `resume_batches` (called by the recovery sweep): batches whose flush or poll message was
   lost (a dead worker, Redis losing everything) get a new one, from their SQL rows."""
@@ -28,7 +28,7 @@ from shared.budget import BudgetRefused, task_worst_case
 from shared.calls import job_request
 from shared.config import get_settings
 from shared.messaging import BATCHES_QUEUE, CANCEL_BATCHES, FLUSH_BATCH, POLL_BATCH, app
-from shared.models import BatchState, aware
+from shared.models import BatchState
 from shared.providers import PROVIDERS, ProviderError
 from shared.providers.batch_api import (BATCH_APIS, CLOCK_SLACK, ENDED, EXPIRED, RUNNING, LostSubmission,
                                         Undecided, custom_id)
@@ -102,7 +102,7 @@ def _flush(batch_id: int) -> str:
     lines, amounts = [], []
     for job in waiting:
         suite_task = suite_task_of(job)
-        lines.append((custom_id(job.id), job_request(settings, job.backend, job.model, suite_task)))
+        lines.append((custom_id(batch_id, job.id), job_request(settings, job.backend, job.model, suite_task)))
         amounts.append((job.id, task_worst_case(settings, suite_task, job.backend, job.model)))
     money = batch_results.BatchMoney(svc.budget, batch_id)
     fit, reserved, denied = money.reserve_in_order(amounts, waiting[0].run_id)
@@ -129,7 +129,7 @@ def _flush(batch_id: int) -> str:
     except ProviderError as err:
         money.release([job.id for job in waiting])
         return _submission_failed(batch, waiting, err, now)
-    token = sql.mark_submitted(batch_id, provider_id, reserved, now)
+    token = sql.mark_submitted(batch_id, provider_id, reserved, len(waiting), now)
     log.info("batch %s: %d jobs submitted as %s %s ($%.6f reserved)", batch_id, len(waiting), batch.provider,
              provider_id, reserved)
     poll_batch.apply_async((batch_id, token), countdown=settings.batch.poll_min_s, queue=BATCHES_QUEUE)
@@ -249,34 +249,37 @@ def resume_batches(client_redis, settings) -> int:
             flush_batch.apply_async((batch.id,), queue=BATCHES_QUEUE)
         elif batch.state == BatchState.submitted and (token := sql.take_over_polling(batch.id, now - stale)):
             poll_batch.apply_async((batch.id, token), queue=BATCHES_QUEUE)
-        elif batch.state == BatchState.submitting and batch.last_polled_at < now - stale - grace:
-            _adopt_or_reopen(batch, now)
-        else:
+        elif not (batch.state == BatchState.submitting and batch.last_polled_at < now - stale - grace
+                  and _adopt_or_reopen(batch, now)):
             continue
         resent += 1
         log.warning("batch %s (%s): its message was lost; sent again from SQL", batch.id, batch.state)
     return resent
 
 
-def _adopt_or_reopen(batch, now) -> None:
+def _adopt_or_reopen(batch, now) -> bool:
+    """True when the batch got a message again (a poll of the batch found, or a new flush)."""
     settings = get_settings()
     sent = sql.jobs_of(batch.id)  # what the dead submitter sent: the jobs it did not send it took out first
     lost = LostSubmission(
-        metadata={METADATA_KEY: str(batch.id)}, custom_ids=frozenset(custom_id(job.id) for job in sent),
-        started_at=aware(batch.last_polled_at),
+        metadata={METADATA_KEY: str(batch.id)}, custom_ids=frozenset(custom_id(batch.id, job.id) for job in sent),
+        started_at=batch.last_polled_at,
         known=sql.provider_ids_since(batch.provider, batch.last_polled_at - CLOCK_SLACK))
     try:
         found = BATCH_APIS[batch.provider].find(_client(settings, batch), lost)
     except (ProviderError, Undecided) as why:
         log.warning("batch %s: its lost submission is not found yet (%s); asking again later", batch.id, why)
-        return
+        return False
     if found is not None:
         reserved = sum(task_worst_case(settings, suite_task_of(job), job.backend, job.model) for job in sent)
-        token = sql.mark_submitted(batch.id, found, reserved, now)
+        token = sql.mark_submitted(batch.id, found, reserved, len(sent), now)
         log.warning("batch %s: its lost submission is %s batch %s: adopted", batch.id, batch.provider, found)
         poll_batch.apply_async((batch.id, token), queue=BATCHES_QUEUE)
-    elif sql.reopen(batch.id, now):
+        return True
+    if sql.reopen(batch.id, now):
         flush_batch.apply_async((batch.id,), queue=BATCHES_QUEUE)
+        return True
+    return False
 
 
 def _client(settings, batch) -> Any:

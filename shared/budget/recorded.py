@@ -12,7 +12,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from shared.config import ConfigError, Settings
-from shared.models import BudgetEvent, CostEntry, Job, JobStatus, Run, aware
+from shared.models import BudgetEvent, CostEntry, Job, JobStatus, Run
 from shared.numbers import is_cost
 
 from shared.budget.money import to_micro
@@ -63,7 +63,7 @@ def recorded_budget_state(session: Session) -> RecordedBudgetState:
         elif kind == "limit":
             limit_usd, fired = event_limit, set()
         elif kind in ("halt", "resume"):
-            switches.append((aware(at), len(switches), kind, message))
+            switches.append((at, len(switches), kind, message))  # UTCDateTime: aware
         elif kind in TIERS:
             fired.add(kind)
     last = max(switches, default=None)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, Callable, Iterable
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterable, Iterator
 
 from shared.providers.adapters import TEMPERATURE, ChatRequest, ChatResponse, _messages
 from shared.providers.errors import ProviderError, classify
@@ -44,9 +45,10 @@ class Result:
 class LostSubmission:
     """A batch whose submitter died before it wrote the provider's batch id: what we know to
     recognise it at the provider. OpenAI and Mistral carry our `metadata`; an Anthropic Message
-    Batch carries none, so there it is the batch created since `started_at` with as many
-    requests, not already ours (`known`), and, when several could be, the one whose results
-    name our `custom_ids`."""
+    Batch carries none, so there it is a batch created since `started_at` with as many
+    requests, not already ours (`known`), whose results, once it has ended, name our requests
+    (`custom_ids`: they carry our batch id). Size alone is never enough: two lost batches of
+    one size, or another client's, would be taken for each other, and one of them paid twice."""
 
     metadata: dict[str, str]
     custom_ids: frozenset[str]
@@ -55,21 +57,43 @@ class LostSubmission:
 
 
 class Undecided(Exception):
-    """The provider holds more than one batch that could be the lost one, and none has ended
-    to tell by its results: ask again later (re-sending could pay twice)."""
+    """The provider cannot tell yet whether it holds the lost batch (a batch that could be it is
+    still running, or more were created since than we look through): ask again later; sending
+    it again could pay twice."""
 
 
 CLOCK_SLACK = timedelta(minutes=5)  # the provider's clock against ours, when matching by creation time
-SCAN_LIMIT = 1000  # at most this many of the newest batches are looked at
+SCAN_LIMIT = 1000  # batches created since a lost submission began that we look through, at most
+_CUSTOM_ID = re.compile(r"b(\d+)-job(\d+)")
 
 
-def custom_id(job_id: int) -> str:
-    return f"job-{job_id}"
+def custom_id(batch_id: int, job_id: int) -> str:
+    """A request's id: its job in our batch, so only our batch's own requests match its jobs."""
+    return f"b{batch_id}-job{job_id}"
 
 
-def job_of(custom: str) -> int | None:
-    prefix, _, number = custom.partition("-")
-    return int(number) if prefix == "job" and number.isdigit() else None
+def job_of(custom: str, batch_id: int) -> int | None:
+    """The job a result of our batch `batch_id` answers (None: not a request of that batch)."""
+    found = _CUSTOM_ID.fullmatch(custom)
+    return int(found[2]) if found and int(found[1]) == batch_id else None
+
+
+def _created_since(listing: Callable[[], Iterable[Any]], since: datetime,
+                   created: Callable[[Any], datetime]) -> list[Any]:
+    """The provider's batches created since `since`, from a newest-first listing that pages on
+    by itself; Undecided when there are more than we look through (an incomplete list could
+    make a lost batch look absent)."""
+    def scan() -> list[Any]:
+        found = []
+        for batch in listing():
+            if created(batch) < since:
+                return found
+            if len(found) >= SCAN_LIMIT:
+                raise Undecided(f"more than {SCAN_LIMIT} batches created since {since:%Y-%m-%d %H:%M:%S}")
+            found.append(batch)
+        return found
+
+    return _sdk(scan)
 
 
 def _sdk(call: Callable[[], Any]) -> Any:
@@ -148,8 +172,9 @@ class OpenAIBatches:
 
     def find(self, cli: Any, lost: LostSubmission) -> str | None:
         """The provider batch whose metadata says it is ours (None: the provider never got it)."""
-        page = _sdk(lambda: cli.batches.list(limit=100))
-        return next((b.id for b in page.data if _carries(b.metadata, lost.metadata)), None)
+        listed = _created_since(lambda: cli.batches.list(limit=100), lost.started_at - CLOCK_SLACK,
+                                lambda b: datetime.fromtimestamp(b.created_at, timezone.utc))
+        return next((b.id for b in listed if _carries(b.metadata, lost.metadata)), None)
 
 
 class MistralBatches:
@@ -188,8 +213,19 @@ class MistralBatches:
         _sdk(lambda: cli.batch.jobs.cancel(job_id=batch_id, retries=None))
 
     def find(self, cli: Any, lost: LostSubmission) -> str | None:
-        listed = _sdk(lambda: cli.batch.jobs.list(page_size=100, retries=None))
-        return next((j.id for j in listed.data or [] if _carries(j.metadata, lost.metadata)), None)
+        since = lost.started_at - CLOCK_SLACK
+
+        def pages() -> Iterator[Any]:  # newest first, page by page
+            page = 0
+            while True:
+                listed = cli.batch.jobs.list(page=page, page_size=100, created_after=since, retries=None)
+                yield from listed.data or []
+                page += 1
+                if not listed.data or page * 100 >= (listed.total or 0):
+                    return
+
+        listed = _created_since(pages, since, lambda j: datetime.fromtimestamp(j.created_at, timezone.utc))
+        return next((j.id for j in listed if _carries(j.metadata, lost.metadata)), None)
 
 
 # --- Anthropic: requests inline, JSONL results at the batch's results_url ----------------------
@@ -229,30 +265,31 @@ class AnthropicBatches:
         _sdk(lambda: cli.messages.batches.cancel(batch_id))
 
     def find(self, cli: Any, lost: LostSubmission) -> str | None:
-        """Message Batches carry no metadata: the lost one is told by when it was created, how
-        many requests it holds, and (among several) by its results' custom ids."""
+        """Message Batches carry no metadata: a batch created since the submission began, of its
+        size, is ours once it has ended and its first result names one of our requests. Until
+        then it is undecided (its jobs wait for it either way); None when no batch could be."""
         since = lost.started_at - CLOCK_SLACK
-
-        def recent() -> list[Any]:  # the list is newest first; it pages on by itself
-            found = []
-            for batch in cli.messages.batches.list(limit=100):
-                if batch.created_at < since or len(found) >= SCAN_LIMIT:
-                    break
-                found.append(batch)
-            return found
-
-        candidates = [b for b in _sdk(recent) if b.id not in lost.known
-                      and sum(dict(b.request_counts).values()) == len(lost.custom_ids)]
-        if len(candidates) <= 1:
-            return candidates[0].id if candidates else None
+        counts = ("processing", "succeeded", "errored", "canceled", "expired")
+        candidates = [b for b in _created_since(lambda: cli.messages.batches.list(limit=100), since,
+                                                lambda b: b.created_at)
+                      if b.id not in lost.known
+                      and sum(getattr(b.request_counts, name) for name in counts) == len(lost.custom_ids)]
+        running = 0
         for batch in candidates:
-            if batch.processing_status == "ended" and {
-                    entry.custom_id for entry in _sdk(lambda: list(cli.messages.batches.results(batch.id)))
-            } == lost.custom_ids:
+            if batch.processing_status != "ended":
+                running += 1
+            elif _first_custom_id(cli, batch.id) in lost.custom_ids:
                 return batch.id
-        if all(b.processing_status == "ended" for b in candidates):
-            return None  # none of them holds our requests
-        raise Undecided(f"{len(candidates)} Anthropic batches created since {since:%H:%M:%S} could be ours")
+        if running:
+            raise Undecided(f"{running} running Anthropic batch(es) of its size created since "
+                            f"{since:%H:%M:%S}: told apart by their results once ended")
+        return None
+
+
+def _first_custom_id(cli: Any, batch_id: str) -> str | None:
+    """Of an ended Message Batch: its first result's custom id (streamed; the rest is not read)."""
+    first = _sdk(lambda: next(iter(cli.messages.batches.results(batch_id)), None))
+    return first.custom_id if first is not None else None
 
 
 def _carries(metadata: dict | None, ours: dict[str, str]) -> bool:
