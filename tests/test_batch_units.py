@@ -111,21 +111,22 @@ def test_jobs_in_a_batch_are_not_stale_however_long_they_wait(settings):
 
 
 def test_result_lines_of_openai_and_mistral_files_are_read_per_request():
+    from shared.providers.adapters import SIMULATOR_HEADER
     from shared.providers.batch_api import _chat_result, custom_id, job_of
 
     assert job_of(custom_id(7, 42), 7) == 42 and job_of("someone-else", 7) is None
     assert job_of(custom_id(8, 42), 7) is None  # another batch's request answers none of this one's jobs
     ok = _chat_result("job-1", {"custom_id": "job-1", "response": {"status_code": 200, "body": {
         "choices": [{"message": {"content": "Paris"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 3}}}})
+        "usage": {"prompt_tokens": 12, "completion_tokens": 3}}}}, {SIMULATOR_HEADER: "genesis-bench"})
     assert ok.kind == "succeeded" and ok.response.text == "Paris" and ok.response.input_tokens == 12
-    assert ok.response.usage_reported
+    assert ok.response.usage_reported and ok.response.simulated  # the results file came from the simulator
     failed = _chat_result("job-2", {"custom_id": "job-2", "response": {"status_code": 500, "body": {}},
-                                    "error": {"code": "server_error", "message": "overloaded"}})
+                                    "error": {"code": "server_error", "message": "overloaded"}}, {})
     assert failed.kind == "errored" and failed.error == "500: overloaded"
     no_usage = _chat_result("job-3", {"response": {"status_code": 200, "body": {
-        "choices": [{"message": {"content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}}]}}})
-    assert no_usage.response.text == "ab" and not no_usage.response.usage_reported
+        "choices": [{"message": {"content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}}]}}}, {})
+    assert no_usage.response.text == "ab" and not no_usage.response.usage_reported and not no_usage.response.simulated
 
 
 def test_the_report_counts_what_batch_mode_saved_against_realtime_prices():

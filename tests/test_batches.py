@@ -94,6 +94,7 @@ def test_a_batch_run_answers_as_realtime_at_half_the_ledgered_cost(monkeypatch, 
     assert report["decision"] == json.loads(producer("report", realtime, "--json").stdout)["decision"]
 
     data = json.loads((Path(snap["report"]).parent / "report.json").read_text())
+    assert data["simulated"] and all(j.simulated for j in jobs_of(batched))  # the simulator's header, as realtime
     assert {b["mode"] for b in data["backends"]} == {"batch"}
     assert all(b["latency_p50_ms"] is None for b in data["backends"])  # a batch's turnaround is no call latency
     assert data["costs"]["batch_saved_usd"] == pytest.approx(cost, rel=1e-6)  # at half price: saved as much

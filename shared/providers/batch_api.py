@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Iterator
 
-from shared.providers.adapters import TEMPERATURE, ChatRequest, ChatResponse, _messages
+from shared.providers.adapters import SIMULATOR_HEADER, TEMPERATURE, ChatRequest, ChatResponse, _messages
 from shared.providers.errors import ProviderError, classify
 
 ENDPOINT = "/v1/chat/completions"
@@ -118,7 +118,14 @@ def _openai_line(cid: str, req: ChatRequest) -> dict:
                      "temperature": TEMPERATURE}}
 
 
-def _chat_result(cid: str, line: dict) -> Result:
+def _simulator_mark(headers: Any) -> dict[str, str]:
+    """The simulator's header of the response that carried a batch's results (answers from it
+    are recorded as simulated, as a realtime call's are), else nothing."""
+    value = headers.get(SIMULATOR_HEADER)
+    return {SIMULATOR_HEADER: value} if value is not None else {}
+
+
+def _chat_result(cid: str, line: dict, mark: dict[str, str]) -> Result:
     """A line of an OpenAI or Mistral output/error file: a chat completion body, or an error."""
     response = line.get("response") or {}
     body = response.get("body") if isinstance(response, dict) else None
@@ -131,7 +138,7 @@ def _chat_result(cid: str, line: dict) -> Result:
         return Result(cid, "succeeded", ChatResponse(
             text=content, input_tokens=(usage or {}).get("prompt_tokens") or 0,
             output_tokens=(usage or {}).get("completion_tokens") or 0, latency_ms=0.0,
-            finish_reason=choice.get("finish_reason"), usage_reported=usage is not None))
+            finish_reason=choice.get("finish_reason"), headers=mark, usage_reported=usage is not None))
     error = line.get("error") or (body or {}).get("error") or body or "no answer"
     message = error.get("message") if isinstance(error, dict) else str(error)
     return Result(cid, "errored", error=f"{response.get('status_code') or 'error'}: {message}"[:500])
@@ -163,8 +170,10 @@ class OpenAIBatches:
         found: list[Result] = []
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:
-                raw = _sdk(lambda: cli.files.content(file_id).read())
-                found += [_chat_result(line.get("custom_id", ""), line) for line in _file_lines(raw)]
+                content = _sdk(lambda: cli.files.content(file_id))
+                raw = _sdk(content.read)
+                mark = _simulator_mark(content.response.headers)
+                found += [_chat_result(line.get("custom_id", ""), line, mark) for line in _file_lines(raw)]
         return found
 
     def cancel(self, cli: Any, batch_id: str) -> None:
@@ -205,8 +214,10 @@ class MistralBatches:
         found: list[Result] = []
         for file_id in (job.output_file, job.error_file):
             if file_id:
-                raw = _sdk(lambda: cli.files.download(file_id=file_id, retries=None).read())
-                found += [_chat_result(line.get("custom_id", ""), line) for line in _file_lines(raw)]
+                download = _sdk(lambda: cli.files.download(file_id=file_id, retries=None))
+                raw = _sdk(download.read)
+                mark = _simulator_mark(download.headers)
+                found += [_chat_result(line.get("custom_id", ""), line, mark) for line in _file_lines(raw)]
         return found
 
     def cancel(self, cli: Any, batch_id: str) -> None:
@@ -245,7 +256,9 @@ class AnthropicBatches:
 
     def results(self, cli: Any, batch_id: str) -> list[Result]:
         found = []
-        for entry in _sdk(lambda: list(cli.messages.batches.results(batch_id))):
+        decoder = _sdk(lambda: cli.messages.batches.results(batch_id))
+        mark = _simulator_mark(decoder.http_response.headers)
+        for entry in _sdk(lambda: list(decoder)):
             result = entry.result
             if result.type == "succeeded":
                 message = result.message
@@ -253,7 +266,8 @@ class AnthropicBatches:
                 found.append(Result(entry.custom_id, "succeeded", ChatResponse(
                     text="".join(getattr(block, "text", "") for block in message.content),
                     input_tokens=usage.input_tokens if usage else 0, output_tokens=usage.output_tokens if usage else 0,
-                    latency_ms=0.0, finish_reason=message.stop_reason, usage_reported=usage is not None)))
+                    latency_ms=0.0, finish_reason=message.stop_reason, headers=mark,
+                    usage_reported=usage is not None)))
             elif result.type == "errored":
                 found.append(Result(entry.custom_id, "errored",
                                     error=f"{result.error.error.type}: {result.error.error.message}"[:500]))
