@@ -327,7 +327,8 @@ def test_generate_report_writes_the_files(mixed_run, tmp_path):
 
     assert "# Fine-tuning quality report: run run1" in markdown
     assert "SIMULATED" in markdown
-    assert "**Overall: INCONCLUSIVE**" in markdown and "- qa: **INCONCLUSIVE**" in markdown
+    assert "**Overall: INCONCLUSIVE**" in markdown and "\n- qa: INCONCLUSIVE: " in markdown
+    assert "- qa: **INCONCLUSIVE**" not in markdown  # one candidate: its headline is the agent's verdict, once
     assert "at least 8% relative" in markdown and "One error rate for the whole run" in markdown
     assert "|---|---|---|---:|" in markdown  # numbers right-aligned
     assert "\\<script\\>" in markdown  # cannot reach a markdown renderer as raw HTML
@@ -339,6 +340,15 @@ def test_generate_report_writes_the_files(mixed_run, tmp_path):
     assert '<td class="num">' in page
     assert "http" not in page.split("<body>")[0].lower()  # no external assets in the head
     assert not list((tmp_path / "reports").rglob("*.tmp"))
+
+
+def test_an_agent_with_several_candidates_gets_its_own_verdict_beside_their_headlines():
+    from shared.report.document import _combined_verdicts
+
+    data = {"comparisons": [{"agent": "qa"}, {"agent": "qa"}, {"agent": "legal"}, {"agent": "ALL"}],
+            "decision": {"by_agent": {"qa": "GO", "legal": "NO-GO"}}}
+    assert _combined_verdicts(data) == {"qa": "GO"}  # GO if any of its candidates is; legal's headline says it
+    assert _combined_verdicts({"comparisons": [], "decision": {"by_agent": {"qa": "INCONCLUSIVE"}}}) == {}
 
 
 def test_latest_copy_stays_with_the_newest_run(db_url, tmp_path):
@@ -360,11 +370,13 @@ def test_latest_copy_stays_with_the_newest_run(db_url, tmp_path):
 
 def test_write_report_renders_hostile_names(tmp_path, mixed_run):
     data = build(mixed_run)
+    hostile = dict(data["comparisons"][0], agent="<b>x</b>|y")  # two candidates: its own verdict is listed too
+    data["comparisons"] += [hostile, dict(hostile)]
     data["decision"]["by_agent"]["<b>x</b>|y"] = "GO"
     paths = write_report(data, tmp_path)
     page = paths["html"].read_text()
     assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;|y" in page
-    assert "\\<b\\>x\\</b\\>\\|y" in paths["md"].read_text()
+    assert "- \\<b\\>x\\</b\\>\\|y: **GO**" in paths["md"].read_text()
 
 
 def test_budget_section_follows_the_recorded_halt_and_raised_limit(mixed_run):

@@ -1,5 +1,6 @@
 """One document model, two renderers (markdown, HTML): they can never say different things.
-A block is a tuple: ("title"|"h2"|"p"|"banner", text), ("decision", overall, headlines),
+A block is a tuple: ("title"|"h2"|"p"|"banner", text), ("decision", overall, headlines, combined)
+(`combined`: {agent: verdict} for agents with several candidates, else empty),
 ("list", items), ("table", headers, rows, align) with align one of "l"/"r" per column,
 ("chart", name) (HTML only; shared.report.charts draws it), ("drilldown", rows)."""
 
@@ -10,6 +11,15 @@ from collections import defaultdict
 from shared.report import format as fmt
 
 DRILLDOWN_ANSWER_CHARS = 160
+
+
+def _combined_verdicts(data: dict) -> dict[str, str]:
+    """An agent's own verdict where it has several candidates (GO if any is): one headline per
+    comparison says the rest, so an agent with one candidate is not listed twice."""
+    per_agent: dict[str, int] = defaultdict(int)
+    for comparison in data["comparisons"]:
+        per_agent[comparison["agent"]] += 1
+    return {agent: verdict for agent, verdict in data["decision"]["by_agent"].items() if per_agent[agent] > 1}
 
 
 def document(data: dict) -> list[tuple]:
@@ -27,7 +37,8 @@ def document(data: dict) -> list[tuple]:
     decision = data["decision"]
     blocks += [
         ("h2", "Decision"),
-        ("decision", decision["overall"], data["headlines"] or ["No candidate/baseline pair ran: no verdict."]),
+        ("decision", decision["overall"], data["headlines"] or ["No candidate/baseline pair ran: no verdict."],
+         _combined_verdicts(data)),
         ("p", "Rule: " + data["decision_rule"]),
         *_decision_detail(data),
         ("chart", "forest"),

@@ -69,12 +69,13 @@ def render_html(data: dict) -> str:
                 parts.append(f"<p>{escape(text)}</p>")
             case ("banner", text):
                 parts.append(f'<p class="banner">{escape(text)}</p>')
-            case ("decision", overall, headlines):
+            case ("decision", overall, headlines, combined):
                 parts.append(f'<p class="overall">Overall: <strong class="{_css_class(overall)}">{escape(overall)}</strong></p>')
                 parts.append('<ul class="headlines">' + "".join(f"<li>{escape(h)}</li>" for h in headlines) + "</ul>")
-                parts.append("<ul>" + "".join(
-                    f'<li>{escape(agent)}: <strong class="{_css_class(verdict)}">{escape(verdict)}</strong></li>'
-                    for agent, verdict in data["decision"]["by_agent"].items()) + "</ul>")
+                if combined:
+                    parts.append("<p>Agents with several candidates (GO if any is):</p><ul>" + "".join(
+                        f'<li>{escape(agent)}: <strong class="{_css_class(verdict)}">{escape(verdict)}</strong></li>'
+                        for agent, verdict in combined.items()) + "</ul>")
             case ("list", items):
                 parts.append("<ul>" + "".join(f"<li>{escape(item)}</li>" for item in items) + "</ul>")
             case ("table", headers, rows, align):

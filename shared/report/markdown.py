@@ -60,10 +60,11 @@ def render_markdown(data: dict) -> str:
                 lines += [md(text), ""]
             case ("banner", text):
                 lines += [f"> **{md(text)}**", ""]
-            case ("decision", overall, headlines):
+            case ("decision", overall, headlines, combined):
                 lines += [f"**Overall: {overall}**", ""] + [f"- {md(h)}" for h in headlines] + [""]
-                lines += [f"- {md(agent)}: **{verdict}**" for agent, verdict in data["decision"]["by_agent"].items()]
-                lines.append("")
+                if combined:
+                    lines += ["Agents with several candidates (GO if any is):", ""]
+                    lines += [f"- {md(agent)}: **{verdict}**" for agent, verdict in combined.items()] + [""]
             case ("list", items):
                 lines += [f"- {md(item)}" for item in items] + [""]
             case ("table", headers, rows, align):
