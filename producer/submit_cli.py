@@ -56,7 +56,7 @@ def submit(
         return
     if not as_json:
         console.print(f"run [bold]{run_id}[/bold]: {len(jobs)} jobs enqueued "
-                      f"({len(selection.agents)} agents × {len(selection.backends)} backends)")
+                      f"({_count(len(selection.agents), 'agent')} × {_count(len(selection.backends), 'backend')})")
     if wait:
         from producer.watch import wait_for_report
 
@@ -149,3 +149,7 @@ def _apply_reuse(estimate: dict, savings: dict) -> None:
 
 def register(app: typer.Typer) -> None:
     app.command("submit")(submit)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
