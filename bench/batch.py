@@ -36,7 +36,7 @@ import redis  # noqa: E402
 
 from tests.support.env import FAST_RECOVERY, genesis_env  # noqa: E402
 from tests.support.redis_server import ensure_redis  # noqa: E402
-from tests.support.runs import submit, wait_until_reported  # noqa: E402
+from tests.support.runs import all_batched, run_jobs, submit, wait_until_reported  # noqa: E402
 from tests.support.waiting import wait_for  # noqa: E402
 from bench.parts import prepare_this_process  # noqa: E402
 from tests.support.workers import WorkerProcess  # noqa: E402
@@ -94,18 +94,8 @@ def ledger(run_id: str | None = None) -> tuple[float, Counter]:
     return sum(cost for _, cost, _ in rows), Counter(job for job, _, op in rows if op == "inference")
 
 
-def jobs_of(run_id: str) -> list:
-    from sqlmodel import select
-
-    from shared.db import session_scope
-    from shared.models import Job
-
-    with session_scope() as session:
-        return session.exec(select(Job).where(Job.run_id == run_id)).all()
-
-
 def outputs(run_id: str) -> dict:
-    return {(j.agent, j.task_id, j.backend): (j.output, j.score) for j in jobs_of(run_id)}
+    return {(j.agent, j.task_id, j.backend): (j.output, j.score) for j in run_jobs(run_id)}
 
 
 def comparison(env_: Env, limit: int | None, delay_s: float) -> list[dict]:
@@ -133,26 +123,6 @@ def comparison(env_: Env, limit: int | None, delay_s: float) -> list[dict]:
     return rows
 
 
-def batches_of(run_id: str) -> list:
-    from sqlmodel import select
-
-    from shared.db import session_scope
-    from shared.models import Job, ProviderBatch
-
-    with session_scope() as session:
-        return session.exec(select(ProviderBatch).where(
-            ProviderBatch.id.in_(select(Job.provider_batch_id).where(Job.run_id == run_id)))).all()
-
-
-def batch_count(run_id: str) -> int:
-    return len(batches_of(run_id))
-
-
-def all_submitted(run_id: str, jobs: int, state: str = "submitted") -> bool:
-    rows = batches_of(run_id)
-    return bool(rows) and sum(b.job_count for b in rows) >= jobs and all(b.state == state for b in rows)
-
-
 def fault_row(env_: Env, fault: str) -> dict:
     extra = {**ALL_BATCH, **BATCH_KNOBS, "GENESIS_BATCH__POLL_MAX_S": "1"}
     knobs = {"batch_delay_s": 3.0, "batch_error_rate": 0.0, "batch_expire_rate": 0.0, "batch_fail_rate": 0.0,
@@ -171,22 +141,24 @@ def fault_row(env_: Env, fault: str) -> dict:
     try:
         run_id = submit("--all-agents", "--limit", "2")
         if fault in ("worker SIGKILL", "Redis FLUSHDB"):
-            wait_for(lambda: all_submitted(run_id, 40), timeout=60, interval=0.2, what="every batch submitted")
+            wait_for(lambda: all_batched(run_id, 40), timeout=60, interval=0.2, what="every batch submitted")
             if fault == "worker SIGKILL":
                 workers[0].kill()
             else:
                 redis.Redis.from_url(env_.redis_url).flushdb()
         if fault == "SIGKILL mid-submit":  # every submitter dies before learning its batch's id
-            wait_for(lambda: all_submitted(run_id, 40, "submitting") and sum(
-                env_.simulator.stats()["batch"]["batches"].values()) == batch_count(run_id),
-                timeout=60, interval=0.1, what="every batch created, none answered")
+            def created_unanswered() -> bool:
+                rows = all_batched(run_id, 40, "submitting")
+                return bool(rows) and sum(env_.simulator.stats()["batch"]["batches"].values()) == len(rows)
+
+            wait_for(created_unanswered, timeout=60, interval=0.1, what="every batch created, none answered")
             for worker in workers:
                 worker.kill()
             workers.extend(env_.start_more(first=3))
         snap = wait_until_reported(run_id, timeout=300)
         _, per_job = ledger(run_id)
         stats = env_.simulator.stats()["batch"]
-        other = dict(Counter(f"{j.status} {j.error_type}" for j in jobs_of(run_id) if j.status != "ok"))
+        other = dict(Counter(f"{j.status} {j.error_type}" for j in run_jobs(run_id) if j.status != "ok"))
         return {"fault": fault, "status": snap["status"], "ok": snap["by_status"]["ok"],
                 "jobs": sum(snap["by_status"].values()), "paid_twice": sum(1 for n in per_job.values() if n > 1),
                 "ledger": sum(per_job.values()), "served": stats["succeeded"],

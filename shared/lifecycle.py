@@ -278,6 +278,15 @@ def runs_in_flight() -> list[str]:
         return list(session.exec(select(Run.id).where(col(Run.status).in_(IN_FLIGHT_RUNS))).all())
 
 
+def runs_with_queued_jobs(run_ids: set[str]) -> set[str]:
+    """Of `run_ids`, the runs that hold at least one queued job (one query for them all)."""
+    if not run_ids:
+        return set()
+    with session_scope() as session:
+        return set(session.exec(select(Job.run_id).distinct().where(
+            col(Job.run_id).in_(run_ids), Job.status == JobStatus.queued)).all())
+
+
 def runs_without_unfinished_jobs() -> list[str]:
     """Runs in flight whose every job is final: only their report (the completion step) is left."""
     with session_scope() as session:

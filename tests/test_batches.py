@@ -18,7 +18,7 @@ from sqlmodel import select
 
 from tests.support.env import ROOT
 from tests.support.http_server import free_ports, get_json, http_status
-from tests.support.runs import producer, submit, wait_until_reported
+from tests.support.runs import all_batched, batch_rows, producer, run_jobs, submit, wait_until_reported
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -94,33 +94,13 @@ def test_a_batch_run_answers_as_realtime_at_half_the_ledgered_cost(monkeypatch, 
     assert report["decision"] == json.loads(producer("report", realtime, "--json").stdout)["decision"]
 
     data = json.loads((Path(snap["report"]).parent / "report.json").read_text())
-    assert data["simulated"] and all(j.simulated for j in jobs_of(batched))  # the simulator's header, as realtime
+    assert data["simulated"] and all(j.simulated for j in run_jobs(batched))  # the simulator's header, as realtime
     assert {b["mode"] for b in data["backends"]} == {"batch"}
     assert all(b["latency_p50_ms"] is None for b in data["backends"])  # a batch's turnaround is no call latency
     assert data["costs"]["batch_saved_usd"] == pytest.approx(cost, rel=1e-6)  # at half price: saved as much
     status = json.loads(producer("status", batched, "--json").stdout)
     assert {b["state"] for b in status["batches"]} == {"ended"}
     assert sum(b["jobs"].get("ok", 0) for b in status["batches"]) == 60
-
-
-def batch_rows(run_id: str | None = None) -> list:
-    from shared.db import session_scope
-    from shared.models import Job, ProviderBatch
-
-    with session_scope() as session:
-        query = select(ProviderBatch)
-        if run_id is not None:
-            ids = select(Job.provider_batch_id).where(Job.run_id == run_id)
-            query = query.where(ProviderBatch.id.in_(ids))
-        return session.exec(query.order_by(ProviderBatch.id)).all()
-
-
-def jobs_of(run_id: str) -> list:
-    from shared.db import session_scope
-    from shared.models import Job
-
-    with session_scope() as session:
-        return session.exec(select(Job).where(Job.run_id == run_id).order_by(Job.id)).all()
 
 
 def inference_entries(run_id: str) -> dict[int | None, int]:
@@ -136,15 +116,6 @@ def inference_entries(run_id: str) -> dict[int | None, int]:
     return dict(Counter(rows))
 
 
-def all_submitted(run_id: str, jobs: int):
-    """Every job of the run sits in a submitted provider batch."""
-    from shared.models import BatchState
-
-    rows = batch_rows(run_id)
-    return rows if rows and sum(b.job_count for b in rows) >= jobs and all(
-        b.state == BatchState.submitted for b in rows) else None
-
-
 @pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
 def test_a_mixed_run_with_failed_requests_retries_them_in_new_batches(monkeypatch, batch_knobs, start_worker,
                                                                      simulator):
@@ -156,7 +127,7 @@ def test_a_mixed_run_with_failed_requests_retries_them_in_new_batches(monkeypatc
     snap = wait_until_reported(run_id, timeout=180)
     assert snap["status"] == "completed"
 
-    jobs = jobs_of(run_id)
+    jobs = run_jobs(run_id)
     batch_jobs = [j for j in jobs if j.backend in ("openai", "anthropic")]
     assert {j.status for j in jobs if j.backend.startswith("mistral")} == {"ok"}
     assert all(j.provider_batch_id is None for j in jobs if j.backend.startswith("mistral"))
@@ -191,7 +162,7 @@ def test_an_expired_or_failed_batch_sends_its_jobs_back_then_ends_them_with_the_
     assert snap["by_status"]["error"] == 12
 
     ended, error_type = {"expire": ("expired", "BatchExpired"), "fail": ("failed", "BatchFailed")}[fault]
-    for job in jobs_of(run_id):
+    for job in run_jobs(run_id):
         assert job.error_type == error_type and job.attempts == 2
         assert "after 2 attempt(s)" in job.error_message and "batch" in job.error_message.lower()
         if fault == "fail":  # the provider's reason, from the batch's errors
@@ -218,7 +189,7 @@ def test_open_batches_survive_a_dead_worker_or_a_flushed_redis(fault, monkeypatc
     if fault == "kill":
         start_worker("w2", concurrency=8)
     run_id = submit("--all-agents", "--limit", "2")
-    wait_for(lambda: all_submitted(run_id, 40), timeout=30, interval=0.2, what="every batch submitted")
+    wait_for(lambda: all_batched(run_id, 40), timeout=30, interval=0.2, what="every batch submitted")
     if fault == "kill":
         first.kill()
     else:
@@ -242,8 +213,8 @@ def test_a_submitter_killed_before_it_learns_its_batch_ids_leaves_them_adopted_n
         monkeypatch, batch_knobs, fast_recovery, start_worker, simulator, tmp_path):
     """The provider holds every batch, but their creations are answered only after the only
     worker is SIGKILLed, so no batch id reaches SQL. A new worker's sweep finds each at its
-    provider (OpenAI and Mistral by our id in the metadata, Anthropic by creation time and size)
-    and polls it: nothing is submitted twice, nothing paid twice."""
+    provider (OpenAI and Mistral by our id in the metadata, Anthropic by creation time, size and,
+    once ended, its results) and polls it: nothing is submitted twice, nothing paid twice."""
     simulator.update(batch_delay_s=1.0, batch_create_delay_s=4.0)
     batch_mode(monkeypatch, *BACKENDS)
     first = start_worker("w1", concurrency=8)
@@ -340,7 +311,7 @@ def test_flower_shows_each_open_batch_by_its_provider_id_and_state(monkeypatch, 
     try:
         wait_for(lambda: http_status(f"{flower_url}/", auth) == 200, timeout=60, interval=0.5, what="Flower")
         run_id = submit("--all-agents", "--backend", "openai", "--backend", "anthropic", "--limit", "2")
-        batches = wait_for(lambda: all_submitted(run_id, 20), timeout=30, interval=0.2, what="both batches submitted")
+        batches = wait_for(lambda: all_batched(run_id, 20), timeout=30, interval=0.2, what="both batches submitted")
 
         def shown() -> str | None:
             tasks = get_json(f"{flower_url}/api/tasks?taskname=genesis.poll_batch", auth)
@@ -383,7 +354,7 @@ def test_a_halt_cancels_open_batches_and_pays_nothing_past_the_threshold(monkeyp
     start_worker("w1", concurrency=4)
 
     first = submit("--all-agents", "--backend", "openai", "--limit", "1")
-    wait_for(lambda: all_submitted(first, 5), timeout=30, interval=0.2, what="the openai batch submitted")
+    wait_for(lambda: all_batched(first, 5), timeout=30, interval=0.2, what="the openai batch submitted")
     time.sleep(3)  # its first request is answered (one every 2 s) before the halt
     second = submit("--agent", agent, "--backend", "anthropic", "--limit", "1")
     wait_for(lambda: all(b.state == "cancelled" for b in batch_rows(first)), timeout=40, interval=0.3,
@@ -391,9 +362,9 @@ def test_a_halt_cancels_open_batches_and_pays_nothing_past_the_threshold(monkeyp
     snaps = [wait_until_reported(run_id, timeout=60) for run_id in (first, second)]
     assert [s["status"] for s in snaps] == ["halted", "halted"]
 
-    assert {j.status for j in jobs_of(second)} == {"halted"}
+    assert {j.status for j in run_jobs(second)} == {"halted"}
     assert [b.state for b in batch_rows(second)] == ["halted"]
-    jobs = jobs_of(first)
+    jobs = run_jobs(first)
     ok = [j for j in jobs if j.status == "ok"]
     halted = [j for j in jobs if j.status == "halted"]
     assert len(ok) + len(halted) == 5 and ok and halted  # answered before the cancel: paid; the rest halted
@@ -424,7 +395,7 @@ def test_judged_answers_from_a_batch_are_graded_through_the_realtime_judge(monke
 
     with session_scope() as session:
         entries = session.exec(select(CostEntry).where(CostEntry.run_id == run_id)).all()
-    jobs = jobs_of(run_id)
+    jobs = run_jobs(run_id)
     for operation in ("inference", "judge"):
         assert sorted(e.job_id for e in entries if e.operation == operation) == [j.id for j in jobs]
     assert all(e.source.endswith("(batch)") for e in entries if e.operation == "inference")
@@ -481,7 +452,8 @@ def test_a_database_outage_while_a_batch_s_results_are_written_journals_them_and
     assert None not in entries and len(entries) == 100 and set(entries.values()) == {1}  # each answer once
     stats = simulator.stats()["batch"]
     assert stats["requests"] == stats["succeeded"] == len(entries)  # nothing sent twice; the ledger is what was billed
-    assert [b.state for b in batch_rows(run_id)] == ["ended"] * len(batch_rows(run_id))
+    rows = batch_rows(run_id)
+    assert [b.state for b in rows] == ["ended"] * len(rows)
     # the sweep replays the journal (answers the batch's second read may have written already): it ends empty
     wait_for(lambda: client.hlen(JOURNAL_KEY) == 0, timeout=10, what="the journal replayed")
     budget = BudgetGuard.from_settings(get_settings()).status()

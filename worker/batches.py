@@ -120,7 +120,7 @@ def _flush(batch_id: int) -> str:
             jobs.finish_halted(job.id, f"batch submission: {denied}")
     if not fit:
         sql.finish(batch_id, BatchState.halted, now, error=str(denied)[:500])
-        _complete_runs(waiting)
+        _complete_runs(batch_id)
         return "halted"
     waiting, lines = waiting[:fit], lines[:fit]
     try:
@@ -150,7 +150,7 @@ def _submission_failed(batch, waiting: list[jobs.ClaimedJob], err: ProviderError
     for job in waiting:
         jobs.finish_error(job.id, err.error_type, detail)
     sql.finish(batch.id, BatchState.failed, now, errored=len(waiting), error=detail)
-    _complete_runs(waiting)
+    _complete_runs(batch.id)
     return "failed"
 
 
@@ -190,8 +190,7 @@ def _poll(batch_id: int, token: str) -> str:
     sql.finish(batch_id, state, now, succeeded=counts.get("succeeded", 0), errored=counts.get("errored", 0),
                error=polled.reason)
     log.info("batch %s (%s %s) %s: %s", batch_id, batch.provider, batch.provider_batch_id, state, counts)
-    for job_id in sql.runs_of(batch_id).values():
-        complete_run_of(job_id, " (batch)")
+    _complete_runs(batch_id)
     return f"{_named(batch)}: {state} {counts}"
 
 
@@ -229,8 +228,9 @@ def _cancel(batch) -> None:
     log.warning("batch %s: %s batch %s cancelled (budget halt)", batch.id, batch.provider, batch.provider_batch_id)
 
 
-def _complete_runs(claimed: list[jobs.ClaimedJob]) -> None:
-    for job_id in {job.run_id: job.id for job in claimed}.values():
+def _complete_runs(batch_id: int) -> None:
+    """The completion step of every run the batch held jobs of (its last job may be one of them)."""
+    for job_id in sql.runs_of(batch_id).values():
         complete_run_of(job_id, " (batch)")
 
 

@@ -97,7 +97,7 @@ def _runs_without_messages(client: redis.Redis, grace_s: float, dead: set[str]) 
             lost[run_id] = f"may have had messages on {', '.join(sorted(dead))}"
     waiting = set()
     if fleet.broker_holds_nothing(client, all_queues(get_settings())):
-        waiting = {run_id for run_id in in_flight - set(lost) if lifecycle.queued_jobs(run_id)}
+        waiting = lifecycle.runs_with_queued_jobs(in_flight - set(lost))
     for run_id in fleet.lasting(client, "idle", waiting, grace_s):
         lost[run_id] = "has queued jobs but the broker holds no message"
     return lost

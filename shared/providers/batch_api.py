@@ -55,6 +55,11 @@ class LostSubmission:
     started_at: datetime  # when the submitter took the batch (our clock; with its zone)
     known: frozenset[str]  # provider batch ids our other batches hold
 
+    @property
+    def since(self) -> datetime:
+        """Batches created before this are not it (the provider's clock may be off ours)."""
+        return self.started_at - CLOCK_SLACK
+
 
 class Undecided(Exception):
     """The provider cannot tell yet whether it holds the lost batch (a batch that could be it is
@@ -148,6 +153,28 @@ def _file_lines(raw: bytes) -> list[dict]:
     return [json.loads(line) for line in raw.splitlines() if line.strip()]
 
 
+def _result_files(file_ids: Iterable[str | None], download: Callable[[str], Any]) -> list[Result]:
+    """Every line of a batch's output and error files (OpenAI, Mistral); `download(file_id)`
+    answers an HTTP response whose headers say whether the simulator served it."""
+    found: list[Result] = []
+    for file_id in file_ids:
+        if file_id:
+            response = _sdk(lambda: download(file_id))
+            mark = _simulator_mark(response.headers)
+            found += [_chat_result(line.get("custom_id", ""), line, mark) for line in _file_lines(_sdk(response.read))]
+    return found
+
+
+def _carrying(listed: list[Any], lost: LostSubmission) -> str | None:
+    """The listed batch whose metadata names our lost one (OpenAI, Mistral)."""
+    return next((b.id for b in listed if bool(lost.metadata) and all(
+        (b.metadata or {}).get(key) == value for key, value in lost.metadata.items())), None)
+
+
+def _epoch(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, timezone.utc)
+
+
 class OpenAIBatches:
     def submit(self, cli: Any, model: str, lines: list[tuple[str, ChatRequest]], metadata: dict[str, str]) -> str:
         data = _jsonl(_openai_line(cid, req) for cid, req in lines)
@@ -167,23 +194,16 @@ class OpenAIBatches:
 
     def results(self, cli: Any, batch_id: str) -> list[Result]:
         batch = _sdk(lambda: cli.batches.retrieve(batch_id))
-        found: list[Result] = []
-        for file_id in (batch.output_file_id, batch.error_file_id):
-            if file_id:
-                content = _sdk(lambda: cli.files.content(file_id))
-                raw = _sdk(content.read)
-                mark = _simulator_mark(content.response.headers)
-                found += [_chat_result(line.get("custom_id", ""), line, mark) for line in _file_lines(raw)]
-        return found
+        return _result_files((batch.output_file_id, batch.error_file_id),
+                             lambda file_id: cli.files.content(file_id).response)
 
     def cancel(self, cli: Any, batch_id: str) -> None:
         _sdk(lambda: cli.batches.cancel(batch_id))
 
     def find(self, cli: Any, lost: LostSubmission) -> str | None:
         """The provider batch whose metadata says it is ours (None: the provider never got it)."""
-        listed = _created_since(lambda: cli.batches.list(limit=100), lost.started_at - CLOCK_SLACK,
-                                lambda b: datetime.fromtimestamp(b.created_at, timezone.utc))
-        return next((b.id for b in listed if _carries(b.metadata, lost.metadata)), None)
+        return _carrying(_created_since(lambda: cli.batches.list(limit=100), lost.since,
+                                        lambda b: _epoch(b.created_at)), lost)
 
 
 class MistralBatches:
@@ -211,32 +231,23 @@ class MistralBatches:
 
     def results(self, cli: Any, batch_id: str) -> list[Result]:
         job = _sdk(lambda: cli.batch.jobs.get(job_id=batch_id, retries=None))
-        found: list[Result] = []
-        for file_id in (job.output_file, job.error_file):
-            if file_id:
-                download = _sdk(lambda: cli.files.download(file_id=file_id, retries=None))
-                raw = _sdk(download.read)
-                mark = _simulator_mark(download.headers)
-                found += [_chat_result(line.get("custom_id", ""), line, mark) for line in _file_lines(raw)]
-        return found
+        return _result_files((job.output_file, job.error_file),
+                             lambda file_id: cli.files.download(file_id=file_id, retries=None))
 
     def cancel(self, cli: Any, batch_id: str) -> None:
         _sdk(lambda: cli.batch.jobs.cancel(job_id=batch_id, retries=None))
 
     def find(self, cli: Any, lost: LostSubmission) -> str | None:
-        since = lost.started_at - CLOCK_SLACK
-
         def pages() -> Iterator[Any]:  # newest first, page by page
             page = 0
             while True:
-                listed = cli.batch.jobs.list(page=page, page_size=100, created_after=since, retries=None)
+                listed = cli.batch.jobs.list(page=page, page_size=100, created_after=lost.since, retries=None)
                 yield from listed.data or []
                 page += 1
                 if not listed.data or page * 100 >= (listed.total or 0):
                     return
 
-        listed = _created_since(pages, since, lambda j: datetime.fromtimestamp(j.created_at, timezone.utc))
-        return next((j.id for j in listed if _carries(j.metadata, lost.metadata)), None)
+        return _carrying(_created_since(pages, lost.since, lambda j: _epoch(j.created_at)), lost)
 
 
 # --- Anthropic: requests inline, JSONL results at the batch's results_url ----------------------
@@ -282,9 +293,8 @@ class AnthropicBatches:
         """Message Batches carry no metadata: a batch created since the submission began, of its
         size, is ours once it has ended and its first result names one of our requests. Until
         then it is undecided (its jobs wait for it either way); None when no batch could be."""
-        since = lost.started_at - CLOCK_SLACK
         counts = ("processing", "succeeded", "errored", "canceled", "expired")
-        candidates = [b for b in _created_since(lambda: cli.messages.batches.list(limit=100), since,
+        candidates = [b for b in _created_since(lambda: cli.messages.batches.list(limit=100), lost.since,
                                                 lambda b: b.created_at)
                       if b.id not in lost.known
                       and sum(getattr(b.request_counts, name) for name in counts) == len(lost.custom_ids)]
@@ -296,7 +306,7 @@ class AnthropicBatches:
                 return batch.id
         if running:
             raise Undecided(f"{running} running Anthropic batch(es) of its size created since "
-                            f"{since:%H:%M:%S}: told apart by their results once ended")
+                            f"{lost.since:%H:%M:%S}: told apart by their results once ended")
         return None
 
 
@@ -304,10 +314,6 @@ def _first_custom_id(cli: Any, batch_id: str) -> str | None:
     """Of an ended Message Batch: its first result's custom id (streamed; the rest is not read)."""
     first = _sdk(lambda: next(iter(cli.messages.batches.results(batch_id)), None))
     return first.custom_id if first is not None else None
-
-
-def _carries(metadata: dict | None, ours: dict[str, str]) -> bool:
-    return bool(ours) and all((metadata or {}).get(key) == value for key, value in ours.items())
 
 
 BATCH_APIS: dict[str, Any] = {"openai": OpenAIBatches(), "mistral": MistralBatches(), "anthropic": AnthropicBatches()}

@@ -6,19 +6,20 @@ A block is a tuple: ("title"|"h2"|"p"|"banner", text), ("decision", overall, hea
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from shared.report import format as fmt
 
 DRILLDOWN_ANSWER_CHARS = 160
 
 
+COMBINED_VERDICTS = "Agents with several candidates (GO if any is):"  # what both renderers title that list
+
+
 def _combined_verdicts(data: dict) -> dict[str, str]:
     """An agent's own verdict where it has several candidates (GO if any is): one headline per
     comparison says the rest, so an agent with one candidate is not listed twice."""
-    per_agent: dict[str, int] = defaultdict(int)
-    for comparison in data["comparisons"]:
-        per_agent[comparison["agent"]] += 1
+    per_agent = Counter(comparison["agent"] for comparison in data["comparisons"])
     return {agent: verdict for agent, verdict in data["decision"]["by_agent"].items() if per_agent[agent] > 1}
 
 

@@ -7,7 +7,7 @@ from html import escape
 from string import Template
 
 from shared.report.charts import chart
-from shared.report.document import document, drilldown_table
+from shared.report.document import COMBINED_VERDICTS, document, drilldown_table
 
 _PAGE = Template("""<!DOCTYPE html>
 <html lang="en">
@@ -73,7 +73,7 @@ def render_html(data: dict) -> str:
                 parts.append(f'<p class="overall">Overall: <strong class="{_css_class(overall)}">{escape(overall)}</strong></p>')
                 parts.append('<ul class="headlines">' + "".join(f"<li>{escape(h)}</li>" for h in headlines) + "</ul>")
                 if combined:
-                    parts.append("<p>Agents with several candidates (GO if any is):</p><ul>" + "".join(
+                    parts.append(f"<p>{escape(COMBINED_VERDICTS)}</p><ul>" + "".join(
                         f'<li>{escape(agent)}: <strong class="{_css_class(verdict)}">{escape(verdict)}</strong></li>'
                         for agent, verdict in combined.items()) + "</ul>")
             case ("list", items):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from shared.report.document import document, drilldown_table
+from shared.report.document import COMBINED_VERDICTS, document, drilldown_table
 
 
 # Every character with a meaning in CommonMark or GitHub's markdown: links and images ([ ] !),
@@ -63,7 +63,7 @@ def render_markdown(data: dict) -> str:
             case ("decision", overall, headlines, combined):
                 lines += [f"**Overall: {overall}**", ""] + [f"- {md(h)}" for h in headlines] + [""]
                 if combined:
-                    lines += ["Agents with several candidates (GO if any is):", ""]
+                    lines += [COMBINED_VERDICTS, ""]
                     lines += [f"- {md(agent)}: **{verdict}**" for agent, verdict in combined.items()] + [""]
             case ("list", items):
                 lines += [f"- {md(item)}" for item in items] + [""]

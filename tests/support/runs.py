@@ -46,6 +46,24 @@ def run_jobs(run_id: str) -> list:
         return list(session.exec(select(Job).where(Job.run_id == run_id).order_by(Job.id)).all())
 
 
+def batch_rows(run_id: str | None = None) -> list:
+    """The provider batches that hold or held a run's jobs (every batch when None), by id."""
+    from shared.db import session_scope
+    from shared.models import Job, ProviderBatch
+
+    with session_scope() as session:
+        query = select(ProviderBatch)
+        if run_id is not None:
+            query = query.where(ProviderBatch.id.in_(select(Job.provider_batch_id).where(Job.run_id == run_id)))
+        return list(session.exec(query.order_by(ProviderBatch.id)).all())
+
+
+def all_batched(run_id: str, jobs: int, state: str = "submitted") -> list | None:
+    """The run's batches once they hold `jobs` jobs and every one is in `state`, else None."""
+    rows = batch_rows(run_id)
+    return rows if rows and sum(b.job_count for b in rows) >= jobs and all(b.state == state for b in rows) else None
+
+
 def ledger_rows(run_id: str) -> list:
     """The run's ledger entries in SQL."""
     from shared.db import session_scope
