@@ -13,7 +13,7 @@ from producer.output import JsonOpt, bad_input, console, emit_json, err_console
 from shared.config import ConfigError, get_settings, redacted_url
 from shared.db import migrate
 from shared.models import RunStatus
-from shared.numbers import number
+from shared.numbers import MAX_TASKS, number
 
 
 def submit(
@@ -21,7 +21,8 @@ def submit(
     agent: Annotated[Optional[list[str]], typer.Option("--agent", help="An agent (repeatable).")] = None,
     backend: Annotated[Optional[list[str]], typer.Option("--backend", help="A backend (repeatable); default: all enabled.")] = None,
     suite: Annotated[Optional[str], typer.Option(help="Suite name or folder (default from config).")] = None,
-    limit: Annotated[Optional[int], typer.Option(parser=number(int, ge=1), help="First N tasks per agent (smoke runs).")] = None,
+    limit: Annotated[Optional[int], typer.Option(
+        parser=number(int, ge=1, le=MAX_TASKS), help="First N tasks per agent (smoke runs).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and estimate cost; enqueue nothing.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Show progress until the report exists.")] = False,
     reuse: Annotated[bool, typer.Option("--reuse", help="Take identical earlier ok answers instead of paying again.")] = False,

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, Float, Index, Text, TypeDecorator, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-from shared.numbers import is_cost
+from shared.numbers import MAX_USD, is_cost
 
 
 def utcnow() -> datetime:
@@ -160,7 +160,7 @@ class LedgerCost(TypeDecorator):
 
     def process_bind_param(self, value: Any, dialect: Any) -> Any:
         if value is not None and not is_cost(value):
-            raise ValueError(f"a ledger cost must be a finite number of dollars >= 0 (got {value!r})")
+            raise ValueError(f"a ledger cost must be a finite number of dollars from 0 to {MAX_USD:,} (got {value!r})")
         return value
 
 

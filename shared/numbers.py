@@ -7,6 +7,10 @@ finite amount >= 0 however it got there.
   and bound each field with pydantic's `Field(ge=..., le=...)`.
 - CLI options say `typer.Option(parser=number(float, ge=0))`: the same pydantic check, so the
   messages read the same ("Input should be a finite number").
+- Every amount of money and every limit is at most `MAX_USD`: the budget counters hold integer
+  micro-dollars in Redis' 64-bit integers, and a $1e13 entry overflowed them (every later settle
+  failed). Config fields and CLI options take `**USD` (or `**LIMIT_USD`); `is_cost` (the ledger's
+  write path, fine-tuning costs a provider reports) and `is_limit` hold the same bound.
 - `is_cost` is what a ledger amount must be (shared.models refuses the write, the budget
   rebuild skips an older damaged row)."""
 
@@ -19,6 +23,17 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 FINITE: dict[str, Any] = {"allow_inf_nan": False}
 PORT = {"ge": 0, "le": 65535}  # 0: the system picks a free one
+# The largest amount of money anything here holds: one ledger entry, a budget limit, a price per
+# million tokens. Far above any real benchmark's spend, and a sum of millions of them still fits
+# the budget counters (int64 micro-dollars: ~$9.2e12).
+MAX_USD = 1_000_000
+USD: dict[str, float] = {"ge": 0, "le": MAX_USD}  # an amount: a cost, a price
+LIMIT_USD: dict[str, float] = {"gt": 0, "le": MAX_USD}  # a budget limit
+# The longest wait anything here is configured with (a call's deadline, a lease, a sweep): a year.
+# Larger ones overflowed datetime arithmetic (`call_timeout_s = 1e308` broke every claim).
+MAX_SECONDS = 366 * 24 * 3600
+SECONDS: dict[str, float] = {"gt": 0, "le": MAX_SECONDS}  # a duration in the config
+MAX_TASKS = 1_000_000  # `submit --limit`: a count of tasks, not an arbitrary-precision integer
 
 
 def number(kind: type = float, **bounds: float) -> Callable[[str], Any]:
@@ -39,5 +54,11 @@ def number(kind: type = float, **bounds: float) -> Callable[[str], Any]:
 
 
 def is_cost(value: object) -> bool:
-    """A ledger amount: a finite number of dollars >= 0."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    """A ledger amount: a finite number of dollars, 0 to MAX_USD."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and 0 <= value <= MAX_USD)
+
+
+def is_limit(value: object) -> bool:
+    """A budget limit: a finite number of dollars above 0, at most MAX_USD."""
+    return is_cost(value) and value > 0  # type: ignore[operator]  # is_cost made it a number

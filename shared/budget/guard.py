@@ -23,6 +23,7 @@ from shared.config import Settings
 from shared.db import session_scope
 from shared.lifecycle import mark_runs_halted
 from shared.models import FINE_TUNING, CostEntry
+from shared.numbers import MAX_USD, is_limit
 
 from shared.budget import lua
 from shared.budget.events import level_of, record_event
@@ -195,8 +196,8 @@ class BudgetGuard:
     def resume(self, *, limit_usd: float | None = None) -> None:
         """A new limit is written as a `limit` event, so a rebuild after Redis loss keeps it. Both
         events carry the Redis time of the RESUME step, the clock halts are stamped with too."""
-        if limit_usd is not None and not limit_usd > 0:
-            raise ValueError(f"a budget limit must be > 0 (got {limit_usd})")
+        if limit_usd is not None and not is_limit(limit_usd):
+            raise ValueError(f"a budget limit must be a finite amount above 0, at most ${MAX_USD:,} (got {limit_usd})")
         new_limit = "" if limit_usd is None else str(to_micro(limit_usd))
         _, at_us = (int(v) for v in self._run("RESUME", [new_limit]))
         spent, limit = self._read_state("spent", "limit")

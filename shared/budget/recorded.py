@@ -13,7 +13,7 @@ from sqlmodel import Session, col, select
 
 from shared.config import ConfigError, Settings
 from shared.models import BudgetEvent, CostEntry, Job, JobStatus, Run
-from shared.numbers import is_cost
+from shared.numbers import MAX_USD, is_cost, is_limit
 
 from shared.budget.money import to_micro
 from shared.budget.pricing import task_worst_case
@@ -58,8 +58,9 @@ def recorded_budget_state(session: Session) -> RecordedBudgetState:
     fired: set[str] = set()
     switches = []
     for kind, event_limit, message, at in events:
-        if kind == "limit" and not (is_cost(event_limit) and event_limit > 0):
-            log.warning("budget event: limit %r is not a positive finite amount: skipped", event_limit)
+        if kind == "limit" and not is_limit(event_limit):
+            log.warning("budget event: limit %r is not a positive finite amount up to $%s: skipped",
+                        event_limit, f"{MAX_USD:,}")
         elif kind == "limit":
             limit_usd, fired = event_limit, set()
         elif kind in ("halt", "resume"):
@@ -110,7 +111,8 @@ def _sound(entries: list) -> list:
         if is_cost(entry[2]):
             sound.append(entry)
         else:
-            log.warning("ledger entry %s: cost %r is not a finite amount >= 0: left out of the budget", entry[0], entry[2])
+            log.warning("ledger entry %s: cost %r is not a finite amount from 0 to $%s: left out of the budget",
+                        entry[0], entry[2], f"{MAX_USD:,}")
     return sound
 
 

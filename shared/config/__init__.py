@@ -60,6 +60,23 @@ class Settings(BaseSettings):
     # Where relative paths in the TOML (model_id_file) are resolved from; set by load_settings.
     config_dir: str = "."
 
+    @field_validator("redis_url")
+    @classmethod
+    def _a_redis_url(cls, url: str) -> str:
+        """Checked here so a garbage URL is one line in every command and worker, not redis-py's
+        traceback at the first connection (the URL is echoed without its password)."""
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"{redacted_url(url)!r}: {exc}") from None
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"must be a redis://, rediss:// or unix:// URL (got {redacted_url(url)!r})")
+        if parts.scheme != "unix" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
+            raise ValueError(f"the database after the host is a number, e.g. redis://host:6379/0 "
+                             f"(got {redacted_url(url)!r})")
+        return url
+
     @field_validator("backends")
     @classmethod
     def _baselines_exist(cls, backends: dict[str, BackendConfig]) -> dict[str, BackendConfig]:
@@ -112,7 +129,7 @@ class Settings(BaseSettings):
         if agent in b.models:
             return b.models[agent]
         if (path := self.model_id_path(backend, agent)) is not None:
-            if path.is_file() and (model := path.read_text().strip()):
+            if path.is_file() and (model := read_model_id(path)):
                 return model
             if not b.model:
                 raise ConfigError(
@@ -157,10 +174,15 @@ class Settings(BaseSettings):
         return base.model_copy(update=override.model_dump(exclude_none=True))
 
     def snapshot(self) -> dict:
-        """What a run was priced and scored with; URLs (which may hold passwords or tokens) left out."""
-        return self.model_dump(
+        """What a run was priced and scored with; URLs (which may hold passwords or tokens) left
+        out, a backend's base_url kept (the report names the endpoint) without its credentials."""
+        snapshot = self.model_dump(
             mode="json", exclude={"database_url": True, "redis_url": True, "config_dir": True, "budget": {"webhook_url"}}
         )
+        for backend in snapshot.get("backends", {}).values():
+            if backend.get("base_url"):
+                backend["base_url"] = without_credentials(backend["base_url"])
+        return snapshot
 
 
 def price_in(pricing: dict[str, Price], model: str) -> Price:
@@ -181,6 +203,33 @@ def redacted_url(url: str) -> str:
     host = parts.netloc.rpartition("@")[2]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    return f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+
+
+def read_model_id(path: Path) -> str:
+    """A model_id.txt's id ("" when the file is empty): one line of printable UTF-8 text. A
+    second line or a control character is refused, not passed on: fnmatch's `*` matches a
+    newline, so such an id was priced, sent and rendered into every report."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: {not_utf8(exc)}; a model id is one line of text") from None
+    model = text.strip()
+    if any(not char.isprintable() for char in model):
+        shown = "a second line" if "\n" in model or "\r" in model else "a control character"
+        raise ConfigError(f"{path}: has {shown}; a model id is one line of printable text")
+    return model
+
+
+def without_credentials(url: str) -> str:
+    """A URL fit for SQL and reports: its user:password@ (either may be a token) and its query
+    (`?api_key=...`) replaced by ***."""
+    parts = urlsplit(url)
+    netloc = f"***@{parts.netloc.rpartition('@')[2]}" if "@" in parts.netloc else parts.netloc
+    return urlunsplit(parts._replace(netloc=netloc, query="***" if parts.query else ""))
 
 
 def config_path() -> Path:
@@ -218,6 +267,8 @@ def _refuse_unknown_tables(path: Path) -> None:
             data = tomllib.load(handle)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"invalid configuration ({path}): {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"invalid configuration ({path}): {not_utf8(exc)}") from None
     known = set(Settings.model_fields) - {"config_dir"}
     unknown = sorted(set(data) - known)
     if unknown:

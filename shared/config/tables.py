@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import re
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared.numbers import FINITE
+from shared.numbers import FINITE, LIMIT_USD, MAX_SECONDS, SECONDS, USD
 from shared.providers.registry import PROVIDER_NAMES
 
 Provider = Literal[PROVIDER_NAMES]  # type: ignore[valid-type]  # derived from the provider registry
@@ -23,8 +24,24 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", **FINITE)
 
 
+# A name that is safe as a path part (models/{agent}_mistral/), a queue or file name: no
+# separators, no dots, no spaces.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
 class AgentsConfig(Strict):
     names: list[str] = ["qa", "content", "legal", "support", "analyst"]
+
+    @field_validator("names")
+    @classmethod
+    def _plain_names(cls, names: list[str]) -> list[str]:
+        """An agent's name becomes a path (`models/{agent}_mistral/model_id.txt`, which
+        `finetune status --write-model-ids` writes): `../x` would leave models/."""
+        for name in names:
+            if not PLAIN_NAME.fullmatch(name):
+                raise ValueError(f"agent name {name!r} is not a plain name (letters, digits, - and _, "
+                                 "starting with a letter or digit, at most 64)")
+        return names
 
 
 class BackendConfig(Strict):
@@ -43,7 +60,7 @@ class BackendConfig(Strict):
     api_key_env: str | None = None  # the variable holding its key (else the provider's); never the key
     mode: Literal["realtime", "batch"] = "realtime"  # design §11
     batch_max_jobs: int | None = Field(default=None, gt=0)  # None: [batch] max_jobs
-    batch_max_wait_s: float | None = Field(default=None, gt=0)  # None: [batch] max_wait_s
+    batch_max_wait_s: float | None = Field(default=None, **SECONDS)  # None: [batch] max_wait_s
 
     @model_validator(mode="after")
     def _has_a_model_source(self) -> "BackendConfig":
@@ -51,19 +68,43 @@ class BackendConfig(Strict):
             raise ValueError("needs one of model, models or model_id_file")
         if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https:// (got {self.base_url!r})")
-        if self.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
-            raise ValueError(f"api_key_env must name an environment variable (got {self.api_key_env!r})")
+        if self.api_key_env is not None:
+            _key_variable(self.api_key_env)
+        if self.model_id_file is not None:
+            _agent_template(self.model_id_file)
         if self.role == "candidate" and not self.baseline:
             raise ValueError("a candidate needs `baseline = \"<backend name>\"`")
         return self
 
 
+def _key_variable(name: str) -> None:
+    """The variable a backend's key is read from, which is sent as a bearer token to its
+    base_url: so it must look like a key variable (its name has KEY or TOKEN in it) and not be
+    one of this project's own settings (GENESIS_DATABASE_URL holds a database password)."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(f"api_key_env must name an environment variable (got {name!r})")
+    if name.upper().startswith("GENESIS_"):
+        raise ValueError(f"api_key_env may not name one of genesis-bench's own settings (got {name!r})")
+    if not re.search("KEY|TOKEN", name.upper()):
+        raise ValueError(f"api_key_env must name a key variable, with KEY or TOKEN in its name (got {name!r}): "
+                         "its value is sent to the backend's endpoint")
+
+
+def _agent_template(template: str) -> None:
+    """model_id_file is formatted with the agent's name: `{agent}` is the only field it may hold."""
+    try:
+        template.format(agent="agent")
+    except (IndexError, KeyError, ValueError, AttributeError) as exc:
+        raise ValueError(f"model_id_file may hold {{agent}} and no other {{field}} (got {template!r}: "
+                         f"{type(exc).__name__} {exc})") from None
+
+
 class Price(Strict):
-    input_per_mtok: float = Field(ge=0)
-    output_per_mtok: float = Field(ge=0)
+    input_per_mtok: float = Field(**USD)
+    output_per_mtok: float = Field(**USD)
     # Fine-tuning a model based on this one, per million trained tokens: what a fine-tuning job
     # is ledgered at when the provider reports its trained tokens but no cost.
-    training_per_mtok: float | None = Field(default=None, ge=0)
+    training_per_mtok: float | None = Field(default=None, **USD)
     # what a call through the provider's batch API costs, as a fraction of the realtime price
     batch_discount: float = Field(default=0.5, gt=0, le=1)
 
@@ -75,11 +116,20 @@ class RateLimit(Strict):
 
 
 class BudgetConfig(Strict):
-    limit_usd: float = Field(default=30.0, gt=0)
+    limit_usd: float = Field(default=30.0, **LIMIT_USD)
     warning: float = 0.25
     critical: float = 0.50
     emergency: float = 0.83
     webhook_url: str | None = None
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_only(cls, url: str | None) -> str | None:
+        """The webhook is POSTed by every worker: http(s) to a host, nothing else urllib opens
+        (file://, ftp://). The value is not echoed: it may hold a token."""
+        if url is not None and not (urlsplit(url).scheme in ("http", "https") and urlsplit(url).hostname):
+            raise ValueError("webhook_url must be an http:// or https:// URL with a host")
+        return url
 
     @model_validator(mode="after")
     def _sane(self) -> "BudgetConfig":
@@ -152,23 +202,23 @@ class BatchConfig(Strict):
     has been claimed `max_attempts` times, then ends `error` with the provider's reason."""
 
     max_jobs: int = Field(default=100, gt=0)
-    max_wait_s: float = Field(default=30.0, gt=0)
-    poll_min_s: float = Field(default=2.0, gt=0)
-    poll_max_s: float = Field(default=60.0, gt=0)
+    max_wait_s: float = Field(default=30.0, **SECONDS)
+    poll_min_s: float = Field(default=2.0, **SECONDS)
+    poll_max_s: float = Field(default=60.0, **SECONDS)
     max_attempts: int = Field(default=3, ge=1)
 
 
 class RetryConfig(Strict):
     max_attempts: int = Field(default=5, ge=1)
-    backoff_base_s: float = Field(default=1.0, ge=0)
-    backoff_max_s: float = Field(default=60.0, ge=0)
-    call_timeout_s: float = Field(default=60.0, gt=0)
+    backoff_base_s: float = Field(default=1.0, ge=0, le=MAX_SECONDS)
+    backoff_max_s: float = Field(default=60.0, ge=0, le=MAX_SECONDS)
+    call_timeout_s: float = Field(default=60.0, **SECONDS)
 
 
 class WorkerConfig(Strict):
     concurrency: int = Field(default=16, ge=1)
     pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"
-    task_time_limit_s: int = Field(default=300, gt=0)
+    task_time_limit_s: int = Field(default=300, **SECONDS)
     # PostgreSQL connections per worker process; None: sized from its threads (shared/db.py).
     db_pool_size: int | None = Field(default=None, gt=0)
 
@@ -177,13 +227,13 @@ class RecoveryConfig(Strict):
     """Recovery without a human (design §10): with these defaults a dead worker's jobs run again
     elsewhere within about a minute of its death (heartbeat_ttl_s + 2 sweeps + a delivery)."""
 
-    heartbeat_interval_s: float = Field(default=5.0, gt=0)
-    heartbeat_ttl_s: float = Field(default=20.0, gt=0)
-    sweep_interval_s: float = Field(default=10.0, gt=0)
-    lease_s: float | None = Field(default=None, gt=0)  # default: retry.call_timeout_s + 30 s
-    claim_retry_max_s: float = Field(default=10.0, gt=0)  # backoff cap while the database is down
-    stall_after_s: float = Field(default=60.0, gt=0)  # `submit --wait`: no progress this long = stalled
-    give_up_after_s: float = Field(default=1800.0, gt=0)  # `submit --wait` stops waiting (exit 1)
+    heartbeat_interval_s: float = Field(default=5.0, **SECONDS)
+    heartbeat_ttl_s: float = Field(default=20.0, **SECONDS)
+    sweep_interval_s: float = Field(default=10.0, **SECONDS)
+    lease_s: float | None = Field(default=None, **SECONDS)  # default: retry.call_timeout_s + 30 s
+    claim_retry_max_s: float = Field(default=10.0, **SECONDS)  # backoff cap while the database is down
+    stall_after_s: float = Field(default=60.0, **SECONDS)  # `submit --wait`: no progress this long = stalled
+    give_up_after_s: float = Field(default=1800.0, **SECONDS)  # `submit --wait` stops waiting (exit 1)
 
     @model_validator(mode="after")
     def _heartbeat_outlives_its_interval(self) -> "RecoveryConfig":
