@@ -18,11 +18,13 @@ from rich.table import Table
 from sqlalchemy import ColumnElement
 from sqlmodel import Session, col, func, select
 
-from producer.output import ExportFormat, JsonOpt, bad_input, console, emit_json, err_console, write_rows, write_rows_to
+from producer.output import (ExportFormat, JsonOpt, bad_input, console, emit_json, err_console, shown, write_rows,
+                             write_rows_to)
 from shared.config import ConfigError, get_settings
 from shared.db import migrate, session_scope
+from shared.files import replacing, writable_folder
 from shared.models import BudgetEvent, CostEntry
-from shared.numbers import number
+from shared.numbers import LIMIT_USD, MAX_USD, USD, number
 
 if TYPE_CHECKING:
     from shared.budget import BudgetGuard
@@ -73,7 +75,7 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     )
     console.print(table)
     if state["halted"]:
-        console.print(f"halted: {state['halt_reason']}", highlight=False, soft_wrap=True)
+        console.print(f"halted: {shown(state['halt_reason'])}", highlight=False, soft_wrap=True)
     if state["overruns"]:
         console.print(f"{state['overruns']} call(s) cost ${state['overrun_usd']:.4f} more than they reserved "
                       "(settled at their real cost)", highlight=False)
@@ -85,8 +87,9 @@ def report(as_json: JsonOpt = False) -> None:
     with _bad_input_exits():
         guard = _guard()
         path = Path(guard.settings.reports_dir) / "cost_dashboard.md"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render_dashboard(guard))
+        writable_folder(path.parent)
+        with replacing(path) as out:
+            out.write(render_dashboard(guard))
     if as_json:
         emit_json({"path": str(path)})
     else:
@@ -96,7 +99,7 @@ def report(as_json: JsonOpt = False) -> None:
 @budget_app.command("log")
 def log_entry(
     operation: Annotated[str, typer.Option(help="inference, judge, fine_tuning, manual, ... (one word).")],
-    cost: Annotated[float, typer.Option(parser=number(float, ge=0), help="Cost in USD (>= 0).")],
+    cost: Annotated[float, typer.Option(parser=number(float, **USD), help=f"Cost in USD (0 to {MAX_USD:,}).")],
     agent: Annotated[Optional[str], typer.Option(help="The agent it was spent for.")] = None,
     backend: Annotated[Optional[str], typer.Option(help="The backend it was spent on.")] = None,
     note: Annotated[str, typer.Option(help="Why (kept in the log line).")] = "",
@@ -177,7 +180,8 @@ def export_ledger(
 @budget_app.command()
 def resume(
     limit: Annotated[
-        Optional[float], typer.Option("--limit", parser=number(float, gt=0), help="A new budget limit in USD (> 0).")
+        Optional[float], typer.Option("--limit", parser=number(float, **LIMIT_USD),
+                                       help=f"A new budget limit in USD (> 0, at most {MAX_USD:,}).")
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:

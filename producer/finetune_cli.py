@@ -17,6 +17,8 @@ from rich.text import Text
 
 from producer.output import JsonOpt, bad_input, console, emit_json, failure
 from shared.config import ConfigError, Settings, get_settings, redacted_url
+from shared.files import NotWritable
+from shared.terminal import without_controls
 
 if TYPE_CHECKING:
     from shared.finetune import AgentState, FineTune, Listing
@@ -49,7 +51,7 @@ def status(
     states, unassigned = finetune.by_agent(settings, listing, agents)
     try:
         written = finetune.write_model_ids(states) if write_model_ids else []
-    except OSError as exc:  # e.g. models/ mounted read-only (docker-compose.yml)
+    except NotWritable as exc:  # e.g. models/ mounted read-only (docker-compose.yml)
         raise failure(f"cannot write a model_id.txt: {exc}") from None
     mine = [item for state in states for item in state.fine_tunes]
     added = _ledger(settings, mine) if ledger else []
@@ -165,8 +167,9 @@ def _print(listing: Listing, states: list[AgentState], unassigned: list[FineTune
             verdict, style = "up to date", "green"
         else:
             verdict, style = f"stale: the newest usable is {state.newest_usable}", "yellow"
-        console.print(Text.assemble((state.agent, "bold"), f": {_relative(state.model_id_file)} holds "
-                                    f"{state.current or '(nothing)'} - ", (verdict, style)), soft_wrap=True)
+        console.print(Text.assemble((state.agent, "bold"), without_controls(
+            f": {_relative(state.model_id_file)} holds {state.current or '(nothing)'} - "),
+            (without_controls(verdict), style)), soft_wrap=True)
         for item in state.fine_tunes:
             _line("  " + _item_line(item, row(item), FINAL_STATUSES))
     if unassigned:
@@ -200,7 +203,7 @@ def _item_line(item: FineTune, data: dict[str, Any], final: frozenset[str]) -> s
 
 
 def _line(text: str) -> None:
-    console.print(Text(text), soft_wrap=True)
+    console.print(Text(without_controls(text)), soft_wrap=True)  # API text: hostile
 
 
 def _relative(path: str | None) -> str:

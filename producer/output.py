@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from shared.terminal import without_controls
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -41,8 +43,14 @@ def _inert_cell(value: Any) -> Any:
     return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
 
 
+def shown(text: object) -> str:
+    """Text that may quote a model or a provider, for a console line: its control characters
+    made visible (shared.terminal) and its brackets read as text, never as Rich markup."""
+    return escape(without_controls(str(text)))
+
+
 def bad_input(message: str) -> typer.Exit:
-    """The message is printed as it is (escaped: `[postgres]` is text, not Rich markup)."""
+    """The message is printed as it is (`shown`: `[postgres]` is text, not Rich markup)."""
     return _error_line(message, 2)
 
 
@@ -52,7 +60,7 @@ def failure(message: str) -> typer.Exit:
 
 
 def _error_line(message: str, code: int) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[red]error:[/red] {shown(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -24,8 +24,8 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from shared.config import ConfigError, Settings
-from shared.files import replacing
+from shared.config import ConfigError, Settings, read_model_id
+from shared.files import replacing, writable_folder
 from shared.models import FINE_TUNING, CostEntry
 from shared.numbers import is_cost
 
@@ -225,7 +225,7 @@ def by_agent(settings: Settings, listing: Listing, agents: list[str]) -> tuple[l
 def _read_id(path: Path | None) -> str | None:
     if path is None or not path.is_file():
         return None
-    return path.read_text(encoding="utf-8").strip() or None
+    return read_model_id(path) or None
 
 
 def write_model_ids(states: list[AgentState]) -> list[dict[str, str | None]]:
@@ -236,7 +236,7 @@ def write_model_ids(states: list[AgentState]) -> list[dict[str, str | None]]:
         if state.newest_usable is None or state.up_to_date or state.model_id_file is None:
             continue
         path = Path(state.model_id_file)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        writable_folder(path.parent)
         with replacing(path) as out:  # a worker reads the old id or the new one, never half of one
             out.write(state.newest_usable + "\n")
         changes.append({"agent": state.agent, "file": str(path), "old": state.current, "new": state.newest_usable})

@@ -131,6 +131,9 @@ def simulator_command(
         serve_forever(config, host, port, on_ready=announce)
     except ConfigError as error:  # the suite could not be loaded
         raise typer.BadParameter(str(error), param_hint="--suite") from error
+    except OSError as error:  # the address could not be bound: the port in use, a host not ours
+        raise typer.BadParameter(f"cannot listen on {host}:{port} ({error.strerror or error})",
+                                 param_hint="--port") from None
 
 
 def option_name(knob: str) -> str:

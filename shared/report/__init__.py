@@ -9,6 +9,7 @@ from pathlib import Path
 
 from shared.config import get_settings
 from shared.db import session_scope
+from shared.files import writable_folder
 from shared.report import store
 from shared.report.build import build_report_data
 from shared.report.data import UnknownRunError
@@ -27,12 +28,13 @@ def generate_report(
     run_id: str, *, database_url: str | None = None, reports_dir: str | Path | None = None, partial: bool = False,
 ) -> PublishedReport:
     """Build from SQL, store the content in SQL, write the files; the Run row is left to the
-    caller to update."""
+    caller to update. A reports folder that cannot be written is said before anything is stored."""
+    reports_dir = reports_dir if reports_dir is not None else get_settings().reports_dir
+    writable_folder(Path(reports_dir))
     with session_scope(database_url) as session:
         rendered = render(build_report_data(session, run_id, partial=partial))
         store.save(session, rendered)
-    paths = write_files(rendered, reports_dir if reports_dir is not None else get_settings().reports_dir)
-    return PublishedReport(rendered.data, paths)
+    return PublishedReport(rendered.data, write_files(rendered, reports_dir))
 
 
 def fetch_report(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from shared.files import replacing
+from shared.files import replacing, writable_folder
 from shared.report.html import render_html
 from shared.report.markdown import render_markdown
 
@@ -52,7 +52,7 @@ def write_files(report: RenderedReport, reports_dir: str | Path) -> dict[str, Pa
     """Rebuilding an older run's report leaves the latest copy to the newer run."""
     root = Path(reports_dir)
     run_dir = root / report.run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
+    writable_folder(run_dir)
     paths = {
         "md": run_dir / "report.md",
         "json": run_dir / "report.json",
