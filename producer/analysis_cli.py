@@ -12,7 +12,7 @@ import typer
 from sqlmodel import select
 
 from producer.output import (
-    ExportFormat, JsonOpt, bad_input, console, decision_line, emit_json, err_console, write_rows, write_rows_to,
+    ExportFormat, JsonOpt, bad_input, console, decision_line, emit_json, err_console, shown, write_rows, write_rows_to,
 )
 from shared.config import ConfigError, get_settings
 from shared.db import migrate, session_scope
@@ -48,7 +48,7 @@ def report(
         console.print(f"report: {published.paths['md']}")
         console.print(decision_line(data["decision"]), highlight=False)
         for line in data["headlines"]:
-            console.print(f"  {line}", highlight=False, soft_wrap=True)
+            console.print(f"  {shown(line)}", highlight=False, soft_wrap=True)
     if gate:
         raise typer.Exit(0 if data["decision"]["overall"] == GO else 1)
 

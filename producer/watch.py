@@ -6,13 +6,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import func
 from sqlmodel import select
 
 from producer.errors import outage_line
-from producer.output import console, decision_line, err_console
+from producer.output import console, decision_line, err_console, shown
 from producer.stall import STALLED, StallWatch
 from shared.config import get_settings
 from shared.db import session_scope
@@ -89,7 +88,7 @@ def _print_common_errors(run_id: str, top: int = 3) -> None:
         ).all()
     for error_type, message, n in rows:
         # the message may quote the provider or the model: printed as text, never as Rich markup
-        err_console.print(f"[red]{n} job(s) failed:[/red] {escape(f'{error_type}: {message}')}", highlight=False,
+        err_console.print(f"[red]{n} job(s) failed:[/red] {shown(f'{error_type}: {message}')}", highlight=False,
                           soft_wrap=True)
 
 

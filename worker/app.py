@@ -67,7 +67,7 @@ app.steps["worker"].add(recovery.RecoveryStep)
 app.steps["consumer"].add(halt.HaltControlStep)
 signals.task_postrun.connect(completion.after_run_job, weak=False, dispatch_uid="genesis.completion")
 
-if "flower" in sys.argv[1:]:  # `celery -A worker.app flower`: its /metrics behind its auth too
-    from worker.flower import guard_metrics
+if "flower" in sys.argv[1:]:  # `celery -A worker.app flower`: auth required, loopback by default
+    from worker.flower import guard_flower
 
-    guard_metrics()
+    guard_flower()

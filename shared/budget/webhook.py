@@ -11,6 +11,14 @@ from shared.models import BudgetEvent
 log = logging.getLogger("genesis.budget")
 
 WEBHOOK_TIMEOUT_S = 3.0
+# http and https only, and no redirect followed (a 3xx is a failure, logged): a redirect turned
+# the POST into a GET to wherever the answer pointed, an internal address included. No file://,
+# ftp:// or data: handler either, whatever URL reaches here.
+_OPENER = urllib.request.OpenerDirector()
+for _handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(), urllib.request.HTTPHandler(),
+                 urllib.request.HTTPSHandler(), urllib.request.HTTPDefaultErrorHandler(),
+                 urllib.request.HTTPErrorProcessor()):
+    _OPENER.add_handler(_handler)
 
 
 def post_webhook(url: str, event: BudgetEvent) -> None:
@@ -22,7 +30,7 @@ def post_webhook(url: str, event: BudgetEvent) -> None:
     }).encode()
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_S) as response:
+        with _OPENER.open(request, timeout=WEBHOOK_TIMEOUT_S) as response:
             response.read()
     except Exception as exc:  # noqa: BLE001 — any failure is logged, never raised
         log.warning("budget webhook failed (URL not logged: it may hold a token): %s", exc)

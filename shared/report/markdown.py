@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from shared.terminal import without_controls
 from shared.report.document import COMBINED_VERDICTS, document, drilldown_table
 
 
@@ -23,9 +24,9 @@ def md(text: object) -> str:
     escaping of the markdown report (report.md, finetuning_quality_report.md), the cost
     dashboard and `compare`'s table. Model answers, errors and anything else model-derived
     are hostile text: no link, image, HTML, entity, code span, heading or table cell of theirs
-    survives, and a line break becomes a space (one cell, one line). The cheap tests first: a
+    survives, no control character reaches a terminal (shared.terminal), and a line break becomes a space (one cell, one line). The cheap tests first: a
     10,000-job report has tens of thousands of cells."""
-    escaped = str(text)
+    escaped = without_controls(str(text))  # first: its backslash is then escaped like any other
     if _SPECIAL.search(escaped) is not None:
         escaped = _SPECIAL.sub(r"\\\g<0>", escaped)
     if "\n" in escaped or "\r" in escaped:
