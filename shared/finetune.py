@@ -27,7 +27,7 @@ from sqlmodel import Session, col, select
 from shared.config import ConfigError, Settings, read_model_id
 from shared.files import replacing, writable_folder
 from shared.models import FINE_TUNING, CostEntry
-from shared.numbers import is_cost
+from shared.numbers import MAX_USD, is_cost
 
 SUCCEEDED = "SUCCESS"
 # A job in one of these states changes no more: its cost is final and can be ledgered.
@@ -270,7 +270,8 @@ def fine_tuning_entry(job_id: str, cost_usd: float, *, agent: str | None = None,
     if not JOB_ID.fullmatch(job_id or ""):
         raise ConfigError(f"a fine-tuning job id is letters, digits and . _ : - (got {job_id!r})")
     if not is_cost(cost_usd):
-        raise ConfigError(f"a fine-tuning cost must be a finite number >= 0 (got {cost_usd})")
+        raise ConfigError(f"a fine-tuning cost must be a finite number of dollars from 0 to {MAX_USD:,} "
+                          f"(got {cost_usd})")
     return CostEntry(operation=FINE_TUNING, source=job_id, agent=agent, model=model, backend=None,
                      input_tokens=trained_tokens, cost_usd=cost_usd)
 

@@ -24,8 +24,9 @@ def md(text: object) -> str:
     escaping of the markdown report (report.md, finetuning_quality_report.md), the cost
     dashboard and `compare`'s table. Model answers, errors and anything else model-derived
     are hostile text: no link, image, HTML, entity, code span, heading or table cell of theirs
-    survives, no control character reaches a terminal (shared.terminal), and a line break becomes a space (one cell, one line). The cheap tests first: a
-    10,000-job report has tens of thousands of cells."""
+    survives, no control character reaches a terminal (shared.terminal), and a line break
+    becomes a space (one cell, one line). The cheap tests first: a 10,000-job report has tens
+    of thousands of cells."""
     escaped = without_controls(str(text))  # first: its backslash is then escaped like any other
     if _SPECIAL.search(escaped) is not None:
         escaped = _SPECIAL.sub(r"\\\g<0>", escaped)
