@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 from sqlmodel import select
 
-from producer.output import JsonOpt, bad_input, console, emit_json
+from producer.output import JsonOpt, bad_input, console, emit_json, shown
 from shared.config import ConfigError, get_settings
 from shared.db import migrate, read_migrating, session_scope
 from shared.models import JobStatus, Run
@@ -51,7 +51,7 @@ def status(
     console.print(table)
     for batch in snapshot["batches"]:
         jobs = ", ".join(f"{n} {status}" for status, n in sorted(batch["jobs"].items()))
-        provider_id = batch["provider_batch_id"] or "not sent yet"
+        provider_id = shown(batch["provider_batch_id"] or "not sent yet")  # the provider's text
         state = {"open": "enrolled", "submitting": "enrolled"}.get(batch["state"], batch["state"])
         console.print(f"batch {batch['batch']} ({batch['backend']}, {provider_id}): {state}; jobs {jobs}",
                       highlight=False, soft_wrap=True)
