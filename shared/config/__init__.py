@@ -283,5 +283,6 @@ def _first_error(exc: ValueError) -> str:
         loc = ".".join(str(p) for p in first.get("loc", ()))
         if first.get("type") == "extra_forbidden":
             return f"unknown key {loc}"
-        return f"{loc}: {first.get('msg')}" if loc else str(first.get("msg"))
+        msg = str(first.get("msg")).removeprefix("Value error, ")  # pydantic's wrapping of our validators' words
+        return f"{loc}: {msg}" if loc else msg
     return str(exc)
