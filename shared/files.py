@@ -26,8 +26,6 @@ def writable(path: Path) -> Iterator[None]:
     """Turns an OSError of writing `path` (or making its folder) into one line naming it."""
     try:
         yield
-    except NotWritable:
-        raise
     except OSError as exc:
         raise NotWritable(f"cannot write {path}: {exc.strerror or exc}") from None
 

@@ -249,7 +249,8 @@ def write_model_ids(states: list[AgentState]) -> list[dict[str, str | None]]:
 
 def job_cost(settings: Settings, item: FineTune) -> tuple[float, str] | None:
     """(USD, where it came from) for a job whose cost is final and known: the API's figure
-    (in USD), else its trained tokens at the base model's `training_per_mtok`."""
+    (in USD), else its trained tokens at the base model's `training_per_mtok`. A figure past
+    shared.numbers' bound is no known cost (the ledger would refuse it)."""
     from shared.budget.pricing import training_cost  # the pricing code, when a cost is asked for
 
     if item.job_id is None or item.status not in FINAL_STATUSES:
@@ -258,7 +259,7 @@ def job_cost(settings: Settings, item: FineTune) -> tuple[float, str] | None:
         return item.reported_cost, "api"
     if item.trained_tokens is not None and item.base_model:
         cost = training_cost(settings, item.base_model, item.trained_tokens)
-        if cost is not None:
+        if cost is not None and is_cost(cost):
             return cost, "trained tokens x training_per_mtok"
     return None
 

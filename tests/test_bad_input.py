@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,7 @@ def test_the_ledger_and_the_guard_refuse_an_amount_past_the_bound_whoever_writes
 
     from shared.budget import BudgetGuard
     from shared.db import session_scope
-    from shared.finetune import fine_tuning_entry
+    from shared.finetune import FineTune, fine_tuning_entry, job_cost
     from shared.models import CostEntry
 
     settings = load_settings()
@@ -74,6 +75,10 @@ def test_the_ledger_and_the_guard_refuse_an_amount_past_the_bound_whoever_writes
             session.execute(insert(CostEntry.__table__).values(operation="inference", cost_usd=1e13))
     with pytest.raises(ConfigError, match="fine-tuning cost"):
         fine_tuning_entry("ftjob-1", 1e13)  # a provider-reported cost (`finetune status --ledger`)
+    huge = FineTune(model_id=None, job_id="ftjob-2", base_model="open-mistral-7b", created=None, archived=None,
+                    status="SUCCESS", trained_tokens=10**15)  # $1/Mtok: $1e9
+    assert job_cost(settings, huge) is None  # no known cost, never a ledger entry
+    assert job_cost(settings, replace(huge, trained_tokens=10**6)) == (1.0, "trained tokens x training_per_mtok")
     with pytest.raises(ValueError, match="at most"):
         BudgetGuard(world, settings).resume(limit_usd=1e300)
     assert written(world) == before
