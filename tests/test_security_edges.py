@@ -95,6 +95,22 @@ def flower_env(redis_url, tmp_path):
                                  reports_dir=tmp_path / "reports", simulator_url=None)}
 
 
+@pytest.mark.parametrize(("basic_auth", "auth", "environ", "refused"), [
+    ([], "", {}, True),
+    ([""], "", {}, True),  # FLOWER_BASIC_AUTH=''
+    ([], "", {"GENESIS_FLOWER_UNAUTHENTICATED": "yes"}, True),  # only "1" says so
+    (["admin:pw"], "", {}, False),
+    ([], ".*@example\\.com", {}, False),  # OAuth
+    ([], "", {"GENESIS_FLOWER_UNAUTHENTICATED": "1"}, False),
+])
+def test_what_counts_as_flower_auth(basic_auth, auth, environ, refused):
+    from types import SimpleNamespace
+
+    from worker.flower import refusal
+
+    assert (refusal(SimpleNamespace(basic_auth=basic_auth, auth=auth), environ) is not None) is refused
+
+
 @pytest.mark.processes
 def test_flower_without_auth_refuses_to_start(flower_env, tmp_path):
     port = _free_port_of_ours()

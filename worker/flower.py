@@ -25,7 +25,8 @@ UNAUTHENTICATED = "GENESIS_FLOWER_UNAUTHENTICATED"  # "1": the operator accepts 
 
 def refusal(options: Any, environ: Mapping[str, str]) -> str | None:
     """Why Flower must not start with these (tornado) options, or None."""
-    if options.basic_auth or options.auth or environ.get(UNAUTHENTICATED) == "1":
+    # FLOWER_BASIC_AUTH='' parses as [''], which is no credentials at all
+    if any(options.basic_auth or ()) or options.auth or environ.get(UNAUTHENTICATED) == "1":
         return None
     return ("Flower can shut workers down and send tasks, so it needs auth: set FLOWER_BASIC_AUTH=user:password "
             f"(or --basic-auth, or --auth for OAuth), or {UNAUTHENTICATED}=1 to run it without")
