@@ -142,7 +142,7 @@ def test_two_deployments_on_one_api_key_each_adopt_only_their_own_lost_batch(
     from tests.support.workers import WorkerProcess
     from worker.app import app
 
-    simulator.update(batch_delay_s=1.0, batch_create_delay_s=4.0)
+    simulator.update(batch_delay_s=1.0, batch_create_delay_s=6.0)
     batch_mode(monkeypatch, backend)
     other = {**genesis, "GENESIS_DATABASE_URL": f"sqlite:///{tmp_path / 'other.db'}",
              "GENESIS_REDIS_URL": SECOND_REDIS_URL, "GENESIS_REPORTS_DIR": str(tmp_path / "other-reports")}
@@ -176,9 +176,9 @@ def test_two_deployments_on_one_api_key_each_adopt_only_their_own_lost_batch(
     try:
         migrate(other["GENESIS_DATABASE_URL"])
         runs: dict[str, str] = {}
-        submitters = []
-        for env, name in ((genesis, "a1"), (other, "b1")):
-            submitters.append(start(env, name))
+        submitters = [start(genesis, "a1"), start(other, "b1")]
+        for env in (genesis, other):  # back to back: both batches exist before either creation is answered
+            deployment(env)
             runs[env["GENESIS_DATABASE_URL"]] = submit("--agent", "qa", "--backend", backend, "--limit", "2")
         wait_for(lambda: sum(simulator.stats()["batch"]["batches"].values()) == 2, timeout=30, interval=0.1,
                  what="both deployments' batches created, neither answered yet")
