@@ -36,7 +36,8 @@ def deployment_id() -> str:
         except IntegrityError:  # made already (by now or long ago)
             pass
         with engine.connect() as conn:
-            _deployment_ids[url] = conn.execute(select(_DEPLOYMENT.c.deployment_id).where(_DEPLOYMENT.c.id == 1)).scalar_one()
+            _deployment_ids[url] = conn.execute(
+                select(_DEPLOYMENT.c.deployment_id).where(_DEPLOYMENT.c.id == 1)).scalar_one()
     return _deployment_ids[url]
 
 

@@ -143,8 +143,8 @@ class BatchStore:
             self._advance(batch)
             if batch.outcome == "in_progress":
                 return _error(api, 404, "results are not ready")
-            return Answer(200, _jsonl((item, anthropic_line(item, kind, result)) for item, kind, result in batch.results),
-                          BINARY)
+            lines = ((item, anthropic_line(item, kind, result)) for item, kind, result in batch.results)
+            return Answer(200, _jsonl(lines), BINARY)
         return _error(api, 404, "no such batch route")
 
     # --- files ---------------------------------------------------------------------------

@@ -257,9 +257,9 @@ def _complete_runs(batch_id: int) -> None:
 def resume_batches(client_redis, settings) -> int:
     """For the recovery sweep: a batch past its due time still open, or submitted but not polled
     for longer than a live chain ever waits, gets its message again (from SQL). A batch left
-    `submitting` (by a dead worker, or a create whose reply was lost) is looked up at its provider (shared.providers.batch_api's
-    `find`) and adopted; when the provider has none it opens again and is sent anew; when the
-    provider cannot say (yet), the next sweep asks again."""
+    `submitting` (by a dead worker, or a create whose reply was lost) is looked up at its
+    provider (shared.providers.batch_api's `find`) and adopted; when the provider has none it
+    opens again and is sent anew; when the provider cannot say (yet), the next sweep asks again."""
     now = fleet.redis_now(client_redis)
     grace = timedelta(seconds=2 * settings.recovery.sweep_interval_s + settings.recovery.heartbeat_ttl_s)
     stale = timedelta(seconds=2 * settings.batch.poll_max_s) + grace
