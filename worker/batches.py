@@ -278,7 +278,9 @@ def resume_batches(client_redis, settings) -> int:
 
 
 def _adopt_or_reopen(batch, now, *, may_reopen: bool = True) -> bool:
-    """True when the batch got a message again (a poll of the batch found, or a new flush)."""
+    """True when the batch got a message again (a poll of the batch found, or a new flush).
+    `may_reopen=False`: only adopt (a submitter asking right after its create's reply was lost:
+    a provider that does not list the batch yet may still be making it)."""
     settings = get_settings()
     sent = sql.jobs_of(batch.id)  # what the submitter sent: the jobs it did not send it took out first
     ours = OurBatch(sql.deployment_id(), batch.id)

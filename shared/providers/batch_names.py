@@ -17,8 +17,8 @@ METADATA_KEY = "genesis_batch"  # our deployment and batch id in the provider's 
 
 @dataclass(frozen=True)
 class LostSubmission:
-    """A batch whose submitter died before it wrote the provider's batch id: what we know to
-    recognise it at the provider. OpenAI and Mistral carry our `metadata`; an Anthropic Message
+    """A batch whose provider id never reached SQL (its submitter died, or the create's reply was
+    lost): what we know to recognise it at the provider. OpenAI and Mistral carry our `metadata`; an Anthropic Message
     Batch carries none, so there it is a batch created since `started_at` with as many
     requests, not already ours (`known`), whose results, once it has ended, name our requests
     (`custom_ids`: they carry our batch id). Size alone is never enough: two lost batches of
