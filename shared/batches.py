@@ -13,13 +13,32 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, insert, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from shared.db import get_engine, session_scope
 from shared.lifecycle import ClaimedJob
-from shared.models import OPEN_BATCH_STATES, BatchState, Job, JobStatus, ProviderBatch, Run
+from shared.models import OPEN_BATCH_STATES, BatchState, Deployment, Job, JobStatus, ProviderBatch, Run, utcnow
 
-_BATCHES, _JOBS = ProviderBatch.__table__, Job.__table__
+_BATCHES, _JOBS, _DEPLOYMENT = ProviderBatch.__table__, Job.__table__, Deployment.__table__
+_deployment_ids: dict[str, str] = {}  # database URL -> its deployment id (it never changes)
+
+
+def deployment_id() -> str:
+    """This database's deployment id: made by the first caller (12 hex digits, random), then
+    read. What our batches are named by at their providers (shared.providers.batch_names)."""
+    engine = get_engine()
+    url = engine.url.render_as_string(hide_password=False)
+    if url not in _deployment_ids:
+        try:
+            with engine.begin() as conn:
+                conn.execute(insert(_DEPLOYMENT).values(id=1, deployment_id=uuid.uuid4().hex[:12], created_at=utcnow()))
+        except IntegrityError:  # made already (by now or long ago)
+            pass
+        with engine.connect() as conn:
+            _deployment_ids[url] = conn.execute(
+                select(_DEPLOYMENT.c.deployment_id).where(_DEPLOYMENT.c.id == 1)).scalar_one()
+    return _deployment_ids[url]
 
 
 @dataclass(frozen=True)
@@ -85,6 +104,20 @@ def take_for_submit(batch_id: int, now: datetime) -> bool:
 def reopen(batch_id: int, due_at: datetime, error: str | None = None) -> bool:
     """Not sent this time (the budget asked to wait, the provider failed): open again until due_at."""
     return _move(batch_id, (BatchState.submitting,), state=BatchState.open, due_at=due_at, error=error)
+
+
+def note_unanswered(batch_id: int, error: str) -> bool:
+    """Its create's outcome is unknown: it stays `submitting` (reservations held) until a lookup
+    at its provider adopts it or finds none (the recovery sweep's)."""
+    return _move(batch_id, (BatchState.submitting,), error=error)
+
+
+def count_unreadable_read(batch_id: int) -> int:
+    """One more read of its results found unreadable lines: how many such reads there were."""
+    with get_engine().begin() as conn:
+        return conn.execute(update(_BATCHES).where(_BATCHES.c.id == batch_id)
+                            .values(result_reads=_BATCHES.c.result_reads + 1)
+                            .returning(_BATCHES.c.result_reads)).scalar_one()
 
 
 def mark_submitted(batch_id: int, provider_batch_id: str, reserved_usd: float, sent: int, now: datetime) -> str:

@@ -148,6 +148,21 @@ class ProviderBatch(SQLModel, table=True):
     attempts: int = 0  # submissions tried
     cancel_requested: bool = False
     error: str | None = Field(default=None, sa_column=Column(Text))
+    # reads of its results file that found unreadable lines: read again up to a bound, then
+    # those requests are taken as billed and lost (worker/batches.py)
+    result_reads: int = Field(default=0, sa_column_kwargs={"server_default": text("0")})
+
+
+class Deployment(SQLModel, table=True):
+    """This database's deployment id, made once (shared.batches.deployment_id): it namespaces
+    what we leave at providers (batch metadata, request custom ids), so deployments that share
+    one API key, each with its own database, never adopt or read each other's batches."""
+
+    __tablename__ = "deployment"
+
+    id: int = Field(default=1, primary_key=True)  # one row
+    deployment_id: str = Field(max_length=32)
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class LedgerCost(TypeDecorator):

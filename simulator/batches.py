@@ -12,7 +12,10 @@ so a batch gives the answers a realtime run of the same seed gives. Time drives 
 requests finish one by one over `batch_delay_s`; a cancel keeps those already finished (billed)
 and cancels the rest; a batch drawn to expire (`batch_expire_rate`) or to fail (`batch_fail_rate`)
 ends with nothing answered; `batch_error_rate` fails single requests; `batch_create_delay_s` holds
-back the answer to a creation after the batch exists. Lists are newest first, as the providers'.
+back the answer to a creation after the batch exists; `batch_create_lost_rate` loses the answer to
+a creation after the batch exists (`batch_create_lost_as`: the connection reset, a proxy's 502, or
+the answer held `timeout_s`), as a reply lost on the way back does; `batch_corrupt_rate` cuts a
+request's line of the results short (not JSON), on every read. Lists are newest first, as the providers'.
 `stats()` counts what was batched and billed, and the HTTP requests the batch and file routes served."""
 
 from __future__ import annotations
@@ -23,20 +26,19 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import HTTP
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
-from simulator.wire import Api, BadRequest, ChatRequest, error_body, parse_chat_request
+from simulator.batch_wire import (BATCH_FAILURE, Item, SimBatch, anthropic_batch, anthropic_line, file_line,
+                                  mistral_batch, openai_batch)
+from simulator.wire import Api, BadRequest, error_body, parse_chat_request
 
 if TYPE_CHECKING:
     from simulator.server import Simulator
 
 JSON, BINARY = "application/json", "application/octet-stream"
-REQUEST_ERROR = "Injected batch request error from the simulator."
-BATCH_FAILURE = "Injected batch failure from the simulator."
 PREFIXES = ("/v1/files", "/v1/batches", "/v1/messages/batches", "/v1/batch/jobs")
 
 
@@ -45,37 +47,10 @@ class Answer:
     status: int
     body: bytes
     content_type: str = JSON
+    dropped: bool = False  # no answer at all: the connection is closed unanswered (a reset)
 
 
-@dataclass
-class Item:
-    custom_id: str
-    request: ChatRequest | None  # None: the line could not be read (answered as an error)
-    fails: bool  # drawn at creation: this request errors
-
-
-@dataclass
-class SimBatch:
-    id: str
-    api: Api
-    items: list[Item]
-    created: float
-    delay_s: float
-    fate: str  # completed | expired | failed: how it ends if nobody cancels it
-    endpoint: str = "/v1/chat/completions"
-    model: str | None = None
-    input_file_id: str = ""
-    metadata: dict[str, Any] = field(default_factory=dict)
-    cancelled_at: float | None = None
-    ended_at: float | None = None
-    outcome: str = "in_progress"  # in_progress | completed | expired | failed | cancelled
-    results: list[tuple[Item, str, dict | None]] = field(default_factory=list)  # (item, kind, body)
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-
-    def finished_by(self, index: int) -> float:
-        """When request `index` is answered: spread evenly over the batch's delay."""
-        return self.created + self.delay_s * (index + 1) / max(1, len(self.items))
+BAD_GATEWAY = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
 
 
 class BatchStore:
@@ -106,7 +81,7 @@ class BatchStore:
         with self._lock:
             return {"batches": dict(self.by_api), **{k: self.counts[k] for k in
                     ("requests", "succeeded", "errored", "cancelled", "expired", "failed", "cancels",
-                     "http_requests")},
+                     "creates_lost", "corrupt_lines", "http_requests")},
                     "billed_by_model": dict(self.billed_by_model), "input_tokens": self.input_tokens,
                     "output_tokens": self.output_tokens}
 
@@ -168,8 +143,8 @@ class BatchStore:
             self._advance(batch)
             if batch.outcome == "in_progress":
                 return _error(api, 404, "results are not ready")
-            return Answer(200, _jsonl(_anthropic_line(item, kind, result) for item, kind, result in batch.results),
-                          BINARY)
+            lines = ((item, anthropic_line(item, kind, result)) for item, kind, result in batch.results)
+            return Answer(200, _jsonl(lines), BINARY)
         return _error(api, 404, "no such batch route")
 
     # --- files ---------------------------------------------------------------------------
@@ -235,7 +210,10 @@ class BatchStore:
             items = []
             for custom_id, params in lines:
                 fails = self._rng.random() < config.batch_error_rate if config.batch_error_rate else False
-                items.append(Item(custom_id, _parse(api, params, model), fails))
+                corrupt = self._rng.random() < config.batch_corrupt_rate if config.batch_corrupt_rate else False
+                items.append(Item(custom_id, _parse(api, params, model), fails, corrupt))
+            # drawn only when the knob is set, so the draws of other configs are unchanged
+            lost = bool(config.batch_create_lost_rate) and self._rng.random() < config.batch_create_lost_rate
         prefix = {Api.OPENAI: "batch_", Api.ANTHROPIC: "msgbatch_", Api.MISTRAL: ""}[api]
         batch = SimBatch(id=f"{prefix}{uuid.uuid4().hex[:24]}", api=api, items=items, created=time.time(),
                          delay_s=config.batch_delay_s, fate=fate, model=model,
@@ -246,8 +224,15 @@ class BatchStore:
             self.batches[batch.id] = batch
             self.by_api[str(api)] += 1
             self.counts["requests"] += len(items)
+            self.counts["creates_lost"] += lost
         if config.batch_create_delay_s:  # the batch exists; its creator learns its id only later
             time.sleep(config.batch_create_delay_s)
+        if lost and config.batch_create_lost_as == "reset":  # the connection closes unanswered
+            return Answer(0, b"", dropped=True)
+        if lost and config.batch_create_lost_as == "502":  # a proxy's, without the provider's body
+            return Answer(502, BAD_GATEWAY, "text/html")
+        if lost:  # "timeout": answered after any client has given up
+            self.simulator.stopping.wait(config.timeout_s)
         return _json(200, self._batch_object(batch, headers))
 
     def _cancel(self, batch: SimBatch) -> None:
@@ -291,14 +276,15 @@ class BatchStore:
                     self.output_tokens += completion.output_tokens
         with self._lock:
             batch.results = results
-            for _, kind, _ in results:
+            for item, kind, _ in results:
                 self.counts[{"canceled": "cancelled"}.get(kind, kind)] += 1
+                self.counts["corrupt_lines"] += item.corrupt
         if batch.api is not Api.ANTHROPIC:
             self._write_files(batch)
 
     def _write_files(self, batch: SimBatch) -> None:
-        ok = [_file_line(batch.api, item, result) for item, kind, result in batch.results if kind == "succeeded"]
-        failed = [_file_line(batch.api, item, None) for item, kind, _ in batch.results if kind == "errored"]
+        ok = [(item, file_line(batch.api, item, result)) for item, kind, result in batch.results if kind == "succeeded"]
+        failed = [(item, file_line(batch.api, item, None)) for item, kind, _ in batch.results if kind == "errored"]
         if ok:
             batch.output_file_id = self._store_file(_jsonl(ok), f"{batch.id}_output.jsonl", "batch_output")
         if failed:
@@ -309,10 +295,10 @@ class BatchStore:
         kinds = Counter(kind for _, kind, _ in batch.results)
         done = sum(1 for i in range(len(batch.items)) if batch.finished_by(i) <= time.time())
         if batch.api is Api.ANTHROPIC:
-            return _anthropic_batch(batch, kinds, headers, cancelling)
+            return anthropic_batch(batch, kinds, headers, cancelling)
         if batch.api is Api.MISTRAL:
-            return _mistral_batch(batch, kinds, done)
-        return _openai_batch(batch, kinds, done, cancelling)
+            return mistral_batch(batch, kinds, done)
+        return openai_batch(batch, kinds, done, cancelling)
 
 
 def _parse(api: Api, params: Any, model: str | None) -> ChatRequest | None:
@@ -324,92 +310,14 @@ def _parse(api: Api, params: Any, model: str | None) -> ChatRequest | None:
         return None
 
 
-def _openai_batch(batch: SimBatch, kinds: Counter, done: int, cancelling: bool) -> dict:
-    status = {"in_progress": "in_progress", "completed": "completed", "expired": "expired", "failed": "failed",
-              "cancelled": "cancelling" if cancelling else "cancelled"}[batch.outcome]
-    created = int(batch.created)
-    ended = int(batch.ended_at) if batch.ended_at else None
-    total = len(batch.items)
-    errors = {"object": "list", "data": [{"code": "simulated_failure", "message": BATCH_FAILURE, "param": None,
-                                          "line": None}]} if batch.outcome == "failed" else None
-    return {
-        "id": batch.id, "object": "batch", "endpoint": batch.endpoint, "errors": errors,
-        "input_file_id": batch.input_file_id, "completion_window": "24h", "status": status,
-        "output_file_id": batch.output_file_id, "error_file_id": batch.error_file_id,
-        "created_at": created, "in_progress_at": created, "expires_at": created + 24 * 3600,
-        "completed_at": ended if batch.outcome == "completed" else None,
-        "expired_at": ended if batch.outcome == "expired" else None,
-        "failed_at": ended if batch.outcome == "failed" else None,
-        "cancelling_at": int(batch.cancelled_at) if batch.cancelled_at else None,
-        "cancelled_at": ended if batch.outcome == "cancelled" else None,
-        "request_counts": {"total": total, "completed": kinds["succeeded"] if batch.results else min(done, total),
-                           "failed": kinds["errored"] + kinds["expired"] + kinds["failed"]},
-        "metadata": batch.metadata or None,
-    }
-
-
-def _mistral_batch(batch: SimBatch, kinds: Counter, done: int) -> dict:
-    status = {"in_progress": "RUNNING", "completed": "SUCCESS", "expired": "TIMEOUT_EXCEEDED", "failed": "FAILED",
-              "cancelled": "CANCELLED"}[batch.outcome]
-    total = len(batch.items)
-    completed = len(batch.results) - kinds["canceled"] if batch.results else min(done, total)
-    errors = {"expired": [{"message": "batch timed out", "count": total}],
-              "failed": [{"message": BATCH_FAILURE, "count": total}]}.get(batch.outcome, [])
-    return {
-        "id": batch.id, "object": "batch", "input_files": batch.input_file_id.split(","), "endpoint": batch.endpoint,
-        "model": batch.model, "errors": errors, "status": status, "created_at": int(batch.created),
-        "total_requests": total,
-        "completed_requests": completed, "succeeded_requests": kinds["succeeded"],
-        "failed_requests": kinds["errored"] + kinds["expired"] + kinds["failed"], "output_file": batch.output_file_id,
-        "error_file": batch.error_file_id, "metadata": batch.metadata or None, "started_at": int(batch.created),
-        "completed_at": int(batch.ended_at) if batch.ended_at else None,
-    }
-
-
-def _anthropic_batch(batch: SimBatch, kinds: Counter, headers: dict[str, str], cancelling: bool) -> dict:
-    def iso(moment: float | None) -> str | None:
-        return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z") if moment else None
-
-    ended = batch.outcome != "in_progress"
-    processing = 0 if ended else len(batch.items)
-    host = headers.get("host", "127.0.0.1")
-    return {
-        "id": batch.id, "type": "message_batch",
-        "processing_status": "canceling" if cancelling and ended and batch.outcome == "cancelled" else
-        ("ended" if ended else "in_progress"),
-        "request_counts": {"processing": processing, "succeeded": kinds["succeeded"], "errored": kinds["errored"],
-                           "canceled": kinds["canceled"], "expired": kinds["expired"]},
-        "created_at": iso(batch.created), "expires_at": iso(batch.created + 24 * 3600),
-        "ended_at": iso(batch.ended_at) if ended else None, "cancel_initiated_at": iso(batch.cancelled_at),
-        "archived_at": None,
-        "results_url": f"http://{host}/v1/messages/batches/{batch.id}/results" if ended else None,
-    }
-
-
-def _anthropic_line(item: Item, kind: str, body: dict | None) -> dict:
-    if kind == "succeeded":
-        return {"custom_id": item.custom_id, "result": {"type": "succeeded", "message": body}}
-    if kind == "errored":
-        message = (body or {}).get("message") or (REQUEST_ERROR if item.request else "invalid request")
-        return {"custom_id": item.custom_id, "result": {"type": "errored", "error": {
-            "type": "error", "error": {"type": "api_error", "message": message}}}}
-    return {"custom_id": item.custom_id, "result": {"type": kind}}
-
-
-def _file_line(api: Api, item: Item, body: dict | None) -> dict:
-    """One line of an OpenAI or Mistral output (body) or error (no body) file."""
-    request_id = uuid.uuid4().hex
-    if body is not None:
-        return {"id": f"batch_req_{request_id}", "custom_id": item.custom_id,
-                "response": {"status_code": 200, "request_id": request_id, "body": body}, "error": None}
-    message = REQUEST_ERROR if item.request else "invalid request"
-    return {"id": f"batch_req_{request_id}", "custom_id": item.custom_id,
-            "response": {"status_code": 500, "request_id": request_id, "body": error_body(api, 500, message)},
-            "error": {"code": "server_error", "message": message}}
-
-
-def _jsonl(lines) -> bytes:
-    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+def _jsonl(lines: Iterable[tuple[Item, dict]]) -> bytes:
+    """A results file; the line of a request drawn `corrupt` is cut in half (its custom id, near
+    its start, survives; the rest is not JSON), as a mangled download or a provider's bug."""
+    out = []
+    for item, line in lines:
+        raw = json.dumps(line).encode()
+        out.append((raw[: len(raw) // 2] if item.corrupt else raw) + b"\n")
+    return b"".join(out)
 
 
 def _json(status: int, payload: object) -> Answer:

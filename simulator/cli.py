@@ -87,6 +87,15 @@ def simulator_command(
     batch_create_delay_s: Annotated[
         float, typer.Option(min=0.0, help="Hold back the answer to a batch's creation this long after it exists.")
     ] = 0.0,
+    batch_create_lost_rate: Annotated[
+        float, typer.Option(help="Share of batch creations whose answer is lost after the batch exists.")
+    ] = 0.0,
+    batch_create_lost_as: Annotated[
+        str, typer.Option(help="How a lost creation's answer is lost: reset | 502 | timeout (after --timeout-s).")
+    ] = DEFAULTS["batch_create_lost_as"],
+    batch_corrupt_rate: Annotated[
+        float, typer.Option(help="Share of batch result lines cut short (not JSON); billed all the same.")
+    ] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of answers and fault draws.")] = DEFAULTS["seed"],
     suite: Annotated[str, typer.Option(help="Suite whose expected answers the models know.")] = DEFAULTS["suite"],
     fine_tunes: Annotated[
@@ -114,6 +123,9 @@ def simulator_command(
         "batch_expire_rate": batch_expire_rate,
         "batch_fail_rate": batch_fail_rate,
         "batch_create_delay_s": batch_create_delay_s,
+        "batch_create_lost_rate": batch_create_lost_rate,
+        "batch_create_lost_as": batch_create_lost_as,
+        "batch_corrupt_rate": batch_corrupt_rate,
         "seed": seed,
         "suite": suite,
     }

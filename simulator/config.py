@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
-from typing import Callable
+from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -39,7 +39,13 @@ class SimulatorConfig(BaseModel):
       (OpenAI `failed`, Mistral `FAILED`, with the reason in its errors; Anthropic has no failed
       batch, so there every request of it errors); batch_create_delay_s: the answer to a batch's
       creation is held back this long after the batch exists (a submitter that dies meanwhile
-      leaves a batch at the provider whose id it never learnt).
+      leaves a batch at the provider whose id it never learnt); batch_create_lost_rate: probability
+      that a creation's answer is lost after the batch exists, as `batch_create_lost_as` says:
+      `reset` (the connection closes unanswered), `502` (a proxy's Bad Gateway, no provider body)
+      or `timeout` (answered `timeout_s` later, after the client gave up). The provider holds and
+      runs the batch either way; its creator never learns its id. batch_corrupt_rate: probability
+      that a request's line of its batch's results is cut short (not JSON), on every read; a
+      succeeded one is billed all the same.
     - suite: the suites whose answers it knows, comma-separated names or folders.
     - fine_tunes: the Mistral fine-tuning jobs it lists (and the models they made), see
       simulator/finetune.py.
@@ -68,6 +74,9 @@ class SimulatorConfig(BaseModel):
     batch_expire_rate: float = Rate
     batch_fail_rate: float = Rate
     batch_create_delay_s: float = Field(default=0.0, ge=0.0)
+    batch_create_lost_rate: float = Rate
+    batch_create_lost_as: Literal["reset", "502", "timeout"] = "reset"
+    batch_corrupt_rate: float = Rate
     seed: int = 7
     suite: str | None = "genesis-custom,genesis-judge"
     fine_tunes: list[FineTuneJob] = Field(default_factory=default_fine_tunes)

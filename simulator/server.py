@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import threading
 import traceback
 from collections.abc import Callable
@@ -252,6 +253,13 @@ class SimulatorHandler(BaseHTTPRequestHandler):
             self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, raw_body)
         if answer is None:
             return False
+        if answer.dropped:  # closed unanswered: the client sees the connection end, no reply
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return True
         self._send(answer.status, answer.body, {}, answer.content_type)
         return True
 

@@ -10,7 +10,8 @@ from typing import Callable, Iterator
 import pytest
 import redis
 
-from tests.support.env import FAST_RECOVERY, INTEGRATION_REDIS_URL, POSTGRES_URL, SCRATCH_REDIS_URL, genesis_env
+from tests.support.env import (BATCH_KNOBS, FAST_RECOVERY, INTEGRATION_REDIS_URL, POSTGRES_URL, SCRATCH_REDIS_URL,
+                               genesis_env)
 from tests.support.postgres import reset_postgres
 from tests.support.redis_server import ensure_redis
 from tests.support.resources import uses
@@ -124,3 +125,14 @@ def fast_recovery(genesis, monkeypatch) -> dict[str, str]:
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     return FAST_RECOVERY
+
+
+@pytest.fixture
+def batch_knobs(monkeypatch) -> dict[str, str]:
+    """Batch mode's small batches, due fast, polled often (set before start_worker so workers get them)."""
+    from shared.config import get_settings
+
+    for key, value in BATCH_KNOBS.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    return BATCH_KNOBS

@@ -112,10 +112,15 @@ def test_jobs_in_a_batch_are_not_stale_however_long_they_wait(settings):
 
 def test_result_lines_of_openai_and_mistral_files_are_read_per_request():
     from shared.providers.adapters import SIMULATOR_HEADER
-    from shared.providers.batch_api import _chat_result, custom_id, job_of
+    from shared.providers.batch_api import _chat_result
+    from shared.providers.batch_names import OurBatch
 
-    assert job_of(custom_id(7, 42), 7) == 42 and job_of("someone-else", 7) is None
-    assert job_of(custom_id(8, 42), 7) is None  # another batch's request answers none of this one's jobs
+    ours = OurBatch("0a1b2c3d4e5f", 7)
+    assert ours.job_of(ours.custom_id(42)) == 42 and ours.job_of("someone-else") is None
+    assert ours.job_of(OurBatch("0a1b2c3d4e5f", 8).custom_id(42)) is None  # another batch's request: none of ours
+    assert ours.job_of(OurBatch("ffff00001111", 7).custom_id(42)) is None  # another deployment's batch 7
+    assert ours.job_of("b7-job42") == 42  # sent before deployments had an id (polled by its provider id)
+    assert ours.metadata != OurBatch("ffff00001111", 7).metadata
     ok = _chat_result("job-1", {"custom_id": "job-1", "response": {"status_code": 200, "body": {
         "choices": [{"message": {"content": "Paris"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 12, "completion_tokens": 3}}}}, {SIMULATOR_HEADER: "genesis-bench"})
@@ -188,3 +193,51 @@ def test_a_wait_follows_jobs_at_their_provider_while_their_batch_is_polled_and_g
         watch.last_progress, watch.last_said = watch.last_progress - long_ago, 0.0
         assert watch.observe({"ok": 2}, batches).startswith("stalled: no job finished for"), batches
         assert watch.given_up()
+
+
+def test_only_a_create_the_provider_certainly_refused_is_sent_again():
+    """A failed batch create may have created the batch, unless the provider answered a 4xx with
+    its body or no connection was ever made: anything else is looked up before a new submission."""
+    from shared.providers.batch_names import refused_for_certain
+    from shared.providers.clients import _httpx
+
+    httpx = _httpx()
+    request = httpx.Request("POST", "http://provider.invalid/v1/batches")
+
+    def raised_by_sdk(cause: Exception) -> Exception:  # as the SDKs wrap a transport error
+        wrapped = RuntimeError("Connection error.")
+        wrapped.__cause__ = cause
+        return wrapped
+
+    class StatusError(Exception):
+        def __init__(self, body):
+            super().__init__("status")
+            self.body = body
+
+    assert refused_for_certain(raised_by_sdk(httpx.ConnectError("refused", request=request)), None)
+    assert refused_for_certain(httpx.ConnectTimeout("no connection", request=request), None)  # Mistral's, bare
+    assert refused_for_certain(StatusError({"error": {"message": "invalid model"}}), 400)
+    assert not refused_for_certain(raised_by_sdk(httpx.RemoteProtocolError("disconnected", request=request)), None)
+    assert not refused_for_certain(raised_by_sdk(httpx.ReadTimeout("read timeout", request=request)), None)
+    assert not refused_for_certain(StatusError("<html>502 Bad Gateway</html>"), 502)
+    assert not refused_for_certain(StatusError({"error": {"message": "request timeout"}}), 408)
+    assert not refused_for_certain(StatusError(None), 400)  # no body: not the provider's word
+
+
+def test_a_results_file_is_read_line_by_line_and_a_corrupt_line_costs_only_its_request():
+    import json
+
+    from shared.providers.batch_api import UNREADABLE, _chat_result, _read_lines
+
+    def line(cid: str) -> bytes:
+        return json.dumps({"custom_id": cid, "response": {"status_code": 200, "body": {
+            "choices": [{"message": {"content": "Paris"}}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}}}
+        ).encode()
+
+    cut = line("gab12-b7-job2")
+    raw = b"\n".join([line("gab12-b7-job1"), cut[: len(cut) // 2], b"\x00\xff{", b"[1, 2]", line("gab12-b7-job3")])
+    results = _read_lines(raw + b"\n", lambda parsed: _chat_result(str(parsed["custom_id"]), parsed, {}))
+    assert [(r.custom_id, r.kind) for r in results] == [
+        ("gab12-b7-job1", "succeeded"), ("gab12-b7-job2", UNREADABLE), ("", UNREADABLE), ("", UNREADABLE),
+        ("gab12-b7-job3", "succeeded")]
+    assert "could not be read" in results[1].error

@@ -1,6 +1,7 @@
 """Backend mode "batch" end to end (design §11): real workers, the real SDKs, the simulator's
-batch APIs. Same answers as a realtime run of the same seed, at the batch price; halts, dead
-workers, a flushed Redis, expired batches and failed requests handled per job."""
+batch APIs. Same answers as a realtime run of the same seed, at the batch price; halts, expired
+batches and failed requests handled per job (lost workers, submissions and results:
+tests/test_batch_faults.py)."""
 
 from __future__ import annotations
 
@@ -13,36 +14,16 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func
 from sqlmodel import select
 
-from tests.support.env import ROOT
+from tests.support.env import BATCH_BACKENDS as BACKENDS
+from tests.support.env import ROOT, batch_mode
 from tests.support.http_server import free_ports, get_json, http_status
-from tests.support.runs import all_batched, batch_rows, producer, run_jobs, submit, wait_until_reported
+from tests.support.runs import (all_batched, batch_rows, inference_entries, producer, run_jobs, run_ledger, submit,
+                                wait_until_reported)
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-BACKENDS = ("mistral-ft", "mistral-base", "openai", "anthropic")
-
-
-@pytest.fixture
-def batch_knobs(monkeypatch):
-    """Small batches, due fast, polled often (set before start_worker so workers get them)."""
-    from shared.config import get_settings
-
-    for key, value in {"GENESIS_BATCH__MAX_WAIT_S": "1", "GENESIS_BATCH__POLL_MIN_S": "0.3",
-                       "GENESIS_BATCH__POLL_MAX_S": "1", "GENESIS_BATCH__MAX_JOBS": "25"}.items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-
-
-def batch_mode(monkeypatch, *backends: str) -> None:
-    from shared.config import get_settings
-
-    for backend in backends:
-        monkeypatch.setenv(f"GENESIS_BACKENDS__{backend.upper()}__MODE", "batch")
-    get_settings.cache_clear()
 
 
 def answers(run_id: str) -> dict:
@@ -55,16 +36,6 @@ def answers(run_id: str) -> dict:
             for j in rows}
 
 
-def ledger(run_id: str) -> tuple[int, float]:
-    from shared.db import session_scope
-    from shared.models import CostEntry
-
-    with session_scope() as session:
-        n, total = session.exec(select(func.count(), func.sum(CostEntry.cost_usd))
-                                .where(CostEntry.run_id == run_id)).one()
-    return n, total or 0.0
-
-
 def test_a_batch_run_answers_as_realtime_at_half_the_ledgered_cost(monkeypatch, batch_knobs, start_worker, simulator):
     simulator.update(batch_delay_s=1.0)
     realtime_worker = start_worker("w1", concurrency=8)
@@ -72,7 +43,7 @@ def test_a_batch_run_answers_as_realtime_at_half_the_ledgered_cost(monkeypatch, 
     realtime = submit("--all-agents", "--limit", "3")
     assert wait_until_reported(realtime)["status"] == "completed"
     served_realtime = simulator.stats()["requests_total"]
-    realtime_entries, realtime_cost = ledger(realtime)
+    realtime_entries, realtime_cost = run_ledger(realtime)
     realtime_worker.stop()
 
     batch_mode(monkeypatch, *BACKENDS)  # workers started from here on take it from the environment
@@ -84,7 +55,7 @@ def test_a_batch_run_answers_as_realtime_at_half_the_ledgered_cost(monkeypatch, 
     assert snap["status"] == "completed" and snap["by_status"]["ok"] == 60
 
     assert answers(batched) == answers(realtime)  # same outputs, scores and tokens
-    entries, cost = ledger(batched)
+    entries, cost = run_ledger(batched)
     assert entries == realtime_entries == 60
     assert cost == pytest.approx(realtime_cost * 0.5, rel=1e-6)
     stats = simulator.stats()
@@ -101,19 +72,6 @@ def test_a_batch_run_answers_as_realtime_at_half_the_ledgered_cost(monkeypatch, 
     status = json.loads(producer("status", batched, "--json").stdout)
     assert {b["state"] for b in status["batches"]} == {"ended"}
     assert sum(b["jobs"].get("ok", 0) for b in status["batches"]) == 60
-
-
-def inference_entries(run_id: str) -> dict[int | None, int]:
-    """Ledger entries of a run's inference by job (None: paid but not attached to a job)."""
-    from collections import Counter
-
-    from shared.db import session_scope
-    from shared.models import CostEntry
-
-    with session_scope() as session:
-        rows = session.exec(select(CostEntry.job_id).where(CostEntry.run_id == run_id,
-                                                           CostEntry.operation == "inference")).all()
-    return dict(Counter(rows))
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
@@ -167,7 +125,7 @@ def test_an_expired_or_failed_batch_sends_its_jobs_back_then_ends_them_with_the_
         assert "after 2 attempt(s)" in job.error_message and "batch" in job.error_message.lower()
         if fault == "fail":  # the provider's reason, from the batch's errors
             assert "Injected batch failure from the simulator." in job.error_message
-    assert ledger(run_id) == (0, 0.0)
+    assert run_ledger(run_id) == (0, 0.0)
     states = [b.state for b in batch_rows()]
     # two backends, two rounds; on a loaded machine an enrolment that waited ~1 s for the opener opens its own
     assert states.count(ended) == len(states) >= 4
@@ -175,124 +133,6 @@ def test_an_expired_or_failed_batch_sends_its_jobs_back_then_ends_them_with_the_
     assert stats[ended] == stats["requests"] == 24 and stats["succeeded"] == 0
     report = json.loads((Path(snap["report"]).parent / "report.json").read_text())
     assert sum(b["errors"] for b in report["backends"]) == 12
-
-
-@pytest.mark.parametrize("fault", ["kill", "flushdb"])
-def test_open_batches_survive_a_dead_worker_or_a_flushed_redis(fault, monkeypatch, batch_knobs, fast_recovery,
-                                                              start_worker, simulator, redis_url):
-    """Polling resumes from SQL; no batch is submitted twice, no answer paid twice."""
-    import redis
-
-    simulator.update(batch_delay_s=4.0)
-    batch_mode(monkeypatch, *BACKENDS)
-    first = start_worker("w1", concurrency=8)
-    if fault == "kill":
-        start_worker("w2", concurrency=8)
-    run_id = submit("--all-agents", "--limit", "2")
-    wait_for(lambda: all_batched(run_id, 40), timeout=30, interval=0.2, what="every batch submitted")
-    if fault == "kill":
-        first.kill()
-    else:
-        redis.Redis.from_url(redis_url).flushdb()
-    snap = wait_until_reported(run_id, timeout=120)
-    assert snap["status"] == "completed" and snap["by_status"]["ok"] == 40
-
-    stats = simulator.stats()["batch"]
-    assert stats["requests"] == stats["succeeded"] == 40  # nothing submitted twice
-    entries = inference_entries(run_id)
-    assert len(entries) == 40 and set(entries.values()) == {1} and None not in entries
-    from shared.budget import BudgetGuard
-    from shared.config import get_settings
-
-    spent = BudgetGuard.from_settings(get_settings()).status()["spent_usd"]
-    assert spent == pytest.approx(ledger(run_id)[1], abs=1e-5)  # the counters agree with the ledger
-    assert all(b.polls > 0 and b.state == "ended" for b in batch_rows(run_id))
-
-
-def test_a_submitter_killed_before_it_learns_its_batch_ids_leaves_them_adopted_not_sent_again(
-        monkeypatch, batch_knobs, fast_recovery, start_worker, simulator, tmp_path):
-    """The provider holds every batch, but their creations are answered only after the only
-    worker is SIGKILLed, so no batch id reaches SQL. A new worker's sweep finds each at its
-    provider (OpenAI and Mistral by our id in the metadata, Anthropic by creation time, size and,
-    once ended, its results) and polls it: nothing is submitted twice, nothing paid twice."""
-    simulator.update(batch_delay_s=1.0, batch_create_delay_s=4.0)
-    batch_mode(monkeypatch, *BACKENDS)
-    first = start_worker("w1", concurrency=8)
-    run_id = submit("--all-agents", "--limit", "2")
-
-    def all_created():
-        rows = batch_rows(run_id)
-        created = sum(simulator.stats()["batch"]["batches"].values())
-        return rows if created == len(rows) == 8 and all(b.state == "submitting" for b in rows) else None
-
-    wait_for(all_created, timeout=30, interval=0.1, what="every batch created, none answered yet")
-    first.kill()
-    start_worker("w2", concurrency=8)
-    snap = wait_until_reported(run_id, timeout=120)
-    assert snap["status"] == "completed" and snap["by_status"]["ok"] == 40
-
-    stats = simulator.stats()["batch"]
-    assert stats["batches"] == {"openai": 1, "anthropic": 1, "mistral": 6}  # none sent again (a fine-tune each)
-    assert stats["requests"] == stats["succeeded"] == 40
-    entries = inference_entries(run_id)
-    assert len(entries) == 40 and set(entries.values()) == {1} and None not in entries
-    rows = batch_rows(run_id)
-    assert all(b.state == "ended" and b.attempts == 1 and b.provider_batch_id for b in rows)
-    adopted = (tmp_path / "w2.log").read_text().count(": adopted")
-    assert adopted == 8, f"{adopted} adoptions logged by w2"
-    from shared.budget import BudgetGuard
-    from shared.config import get_settings
-
-    status = BudgetGuard.from_settings(get_settings()).status()
-    assert status["reserved_usd"] == 0 and status["spent_usd"] == pytest.approx(ledger(run_id)[1], abs=1e-5)
-
-
-def test_a_lost_submission_is_told_apart_at_its_provider(simulator, monkeypatch):
-    """The finder the sweep asks (no worker here, the real SDKs against the simulator): by our id
-    in the metadata (OpenAI, Mistral); for Anthropic, whose batches carry none, a batch of its
-    size created since, once it has ended and its results name our requests; never by size
-    alone while it runs (two alike, or another client's, would be taken for each other)."""
-    from datetime import datetime, timedelta, timezone
-
-    from shared.providers import PROVIDERS, ChatRequest
-    from shared.providers.batch_api import BATCH_APIS, LostSubmission, Undecided, custom_id
-    from shared.providers.clients import client_for
-
-    for provider, variable, url in (("openai", "OPENAI_BASE_URL", f"{simulator.url}/v1"),
-                                    ("anthropic", "ANTHROPIC_BASE_URL", simulator.url),
-                                    ("mistral", "MISTRAL_BASE_URL", simulator.url)):
-        monkeypatch.setenv(variable, url)
-        monkeypatch.setenv(PROVIDERS[provider].key_env, "sim-key")
-    simulator.update(batch_delay_s=3.0)
-
-    def lines(model: str, batch: int, *jobs: int) -> list:
-        return [(custom_id(batch, job), ChatRequest(model, f"question {job}", None, 16, 10.0)) for job in jobs]
-
-    def lost(batch: int, *jobs: int, started_at=None, known=()) -> LostSubmission:
-        return LostSubmission({"genesis_batch": str(batch)}, frozenset(custom_id(batch, j) for j in jobs),
-                              started_at or datetime.now(timezone.utc) - timedelta(seconds=2), frozenset(known))
-
-    for provider, model in (("openai", "gpt-4o-mini"), ("mistral", "open-mistral-7b")):
-        api, cli = BATCH_APIS[provider], client_for(PROVIDERS[provider], 10.0)
-        ours = api.submit(cli, model, lines(model, 7, 1, 2), {"genesis_batch": "7"})
-        api.submit(cli, model, lines(model, 8, 3, 4), {"genesis_batch": "8"})
-        assert api.find(cli, lost(7, 1, 2)) == ours
-        assert api.find(cli, lost(9, 5)) is None  # never reached the provider
-        assert api.find(cli, lost(7, 1, 2, started_at=datetime.now(timezone.utc) + timedelta(minutes=10))) is None
-
-    api, cli = BATCH_APIS["anthropic"], client_for(PROVIDERS["anthropic"], 10.0)
-    model = "claude-3-5-haiku-latest"
-    assert api.find(cli, lost(1, 1, 2)) is None  # nothing created since
-    first = api.submit(cli, model, lines(model, 1, 1, 2), {})
-    second = api.submit(cli, model, lines(model, 2, 3, 4), {})
-    with pytest.raises(Undecided):  # batches of its size, running: adopting one could be the wrong one
-        api.find(cli, lost(1, 1, 2))
-    assert api.find(cli, lost(1, 1, 2, 9)) is None  # none of that size
-    assert api.find(cli, lost(1, 1, 2, started_at=datetime.now(timezone.utc) + timedelta(minutes=10))) is None
-    time.sleep(3.2)  # both ended: their results say which is which
-    assert api.find(cli, lost(1, 1, 2)) == first and api.find(cli, lost(2, 3, 4)) == second
-    assert api.find(cli, lost(2, 3, 4, known=[second])) is None  # the other one is not ours
-    assert api.find(cli, lost(3, 7, 8)) is None
 
 
 def test_flower_shows_each_open_batch_by_its_provider_id_and_state(monkeypatch, batch_knobs, start_worker, simulator,
@@ -374,7 +214,7 @@ def test_a_halt_cancels_open_batches_and_pays_nothing_past_the_threshold(monkeyp
     assert stats["succeeded"] == len(ok) and inference_entries(first) == {j.id: 1 for j in ok}  # ledger = served
     status = BudgetGuard.from_settings(get_settings()).status()
     assert status["halted"] and status["reserved_usd"] == 0
-    assert ledger(first)[1] == pytest.approx(status["spent_usd"], abs=1e-6)
+    assert run_ledger(first)[1] == pytest.approx(status["spent_usd"], abs=1e-6)
     assert status["spent_usd"] <= limit * settings.budget.emergency
 
 
@@ -402,61 +242,3 @@ def test_judged_answers_from_a_batch_are_graded_through_the_realtime_judge(monke
     assert all(j.score is not None and j.scorer_detail.startswith("judge ") for j in jobs)
     stats = simulator.stats()
     assert stats["batch"]["succeeded"] == 8 and stats["by_model"] == {"gpt-4o-mini": 8}  # the judge, realtime
-
-
-@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
-def test_a_database_outage_while_a_batch_s_results_are_written_journals_them_and_pays_each_once(
-        monkeypatch, batch_knobs, fast_recovery, start_worker, simulator, database_url, redis_url):
-    """PostgreSQL refuses connections (and drops open ones) for 4 s, starting once the first of
-    a 100-job batch's answers is ledgered: write_results meets DATABASE_AWAY for the others,
-    which BatchMoney.record journals to Redis and settles; the batch's next SQL step raises and
-    poll_batch polls again. Once the database is back, the batch's results are read again and
-    the sweep replays the journal, and each answer is ledgered once. The test fails unless the
-    outage began mid-write (some answers ledgered before it, some journaled during it).
-    Measured over 16 runs, 4 of them beside two CPU-bound processes: 84..96 of the 100 answers
-    journaled, 14..18 s a run."""
-    import threading
-
-    import redis
-
-    from shared.budget import BudgetGuard
-    from shared.budget.money import to_usd
-    from shared.budget.recorded import ledger_members
-    from shared.config import get_settings
-    from shared.db import session_scope
-    from shared.journal import JOURNAL_KEY
-    from tests.support.postgres import postgres_outage
-
-    monkeypatch.setenv("GENESIS_BATCH__MAX_JOBS", "100")  # one batch: a long write to land in
-    monkeypatch.setenv("GENESIS_BATCH__MAX_WAIT_S", "5")  # sent when full, not split by its age
-    simulator.update(batch_delay_s=1.0)
-    batch_mode(monkeypatch, "openai")
-    worker = start_worker("w1", concurrency=8)
-    run_id = submit("--all-agents", "--backend", "openai", "--limit", "20")  # 100 jobs
-    wait_for(lambda: ledger(run_id)[0], timeout=60, interval=0.005, what="the batch's first answer ledgered")
-
-    client = redis.Redis.from_url(redis_url)
-    outage = threading.Thread(target=postgres_outage, args=(database_url, 4.0))
-    outage.start()
-    journaled = 0
-    while outage.is_alive():  # journaled answers stay in Redis until the database is back
-        journaled = max(journaled, client.hlen(JOURNAL_KEY))
-        time.sleep(0.05)
-    outage.join()
-    assert journaled > 0  # the outage began before the batch's last answer was written
-    assert "poll failed" in worker.log_path.read_text()  # poll_batch caught DATABASE_AWAY and polled again
-
-    snap = wait_until_reported(run_id, timeout=60)
-    assert snap["status"] == "completed" and snap["by_status"]["ok"] == 100
-    entries = inference_entries(run_id)
-    assert None not in entries and len(entries) == 100 and set(entries.values()) == {1}  # each answer once
-    stats = simulator.stats()["batch"]
-    assert stats["requests"] == stats["succeeded"] == len(entries)  # nothing sent twice; the ledger is what was billed
-    rows = batch_rows(run_id)
-    assert [b.state for b in rows] == ["ended"] * len(rows)
-    # the sweep replays the journal (answers the batch's second read may have written already): it ends empty
-    wait_for(lambda: client.hlen(JOURNAL_KEY) == 0, timeout=10, what="the journal replayed")
-    budget = BudgetGuard.from_settings(get_settings()).status()
-    with session_scope() as session:
-        ledgered_micro, _ = ledger_members(session)  # the (fresh) ledger summed as the guard adds it, in micro-$
-    assert budget["spent_usd"] == to_usd(ledgered_micro) and budget["reserved_usd"] == 0

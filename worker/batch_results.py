@@ -22,13 +22,15 @@ from datetime import datetime
 from shared import batches as sql
 from shared import journal
 from shared import lifecycle as jobs
-from shared.budget import BudgetDenied, BudgetGuard, billed_usage, call_cost
+from shared.budget import BudgetDenied, BudgetGuard, billed_usage, call_cost, task_worst_case
+from shared.budget.reconcile import OUTCOME_UNKNOWN
 from shared.budget.recorded import call_key
 from shared.config import get_settings
 from shared.messaging import publish_jobs
 from shared.lifecycle import ClaimedJob
-from shared.payments import PaidResult, Payment
-from shared.providers.batch_api import Result, job_of
+from shared.payments import PaidResult, Payment, record_payment
+from shared.providers.batch_api import UNREADABLE, Result
+from shared.providers.batch_names import OurBatch
 from worker.paid_call import DATABASE_AWAY
 from worker.base import score_answer, suite_task_of
 
@@ -86,18 +88,36 @@ class BatchMoney:
         self.budget.settle(key, result.cost_usd, call_id)  # counted once per call id, whatever happened
         return recorded
 
+    def record_unknown(self, job: ClaimedJob, worst_usd: float, reason: str) -> None:
+        """A request the provider ran (and billed) whose result cannot be read: its worst case is
+        ledgered as outcome unknown (design §12), settled by its call id, and the job ends
+        `error`; not sent again, which could pay it twice. Written once whatever the re-reads."""
+        key, call_id = call_key(job.id), self.call_id(job.id)
+        record_payment(Payment(call_id, "inference", job.model, 0, 0, worst_usd,
+                               f"{OUTCOME_UNKNOWN} (batch result unreadable)").entry(job))
+        self.budget.settle(key, worst_usd, call_id)
+        jobs.finish_error(job.id, "BatchResultUnreadable", reason)
+
 
 def write_results(batch, results: list[Result], now: datetime, budget: BudgetGuard) -> dict[str, int]:
     """Every waiting job of the batch gets its outcome; returns counts by outcome."""
     settings = get_settings()
-    money = BatchMoney(budget, batch.id)
-    by_job = {job_of(r.custom_id, batch.id): r for r in results}
+    money, ours = BatchMoney(budget, batch.id), OurBatch(sql.deployment_id(), batch.id)
+    by_job = {ours.job_of(r.custom_id): r for r in results}
+    # an unreadable line that names none of its requests may be any job's that has no result
+    unnamed = next((r for r in results if r.kind == UNREADABLE and ours.job_of(r.custom_id) is None), None)
     waited_ms = max(0.0, (now - batch.submitted_at).total_seconds() * 1000) if batch.submitted_at else 0.0
     counts: Counter[str] = Counter()
     judge_next: list[ClaimedJob] = []
     failed: list[tuple[ClaimedJob, str, str]] = []
     for job in sql.jobs_of(batch.id):
-        result = by_job.get(job.id)
+        result = by_job.get(job.id, unnamed)
+        if result is not None and result.kind == UNREADABLE:
+            money.record_unknown(job, task_worst_case(settings, suite_task_of(job), job.backend, job.model),
+                                 f"provider batch {batch.provider_batch_id}: {result.error}; ledgered at its worst "
+                                 f"case (the provider billed it)"[:500])
+            counts["unreadable"] += 1
+            continue
         if result is not None and result.kind == "succeeded" and result.response is not None:
             suite_task = suite_task_of(job)
             response = result.response

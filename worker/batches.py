@@ -30,8 +30,8 @@ from shared.config import get_settings
 from shared.messaging import BATCHES_QUEUE, CANCEL_BATCHES, FLUSH_BATCH, POLL_BATCH, app
 from shared.models import BatchState
 from shared.providers import PROVIDERS, ProviderError
-from shared.providers.batch_api import (BATCH_APIS, CLOCK_SLACK, ENDED, EXPIRED, RUNNING, LostSubmission,
-                                        Undecided, custom_id)
+from shared.providers.batch_api import BATCH_APIS, ENDED, EXPIRED, RUNNING, UNREADABLE
+from shared.providers.batch_names import CLOCK_SLACK, CreateUnanswered, LostSubmission, OurBatch, Undecided
 from shared.providers.clients import client_for
 from shared.retry import backoff_delay
 from worker import batch_results
@@ -44,7 +44,9 @@ log = logging.getLogger("genesis.batches")
 
 BUDGET_WAIT_S = 2.0  # a batch whose worst case waits for calls in flight to settle tries again after this
 OPEN_TRIES, OPEN_LOCK_MS = 50, 2000  # enrolments wait up to ~1 s for another to open the batch
-METADATA_KEY = "genesis_batch"  # our batch id in the provider's metadata (a lost submission is found by it)
+# A results file with unreadable lines is read this many times (a download cut short reads whole
+# the next time); then those requests are taken as billed and lost (worker/batch_results.py).
+UNREADABLE_READS = 3
 
 
 def enrol(job: jobs.ClaimedJob) -> str:
@@ -99,10 +101,10 @@ def _flush(batch_id: int) -> str:
     if not waiting:
         sql.finish(batch_id, BatchState.ended, now)
         return "empty"
-    lines, amounts = [], []
+    lines, amounts, ours = [], [], OurBatch(sql.deployment_id(), batch_id)
     for job in waiting:
         suite_task = suite_task_of(job)
-        lines.append((custom_id(batch_id, job.id), job_request(settings, job.backend, job.model, suite_task)))
+        lines.append((ours.custom_id(job.id), job_request(settings, job.backend, job.model, suite_task)))
         amounts.append((job.id, task_worst_case(settings, suite_task, job.backend, job.model)))
     money = batch_results.BatchMoney(svc.budget, batch_id)
     fit, reserved, denied = money.reserve_in_order(amounts, waiting[0].run_id)
@@ -124,9 +126,10 @@ def _flush(batch_id: int) -> str:
         return "halted"
     waiting, lines = waiting[:fit], lines[:fit]
     try:
-        provider_id = BATCH_APIS[batch.provider].submit(
-            _client(settings, batch), batch.model, lines, {METADATA_KEY: str(batch_id)})
-    except ProviderError as err:
+        provider_id = BATCH_APIS[batch.provider].submit(_client(settings, batch), batch.model, lines, ours.metadata)
+    except CreateUnanswered as err:  # the provider may hold (and bill) it: looked up, never sent again blindly
+        return _create_unanswered(batch_id, err)
+    except ProviderError as err:  # certainly not created: free to send again
         money.release([job.id for job in waiting])
         return _submission_failed(batch, waiting, err, now)
     token = sql.mark_submitted(batch_id, provider_id, reserved, len(waiting), now)
@@ -134,6 +137,18 @@ def _flush(batch_id: int) -> str:
              provider_id, reserved)
     poll_batch.apply_async((batch_id, token), countdown=settings.batch.poll_min_s, queue=BATCHES_QUEUE)
     return f"submitted as {_named(batch, provider_id, len(waiting))}"
+
+
+def _create_unanswered(batch_id: int, err: CreateUnanswered) -> str:
+    """The create's reply was lost: the jobs stay in the batch, `submitting`, their worst cases
+    reserved. The provider is asked now; when it does not show the batch (yet), the recovery
+    sweep asks again and adopts it, or sends it anew only once the provider says it has none."""
+    sql.note_unanswered(batch_id, f"{err}; looked up at the provider before anything is sent again"[:500])
+    log.warning("batch %s: %s; looking it up at its provider", batch_id, err)
+    batch = sql.get(batch_id)
+    if batch is not None and _adopt_or_reopen(batch, fleet.redis_now(services().redis), may_reopen=False):
+        return f"create unanswered; adopted as {batch.provider} {sql.get(batch_id).provider_batch_id}"
+    return "create unanswered; left to the sweep's lookup"
 
 
 def _submission_failed(batch, waiting: list[jobs.ClaimedJob], err: ProviderError, now) -> str:
@@ -181,14 +196,19 @@ def _poll(batch_id: int, token: str) -> str:
         _poll_later(batch_id, token, batch.polls + 1)
         return f"{_named(batch)}: {polled.status}"
     if polled.phase == ENDED:
-        counts = batch_results.write_results(batch, api.results(cli, batch.provider_batch_id), now, svc.budget)
+        results = api.results(cli, batch.provider_batch_id)
+        unreadable = sum(1 for result in results if result.kind == UNREADABLE)
+        if unreadable and sql.count_unreadable_read(batch_id) < UNREADABLE_READS:
+            _poll_later(batch_id, token, batch.polls + 1)
+            return f"{_named(batch)}: {unreadable} unreadable result line(s); reading them again"
+        counts = batch_results.write_results(batch, results, now, svc.budget)
     else:
         error_type = "BatchExpired" if polled.phase == EXPIRED else "BatchFailed"
         counts = batch_results.end_without_results(batch, error_type, polled.reason or polled.status, svc.budget)
     state = BatchState.cancelled if batch.cancel_requested else (
         BatchState.ended if polled.phase == ENDED else BatchState(polled.phase))
-    sql.finish(batch_id, state, now, succeeded=counts.get("succeeded", 0), errored=counts.get("errored", 0),
-               error=polled.reason)
+    sql.finish(batch_id, state, now, succeeded=counts.get("succeeded", 0),
+               errored=counts.get("errored", 0) + counts.get("unreadable", 0), error=polled.reason)
     log.info("batch %s (%s %s) %s: %s", batch_id, batch.provider, batch.provider_batch_id, state, counts)
     _complete_runs(batch_id)
     return f"{_named(batch)}: {state} {counts}"
@@ -237,9 +257,9 @@ def _complete_runs(batch_id: int) -> None:
 def resume_batches(client_redis, settings) -> int:
     """For the recovery sweep: a batch past its due time still open, or submitted but not polled
     for longer than a live chain ever waits, gets its message again (from SQL). A batch left
-    `submitting` by a dead worker is looked up at its provider (shared.providers.batch_api's
-    `find`) and adopted; when the provider has none it opens again and is sent anew; when the
-    provider cannot say (yet), the next sweep asks again."""
+    `submitting` (by a dead worker, or a create whose reply was lost) is looked up at its
+    provider (shared.providers.batch_api's `find`) and adopted; when the provider has none it
+    opens again and is sent anew; when the provider cannot say (yet), the next sweep asks again."""
     now = fleet.redis_now(client_redis)
     grace = timedelta(seconds=2 * settings.recovery.sweep_interval_s + settings.recovery.heartbeat_ttl_s)
     stale = timedelta(seconds=2 * settings.batch.poll_max_s) + grace
@@ -257,12 +277,15 @@ def resume_batches(client_redis, settings) -> int:
     return resent
 
 
-def _adopt_or_reopen(batch, now) -> bool:
-    """True when the batch got a message again (a poll of the batch found, or a new flush)."""
+def _adopt_or_reopen(batch, now, *, may_reopen: bool = True) -> bool:
+    """True when the batch got a message again (a poll of the batch found, or a new flush).
+    `may_reopen=False`: only adopt (a submitter asking right after its create's reply was lost:
+    a provider that does not list the batch yet may still be making it)."""
     settings = get_settings()
-    sent = sql.jobs_of(batch.id)  # what the dead submitter sent: the jobs it did not send it took out first
+    sent = sql.jobs_of(batch.id)  # what the submitter sent: the jobs it did not send it took out first
+    ours = OurBatch(sql.deployment_id(), batch.id)
     lost = LostSubmission(
-        metadata={METADATA_KEY: str(batch.id)}, custom_ids=frozenset(custom_id(batch.id, job.id) for job in sent),
+        metadata=ours.metadata, custom_ids=frozenset(ours.custom_id(job.id) for job in sent),
         started_at=batch.last_polled_at,
         known=sql.provider_ids_since(batch.provider, batch.last_polled_at - CLOCK_SLACK))
     try:
@@ -276,7 +299,7 @@ def _adopt_or_reopen(batch, now) -> bool:
         log.warning("batch %s: its lost submission is %s batch %s: adopted", batch.id, batch.provider, found)
         poll_batch.apply_async((batch.id, token), queue=BATCHES_QUEUE)
         return True
-    if sql.reopen(batch.id, now):
+    if may_reopen and sql.reopen(batch.id, now):
         flush_batch.apply_async((batch.id,), queue=BATCHES_QUEUE)
         return True
     return False

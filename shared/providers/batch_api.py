@@ -3,25 +3,30 @@ requests, poll it, read its results, cancel it. OpenAI and Mistral take a JSONL 
 through their files API) and answer with output and error files; Anthropic takes the requests
 inline (`messages.batches`) and streams JSONL results from the batch's `results_url`.
 
-Every request's `custom_id` names its job, so results match jobs whatever their order. Every
-SDK failure comes out as a classified ProviderError (keys scrubbed), as for realtime calls."""
+Every request's `custom_id` names its job, its batch and our deployment (`OurBatch`), so results
+match jobs whatever their order, and deployments sharing one API key never take each other's
+batches. Every SDK failure comes out as a classified ProviderError (keys scrubbed), as for
+realtime calls; a batch create whose outcome is unknown comes out as `CreateUnanswered`.
+A results line that cannot be read is a Result of kind `unreadable`, not a failed read."""
 
 from __future__ import annotations
 
 import io
 import json
-import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
 
 from shared.providers.adapters import SIMULATOR_HEADER, TEMPERATURE, ChatRequest, ChatResponse, _messages
+from shared.providers.batch_names import (SCAN_LIMIT, CreateUnanswered, LostSubmission, Undecided, named_request,
+                                         refused_for_certain)
 from shared.providers.errors import ProviderError, classify
 
 ENDPOINT = "/v1/chat/completions"
 # What a poll found, in our words: the batch is still running, or ended (results to read),
 # or ended without results the provider will ever give (expired, failed).
 RUNNING, ENDED, EXPIRED, FAILED = "running", "ended", "expired", "failed"
+UNREADABLE = "unreadable"  # a Result whose line of the results file could not be read
 
 
 @dataclass(frozen=True)
@@ -33,54 +38,25 @@ class Polled:
 
 @dataclass(frozen=True)
 class Result:
-    """One request's outcome: an answer, or why there is none (`kind`: errored, canceled, expired)."""
+    """One request's outcome: an answer, or why there is none (`kind`: errored, canceled, expired,
+    unreadable)."""
 
-    custom_id: str
-    kind: str  # succeeded | errored | canceled | expired
+    custom_id: str  # "" when an unreadable line names no request
+    kind: str  # succeeded | errored | canceled | expired | unreadable
     response: ChatResponse | None = None
     error: str | None = None
 
 
-@dataclass(frozen=True)
-class LostSubmission:
-    """A batch whose submitter died before it wrote the provider's batch id: what we know to
-    recognise it at the provider. OpenAI and Mistral carry our `metadata`; an Anthropic Message
-    Batch carries none, so there it is a batch created since `started_at` with as many
-    requests, not already ours (`known`), whose results, once it has ended, name our requests
-    (`custom_ids`: they carry our batch id). Size alone is never enough: two lost batches of
-    one size, or another client's, would be taken for each other, and one of them paid twice."""
-
-    metadata: dict[str, str]
-    custom_ids: frozenset[str]
-    started_at: datetime  # when the submitter took the batch (our clock; with its zone)
-    known: frozenset[str]  # provider batch ids our other batches hold
-
-    @property
-    def since(self) -> datetime:
-        """Batches created before this are not it (the provider's clock may be off ours)."""
-        return self.started_at - CLOCK_SLACK
-
-
-class Undecided(Exception):
-    """The provider cannot tell yet whether it holds the lost batch (a batch that could be it is
-    still running, or more were created since than we look through): ask again later; sending
-    it again could pay twice."""
-
-
-CLOCK_SLACK = timedelta(minutes=5)  # the provider's clock against ours, when matching by creation time
-SCAN_LIMIT = 1000  # batches created since a lost submission began that we look through, at most
-_CUSTOM_ID = re.compile(r"b(\d+)-job(\d+)")
-
-
-def custom_id(batch_id: int, job_id: int) -> str:
-    """A request's id: its job in our batch, so only our batch's own requests match its jobs."""
-    return f"b{batch_id}-job{job_id}"
-
-
-def job_of(custom: str, batch_id: int) -> int | None:
-    """The job a result of our batch `batch_id` answers (None: not a request of that batch)."""
-    found = _CUSTOM_ID.fullmatch(custom)
-    return int(found[2]) if found and int(found[1]) == batch_id else None
+def _create(call: Callable[[], Any]) -> Any:
+    """A batch create: a failure the provider certainly refused is a ProviderError (submitting
+    again is safe); any other is CreateUnanswered."""
+    try:
+        return call()
+    except Exception as exc:  # noqa: BLE001 - classified, as realtime calls are
+        err = exc if isinstance(exc, ProviderError) else classify(exc)
+        if refused_for_certain(exc, err.status):
+            raise err from None
+        raise CreateUnanswered(err) from None
 
 
 def _created_since(listing: Callable[[], Iterable[Any]], since: datetime,
@@ -149,8 +125,24 @@ def _chat_result(cid: str, line: dict, mark: dict[str, str]) -> Result:
     return Result(cid, "errored", error=f"{response.get('status_code') or 'error'}: {message}"[:500])
 
 
-def _file_lines(raw: bytes) -> list[dict]:
-    return [json.loads(line) for line in raw.splitlines() if line.strip()]
+def _unreadable(raw: bytes, why: Exception) -> Result:
+    """A results line that cannot be read: the request it names, if its custom id can be found."""
+    return Result(named_request(raw) or "", UNREADABLE,
+                  error=f"its results line could not be read ({type(why).__name__})")
+
+
+def _read_lines(raw: bytes, read: Callable[[dict], Result]) -> list[Result]:
+    """Every line of a results file, each read on its own: one corrupt line costs that request
+    (an `unreadable` Result), not the whole file."""
+    found = []
+    for line in raw.splitlines():
+        if line.strip():
+            try:
+                parsed = json.loads(line)
+                found.append(read(parsed if isinstance(parsed, dict) else {}))
+            except (ValueError, TypeError, AttributeError, KeyError, IndexError) as why:
+                found.append(_unreadable(line, why))
+    return found
 
 
 def _result_files(file_ids: Iterable[str | None], download: Callable[[str], Any]) -> list[Result]:
@@ -161,7 +153,7 @@ def _result_files(file_ids: Iterable[str | None], download: Callable[[str], Any]
         if file_id:
             response = _sdk(lambda: download(file_id))
             mark = _simulator_mark(response.headers)
-            found += [_chat_result(line.get("custom_id", ""), line, mark) for line in _file_lines(_sdk(response.read))]
+            found += _read_lines(_sdk(response.read), lambda line: _chat_result(str(line["custom_id"]), line, mark))
     return found
 
 
@@ -179,8 +171,8 @@ class OpenAIBatches:
     def submit(self, cli: Any, model: str, lines: list[tuple[str, ChatRequest]], metadata: dict[str, str]) -> str:
         data = _jsonl(_openai_line(cid, req) for cid, req in lines)
         uploaded = _sdk(lambda: cli.files.create(file=("batch.jsonl", io.BytesIO(data)), purpose="batch"))
-        batch = _sdk(lambda: cli.batches.create(input_file_id=uploaded.id, endpoint=ENDPOINT,
-                                                completion_window="24h", metadata=metadata))
+        batch = _create(lambda: cli.batches.create(input_file_id=uploaded.id, endpoint=ENDPOINT,
+                                                   completion_window="24h", metadata=metadata))
         return batch.id
 
     def poll(self, cli: Any, batch_id: str) -> Polled:
@@ -212,8 +204,8 @@ class MistralBatches:
                                                    "temperature": TEMPERATURE}} for cid, req in lines)
         uploaded = _sdk(lambda: cli.files.upload(file={"file_name": "batch.jsonl", "content": data},
                                                  purpose="batch", retries=None))
-        job = _sdk(lambda: cli.batch.jobs.create(endpoint=ENDPOINT, input_files=[uploaded.id], model=model,
-                                                 metadata=metadata, retries=None))
+        job = _create(lambda: cli.batch.jobs.create(endpoint=ENDPOINT, input_files=[uploaded.id], model=model,
+                                                    metadata=metadata, retries=None))
         return job.id
 
     def poll(self, cli: Any, batch_id: str) -> Polled:
@@ -259,32 +251,16 @@ class AnthropicBatches:
                                                   "messages": [{"role": "user", "content": req.prompt}],
                                                   **({"system": req.system} if req.system else {})}}
                     for cid, req in lines]
-        return _sdk(lambda: cli.messages.batches.create(requests=requests)).id
+        return _create(lambda: cli.messages.batches.create(requests=requests)).id
 
     def poll(self, cli: Any, batch_id: str) -> Polled:
         batch = _sdk(lambda: cli.messages.batches.retrieve(batch_id))
         return Polled(ENDED if batch.processing_status == "ended" else RUNNING, batch.processing_status)
 
     def results(self, cli: Any, batch_id: str) -> list[Result]:
-        found = []
-        decoder = _sdk(lambda: cli.messages.batches.results(batch_id))
+        decoder = _sdk(lambda: cli.messages.batches.results(batch_id))  # read line by line here, not by the SDK
         mark = _simulator_mark(decoder.http_response.headers)
-        for entry in _sdk(lambda: list(decoder)):
-            result = entry.result
-            if result.type == "succeeded":
-                message = result.message
-                usage = getattr(message, "usage", None)
-                found.append(Result(entry.custom_id, "succeeded", ChatResponse(
-                    text="".join(getattr(block, "text", "") for block in message.content),
-                    input_tokens=usage.input_tokens if usage else 0, output_tokens=usage.output_tokens if usage else 0,
-                    latency_ms=0.0, finish_reason=message.stop_reason, headers=mark,
-                    usage_reported=usage is not None)))
-            elif result.type == "errored":
-                found.append(Result(entry.custom_id, "errored",
-                                    error=f"{result.error.error.type}: {result.error.error.message}"[:500]))
-            else:
-                found.append(Result(entry.custom_id, result.type, error=f"request {result.type}"))
-        return found
+        return _read_lines(_sdk(decoder.http_response.read), lambda entry: _anthropic_result(entry, mark))
 
     def cancel(self, cli: Any, batch_id: str) -> None:
         _sdk(lambda: cli.messages.batches.cancel(batch_id))
@@ -310,10 +286,39 @@ class AnthropicBatches:
         return None
 
 
+def _anthropic_result(entry: dict, mark: dict[str, str]) -> Result:
+    """A line of a Message Batch's results: a message, an error, or why there is none."""
+    result = entry["result"]
+    if result["type"] == "succeeded":
+        message = result["message"]
+        usage = message.get("usage")
+        return Result(str(entry["custom_id"]), "succeeded", ChatResponse(
+            text="".join(block.get("text") or "" for block in message["content"]),
+            input_tokens=(usage or {}).get("input_tokens") or 0, output_tokens=(usage or {}).get("output_tokens") or 0,
+            latency_ms=0.0, finish_reason=message.get("stop_reason"), headers=mark, usage_reported=usage is not None))
+    if result["type"] == "errored":
+        error = result["error"]["error"]
+        return Result(str(entry["custom_id"]), "errored", error=f"{error['type']}: {error['message']}"[:500])
+    if result["type"] in ("canceled", "expired"):
+        return Result(str(entry["custom_id"]), result["type"], error=f"request {result['type']}")
+    raise ValueError(f"unknown result type {result['type']!r}")
+
+
 def _first_custom_id(cli: Any, batch_id: str) -> str | None:
-    """Of an ended Message Batch: its first result's custom id (streamed; the rest is not read)."""
-    first = _sdk(lambda: next(iter(cli.messages.batches.results(batch_id)), None))
-    return first.custom_id if first is not None else None
+    """Of an ended Message Batch: the first custom id its results name (streamed line by line;
+    the rest is not read)."""
+    def first() -> str | None:
+        decoder = cli.messages.batches.results(batch_id)
+        try:
+            for line in decoder.http_response.iter_lines():
+                found = named_request(line.encode())
+                if found:
+                    return found
+            return None
+        finally:
+            decoder.close()
+
+    return _sdk(first)
 
 
 BATCH_APIS: dict[str, Any] = {"openai": OpenAIBatches(), "mistral": MistralBatches(), "anthropic": AnthropicBatches()}

@@ -1,7 +1,8 @@
 """Real parts for the integration tests and the benchmarks, one module per concern:
 
 - env: the repository root, the test URLs (from GENESIS_TEST_*), the environment that points
-  the producer and the workers at each other, a per-test TOML (use_config), FAST_RECOVERY;
+  the producer and the workers at each other, a per-test TOML (use_config), FAST_RECOVERY,
+  batch mode's knobs;
 - waiting: wait_for;
 - runs: the `producer` CLI in this process, submit, wait_until_reported, what SQL and the
   simulator hold of a run;

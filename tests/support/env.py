@@ -12,6 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 INTEGRATION_REDIS_URL = os.environ.get("GENESIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 # Redis-level tests (budget guard, limiter) use their own db (no workers), flushed per test.
 SCRATCH_REDIS_URL = os.environ.get("GENESIS_TEST_SCRATCH_REDIS_URL", "redis://127.0.0.1:6379/12")
+# A second deployment's Redis (its own queues and budget), beside the first: tests of two
+# deployments sharing one provider account. Another db on the integration server, flushed per test.
+SECOND_REDIS_URL = os.environ.get("GENESIS_TEST_SECOND_REDIS_URL", INTEGRATION_REDIS_URL.rsplit("/", 1)[0] + "/14")
 POSTGRES_URL = os.environ.get("GENESIS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 # Recovery timings in seconds rather than minutes (heartbeats, sweeps, leases, call deadline).
@@ -23,6 +26,22 @@ FAST_RECOVERY = {
     "GENESIS_RECOVERY__CLAIM_RETRY_MAX_S": "2",
     "GENESIS_RETRY__CALL_TIMEOUT_S": "10",
 }
+
+
+# Batch mode's small batches, due fast, polled often (the `batch_knobs` fixture sets them).
+BATCH_KNOBS = {"GENESIS_BATCH__MAX_WAIT_S": "1", "GENESIS_BATCH__POLL_MIN_S": "0.3",
+               "GENESIS_BATCH__POLL_MAX_S": "1", "GENESIS_BATCH__MAX_JOBS": "25"}
+BATCH_BACKENDS = ("mistral-ft", "mistral-base", "openai", "anthropic")  # every backend of config/genesis.toml
+
+
+def batch_mode(monkeypatch, *backends: str) -> None:
+    """These backends send their jobs through their provider's batch API (this process, and the
+    workers started after)."""
+    from shared.config import get_settings
+
+    for backend in backends:
+        monkeypatch.setenv(f"GENESIS_BACKENDS__{backend.upper()}__MODE", "batch")
+    get_settings.cache_clear()
 
 
 def genesis_env(*, database_url: str, redis_url: str, reports_dir: Path, simulator_url: str | None,

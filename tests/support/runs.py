@@ -64,6 +64,32 @@ def all_batched(run_id: str, jobs: int, state: str = "submitted") -> list | None
     return rows if rows and sum(b.job_count for b in rows) >= jobs and all(b.state == state for b in rows) else None
 
 
+def run_ledger(run_id: str) -> tuple[int, float]:
+    """How many ledger entries a run has, and their sum."""
+    from sqlalchemy import func
+
+    from shared.db import session_scope
+    from shared.models import CostEntry
+
+    with session_scope() as session:
+        n, total = session.exec(select(func.count(), func.sum(CostEntry.cost_usd))
+                                .where(CostEntry.run_id == run_id)).one()
+    return n, total or 0.0
+
+
+def inference_entries(run_id: str) -> dict[int | None, int]:
+    """Ledger entries of a run's inference by job (None: paid but not attached to a job)."""
+    from collections import Counter
+
+    from shared.db import session_scope
+    from shared.models import CostEntry
+
+    with session_scope() as session:
+        rows = session.exec(select(CostEntry.job_id).where(CostEntry.run_id == run_id,
+                                                           CostEntry.operation == "inference")).all()
+    return dict(Counter(rows))
+
+
 def ledger_rows(run_id: str) -> list:
     """The run's ledger entries in SQL."""
     from shared.db import session_scope
