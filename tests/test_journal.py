@@ -16,7 +16,8 @@ from sqlmodel import select
 
 from tests.support.env import ROOT, SCRATCH_REDIS_URL, use_config
 from tests.support.postgres import postgres_outage
-from tests.support.runs import paid_call_figures, print_fault_row, run_jobs, submit, wait_until_reported
+from tests.support.runs import (ledger_rows, paid_call_figures, print_fault_row, producer, run_jobs, served_ok, submit,
+                                wait_until_reported)
 from tests.support.waiting import wait_for
 
 
@@ -338,3 +339,58 @@ def test_a_journaled_answer_replayed_into_a_cancelled_run_is_ledgered_and_no_job
     assert (waiting.status, waiting.error_type, waiting.output, waiting.cost_usd) == (
         "error", "RunCancelled", "waits for its judge", 0.0001)
     assert (scored.status, scored.output) == ("ok", "scored here")
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_an_answer_journaled_for_a_run_cancelled_meanwhile_is_ledgered_and_its_job_not_left_queued(
+        fast_recovery, start_worker, simulator, database_url, redis_url, tmp_path):
+    """Real workers: the run is cancelled while its answer is in flight, the answer arrives
+    while PostgreSQL refuses connections (journaled), then the replay: the answer and its
+    cost reach SQL, no judge is paid, and the job ends instead of going back to `queued`."""
+    simulator.update(latency_ms=2500)
+    start_worker("w1", concurrency=1)
+    run_id = submit("--suite", "genesis-judge", "--agent", "content", "--backend", "mistral-ft", "--limit", "1")
+    wait_for(lambda: simulator.stats()["in_flight"] >= 1, timeout=60, interval=0.05, what="the answer in flight")
+    assert producer("cancel", run_id).exit_code == 0
+    client = redis.Redis.from_url(redis_url)
+    outage = threading.Thread(target=postgres_outage, args=(database_url, 5.0))
+    outage.start()  # the answer arrives meanwhile: journaled
+    try:
+        wait_for(lambda: client.hlen("genesis:journal") >= 1, timeout=10, interval=0.05, what="the answer journaled")
+    finally:
+        outage.join()
+
+    [job] = wait_for(lambda: (jobs := run_jobs(run_id)) and jobs[0].status != "running" and jobs, timeout=30,
+                     what="the journaled answer replayed")
+    assert (job.status, job.error_type, job.attempts) == ("error", "RunCancelled", 1)
+    assert job.output and job.score is None  # the paid answer is kept, ungraded
+    entries = ledger_rows(run_id)
+    assert [(e.job_id, e.operation) for e in entries] == [(job.id, "inference")]
+    assert served_ok(simulator) == 1  # the answer only: no judge paid for a cancelled run
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_with_an_unreadable_journal_entry_the_workers_sweeps_still_finish_a_run_journaled_through_an_outage(
+        fast_recovery, start_worker, simulator, database_url, redis_url):
+    """Real workers: an entry another release wrote sits in the journal while answers are
+    journaled through a PostgreSQL outage. The last jobs' completion step fails with the
+    database, so only a sweep can build the report: it does, with the entry quarantined and counted."""
+    import json as jsonlib
+
+    from shared.config import get_settings
+    from shared.metrics import GenesisCollector
+
+    client = redis.Redis.from_url(redis_url)
+    client.hset("genesis:journal", "newer", jsonlib.dumps({"kind": "answer", "job": {"id": 999, "lease_token": "x"}}))
+    simulator.update(latency_ms=2000)
+    start_worker("w1", concurrency=2)
+    run_id = submit("--agent", "qa", "--backend", "openai", "--limit", "2")
+    wait_for(lambda: simulator.stats()["in_flight"] >= 2, timeout=60, interval=0.05, what="both calls in flight")
+    postgres_outage(database_url, 4.0)  # the answers arrive meanwhile: journaled
+
+    snap = wait_until_reported(run_id, timeout=60)
+    assert snap["by_status"]["ok"] == 2 and len(ledger_rows(run_id)) == served_ok(simulator) == 2
+    assert client.hkeys("genesis:journal:quarantine") == [b"newer.json"] and client.hlen("genesis:journal") == 0
+    [quarantined] = [m for m in GenesisCollector(get_settings(), client).collect()
+                     if m.name == "genesis_journal_quarantined"]
+    assert quarantined.samples[0].value == 1
