@@ -144,7 +144,7 @@ def _report_finished_runs(client: redis.Redis, busy: set[str], grace_s: float) -
 
 
 class Recovery:
-    """The heartbeat and sweep threads of one worker process, stopped (and joined) by stop()."""
+    """The heartbeat, sweep and host-journal threads of one worker process, stopped (and joined) by stop()."""
 
     def __init__(self, hostname: str, settings: Settings | None = None) -> None:
         self.hostname = hostname
@@ -161,7 +161,7 @@ class Recovery:
         self._loop("journal", rec.sweep_interval_s / 2, lambda: replay_host_journal(self.client, self.settings))
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Ends both loops; a sweep in progress finishes first (up to timeout_s)."""
+        """Ends its loops; a sweep or replay in progress finishes first (up to timeout_s each)."""
         self.stopping.set()
         for thread in self.threads:
             thread.join(timeout_s)
