@@ -394,3 +394,19 @@ def test_with_an_unreadable_journal_entry_the_workers_sweeps_still_finish_a_run_
     [quarantined] = [m for m in GenesisCollector(get_settings(), client).collect()
                      if m.name == "genesis_journal_quarantined"]
     assert quarantined.samples[0].value == 1
+
+
+def test_a_journal_file_is_named_by_its_call_id_and_never_placed_by_it(tmp_path):
+    from shared.spool import Spool, name_of
+
+    spool = Spool(tmp_path / "journal")
+    spool.put("0f3a-c1", b"one")
+    spool.put("../../outside", b"two")  # a key never chooses where its file goes
+    assert [name for name, _ in spool.items()] == ["0f3a-c1.json", name_of("../../outside")]
+    assert name_of("../../outside").startswith("h-") and "/" not in name_of("../../outside")
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(["0f3a-c1.json",
+                                                                                name_of("../../outside")])
+    spool.quarantine("0f3a-c1.json")
+    spool.remove(name_of("../../outside"))
+    spool.remove(name_of("../../outside"))  # taking an entry twice is harmless
+    assert spool.items() == [] and spool.quarantined() == ["0f3a-c1.json"]
