@@ -30,7 +30,7 @@ RUN pip install --no-deps /src && rm -rf /src
 COPY alembic.ini ./
 COPY config config
 COPY models models
-RUN mkdir reports && chown genesis:genesis reports
+RUN mkdir -p reports var/journal && chown -R genesis:genesis reports var
 
 USER genesis
 CMD ["producer", "--help"]

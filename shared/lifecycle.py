@@ -185,6 +185,25 @@ def finish_ok(job: ClaimedJob, result: PaidResult, *, final: bool = True, call_i
         return False
 
 
+RUN_CANCELLED = "RunCancelled"
+
+
+def end_unjudged_in_cancelled_run(job_id: int) -> bool:
+    """A paid answer replayed from the journal into a run cancelled meanwhile, still waiting
+    for its judge: no judge is paid (a cancel stops spending) and the job is not handed back (no
+    delivery takes a job of a cancelled run: it would sit `queued` for ever). It ends `error`,
+    saying so, with its answer and cost kept, so `producer resume` only pays for its judge.
+    False when the run is not cancelled: the job waits for its judge as usual."""
+    cancelled = select(_RUNS.c.id).where(_RUNS.c.status == RunStatus.cancelled)
+    with get_engine().begin() as conn:
+        return conn.execute(
+            update(_JOBS).where(_JOBS.c.id == job_id, _JOBS.c.status == JobStatus.running,
+                                _JOBS.c.run_id.in_(cancelled))
+            .values(status=JobStatus.error, error_type=RUN_CANCELLED, finished_at=_clock(),
+                    error_message="the run was cancelled before its judge graded this answer (answer and cost kept)")
+        ).rowcount == 1
+
+
 def recorded_answer(job_id: int) -> str | None:
     """The answer an earlier delivery recorded for a job still waiting for its judge."""
     with session_scope() as session:

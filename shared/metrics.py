@@ -37,7 +37,7 @@ class GenesisCollector(Collector):
         self.budget = BudgetGuard(self.redis, settings)
 
     def collect(self) -> Iterator[Metric]:
-        for source in (self._budget, self._worker_counters, self._jobs):
+        for source in (self._budget, self._worker_counters, self._journal, self._jobs):
             up = GaugeMetricFamily(f"genesis_scrape_{source.__name__.strip('_')}_ok",
                                    "1 when this part of the scrape could be read.")
             try:
@@ -70,6 +70,14 @@ class GenesisCollector(Collector):
         for event, labels, value in counters.read(self.redis):
             families[event].add_metric(labels, value)
         yield from families.values()
+
+    def _journal(self) -> Iterator[Metric]:
+        from shared.journal import JOURNAL_KEY, quarantined
+
+        yield GaugeMetricFamily("genesis_journal_pending", "Paid calls journaled in Redis, waiting for the database.",
+                                value=self.redis.hlen(JOURNAL_KEY))
+        yield GaugeMetricFamily("genesis_journal_quarantined", "Journal entries that could not be replayed, kept in "
+                                "quarantine for a human (genesis:journal:quarantine).", value=quarantined(self.redis))
 
     def _jobs(self) -> Iterator[Metric]:
         from shared.db import session_scope

@@ -118,6 +118,7 @@ def test_the_deployment_contract():
     assert "container_name" not in worker and "ports" not in worker
     assert "inspect ping" in " ".join(worker["healthcheck"]["test"])
     assert int(worker["stop_grace_period"].rstrip("s")) > 2 * 60  # two calls of call_timeout_s
+    assert "journal:/app/var/journal" in worker["volumes"]  # the journal's durable copy outlives the container
     assert all(port.startswith("127.0.0.1:") for name in ("flower", "metrics") for port in services[name]["ports"])
     assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"] == DOTENV["FLOWER_BASIC_AUTH"]
     assert services["simulator"]["profiles"] == ["sim"]

@@ -196,7 +196,7 @@ def test_recovery_and_the_halt_control_are_bootsteps_of_the_app():
 
 
 def test_the_recovery_threads_stop(monkeypatch, tmp_path, redis_client):
-    """What RecoveryStep.stop does at worker shutdown: both loops end and are joined."""
+    """What RecoveryStep.stop does at worker shutdown: every loop ends and is joined."""
     import time
 
     from shared.config import load_settings
@@ -207,7 +207,8 @@ def test_the_recovery_threads_stop(monkeypatch, tmp_path, redis_client):
     recovery = Recovery("stop-test@host", load_settings())
     recovery.start()
     threads = list(recovery.threads)
-    assert [t.name for t in threads] == ["genesis-heartbeat", "genesis-sweep"] and all(t.is_alive() for t in threads)
+    assert [t.name for t in threads] == ["genesis-heartbeat", "genesis-sweep", "genesis-journal"]
+    assert all(t.is_alive() for t in threads)
     started = time.monotonic()
     recovery.stop()
     assert not any(t.is_alive() for t in threads) and time.monotonic() - started < 5

@@ -90,7 +90,8 @@ def fleet(lab, monkeypatch, tmp_path):
         reconnect(get_settings())
 
         def start(host: str, hidden: list[Path] = ()) -> WorkerProcess:
-            host_env = {**env, "GENESIS_REPORTS_DIR": str(tmp_path / host / "reports")}
+            host_env = {**env, "GENESIS_REPORTS_DIR": str(tmp_path / host / "reports"),
+                        "GENESIS_RECOVERY__JOURNAL_DIR": str(tmp_path / host / "journal")}
             worker = WorkerProcess(host_env, name="worker", host=lab.namespace(host), concurrency=4,
                                    log_path=tmp_path / f"{host}.log", prefix=lab.exec_prefix(host, hidden))
             cleanup.callback(worker.stop)

@@ -1,8 +1,8 @@
 """Recovery without a human (design §10): every worker process keeps a heartbeat in Redis and
 takes its turn at a periodic sweep (one sweeper per interval across the fleet) that
 
-1. replays the paid-call journal into SQL (answers billed while the database was away); a
-   replayed answer still waiting for its judge is handed back and published, to be judged;
+1. replays the paid-call journal (Redis' copy) into SQL (answers billed while the database was
+   away); a replayed answer still waiting for its judge is handed back and published, to be judged;
 2. hands back jobs `running` on a node whose heartbeat stopped, or past their lease, and
    re-publishes them (a dead worker's unacknowledged messages would otherwise wait for
    Redis' one-hour visibility timeout);
@@ -13,6 +13,9 @@ takes its turn at a periodic sweep (one sweeper per interval across the fleet) t
 6. reconciles the budget's reservations with SQL (a dead worker's call in flight is settled
    from the ledger when its answer was recorded, else ledgered at its worst case as `outcome
    unknown`: the provider may have billed it).
+
+Besides, every worker process replays its own host's copy of the journal (shared/journal.py)
+at start and every half sweep interval, and puts it back into Redis if Redis lost it.
 
 Re-publishing goes through shared.messaging.publish_jobs, exactly as `producer resume` does.
 Every SQL change is a conditional UPDATE in shared.lifecycle, so overlapping sweeps, workers and
@@ -46,9 +49,7 @@ def sweep(client: redis.Redis, settings: Settings) -> dict[str, int]:
     replayed = journal.replay(client, budget.settle)
     done = {"replayed": replayed.count}
     dead, by_run = _jobs_of_dead_runners(client, settings, grace_s)
-    for job in replayed.needs_judge:  # its answer is recorded now: a delivery runs its judge (once: the claim decides)
-        lifecycle.requeue(job.id)
-        by_run[job.run_id].append((job.id, job.provider, job.backend))
+    _to_judge(replayed.needs_judge, by_run)
     done["requeued"] = sum(len(jobs) for jobs in by_run.values())
     for run_id, why in _runs_without_messages(client, grace_s, dead).items():
         by_run[run_id] = sorted(set(by_run[run_id]) | set(lifecycle.queued_jobs(run_id)))
@@ -58,13 +59,37 @@ def sweep(client: redis.Redis, settings: Settings) -> dict[str, int]:
         if jobs:
             publish_jobs(run_id, jobs)
     fleet.drop_nodes(client, dead)  # handled: their messages are published again
-    done["reported"] = _report_finished_runs(client, set(by_run), grace_s)
+    # a run re-enqueued with nothing to publish (its jobs were journaled when Redis lost its
+    # marker) is not busy: once replayed, its report is due
+    done["reported"] = _report_finished_runs(client, {run_id for run_id, jobs in by_run.items() if jobs}, grace_s)
     from worker.batches import resume_batches
 
     done["batches_resumed"] = resume_batches(client, settings)
     reconciled = budget.reconcile(dead)  # a dead node's calls in flight: ledgered as outcome unknown
     done["reconciled"] = len(reconciled.released) + len(reconciled.settled) + len(reconciled.unknown)
     return done
+
+
+def replay_host_journal(client: redis.Redis, settings: Settings) -> int:
+    """This host's copy of the journal: back into Redis where Redis lost it (other hosts then
+    leave its jobs alone), then into SQL; a replayed answer waiting for its judge is published."""
+    from shared.budget import BudgetGuard
+
+    journal.mirror(client)
+    replayed = journal.replay(client, BudgetGuard(client, settings).settle, local_only=True)
+    by_run: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
+    _to_judge(replayed.needs_judge, by_run)
+    for run_id, jobs in by_run.items():
+        publish_jobs(run_id, jobs)
+    return replayed.count
+
+
+def _to_judge(jobs: list[lifecycle.ClaimedJob], by_run: dict[str, list[tuple[int, str, str]]]) -> None:
+    """Replayed answers waiting for their judge: handed back, for a delivery to run the judge
+    (once: the claim decides)."""
+    for job in jobs:
+        lifecycle.requeue(job.id)
+        by_run[job.run_id].append((job.id, job.provider, job.backend))
 
 
 def _jobs_of_dead_runners(client: redis.Redis, settings: Settings,
@@ -119,7 +144,7 @@ def _report_finished_runs(client: redis.Redis, busy: set[str], grace_s: float) -
 
 
 class Recovery:
-    """The heartbeat and sweep threads of one worker process, stopped (and joined) by stop()."""
+    """The heartbeat, sweep and host-journal threads of one worker process, stopped (and joined) by stop()."""
 
     def __init__(self, hostname: str, settings: Settings | None = None) -> None:
         self.hostname = hostname
@@ -133,9 +158,10 @@ class Recovery:
         lifecycle.use_clock(lambda: fleet.redis_now(self.client))  # a replay's finished_at, on the leases' clock
         self._loop("heartbeat", rec.heartbeat_interval_s, self._beat)
         self._loop("sweep", rec.sweep_interval_s / 2, self._maybe_sweep)
+        self._loop("journal", rec.sweep_interval_s / 2, lambda: replay_host_journal(self.client, self.settings))
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Ends both loops; a sweep in progress finishes first (up to timeout_s)."""
+        """Ends its loops; a sweep or replay in progress finishes first (up to timeout_s each)."""
         self.stopping.set()
         for thread in self.threads:
             thread.join(timeout_s)

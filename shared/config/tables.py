@@ -234,6 +234,9 @@ class RecoveryConfig(Strict):
     claim_retry_max_s: float = Field(default=10.0, **SECONDS)  # backoff cap while the database is down
     stall_after_s: float = Field(default=60.0, **SECONDS)  # `submit --wait`: no progress this long = stalled
     give_up_after_s: float = Field(default=1800.0, **SECONDS)  # `submit --wait` stops waiting (exit 1)
+    # The host's durable copy of the paid-call journal (shared/journal.py): one fsync'ed file per
+    # paid answer the database could not take, so it survives Redis losing its data.
+    journal_dir: str = Field(default="var/journal", min_length=1)
 
     @model_validator(mode="after")
     def _heartbeat_outlives_its_interval(self) -> "RecoveryConfig":

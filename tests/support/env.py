@@ -51,6 +51,7 @@ def genesis_env(*, database_url: str, redis_url: str, reports_dir: Path, simulat
         "GENESIS_DATABASE_URL": database_url,
         "GENESIS_REDIS_URL": redis_url,
         "GENESIS_REPORTS_DIR": str(reports_dir),
+        "GENESIS_RECOVERY__JOURNAL_DIR": str(reports_dir.parent / "journal"),  # the workers' host: this one
         "GENESIS_CONFIG": str(ROOT / "config" / "genesis.toml"),
     }
     if simulator_url:
@@ -73,4 +74,5 @@ def use_config(monkeypatch, tmp_path: Path, toml_text: str, redis_url: str) -> N
     monkeypatch.setenv("GENESIS_REDIS_URL", redis_url)
     monkeypatch.setenv("GENESIS_DATABASE_URL", f"sqlite:///{tmp_path}/t.db")
     monkeypatch.setenv("GENESIS_REPORTS_DIR", str(tmp_path / "reports"))
+    monkeypatch.setenv("GENESIS_RECOVERY__JOURNAL_DIR", str(tmp_path / "journal"))
     get_settings.cache_clear()
