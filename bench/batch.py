@@ -100,7 +100,9 @@ def outputs(run_id: str) -> dict:
 
 def comparison(env_: Env, limit: int | None, delay_s: float) -> list[dict]:
     rows, answers = [], {}
-    env_.simulator.update(batch_delay_s=delay_s, batch_error_rate=0.0, batch_expire_rate=0.0)
+    # Greedy answers throughout, so both modes must answer alike: the Anthropic adapter sends no
+    # temperature, and the simulator samples at Anthropic's default (1.0) otherwise.
+    env_.simulator.update(batch_delay_s=delay_s, batch_error_rate=0.0, batch_expire_rate=0.0, sampling="never")
     for mode, extra in (("realtime", {}), ("batch", {**ALL_BATCH, **BATCH_KNOBS})):
         _, workers = env_.start(extra)
         try:

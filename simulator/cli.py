@@ -88,6 +88,10 @@ def simulator_command(
         float, typer.Option(min=0.0, help="Hold back the answer to a batch's creation this long after it exists.")
     ] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of answers and fault draws.")] = DEFAULTS["seed"],
+    sampling: Annotated[str, typer.Option(
+        help="request: sampled above temperature 0 (absent: the provider's default); always: every answer a "
+             "fresh draw, whatever the temperature; never: every answer deterministic.",
+    )] = DEFAULTS["sampling"],
     suite: Annotated[str, typer.Option(help="Suite whose expected answers the models know.")] = DEFAULTS["suite"],
     fine_tunes: Annotated[
         Optional[Path],
@@ -115,6 +119,7 @@ def simulator_command(
         "batch_fail_rate": batch_fail_rate,
         "batch_create_delay_s": batch_create_delay_s,
         "seed": seed,
+        "sampling": sampling,
         "suite": suite,
     }
     if quality:

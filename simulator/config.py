@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
-from typing import Callable
+from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -40,6 +40,10 @@ class SimulatorConfig(BaseModel):
       batch, so there every request of it errors); batch_create_delay_s: the answer to a batch's
       creation is held back this long after the batch exists (a submitter that dies meanwhile
       leaves a batch at the provider whose id it never learnt).
+    - sampling: `request` (default): a request at temperature 0 is answered deterministically,
+      one above 0 (or without one: the provider's default) is a fresh draw (simulator/sampling.py);
+      `always`: every request is a fresh draw whatever its temperature; `never`: every request is
+      answered deterministically (to compare two paths that must give the same answers).
     - suite: the suites whose answers it knows, comma-separated names or folders.
     - fine_tunes: the Mistral fine-tuning jobs it lists (and the models they made), see
       simulator/finetune.py.
@@ -69,6 +73,7 @@ class SimulatorConfig(BaseModel):
     batch_fail_rate: float = Rate
     batch_create_delay_s: float = Field(default=0.0, ge=0.0)
     seed: int = 7
+    sampling: Literal["request", "always", "never"] = "request"
     suite: str | None = "genesis-custom,genesis-judge"
     fine_tunes: list[FineTuneJob] = Field(default_factory=default_fine_tunes)
 
