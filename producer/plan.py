@@ -13,7 +13,8 @@ from sqlmodel import select
 
 from shared.config import Settings
 from shared.models import Job, JobStatus, Run
-from shared.power import confirmable
+from shared.epochs import epochs_gain
+from shared.power import POWER, confirmable
 from shared.report.decision import POOLED, error_shares
 
 
@@ -62,25 +63,34 @@ def decision_power(settings: Settings, selection) -> dict[str, Any]:
             found = last_accuracy(settings, agent, settings.model_for(baseline, agent))
             accuracy, source = (found[0], f"run {found[1]}") if found else (rule.assumed_baseline_accuracy, "assumed")
             accuracies[agent] = accuracy
-            rows.append(_row(agent, candidate, baseline, tasks[agent], accuracy, source, per_agent, rule))
+            rows.append(_row(agent, candidate, baseline, tasks[agent], accuracy, source, per_agent, rule,
+                             selection.epochs))
         total = sum(tasks.values())
         pooled_accuracy = sum(accuracies[a] * tasks[a] for a in selection.agents) / total if total else None
         sources = {r["baseline_accuracy_source"] for r in rows if r["candidate"] == candidate and r["agent"] != POOLED}
         rows.append(_row(POOLED, candidate, baseline, total, pooled_accuracy,
-                         "assumed" if sources == {"assumed"} else "task-weighted over the agents", per_pooled, rule))
-    return {"power": 0.8, "confidence": rule.confidence, "assumed_loss_share": rule.assumed_loss_share,
-            "assumed_baseline_accuracy": rule.assumed_baseline_accuracy, "rows": rows}
+                         "assumed" if sources == {"assumed"} else "task-weighted over the agents", per_pooled, rule,
+                         selection.epochs))
+    return {"power": POWER, "confidence": rule.confidence, "assumed_loss_share": rule.assumed_loss_share,
+            "assumed_baseline_accuracy": rule.assumed_baseline_accuracy, "epochs": selection.epochs,
+            "assumed_within_share": rule.assumed_within_share, "rows": rows}
 
 
-def _row(agent, candidate, baseline, tasks, accuracy, source, alpha_each, rule) -> dict[str, Any]:
+def _row(agent, candidate, baseline, tasks, accuracy, source, alpha_each, rule, epochs: int = 1) -> dict[str, Any]:
+    """`epochs` (k > 1): what k epochs per task buy against one (shared.epochs.epochs_gain), the
+    within-task share of one answer's variance being [decision] assumed_within_share."""
     reachable, smallest = confirmable(tasks, accuracy, rule, alpha_each)
-    return {
+    row = {
         "agent": agent, "candidate": candidate, "baseline": baseline, "tasks": tasks,
         "baseline_accuracy": accuracy, "baseline_accuracy_source": source, "alpha_each": alpha_each,
         "can_ever_go": reachable,
         "smallest_confirmable_abs": smallest,
         "smallest_confirmable_rel": smallest / accuracy if smallest is not None and accuracy else None,
     }
+    if epochs > 1:
+        threshold = rule.min_improvement * accuracy if accuracy is not None else 0.0
+        row["with_epochs"] = epochs_gain(smallest, threshold, epochs, rule.assumed_within_share, POWER, alpha_each)
+    return row
 
 
 def power_lines(power: dict) -> list[str]:
@@ -96,5 +106,14 @@ def power_lines(power: dict) -> list[str]:
             lines.append(f"{head}): cannot confirm any improvement at 80% power; {accuracy}")
         else:
             lines.append(f"{head}): confirms +{100 * r['smallest_confirmable_abs']:.1f} pp or more at 80% power; "
-                         f"{accuracy}")
+                         f"{accuracy}" + _epochs_words(r.get("with_epochs"), r["smallest_confirmable_abs"]))
     return lines
+
+
+def _epochs_words(gain: dict | None, one_epoch: float) -> str:
+    """What k epochs add to a row's power figure (none with one epoch)."""
+    if not gain or gain["smallest_confirmable_abs"] is None:
+        return ""
+    return (f"; with {gain['epochs']} epochs: +{100 * gain['smallest_confirmable_abs']:.1f} pp "
+            f"(power at +{100 * one_epoch:.1f} pp: {gain['power_at_one_epoch_figure']:.0%} instead of 80%), "
+            f"assuming {gain['within_share']:.0%} of one answer's variance is within-task")
