@@ -45,6 +45,7 @@ def document(data: dict) -> list[tuple]:
         ("chart", "forest"),
         ("h2", "Candidate vs baseline"),
         _comparison_table(data),
+        *_epochs_blocks(data.get("epochs")),
         ("h2", "Per agent and backend"),
         ("p", "Accuracy is the mean score over ok jobs (n); latency percentiles interpolate "
               "linearly between ranks over ok jobs. Cost is inference only, the judge's calls are "
@@ -95,6 +96,16 @@ def _decision_detail(data: dict) -> list[tuple]:
                     "lllllllr")]
     if history.get("notes"):
         blocks.append(("list", history["notes"]))
+    return blocks
+
+
+def _epochs_blocks(epochs: dict | None) -> list[tuple]:
+    """Repeated trials (submit --epochs k): nothing to say with one epoch (or an older report)."""
+    if not epochs or epochs["k"] <= 1:
+        return []
+    blocks: list[tuple] = [("h2", "Repeated trials"), ("p", epochs["summary"]), ("p", epochs["rule"])]
+    if epochs["lines"]:
+        blocks.append(("list", epochs["lines"]))
     return blocks
 
 
