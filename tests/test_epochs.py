@@ -175,6 +175,7 @@ def test_the_dry_run_prices_k_epochs_and_says_what_they_buy(tmp_path, monkeypatc
         text = CliRunner().invoke(app, ["submit", "--all-agents", "--backend", "mistral-ft", "--backend",
                                         "mistral-base", "--epochs", "3", "--dry-run"]).stdout
         assert "600 jobs, 3 epochs each" in text and "with 3 epochs: +" in text
+        assert "[decision] assumed_within_share (50%)" in text
         bad = CliRunner().invoke(app, ["submit", "--all-agents", "--epochs", "0", "--dry-run"])
         assert bad.exit_code == 2
     finally:
@@ -319,6 +320,10 @@ def test_three_epochs_pay_three_calls_per_job_and_the_decision_pairs_task_means(
                for line in report["epochs"]["lines"])
     markdown = (Path(snap["report"]).parent / "report.md").read_text()
     assert "## Repeated trials" in markdown and "the scores varied between epochs" in markdown
+    assert report["disagreements"]  # the drill-down shows each task's first epoch beside its means
+    for row in report["disagreements"]:
+        jobs = slots[(row["agent"], row["task_id"], "mistral-ft")]
+        assert row["candidate_answer"] == (jobs[1].output or "")[:400]
 
     status = json.loads(producer("status", run_id, "--json").stdout)
     assert status["epochs"] == 3 and status["total"] == 3 * SLOTS

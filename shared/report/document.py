@@ -63,7 +63,9 @@ def document(data: dict) -> list[tuple]:
         _difficulty_table(data["by_difficulty"]),
         ("h2", "Where candidate and baseline disagree"),
         ("p", f"{len(data['disagreements'])} paired task(s) scored differently; the candidate's "
-              "losses first. Answers are cut to their start."),
+              "losses first. Answers are cut to their start"
+              + (" (with several epochs: the scores are task means, the answers the first epoch's)."
+                 if (data.get("epochs") or {}).get("k", 1) > 1 else ".")),
         ("drilldown", data["disagreements"]),
         ("h2", "Budget"),
         *_budget_blocks(data["budget"]),
