@@ -146,7 +146,7 @@ def _dry_run(settings, selection, as_json: bool) -> None:
                           "assumes [decision] assumed_within_share "
                           f"({estimate['decision_power']['assumed_within_share']:.0%}) of one answer's paired variance "
                           "is within-task (re-draw) noise (normal approximation on the one-epoch figure)",
-                          highlight=False, soft_wrap=True)
+                          highlight=False, soft_wrap=True, markup=False)
         for line in power_lines(estimate["decision_power"]):
             console.print(f"  {line}", highlight=False, soft_wrap=True)
     fits = "fits" if estimate["within_budget"] else "does NOT fit"
