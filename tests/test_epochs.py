@@ -103,7 +103,7 @@ def test_the_decision_pairs_task_means_and_the_report_splits_the_variance(tmp_pa
     from shared.config import load_settings
     from shared.db import get_engine, migrate
     from shared.models import Job, Run, RunStatus
-    from shared.report import build_report_data, render_markdown
+    from shared.report import build_report_data, render_html, render_markdown
 
     monkeypatch.setenv("GENESIS_CONFIG", str(REPO / "config" / "genesis.toml"))
     url = f"sqlite:///{tmp_path}/e.db"
@@ -137,6 +137,7 @@ def test_the_decision_pairs_task_means_and_the_report_splits_the_variance(tmp_pa
                for line in data["epochs"]["lines"])
     markdown = render_markdown(data)
     assert "## Repeated trials" in markdown and "Enough epochs: the smallest k" in markdown
+    assert "Repeated trials" in render_html(data)
 
 
 # --- the dry run -------------------------------------------------------------------------------
@@ -329,6 +330,11 @@ def test_three_epochs_pay_three_calls_per_job_and_the_decision_pairs_task_means(
     assert status["epochs"] == 3 and status["total"] == 3 * SLOTS
     exported = producer("export", run_id, "--format", "jsonl").stdout.splitlines()
     assert sorted({json.loads(line)["epoch"] for line in exported}) == [1, 2, 3] and len(exported) == 3 * SLOTS
+    compared = json.loads(producer("compare", run_id, run_id, "--json").stdout)
+    for row in compared["rows"]:
+        means = [sum(j.score for j in slots[(row["agent"], task, row["backend"])].values()) / 3
+                 for (agent, task, backend) in slots if (agent, backend) == (row["agent"], row["backend"])]
+        assert row["n"] == 2 and row["a_accuracy"] == pytest.approx(sum(means) / len(means))  # task means
 
 
 def test_at_temperature_zero_the_epochs_agree_and_the_report_says_they_were_not_needed(start_worker, simulator,
