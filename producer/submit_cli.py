@@ -27,7 +27,8 @@ def submit(
     reuse: Annotated[bool, typer.Option("--reuse", help="Take identical earlier ok answers instead of paying again.")] = False,
     epochs: Annotated[Optional[int], typer.Option(
         parser=number(int, ge=1, le=100),
-        help="Run each job K times, each its own paid call; a task scores its epochs' mean (default: [decision] epochs).",
+        help="Run each job K times, each its own paid call; a task scores its epochs' mean "
+             "(default: [decision] epochs).",
     )] = None,
     as_json: JsonOpt = False,
 ) -> None:

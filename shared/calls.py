@@ -52,8 +52,8 @@ def judge_worst_case(settings: Settings, selection: Any) -> dict[str, Any]:
                 longest = " ".join(["word"] * max_output_tokens(settings, backend, task.max_tokens))
                 _, request = judge_request(settings, agent, task, longest)
                 calls += selection.epochs
-                cost += selection.epochs * worst_case_cost(settings, request.model, estimate_prompt_tokens(request.prompt, request.system),
-                                        request.max_tokens)
+                cost += selection.epochs * worst_case_cost(
+                    settings, request.model, estimate_prompt_tokens(request.prompt, request.system), request.max_tokens)
     return {"calls": calls, "cost_usd": round(cost, 6)}
 
 
