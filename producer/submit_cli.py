@@ -144,9 +144,10 @@ def _dry_run(settings, selection, as_json: bool) -> None:
                       "of the baseline's right answers):", highlight=False)
         if selection.epochs > 1:
             console.print(f"  with {selection.epochs} epochs per task: each task scores its epochs' mean; the gain "
-                          "assumes [decision] assumed_within_share "
-                          f"({estimate['decision_power']['assumed_within_share']:.0%}) of one answer's paired variance "
-                          "is within-task (re-draw) noise (normal approximation on the one-epoch figure)",
+                          "takes the within-task (re-draw) share of one answer's paired variance from the candidate's "
+                          "newest run with epochs, else [decision] assumed_within_share "
+                          f"({estimate['decision_power']['assumed_within_share']:.0%}) "
+                          "(normal approximation on the one-epoch figure)",
                           highlight=False, soft_wrap=True, markup=False)
         for line in power_lines(estimate["decision_power"]):
             console.print(f"  {line}", highlight=False, soft_wrap=True)

@@ -177,10 +177,31 @@ def test_the_dry_run_prices_k_epochs_and_says_what_they_buy(tmp_path, monkeypatc
         tripled = pytest.approx(3 * judged_one["judge"]["cost_usd"], abs=5e-6)  # the estimate rounds to 6 places
         assert judged_three["judge"]["cost_usd"] == tripled
 
+        assert gain["within_share_source"] == "assumed"
+
+        # A run of these backends with agreeing epochs in SQL: epochs bought nothing there, nor here.
+        from shared.db import migrate, session_scope
+        from shared.models import Job, Run
+
+        migrate(f"sqlite:///{tmp_path}/g.db")
+        with session_scope(f"sqlite:///{tmp_path}/g.db") as session:
+            session.add(Run(id="prior", suite="genesis-custom", agents=["qa"], backends=["mistral-ft", "mistral-base"]))
+            session.flush()
+            for backend, right in (("mistral-ft", 3), ("mistral-base", 2)):
+                for i in range(5):
+                    for epoch in (1, 2):
+                        session.add(Job(run_id="prior", agent="qa", task_id=f"t{i}", epoch=epoch, backend=backend,
+                                        provider="mistral", model=f"{backend}-model", status="ok",
+                                        score=float(i < right)))
+        informed = {r["agent"]: r for r in dry("--epochs", "3")["decision_power"]["rows"]}["ALL"]
+        assert informed["with_epochs"]["within_share_source"] == "run prior"
+        assert informed["with_epochs"]["within_share"] == 0.0
+        assert informed["with_epochs"]["power_at_one_epoch_figure"] == pytest.approx(0.8)
+
         text = CliRunner().invoke(app, ["submit", "--all-agents", "--backend", "mistral-ft", "--backend",
                                         "mistral-base", "--epochs", "3", "--dry-run"]).stdout
         assert "600 jobs, 3 epochs each" in text and "with 3 epochs: +" in text
-        assert "[decision] assumed_within_share (50%)" in text
+        assert "else [decision] assumed_within_share (50%)" in text and "within-task (run prior)" in text
         bad = CliRunner().invoke(app, ["submit", "--all-agents", "--epochs", "0", "--dry-run"])
         assert bad.exit_code == 2
     finally:

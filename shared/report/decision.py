@@ -85,17 +85,21 @@ def comparisons(facts: RunFacts, rule: DecisionConfig, *, plan: bool = True) -> 
     return rows
 
 
-def _epochs(row: dict, candidate: dict[Hashable, TaskMean], baseline: dict[Hashable, TaskMean]) -> dict[str, Any]:
-    """The comparison's variance split over its paired tasks (shared.epochs), and each paired
-    task's epoch scores beside its mean in `pairs` (report.json)."""
+def epoch_split(candidate: dict[Hashable, TaskMean], baseline: dict[Hashable, TaskMean]) -> dict[str, Any]:
+    """The variance split (shared.epochs.variance_split) over the tasks the decision pairs: the
+    candidate's counted epochs (an errored one as 0), the baseline's answered ones."""
     paired = [key for key, _, _ in pairing(candidate, baseline)["pairs"]]
-    counted = [tuple(v for v in candidate[k].epoch_scores if v is not None) or (0.0,) for k in paired]
-    split = variance_split([(c, tuple(v for v in baseline[k].epoch_scores if v is not None))
-                            for c, k in zip(counted, paired)])
+    return variance_split([(tuple(v for v in candidate[k].epoch_scores if v is not None) or (0.0,),
+                            tuple(v for v in baseline[k].epoch_scores if v is not None)) for k in paired])
+
+
+def _epochs(row: dict, candidate: dict[Hashable, TaskMean], baseline: dict[Hashable, TaskMean]) -> dict[str, Any]:
+    """The comparison's variance split, and each paired task's epoch scores beside its mean in
+    `pairs` (report.json)."""
     for pair in row.get("pairs", []):
         pair["candidate_epochs"] = list(candidate[pair["task_id"]].epoch_scores)
         pair["baseline_epochs"] = list(baseline[pair["task_id"]].epoch_scores)
-    return split
+    return epoch_split(candidate, baseline)
 
 
 def pairing(candidate_jobs: dict, baseline_jobs: dict) -> dict[str, Any]:
