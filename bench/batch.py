@@ -27,7 +27,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -77,6 +79,23 @@ class Env:
         for worker in started:
             worker.wait_ready(app)
         return started
+
+
+@contextmanager
+def simulated_env(redis_url: str, *, latency_ms: float, name: str) -> Iterator[Env]:
+    """The simulator in this process (seed 7), a temp dir and the Redis db, for a bench's runs;
+    the simulator stopped and the db flushed afterwards."""
+    from simulator.config import SimulatorConfig
+    from simulator.server import start_simulator
+
+    ensure_redis(redis_url)
+    simulator = start_simulator(SimulatorConfig(latency_ms=latency_ms))
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"genesis-bench-{name}-") as tmp:
+            yield Env(Path(tmp), redis_url, simulator)
+    finally:
+        simulator.stop()
+        redis.Redis.from_url(redis_url).flushdb()
 
 
 def ledger(run_id: str | None = None) -> tuple[float, Counter]:
@@ -178,21 +197,11 @@ def main() -> None:
     parser.add_argument("--redis-url", default=os.environ.get("GENESIS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"))
     opts = parser.parse_args()
 
-    from simulator.config import SimulatorConfig
-    from simulator.server import start_simulator
-
-    ensure_redis(opts.redis_url)
-    simulator = start_simulator(SimulatorConfig(latency_ms=200))
-    try:
-        with tempfile.TemporaryDirectory(prefix="genesis-bench-batch-") as tmp:
-            env_ = Env(Path(tmp), opts.redis_url, simulator)
-            rows = comparison(env_, opts.limit, opts.batch_delay)
-            faults = [] if opts.skip_faults else [fault_row(env_, f) for f in (
-                "none", "worker SIGKILL", "Redis FLUSHDB", "SIGKILL mid-submit", "half the batches expire",
-                "half the batches fail", "30% failed requests", "tight budget")]
-    finally:
-        simulator.stop()
-        redis.Redis.from_url(opts.redis_url).flushdb()
+    with simulated_env(opts.redis_url, latency_ms=200, name="batch") as env_:
+        rows = comparison(env_, opts.limit, opts.batch_delay)
+        faults = [] if opts.skip_faults else [fault_row(env_, f) for f in (
+            "none", "worker SIGKILL", "Redis FLUSHDB", "SIGKILL mid-submit", "half the batches expire",
+            "half the batches fail", "30% failed requests", "tight budget")]
 
     print(f"\ngenesis-custom, all agents, {opts.limit or 20} tasks each, 4 backends; simulator latency 200 ms, "
           f"batch delay {opts.batch_delay:g} s; 2 workers x 8 threads")

@@ -20,15 +20,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import redis  # noqa: E402
-
-from bench.batch import Env  # noqa: E402
-from tests.support.redis_server import ensure_redis  # noqa: E402
+from bench.batch import Env, simulated_env  # noqa: E402
 from tests.support.runs import submit, wait_until_reported  # noqa: E402
 
 PAIR = ["--all-agents", "--backend", "mistral-ft", "--backend", "mistral-base"]
@@ -54,19 +50,9 @@ def main() -> None:
     parser.add_argument("--redis-url", default=os.environ.get("GENESIS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"))
     opts = parser.parse_args()
 
-    from simulator.config import SimulatorConfig
-    from simulator.server import start_simulator
-
-    ensure_redis(opts.redis_url)
-    simulator = start_simulator(SimulatorConfig(latency_ms=20))
-    try:
-        with tempfile.TemporaryDirectory(prefix="genesis-bench-epochs-") as tmp:
-            env_ = Env(Path(tmp), opts.redis_url, simulator)
-            sampled = one_run(env_, "always", opts.epochs, opts.limit)
-            greedy = one_run(env_, "request", 2, opts.limit)
-    finally:
-        simulator.stop()
-        redis.Redis.from_url(opts.redis_url).flushdb()
+    with simulated_env(opts.redis_url, latency_ms=20, name="epochs") as env_:
+        sampled = one_run(env_, "always", opts.epochs, opts.limit)
+        greedy = one_run(env_, "request", 2, opts.limit)
 
     snap, report, stats = sampled
     print(f"\ngenesis-custom, all agents, {opts.limit or 20} tasks each, mistral-ft vs mistral-base, "
