@@ -27,7 +27,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -79,6 +81,23 @@ class Env:
         return started
 
 
+@contextmanager
+def simulated_env(redis_url: str, *, latency_ms: float, name: str) -> Iterator[Env]:
+    """The simulator in this process (seed 7), a temp dir and the Redis db, for a bench's runs;
+    the simulator stopped and the db flushed afterwards."""
+    from simulator.config import SimulatorConfig
+    from simulator.server import start_simulator
+
+    ensure_redis(redis_url)
+    simulator = start_simulator(SimulatorConfig(latency_ms=latency_ms))
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"genesis-bench-{name}-") as tmp:
+            yield Env(Path(tmp), redis_url, simulator)
+    finally:
+        simulator.stop()
+        redis.Redis.from_url(redis_url).flushdb()
+
+
 def ledger(run_id: str | None = None) -> tuple[float, Counter]:
     """Total ledgered cost and inference rows per job (of one run, or of all)."""
     from sqlmodel import select
@@ -100,7 +119,9 @@ def outputs(run_id: str) -> dict:
 
 def comparison(env_: Env, limit: int | None, delay_s: float) -> list[dict]:
     rows, answers = [], {}
-    env_.simulator.update(batch_delay_s=delay_s, batch_error_rate=0.0, batch_expire_rate=0.0)
+    # Greedy answers throughout, so both modes must answer alike: the Anthropic adapter sends no
+    # temperature, and the simulator samples at Anthropic's default (1.0) otherwise.
+    env_.simulator.update(batch_delay_s=delay_s, batch_error_rate=0.0, batch_expire_rate=0.0, sampling="never")
     for mode, extra in (("realtime", {}), ("batch", {**ALL_BATCH, **BATCH_KNOBS})):
         _, workers = env_.start(extra)
         try:
@@ -188,19 +209,9 @@ def main() -> None:
     parser.add_argument("--redis-url", default=os.environ.get("GENESIS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"))
     opts = parser.parse_args()
 
-    from simulator.config import SimulatorConfig
-    from simulator.server import start_simulator
-
-    ensure_redis(opts.redis_url)
-    simulator = start_simulator(SimulatorConfig(latency_ms=200))
-    try:
-        with tempfile.TemporaryDirectory(prefix="genesis-bench-batch-") as tmp:
-            env_ = Env(Path(tmp), opts.redis_url, simulator)
-            rows = [] if opts.skip_comparison else comparison(env_, opts.limit, opts.batch_delay)
-            faults = [] if opts.skip_faults else [fault_row(env_, f) for f in opts.faults]
-    finally:
-        simulator.stop()
-        redis.Redis.from_url(opts.redis_url).flushdb()
+    with simulated_env(opts.redis_url, latency_ms=200, name="batch") as env_:
+        rows = [] if opts.skip_comparison else comparison(env_, opts.limit, opts.batch_delay)
+        faults = [] if opts.skip_faults else [fault_row(env_, f) for f in opts.faults]
 
     if rows:
         print(f"\ngenesis-custom, all agents, {opts.limit or 20} tasks each, 4 backends; simulator latency 200 ms, "

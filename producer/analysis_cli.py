@@ -18,8 +18,8 @@ from shared.config import ConfigError, get_settings
 from shared.db import migrate, session_scope
 from shared.models import Job
 
-EXPORT_COLUMNS = ("run_id", "agent", "task_id", "difficulty", "backend", "provider", "model", "status", "score",
-                  "latency_ms", "input_tokens", "output_tokens", "cost_usd", "attempts", "error_type", "worker")
+EXPORT_COLUMNS = ("run_id", "agent", "task_id", "epoch", "difficulty", "backend", "provider", "model", "status",
+                  "score", "latency_ms", "input_tokens", "output_tokens", "cost_usd", "attempts", "error_type", "worker")
 
 
 def report(
@@ -87,6 +87,7 @@ def compare_runs(run_a: str, run_b: str) -> list[dict]:
     runs; difference = B - A (e.g. the v4 fine-tune's run against v3's). The interval and the
     two-sided p-value come from the decision's score test (shared.stats), at `confidence`."""
     from shared.report.data import answered, get_run, load_jobs
+    from shared.epochs import task_means
     from shared.report.decision import pairing
     from shared.stats import two_sided
 
@@ -97,10 +98,11 @@ def compare_runs(run_a: str, run_b: str) -> list[dict]:
         jobs_a, jobs_b = load_jobs(session, run_a), load_jobs(session, run_b)
 
     def index(jobs) -> dict[tuple[str, str], dict[str, Any]]:
-        grouped: dict[tuple[str, str], dict[str, Any]] = {}
+        """Per (agent, backend), each task's mean over its ok epochs (shared.epochs)."""
+        grouped: dict[tuple[str, str], list[Any]] = {}
         for job in jobs:
-            grouped.setdefault((job.agent, job.backend), {})[job.task_id] = job
-        return grouped
+            grouped.setdefault((job.agent, job.backend), []).append(job)
+        return {key: task_means(rows, errors_count_as_zero=False) for key, rows in grouped.items()}
 
     a, b = index(jobs_a), index(jobs_b)
     rows = []

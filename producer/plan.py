@@ -1,25 +1,27 @@
 """Power before paying (`submit --dry-run`): per agent and pooled, the smallest improvement the
 selected suite can confirm at 80% power, at the same error shares the report will use, from
 the baseline model's accuracy in its last run in SQL (or the configured assumption), and
-whether the suite can reach GO at all."""
+whether the suite can reach GO at all; with --epochs k, what k epochs buy, from the within-task
+variance share of the candidate's newest run with epochs in SQL (or the configured assumption)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import func
-from sqlmodel import select
+from sqlmodel import col, select
 
 from shared.config import Settings
 from shared.models import Job, JobStatus, Run
-from shared.power import confirmable
-from shared.report.decision import POOLED, error_shares
+from shared.epochs import epochs_gain, task_means
+from shared.power import POWER, confirmable
+from shared.report.decision import POOLED, epoch_split, error_shares
 
 
-def last_accuracy(settings: Settings, agent: str, model: str) -> tuple[float, str] | None:
-    """(mean score, run id) of the newest run with ok answers of `model` for `agent`; None when
-    there is none (or no database to ask)."""
+def _ask(settings: Settings, read: Callable[[Any], Any]) -> Any:
+    """`read(session)` on the configured database; None when there is no database to ask (a dry
+    run creates no SQLite file) or it does not answer."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -27,24 +29,64 @@ def last_accuracy(settings: Settings, agent: str, model: str) -> tuple[float, st
 
     url = make_url(settings.database_url)
     if url.get_backend_name() == "sqlite" and not (url.database and Path(url.database).is_file()):
-        return None  # a dry run creates no database file
+        return None
     try:
         with session_scope(settings.database_url) as session:
-            latest = session.exec(
-                select(Job.run_id).join(Run, Run.id == Job.run_id)
-                .where(Job.agent == agent, Job.model == model, Job.status == JobStatus.ok, Job.score.is_not(None))
-                .order_by(Run.created_at.desc()).limit(1)
-            ).first()
-            if latest is None:
-                return None
-            mean = session.exec(
-                select(func.avg(Job.score))
-                .where(Job.run_id == latest, Job.agent == agent, Job.model == model, Job.status == JobStatus.ok,
-                       Job.score.is_not(None))
-            ).one()
-            return float(mean), latest
+            return read(session)
     except SQLAlchemyError:
         return None
+
+
+def last_accuracy(settings: Settings, agent: str, model: str) -> tuple[float, str] | None:
+    """(mean score, run id) of the newest run with ok answers of `model` for `agent`; None when
+    there is none (or no database to ask)."""
+    def read(session) -> tuple[float, str] | None:
+        latest = session.exec(
+            select(Job.run_id).join(Run, Run.id == Job.run_id)
+            .where(Job.agent == agent, Job.model == model, Job.status == JobStatus.ok, Job.score.is_not(None))
+            .order_by(Run.created_at.desc()).limit(1)
+        ).first()
+        if latest is None:
+            return None
+        mean = session.exec(
+            select(func.avg(Job.score))
+            .where(Job.run_id == latest, Job.agent == agent, Job.model == model, Job.status == JobStatus.ok,
+                   Job.score.is_not(None))
+        ).one()
+        return float(mean), latest
+
+    return _ask(settings, read)
+
+
+def prior_within_share(settings: Settings, candidate: str, baseline: str) -> tuple[float, str] | None:
+    """(w, run id): the within-task share W / (W + B) of one epoch's paired difference variance
+    (shared.epochs.variance_split, the report's own split over its agents' tasks pooled) in the
+    newest run in SQL where `candidate` ran several epochs against `baseline`; None when none did."""
+    def read(session) -> tuple[float, str] | None:
+        latest = session.exec(
+            select(Job.run_id).join(Run, Run.id == Job.run_id).where(Job.backend == candidate, Job.epoch > 1)
+            .order_by(Run.created_at.desc()).limit(1)
+        ).first()
+        if latest is None:
+            return None
+        rows = session.exec(
+            select(Job.agent, Job.task_id, Job.epoch, Job.backend, Job.status, Job.score, Job.model)
+            .where(Job.run_id == latest, col(Job.backend).in_([candidate, baseline]))
+        ).all()
+        sides: dict[tuple[str, bool], list[Any]] = {}
+        for row in rows:
+            sides.setdefault((row.agent, row.backend == candidate), []).append(row)
+        means = {True: {}, False: {}}
+        for (agent, is_candidate), jobs in sides.items():
+            means[is_candidate].update({(agent, task): mean for task, mean in
+                                        task_means(jobs, errors_count_as_zero=is_candidate).items()})
+        split = epoch_split(means[True], means[False])
+        within, between = split["within_one_epoch"], split["between"]
+        if within is None:
+            return None
+        return (within / (within + between) if within + between > 0 else 0.0), latest
+
+    return _ask(settings, read)
 
 
 def decision_power(settings: Settings, selection) -> dict[str, Any]:
@@ -57,30 +99,43 @@ def decision_power(settings: Settings, selection) -> dict[str, Any]:
     per_agent, per_pooled = error_shares(len(pairs) * len(selection.agents), len(pairs), rule.confidence)
     rows = []
     for candidate, baseline in pairs:
+        prior = prior_within_share(settings, candidate, baseline) if selection.epochs > 1 else None
+        within = (prior[0], f"run {prior[1]}") if prior else (rule.assumed_within_share, "assumed")
         accuracies = {}
         for agent in selection.agents:
             found = last_accuracy(settings, agent, settings.model_for(baseline, agent))
             accuracy, source = (found[0], f"run {found[1]}") if found else (rule.assumed_baseline_accuracy, "assumed")
             accuracies[agent] = accuracy
-            rows.append(_row(agent, candidate, baseline, tasks[agent], accuracy, source, per_agent, rule))
+            rows.append(_row(agent, candidate, baseline, tasks[agent], accuracy, source, per_agent, rule,
+                             selection.epochs, within))
         total = sum(tasks.values())
         pooled_accuracy = sum(accuracies[a] * tasks[a] for a in selection.agents) / total if total else None
         sources = {r["baseline_accuracy_source"] for r in rows if r["candidate"] == candidate and r["agent"] != POOLED}
         rows.append(_row(POOLED, candidate, baseline, total, pooled_accuracy,
-                         "assumed" if sources == {"assumed"} else "task-weighted over the agents", per_pooled, rule))
-    return {"power": 0.8, "confidence": rule.confidence, "assumed_loss_share": rule.assumed_loss_share,
-            "assumed_baseline_accuracy": rule.assumed_baseline_accuracy, "rows": rows}
+                         "assumed" if sources == {"assumed"} else "task-weighted over the agents", per_pooled, rule,
+                         selection.epochs, within))
+    return {"power": POWER, "confidence": rule.confidence, "assumed_loss_share": rule.assumed_loss_share,
+            "assumed_baseline_accuracy": rule.assumed_baseline_accuracy, "epochs": selection.epochs,
+            "assumed_within_share": rule.assumed_within_share, "rows": rows}
 
 
-def _row(agent, candidate, baseline, tasks, accuracy, source, alpha_each, rule) -> dict[str, Any]:
+def _row(agent, candidate, baseline, tasks, accuracy, source, alpha_each, rule, epochs: int = 1,
+         within: tuple[float, str] = (0.0, "assumed")) -> dict[str, Any]:
+    """`epochs` (k > 1): what k epochs per task buy against one (shared.epochs.epochs_gain), at
+    `within` = (the within-task share of one answer's paired variance, where it comes from)."""
     reachable, smallest = confirmable(tasks, accuracy, rule, alpha_each)
-    return {
+    row = {
         "agent": agent, "candidate": candidate, "baseline": baseline, "tasks": tasks,
         "baseline_accuracy": accuracy, "baseline_accuracy_source": source, "alpha_each": alpha_each,
         "can_ever_go": reachable,
         "smallest_confirmable_abs": smallest,
         "smallest_confirmable_rel": smallest / accuracy if smallest is not None and accuracy else None,
     }
+    if epochs > 1:
+        threshold = rule.min_improvement * accuracy if accuracy is not None else 0.0
+        row["with_epochs"] = {**epochs_gain(smallest, threshold, epochs, within[0], POWER, alpha_each),
+                              "within_share_source": within[1]}
+    return row
 
 
 def power_lines(power: dict) -> list[str]:
@@ -96,5 +151,14 @@ def power_lines(power: dict) -> list[str]:
             lines.append(f"{head}): cannot confirm any improvement at 80% power; {accuracy}")
         else:
             lines.append(f"{head}): confirms +{100 * r['smallest_confirmable_abs']:.1f} pp or more at 80% power; "
-                         f"{accuracy}")
+                         f"{accuracy}" + _epochs_words(r.get("with_epochs"), r["smallest_confirmable_abs"]))
     return lines
+
+
+def _epochs_words(gain: dict | None, one_epoch: float) -> str:
+    """What k epochs add to a row's power figure (none with one epoch)."""
+    if not gain or gain["smallest_confirmable_abs"] is None:
+        return ""
+    return (f"; with {gain['epochs']} epochs: +{100 * gain['smallest_confirmable_abs']:.1f} pp "
+            f"(power at +{100 * one_epoch:.1f} pp: {gain['power_at_one_epoch_figure']:.0%} instead of 80%), "
+            f"with {gain['within_share']:.0%} of one answer's variance within-task ({gain['within_share_source']})")

@@ -40,7 +40,8 @@ def status(
     if as_json:
         emit_json({k: v for k, v in snapshot.items() if k not in ("active", "report_ready")})
         return
-    table = Table(title=f"run {run_id}: {snapshot['status']}")
+    epochs = f" ({snapshot['epochs']} epochs per task)" if snapshot.get("epochs", 1) > 1 else ""
+    table = Table(title=f"run {run_id}: {snapshot['status']}{epochs}")
     statuses = [s.value for s in JobStatus]
     table.add_column("backend")
     for s in statuses:

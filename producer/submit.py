@@ -23,6 +23,7 @@ class Selection:
     agents: list[str]
     backends: list[str]
     limit: int | None
+    epochs: int = 1  # repeated trials per (agent, task, backend): one job and one paid call each
 
 
 def select_work(
@@ -72,7 +73,7 @@ def select_work(
         variable = key_env(provider, settings.backends[settings.judge.backend].api_key_env)
         if check_keys and variable not in os.environ:
             raise ConfigError(f"missing {variable} in the environment for the judge backend {settings.judge.backend!r}")
-    return Selection(loaded, chosen_agents, chosen_backends, limit)
+    return Selection(loaded, chosen_agents, chosen_backends, limit, settings.decision.epochs)
 
 
 def suite_reference(suite: Suite) -> str:
@@ -90,8 +91,9 @@ def record_run(settings: Settings, selection: Selection) -> tuple[str, list[tupl
     run_id = new_run_id()
     config = settings.snapshot()
     models = {(b, a): settings.model_for(b, a) for b in selection.backends for a in selection.agents}
-    jobs = [
-        new_job(settings, run_id, agent, task, backend, models[backend, agent])
+    jobs = [  # epoch outermost: a run halted part-way has whole epochs, and epoch 1 is published first
+        new_job(settings, run_id, agent, task, backend, models[backend, agent], epoch)
+        for epoch in range(1, selection.epochs + 1)
         for agent in selection.agents
         for task in selection.suite.tasks_for(agent, selection.limit)
         for backend in selection.backends
@@ -112,17 +114,22 @@ def record_run(settings: Settings, selection: Selection) -> tuple[str, list[tupl
         return run_id, [tuple(row) for row in rows]
 
 
-def new_job(settings: Settings, run_id: str, agent: str, task, backend: str, model: str) -> dict:
-    """A queued job's row, keyed by the request it will send (what reuse matches on)."""
+def new_job(settings: Settings, run_id: str, agent: str, task, backend: str, model: str, epoch: int = 1) -> dict:
+    """A queued job's row, keyed by the request it will send and its epoch (what reuse matches on)."""
     provider = settings.backends[backend].provider
     return {"run_id": run_id, "agent": agent, "task_id": task.id, "difficulty": task.difficulty, "backend": backend,
-            "provider": provider, "model": model, "status": JobStatus.queued, "attempts": 0,
-            "request_key": request_key(provider, job_request(settings, backend, model, task))}
+            "epoch": epoch, "provider": provider, "model": model, "status": JobStatus.queued, "attempts": 0,
+            "request_key": request_key(provider, job_request(settings, backend, model, task), epoch)}
 
 
 def with_reuse(settings: Settings) -> Settings:
     """`submit --reuse`: the run's config snapshot says so, and the workers read it from there."""
     return settings.model_copy(update={"reuse": settings.reuse.model_copy(update={"enabled": True})})
+
+
+def with_epochs(settings: Settings, epochs: int) -> Settings:
+    """`submit --epochs k`: the run's config snapshot says so, and its report reads it from there."""
+    return settings.model_copy(update={"decision": settings.decision.model_copy(update={"epochs": epochs})})
 
 
 def reuse_savings(settings: Settings, selection: Selection) -> dict:

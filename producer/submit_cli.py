@@ -26,15 +26,22 @@ def submit(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and estimate cost; enqueue nothing.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Show progress until the report exists.")] = False,
     reuse: Annotated[bool, typer.Option("--reuse", help="Take identical earlier ok answers instead of paying again.")] = False,
+    epochs: Annotated[Optional[int], typer.Option(
+        parser=number(int, ge=1, le=100),
+        help="Run each job K times, each its own paid call; a task scores its epochs' mean "
+             "(default: [decision] epochs).",
+    )] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Enqueue one job per (agent, task, backend) and print the run id."""
+    """Enqueue one job per (agent, task, backend, epoch) and print the run id."""
     from producer import submit as submitting
 
     try:
         settings = get_settings()
         if reuse:
             settings = submitting.with_reuse(settings)
+        if epochs is not None:
+            settings = submitting.with_epochs(settings, epochs)
         selection = submitting.select_work(
             settings, agents=agent or [], all_agents=all_agents, backends=backend or [], suite=suite, limit=limit,
             check_keys=not dry_run,
@@ -56,8 +63,10 @@ def submit(
         emit_json({"run_id": run_id, "jobs": len(jobs)})
         return
     if not as_json:
+        per_epoch = f" × {_count(selection.epochs, 'epoch')}" if selection.epochs > 1 else ""
         console.print(f"run [bold]{run_id}[/bold]: {len(jobs)} jobs enqueued "
-                      f"({_count(len(selection.agents), 'agent')} × {_count(len(selection.backends), 'backend')})")
+                      f"({_count(len(selection.agents), 'agent')} × {_count(len(selection.backends), 'backend')}"
+                      f"{per_epoch})")
     if wait:
         from producer.watch import wait_for_report
 
@@ -92,7 +101,9 @@ def _dry_run(settings, selection, as_json: bool) -> None:
     from shared.budget import BudgetGuard, estimate_run_cost
     from shared.calls import judge_worst_case
 
-    estimate = estimate_run_cost(settings, selection.suite, selection.agents, selection.backends, selection.limit)
+    estimate = estimate_run_cost(settings, selection.suite, selection.agents, selection.backends, selection.limit,
+                                 epochs=selection.epochs)
+    estimate["epochs"] = selection.epochs
     if settings.reuse.enabled:
         migrate(settings.database_url)
         _apply_reuse(estimate, submitting.reuse_savings(settings, selection))
@@ -111,7 +122,8 @@ def _dry_run(settings, selection, as_json: bool) -> None:
     if as_json:
         emit_json(estimate)
         return
-    table = Table(title=f"dry run: {estimate['jobs']} jobs (worst case: every answer uses max_tokens)")
+    per_epoch = f", {selection.epochs} epochs each" if selection.epochs > 1 else ""
+    table = Table(title=f"dry run: {estimate['jobs']} jobs{per_epoch} (worst case: every answer uses max_tokens)")
     reusing = "reuse" in estimate
     for column in ("backend", "jobs", *(("reused",) if reusing else ()), "input tokens", "output tokens", "cost USD"):
         table.add_column(column, justify="right" if column != "backend" else "left")
@@ -131,6 +143,13 @@ def _dry_run(settings, selection, as_json: bool) -> None:
         console.print("decision power (smallest improvement this suite confirms at 80% power, at the report's "
                       f"error shares; the candidate assumed to miss {estimate['decision_power']['assumed_loss_share']:.0%} "
                       "of the baseline's right answers):", highlight=False)
+        if selection.epochs > 1:
+            console.print(f"  with {selection.epochs} epochs per task: each task scores its epochs' mean; the gain "
+                          "takes the within-task (re-draw) share of one answer's paired variance from the candidate's "
+                          "newest run with epochs, else [decision] assumed_within_share "
+                          f"({estimate['decision_power']['assumed_within_share']:.0%}) "
+                          "(normal approximation on the one-epoch figure)",
+                          highlight=False, soft_wrap=True, markup=False)
         for line in power_lines(estimate["decision_power"]):
             console.print(f"  {line}", highlight=False, soft_wrap=True)
     fits = "fits" if estimate["within_budget"] else "does NOT fit"

@@ -39,7 +39,7 @@ def judge_request(settings: Settings, agent: str, task: Any, answer: str) -> tup
 
 
 def judge_worst_case(settings: Settings, selection: Any) -> dict[str, Any]:
-    """For the dry run: one judge call per judged job, each graded answer as long as its max_tokens."""
+    """For the dry run: one judge call per judged job (each epoch's), each graded answer as long as its max_tokens."""
     from shared.budget import worst_case_cost
     from shared.tokens import estimate_prompt_tokens
 
@@ -51,21 +51,25 @@ def judge_worst_case(settings: Settings, selection: Any) -> dict[str, Any]:
             for backend in selection.backends:
                 longest = " ".join(["word"] * max_output_tokens(settings, backend, task.max_tokens))
                 _, request = judge_request(settings, agent, task, longest)
-                calls += 1
-                cost += worst_case_cost(settings, request.model, estimate_prompt_tokens(request.prompt, request.system),
-                                        request.max_tokens)
+                calls += selection.epochs
+                cost += selection.epochs * worst_case_cost(
+                    settings, request.model, estimate_prompt_tokens(request.prompt, request.system), request.max_tokens)
     return {"calls": calls, "cost_usd": round(cost, 6)}
 
 
-def request_key(provider: str, request: ChatRequest) -> str:
+def request_key(provider: str, request: ChatRequest, epoch: int = 1) -> str:
     """A hash of everything that changes the answer (the timeout does not): equal keys mean the
     provider would receive the same request, so at temperature 0 it gives (nearly) the same answer.
     A backend's own endpoint is part of it (a local server's model is not the hosted one, even
-    under the same name); the provider's default endpoint is not, so older keys still match."""
+    under the same name); the provider's default endpoint is not, so older keys still match.
+    So is the repeated trial past the first (submit --epochs): a re-run reuses epoch i for epoch
+    i, and the epochs of one run never take each other's answer (each is its own draw)."""
     fields = {
         "v": REQUEST_KEY_VERSION, "provider": provider, "model": request.model, "system": request.system,
         "prompt": request.prompt, "max_tokens": request.max_tokens, "temperature": TEMPERATURE,
     }
     if request.base_url:
         fields["endpoint"] = request.base_url
+    if epoch != 1:
+        fields["epoch"] = epoch
     return hashlib.sha256(json.dumps(fields, sort_keys=True, ensure_ascii=False).encode()).hexdigest()

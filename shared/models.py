@@ -63,7 +63,8 @@ class Run(SQLModel, table=True):
 class Job(SQLModel, table=True):
     __tablename__ = "job"
     __table_args__ = (
-        UniqueConstraint("run_id", "agent", "task_id", "backend", name="uq_job_slot"),
+        # One row per repeated trial (submit --epochs k): epoch 1..k of the same (agent, task, backend).
+        UniqueConstraint("run_id", "agent", "task_id", "backend", "epoch", name="uq_job_slot"),
         # Covers "is any job of this run still active?" (after every job) and `producer
         # status`'s one grouped query, without reading the rows. The timestamps cost almost
         # nothing here: they change exactly when the status does, which moves the entry anyway.
@@ -76,6 +77,9 @@ class Job(SQLModel, table=True):
     task_id: str
     difficulty: str = "medium"
     backend: str
+    # Which repeated trial of its (agent, task, backend) this job is, 1..k (submit --epochs k):
+    # each its own paid call; the decision pairs the task's mean over its epochs.
+    epoch: int = Field(default=1, sa_column_kwargs={"server_default": text("1")})
     provider: str
     model: str
     status: str = Field(default=JobStatus.queued, index=True)

@@ -31,6 +31,7 @@ def run_snapshot(run_id: str) -> dict[str, Any]:
         finishes = [last for *_, last in rows if last is not None]
         first_start, last_finish = min(starts, default=None), max(finishes, default=None)
         run_status, created, total = run.status, run.created_at, run.total_jobs
+        epochs = int(((run.config or {}).get("decision") or {}).get("epochs") or 1)  # submit --epochs
         report = run.report_path if run.report_path and Path(run.report_path).exists() else None
         report_ready = run.report_path is not None  # possibly on another host: SQL holds it
         batches = run_batches(session, run_id)
@@ -44,7 +45,8 @@ def run_snapshot(run_id: str) -> dict[str, Any]:
     rate = finished / elapsed if elapsed > 0 else 0.0
     remaining = by_status["queued"] + by_status["running"]
     return {
-        "batches": batches, "run_id": run_id, "status": run_status, "total": total, "by_status": by_status, "by_backend": by_backend,
+        "batches": batches, "run_id": run_id, "status": run_status, "total": total, "epochs": epochs,
+        "by_status": by_status, "by_backend": by_backend,
         "spent_usd": round(float(spent), 6), "report": report, "report_ready": report_ready, "jobs_per_s": round(rate, 2),
         "eta_s": round(remaining / rate, 1) if rate and remaining else None, "active": remaining > 0,
     }

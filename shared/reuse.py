@@ -3,7 +3,7 @@ instead of paying again. The one rule for what may be reused lives here, for the
 takes an answer when it claims a job) and `submit --dry-run --reuse` (which counts the savings).
 
 What counts as an earlier answer: a job with the same request key (provider, model, system,
-prompt, max_tokens, temperature: shared.calls), status `ok`, that paid for its own answer (not
+prompt, max_tokens, temperature, and the epoch past the first: shared.calls), status `ok`, that paid for its own answer (not
 itself reused, so reuse never chains), finished within `max_age_days`, as simulated as the
 newest answer of the backend asking (a simulator's answer is never a real model's; whether an
 endpoint is the simulator is learnt from its answers, never asked). A new fine-tune has a new
@@ -109,7 +109,8 @@ def estimate_savings(session: Session, settings: Settings, selection: Any) -> di
                 request = job_request(settings, backend, model, task)
                 worst = worst_case_cost(settings, model, estimate_prompt_tokens(task.prompt, task.system),
                                         request.max_tokens)
-                planned.setdefault(request_key(provider, request), []).append((backend, worst))
+                for epoch in range(1, selection.epochs + 1):  # epoch i reuses epoch i
+                    planned.setdefault(request_key(provider, request, epoch), []).append((backend, worst))
     found: dict[tuple[str, bool], float] = {}
     keys = list(planned)
     since = oldest_allowed(settings.reuse.max_age_days)

@@ -97,6 +97,10 @@ def simulator_command(
         float, typer.Option(help="Share of batch result lines cut short (not JSON); billed all the same.")
     ] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of answers and fault draws.")] = DEFAULTS["seed"],
+    sampling: Annotated[str, typer.Option(
+        help="request: sampled above temperature 0 (absent: the provider's default); always: every answer a "
+             "fresh draw, whatever the temperature; never: every answer deterministic.",
+    )] = DEFAULTS["sampling"],
     suite: Annotated[str, typer.Option(help="Suite whose expected answers the models know.")] = DEFAULTS["suite"],
     fine_tunes: Annotated[
         Optional[Path],
@@ -127,6 +131,7 @@ def simulator_command(
         "batch_create_lost_as": batch_create_lost_as,
         "batch_corrupt_rate": batch_corrupt_rate,
         "seed": seed,
+        "sampling": sampling,
         "suite": suite,
     }
     if quality:

@@ -46,6 +46,10 @@ class SimulatorConfig(BaseModel):
       runs the batch either way; its creator never learns its id. batch_corrupt_rate: probability
       that a request's line of its batch's results is cut short (not JSON), on every read; a
       succeeded one is billed all the same.
+    - sampling: `request` (default): a request at temperature 0 is answered deterministically,
+      one above 0 (or without one: the provider's default) is a fresh draw (simulator/sampling.py);
+      `always`: every request is a fresh draw whatever its temperature; `never`: every request is
+      answered deterministically (to compare two paths that must give the same answers).
     - suite: the suites whose answers it knows, comma-separated names or folders.
     - fine_tunes: the Mistral fine-tuning jobs it lists (and the models they made), see
       simulator/finetune.py.
@@ -78,6 +82,7 @@ class SimulatorConfig(BaseModel):
     batch_create_lost_as: Literal["reset", "502", "timeout"] = "reset"
     batch_corrupt_rate: float = Rate
     seed: int = 7
+    sampling: Literal["request", "always", "never"] = "request"
     suite: str | None = "genesis-custom,genesis-judge"
     fine_tunes: list[FineTuneJob] = Field(default_factory=default_fine_tunes)
 

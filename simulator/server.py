@@ -29,6 +29,7 @@ from simulator.batches import BatchStore
 from simulator.config import SimulatorConfig, one_line
 from simulator.finetune import fine_tuning_route
 from simulator.ratelimit import Admission, RateLimiter
+from simulator.sampling import Sampler
 from simulator.stats import ServedStats
 from simulator.text import truncate_to_tokens
 from simulator.wire import (
@@ -70,6 +71,7 @@ class Simulator:
         self._oracle = Oracle(config.suite)
         self._limiter = RateLimiter(config.rpm, config.tpm)
         self._rng = random.Random(config.seed)
+        self._sampler = Sampler()
         self.batches = BatchStore(self)
 
     def update(self, **knobs: Any) -> SimulatorConfig:
@@ -89,6 +91,7 @@ class Simulator:
         with self._lock:
             self._limiter = RateLimiter(self.config.rpm, self.config.tpm)
             self._rng = random.Random(self.config.seed)
+        self._sampler.reset()
         self.stats.reset()
         self.batches.reset()
 
@@ -131,11 +134,12 @@ class Simulator:
     def completion(self, request: ChatRequest, config: SimulatorConfig | None = None,
                    oracle: Oracle | None = None) -> tuple[dict, Completion]:
         """The answer to a request and its body: one logic for realtime calls and batch requests,
-        so both give the same answer for the same seed, model and prompt."""
+        so both give the same answer for the same seed, model and prompt (at temperature 0)."""
         config, oracle = config or self.config, oracle or self._oracle
         max_tokens = request.max_tokens or config.default_max_tokens
         answer = oracle.answer(request.last_user_text, request.model, config.quality_for(request.model), config.seed,
-                               judge_garbage=self._judge_garbage(config), fixed=config.answer_for(request.model))
+                               judge_garbage=self._judge_garbage(config), fixed=config.answer_for(request.model),
+                               sample=self._sampler.draw_key(request, config.sampling))
         text, output_tokens, truncated = truncate_to_tokens(answer, max_tokens)
         billed = (round(request.prompt_tokens * config.usage_scale), round(output_tokens * config.usage_scale))
         completion = Completion(text, *billed, truncated)

@@ -31,6 +31,9 @@ class ChatRequest:
     last_user_text: str
     prompt_tokens: int
     max_tokens: int | None
+    # As the SDK sent them (None: absent, the provider's default applies; simulator.sampling).
+    temperature: float | None = None
+    seed: int | None = None  # OpenAI `seed`, Mistral `random_seed`
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,12 @@ def parse_chat_request(api: Api, body: object) -> ChatRequest:
         raise BadRequest("max_tokens: field required")
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
         raise BadRequest("max_tokens: must be a positive integer")
+    temperature, seed = body.get("temperature"), body.get("seed", body.get("random_seed"))
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                                    or not 0 <= temperature <= 2):
+        raise BadRequest("temperature: must be a number between 0 and 2")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise BadRequest("seed: must be an integer")
     texts = [text_of(message.get("content")) for message in messages]
     if api is Api.ANTHROPIC and body.get("system"):
         texts.insert(0, text_of(body["system"]))
@@ -75,6 +84,8 @@ def parse_chat_request(api: Api, body: object) -> ChatRequest:
         last_user_text=user_texts[-1] if user_texts else "",
         prompt_tokens=count_prompt_tokens(texts),
         max_tokens=max_tokens,
+        temperature=None if temperature is None else float(temperature),
+        seed=seed,
     )
 
 

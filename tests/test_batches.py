@@ -37,7 +37,8 @@ def answers(run_id: str) -> dict:
 
 
 def test_a_batch_run_answers_as_realtime_at_half_the_ledgered_cost(monkeypatch, batch_knobs, start_worker, simulator):
-    simulator.update(batch_delay_s=1.0)
+    # Greedy answers throughout: the Anthropic adapter sends no temperature (its default, 1.0, samples).
+    simulator.update(batch_delay_s=1.0, sampling="never")
     realtime_worker = start_worker("w1", concurrency=8)
     estimate = json.loads(producer("submit", "--all-agents", "--limit", "3", "--dry-run", "--json").stdout)
     realtime = submit("--all-agents", "--limit", "3")

@@ -149,7 +149,8 @@ def test_comparisons_pair_tasks_and_say_what_would_settle_them(mixed_run):
     assert qa["pairs_needed"] == 39
     assert "about 39 paired tasks would settle it at 80% power" in qa["headline"]
     assert [p["task_id"] for p in qa["pairs"]] == TASKS
-    assert qa["pairs"][3] == {"task_id": "t03", "candidate_score": 1.0, "baseline_score": 0.0}
+    assert qa["pairs"][3] == {"task_id": "t03", "candidate_score": 1.0, "baseline_score": 0.0,
+                              "candidate_epochs": [1.0], "baseline_epochs": [0.0]}
 
     legal = comparison(data, "legal")  # task t09 halted on the candidate: paired over 9 tasks
     assert legal["n"] == 9 and legal["tasks"] == 10

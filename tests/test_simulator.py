@@ -127,9 +127,9 @@ def test_openai_chat_is_strictly_valid_with_real_usage(sim: SimulatorHandle) -> 
 
 
 def test_usage_scale_bills_more_tokens_than_served_and_omit_usage_drops_the_block(sim: SimulatorHandle) -> None:
-    plain = ask_openai(openai_client(sim), "Say hello, please!")
+    plain = ask_openai(openai_client(sim), "Say hello, please!", temperature=0)  # greedy: the same answer
     sim.update(usage_scale=3.0)
-    scaled = ask_openai(openai_client(sim), "Say hello, please!")
+    scaled = ask_openai(openai_client(sim), "Say hello, please!", temperature=0)
     assert scaled.choices[0].message.content == plain.choices[0].message.content  # same answer, billed 3×
     assert scaled.usage.prompt_tokens == 3 * plain.usage.prompt_tokens
     assert scaled.usage.completion_tokens == 3 * plain.usage.completion_tokens
@@ -224,7 +224,8 @@ def test_quality_zero_answers_wrong_and_the_same_way_twice(sim: SimulatorHandle,
     client = Mistral(api_key="x", server_url=sim.url)
     for task in load_suite(str(suite_dir)).tasks:
         answers = [
-            client.chat.complete(model="open-mistral-7b", messages=[{"role": "user", "content": task.prompt}])
+            client.chat.complete(model="open-mistral-7b", messages=[{"role": "user", "content": task.prompt}],
+                                 temperature=0)  # greedy (Mistral's default, 0.7, samples)
             .choices[0]
             .message.content
             for _ in range(2)

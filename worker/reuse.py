@@ -55,8 +55,9 @@ def take_earlier_answer(task: Any, job: jobs.ClaimedJob, suite_task: Any, reques
     if not enabled:
         return None
     with session_scope() as session:
-        key = request_key(job.provider, request)
-        if key != session.get(Job, job.id).request_key:  # the config changed since submit: call
+        recorded = session.get(Job, job.id)
+        key = request_key(job.provider, request, recorded.epoch)
+        if key != recorded.request_key:  # the config changed since submit: call
             log.info("job %s: request differs from the one recorded at submit; not reused", job.id)
             return None
 

@@ -24,9 +24,10 @@ def estimate_run_cost(
     limit: int | None,
     *,
     guard: "BudgetGuard | None" = None,
+    epochs: int = 1,
 ) -> dict[str, Any]:
     """Batch backends at their batch price. An unpriced model raises ConfigError. With a guard, `remaining_usd` is what the live
-    budget has left, else the configured allowance."""
+    budget has left, else the configured allowance. `epochs`: every job runs that many times, each a paid call."""
     by_backend = {name: {"jobs": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0} for name in backends}
     for agent in agents:
         tasks = suite.tasks_for(agent, limit)
@@ -36,11 +37,11 @@ def estimate_run_cost(
             for task in tasks:
                 input_tokens = estimate_prompt_tokens(task.prompt, task.system)
                 output_tokens = max_output_tokens(settings, backend, task.max_tokens)
-                row["jobs"] += 1
-                row["input_tokens"] += input_tokens
-                row["output_tokens"] += output_tokens
-                row["cost_usd"] += worst_case_cost(settings, model, input_tokens, output_tokens,
-                                                   batch=settings.is_batch(backend))
+                row["jobs"] += epochs
+                row["input_tokens"] += input_tokens * epochs
+                row["output_tokens"] += output_tokens * epochs
+                row["cost_usd"] += epochs * worst_case_cost(settings, model, input_tokens, output_tokens,
+                                                            batch=settings.is_batch(backend))
     for row in by_backend.values():
         row["cost_usd"] = round(row["cost_usd"], 6)
     cost = round(sum(row["cost_usd"] for row in by_backend.values()), 6)

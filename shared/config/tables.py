@@ -149,6 +149,11 @@ class DecisionConfig(Strict):
     # a candidate is assumed to get wrong (a fine-tune mostly agrees with its base).
     assumed_baseline_accuracy: float = Field(default=0.6, gt=0, lt=1)
     assumed_loss_share: float = Field(default=0.05, ge=0, lt=1)
+    # Repeated trials (submit --epochs k): each job runs k times and a task scores the mean of
+    # its epochs. Before paying, the dry run assumes this share of a single answer's paired
+    # difference variance is within-task (re-draw) noise that more epochs average away.
+    epochs: int = Field(default=1, ge=1, le=100)
+    assumed_within_share: float = Field(default=0.5, ge=0, le=1)
     # Read by the sign-flip test this project used before the score test; accepted so that
     # config files and run snapshots that set them still load.
     resamples: int = Field(default=20_000, ge=1_000)

@@ -12,6 +12,7 @@ from shared.report import data as facts_
 from shared.report import decision as rule_
 from shared.report.costs import NOTHING, run_costs
 from shared.report.drilldown import disagreements
+from shared.report.epochs import epochs_section
 from shared.report.history import earlier_decisions
 from shared.report.warnings import warnings
 
@@ -53,6 +54,7 @@ def build_report_data(session: Session, run_id: str, *, partial: bool = False) -
         "power": [rule_.power_line(c) for c in comparisons],
         "earlier_decisions": earlier_decisions(session, run, comparisons),
         "comparisons": comparisons,
+        "epochs": epochs_section(facts, rule, comparisons),
         "backends": [facts_.backend_row(a, b, facts.by_pair[(a, b)], backend_config, facts.judge.get((a, b), NOTHING))
                      for a, b in facts.pairs],
         "by_backend": facts_.backend_summary(facts),

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any, Hashable
 
 from shared.config.tables import DecisionConfig
+from shared.epochs import TaskMean, task_means, variance_split
 from shared.models import JobStatus
 from shared.power import Truth, confirmable, tasks_needed
 from shared.report.data import RunFacts, answered
@@ -64,9 +65,9 @@ def comparisons(facts: RunFacts, rule: DecisionConfig, *, plan: bool = True) -> 
     for candidate, baseline in candidate_pairs(facts):
         pooled_candidate: dict[Hashable, Any] = {}
         pooled_baseline: dict[Hashable, Any] = {}
-        for agent in facts.agents:
-            cand = {j.task_id: j for j in facts.by_pair.get((agent, candidate), [])}
-            base = {j.task_id: j for j in facts.by_pair.get((agent, baseline), [])}
+        for agent in facts.agents:  # each task once, scored by the mean of its epochs (shared.epochs)
+            cand = task_means(facts.by_pair.get((agent, candidate), []), errors_count_as_zero=True)
+            base = task_means(facts.by_pair.get((agent, baseline), []), errors_count_as_zero=False)
             if not cand:
                 continue
             specs.append((agent, candidate, baseline, cand, base))
@@ -76,8 +77,29 @@ def comparisons(facts: RunFacts, rule: DecisionConfig, *, plan: bool = True) -> 
             specs.append((POOLED, candidate, baseline, pooled_candidate, pooled_baseline))
     pooled = sum(spec[0] == POOLED for spec in specs)
     per_agent, per_pooled = error_shares(len(specs) - pooled, pooled, rule.confidence)
-    return [compare(*spec, rule, alpha_each=per_pooled if spec[0] == POOLED else per_agent, plan=plan)
-            for spec in specs]
+    rows = []
+    for spec in specs:
+        row = compare(*spec, rule, alpha_each=per_pooled if spec[0] == POOLED else per_agent, plan=plan)
+        row["epochs"] = _epochs(row, spec[3], spec[4])
+        rows.append(row)
+    return rows
+
+
+def epoch_split(candidate: dict[Hashable, TaskMean], baseline: dict[Hashable, TaskMean]) -> dict[str, Any]:
+    """The variance split (shared.epochs.variance_split) over the tasks the decision pairs: the
+    candidate's counted epochs (an errored one as 0), the baseline's answered ones."""
+    paired = [key for key, _, _ in pairing(candidate, baseline)["pairs"]]
+    return variance_split([(tuple(v for v in candidate[k].epoch_scores if v is not None) or (0.0,),
+                            tuple(v for v in baseline[k].epoch_scores if v is not None)) for k in paired])
+
+
+def _epochs(row: dict, candidate: dict[Hashable, TaskMean], baseline: dict[Hashable, TaskMean]) -> dict[str, Any]:
+    """The comparison's variance split, and each paired task's epoch scores beside its mean in
+    `pairs` (report.json)."""
+    for pair in row.get("pairs", []):
+        pair["candidate_epochs"] = list(candidate[pair["task_id"]].epoch_scores)
+        pair["baseline_epochs"] = list(baseline[pair["task_id"]].epoch_scores)
+    return epoch_split(candidate, baseline)
 
 
 def pairing(candidate_jobs: dict, baseline_jobs: dict) -> dict[str, Any]:

@@ -45,6 +45,7 @@ def document(data: dict) -> list[tuple]:
         ("chart", "forest"),
         ("h2", "Candidate vs baseline"),
         _comparison_table(data),
+        *_epochs_blocks(data.get("epochs")),
         ("h2", "Per agent and backend"),
         ("p", "Accuracy is the mean score over ok jobs (n); latency percentiles interpolate "
               "linearly between ranks over ok jobs. Cost is inference only, the judge's calls are "
@@ -62,7 +63,9 @@ def document(data: dict) -> list[tuple]:
         _difficulty_table(data["by_difficulty"]),
         ("h2", "Where candidate and baseline disagree"),
         ("p", f"{len(data['disagreements'])} paired task(s) scored differently; the candidate's "
-              "losses first. Answers are cut to their start."),
+              "losses first. Answers are cut to their start"
+              + (" (with several epochs: the scores are task means, the answers the first epoch's)."
+                 if (data.get("epochs") or {}).get("k", 1) > 1 else ".")),
         ("drilldown", data["disagreements"]),
         ("h2", "Budget"),
         *_budget_blocks(data["budget"]),
@@ -95,6 +98,16 @@ def _decision_detail(data: dict) -> list[tuple]:
                     "lllllllr")]
     if history.get("notes"):
         blocks.append(("list", history["notes"]))
+    return blocks
+
+
+def _epochs_blocks(epochs: dict | None) -> list[tuple]:
+    """Repeated trials (submit --epochs k): nothing to say with one epoch (or an older report)."""
+    if not epochs or epochs["k"] <= 1:
+        return []
+    blocks: list[tuple] = [("h2", "Repeated trials"), ("p", epochs["summary"]), ("p", epochs["rule"])]
+    if epochs["lines"]:
+        blocks.append(("list", epochs["lines"]))
     return blocks
 
 

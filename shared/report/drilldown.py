@@ -24,6 +24,14 @@ def _prompts(suite_reference: str) -> dict[tuple[str, str], str]:
     return {(t.agent, t.id): t.prompt for t in suite.tasks}
 
 
+def _first_epochs(jobs: list[Any]) -> dict[str, Any]:
+    """Each task's first epoch (submit --epochs): whose answers are shown beside the task means."""
+    first: dict[str, Any] = {}
+    for job in sorted(jobs, key=lambda j: getattr(j, "epoch", 1) or 1):
+        first.setdefault(job.task_id, job)
+    return first
+
+
 def disagreements(session: Session, facts: RunFacts, comparisons: list[dict]) -> list[dict[str, Any]]:
     """Per agent comparison, every paired task whose two scores differ: the candidate worse
     first (what a deploy would lose), then better."""
@@ -31,8 +39,8 @@ def disagreements(session: Session, facts: RunFacts, comparisons: list[dict]) ->
     for c in comparisons:
         if c["agent"] == POOLED:
             continue
-        cand = {j.task_id: j for j in facts.by_pair.get((c["agent"], c["candidate"]), [])}
-        base = {j.task_id: j for j in facts.by_pair.get((c["agent"], c["baseline"]), [])}
+        cand = _first_epochs(facts.by_pair.get((c["agent"], c["candidate"]), []))
+        base = _first_epochs(facts.by_pair.get((c["agent"], c["baseline"]), []))
         for pair in c["pairs"]:
             delta = pair["candidate_score"] - pair["baseline_score"]
             if abs(delta) > 1e-12:
