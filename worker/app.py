@@ -28,6 +28,14 @@ def _fresh_connections_after_fork(**_kwargs) -> None:
     forget_inherited_connections()
 
 
+@signals.worker_process_init.connect
+def _beat_for_this_child(sender=None, **_kwargs) -> None:
+    """A prefork child holds the leases and reservations of the calls it makes (its own
+    incarnation, shared.fleet), so it keeps its own heartbeat: the child's death is seen even
+    while its parent beats on."""
+    recovery.beat_in_child(sender or "local")
+
+
 @signals.worker_init.connect
 def _return_freed_memory(**_kwargs) -> None:
     from worker.memory import return_freed_memory

@@ -161,13 +161,13 @@ def pay(task: Any, spec: PaidCall) -> Outcome:
     """Make `spec`'s call under every guard; returns its Outcome, or raises the Celery Retry
     that gives the job back (budget wait, rate-limit wait, a retryable failure)."""
     svc, job = services(), spec.job
-    node = task.request.hostname or "local"
+    holder = fleet.incarnation(task.request.hostname or "local")  # this process, as the claim named it
     key = call_key(job.id, spec.operation)
-    if not jobs.renew_lease(job, node, fleet.redis_now(svc.redis)):
+    if not jobs.renew_lease(job, holder, fleet.redis_now(svc.redis)):
         log.warning("job %s: no longer held by this delivery; %s not made", job.id, spec.what)
         return Outcome("lost")
     try:
-        call_id = svc.budget.reserve(key, spec.worst_case_usd, run_id=job.run_id, holder=f"{node}|{spec.model}")
+        call_id = svc.budget.reserve(key, spec.worst_case_usd, run_id=job.run_id, holder=f"{holder}|{spec.model}")
     except BudgetWait:  # room held by calls in flight: no call, not an attempt, no halt
         retry = task.hand_back(job.id, BUDGET_WAIT_S + random.uniform(0, BUDGET_WAIT_S), uncount=True)
         _best_effort(svc.budget.maybe_reconcile)  # a dead worker's reservation must not hold it forever

@@ -1,9 +1,10 @@
-"""Recovery without a human (design §10): every worker process keeps a heartbeat in Redis and
-takes its turn at a periodic sweep (one sweeper per interval across the fleet) that
+"""Recovery without a human (design §10): every worker process keeps a heartbeat in Redis for
+its incarnation (shared.fleet: a same-name restart or another prefork child is another holder,
+design §12) and takes its turn at a periodic sweep (one sweeper per interval across the fleet) that
 
 1. replays the paid-call journal into SQL (answers billed while the database was away); a
    replayed answer still waiting for its judge is handed back and published, to be judged;
-2. hands back jobs `running` on a node whose heartbeat stopped, or past their lease, and
+2. hands back jobs `running` on an incarnation whose heartbeat stopped, or past their lease, and
    re-publishes them (a dead worker's unacknowledged messages would otherwise wait for
    Redis' one-hour visibility timeout);
 3. re-publishes the queued jobs of runs whose messages Redis lost (no run marker);
@@ -69,13 +70,17 @@ def sweep(client: redis.Redis, settings: Settings) -> dict[str, int]:
 
 def _jobs_of_dead_runners(client: redis.Redis, settings: Settings,
                           grace_s: float) -> tuple[set[str], dict[str, list[tuple[int, str, str]]]]:
-    """Nodes without a heartbeat, and the running jobs handed back because their node is dead or
+    """Incarnations without a heartbeat, and the running jobs handed back because their holder is dead or
     their lease passed (journaled ones stay)."""
     now = fleet.redis_now(client)
-    dead = fleet.dead_nodes(client, lifecycle.running_workers() | fleet.known_nodes(client), grace_s)
+    from shared.budget import BudgetGuard
+    from shared.budget.reconcile import reservation_holders
+
+    held = reservation_holders(BudgetGuard(client, settings))  # a process that died mid-call holds one
+    dead = fleet.dead_nodes(client, lifecycle.running_holders() | fleet.known_nodes(client) | held, grace_s)
     lost = lifecycle.requeue_lost(now, lifecycle.lease_seconds(settings), dead, journal.pending_job_ids(client))
     if dead:
-        log.warning("nodes without a heartbeat: %s; %d of their jobs handed back", ", ".join(sorted(dead)), len(lost))
+        log.warning("holders without a heartbeat: %s; %d of their jobs handed back", ", ".join(sorted(dead)), len(lost))
     by_run: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
     for run_id, job_id, provider, backend in lost:
         by_run[run_id].append((job_id, provider, backend))
@@ -119,7 +124,9 @@ def _report_finished_runs(client: redis.Redis, busy: set[str], grace_s: float) -
 
 
 class Recovery:
-    """The heartbeat and sweep threads of one worker process, stopped (and joined) by stop()."""
+    """The heartbeat and sweep threads of one worker process, stopped (and joined) by stop().
+    The heartbeat keeps this process's incarnation (shared.fleet.incarnation) alive, so only
+    the process holding a lease or a reservation can vouch for it."""
 
     def __init__(self, hostname: str, settings: Settings | None = None) -> None:
         self.hostname = hostname
@@ -128,11 +135,13 @@ class Recovery:
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
 
-    def start(self) -> None:
+    def start(self, *, sweeps: bool = True) -> None:
+        """`sweeps=False`: the heartbeat only (a prefork child; its parent sweeps)."""
         rec = self.settings.recovery
         lifecycle.use_clock(lambda: fleet.redis_now(self.client))  # a replay's finished_at, on the leases' clock
         self._loop("heartbeat", rec.heartbeat_interval_s, self._beat)
-        self._loop("sweep", rec.sweep_interval_s / 2, self._maybe_sweep)
+        if sweeps:
+            self._loop("sweep", rec.sweep_interval_s / 2, self._maybe_sweep)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Ends both loops; a sweep in progress finishes first (up to timeout_s)."""
@@ -142,7 +151,7 @@ class Recovery:
         self.threads.clear()
 
     def _beat(self) -> None:
-        fleet.beat(self.client, self.hostname, self.settings.recovery.heartbeat_ttl_s)
+        fleet.beat(self.client, fleet.incarnation(self.hostname), self.settings.recovery.heartbeat_ttl_s)
 
     def _maybe_sweep(self) -> None:
         if fleet.take_sweep_turn(self.client, self.hostname, self.settings.recovery.sweep_interval_s):
@@ -169,7 +178,8 @@ class Recovery:
 
 class RecoveryStep(bootsteps.StartStopStep):
     """Each worker (its main process, under any pool) beats and sweeps while it runs; registered
-    on the app by worker/app.py. Starts before the consumer connects, stops at shutdown."""
+    on the app by worker/app.py. Starts before the consumer connects, stops at shutdown. A
+    prefork child beats for itself (beat_in_child): it, not its parent, holds its calls."""
 
     requires = {"celery.worker.components:Pool"}
 
@@ -187,3 +197,11 @@ class RecoveryStep(bootsteps.StartStopStep):
             self.recovery = None
 
     shutdown = stop
+
+
+def beat_in_child(hostname: str) -> Recovery:
+    """A prefork child's own heartbeat (worker_process_init): a daemon thread of the child, so it
+    stops when the child dies even while its parent lives on."""
+    recovery = Recovery(hostname)
+    recovery.start(sweeps=False)
+    return recovery
