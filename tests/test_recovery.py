@@ -196,3 +196,34 @@ def test_a_failing_sweep_step_does_not_skip_the_others(fast_recovery, genesis, r
     client = redis.Redis.from_url(redis_url)
     assert unknown.cost_usd == 0.5 and _held_reservations(client) == 0 and failures
     assert holder not in fleet.known_nodes(client)  # batches have nothing to do with it: forgotten
+
+
+def test_a_release_that_failed_under_a_live_worker_is_retried_at_its_next_heartbeat(genesis, redis_url,
+                                                                                    monkeypatch):
+    """Review M8: a best-effort release that met a Redis blip held its budget until the worker
+    died (reconcile leaves a live holder's reservation alone). The process that failed to
+    release it now releases it at its next heartbeat."""
+    from shared.budget import BudgetGuard
+    from shared.budget.recorded import call_key
+    from shared.config import get_settings
+    from worker.paid_call import Services, _Holds
+    from worker.recovery import Recovery
+
+    client = redis.Redis.from_url(redis_url)
+    budget = BudgetGuard(client, get_settings())
+    key = call_key(7, "inference")
+    call_id = budget.reserve(key, 0.25, holder="w1@host|gpt-4o-mini")  # a live worker's
+    release = BudgetGuard.release
+
+    def blip(guard, *args):
+        raise redis.ConnectionError("Connection reset by peer")
+
+    monkeypatch.setattr(BudgetGuard, "release", blip)
+    _Holds(Services(redis=client, limiter=None, budget=budget), key, call_id).release()  # a call not made
+    assert _held_reservations(client) == 1  # best effort: the job went on
+    with pytest.raises(redis.ConnectionError):  # its loop logs it; kept for the next beat
+        Recovery("w1@host")._beat()
+    assert _held_reservations(client) == 1
+    monkeypatch.setattr(BudgetGuard, "release", release)
+    Recovery("w1@host")._beat()  # Redis is back
+    assert _held_reservations(client) == 0

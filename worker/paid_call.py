@@ -59,6 +59,7 @@ from shared.limiter import Permit, RateLimiter
 from shared.providers import ChatRequest, ChatResponse, ProviderError, complete
 from shared.providers.deadline import helper_threads
 from shared.retry import backoff_delay, retry_after_from_headers
+from worker import unreleased
 from worker.halt import halt_on_refusal
 
 log = logging.getLogger("genesis.paid_call")
@@ -321,7 +322,12 @@ class _Holds:
             return
         self.release_permit()
         if not self.done:
-            _best_effort(self.svc.budget.release, self.key, self.call_id)
+            try:
+                self.svc.budget.release(self.key, self.call_id)
+            except Exception as exc:  # noqa: BLE001 - a Redis blip: this process's next heartbeat retries it
+                log.warning("releasing call %s of %s failed (%s: %s); retried at the next heartbeat",
+                            self.call_id, self.key, type(exc).__name__, exc)
+                unreleased.remember(self.key, self.call_id)
             self.done = True
 
 

@@ -36,6 +36,7 @@ from celery import bootsteps
 from shared import fleet, journal, lifecycle
 from shared.config import Settings, get_settings
 from shared.messaging import all_queues, publish_jobs
+from worker import unreleased
 
 log = logging.getLogger("genesis.recovery")
 
@@ -174,7 +175,8 @@ def _report_finished_runs(client: redis.Redis, busy: set[str], grace_s: float) -
 class Recovery:
     """The heartbeat and sweep threads of one worker process, stopped (and joined) by stop().
     The heartbeat keeps this process's incarnation (shared.fleet.incarnation) alive, so only
-    the process holding a lease or a reservation can vouch for it."""
+    the process holding a lease or a reservation can vouch for it; after each beat it releases
+    what failed to release here (worker/unreleased.py)."""
 
     def __init__(self, hostname: str, settings: Settings | None = None) -> None:
         self.hostname = hostname
@@ -182,6 +184,7 @@ class Recovery:
         self.client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
+        self._budget = None  # made on first need: most beats have nothing to release
 
     def start(self, *, sweeps: bool = True) -> None:
         """`sweeps=False`: the heartbeat only (a prefork child; its parent sweeps)."""
@@ -200,6 +203,12 @@ class Recovery:
 
     def _beat(self) -> None:
         fleet.beat(self.client, fleet.incarnation(self.hostname), self.settings.recovery.heartbeat_ttl_s)
+        if unreleased.pending():
+            if self._budget is None:
+                from shared.budget import BudgetGuard
+
+                self._budget = BudgetGuard(self.client, self.settings)
+            unreleased.release(self._budget)
 
     def _maybe_sweep(self) -> None:
         if fleet.take_sweep_turn(self.client, self.hostname, self.settings.recovery.sweep_interval_s):
