@@ -247,21 +247,23 @@ def _one_call_killed(simulator, redis_url: str, run_id: str, fault: str, app) ->
     no_reservation_left(redis_url)
 
 
+@pytest.mark.parametrize("pool", ["threads", "solo"])
 def test_a_worker_restarted_under_its_own_name_mid_call_has_that_call_ledgered_and_its_reservation_freed(
-        fast_recovery, start_worker, simulator, redis_url):
+        fast_recovery, start_worker, simulator, redis_url, pool):
     """systemd, `docker compose restart` or a container keeping its hostname: the same `-n`, at
     once. The new process is another holder, so the old one's call is seen as dead (design §12)."""
     from worker.app import app
 
     simulator.update(latency_ms=6000)
-    doomed = start_worker("w1", concurrency=2)
+    doomed = start_worker("w1", concurrency=2, pool=pool)
     run_id = submit("--agent", "qa", "--backend", "openai", "--limit", "1")
     wait_for(lambda: simulator.stats()["in_flight"] == 1, timeout=30, what="the call in flight on w1")
     assert running_on(run_id, doomed.hostname)
     doomed.kill()
-    start_worker("w1", concurrency=2)  # the same node name, at once
+    start_worker("w1", concurrency=2, pool=pool)  # the same node name, at once
     simulator.update(latency_ms=20)
-    _one_call_killed(simulator, redis_url, run_id, "worker SIGKILLed mid-call, restarted under its name", app)
+    _one_call_killed(simulator, redis_url, run_id, f"{pool} worker SIGKILLed mid-call, restarted under its name",
+                     app)
 
 
 def test_a_prefork_child_killed_mid_call_while_its_parent_lives_has_that_call_ledgered(
