@@ -64,7 +64,6 @@ def _seconds(client: redis.Redis) -> float:
 
 # pid → this process's incarnation: a child forked after the parent minted its own finds no entry.
 _incarnations: dict[int, str] = {}
-INCARNATION_MARK = "/"  # node name / pid.token (a holder is `<incarnation>|<model>`: no `|` in it)
 
 
 def incarnation(node: str) -> str:
@@ -74,13 +73,8 @@ def incarnation(node: str) -> str:
     pid = os.getpid()
     mine = _incarnations.get(pid)
     if mine is None:
-        mine = _incarnations[pid] = f"{node.replace('|', '_')}{INCARNATION_MARK}{pid}.{secrets.token_hex(4)}"
+        mine = _incarnations[pid] = f"{node.replace('|', '_')}/{pid}.{secrets.token_hex(4)}"  # `|` ends it in a holder
     return mine
-
-
-def node_of(holder: str) -> str:
-    """The node name of an incarnation (a holder written before incarnations is its own node)."""
-    return holder.rsplit(INCARNATION_MARK, 1)[0] if INCARNATION_MARK in holder else holder
 
 
 def beat(client: redis.Redis, holder: str, ttl_s: float) -> None:

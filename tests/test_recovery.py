@@ -227,3 +227,18 @@ def test_a_release_that_failed_under_a_live_worker_is_retried_at_its_next_heartb
     monkeypatch.setattr(BudgetGuard, "release", release)
     Recovery("w1@host")._beat()  # Redis is back
     assert _held_reservations(client) == 0
+
+
+def test_each_process_is_its_own_incarnation(monkeypatch):
+    """Minted once per process; a forked child (another pid) mints its own, under the same node."""
+    import os
+
+    from shared import fleet
+
+    mine = fleet.incarnation("w1@host")
+    assert fleet.incarnation("w1@host") == mine and mine.startswith(f"w1@host/{os.getpid()}.")
+    monkeypatch.setattr(os, "getpid", lambda: 4242)  # as in a prefork child
+    child = fleet.incarnation("w1@host")
+    assert child != mine and child.startswith("w1@host/4242.")
+    monkeypatch.setattr(os, "getpid", lambda: 4343)
+    assert fleet.incarnation("odd|name").startswith("odd_name/4343.")  # a holder is `<incarnation>|<model>`
