@@ -62,8 +62,9 @@ def _seconds(client: redis.Redis) -> float:
     return seconds + micros / 1e6
 
 
-# pid → this process's incarnation: a child forked after the parent minted its own finds no entry.
-_incarnations: dict[int, str] = {}
+# (pid, node) → this process's incarnation: a child forked after the parent minted its own
+# finds no entry (a worker process serves one node name; tests may play several in one process).
+_incarnations: dict[tuple[int, str], str] = {}
 
 
 def incarnation(node: str) -> str:
@@ -71,9 +72,9 @@ def incarnation(node: str) -> str:
     `<node>/<pid>.<token>` (the node name stays readable in logs; the token tells apart two
     processes that got the same pid, e.g. in two containers of one hostname)."""
     pid = os.getpid()
-    mine = _incarnations.get(pid)
+    mine = _incarnations.get((pid, node))
     if mine is None:
-        mine = _incarnations[pid] = f"{node.replace('|', '_')}/{pid}.{secrets.token_hex(4)}"  # `|` ends it in a holder
+        mine = _incarnations[(pid, node)] = f"{node.replace('|', '_')}/{pid}.{secrets.token_hex(4)}"  # `|` ends it
     return mine
 
 
