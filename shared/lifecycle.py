@@ -90,7 +90,8 @@ _TAKE = (
     .where(or_(_JOBS.c.status == JobStatus.queued, running_claimed_before(bindparam("stale_before"))))
     .where(_JOBS.c.run_id.in_(select(_RUNS.c.id).where(_RUNS.c.status != RunStatus.cancelled)))
     .values(status=JobStatus.running, started_at=bindparam("now"), worker=bindparam("worker"),
-            holder=bindparam("holder"), attempts=_JOBS.c.attempts + 1, provider_batch_id=None)  # a resumed job's old batch no longer holds it
+            holder=bindparam("holder"), attempts=_JOBS.c.attempts + 1,
+            provider_batch_id=None)  # a resumed job's old batch no longer holds it
     .returning(_JOBS.c.id, _JOBS.c.run_id, _JOBS.c.agent, _JOBS.c.task_id, _JOBS.c.backend, _JOBS.c.provider,
                _JOBS.c.model, _JOBS.c.attempts,
                select(_RUNS.c.suite).where(_RUNS.c.id == _JOBS.c.run_id).scalar_subquery().label("suite"),
