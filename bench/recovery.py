@@ -1,6 +1,6 @@
 """Runs that finish by themselves: inject one fault mid-run, do nothing else, and measure.
 
-    python bench/recovery.py [--fault sigkill|postgres|flushdb|sigterm|all] [--fast]
+    python bench/recovery.py [--fault sigkill|restart|postgres|flushdb|sigterm|all] [--fast]
 
 Each fault runs the issue's shape: 2 workers × 8 threads, 200 jobs (5 agents × 20 tasks ×
 mistral-base + mistral-ft) against the simulator in this process, Redis db
@@ -9,14 +9,16 @@ GENESIS_TEST_POSTGRES_URL (its tables are dropped and recreated; only that datab
 refuse connections). The fault is injected once 40 jobs are ok:
 
 - sigkill: w1's whole process group gets SIGKILL (1 s calls);
+- restart: the same, and w1 is started again at once under its own name (systemd, a container
+  keeping its hostname): a new incarnation, so the old one's calls are seen dead (1 s calls);
 - postgres: the database refuses and drops connections for 6 s (300 ms calls);
 - flushdb: the Redis db loses everything (300 ms calls);
 - sigterm: w1 gets SIGTERM (warm shutdown) and w2 finishes the rest (1 s calls).
 
 Printed per fault: seconds from the fault until the run's report exists, jobs called more than
 once (and how many were in flight on the faulted worker), ledger entries vs calls the simulator
-served with 200, ledger entries without a job. Default recovery timings unless --fast (the
-tests' timings, tests.support.env.FAST_RECOVERY).
+served with 200, ledger entries without a job (of which outcome unknown). Default recovery
+timings unless --fast (the tests' timings, tests.support.env.FAST_RECOVERY).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from tests.support.waiting import wait_for  # noqa: E402
 from bench.parts import prepare_this_process  # noqa: E402
 from tests.support.workers import WorkerProcess  # noqa: E402
 
-FAULTS = {"sigkill": 1000, "postgres": 300, "flushdb": 300, "sigterm": 1000}  # simulator latency, ms
+FAULTS = {"sigkill": 1000, "restart": 1000, "postgres": 300, "flushdb": 300, "sigterm": 1000}  # simulator ms
 OPEN_LIMITS = {"GENESIS_LIMITS__MISTRAL__RPM": "1000000", "GENESIS_LIMITS__MISTRAL__TPM": "1000000000",
                "GENESIS_LIMITS__MISTRAL__MAX_IN_FLIGHT": "1000"}
 FAULT_AFTER_OK = 40
@@ -81,15 +83,18 @@ def run_fault(fault: str, *, redis_url: str, postgres_url: str, simulator, tmp: 
         faulted = workers[0]
         in_flight = running_on(run_id, faulted.hostname)
         fault_at = time.monotonic()
-        if fault == "sigkill":
+        if fault in ("sigkill", "restart"):
             faulted.kill()
+            in_flight |= running_on(run_id, faulted.hostname)
+        if fault == "restart":  # the same -n, at once
+            workers.append(WorkerProcess(env, name=faulted.name, concurrency=8, log_path=tmp / f"{fault}1b.log"))
+            workers[-1].wait_ready(app)
         elif fault == "sigterm":
             faulted.stop(timeout=60)
         elif fault == "flushdb":
             redis.Redis.from_url(redis_url).flushdb()
-        else:
+        elif fault == "postgres":
             postgres_outage(database_url, 6.0)
-        in_flight = running_on(run_id, faulted.hostname) | in_flight if fault == "sigkill" else in_flight
 
         snap = wait_until_reported(run_id, timeout=600)
         done_at = time.monotonic()
@@ -99,6 +104,7 @@ def run_fault(fault: str, *, redis_url: str, postgres_url: str, simulator, tmp: 
             "run_s": done_at - started, "recover_s": done_at - fault_at, "in_flight": len(in_flight),
             "repeated": len(ledger["repeated"]), "repeated_in_flight": len(ledger["repeated"] & in_flight),
             "entries": ledger["entries"], "unattached": ledger["unattached"], "served": served_ok(simulator),
+            "unknown": ledger["unknown"],
         }
     finally:
         for worker in workers:
@@ -133,11 +139,11 @@ def main() -> None:
     print(f"\nrecovery, 2 workers x 8 threads, 200 jobs, fault after {FAULT_AFTER_OK} ok, "
           f"{'fast (test)' if opts.fast else 'default'} recovery timings")
     print(f"{'fault':>9} {'status':>10} {'ok':>4} {'run s':>6} {'fault->report s':>15} {'in flight':>9} "
-          f"{'repeated':>8} {'(of in flight)':>14} {'ledger':>6} {'served 200':>10} {'unattached':>10}")
+          f"{'repeated':>8} {'(of in flight)':>14} {'ledger':>6} {'served 200':>10} {'unattached':>10} {'unknown':>7}")
     for r in rows:
         print(f"{r['fault']:>9} {r['status']:>10} {r['ok']:>4} {r['run_s']:>6.1f} {r['recover_s']:>15.1f} "
               f"{r['in_flight']:>9} {r['repeated']:>8} {r['repeated_in_flight']:>14} {r['entries']:>6} "
-              f"{r['served']:>10} {r['unattached']:>10}")
+              f"{r['served']:>10} {r['unattached']:>10} {r['unknown']:>7}")
     print("\nin flight = jobs SQL showed running on the faulted worker (w1) at the fault; repeated = jobs "
           "called more than once (attempts > 1); ledger = cost_entry rows of the run; served 200 = calls the "
           "simulator answered with 200 (billed).")

@@ -60,10 +60,11 @@ class StallWatch:
         parts = []
         try:
             with session_scope() as session:
-                rows = session.exec(select(Job.id, Job.status, Job.worker).where(Job.run_id == self.run_id)).all()
-            running = Counter(w for _, s, w in rows if s == JobStatus.running)
-            running_ids = {i for i, s, _ in rows if s == JobStatus.running}
-            queued = sum(1 for _, s, _ in rows if s == JobStatus.queued)
+                rows = session.exec(select(Job.id, Job.status, Job.worker, Job.holder)
+                                    .where(Job.run_id == self.run_id)).all()
+            running = Counter((w, h or w) for _, s, w, h in rows if s == JobStatus.running)  # (node, incarnation)
+            running_ids = {i for i, s, _, _ in rows if s == JobStatus.running}
+            queued = sum(1 for _, s, _, _ in rows if s == JobStatus.queued)
         except Exception as exc:  # noqa: BLE001
             return f"the database is not answering ({type(exc).__name__}); workers journal paid answers meanwhile"
         try:
@@ -72,7 +73,10 @@ class StallWatch:
             journaled = journal.pending_job_ids(client)
         except redis.RedisError as exc:
             return f"Redis is not answering ({type(exc).__name__}): no worker can take jobs until it is back"
-        dead = {node: n for node, n in running.items() if node not in alive}
+        dead = Counter()
+        for (node, holder), n in running.items():
+            if holder not in alive:
+                dead[node] += n
         if dead:
             who = "being handed back by the recovery sweep" if alive else "handed back once a worker runs the sweep"
             parts.append(", ".join(f"{n} job(s) of {node} (no heartbeat)" for node, n in dead.items()) + f" {who}")

@@ -5,7 +5,11 @@ loses it, and a missing key is only believed after it has stayed missing for a w
 - Clock: Redis `TIME`, so leases are judged on one timeline whatever the hosts' clocks say.
   A process reads it at most every CLOCK_RESYNC_S and counts on its monotonic clock between
   reads (a job's claim needs "now": one round trip less per job, a few ms of error at most).
-- Heartbeats: `genesis:node:<hostname>` with a short TTL, refreshed by each worker process.
+- Identity: each process that makes paid calls is one *incarnation* (node name, pid and a random
+  token, minted once per process: a forked child mints its own). It holds the leases of the jobs
+  it runs and the reservations of its calls, so a worker restarted under the same `-n`, or a
+  prefork child replaced by its parent, is a new holder and the old one is seen dead (design §12).
+- Heartbeats: `genesis:node:<incarnation>` with a short TTL, refreshed by that process itself.
 - Run markers: `genesis:run:<run_id>` written when a run's messages are published; a run in
   flight without one lost its queued messages (Redis was flushed or replaced).
 - Missing since: the sweeper notes when it first saw a heartbeat or a marker missing, and acts
@@ -14,6 +18,8 @@ loses it, and a missing key is only believed after it has stayed missing for a w
 
 from __future__ import annotations
 
+import os
+import secrets
 import time
 from datetime import datetime, timezone
 
@@ -56,19 +62,37 @@ def _seconds(client: redis.Redis) -> float:
     return seconds + micros / 1e6
 
 
-def beat(client: redis.Redis, hostname: str, ttl_s: float) -> None:
+# (pid, node) → this process's incarnation: a child forked after the parent minted its own
+# finds no entry (a worker process serves one node name; tests may play several in one process).
+_incarnations: dict[tuple[int, str], str] = {}
+
+
+def incarnation(node: str) -> str:
+    """This process's identity as a holder of leases and reservations, minted on first use:
+    `<node>/<pid>.<token>` (the node name stays readable in logs; the token tells apart two
+    processes that got the same pid, e.g. in two containers of one hostname)."""
+    pid = os.getpid()
+    mine = _incarnations.get((pid, node))
+    if mine is None:
+        mine = _incarnations[(pid, node)] = f"{node.replace('|', '_')}/{pid}.{secrets.token_hex(4)}"  # `|` ends it
+    return mine
+
+
+def beat(client: redis.Redis, holder: str, ttl_s: float) -> None:
     pipe = client.pipeline(transaction=False)
-    pipe.set(NODE_PREFIX + hostname, "1", px=int(ttl_s * 1000))
-    pipe.sadd(NODES_KEY, hostname)
+    pipe.set(NODE_PREFIX + holder, "1", px=int(ttl_s * 1000))
+    pipe.sadd(NODES_KEY, holder)
     pipe.execute()
 
 
 def known_nodes(client: redis.Redis) -> set[str]:
-    """Every node that has beaten since Redis last lost everything (dead ones until dropped)."""
+    """Every incarnation that has beaten since Redis last lost everything (dead ones until
+    dropped, which the sweep does only once their reconcile committed)."""
     return {name.decode() for name in client.smembers(NODES_KEY)}
 
 
 def drop_nodes(client: redis.Redis, names: set[str]) -> None:
+    """Forget dead incarnations: only after everything they held was handed back and reconciled."""
     if names:
         client.srem(NODES_KEY, *sorted(names))
 
@@ -106,8 +130,8 @@ def gone_for(client: redis.Redis, kind: str, names: set[str], prefix: str, grace
     return lasting(client, kind, missing, grace_s)
 
 
-def dead_nodes(client: redis.Redis, hostnames: set[str], grace_s: float) -> set[str]:
-    return gone_for(client, "node", hostnames, NODE_PREFIX, grace_s)
+def dead_nodes(client: redis.Redis, holders: set[str], grace_s: float) -> set[str]:
+    return gone_for(client, "node", holders, NODE_PREFIX, grace_s)
 
 
 def runs_without_messages(client: redis.Redis, run_ids: set[str], grace_s: float) -> set[str]:

@@ -69,6 +69,7 @@ class ClaimedJob:
     model: str
     attempts: int
     suite: str
+    holder: str = ""  # the process incarnation that claimed it (shared.fleet.incarnation)
 
 
 class Claim:
@@ -89,10 +90,12 @@ _TAKE = (
     .where(or_(_JOBS.c.status == JobStatus.queued, running_claimed_before(bindparam("stale_before"))))
     .where(_JOBS.c.run_id.in_(select(_RUNS.c.id).where(_RUNS.c.status != RunStatus.cancelled)))
     .values(status=JobStatus.running, started_at=bindparam("now"), worker=bindparam("worker"),
-            attempts=_JOBS.c.attempts + 1, provider_batch_id=None)  # a resumed job's old batch no longer holds it
+            holder=bindparam("holder"), attempts=_JOBS.c.attempts + 1,
+            provider_batch_id=None)  # a resumed job's old batch no longer holds it
     .returning(_JOBS.c.id, _JOBS.c.run_id, _JOBS.c.agent, _JOBS.c.task_id, _JOBS.c.backend, _JOBS.c.provider,
                _JOBS.c.model, _JOBS.c.attempts,
-               select(_RUNS.c.suite).where(_RUNS.c.id == _JOBS.c.run_id).scalar_subquery().label("suite"))
+               select(_RUNS.c.suite).where(_RUNS.c.id == _JOBS.c.run_id).scalar_subquery().label("suite"),
+               _JOBS.c.holder)
 )
 # conditional, so a concurrent cancel still wins
 _RUN_STARTS = (update(_RUNS).where(_RUNS.c.id == bindparam("run_id"), _RUNS.c.status == RunStatus.queued)
@@ -101,13 +104,16 @@ _RECORD_COST = insert(CostEntry.__table__)
 _RECORD_OK = update(_JOBS).where(_JOBS.c.id == bindparam("job_id"))
 
 
-def claim(job_id: int, worker: str, now: datetime, lease_s: float) -> tuple[str, ClaimedJob | Job | None]:
+def claim(job_id: int, worker: str, now: datetime, lease_s: float,
+          holder: str | None = None) -> tuple[str, ClaimedJob | Job | None]:
     """Take a queued job (or one whose runner died: running past its lease, by `stale_running`'s
     rule), counting the attempt; a delivery that then makes no call gives it back with
-    `requeue(uncount=True)`. The usual case (taken) is one transaction of two statements."""
+    `requeue(uncount=True)`. `worker` is the node name (for people), `holder` the process
+    incarnation that holds the lease (default: the node name). The usual case (taken) is one
+    transaction of two statements."""
     with get_engine().begin() as conn:
         taken = conn.execute(_TAKE, {"job_id": job_id, "stale_before": now - timedelta(seconds=lease_s),
-                                     "now": now, "worker": worker}).one_or_none()
+                                     "now": now, "worker": worker, "holder": holder or worker}).one_or_none()
         if taken is not None:
             conn.execute(_RUN_STARTS, {"run_id": taken.run_id})
             return Claim.TAKEN, ClaimedJob(**taken._asdict())
@@ -127,14 +133,14 @@ def _update_running(job_id: int, **values) -> None:
         conn.execute(update(_JOBS).where(_JOBS.c.id == job_id, _JOBS.c.status == JobStatus.running).values(**values))
 
 
-def renew_lease(job: ClaimedJob, worker: str, now: datetime) -> bool:
+def renew_lease(job: ClaimedJob, holder: str, now: datetime) -> bool:
     """Before each paid call of a job: its lease starts again, so a job of two calls (answer,
     then judge) is never taken from a live runner. False when this claim no longer holds the
     job (another delivery took it past its lease, or it is final): make no call."""
     with get_engine().begin() as conn:
         return conn.execute(
             update(_JOBS).where(_JOBS.c.id == job.id, _JOBS.c.status == JobStatus.running,
-                                _JOBS.c.worker == worker, _JOBS.c.attempts == job.attempts)
+                                _JOBS.c.holder == holder, _JOBS.c.attempts == job.attempts)
             .values(started_at=now)
         ).rowcount == 1
 
@@ -240,24 +246,24 @@ def finish_judged(job: ClaimedJob, entry: CostEntry, *, score: float, detail: st
         return False
 
 
-def running_workers() -> set[str]:
-    """The nodes that SQL says are running a job of a run in flight (what the sweep checks)."""
+def running_holders() -> set[str]:
+    """The incarnations that SQL says are running a job of a run in flight (what the sweep checks)."""
     with session_scope() as session:
         rows = session.exec(
-            select(Job.worker).distinct()
+            select(Job.holder).distinct()
             .where(Job.status == JobStatus.running, Job.run_id.in_(_in_flight_run_ids()))
         ).all()
     return {w for w in rows if w}
 
 
-def requeue_lost(now: datetime, lease_s: float, dead_workers: set[str],
+def requeue_lost(now: datetime, lease_s: float, dead_holders: set[str],
                  keep: set[int]) -> list[tuple[str, int, str, str]]:
-    """Running jobs whose runner is gone (its node's heartbeat stopped) or whose lease passed go
+    """Running jobs whose holder is gone (its incarnation's heartbeat stopped) or whose lease passed go
     back to `queued`; `keep` (jobs whose paid answer waits in the journal) stay. Returns
     (run_id, job_id, provider, backend) of every job handed back."""
     lost = stale_running(now, lease_s)
-    if dead_workers:
-        lost = lost | ((Job.status == JobStatus.running) & col(Job.worker).in_(sorted(dead_workers))
+    if dead_holders:
+        lost = lost | ((Job.status == JobStatus.running) & col(Job.holder).in_(sorted(dead_holders))
                        & col(Job.provider_batch_id).is_(None))
     with session_scope() as session:
         rows = session.exec(

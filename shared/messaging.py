@@ -119,6 +119,31 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def pool_named(args: list[str], environ: dict[str, str]) -> str | None:
+    """The pool a worker's command line names (`-P X`, `-PX`, `--pool X`, `--pool=X`, else
+    CELERY_WORKER_POOL), or None. Celery's `-P` has the default `prefork` and takes an explicit
+    `-P prefork` for that default, so a configured pool would win over it: whoever starts the
+    worker applies this first (use_pool), and the command line wins over the config."""
+    named = environ.get("CELERY_WORKER_POOL") or None
+    for at, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg in ("-P", "--pool") and at + 1 < len(args):
+            named = args[at + 1]
+        elif arg.startswith("--pool="):
+            named = arg.split("=", 1)[1]
+        elif arg.startswith("-P") and len(arg) > 2:
+            named = arg[2:]
+    return named
+
+
+def use_pool(celery_app: Celery, args: list[str], environ: dict[str, str]) -> None:
+    """The worker's pool: what its command line names, else the config's `worker.pool`."""
+    named = pool_named(args, environ)
+    if named:
+        celery_app.conf.worker_pool = named
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     celery_app = Celery("genesis", include=TASK_MODULES)
     celery_app.config_from_object(celery_config(settings or get_settings()))

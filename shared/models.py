@@ -93,7 +93,10 @@ class Job(SQLModel, table=True):
     attempts: int = 0
     error_type: str | None = None
     error_message: str | None = Field(default=None, sa_column=Column(Text))
-    worker: str | None = None
+    worker: str | None = None  # the Celery node name that ran it (for people: reports, export)
+    # The process incarnation holding its lease (shared.fleet.incarnation): a worker restarted
+    # under the same node name, or another prefork child, is another holder (design §12).
+    holder: str | None = Field(default=None, max_length=255)
     started_at: datetime | None = None
     finished_at: datetime | None = None
     # What would be sent (shared.calls.request_key): identical keys, identical answers at temperature 0.

@@ -101,7 +101,10 @@ def test_a_worker_killed_mid_call_leaves_its_calls_ledgered_at_their_worst_case(
         first = session.exec(select(Job.id).where(Job.run_id == run_id, Job.status == JobStatus.running)).first()
         session.execute(update(Job).where(Job.id == first).values(status=JobStatus.queued))
     assert guard.reconcile().released == []  # its call may still be billed: not released
-    done = guard.reconcile({doomed.hostname})  # the sweep's verdict: that node is dead
+    with session_scope() as session:  # the process that held them (its incarnation, design §12)
+        holders = set(session.exec(select(Job.holder).where(Job.run_id == run_id, Job.worker == doomed.hostname)))
+    assert len(holders) == 1
+    done = guard.reconcile(holders)  # the sweep's verdict: that process is dead
     assert len(done.unknown) == 4 and done.released == []
     assert guard.status()["reserved_usd"] == 0
     unknown = [e for e in ledger_rows(run_id) if e.source.startswith("outcome unknown")]

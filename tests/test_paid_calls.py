@@ -7,6 +7,8 @@ ledger, no job is paid twice for one operation, and no call helper thread is lef
 
 from __future__ import annotations
 
+import os
+import signal
 from datetime import timedelta
 
 import pytest
@@ -227,3 +229,56 @@ def test_a_halt_refused_under_the_old_limit_does_not_halt_again_after_resume_wit
                                 at=resumed_at - timedelta(milliseconds=5)))
     redis_client.flushdb()
     assert guard.status()["halted"] is False and guard.status()["limit_usd"] == 5.0
+
+
+def _one_call_killed(simulator, redis_url: str, run_id: str, fault: str, app) -> None:
+    """The run of one job whose first call's process was killed mid-call: the provider billed
+    that call and the retry; both are in the ledger, the killed one as outcome unknown at its
+    worst case, and no reservation is left."""
+    snap = wait_until_reported(run_id, timeout=90)
+    assert snap["by_status"]["ok"] == 1
+    stats = settled_sim(simulator)
+    entries = entries_of(run_id)
+    figures = paid_call_figures(run_id, simulator, app)
+    print_fault_row(fault, figures)
+    unknown = [e for e in entries if e.source.startswith("outcome unknown")]
+    assert len(unknown) == 1 and unknown[0].job_id is None and unknown[0].cost_usd > 0
+    assert stats["completions_ok"] == 2 == len(entries)  # ledger rows = calls the simulator billed
+    no_reservation_left(redis_url)
+
+
+@pytest.mark.parametrize("pool", ["threads", "solo"])
+def test_a_worker_restarted_under_its_own_name_mid_call_has_that_call_ledgered_and_its_reservation_freed(
+        fast_recovery, start_worker, simulator, redis_url, pool):
+    """systemd, `docker compose restart` or a container keeping its hostname: the same `-n`, at
+    once. The new process is another holder, so the old one's call is seen as dead (design §12)."""
+    from worker.app import app
+
+    simulator.update(latency_ms=6000)
+    doomed = start_worker("w1", concurrency=2, pool=pool)
+    run_id = submit("--agent", "qa", "--backend", "openai", "--limit", "1")
+    wait_for(lambda: simulator.stats()["in_flight"] == 1, timeout=30, what="the call in flight on w1")
+    assert running_on(run_id, doomed.hostname)
+    doomed.kill()
+    start_worker("w1", concurrency=2, pool=pool)  # the same node name, at once
+    simulator.update(latency_ms=20)
+    _one_call_killed(simulator, redis_url, run_id, f"{pool} worker SIGKILLed mid-call, restarted under its name",
+                     app)
+
+
+def test_a_prefork_child_killed_mid_call_while_its_parent_lives_has_that_call_ledgered(
+        fast_recovery, start_worker, simulator, redis_url):
+    """The OOM killer takes a prefork child; its parent keeps beating and forks a new child. The
+    child held the call, so its death is seen. (Needs `-P prefork` to be honoured.)"""
+    from worker.app import app
+
+    simulator.update(latency_ms=6000)
+    worker = start_worker("w1", pool="prefork", concurrency=1)
+    parent_children = worker.pool_children()
+    assert len(parent_children) == 1  # `-P prefork -c 1`: one pool process, not a thread pool
+    run_id = submit("--agent", "qa", "--backend", "openai", "--limit", "1")
+    wait_for(lambda: simulator.stats()["in_flight"] == 1, timeout=30, what="the call in flight in w1's child")
+    os.kill(parent_children[0], signal.SIGKILL)
+    simulator.update(latency_ms=20)
+    _one_call_killed(simulator, redis_url, run_id, "prefork child SIGKILLed mid-call, parent alive", app)
+    assert worker.proc.poll() is None and worker.pool_children() != parent_children  # a new child took over

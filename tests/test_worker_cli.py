@@ -67,6 +67,31 @@ def test_worker_options_and_celery_worker_variables_reach_the_worker(monkeypatch
     assert run_main(monkeypatch, ["-c", "5"]) == 0 and RecordingWorker.made[0]["concurrency"] == 5  # flag beats env
 
 
+def test_an_explicit_pool_option_wins_over_the_configured_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Celery's `-P` defaults to `prefork` and took an explicit `-P prefork` for that default,
+    so the config's `worker.pool` (threads) won and `-P prefork` was silently ignored (P2f)."""
+    from celery.concurrency.prefork import TaskPool as Prefork
+    from celery.concurrency.thread import TaskPool as Threads
+
+    from worker.app import app
+
+    monkeypatch.setitem(app.conf, "worker_pool", app.conf.worker_pool)  # put back after the test
+    assert run_main(monkeypatch, ["-c", "1"]) == 0 and RecordingWorker.made[0]["pool"] is Threads  # the config's
+    for args in (["-P", "prefork"], ["-Pprefork"], ["--pool", "prefork"], ["--pool=prefork"]):
+        app.conf.worker_pool = "threads"
+        assert run_main(monkeypatch, ["-c", "1", *args]) == 0 and RecordingWorker.made[0]["pool"] is Prefork, args
+    app.conf.worker_pool = "threads"
+    monkeypatch.setenv("CELERY_WORKER_POOL", "prefork")  # as `celery -A worker.app worker` reads it
+    assert run_main(monkeypatch, ["-c", "1"]) == 0 and RecordingWorker.made[0]["pool"] is Prefork
+
+
+@pytest.mark.processes
+def test_the_umbrella_clis_pool_option_wins_over_the_configured_pool_too() -> None:
+    _, said = modules_loaded_after("import sys\nsys.argv = ['celery', '-A', 'worker.app', 'worker', '-P', 'prefork']\n"
+                                   "from worker.app import app\nprint(app.conf.worker_pool)", [])
+    assert said.strip() == "prefork"
+
+
 def test_detach_is_refused_with_one_line_instead_of_starting_nothing(monkeypatch, capsys) -> None:
     assert run_main(monkeypatch, ["-Q", "openai", "--detach"]) == 2
     assert RecordingWorker.made == []

@@ -8,12 +8,14 @@ shared.messaging; `-Q`, `-c`, `-P`, `-n` work as Celery users expect.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from celery import signals
 
 from shared.config import get_settings
 from shared.messaging import REPORTS_QUEUE, all_queues, app, queue_provider  # noqa: F401  (app: `celery -A worker.app`)
+from shared.messaging import use_pool
 from shared.providers.clients import prepare as prepare_provider
 from shared.providers.registry import PROVIDERS
 from worker import completion, halt, recovery
@@ -24,6 +26,14 @@ def _fresh_connections_after_fork(**_kwargs) -> None:
     from shared.db import forget_inherited_connections
 
     forget_inherited_connections()
+
+
+@signals.worker_process_init.connect
+def _beat_for_this_child(sender=None, **_kwargs) -> None:
+    """A prefork child holds the leases and reservations of the calls it makes (its own
+    incarnation, shared.fleet), so it keeps its own heartbeat: the child's death is seen even
+    while its parent beats on."""
+    recovery.beat_in_child(sender or "local")
 
 
 @signals.worker_init.connect
@@ -66,6 +76,9 @@ def _prepare_for_queues(sender=None, **_kwargs) -> None:
 app.steps["worker"].add(recovery.RecoveryStep)
 app.steps["consumer"].add(halt.HaltControlStep)
 signals.task_postrun.connect(completion.after_run_job, weak=False, dispatch_uid="genesis.completion")
+
+if "worker" in sys.argv[1:]:  # `celery -A worker.app worker ...`: its `-P` wins over the config's pool
+    use_pool(app, sys.argv[sys.argv.index("worker") + 1:], dict(os.environ))
 
 if "flower" in sys.argv[1:]:  # `celery -A worker.app flower`: auth required, loopback by default
     from worker.flower import guard_flower

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     from celery.bin.worker import worker as worker_command
 
     from shared.config import ConfigError
+    from shared.messaging import use_pool
 
     try:
         from worker.app import app  # the settings: a bad number or key is refused here
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"worker: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
+    use_pool(app, args, dict(os.environ))  # `-P prefork` wins over the config's pool
     no_color = os.environ.get("NO_COLOR", "").lower() not in ("", "0", "false") or None
     worker_command.main(args=args, prog_name="worker", auto_envvar_prefix=ENV_PREFIX,
                         obj=CLIContext(app=app, no_color=no_color, workdir=None, quiet=False))

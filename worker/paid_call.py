@@ -59,6 +59,7 @@ from shared.limiter import Permit, RateLimiter
 from shared.providers import ChatRequest, ChatResponse, ProviderError, complete
 from shared.providers.deadline import helper_threads
 from shared.retry import backoff_delay, retry_after_from_headers
+from worker import unreleased
 from worker.halt import halt_on_refusal
 
 log = logging.getLogger("genesis.paid_call")
@@ -161,13 +162,13 @@ def pay(task: Any, spec: PaidCall) -> Outcome:
     """Make `spec`'s call under every guard; returns its Outcome, or raises the Celery Retry
     that gives the job back (budget wait, rate-limit wait, a retryable failure)."""
     svc, job = services(), spec.job
-    node = task.request.hostname or "local"
+    holder = fleet.incarnation(task.request.hostname or "local")  # this process, as the claim named it
     key = call_key(job.id, spec.operation)
-    if not jobs.renew_lease(job, node, fleet.redis_now(svc.redis)):
+    if not jobs.renew_lease(job, holder, fleet.redis_now(svc.redis)):
         log.warning("job %s: no longer held by this delivery; %s not made", job.id, spec.what)
         return Outcome("lost")
     try:
-        call_id = svc.budget.reserve(key, spec.worst_case_usd, run_id=job.run_id, holder=f"{node}|{spec.model}")
+        call_id = svc.budget.reserve(key, spec.worst_case_usd, run_id=job.run_id, holder=f"{holder}|{spec.model}")
     except BudgetWait:  # room held by calls in flight: no call, not an attempt, no halt
         retry = task.hand_back(job.id, BUDGET_WAIT_S + random.uniform(0, BUDGET_WAIT_S), uncount=True)
         _best_effort(svc.budget.maybe_reconcile)  # a dead worker's reservation must not hold it forever
@@ -321,7 +322,12 @@ class _Holds:
             return
         self.release_permit()
         if not self.done:
-            _best_effort(self.svc.budget.release, self.key, self.call_id)
+            try:
+                self.svc.budget.release(self.key, self.call_id)
+            except Exception as exc:  # noqa: BLE001 - a Redis blip: this process's next heartbeat retries it
+                log.warning("releasing call %s of %s failed (%s: %s); retried at the next heartbeat",
+                            self.call_id, self.key, type(exc).__name__, exc)
+                unreleased.remember(self.key, self.call_id)
             self.done = True
 
 

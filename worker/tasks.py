@@ -71,8 +71,9 @@ def run_job(self: GenesisTask, job_id: int, db_retries: int = 0) -> dict:
 def _run_job(task: GenesisTask, delivery: Delivery) -> str:
     settings = get_settings()
     svc = services()
-    outcome, job = jobs.claim(delivery.job_id, task.request.hostname or "local", fleet.redis_now(svc.redis),
-                              jobs.lease_seconds(settings))
+    node = task.request.hostname or "local"
+    outcome, job = jobs.claim(delivery.job_id, node, fleet.redis_now(svc.redis), jobs.lease_seconds(settings),
+                              holder=fleet.incarnation(node))  # this process holds it: design §12
     if outcome == jobs.Claim.BUSY:  # a duplicate delivery: wait for the runner to finish it
         if getattr(job, "provider_batch_id", None) is not None:
             return "batched"  # its provider batch answers for it (worker/batches.py)

@@ -119,7 +119,8 @@ class BudgetGuard:
                 holder: str = "") -> str:
         """Grant the call's worst case under its call key and return the reservation's id (the
         paid call's id: pass it to `settle`/`release`), or raise BudgetWait / BudgetRefused.
-        `holder` (`<node>|<model>`) lets reconcile ledger the call if its worker dies mid-call.
+        `holder` (`<incarnation>|<model>`, shared.fleet) lets reconcile ledger the call if that
+        process dies mid-call.
         `run_id` is accepted for the caller's symmetry with halt(); the cap is global."""
         if amount_usd < 0:
             raise ValueError(f"a reservation cannot be negative (got {amount_usd})")

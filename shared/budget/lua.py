@@ -4,7 +4,7 @@ host can push settled + reserved past the cap. Amounts are integer micro-dollars
 Every script takes the same KEYS (see `BudgetKeys`): state (a hash: spent, reserved, limit,
 halted, announced, ledger, generation, waits, overruns, overrun), reservations
 (`<call key>#<reservation id>` → amount: one per paid call, so two deliveries of one job never
-drop each other's), reservation holders (same field → `<node>|<model>` of the worker making the
+drop each other's), reservation holders (same field → `<incarnation>|<model>` of the process making the
 call, `rebuilt` for one a rebuild made: what reconcile needs to ledger a dead worker's call),
 settled (members already counted in spent), tiers (warning / critical fired). The steps they
 share (the cap, dropping a job's reservation) are written once, in PRELUDE.

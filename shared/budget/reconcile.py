@@ -32,9 +32,25 @@ class Reconciled:
     unknown: list[str] = field(default_factory=list)  # a dead worker's calls, ledgered at their worst case
 
 
+def holder_parts(holder: str) -> tuple[str, str]:
+    """(incarnation, model) of a reservation's holder (`<incarnation>|<model>`); ("", "") for a
+    rebuild's or one reserved without a holder."""
+    if holder == REBUILT:
+        return "", ""
+    incarnation, _, model = holder.partition("|")
+    return incarnation, model
+
+
+def reservation_holders(guard: "BudgetGuard") -> set[str]:
+    """The incarnations holding a reservation now (the sweep checks that each is alive)."""
+    return {incarnation for holder in guard.redis.hvals(guard.keys.reservation_holders)
+            if (incarnation := holder_parts(holder.decode())[0])}
+
+
 def reconcile(guard: "BudgetGuard", dead_nodes: set[str] = frozenset()) -> Reconciled:
-    """Repair what a dead worker or a stray redelivery left. A reservation whose holder is in
-    `dead_nodes` (the sweep's, believed after a grace period) was a call in flight when its
+    """Repair what a dead worker or a stray redelivery left. A reservation whose holder (a
+    process incarnation, shared.fleet) is in `dead_nodes` (the sweep's, believed after a grace
+    period) was a call in flight when its
     worker died: settled from the ledger if its entry got there, else ledgered at its worst
     case as `outcome unknown` (the provider may have billed it), never released. A live
     holder's reservation is its call's to settle (a late answer may still come). One without
@@ -53,7 +69,7 @@ def reconcile(guard: "BudgetGuard", dead_nodes: set[str] = frozenset()) -> Recon
         paid = paid_call_cost(session, [call_id for _, call_id in calls.values()])
     for field, holder in held.items():
         key, call_id = calls[field]
-        node, _, model = holder.partition("|") if holder != REBUILT else ("", "", "")
+        node, model = holder_parts(holder)
         if call_id in paid:  # its entry is in the ledger: the worker died before its settle
             guard.settle(key, paid[call_id], call_id)
             done.settled.append(key)

@@ -57,6 +57,18 @@ class WorkerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
 
+    def pool_children(self) -> list[int]:
+        """The pids of this worker's pool processes (a prefork worker's children), from /proc."""
+        children = []
+        for entry in os.listdir("/proc"):
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text() if entry.isdigit() else ""
+            except OSError:  # ended meanwhile
+                continue
+            if stat and int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid:  # field 4: the parent's pid
+                children.append(int(entry))
+        return sorted(children)
+
     def kill(self) -> None:
         """Abrupt death (SIGKILL), as when a host disappears."""
         if self.proc.poll() is None:
