@@ -86,7 +86,7 @@ def chaos_run(seed: int, *, jobs: int, duration: float, kinds: list[str], redis_
                 chaos.submit("--all-agents", *(a for b in BACKENDS for a in ("--backend", b)), "--limit", str(tasks))
                 submitted += 1
             elif submitted < runs or not chaos.all_final():
-                progress(f"  seed {seed} t={time.monotonic() - started:5.1f}s: {fault.kind}")
+                progress(f"  seed {seed} t={time.monotonic() - started:5.1f}s: {fault.kind}", flush=True)
                 chaos.inject(fault)
         return chaos.finish(timeout=max(300.0, 2 * duration))
 
@@ -124,16 +124,23 @@ def number(kind, low: float, high: float):
     return parse
 
 
+HEADER = (f"{'seed':>4} {'jobs ok':>9} {'runs':>4} {'served':>6} {'ledger':>6} {'paid twice':>10} "
+          f"{'beyond in flight':>16} {'in flight':>9} {'reservations left':>17} {'runs not completed':>18}  faults")
+
+
+def row_line(r: dict) -> str:
+    faults = ", ".join(f"{KINDS[k]} {n}" for k, n in r["faults"].items()) or "-"
+    return (f"{r['seed']:>4} {r['ok']:>4}/{r['jobs']:<4} {r['runs']:>4} {r['served']:>6} {r['ledger']:>6} "
+            f"{r['paid_twice']:>10} {r['paid_twice_beyond']:>16} {r['in_flight']:>9} {r['reservations']:>17} "
+            f"{r['not_completed']:>18}  {faults}")
+
+
 def print_table(rows: list[dict], kinds: list[str], opts) -> None:
     print(f"\nchaos: about {opts.jobs} jobs a seed, {opts.duration:g} s of faults, "
           f"3 workers (2 x {SLOTS[0][1]} threads, 1 prefork x {SLOTS[2][1]})")
-    print(f"{'seed':>4} {'jobs ok':>9} {'runs':>4} {'served':>6} {'ledger':>6} {'paid twice':>10} "
-          f"{'beyond in flight':>16} {'in flight':>9} {'reservations left':>17} {'runs not completed':>18}  faults")
+    print(HEADER)
     for r in rows:
-        faults = ", ".join(f"{KINDS[k]} {n}" for k, n in r["faults"].items()) or "-"
-        print(f"{r['seed']:>4} {r['ok']:>4}/{r['jobs']:<4} {r['runs']:>4} {r['served']:>6} {r['ledger']:>6} "
-              f"{r['paid_twice']:>10} {r['paid_twice_beyond']:>16} {r['in_flight']:>9} {r['reservations']:>17} "
-              f"{r['not_completed']:>18}  {faults}")
+        print(row_line(r))
     print("faults: " + "; ".join(f"{short} = {kind}" for kind, short in KINDS.items() if kind in kinds)
           + " (drop and batch: replies dropped)")
     print("served = chat 200s + batch requests answered (what the simulator billed); ledger = cost_entry rows; "
@@ -171,6 +178,7 @@ def main() -> None:
             rows.append(chaos_run(seed, jobs=opts.jobs, duration=opts.duration, kinds=opts.kinds,
                                   redis_url=opts.redis_url, database_url=database_url, simulator=simulator,
                                   tmp=tmp / f"seed{seed}"))
+            print(f"{HEADER}\n{row_line(rows[-1])}", flush=True)  # kept should a later seed fail
             if rows[-1]["workers_died"]:
                 print(f"  seed {seed}: {rows[-1]['workers_died']} worker(s) exited by themselves (logs in {tmp})")
     finally:

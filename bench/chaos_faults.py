@@ -119,11 +119,22 @@ class Chaos:
         try:
             self.workers = [self._start(slot) for slot in range(len(SLOTS))]
             for worker in self.workers:
-                worker.wait_ready(self.app, timeout=60)
+                self._wait_ready(worker)
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
+
+    def _wait_ready(self, worker: WorkerProcess, attempts: int = 3) -> None:
+        """Ping until it answers; a connection this process held across a Redis restart fails
+        once (redis-py drops it), so the ping is tried again."""
+        for attempt in range(attempts):
+            try:
+                worker.wait_ready(self.app, timeout=60)
+                return
+            except redis.ConnectionError:
+                if attempt == attempts - 1:
+                    raise
 
     def _start(self, slot: int) -> WorkerProcess:
         pool, concurrency = SLOTS[slot]
@@ -136,13 +147,17 @@ class Chaos:
         """`producer submit`, retried while Redis or the database is away (a fault may be on)."""
         deadline = time.monotonic() + 120
         while True:
-            result = producer("submit", *args, "--json")
-            if result.exit_code == 0 or time.monotonic() > deadline:
-                break
+            try:
+                result = producer("submit", *args, "--json")
+                failure = None if result.exit_code == 0 else result.output
+            except Exception as error:  # a connection held across a Redis restart
+                failure = str(error)
+            if failure is None:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"submit failed: {failure}")
             self.submit_failures += 1
             time.sleep(2)
-        if result.exit_code != 0:
-            raise RuntimeError(f"submit failed: {result.output}")
 
     def runs(self) -> list[tuple[str, str, bool]]:
         """(run id, status, report written) of every run in SQL."""
@@ -177,7 +192,10 @@ class Chaos:
             self.workers[slot] = self._start(slot)
         elif kind == "prefork child SIGKILL":
             parent = self.workers[[pool for pool, _ in SLOTS].index("prefork")]
-            children = Path(f"/proc/{parent.proc.pid}/task/{parent.proc.pid}/children").read_text().split()
+            try:
+                children = Path(f"/proc/{parent.proc.pid}/task/{parent.proc.pid}/children").read_text().split()
+            except OSError:  # the prefork worker is gone (killed, restarting): nothing to inject
+                children = []
             if not children:
                 return
             in_flight = self._running_on(parent.hostname)  # its children's, at most one each
