@@ -96,9 +96,7 @@ class Chaos:
         self.in_flight: set[int] = set()
         self.workers: list[WorkerProcess] = []
         self.generations = [0] * len(SLOTS)
-        self.killed = 0
         self.outages: list[threading.Thread] = []
-        self.submit_failures = 0
 
     def __enter__(self) -> "Chaos":
         self.saved_environ = dict(os.environ)
@@ -156,7 +154,6 @@ class Chaos:
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"submit failed: {failure}")
-            self.submit_failures += 1
             time.sleep(2)
 
     def runs(self) -> list[tuple[str, str, bool]]:
@@ -185,7 +182,6 @@ class Chaos:
             slot = self.rng.randrange(len(SLOTS))
             worker = self.workers[slot]
             worker.kill()
-            self.killed += 1
             self.in_flight |= self._running_on(worker.hostname)
             if kind == "worker SIGKILL":
                 self.generations[slot] += 1
