@@ -38,14 +38,13 @@ import redis  # noqa: E402
 
 from tests.support.env import FAST_RECOVERY, genesis_env  # noqa: E402
 from tests.support.redis_server import ensure_redis  # noqa: E402
-from tests.support.runs import all_batched, run_jobs, submit, wait_until_reported  # noqa: E402
+from tests.support.runs import all_batched, paid_twice_jobs, run_jobs, submit, wait_until_reported  # noqa: E402
 from tests.support.waiting import wait_for  # noqa: E402
-from bench.parts import prepare_this_process  # noqa: E402
+from bench.parts import open_limits, prepare_this_process  # noqa: E402
 from tests.support.workers import WorkerProcess  # noqa: E402
 
 BACKENDS = ("mistral-ft", "mistral-base", "openai", "anthropic")
-OPEN_LIMITS = {f"GENESIS_LIMITS__{p}__{k}": v for p in ("MISTRAL", "OPENAI", "ANTHROPIC")
-               for k, v in (("RPM", "1000000"), ("TPM", "1000000000"), ("MAX_IN_FLIGHT", "64"))}
+OPEN_LIMITS = open_limits(64)
 BATCH_KNOBS = {"GENESIS_BATCH__MAX_WAIT_S": "2", "GENESIS_BATCH__POLL_MIN_S": "1", "GENESIS_BATCH__POLL_MAX_S": "5"}
 ALL_BATCH = {f"GENESIS_BACKENDS__{b.upper()}__MODE": "batch" for b in BACKENDS}
 
@@ -190,7 +189,7 @@ def fault_row(env_: Env, fault: str) -> dict:
         stats = env_.simulator.stats()["batch"]
         other = dict(Counter(f"{j.status} {j.error_type}" for j in run_jobs(run_id) if j.status != "ok"))
         return {"fault": fault, "status": snap["status"], "ok": snap["by_status"]["ok"],
-                "jobs": sum(snap["by_status"].values()), "paid_twice": sum(1 for n in per_job.values() if n > 1),
+                "jobs": sum(snap["by_status"].values()), "paid_twice": len(paid_twice_jobs(run_id)),
                 "ledger": sum(per_job.values()), "served": stats["succeeded"],
                 "batches": sum(stats["batches"].values()), "other": other}
     finally:

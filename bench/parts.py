@@ -23,7 +23,14 @@ from tests.support.redis_server import ensure_redis  # noqa: E402
 from tests.support.workers import WorkerProcess  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PROVIDERS = ("MISTRAL", "OPENAI", "ANTHROPIC")
 
+
+def open_limits(max_in_flight: int, providers=PROVIDERS) -> dict[str, str]:
+    """GENESIS_LIMITS__* variables that take the configured rate limits out of a scenario's way:
+    unbounded requests and tokens a minute, `max_in_flight` calls."""
+    return {f"GENESIS_LIMITS__{p}__{k}": str(v) for p in providers
+            for k, v in (("RPM", 1000000), ("TPM", 1000000000), ("MAX_IN_FLIGHT", max_in_flight))}
 
 
 class SimulatorProcess:

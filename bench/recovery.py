@@ -41,12 +41,11 @@ from tests.support.postgres import postgres_outage, reset_postgres  # noqa: E402
 from tests.support.redis_server import ensure_redis  # noqa: E402
 from tests.support.runs import ledger_figures, producer, running_on, served_ok, wait_until_reported  # noqa: E402
 from tests.support.waiting import wait_for  # noqa: E402
-from bench.parts import prepare_this_process  # noqa: E402
+from bench.parts import open_limits, prepare_this_process  # noqa: E402
 from tests.support.workers import WorkerProcess  # noqa: E402
 
 FAULTS = {"sigkill": 1000, "restart": 1000, "postgres": 300, "flushdb": 300, "sigterm": 1000}  # simulator ms
-OPEN_LIMITS = {"GENESIS_LIMITS__MISTRAL__RPM": "1000000", "GENESIS_LIMITS__MISTRAL__TPM": "1000000000",
-               "GENESIS_LIMITS__MISTRAL__MAX_IN_FLIGHT": "1000"}
+OPEN_LIMITS = open_limits(1000, providers=("MISTRAL",))
 FAULT_AFTER_OK = 40
 
 

@@ -10,8 +10,8 @@
   reset, cut off or watched);
 - workers: `worker` / `celery worker` processes, re-pointing this process's Celery app;
 - processes: fresh interpreters and the alembic CLI (start-up weight, migrations);
-- browser, netns, forwarder, http_server: headless Chromium, network namespaces, a TCP relay,
-  HTTP (a provider endpoint of a test's own, free ports, a URL's status);
+- browser, netns, forwarder, http_server: headless Chromium, network namespaces, a TCP relay
+  (which can drop replies after the server answered), HTTP (a provider endpoint of a test's own, free ports, a URL's status);
 - resources, tiers: the markers of what a test uses, `@uses(...)` for fixtures, and the pytest
   plugin that marks each test (`unit`, `redis`, ...) and guards the unit tier.
 """

@@ -4,6 +4,8 @@ wait for the report, then what SQL, the ledger and the simulator hold of the run
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 
 from sqlmodel import select
 
@@ -99,14 +101,16 @@ def ledger_rows(run_id: str) -> list:
         return list(session.exec(select(CostEntry).where(CostEntry.run_id == run_id)).all())
 
 
-def running_on(run_id: str, hostname: str) -> set[int]:
-    """Jobs SQL says `hostname` is running now."""
+def running_on(run_id: str | None, hostname: str) -> set[int]:
+    """Jobs SQL says `hostname` is running now, of one run (of every run when None)."""
     from shared.db import session_scope
     from shared.models import Job, JobStatus
 
+    query = select(Job.id).where(Job.status == JobStatus.running, Job.worker == hostname)
+    if run_id is not None:
+        query = query.where(Job.run_id == run_id)
     with session_scope() as session:
-        return set(session.exec(select(Job.id).where(
-            Job.run_id == run_id, Job.status == JobStatus.running, Job.worker == hostname)).all())
+        return set(session.exec(query).all())
 
 
 def ledger_figures(run_id: str) -> dict:
@@ -132,34 +136,54 @@ def served_ok(simulator) -> int:
     return int(by_status.get("200", 0))
 
 
-def paid_call_figures(run_id: str, simulator, app=None) -> dict:
-    """One row of the paid-call fault table: paid calls the simulator served (200s), ledger
-    entries, jobs paid more than once for one operation (the ledger names the job of an
-    unattached entry in its source), and call helper threads still alive on the workers."""
-    import re
-    from collections import Counter
+def served_billed(simulator) -> int:
+    """Every answer the simulator billed: chat 200s and the requests its batches answered
+    (a batch counts them once it ends, which its first read after its delay makes happen)."""
+    return served_ok(simulator) + int(simulator.stats()["batch"]["succeeded"])
 
-    from sqlmodel import select
 
+def payments_by_job(run_id: str | None = None) -> Counter:
+    """Ledger rows per (job, operation), of one run or of all: an unattached row counts for the
+    job its source names ("... job N)"), as the ledger writes it for a call a job paid."""
     from shared.db import session_scope
     from shared.models import CostEntry
 
+    query = select(CostEntry.job_id, CostEntry.operation, CostEntry.source)
+    if run_id is not None:
+        query = query.where(CostEntry.run_id == run_id)
     with session_scope() as session:
-        rows = session.exec(select(CostEntry.job_id, CostEntry.operation, CostEntry.source)
-                            .where(CostEntry.run_id == run_id)).all()
+        rows = session.exec(query).all()
     payments: Counter = Counter()
     for job_id, operation, source in rows:
         named = re.search(r"job (\d+)\)$", source or "")
         payments[(job_id or (int(named.group(1)) if named else None), operation)] += 1
+    return payments
+
+
+def paid_twice_jobs(run_id: str | None = None) -> set[int | None]:
+    """Jobs paid more than once for one operation (ledger rows, attached or naming the job;
+    None stands for the unattached rows that name no job)."""
+    return {job for (job, _), n in payments_by_job(run_id).items() if n > 1}
+
+
+def paid_call_figures(run_id: str, simulator, app=None) -> dict:
+    """One row of the paid-call fault table: paid calls the simulator served (200s), ledger
+    entries, jobs paid more than once for one operation, and call helper threads still alive
+    on the workers."""
+    from shared.db import session_scope
+    from shared.models import CostEntry
+
+    with session_scope() as session:
+        sources = session.exec(select(CostEntry.source).where(CostEntry.run_id == run_id)).all()
     threads = {"callers": 0, "late": 0}
     if app is not None:
         for reply in app.control.broadcast("genesis_call_threads", reply=True, timeout=1.0) or []:
             for counts in reply.values():
                 for name in threads:
                     threads[name] += counts.get(name, 0)
-    return {"served": served_ok(simulator), "entries": len(rows),
-            "unknown": sum(1 for *_, source in rows if (source or "").startswith("outcome unknown")),
-            "paid_twice": len({job for (job, _), n in payments.items() if n > 1}),
+    return {"served": served_ok(simulator), "entries": len(sources),
+            "unknown": sum(1 for source in sources if (source or "").startswith("outcome unknown")),
+            "paid_twice": len(paid_twice_jobs(run_id)),
             "threads_late": threads["late"], "threads": threads["callers"]}
 
 
