@@ -13,8 +13,8 @@ from sqlmodel import select
 
 from shared.config import Settings
 from shared.models import Job, JobStatus, Run
-from shared.power import confirmable
-from shared.report.decision import POOLED, error_shares
+from shared.power import can_ever_go, confirmable_by_rule
+from shared.report.decision import POOLED, by_rule_text, error_shares, go_promise
 
 
 def last_accuracy(settings: Settings, agent: str, model: str) -> tuple[float, str] | None:
@@ -69,16 +69,19 @@ def decision_power(settings: Settings, selection) -> dict[str, Any]:
         rows.append(_row(POOLED, candidate, baseline, total, pooled_accuracy,
                          "assumed" if sources == {"assumed"} else "task-weighted over the agents", per_pooled, rule))
     return {"power": 0.8, "confidence": rule.confidence, "assumed_loss_share": rule.assumed_loss_share,
-            "assumed_baseline_accuracy": rule.assumed_baseline_accuracy, "rows": rows}
+            "assumed_baseline_accuracy": rule.assumed_baseline_accuracy, "go": rule.go,
+            "go_promise": go_promise(rule.go, 1 - rule.confidence), "rows": rows}
 
 
 def _row(agent, candidate, baseline, tasks, accuracy, source, alpha_each, rule) -> dict[str, Any]:
-    reachable, smallest = confirmable(tasks, accuracy, rule, alpha_each)
+    by_rule = confirmable_by_rule(tasks, accuracy, rule, alpha_each)
+    smallest = by_rule[rule.go]
     return {
         "agent": agent, "candidate": candidate, "baseline": baseline, "tasks": tasks,
         "baseline_accuracy": accuracy, "baseline_accuracy_source": source, "alpha_each": alpha_each,
-        "can_ever_go": reachable,
+        "can_ever_go": can_ever_go(tasks, alpha_each),
         "smallest_confirmable_abs": smallest,
+        "smallest_confirmable_by_go": by_rule,
         "smallest_confirmable_rel": smallest / accuracy if smallest is not None and accuracy else None,
     }
 
@@ -92,9 +95,9 @@ def power_lines(power: dict) -> list[str]:
         accuracy = f"baseline accuracy {r['baseline_accuracy']:.0%} ({r['baseline_accuracy_source']})"
         if not r["can_ever_go"]:
             lines.append(f"{head}): cannot reach GO at all: too few tasks, even if the candidate wins every one")
-        elif r["smallest_confirmable_abs"] is None:
+        elif not any(r["smallest_confirmable_by_go"].values()):
             lines.append(f"{head}): cannot confirm any improvement at 80% power; {accuracy}")
         else:
-            lines.append(f"{head}): confirms +{100 * r['smallest_confirmable_abs']:.1f} pp or more at 80% power; "
+            lines.append(f"{head}): confirms at 80% power {by_rule_text(r['smallest_confirmable_by_go'], power['go'])}; "
                          f"{accuracy}")
     return lines
