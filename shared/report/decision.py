@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any, Hashable
 
+import numpy as np
+
 from shared.config.tables import DecisionConfig
 from shared.models import JobStatus
 from shared.power import Failures, Truth, can_ever_go, confirmable_by_rule, tasks_needed
@@ -199,21 +201,35 @@ def _verdict(c: dict, rule: DecisionConfig, differences: list[float] | None) -> 
                 "reason": f"only {c['paired_coverage']:.0%} of the tasks paired (the rest missing)"}
     low, high = c["ci95_abs"]
     improvement, threshold = c["improvement_abs"], c["threshold_abs"]
-    meets = improvement > 0 and improvement >= threshold - _TOLERANCE
-    clears = c.get("bar_margin_low") is not None and c["bar_margin_low"] > _TOLERANCE if rule.go == "bar" else low > 0
-    if meets and clears:
-        reason = ("the interval's lower end clears the required improvement" if rule.go == "bar"
+    bar_low = c.get("bar_margin_low")
+    go, no_go = settled(low, high, improvement, threshold, -1.0 if bar_low is None else bar_low, rule.go)
+    if go:
+        reason = ("the candidate clears the required improvement with the comparison's confidence" if rule.go == "bar"
                   else "improvement meets the threshold and the interval is above 0")
         return {"decision": GO, "reason": reason, "pairs_needed": None}
-    if high < threshold - _TOLERANCE:
+    if no_go:
         return {"decision": NO_GO, "reason": "the interval's upper end is below the required improvement",
                 "pairs_needed": None}
+    meets = improvement > 0 and improvement >= threshold - _TOLERANCE
     if not meets:
         reason = "the interval reaches the required improvement"
     else:
         reason = "the interval reaches below the required improvement" if rule.go == "bar" else "the interval includes 0"
     needed = tasks_needed(Truth.observed(differences), threshold, c["alpha_each"], go=rule.go) if differences else None
     return {"decision": INCONCLUSIVE, "reason": reason, "pairs_needed": max(needed, c["n"] + 1) if needed else None}
+
+
+def settled(low, high, improvement, threshold, bar_low, go: str):
+    """(GO, NO-GO) from a comparison's measures, for one comparison or numpy arrays of many (the
+    benches): GO under "better" = the estimate meets the threshold and the interval is above 0;
+    under "bar" = the estimate meets it and the interval of candidate - (1 + bar) x baseline
+    (`bar_low`, its lower end) is above 0. NO-GO = the upper end below the threshold."""
+    improvement, threshold = np.asarray(improvement), np.asarray(threshold)
+    meets = (improvement > 0) & (improvement >= threshold - _TOLERANCE)
+    clears = np.asarray(bar_low) > _TOLERANCE if go == "bar" else np.asarray(low) > 0
+    go_ = meets & clears
+    no_go = ~go_ & (np.asarray(high) < threshold - _TOLERANCE)
+    return (bool(go_), bool(no_go)) if go_.ndim == 0 else (go_, no_go)
 
 
 def observed_failures(c: dict, both_ok: list[tuple[float, float]], rule: DecisionConfig) -> Failures:
