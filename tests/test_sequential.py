@@ -63,3 +63,62 @@ def test_repeated_interval_is_the_score_interval_at_the_looks_level():
     # the first look's interval is the widest, the last is a little wider than the fixed design's
     assert first.ci[0] < last.ci[0] < fixed.ci[0] and fixed.ci[1] < last.ci[1] < first.ci[1]
     assert look_alpha(planned_fractions(5), 0.025) == pytest.approx(0.5 * math.erfc(2.031 / math.sqrt(2)), rel=1e-3)
+
+
+def _runs(scenario: str, runs: int, go: str = "better", tasks: int = 60, seed: int = 3):
+    from bench.sequential import simulate
+    from shared.config.tables import DecisionConfig
+
+    rule = DecisionConfig(go=go)
+    return rule, simulate(np.random.default_rng(seed), scenario, runs, 3, tasks, rule, (0.45, 0.65))
+
+
+def test_the_benchs_vectorised_verdicts_are_the_reports():
+    """bench/sequential.py judges thousands of runs at once; on the same jobs, its verdicts are
+    those of shared.report.decision.compare (the report's), for both GO rules."""
+    from types import SimpleNamespace
+
+    from bench.sequential import GO_CODE, NO_GO_CODE, verdicts
+    from shared.report.decision import GO, INCONCLUSIVE, NO_GO, compare
+
+    names = {GO_CODE: GO, NO_GO_CODE: NO_GO, 0: INCONCLUSIVE}
+    for go in ("better", "bar"):
+        rule, (candidate, baseline, paired) = _runs("bar+5", 40, go, tasks=80)
+        released = np.full(40, 50)
+        codes = verdicts(candidate[:, 0], baseline[:, 0], paired[:, 0], released, 0.01, rule)
+        seen = set()
+        for r in range(40):
+            def jobs(scores, counted):
+                return {t: SimpleNamespace(task_id=t, status="ok" if counted[t] else "error",
+                                           score=float(scores[t]) if counted[t] else None, model="m")
+                        for t in range(50)}
+            # a left-out task: the baseline failed; a counted candidate error scores 0 either way
+            row = compare("a", "ft", "base", jobs(candidate[r, 0], np.ones(80, bool)), jobs(baseline[r, 0], paired[r, 0]),
+                          rule, alpha_each=0.01, plan=False)
+            assert row["decision"] == names[int(codes[r])], (go, r, row["headline"])
+            seen.add(row["decision"])
+        assert len(seen) >= 2  # the check saw more than one verdict
+
+
+@pytest.mark.statistics
+@pytest.mark.parametrize("go", ["better", "bar"])
+def test_run_level_error_rates_hold_at_any_stopping_time(go):
+    """Over simulated runs of 3 agents x 200 tasks (+ the pooled verdict), stopping look by look:
+    with no candidate better, some verdict says GO in at most 5% of runs; with every candidate
+    at the bar, some says NO-GO in at most 5% (and, under go = "bar", GO too); no run pays more
+    calls than the fixed design. 5% within two standard errors of the simulation."""
+    from bench.sequential import fixed_design, sequential_design, summary
+    from shared.report.decision import error_shares
+
+    runs = 1500
+    limit = 0.05 + 2 * math.sqrt(0.05 * 0.95 / runs)
+    for scenario, worst in (("none", "any GO"), ("bar", "any NO-GO")):
+        rule, (candidate, baseline, paired) = _runs(scenario, runs, go, tasks=200, seed=11)
+        alphas = error_shares(3, 1, rule.confidence)
+        sequential = sequential_design(candidate, baseline, paired, alphas, rule, looks=5)
+        fixed = fixed_design(candidate, baseline, paired, alphas, rule)
+        rates = summary(sequential, 1.0)
+        assert rates[worst] <= limit, (scenario, rates)
+        if go == "bar" and scenario == "bar":
+            assert rates["any GO"] <= limit, rates
+        assert (sequential["released"] <= fixed["released"]).all()
