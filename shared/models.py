@@ -75,6 +75,7 @@ class Job(SQLModel, table=True):
     agent: str
     task_id: str
     difficulty: str = "medium"
+    cluster: str | None = Field(default=None, max_length=100)  # the suite task's family (None: its own)
     backend: str
     provider: str
     model: str

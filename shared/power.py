@@ -144,14 +144,14 @@ def truth_with_failures(improvement: float, baseline_accuracy: float, failures: 
 
 def smallest_confirmable(n: int, baseline_accuracy: float, min_improvement: float, alpha_each: float,
                          loss_share: float, power: float = POWER, *, go: str = "better",
-                         failures: Failures | None = None) -> float | None:
+                         failures: Failures | None = None, design_effect: float = 1.0) -> float | None:
     """The smallest absolute improvement (as the decision measures it, errors counted as 0)
     that n planned paired 0/1 tasks confirm (GO under `go`) with probability `power`, when the
     baseline is right on `baseline_accuracy` of them and the candidate gets `loss_share` of
     those wrong, with `failures` (errors, tasks left out) as well. None when even a candidate
     right on every task the baseline misses does not reach that power."""
     failures = failures or Failures(loss_share=loss_share)
-    paired = int(round(n * (1.0 - failures.left_out)))
+    paired = int(round(n * (1.0 - failures.left_out) / max(design_effect, 1.0)))  # independent tasks
     if paired <= 0 or not can_ever_go(paired, alpha_each):
         return None
     losses = truth_with_failures(0.0, baseline_accuracy, failures).probabilities[0]
@@ -173,19 +173,22 @@ def smallest_confirmable(n: int, baseline_accuracy: float, min_improvement: floa
 
 
 def confirmable(tasks: int, baseline_accuracy: float | None, rule: Any, alpha_each: float, *,
-                go: str | None = None, failures: Failures | None = None) -> tuple[bool, float | None]:
+                go: str | None = None, failures: Failures | None = None,
+                design_effect: float = 1.0) -> tuple[bool, float | None]:
     """(whether this many tasks can give GO at all, the smallest improvement they confirm at 80%
     power from `baseline_accuracy` under `rule`'s bar and GO (or `go`), with the rule's assumed
     losses or the run's `failures`): what the dry run and the report both state."""
     smallest = (smallest_confirmable(tasks, baseline_accuracy, rule.min_improvement, alpha_each,
-                                     rule.assumed_loss_share, go=go or rule.go, failures=failures)
+                                     rule.assumed_loss_share, go=go or rule.go, failures=failures,
+                                     design_effect=design_effect)
                 if baseline_accuracy is not None else None)
     return can_ever_go(tasks, alpha_each), smallest
 
 
 def confirmable_by_rule(tasks: int, baseline_accuracy: float | None, rule: Any, alpha_each: float, *,
-                        failures: Failures | None = None) -> dict[str, float | None]:
+                        failures: Failures | None = None, design_effect: float = 1.0) -> dict[str, float | None]:
     """The smallest improvement confirmed at 80% power under each GO rule, "better" and "bar",
     so that the chosen one's promise is stated with what it costs."""
-    return {go: confirmable(tasks, baseline_accuracy, rule, alpha_each, go=go, failures=failures)[1]
+    return {go: confirmable(tasks, baseline_accuracy, rule, alpha_each, go=go, failures=failures,
+                            design_effect=design_effect)[1]
             for go in GO_RULES}

@@ -291,3 +291,64 @@ def test_the_power_figure_takes_the_runs_failures():
         hits += compare("x", "ft", "base", jobs(cand, c_status), jobs(base, b_status), RULE, alpha_each=0.0125,
                         plan=False)["decision"] == GO
     assert hits / draws >= 0.72
+
+
+def clustered_jobs(scores, clusters, statuses=None) -> dict:
+    rows = jobs(scores, statuses)
+    for job, cluster in zip(rows.values(), clusters):
+        job.cluster = cluster
+    return rows
+
+
+def test_without_families_every_task_is_its_own_cluster_as_before():
+    candidate, baseline = [1.0] * 30 + [0.0] * 10 + [1.0] * 40 + [0.0] * 20, [0.0] * 30 + [1.0] * 10 + [1.0] * 40 + [0.0] * 20
+    plain = compare("qa", "ft", "base", jobs(candidate), jobs(baseline), RULE)
+    named = compare("qa", "ft", "base", clustered_jobs(candidate, [None] * 100), clustered_jobs(baseline, [None] * 100), RULE)
+    assert plain["ci95_abs"] == named["ci95_abs"] and named["clusters"] == 100 and not named["clustered"]
+    assert " clusters" not in named["headline"]
+
+
+def test_families_widen_the_interval_and_the_power_figure_and_are_counted():
+    """Ten families of ten tasks, each family's tasks alike: ten units of evidence, not 100."""
+    rng = random.Random(3)
+    candidate, baseline, clusters = [], [], []
+    for family in range(10):
+        gain = rng.random() < 0.55
+        for _ in range(10):
+            base = float(rng.random() < 0.5)
+            candidate.append(1.0 if gain else base)
+            baseline.append(base)
+            clusters.append(f"doc-{family}")
+    plain = compare("qa", "ft", "base", jobs(candidate), jobs(baseline), RULE, alpha_each=0.0125)
+    grouped = compare("qa", "ft", "base", clustered_jobs(candidate, clusters), clustered_jobs(baseline, clusters), RULE,
+                      alpha_each=0.0125)
+    assert grouped["clustered"] and grouped["clusters"] == 10 and grouped["design_effect"] > 2
+    assert grouped["ci95_abs"][0] < plain["ci95_abs"][0] and grouped["ci95_abs"][1] > plain["ci95_abs"][1]
+    assert "n=100 in 10 clusters" in grouped["headline"]
+    assert grouped["power"]["smallest_confirmable_by_go"]["better"] is None or (
+        grouped["power"]["smallest_confirmable_by_go"]["better"] > plain["power"]["smallest_confirmable_by_go"]["better"])
+
+
+def test_families_keep_go_under_no_gain_within_the_error_rate():
+    """No gain on average, but each family's tasks move together (a family's candidate is better
+    or worse on all of its tasks): the independent-task interval says GO far too often; the
+    cluster-robust one keeps it at or below its 2.5% (two standard errors of the simulation)."""
+    rng = random.Random(11)
+    rule = DecisionConfig(min_improvement=0.0)
+    runs, naive, robust = 300, 0, 0
+    for _ in range(runs):
+        candidate, baseline, clusters = [], [], []
+        for family in range(20):
+            shift = rng.choice((-1, 0, 1))
+            for _ in range(8):
+                base = float(rng.random() < 0.5)
+                candidate.append(min(1.0, max(0.0, base + shift)) if rng.random() < 0.6 else base)
+                baseline.append(base)
+                clusters.append(f"f{family}")
+        naive += compare("x", "ft", "base", jobs(candidate), jobs(baseline), rule, alpha_each=0.025,
+                         plan=False)["decision"] == GO
+        robust += compare("x", "ft", "base", clustered_jobs(candidate, clusters), clustered_jobs(baseline, clusters), rule,
+                          alpha_each=0.025, plan=False)["decision"] == GO
+    limit = 0.025 + 2 * (0.025 * 0.975 / runs) ** 0.5
+    assert naive / runs > limit  # the case is a real one: ignoring the families breaks the promise
+    assert robust / runs <= limit

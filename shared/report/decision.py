@@ -23,9 +23,10 @@ import numpy as np
 
 from shared.config.tables import DecisionConfig
 from shared.models import JobStatus
-from shared.power import Failures, Truth, can_ever_go, confirmable_by_rule, tasks_needed
+from shared.power import Truth, tasks_needed
 from shared.report.data import RunFacts, answered
-from shared.stats import paired_score_test
+from shared.report.decision_power import power_figures
+from shared.stats import clustered_score_test, design_effect, paired_score_test
 
 GO, NO_GO, INCONCLUSIVE = "GO", "NO-GO", "INCONCLUSIVE"
 POOLED = "ALL"
@@ -87,8 +88,9 @@ def pairing(candidate_jobs: dict, baseline_jobs: dict) -> dict[str, Any]:
     """The suite's tasks as the decision counts them. `pairs`: (key, candidate score, baseline
     score) with a candidate error as 0; `answered`: the keys both answered ok. The counts:
     candidate errors counted as 0, baseline errors left out (`both_errors` of them the
-    candidate failed too), tasks missing (never attempted)."""
-    pairs, answered_keys = [], []
+    candidate failed too), tasks missing (never attempted). `clusters`: each pair's family (the
+    task's suite `cluster`, per agent; a task without one is its own)."""
+    pairs, answered_keys, clusters = [], [], []
     candidate_errors = baseline_errors = both_errors = missing = 0
     for key in sorted(candidate_jobs.keys() | baseline_jobs.keys()):
         cand, base = candidate_jobs.get(key), baseline_jobs.get(key)
@@ -106,9 +108,19 @@ def pairing(candidate_jobs: dict, baseline_jobs: dict) -> dict[str, Any]:
             candidate_errors += 1
         else:
             missing += 1
+            continue
+        clusters.append(family(key, getattr(base, "cluster", None)))
     return {"tasks": len(candidate_jobs.keys() | baseline_jobs.keys()), "pairs": pairs, "answered": answered_keys,
             "candidate_errors": candidate_errors, "baseline_errors": baseline_errors, "both_errors": both_errors,
-            "missing": missing}
+            "missing": missing, "clusters": clusters}
+
+
+def family(key: Hashable, cluster: str | None) -> Hashable:
+    """A pair's family: its task's suite `cluster` within its agent (pooled keys are (agent,
+    task)), or the task alone."""
+    if cluster is None:
+        return ("task", key)
+    return ("cluster", key[0] if isinstance(key, tuple) else None, cluster)
 
 
 def _model(jobs: dict) -> str | None:
@@ -134,13 +146,21 @@ def compare(
         "paired_coverage": len(pairs) / paired["tasks"] if paired["tasks"] else 0.0,
         "confidence": rule.confidence, "alpha_each": alpha_each, "method": "score", "go_rule": rule.go,
     }
-    measured = _measure([c for _, c, _ in pairs], [b for _, _, b in pairs], rule, alpha_each)
+    labels = paired["clusters"]
+    families = len(set(labels))
+    clustered = families < len(pairs)  # some family holds several tasks
+    row.update(clusters=families, clustered=clustered,
+               design_effect=design_effect([c - b for _, c, b in pairs], labels) if clustered else 1.0)
+    measured = _measure([c for _, c, _ in pairs], [b for _, _, b in pairs], rule, alpha_each,
+                        labels if clustered else None)
     row.update(measured)
     row.update(_verdict(row, rule, [c - b for _, c, b in pairs] if plan else None))
     if paired["candidate_errors"]:  # else the answered tasks are the paired ones: the same measure
         by_key = {key: (c, b) for key, c, b in pairs}
         answered = paired["answered"]
-        answered_only = _measure([by_key[k][0] for k in answered], [by_key[k][1] for k in answered], rule, alpha_each)
+        label_of = dict(zip((key for key, _, _ in pairs), labels))
+        answered_only = _measure([by_key[k][0] for k in answered], [by_key[k][1] for k in answered], rule, alpha_each,
+                                 [label_of[k] for k in answered] if clustered else None)
     else:
         answered_only = dict(measured)
     answered_only.update(n=len(paired["answered"]), tasks=paired["tasks"],
@@ -149,14 +169,15 @@ def compare(
     row["answered_only"] = answered_only
     answered_set = set(paired["answered"])
     both_ok = [(c, b) for key, c, b in pairs if key in answered_set]
-    row["power"] = _power(row, rule, alpha_each, both_ok) if plan else None
+    row["power"] = power_figures(row, rule, alpha_each, both_ok) if plan else None
     if agent != POOLED:
         row["pairs"] = [{"task_id": k, "candidate_score": c, "baseline_score": b} for k, c, b in pairs]
     row["headline"] = headline(row)
     return row
 
 
-def _measure(candidate: list[float], baseline: list[float], rule: DecisionConfig, alpha_each: float) -> dict:
+def _measure(candidate: list[float], baseline: list[float], rule: DecisionConfig, alpha_each: float,
+             clusters: list | None = None) -> dict:
     """Accuracies, improvement, threshold, the interval and the p-value (None without pairs).
     `p_value`: one-sided, "the candidate is no better", multiplied by the run's share factor
     (Bonferroni), so GO needs it <= 1 - confidence exactly when the interval is above 0."""
@@ -165,7 +186,7 @@ def _measure(candidate: list[float], baseline: list[float], rule: DecisionConfig
          "ci95_abs", "p_value", "p_value_unadjusted", "sd_difference", "bar_margin_low"))
     if not candidate:
         return row
-    test = paired_score_test(candidate, baseline, alpha_each=alpha_each)
+    test = _test(candidate, baseline, alpha_each, clusters)
     candidate_accuracy, baseline_accuracy = sum(candidate) / len(candidate), sum(baseline) / len(baseline)
     improvement = candidate_accuracy - baseline_accuracy
     row.update(
@@ -176,18 +197,25 @@ def _measure(candidate: list[float], baseline: list[float], rule: DecisionConfig
         p_value_unadjusted=test.p_above_zero, sd_difference=test.sd_difference,
     )
     if rule.go == "bar":
-        row["bar_margin_low"] = bar_margin_low(candidate, baseline, rule.min_improvement, alpha_each)
+        row["bar_margin_low"] = bar_margin_low(candidate, baseline, rule.min_improvement, alpha_each, clusters)
     return row
 
 
-def bar_margin_low(candidate: list[float], baseline: list[float], min_improvement: float, alpha_each: float) -> float:
+def _test(candidate: list[float], baseline: list[float], alpha_each: float, clusters: list | None):
+    """The score test, cluster-robust when the tasks come in families."""
+    if clusters is None:
+        return paired_score_test(candidate, baseline, alpha_each=alpha_each)
+    return clustered_score_test(candidate, baseline, clusters, alpha_each=alpha_each)
+
+
+def bar_margin_low(candidate: list[float], baseline: list[float], min_improvement: float, alpha_each: float,
+                   clusters: list | None = None) -> float:
     """The lower end of the interval of mean(candidate - (1 + min_improvement) x baseline): above 0
     when the candidate clears the relative bar with the comparison's confidence. The bar moves with
     the measured baseline accuracy, so "the difference's lower end above the measured bar" would
     say GO at the bar more often than promised (6-8% for 5%); this tests the bar itself."""
     scale = 1.0 + min_improvement
-    test = paired_score_test([c / scale for c in candidate], baseline, alpha_each=alpha_each)
-    return test.ci[0] * scale
+    return _test([c / scale for c in candidate], baseline, alpha_each, clusters).ci[0] * scale
 
 
 def _verdict(c: dict, rule: DecisionConfig, differences: list[float] | None) -> dict[str, Any]:
@@ -216,6 +244,8 @@ def _verdict(c: dict, rule: DecisionConfig, differences: list[float] | None) -> 
     else:
         reason = "the interval reaches below the required improvement" if rule.go == "bar" else "the interval includes 0"
     needed = tasks_needed(Truth.observed(differences), threshold, c["alpha_each"], go=rule.go) if differences else None
+    if needed:  # families: as many more tasks as they inflate the variance
+        needed = int(needed * c.get("design_effect", 1.0) + 0.999)
     return {"decision": INCONCLUSIVE, "reason": reason, "pairs_needed": max(needed, c["n"] + 1) if needed else None}
 
 
@@ -230,31 +260,6 @@ def settled(low, high, improvement, threshold, bar_low, go: str):
     go_ = meets & clears
     no_go = ~go_ & (np.asarray(high) < threshold - _TOLERANCE)
     return (bool(go_), bool(no_go)) if go_.ndim == 0 else (go_, no_go)
-
-
-def observed_failures(c: dict, both_ok: list[tuple[float, float]], rule: DecisionConfig) -> Failures:
-    """What this run lost to failures, for its power figure: the candidate's error share among
-    the paired tasks, the share of tasks left out (the baseline failed, or never attempted), and
-    the share of the baseline's right answers the candidate got wrong when both answered (the
-    assumed share when that is higher: a few tasks often show no loss by chance)."""
-    right = sum(base for _, base in both_ok)
-    lost = sum(max(base - cand, 0.0) for cand, base in both_ok)
-    return Failures(candidate_errors=c["candidate_errors"] / c["n"] if c["n"] else 0.0,
-                    left_out=1.0 - c["n"] / c["tasks"] if c["tasks"] else 0.0,
-                    loss_share=max(rule.assumed_loss_share, lost / right if right > 0 else 0.0))
-
-
-def _power(c: dict, rule: DecisionConfig, alpha_each: float, both_ok: list[tuple[float, float]]) -> dict[str, Any]:
-    """What this many tasks can confirm at 80% power, from this run's baseline accuracy, with
-    this run's failures (candidate errors, tasks left out, loss share), under each GO rule."""
-    tasks = c["tasks"]
-    accuracy = c["baseline_accuracy"]
-    failures = observed_failures(c, both_ok, rule)
-    by_rule = confirmable_by_rule(tasks, accuracy, rule, alpha_each, failures=failures)
-    return {"tasks": tasks, "baseline_accuracy": accuracy, "can_ever_go": can_ever_go(tasks, alpha_each),
-            "smallest_confirmable_abs": by_rule[rule.go], "smallest_confirmable_by_go": by_rule,
-            "go_rule": rule.go, "loss_share": failures.loss_share,
-            "candidate_error_share": failures.candidate_errors, "left_out_share": failures.left_out}
 
 
 def combine(verdicts: list[str]) -> str:
@@ -280,8 +285,9 @@ def headline(c: dict) -> str:
     if c["n"] == 0 or c["ci95_abs"] is None:
         return f"{who}: {c['decision']}: {c['reason']}"
     low, high = (_points(x) for x in c["ci95_abs"])
+    families = f" in {c['clusters']} clusters" if c.get("clustered") else ""
     text = (f"{who}: {c['decision']}: {_points(c['improvement_abs'])} pp, "
-            f"CI {low}..{high} (needs {100 * c['threshold_abs']:+.1f} pp; n={c['n']})")
+            f"CI {low}..{high} (needs {100 * c['threshold_abs']:+.1f} pp; n={c['n']}{families})")
     if c["decision"] == INCONCLUSIVE:
         text += (f"; about {c['pairs_needed']} paired tasks would settle it at 80% power" if c["pairs_needed"]
                  else f"; {c['reason']}")
@@ -333,6 +339,8 @@ def power_line(c: dict) -> str:
     if "candidate_error_share" in p:  # reports built before the run's failures entered the figure lack it
         failures = (f", this run's failures: {p['candidate_error_share']:.0%} candidate errors, "
                     f"{p['left_out_share']:.0%} of tasks left out, loss share {p['loss_share']:.0%}")
+    if p.get("design_effect", 1.0) > 1.0:
+        failures += f"; {p['clusters']} task families, design effect {p['design_effect']:.2f}"
     context = f"(baseline accuracy {_share(p['baseline_accuracy'])}{failures})"
     if p["smallest_confirmable_abs"] is None and not any((p.get("smallest_confirmable_by_go") or {}).values()):
         return f"{who}: {p['tasks']} tasks cannot confirm any improvement at 80% power {context}"
@@ -376,7 +384,9 @@ def rule_text(rule: DecisionConfig) -> str:
         "counts as a score of 0; a task the baseline failed (whether or not the candidate failed it too), or "
         "never attempted (halted, cancelled), is left out; the answered-only comparison is shown beside it. The interval inverts a score test of the "
         "mean paired difference (Tango's for 0/1 scores, the same construction for fractional ones, with a "
-        "continuity correction of half a task). One error rate for the whole run (Bonferroni, weighted): "
+        "continuity correction of half a task); when suite tasks name a `cluster` (a family sharing a source), "
+        "the statistic is divided by the root of the observed design effect (Rao-Scott: the families' variance "
+        "over independent tasks'), and the power figure counts that many fewer independent tasks. One error rate for the whole run (Bonferroni, weighted): "
         f"{error} split half to the pooled verdict(s), half evenly over the per-agent ones; each interval end "
         "holds at 1 minus its share, and the p-value is the one-sided p of 'no better' times the same factor. "
         f"So with no candidate {'above the bar' if rule.go == 'bar' else 'better than its baseline'}, some verdict "
