@@ -212,9 +212,11 @@ def main() -> None:
           f"{ERRORS:.0%} error, {HALTED:.0%} halted; sequential: {args.looks} looks, Lan-DeMets O'Brien-Fleming-like")
     print(f"{'scenario':<8} {'design':<10} {'any GO':>7} {'any NO-GO':>9} {'overall GO':>10} {'calls':>8} "
           f"{'USD':>8} {'looks':>5}   vs fixed")
+    results = {}
     for scenario in args.scenarios:
         started = time.perf_counter()
         fixed, sequential = run_scenario(scenario, args, rule)
+        results[scenario] = fixed, sequential
         for name, row in (("fixed", fixed), ("sequential", sequential)):
             versus = ""
             if name == "sequential":
@@ -225,6 +227,29 @@ def main() -> None:
                   f"{row['calls']:8.0f} {row['usd']:8.4f} {row['looks']:5.2f}   {versus}", flush=True)
     low, high = wilson(0.05, args.runs)
     print(f"(a rate of 5.0% over {args.runs} runs has a 95% interval of {low:.1%}..{high:.1%})")
+    for line in targets(results, rule):
+        print(line)
+
+
+def targets(results: dict, rule: DecisionConfig) -> list[str]:
+    """The issue's targets, each met or not at this run size (simulation noise included)."""
+    checks = []
+    for scenario, bound in (("none", 0.85), ("bar+12", 0.60), ("large", 0.60)):
+        if scenario in results:
+            fixed, sequential = results[scenario]
+            ratio = sequential["calls"] / fixed["calls"]
+            checks.append((f"calls at {scenario} <= {bound:.0%} of fixed", f"{ratio:.0%}", ratio <= bound))
+    for scenario in ("bar+5", "bar+12"):
+        if scenario in results:
+            fixed, sequential = results[scenario]
+            gap = sequential["overall GO"] - fixed["overall GO"]
+            checks.append((f"overall GO at {scenario} no more than 3 pp below fixed", f"{100 * gap:+.1f} pp", gap >= -0.03))
+    errors = [("none", "any GO")] + [("bar", "any NO-GO")] + ([("bar", "any GO")] if rule.go == "bar" else [])
+    for scenario, key in errors:
+        if scenario in results:
+            rate = results[scenario][1][key]
+            checks.append((f"sequential {key} at {scenario} <= 5%", f"{rate:.1%}", rate <= 0.05))
+    return [f"target: {what}: {value}: {'met' if ok else 'NOT met'}" for what, value, ok in checks]
 
 
 if __name__ == "__main__":
