@@ -56,6 +56,26 @@ def _status(rng: random.Random, errors: float = ERRORS) -> str:
     return "error" if u < errors else "halted" if u < errors + HALTED else "ok"
 
 
+TARGETS = {  # scenario: the candidate's accuracy net of its errors, from the baseline's p and the bar r
+    "null": lambda p, r: p, "above": lambda p, r: p * (1 + r) + 0.02, "large": lambda p, r: 1.5 * p,
+    "flaky": lambda p, r: 0.935 * p,
+    # bench/sequential.py's, by distance from the bar
+    "bar": lambda p, r: p * (1 + r), "bar+5": lambda p, r: p * (1 + r) + 0.05,
+    "bar+12": lambda p, r: p * (1 + r) + 0.12,
+}
+
+
+def candidate_fix(scenario: str, p_base: float, rule: DecisionConfig, errors: float) -> float:
+    """The share of the baseline's misses the candidate gets right (it keeps the baseline's right
+    answers except LOSS of them) so that, net of its own errors, its accuracy is the scenario's
+    ("flaky": 10% better when it answers, 15% errors: worse once they count)."""
+    gross = TARGETS[scenario](p_base, rule.min_improvement) / (1 - errors)
+    fix = (gross - p_base * (1 - LOSS)) / (1 - p_base)
+    if not 0.0 <= fix <= 1.0:
+        raise SystemExit(f"scenario {scenario!r} cannot be reached from a baseline accuracy of {p_base:.0%}")
+    return fix
+
+
 def simulate_run(rng: random.Random, scenario: str, agents: int, tasks: int, rule: DecisionConfig,
                  accuracies: tuple[float, float] = (0.45, 0.65)) -> SimpleNamespace:
     """One run's jobs as the report reads them (RunFacts' fields)."""
@@ -65,14 +85,7 @@ def simulate_run(rng: random.Random, scenario: str, agents: int, tasks: int, rul
         low, high = accuracies
         p_base = low + (high - low) * a / max(agents - 1, 1)
         errors = FLAKY_ERRORS if scenario == "flaky" else ERRORS
-        target = {"null": p_base, "above": p_base * (1 + rule.min_improvement) + 0.02, "large": 1.5 * p_base,
-                  "flaky": 0.935 * p_base}[scenario]
-        # The candidate's accuracy before its own errors, so that net of them it is `target`
-        # ("flaky": 10% better when it answers, 15% errors: worse once they count).
-        gross = target / (1 - errors)
-        fix = (gross - p_base * (1 - LOSS)) / (1 - p_base)
-        if not 0.0 <= fix <= 1.0:
-            raise SystemExit(f"scenario {scenario!r} cannot be reached from a baseline accuracy of {p_base:.0%}")
+        fix = candidate_fix(scenario, p_base, rule, errors)
         cand, base = [], []
         for t in range(tasks):
             easiness = rng.uniform(-0.15, 0.15)

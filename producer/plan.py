@@ -15,8 +15,8 @@ from sqlmodel import col, select
 from shared.config import Settings
 from shared.models import Job, JobStatus, Run
 from shared.epochs import epochs_gain, task_means
-from shared.power import POWER, confirmable
-from shared.report.decision import POOLED, epoch_split, error_shares
+from shared.power import POWER, can_ever_go, confirmable_by_rule
+from shared.report.decision import POOLED, by_rule_text, epoch_split, error_shares, go_promise
 
 
 def _ask(settings: Settings, read: Callable[[Any], Any]) -> Any:
@@ -116,19 +116,22 @@ def decision_power(settings: Settings, selection) -> dict[str, Any]:
                          selection.epochs, within))
     return {"power": POWER, "confidence": rule.confidence, "assumed_loss_share": rule.assumed_loss_share,
             "assumed_baseline_accuracy": rule.assumed_baseline_accuracy, "epochs": selection.epochs,
-            "assumed_within_share": rule.assumed_within_share, "rows": rows}
+            "assumed_within_share": rule.assumed_within_share, "go": rule.go,
+            "go_promise": go_promise(rule.go, 1 - rule.confidence), "rows": rows}
 
 
 def _row(agent, candidate, baseline, tasks, accuracy, source, alpha_each, rule, epochs: int = 1,
          within: tuple[float, str] = (0.0, "assumed")) -> dict[str, Any]:
     """`epochs` (k > 1): what k epochs per task buy against one (shared.epochs.epochs_gain), at
     `within` = (the within-task share of one answer's paired variance, where it comes from)."""
-    reachable, smallest = confirmable(tasks, accuracy, rule, alpha_each)
+    by_rule = confirmable_by_rule(tasks, accuracy, rule, alpha_each)
+    smallest = by_rule[rule.go]
     row = {
         "agent": agent, "candidate": candidate, "baseline": baseline, "tasks": tasks,
         "baseline_accuracy": accuracy, "baseline_accuracy_source": source, "alpha_each": alpha_each,
-        "can_ever_go": reachable,
+        "can_ever_go": can_ever_go(tasks, alpha_each),
         "smallest_confirmable_abs": smallest,
+        "smallest_confirmable_by_go": by_rule,
         "smallest_confirmable_rel": smallest / accuracy if smallest is not None and accuracy else None,
     }
     if epochs > 1:
@@ -147,10 +150,10 @@ def power_lines(power: dict) -> list[str]:
         accuracy = f"baseline accuracy {r['baseline_accuracy']:.0%} ({r['baseline_accuracy_source']})"
         if not r["can_ever_go"]:
             lines.append(f"{head}): cannot reach GO at all: too few tasks, even if the candidate wins every one")
-        elif r["smallest_confirmable_abs"] is None:
+        elif not any(r["smallest_confirmable_by_go"].values()):
             lines.append(f"{head}): cannot confirm any improvement at 80% power; {accuracy}")
         else:
-            lines.append(f"{head}): confirms +{100 * r['smallest_confirmable_abs']:.1f} pp or more at 80% power; "
+            lines.append(f"{head}): confirms at 80% power {by_rule_text(r['smallest_confirmable_by_go'], power['go'])}; "
                          f"{accuracy}" + _epochs_words(r.get("with_epochs"), r["smallest_confirmable_abs"]))
     return lines
 

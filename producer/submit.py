@@ -117,8 +117,9 @@ def record_run(settings: Settings, selection: Selection) -> tuple[str, list[tupl
 def new_job(settings: Settings, run_id: str, agent: str, task, backend: str, model: str, epoch: int = 1) -> dict:
     """A queued job's row, keyed by the request it will send and its epoch (what reuse matches on)."""
     provider = settings.backends[backend].provider
-    return {"run_id": run_id, "agent": agent, "task_id": task.id, "difficulty": task.difficulty, "backend": backend,
-            "epoch": epoch, "provider": provider, "model": model, "status": JobStatus.queued, "attempts": 0,
+    return {"run_id": run_id, "agent": agent, "task_id": task.id, "difficulty": task.difficulty,
+            "cluster": task.cluster, "backend": backend, "epoch": epoch, "provider": provider, "model": model,
+            "status": JobStatus.queued, "attempts": 0,
             "request_key": request_key(provider, job_request(settings, backend, model, task), epoch)}
 
 

@@ -152,6 +152,7 @@ def _dry_run(settings, selection, as_json: bool) -> None:
                           highlight=False, soft_wrap=True, markup=False)
         for line in power_lines(estimate["decision_power"]):
             console.print(f"  {line}", highlight=False, soft_wrap=True)
+        console.print(estimate["decision_power"]["go_promise"], highlight=False, soft_wrap=True)
     fits = "fits" if estimate["within_budget"] else "does NOT fit"
     console.print(f"estimated ≤ ${estimate['estimated_cost_usd']:.4f}; {fits} the remaining budget "
                   f"(${estimate['remaining_usd']:.2f}). Nothing was enqueued.")

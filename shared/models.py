@@ -76,6 +76,7 @@ class Job(SQLModel, table=True):
     agent: str
     task_id: str
     difficulty: str = "medium"
+    cluster: str | None = Field(default=None, max_length=100)  # the suite task's family (None: its own)
     backend: str
     # Which repeated trial of its (agent, task, backend) this job is, 1..k (submit --epochs k):
     # each its own paid call; the decision pairs the task's mean over its epochs.

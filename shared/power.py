@@ -25,6 +25,7 @@ MAX_TASKS = 1_000_000
 DRAWS = 2_000  # samples per power estimate (standard error 0.009 at 80%)
 SEED = 20261203  # the same numbers for the same data, every time
 _NORMAL = NormalDist()
+GO_RULES = ("better", "bar")  # [decision] go
 
 
 @dataclass(frozen=True)
@@ -50,23 +51,32 @@ class Truth:
         return float(self.probabilities @ self.values)
 
 
-def _chance(truth: Truth, n: int, threshold: float, alpha_each: float, verdict: str) -> float:
+def go_floor(threshold: float, go: str) -> float:
+    """The value GO's interval end must clear: 0 under "better" (and the estimate must meet the
+    threshold), the threshold itself under "bar" (never below 0)."""
+    return max(threshold, 0.0) if go == "bar" else 0.0
+
+
+def _chance(truth: Truth, n: int, threshold: float, alpha_each: float, verdict: str, go: str = "better") -> float:
     """P(the verdict at n tasks drawn from `truth`), over DRAWS seeded samples through the
-    decision's own test: GO = statistic at 0 above z and the mean at the threshold;
-    NO-GO = statistic at the threshold below -z."""
+    decision's own test: GO = statistic at go_floor above z (and, under "better", the mean at
+    the threshold); NO-GO = statistic at the threshold below -z."""
+    if n <= 0:
+        return 0.0
     rng = np.random.default_rng(SEED)
     counts = rng.multinomial(n, truth.probabilities, size=DRAWS).astype(float)
     z = _NORMAL.inv_cdf(1.0 - alpha_each)
     if verdict == "GO":
         mean = counts @ truth.values / n
-        passed = statistic(truth.values, counts, np.zeros(DRAWS)) > z
+        floor = np.full(DRAWS, min(go_floor(threshold, go), 0.999))
+        passed = statistic(truth.values, counts, floor) > z
         return float(np.mean(passed & (mean > 0) & (mean >= threshold - 1e-9)))
     at = np.full(DRAWS, min(max(threshold, -0.999), 0.999))
     return float(np.mean(statistic(truth.values, counts, at) < -z))
 
 
-def go_power(truth: Truth, n: int, threshold: float, alpha_each: float) -> float:
-    return _chance(truth, n, threshold, alpha_each, "GO")
+def go_power(truth: Truth, n: int, threshold: float, alpha_each: float, go: str = "better") -> float:
+    return _chance(truth, n, threshold, alpha_each, "GO", go)
 
 
 def no_go_power(truth: Truth, n: int, threshold: float, alpha_each: float) -> float:
@@ -74,12 +84,14 @@ def no_go_power(truth: Truth, n: int, threshold: float, alpha_each: float) -> fl
     return _chance(truth, n, threshold, alpha_each, "NO-GO")
 
 
-def tasks_needed(truth: Truth, threshold: float, alpha_each: float, power: float = POWER) -> int | None:
+def tasks_needed(truth: Truth, threshold: float, alpha_each: float, power: float = POWER,
+                 go: str = "better") -> int | None:
     """The smallest number of paired tasks at which this truth gets its verdict (GO when its
     mean meets the threshold, else NO-GO) with probability `power`; None if no suite of up to
     MAX_TASKS would (a mean exactly at the threshold, or 0)."""
     if truth.mean > max(threshold, 0.0):
-        chance = go_power
+        def chance(truth, n, threshold, alpha_each):
+            return go_power(truth, n, threshold, alpha_each, go)
     elif truth.mean < threshold:
         chance = no_go_power
     else:
@@ -108,20 +120,48 @@ def can_ever_go(n: int, alpha_each: float) -> bool:
     return bool(statistic(values, np.array([[0.0, 0.0, float(n)]]), np.zeros(1))[0] > z)
 
 
+@dataclass(frozen=True)
+class Failures:
+    """What a run loses to failed jobs, for the power figure: the share of candidate jobs that
+    end in `error` (scored 0: a loss where the baseline was right, a tie where it was wrong), the
+    share of tasks left out (the baseline failed, or never attempted), and the share of the
+    baseline's right answers the candidate gets wrong when it answers."""
+
+    candidate_errors: float = 0.0
+    left_out: float = 0.0
+    loss_share: float = 0.05
+
+
+def truth_with_failures(improvement: float, baseline_accuracy: float, failures: Failures) -> Truth:
+    """The paired 0/1 differences the decision sees when the improvement it measures (errors
+    counted as 0) is `improvement`: the candidate misses `loss_share` of the baseline's right
+    answers when it answers, and errs on `candidate_errors` of the tasks (a loss where the
+    baseline was right)."""
+    kept = 1.0 - failures.candidate_errors
+    losses = (failures.loss_share * kept + failures.candidate_errors) * baseline_accuracy
+    return Truth.binary(improvement + losses, losses)
+
+
 def smallest_confirmable(n: int, baseline_accuracy: float, min_improvement: float, alpha_each: float,
-                         loss_share: float, power: float = POWER) -> float | None:
-    """The smallest absolute improvement that n paired 0/1 tasks confirm (GO) with probability
-    `power`, when the baseline is right on `baseline_accuracy` of them and the candidate gets
-    `loss_share` of those wrong (wins = improvement + losses). None when even a candidate right
-    on every task the baseline misses does not reach that power."""
-    if n <= 0 or not can_ever_go(n, alpha_each):
+                         loss_share: float, power: float = POWER, *, go: str = "better",
+                         failures: Failures | None = None, design_effect: float = 1.0) -> float | None:
+    """The smallest absolute improvement (as the decision measures it, errors counted as 0)
+    that n planned paired 0/1 tasks confirm (GO under `go`) with probability `power`, when the
+    baseline is right on `baseline_accuracy` of them and the candidate gets `loss_share` of
+    those wrong, with `failures` (errors, tasks left out) as well. None when even a candidate
+    right on every task the baseline misses does not reach that power."""
+    failures = failures or Failures(loss_share=loss_share)
+    paired = int(round(n * (1.0 - failures.left_out) / max(design_effect, 1.0)))  # independent tasks
+    if paired <= 0 or not can_ever_go(paired, alpha_each):
         return None
-    losses = loss_share * baseline_accuracy
-    ceiling = 1.0 - baseline_accuracy - losses  # wins cannot exceed the baseline's misses
+    losses = truth_with_failures(0.0, baseline_accuracy, failures).probabilities[0]
+    # wins cannot exceed the baseline's misses the candidate answers
+    ceiling = (1.0 - baseline_accuracy) * (1.0 - failures.candidate_errors) - losses
     threshold = min_improvement * baseline_accuracy
 
     def chance(improvement: float) -> float:
-        return go_power(Truth.binary(improvement + losses, losses), n, threshold, alpha_each)
+        return go_power(truth_with_failures(improvement, baseline_accuracy, failures), paired, threshold,
+                        alpha_each, go)
 
     if ceiling <= 0 or chance(ceiling) < power:
         return None
@@ -132,10 +172,23 @@ def smallest_confirmable(n: int, baseline_accuracy: float, min_improvement: floa
     return max(high, threshold)
 
 
-def confirmable(tasks: int, baseline_accuracy: float | None, rule: Any, alpha_each: float) -> tuple[bool, float | None]:
+def confirmable(tasks: int, baseline_accuracy: float | None, rule: Any, alpha_each: float, *,
+                go: str | None = None, failures: Failures | None = None,
+                design_effect: float = 1.0) -> tuple[bool, float | None]:
     """(whether this many tasks can give GO at all, the smallest improvement they confirm at 80%
-    power from `baseline_accuracy` under `rule`'s bar and assumed losses): what the dry run and
-    the report both state."""
+    power from `baseline_accuracy` under `rule`'s bar and GO (or `go`), with the rule's assumed
+    losses or the run's `failures`): what the dry run and the report both state."""
     smallest = (smallest_confirmable(tasks, baseline_accuracy, rule.min_improvement, alpha_each,
-                                     rule.assumed_loss_share) if baseline_accuracy is not None else None)
+                                     rule.assumed_loss_share, go=go or rule.go, failures=failures,
+                                     design_effect=design_effect)
+                if baseline_accuracy is not None else None)
     return can_ever_go(tasks, alpha_each), smallest
+
+
+def confirmable_by_rule(tasks: int, baseline_accuracy: float | None, rule: Any, alpha_each: float, *,
+                        failures: Failures | None = None, design_effect: float = 1.0) -> dict[str, float | None]:
+    """The smallest improvement confirmed at 80% power under each GO rule, "better" and "bar",
+    so that the chosen one's promise is stated with what it costs."""
+    return {go: confirmable(tasks, baseline_accuracy, rule, alpha_each, go=go, failures=failures,
+                            design_effect=design_effect)[1]
+            for go in GO_RULES}

@@ -234,3 +234,50 @@ def percentile(values: Sequence[float], q: float) -> float:
     below = math.floor(position)
     above = min(below + 1, len(ordered) - 1)
     return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+
+
+def clustered_score_test(candidate: Sequence[float], baseline: Sequence[float], clusters: Sequence,
+                         *, alpha_each: float) -> PairedComparison:
+    """The score test and interval of mean(candidate - baseline) when tasks come in families
+    (`clusters`, one label per pair) whose results move together: the score statistic divided by
+    the square root of the observed design effect (Rao & Scott 1992: the families' variance of
+    the mean over the independent tasks' one, times G / (G - 1) for G families). Same interval
+    construction, so it never collapses to a point and matches paired_score_test when the
+    families are single tasks (the decision then uses paired_score_test itself). Fewer than 2
+    families: nothing can be said (the interval is [-1, 1])."""
+    if len(candidate) != len(baseline) or len(candidate) != len(clusters):
+        raise ValueError("candidate, baseline and clusters differ in length")
+    if not 0.0 < alpha_each < 0.5:
+        raise ValueError(f"the error allowed at each end must be in (0, 0.5) (got {alpha_each})")
+    differences = np.asarray(candidate, dtype=float) - np.asarray(baseline, dtype=float)
+    families = len(set(clusters))
+    if differences.size == 0 or families < 2:
+        plain = paired_score_test(candidate, baseline, alpha_each=alpha_each)
+        ci = None if differences.size == 0 else (-1.0, 1.0)
+        p = None if differences.size == 0 else 0.5
+        return PairedComparison(plain.n, plain.mean_difference, plain.sd_difference, ci, p, p, alpha_each,
+                                method="clustered score")
+    inflation = design_effect(differences, clusters) * families / (families - 1.0)
+    widened = upper_tail(_NORMAL.inv_cdf(1.0 - alpha_each) * math.sqrt(inflation))
+    test = paired_score_test(candidate, baseline, alpha_each=widened)
+    values, counts = support(differences)
+    at_zero = float(statistic(values, counts[None, :], np.zeros(1))[0]) / math.sqrt(inflation)
+    return PairedComparison(n=test.n, mean_difference=test.mean_difference, sd_difference=test.sd_difference,
+                            ci=test.ci, p_above_zero=upper_tail(at_zero), p_below_zero=upper_tail(-at_zero),
+                            alpha_each=alpha_each, method="clustered score")
+
+
+def design_effect(differences: Sequence[float], clusters: Sequence) -> float:
+    """How much the families inflate the variance of the mean difference over independent tasks
+    (>= 1 by convention here: a family never counts for more than its tasks)."""
+    d = np.asarray(differences, dtype=float)
+    if d.size == 0:
+        return 1.0
+    labels = {label: i for i, label in enumerate(dict.fromkeys(clusters))}
+    index = np.array([labels[label] for label in clusters])
+    centred = d - d.mean()
+    within = float((centred ** 2).sum())
+    if within <= 0.0:
+        return 1.0
+    summed = np.bincount(index, weights=centred, minlength=len(labels))
+    return max(1.0, float((summed ** 2).sum()) / within)

@@ -45,6 +45,9 @@ class SuiteTask(BaseModel):
     prompt: str = Field(min_length=1)
     system: str | None = None
     difficulty: Literal["easy", "medium", "hard"]
+    # A family of tasks that share a source (one document, one template): their results move
+    # together, so the decision's interval and power treat the family as one unit of evidence.
+    cluster: str | None = Field(default=None, pattern=_NAME_PATTERN, max_length=100)
     max_tokens: int = Field(default=256, gt=0, strict=True)
     scorer: Scorer
 
@@ -330,6 +333,8 @@ def _describe(exc: ValidationError) -> str:
         return f"unknown field {name!r}"
     if name == "difficulty":
         return f"unknown difficulty {error['input']!r} (expected easy, medium or hard)"
+    if name == "cluster":
+        return f"cluster must be a name of letters, digits, '.', '_' or '-' (got {error['input']!r})"
     if name == "max_tokens":
         return f"max_tokens must be a positive integer (got {error['input']!r})"
     if name == "scorer" and kind == "value_error":

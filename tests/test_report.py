@@ -511,3 +511,23 @@ def test_a_go_after_earlier_non_go_runs_on_the_same_tasks_is_flagged(db_url, tmp
     assert "Earlier decisions on the same candidate model" in markdown and "this GO follows" in markdown
     first = build(db_url, "try1")  # nothing earlier than the first run
     assert first["earlier_decisions"] == {"rows": [], "notes": []}
+
+
+def test_task_families_reach_the_verdict_from_sql(db_url):
+    """Jobs record their task's family (job.cluster); the report's comparison is clustered and
+    its headline says how many clusters carried it."""
+    from sqlmodel import select
+
+    with Session(get_engine(db_url)) as session:
+        add_run(session, "fam", ["qa"])
+        add_jobs(session, "fam", "qa", "mistral-ft", QA_FT)
+        add_jobs(session, "fam", "qa", "mistral-base", QA_BASE)
+        for job in session.exec(select(Job).where(Job.run_id == "fam")).all():
+            job.cluster = f"doc-{int(job.task_id[1:]) // 2}"  # five families of two tasks
+            session.add(job)
+        session.commit()
+    data = build(db_url, "fam")
+    qa = comparison(data, "qa")
+    assert qa["clustered"] and qa["clusters"] == 5 and qa["n"] == 10
+    assert "n=10 in 5 clusters" in qa["headline"]
+    assert "n=10 in 5 clusters" in render_markdown(data)

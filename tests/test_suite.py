@@ -242,6 +242,8 @@ def write_suite(tmp_path: Path, files: dict[str, list[str]]) -> Path:
         (task_line("qa-003", scorer={"type": "contains"}), "bad scorer: contains scorer needs"),
         (task_line("qa-003", scorer={"type": "exact", "expected": "a", "reference": "b"}), "bad scorer: its reference answer scores 0.00"),
         (task_line("qa-003", agent="QA team"), "field 'agent'"),
+        (task_line("qa-003", cluster="doc 7"), "cluster must be a name of letters, digits"),
+        (task_line("qa-003", cluster=7), "cluster must be a name of letters, digits"),
         (task_line("qa-001"), "duplicate id 'qa-001' for agent 'qa'"),
     ],
 )
@@ -256,6 +258,22 @@ def test_bad_line_names_file_line_and_reason(tmp_path: Path, bad_line: str, reas
     message = str(caught.value)
     assert f"qa.jsonl:4: {reason}" in message
     assert "\n" not in message
+
+
+def test_a_task_may_name_its_family_and_a_job_records_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    import producer.submit as submit
+
+    folder = write_suite(tmp_path, {"qa.jsonl": [task_line("qa-001", cluster="doc-7"), task_line("qa-002")]})
+    suite = load_suite(str(folder))
+    first, second = suite.get("qa", "qa-001"), suite.get("qa", "qa-002")
+    assert first.cluster == "doc-7" and second.cluster is None
+    monkeypatch.setattr(submit, "request_key", lambda *args: "key")  # the request is not what this checks
+    monkeypatch.setattr(submit, "job_request", lambda *args: None)
+    settings = SimpleNamespace(backends={"b": SimpleNamespace(provider="openai")})
+    assert submit.new_job(settings, "r", "qa", first, "b", "m")["cluster"] == "doc-7"
+    assert submit.new_job(settings, "r", "qa", second, "b", "m")["cluster"] is None
 
 
 def test_same_id_under_another_agent_is_fine(tmp_path: Path) -> None:

@@ -144,6 +144,10 @@ class BudgetConfig(Strict):
 class DecisionConfig(Strict):
     min_improvement: float = Field(default=0.08, ge=0)  # relative to the baseline's accuracy
     confidence: float = Field(default=0.95, gt=0.5, lt=1)  # GO needs this interval above zero
+    # What GO promises: "better" = the interval is above zero and the measured improvement meets
+    # the bar (the candidate is better; the bar is met on the estimate only); "bar" = the
+    # interval's lower end clears the bar (the bar is met with the run's confidence).
+    go: Literal["better", "bar"] = "better"
     # Power before paying (submit --dry-run, the report): the baseline accuracy assumed when no
     # earlier run of that baseline model is in SQL, and the share of the baseline's right answers
     # a candidate is assumed to get wrong (a fine-tune mostly agrees with its base).

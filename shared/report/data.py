@@ -23,7 +23,8 @@ DIFFICULTY_ORDER = ("easy", "medium", "hard")
 LATENCY_QUANTILES = (0, 25, 50, 75, 95, 100)
 # Every column the report reads except `output` (fetched only for the drill-down).
 JOB_COLUMNS = (
-    Job.id, Job.agent, Job.task_id, Job.epoch, Job.difficulty, Job.backend, Job.model, Job.status, Job.score,
+    Job.id, Job.agent, Job.task_id, Job.epoch, Job.difficulty, Job.cluster, Job.backend, Job.model, Job.status,
+    Job.score,
     Job.latency_ms, Job.input_tokens, Job.output_tokens, Job.cost_usd, Job.error_type,
     Job.reused_from_job_id, Job.reused_from_run_id, Job.simulated,
 )

@@ -2,8 +2,9 @@
 agent and pooled over all agents (`ALL`), judged by shared.stats' score interval.
 
 Missing answers never help the candidate: a candidate `error` (after its retries) scores 0; a
-task only the baseline failed is left out (the baseline's fault says nothing about the
-candidate, and counting it as a candidate win would reward a flaky baseline); jobs never
+task the baseline failed is left out, whether or not the candidate failed it too (without the
+baseline's score there is no pair; counting it as a candidate win would reward a flaky
+baseline, and both failing says nothing about the candidate either); jobs never
 attempted (halted, cancelled, still queued) are missing. Below MIN_PAIRED_COVERAGE of the
 tasks paired, no verdict. The answered-only comparison (both ok) is computed beside it.
 
@@ -18,12 +19,15 @@ from __future__ import annotations
 
 from typing import Any, Hashable
 
+import numpy as np
+
 from shared.config.tables import DecisionConfig
 from shared.epochs import TaskMean, task_means, variance_split
 from shared.models import JobStatus
-from shared.power import Truth, confirmable, tasks_needed
+from shared.power import Truth, tasks_needed
 from shared.report.data import RunFacts, answered
-from shared.stats import paired_score_test
+from shared.report.decision_power import power_figures
+from shared.stats import clustered_score_test, design_effect, paired_score_test
 
 GO, NO_GO, INCONCLUSIVE = "GO", "NO-GO", "INCONCLUSIVE"
 POOLED = "ALL"
@@ -105,14 +109,17 @@ def _epochs(row: dict, candidate: dict[Hashable, TaskMean], baseline: dict[Hasha
 def pairing(candidate_jobs: dict, baseline_jobs: dict) -> dict[str, Any]:
     """The suite's tasks as the decision counts them. `pairs`: (key, candidate score, baseline
     score) with a candidate error as 0; `answered`: the keys both answered ok. The counts:
-    candidate errors counted as 0, baseline errors left out, tasks missing (never attempted)."""
-    pairs, answered_keys = [], []
-    candidate_errors = baseline_errors = missing = 0
+    candidate errors counted as 0, baseline errors left out (`both_errors` of them the
+    candidate failed too), tasks missing (never attempted). `clusters`: each pair's family (the
+    task's suite `cluster`, per agent; a task without one is its own)."""
+    pairs, answered_keys, clusters = [], [], []
+    candidate_errors = baseline_errors = both_errors = missing = 0
     for key in sorted(candidate_jobs.keys() | baseline_jobs.keys()):
         cand, base = candidate_jobs.get(key), baseline_jobs.get(key)
         cand_failed = cand is not None and cand.status == JobStatus.error
         if not answered(base):  # left out, whatever the candidate did
             baseline_errors += base is not None and base.status == JobStatus.error
+            both_errors += cand_failed and base is not None and base.status == JobStatus.error
             missing += base is None or base.status != JobStatus.error
             continue
         if answered(cand):
@@ -123,8 +130,19 @@ def pairing(candidate_jobs: dict, baseline_jobs: dict) -> dict[str, Any]:
             candidate_errors += 1
         else:
             missing += 1
+            continue
+        clusters.append(family(key, getattr(base, "cluster", None)))
     return {"tasks": len(candidate_jobs.keys() | baseline_jobs.keys()), "pairs": pairs, "answered": answered_keys,
-            "candidate_errors": candidate_errors, "baseline_errors": baseline_errors, "missing": missing}
+            "candidate_errors": candidate_errors, "baseline_errors": baseline_errors, "both_errors": both_errors,
+            "missing": missing, "clusters": clusters}
+
+
+def family(key: Hashable, cluster: str | None) -> Hashable:
+    """A pair's family: its task's suite `cluster` within its agent (pooled keys are (agent,
+    task)), or the task alone."""
+    if cluster is None:
+        return ("task", key)
+    return ("cluster", key[0] if isinstance(key, tuple) else None, cluster)
 
 
 def _model(jobs: dict) -> str | None:
@@ -146,40 +164,51 @@ def compare(
         "candidate_model": _model(candidate_jobs), "baseline_model": _model(baseline_jobs),
         "tasks": paired["tasks"], "n": len(pairs),
         "candidate_errors": paired["candidate_errors"], "baseline_errors": paired["baseline_errors"],
-        "missing": paired["missing"],
+        "both_errors": paired["both_errors"], "missing": paired["missing"],
         "paired_coverage": len(pairs) / paired["tasks"] if paired["tasks"] else 0.0,
-        "confidence": rule.confidence, "alpha_each": alpha_each, "method": "score",
+        "confidence": rule.confidence, "alpha_each": alpha_each, "method": "score", "go_rule": rule.go,
     }
-    measured = _measure([c for _, c, _ in pairs], [b for _, _, b in pairs], rule, alpha_each)
+    labels = paired["clusters"]
+    families = len(set(labels))
+    clustered = families < len(pairs)  # some family holds several tasks
+    row.update(clusters=families, clustered=clustered,
+               design_effect=design_effect([c - b for _, c, b in pairs], labels) if clustered else 1.0)
+    measured = _measure([c for _, c, _ in pairs], [b for _, _, b in pairs], rule, alpha_each,
+                        labels if clustered else None)
     row.update(measured)
     row.update(_verdict(row, rule, [c - b for _, c, b in pairs] if plan else None))
     if paired["candidate_errors"]:  # else the answered tasks are the paired ones: the same measure
         by_key = {key: (c, b) for key, c, b in pairs}
         answered = paired["answered"]
-        answered_only = _measure([by_key[k][0] for k in answered], [by_key[k][1] for k in answered], rule, alpha_each)
+        label_of = dict(zip((key for key, _, _ in pairs), labels))
+        answered_only = _measure([by_key[k][0] for k in answered], [by_key[k][1] for k in answered], rule, alpha_each,
+                                 [label_of[k] for k in answered] if clustered else None)
     else:
         answered_only = dict(measured)
     answered_only.update(n=len(paired["answered"]), tasks=paired["tasks"],
                          paired_coverage=len(paired["answered"]) / paired["tasks"] if paired["tasks"] else 0.0)
     answered_only["decision"] = _verdict(answered_only, rule, None)["decision"]
     row["answered_only"] = answered_only
-    row["power"] = _power(row, rule, alpha_each) if plan else None
+    answered_set = set(paired["answered"])
+    both_ok = [(c, b) for key, c, b in pairs if key in answered_set]
+    row["power"] = power_figures(row, rule, alpha_each, both_ok) if plan else None
     if agent != POOLED:
         row["pairs"] = [{"task_id": k, "candidate_score": c, "baseline_score": b} for k, c, b in pairs]
     row["headline"] = headline(row)
     return row
 
 
-def _measure(candidate: list[float], baseline: list[float], rule: DecisionConfig, alpha_each: float) -> dict:
+def _measure(candidate: list[float], baseline: list[float], rule: DecisionConfig, alpha_each: float,
+             clusters: list | None = None) -> dict:
     """Accuracies, improvement, threshold, the interval and the p-value (None without pairs).
     `p_value`: one-sided, "the candidate is no better", multiplied by the run's share factor
     (Bonferroni), so GO needs it <= 1 - confidence exactly when the interval is above 0."""
     row: dict[str, Any] = dict.fromkeys(
         ("candidate_accuracy", "baseline_accuracy", "improvement_rel", "improvement_abs", "threshold_abs",
-         "ci95_abs", "p_value", "p_value_unadjusted", "sd_difference"))
+         "ci95_abs", "p_value", "p_value_unadjusted", "sd_difference", "bar_margin_low"))
     if not candidate:
         return row
-    test = paired_score_test(candidate, baseline, alpha_each=alpha_each)
+    test = _test(candidate, baseline, alpha_each, clusters)
     candidate_accuracy, baseline_accuracy = sum(candidate) / len(candidate), sum(baseline) / len(baseline)
     improvement = candidate_accuracy - baseline_accuracy
     row.update(
@@ -189,12 +218,32 @@ def _measure(candidate: list[float], baseline: list[float], rule: DecisionConfig
         p_value=min(1.0, test.p_above_zero * (1.0 - rule.confidence) / alpha_each),
         p_value_unadjusted=test.p_above_zero, sd_difference=test.sd_difference,
     )
+    if rule.go == "bar":
+        row["bar_margin_low"] = bar_margin_low(candidate, baseline, rule.min_improvement, alpha_each, clusters)
     return row
+
+
+def _test(candidate: list[float], baseline: list[float], alpha_each: float, clusters: list | None):
+    """The score test, cluster-robust when the tasks come in families."""
+    if clusters is None:
+        return paired_score_test(candidate, baseline, alpha_each=alpha_each)
+    return clustered_score_test(candidate, baseline, clusters, alpha_each=alpha_each)
+
+
+def bar_margin_low(candidate: list[float], baseline: list[float], min_improvement: float, alpha_each: float,
+                   clusters: list | None = None) -> float:
+    """The lower end of the interval of mean(candidate - (1 + min_improvement) x baseline): above 0
+    when the candidate clears the relative bar with the comparison's confidence. The bar moves with
+    the measured baseline accuracy, so "the difference's lower end above the measured bar" would
+    say GO at the bar more often than promised (6-8% for 5%); this tests the bar itself."""
+    scale = 1.0 + min_improvement
+    return _test([c / scale for c in candidate], baseline, alpha_each, clusters).ci[0] * scale
 
 
 def _verdict(c: dict, rule: DecisionConfig, differences: list[float] | None) -> dict[str, Any]:
     """The decision, why, and (INCONCLUSIVE) how many paired tasks would settle it at 80% power
-    if the observed differences were the truth."""
+    if the observed differences were the truth. GO under `rule.go`: "better" = the interval
+    above 0 and the estimate meets the threshold; "bar" = the interval's lower end clears it."""
     if c["n"] == 0:
         return {"decision": INCONCLUSIVE, "reason": "no task paired", "pairs_needed": None}
     if c["paired_coverage"] < MIN_PAIRED_COVERAGE:
@@ -202,25 +251,37 @@ def _verdict(c: dict, rule: DecisionConfig, differences: list[float] | None) -> 
                 "reason": f"only {c['paired_coverage']:.0%} of the tasks paired (the rest missing)"}
     low, high = c["ci95_abs"]
     improvement, threshold = c["improvement_abs"], c["threshold_abs"]
-    meets = improvement > 0 and improvement >= threshold - _TOLERANCE
-    if meets and low > 0:
-        return {"decision": GO, "reason": "improvement meets the threshold and the interval is above 0",
-                "pairs_needed": None}
-    if high < threshold - _TOLERANCE:
+    bar_low = c.get("bar_margin_low")
+    go, no_go = settled(low, high, improvement, threshold, -1.0 if bar_low is None else bar_low, rule.go)
+    if go:
+        reason = ("the candidate clears the required improvement with the comparison's confidence" if rule.go == "bar"
+                  else "improvement meets the threshold and the interval is above 0")
+        return {"decision": GO, "reason": reason, "pairs_needed": None}
+    if no_go:
         return {"decision": NO_GO, "reason": "the interval's upper end is below the required improvement",
                 "pairs_needed": None}
-    reason = "the interval includes 0" if meets else "the interval reaches the required improvement"
-    needed = tasks_needed(Truth.observed(differences), threshold, c["alpha_each"]) if differences else None
+    meets = improvement > 0 and improvement >= threshold - _TOLERANCE
+    if not meets:
+        reason = "the interval reaches the required improvement"
+    else:
+        reason = "the interval reaches below the required improvement" if rule.go == "bar" else "the interval includes 0"
+    needed = tasks_needed(Truth.observed(differences), threshold, c["alpha_each"], go=rule.go) if differences else None
+    if needed:  # families: as many more tasks as they inflate the variance
+        needed = int(needed * c.get("design_effect", 1.0) + 0.999)
     return {"decision": INCONCLUSIVE, "reason": reason, "pairs_needed": max(needed, c["n"] + 1) if needed else None}
 
 
-def _power(c: dict, rule: DecisionConfig, alpha_each: float) -> dict[str, Any]:
-    """What this many tasks can confirm at 80% power, from this run's baseline accuracy."""
-    tasks = c["tasks"]
-    accuracy = c["baseline_accuracy"]
-    reachable, smallest = confirmable(tasks, accuracy, rule, alpha_each)
-    return {"tasks": tasks, "baseline_accuracy": accuracy, "can_ever_go": reachable,
-            "smallest_confirmable_abs": smallest, "loss_share": rule.assumed_loss_share}
+def settled(low, high, improvement, threshold, bar_low, go: str):
+    """(GO, NO-GO) from a comparison's measures, for one comparison or numpy arrays of many (the
+    benches): GO under "better" = the estimate meets the threshold and the interval is above 0;
+    under "bar" = the estimate meets it and the interval of candidate - (1 + bar) x baseline
+    (`bar_low`, its lower end) is above 0. NO-GO = the upper end below the threshold."""
+    improvement, threshold = np.asarray(improvement), np.asarray(threshold)
+    meets = (improvement > 0) & (improvement >= threshold - _TOLERANCE)
+    clears = np.asarray(bar_low) > _TOLERANCE if go == "bar" else np.asarray(low) > 0
+    go_ = meets & clears
+    no_go = ~go_ & (np.asarray(high) < threshold - _TOLERANCE)
+    return (bool(go_), bool(no_go)) if go_.ndim == 0 else (go_, no_go)
 
 
 def combine(verdicts: list[str]) -> str:
@@ -246,8 +307,9 @@ def headline(c: dict) -> str:
     if c["n"] == 0 or c["ci95_abs"] is None:
         return f"{who}: {c['decision']}: {c['reason']}"
     low, high = (_points(x) for x in c["ci95_abs"])
+    families = f" in {c['clusters']} clusters" if c.get("clustered") else ""
     text = (f"{who}: {c['decision']}: {_points(c['improvement_abs'])} pp, "
-            f"CI {low}..{high} (needs {100 * c['threshold_abs']:+.1f} pp; n={c['n']})")
+            f"CI {low}..{high} (needs {100 * c['threshold_abs']:+.1f} pp; n={c['n']}{families})")
     if c["decision"] == INCONCLUSIVE:
         text += (f"; about {c['pairs_needed']} paired tasks would settle it at 80% power" if c["pairs_needed"]
                  else f"; {c['reason']}")
@@ -258,12 +320,34 @@ def sensitivity_line(c: dict) -> str:
     """The answered-only comparison beside the main one."""
     who = "all agents pooled" if c["agent"] == POOLED else c["agent"]
     a = c["answered_only"]
-    failed = f"{c['candidate_errors']} candidate error(s) counted as 0, {c['baseline_errors']} baseline error(s) " \
-             f"and {c['missing']} missing left out"
+    both = c.get("both_errors", 0)
+    failed = (f"{c['candidate_errors']} candidate error(s) counted as 0, {c['baseline_errors']} baseline error(s) "
+              f"({both} of them failed by both) and {c['missing']} missing left out")
     if a["ci95_abs"] is None:
         return f"{who}: answered-only: no task answered by both ({failed})"
     return (f"{who}: answered-only (both ok, n={a['n']}): {_points(a['improvement_abs'])} pp, CI "
             f"{_points(a['ci95_abs'][0])}..{_points(a['ci95_abs'][1])}: {a['decision']} ({failed})")
+
+
+def go_promise(go: str, error: float) -> str:
+    """One sentence: what GO under `go` promises, and what it does not."""
+    if go == "bar":
+        return (f'GO (go = "bar") promises that the improvement clears the bar: with every candidate at or below '
+                f"the bar, some verdict says GO in at most {error:.0%} of runs; it costs power (a larger true gain "
+                "is needed for GO).")
+    return (f'GO (go = "better") promises that the candidate is better than its baseline (with none better, some '
+            f"verdict says GO in at most {error:.0%} of runs); it does not promise the bar: the improvement meets it "
+            'only as measured, and a candidate just below the bar can get GO (go = "bar" promises that).')
+
+
+def by_rule_text(smallest: dict | None, go: str) -> str:
+    """`+11.6 pp or more under "better" (the chosen rule); +17.8 pp or more under "bar"`."""
+    if not smallest:
+        return ""
+    parts = [("no improvement" if smallest[rule] is None else f"{100 * smallest[rule]:+.1f} pp or more")
+             + f' under "{rule}"' + (" (the chosen rule)" if rule == go else "")
+             for rule in sorted(smallest, key=lambda r: r != go)]
+    return "; ".join(parts)
 
 
 def power_line(c: dict) -> str:
@@ -273,11 +357,20 @@ def power_line(c: dict) -> str:
         return f"{who}: not computed"
     if not p["can_ever_go"]:
         return f"{who}: {p['tasks']} tasks cannot reach GO at all: even a candidate right on every task misses the bar"
-    if p["smallest_confirmable_abs"] is None:
-        return (f"{who}: {p['tasks']} tasks cannot confirm any improvement at 80% power "
-                f"(baseline accuracy {_share(p['baseline_accuracy'])})")
+    failures = ""
+    if "candidate_error_share" in p:  # reports built before the run's failures entered the figure lack it
+        failures = (f", this run's failures: {p['candidate_error_share']:.0%} candidate errors, "
+                    f"{p['left_out_share']:.0%} of tasks left out, loss share {p['loss_share']:.0%}")
+    if p.get("design_effect", 1.0) > 1.0:
+        failures += f"; {p['clusters']} task families, design effect {p['design_effect']:.2f}"
+    context = f"(baseline accuracy {_share(p['baseline_accuracy'])}{failures})"
+    if p["smallest_confirmable_abs"] is None and not any((p.get("smallest_confirmable_by_go") or {}).values()):
+        return f"{who}: {p['tasks']} tasks cannot confirm any improvement at 80% power {context}"
+    by_rule = p.get("smallest_confirmable_by_go")
+    if by_rule:
+        return f"{who}: {p['tasks']} tasks confirm at 80% power an improvement of {by_rule_text(by_rule, p['go_rule'])} {context}"
     return (f"{who}: {p['tasks']} tasks confirm an improvement of {100 * p['smallest_confirmable_abs']:+.1f} pp or more "
-            f"at 80% power (baseline accuracy {_share(p['baseline_accuracy'])})")
+            f"at 80% power {context}")
 
 
 def _share(value: float | None) -> str:
@@ -296,20 +389,30 @@ def rule_text(rule: DecisionConfig) -> str:
     threshold = f"{rule.min_improvement * 100:g}%"
     level = f"{rule.confidence:.0%}"
     error = f"{1 - rule.confidence:.0%}"
+    if rule.go == "bar":
+        go = (f"GO when the candidate's accuracy is at least (1 + {rule.min_improvement:g}) times the baseline's "
+              "with the comparison's confidence (the lower end of the interval of candidate - "
+              f"(1 + {rule.min_improvement:g}) x baseline above zero, which puts the difference's interval above the "
+              "required improvement), measured on the same tasks.")
+    else:
+        go = (f"GO when the fine-tuned (candidate) model beats its baseline by at least {threshold} relative "
+              "((candidate - baseline) / baseline accuracy) AND the interval of the difference lies above zero, "
+              "both measured on the same tasks.")
     return (
-        f"GO when the fine-tuned (candidate) model beats its baseline by at least {threshold} relative "
-        "((candidate - baseline) / baseline accuracy) AND the interval of the difference lies above zero, "
-        "both measured on the same tasks. NO-GO when the interval's upper end is below the required "
+        f"{go} {go_promise(rule.go, 1 - rule.confidence)} NO-GO when the interval's upper end is below the required "
         f"improvement ({threshold} of the baseline's accuracy, in points). INCONCLUSIVE otherwise, and when "
         f"fewer than {MIN_PAIRED_COVERAGE:.0%} of the tasks are paired; the report then says how many paired "
         "tasks would settle it at 80% power if the observed differences were the truth. A candidate error "
-        "counts as a score of 0; a task only the baseline failed, or never attempted (halted, cancelled), is "
-        "left out; the answered-only comparison is shown beside it. The interval inverts a score test of the "
+        "counts as a score of 0; a task the baseline failed (whether or not the candidate failed it too), or "
+        "never attempted (halted, cancelled), is left out; the answered-only comparison is shown beside it. The interval inverts a score test of the "
         "mean paired difference (Tango's for 0/1 scores, the same construction for fractional ones, with a "
-        "continuity correction of half a task). One error rate for the whole run (Bonferroni, weighted): "
+        "continuity correction of half a task); when suite tasks name a `cluster` (a family sharing a source), "
+        "the statistic is divided by the root of the observed design effect (Rao-Scott: the families' variance "
+        "over independent tasks'), and the power figure counts that many fewer independent tasks. One error rate for the whole run (Bonferroni, weighted): "
         f"{error} split half to the pooled verdict(s), half evenly over the per-agent ones; each interval end "
         "holds at 1 minus its share, and the p-value is the one-sided p of 'no better' times the same factor. "
-        f"So with no candidate better than its baseline, some verdict says GO in at most {error} of runs, and "
+        f"So with no candidate {'above the bar' if rule.go == 'bar' else 'better than its baseline'}, some verdict "
+        f"says GO in at most {error} of runs, and "
         f"with every candidate above the bar, some verdict says NO-GO in at most {error} ({level} family-wise). "
         "Per agent, and overall on all agents' paired tasks pooled (each task once; the spread includes the "
         "differences between agents, so agents of unequal difficulty widen it, never narrow it); an agent "

@@ -33,7 +33,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         resources = used_by(item)
         for name in resources:
             item.add_marker(name)
-        if resources or item.get_closest_marker("integration"):
+        if resources or item.get_closest_marker("integration") or item.get_closest_marker("statistics"):
             item.add_marker("integration")
         else:
             item.add_marker("unit")
