@@ -9,7 +9,7 @@ from typing import Any
 
 from shared.budget import max_output_tokens
 from shared.config import Settings
-from shared.providers import TEMPERATURE, ChatRequest
+from shared.providers import ChatRequest
 
 # Bump when what goes into the key changes, so old keys stop matching instead of matching wrongly.
 REQUEST_KEY_VERSION = 1
@@ -21,7 +21,7 @@ def job_request(settings: Settings, backend: str, model: str, task: Any) -> Chat
     return ChatRequest(
         model=model, prompt=task.prompt, system=task.system,
         max_tokens=max_output_tokens(settings, backend, task.max_tokens), timeout_s=settings.retry.call_timeout_s,
-        base_url=config.base_url, key_env=config.api_key_env,
+        base_url=config.base_url, key_env=config.api_key_env, params=settings.generation(backend),
     )
 
 
@@ -33,8 +33,8 @@ def judge_request(settings: Settings, agent: str, task: Any, answer: str) -> tup
     config = settings.backends[settings.judge.backend]
     return provider, ChatRequest(
         model=model, prompt=task.scorer.prompt(task.prompt, answer), system=JUDGE_SYSTEM,
-        max_tokens=settings.judge.max_tokens, timeout_s=settings.retry.call_timeout_s,
-        base_url=config.base_url, key_env=config.api_key_env,
+        max_tokens=config.params.max_output_tokens or settings.judge.max_tokens, timeout_s=settings.retry.call_timeout_s,
+        base_url=config.base_url, key_env=config.api_key_env, params=settings.generation(settings.judge.backend),
     )
 
 
@@ -61,11 +61,18 @@ def request_key(provider: str, request: ChatRequest) -> str:
     """A hash of everything that changes the answer (the timeout does not): equal keys mean the
     provider would receive the same request, so at temperature 0 it gives (nearly) the same answer.
     A backend's own endpoint is part of it (a local server's model is not the hosted one, even
-    under the same name); the provider's default endpoint is not, so older keys still match."""
+    under the same name); the provider's default endpoint is not, so older keys still match.
+    Every generation setting given is part of it; `temperature` is None when none is sent (the
+    provider's default), and a request at temperature 0 alone keys as before settings existed."""
+    settings = request.params.set_values()
+    temperature = settings.pop("temperature", None)
     fields = {
         "v": REQUEST_KEY_VERSION, "provider": provider, "model": request.model, "system": request.system,
-        "prompt": request.prompt, "max_tokens": request.max_tokens, "temperature": TEMPERATURE,
+        "prompt": request.prompt, "max_tokens": request.max_tokens,
+        "temperature": int(temperature) if temperature is not None and float(temperature).is_integer() else temperature,
     }
+    if settings:
+        fields["params"] = settings
     if request.base_url:
         fields["endpoint"] = request.base_url
     return hashlib.sha256(json.dumps(fields, sort_keys=True, ensure_ascii=False).encode()).hexdigest()

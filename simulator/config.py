@@ -40,6 +40,8 @@ class SimulatorConfig(BaseModel):
       batch, so there every request of it errors); batch_create_delay_s: the answer to a batch's
       creation is held back this long after the batch exists (a submitter that dies meanwhile
       leaves a batch at the provider whose id it never learnt).
+    - reasoning_tokens: what a reasoning model (OpenAI o-series and GPT-5 ids; Anthropic with
+      thinking enabled) spends reasoning per request at effort "low" (simulator/reasoning.py).
     - suite: the suites whose answers it knows, comma-separated names or folders.
     - fine_tunes: the Mistral fine-tuning jobs it lists (and the models they made), see
       simulator/finetune.py.
@@ -63,6 +65,7 @@ class SimulatorConfig(BaseModel):
     judge_garbage_rate: float = Rate
     empty_choices_rate: float = Rate
     default_max_tokens: int = Field(default=1024, gt=0)
+    reasoning_tokens: int = Field(default=64, ge=0)  # per request at effort "low" (simulator/reasoning.py)
     batch_delay_s: float = Field(default=2.0, ge=0.0)
     batch_error_rate: float = Rate
     batch_expire_rate: float = Rate

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.numbers import FINITE
+from shared.providers.params import ALLOWANCE_FIELDS, MIN_THINKING_BUDGET, REASONING_EFFORTS, problems
 from shared.providers.registry import PROVIDER_NAMES
 
 Provider = Literal[PROVIDER_NAMES]  # type: ignore[valid-type]  # derived from the provider registry
@@ -27,6 +28,18 @@ class AgentsConfig(Strict):
     names: list[str] = ["qa", "content", "legal", "support", "analyst"]
 
 
+class GenerationParams(Strict):
+    """A backend's generation settings, in our own vocabulary (shared.providers.params maps
+    them to each API). Unset: not sent, the provider's default applies."""
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = Field(default=None, ge=0)
+    reasoning_effort: Literal[REASONING_EFFORTS] | None = None  # type: ignore[valid-type]
+    reasoning_budget_tokens: int | None = Field(default=None, ge=MIN_THINKING_BUDGET)  # Anthropic's thinking
+    max_output_tokens: int | None = Field(default=None, gt=0)  # the whole allowance; wins over a task's max_tokens
+
+
 class BackendConfig(Strict):
     provider: Provider
     role: Literal["candidate", "baseline", "reference"] = "reference"
@@ -34,7 +47,10 @@ class BackendConfig(Strict):
     model: str | None = None
     models: dict[str, str] = {}
     model_id_file: str | None = None
-    max_tokens: int | None = None  # caps every task's own max_tokens when set
+    max_tokens: int | None = Field(default=None, gt=0)  # caps every task's own max_tokens when set
+    params: GenerationParams = GenerationParams()
+    # OpenAI wire format: the allowance's field; "max_tokens" for a server that predates max_completion_tokens
+    max_tokens_field: Literal[ALLOWANCE_FIELDS] | None = None  # type: ignore[valid-type]
     enabled: bool = True
     # Its own endpoint (a local OpenAI-compatible server, a gateway), in the form the provider's
     # SDK takes; else the provider's *_BASE_URL, else the provider's own. With one, the backend
@@ -53,6 +69,12 @@ class BackendConfig(Strict):
             raise ValueError(f"base_url must start with http:// or https:// (got {self.base_url!r})")
         if self.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
             raise ValueError(f"api_key_env must name an environment variable (got {self.api_key_env!r})")
+        if self.max_tokens_field is not None and self.provider != "openai":
+            raise ValueError("max_tokens_field is for backends that speak the openai wire format")
+        wrong = problems(self.provider, self.params.model_dump(exclude={"max_output_tokens"}),
+                         self.params.max_output_tokens)
+        if wrong:
+            raise ValueError(f"params: {'; '.join(wrong)}")
         if self.role == "candidate" and not self.baseline:
             raise ValueError("a candidate needs `baseline = \"<backend name>\"`")
         return self
@@ -61,6 +83,9 @@ class BackendConfig(Strict):
 class Price(Strict):
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
+    # Input tokens the provider served from its prompt cache (usage reports them), per million;
+    # None: it has no cached price, and cached tokens cost the input price.
+    cached_input_per_mtok: float | None = Field(default=None, ge=0)
     # Fine-tuning a model based on this one, per million trained tokens: what a fine-tuning job
     # is ledgered at when the provider reports its trained tokens but no cost.
     training_per_mtok: float | None = Field(default=None, ge=0)

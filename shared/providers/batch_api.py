@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Iterator
 
-from shared.providers.adapters import SIMULATOR_HEADER, TEMPERATURE, ChatRequest, ChatResponse, _messages
+from shared.providers.adapters import SIMULATOR_HEADER, ChatRequest, ChatResponse, _messages
+from shared.providers.params import anthropic_arguments, mistral_arguments, openai_arguments
 from shared.providers.errors import ProviderError, classify
 
 ENDPOINT = "/v1/chat/completions"
@@ -119,8 +120,7 @@ def _jsonl(lines: Iterable[dict]) -> bytes:
 
 def _openai_line(cid: str, req: ChatRequest) -> dict:
     return {"custom_id": cid, "method": "POST", "url": ENDPOINT,
-            "body": {"model": req.model, "messages": _messages(req), "max_tokens": req.max_tokens,
-                     "temperature": TEMPERATURE}}
+            "body": {"model": req.model, "messages": _messages(req), **openai_arguments(req.max_tokens, req.params)}}
 
 
 def _simulator_mark(headers: Any) -> dict[str, str]:
@@ -208,8 +208,9 @@ class OpenAIBatches:
 
 class MistralBatches:
     def submit(self, cli: Any, model: str, lines: list[tuple[str, ChatRequest]], metadata: dict[str, str]) -> str:
-        data = _jsonl({"custom_id": cid, "body": {"messages": _messages(req), "max_tokens": req.max_tokens,
-                                                   "temperature": TEMPERATURE}} for cid, req in lines)
+        data = _jsonl({"custom_id": cid, "body": {"messages": _messages(req),
+                                                   **mistral_arguments(req.max_tokens, req.params)}}
+                      for cid, req in lines)
         uploaded = _sdk(lambda: cli.files.upload(file={"file_name": "batch.jsonl", "content": data},
                                                  purpose="batch", retries=None))
         job = _sdk(lambda: cli.batch.jobs.create(endpoint=ENDPOINT, input_files=[uploaded.id], model=model,
@@ -255,7 +256,7 @@ class MistralBatches:
 
 class AnthropicBatches:
     def submit(self, cli: Any, model: str, lines: list[tuple[str, ChatRequest]], metadata: dict[str, str]) -> str:
-        requests = [{"custom_id": cid, "params": {"model": req.model, "max_tokens": req.max_tokens,
+        requests = [{"custom_id": cid, "params": {"model": req.model, **anthropic_arguments(req.max_tokens, req.params),
                                                   "messages": [{"role": "user", "content": req.prompt}],
                                                   **({"system": req.system} if req.system else {})}}
                     for cid, req in lines]
