@@ -25,6 +25,23 @@ def job_request(settings: Settings, backend: str, model: str, task: Any) -> Chat
     )
 
 
+def backend_settings(settings: Settings, backend: str) -> dict[str, Any]:
+    """What each request of a backend sends besides its messages, in the provider's own names
+    (`submit --dry-run`, `producer check`): its output allowance is a number when the backend
+    sets `max_output_tokens`, else "each task's max_tokens" (capped by the backend's)."""
+    from shared.providers.params import sent
+
+    config = settings.backends[backend]
+    arguments = sent(config.provider, 0, settings.generation(backend))
+    allowance_field = next(iter(arguments))  # every mapping puts the allowance first
+    if config.params.max_output_tokens is not None:
+        arguments[allowance_field] = config.params.max_output_tokens
+    else:
+        cap = f", at most {config.max_tokens}" if config.max_tokens else ""
+        arguments[allowance_field] = f"each task's max_tokens{cap}"
+    return arguments
+
+
 def judge_request(settings: Settings, agent: str, task: Any, answer: str) -> tuple[str, ChatRequest]:
     """(provider, request) of the judge call that grades `answer` to a `judge` task."""
     from shared.scoring.judge import JUDGE_SYSTEM
