@@ -128,3 +128,30 @@ def test_anthropic_thinking_is_sent_budgeted_and_paid_as_output(
     assert [job.status for job in jobs] == ["ok", "ok"], [job.error_message for job in jobs]
     assert all(job.reasoning_tokens == 128 and job.output_tokens > 128 for job in jobs)
     assert sum(e.reasoning_tokens for e in ledger_rows(run_id)) == 256
+
+
+def test_check_sends_one_tiny_paid_request_per_backend(genesis, start_worker, simulator, monkeypatch, tmp_path):
+    """`producer check`: one job per backend through the workers (ledgered like any call); it
+    prints model, settings, latency and cost, and exits 1 naming a setting a model refuses."""
+    start_worker("w1", concurrency=4)
+    result = producer("check", "openai", "anthropic", "mistral-base", "--json")
+    assert result.exit_code == 0, result.output
+    checked = json.loads(result.stdout)
+    rows = {row["backend"]: row for row in checked["backends"]}
+    assert rows["openai"]["settings"] == {"max_completion_tokens": 1024, "reasoning_effort": "low"}
+    assert all(row["status"] == "ok" and row["settings_accepted"] and row["cost_usd"] > 0 and row["latency_ms"] >= 0
+               for row in rows.values())
+    ledger = ledger_rows(checked["run_id"])
+    assert sorted(e.backend for e in ledger) == ["anthropic", "mistral-base", "openai"]
+    assert {e.backend: e.cost_usd for e in ledger} == {b: row["cost_usd"] for b, row in rows.items()}
+    assert simulator.stats()["requests_total"] == 3
+
+    use_toml(genesis, monkeypatch, tmp_path, SHIPPED.replace(
+        OPENAI_BLOCK, 'model = "o4-mini"\nmax_tokens_field = "max_tokens"\n'
+                      '[pricing."o4-mini"]\ninput_per_mtok = 1.10\noutput_per_mtok = 4.40\n'))
+    start_worker("w2", concurrency=2)
+    refused = producer("check", "openai")
+    assert refused.exit_code == 1
+    assert "openai: model o4-mini FAILED (max_tokens=\"each task's max_tokens\")" in refused.stderr
+    assert "refuses the setting 'max_tokens'" in refused.stderr
+    print(result.stdout, refused.stdout, refused.stderr)

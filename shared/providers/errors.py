@@ -58,7 +58,7 @@ REFUSED_SETTING_CODES = frozenset({"unsupported_parameter", "unsupported_value"}
 def refused_setting_line(backend: str, model: str, err: ProviderError) -> str:
     """The one line a user reads when a backend's model refuses one of its settings."""
     return (f"backend {backend!r}: model {model!r} refuses the setting {err.param!r} "
-            f"(a configuration error: change [backends.{backend}] params; not retried): {err}")
+            f"(a configuration error: change [backends.{backend}]; not retried): {err}")
 
 
 def _error_fields(exc: BaseException) -> dict[str, Any]:
