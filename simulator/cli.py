@@ -87,6 +87,10 @@ def simulator_command(
     batch_create_delay_s: Annotated[
         float, typer.Option(min=0.0, help="Hold back the answer to a batch's creation this long after it exists.")
     ] = 0.0,
+    reasoning_tokens: Annotated[
+        int, typer.Option(help="Tokens a reasoning model (o-series, gpt-5*; Anthropic thinking) spends per request "
+                               "at effort low (x2 medium, x4 high).")
+    ] = DEFAULTS["reasoning_tokens"],
     seed: Annotated[int, typer.Option(help="Seed of answers and fault draws.")] = DEFAULTS["seed"],
     suite: Annotated[str, typer.Option(help="Suite whose expected answers the models know.")] = DEFAULTS["suite"],
     fine_tunes: Annotated[
@@ -114,6 +118,7 @@ def simulator_command(
         "batch_expire_rate": batch_expire_rate,
         "batch_fail_rate": batch_fail_rate,
         "batch_create_delay_s": batch_create_delay_s,
+        "reasoning_tokens": reasoning_tokens,
         "seed": seed,
         "suite": suite,
     }

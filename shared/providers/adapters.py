@@ -114,11 +114,11 @@ def call_anthropic(client: Any, req: ChatRequest) -> ChatResponse:
         finish_reason=message.stop_reason,
         headers=dict(raw.headers),
         usage_reported=usage is not None,
-        reasoning_tokens=_thinking_tokens(message.content, usage.output_tokens if usage else 0),
+        reasoning_tokens=thinking_tokens(message.content, usage.output_tokens if usage else 0),
     )
 
 
-def _thinking_tokens(content: Any, output_tokens: int) -> int:
+def thinking_tokens(content: Any, output_tokens: int) -> int:
     """Anthropic bills thinking inside output_tokens without a count of its own: the thinking
     blocks' share, estimated from their text (a redacted block is counted whole as unknown, 0)."""
     from shared.tokens import estimate_tokens

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Iterator
 
-from shared.providers.adapters import SIMULATOR_HEADER, ChatRequest, ChatResponse, _messages
+from shared.providers.adapters import SIMULATOR_HEADER, ChatRequest, ChatResponse, _messages, thinking_tokens
 from shared.providers.params import anthropic_arguments, mistral_arguments, openai_arguments
 from shared.providers.errors import ProviderError, classify
 
@@ -140,10 +140,12 @@ def _chat_result(cid: str, line: dict, mark: dict[str, str]) -> Result:
         if not isinstance(content, str):
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
         usage = body.get("usage")
+        details = (usage or {}).get("completion_tokens_details") or {}
         return Result(cid, "succeeded", ChatResponse(
             text=content, input_tokens=(usage or {}).get("prompt_tokens") or 0,
             output_tokens=(usage or {}).get("completion_tokens") or 0, latency_ms=0.0,
-            finish_reason=choice.get("finish_reason"), headers=mark, usage_reported=usage is not None))
+            finish_reason=choice.get("finish_reason"), headers=mark, usage_reported=usage is not None,
+            reasoning_tokens=(details.get("reasoning_tokens") or 0) if isinstance(details, dict) else 0))
     error = line.get("error") or (body or {}).get("error") or body or "no answer"
     message = error.get("message") if isinstance(error, dict) else str(error)
     return Result(cid, "errored", error=f"{response.get('status_code') or 'error'}: {message}"[:500])
@@ -279,7 +281,8 @@ class AnthropicBatches:
                     text="".join(getattr(block, "text", "") for block in message.content),
                     input_tokens=usage.input_tokens if usage else 0, output_tokens=usage.output_tokens if usage else 0,
                     latency_ms=0.0, finish_reason=message.stop_reason, headers=mark,
-                    usage_reported=usage is not None)))
+                    usage_reported=usage is not None,
+                    reasoning_tokens=thinking_tokens(message.content, usage.output_tokens if usage else 0))))
             elif result.type == "errored":
                 found.append(Result(entry.custom_id, "errored",
                                     error=f"{result.error.error.type}: {result.error.error.message}"[:500]))
