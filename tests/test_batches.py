@@ -272,7 +272,7 @@ def test_a_lost_submission_is_told_apart_at_its_provider(simulator, monkeypatch)
         return LostSubmission({"genesis_batch": str(batch)}, frozenset(custom_id(batch, j) for j in jobs),
                               started_at or datetime.now(timezone.utc) - timedelta(seconds=2), frozenset(known))
 
-    for provider, model in (("openai", "gpt-4o-mini"), ("mistral", "open-mistral-7b")):
+    for provider, model in (("openai", "gpt-5-mini"), ("mistral", "open-mistral-7b")):
         api, cli = BATCH_APIS[provider], client_for(PROVIDERS[provider], 10.0)
         ours = api.submit(cli, model, lines(model, 7, 1, 2), {"genesis_batch": "7"})
         api.submit(cli, model, lines(model, 8, 3, 4), {"genesis_batch": "8"})
@@ -281,7 +281,7 @@ def test_a_lost_submission_is_told_apart_at_its_provider(simulator, monkeypatch)
         assert api.find(cli, lost(7, 1, 2, started_at=datetime.now(timezone.utc) + timedelta(minutes=10))) is None
 
     api, cli = BATCH_APIS["anthropic"], client_for(PROVIDERS["anthropic"], 10.0)
-    model = "claude-3-5-haiku-latest"
+    model = "claude-haiku-4-5"
     assert api.find(cli, lost(1, 1, 2)) is None  # nothing created since
     first = api.submit(cli, model, lines(model, 1, 1, 2), {})
     second = api.submit(cli, model, lines(model, 2, 3, 4), {})
@@ -340,9 +340,12 @@ def test_a_halt_cancels_open_batches_and_pays_nothing_past_the_threshold(monkeyp
 
     simulator.update(batch_delay_s=10.0)
     batch_mode(monkeypatch, "openai", "anthropic")
+    # each openai request's allowance as small as the tasks', so one anthropic job outweighs the batch
+    monkeypatch.setenv("GENESIS_BACKENDS__OPENAI__PARAMS__MAX_OUTPUT_TOKENS", "16")
+    get_settings.cache_clear()
     settings = get_settings()
     suite = load_suite(settings.suite)
-    batch_worst = sum(task_worst_case(settings, t, "openai", "gpt-4o-mini")
+    batch_worst = sum(task_worst_case(settings, t, "openai", "gpt-5-mini")
                       for a in settings.agents.names for t in suite.tasks_for(a, 1))
     agent, costly = max(((a, task_worst_case(settings, suite.tasks_for(a, 1)[0], "anthropic",
                                              settings.model_for("anthropic", a))) for a in settings.agents.names),
@@ -401,7 +404,7 @@ def test_judged_answers_from_a_batch_are_graded_through_the_realtime_judge(monke
     assert all(e.source.endswith("(batch)") for e in entries if e.operation == "inference")
     assert all(j.score is not None and j.scorer_detail.startswith("judge ") for j in jobs)
     stats = simulator.stats()
-    assert stats["batch"]["succeeded"] == 8 and stats["by_model"] == {"gpt-4o-mini": 8}  # the judge, realtime
+    assert stats["batch"]["succeeded"] == 8 and stats["by_model"] == {"gpt-5-mini": 8}  # the judge, realtime
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
