@@ -21,7 +21,7 @@ FINAL = ("ok", "error", "halted", "cancelled")
 
 
 def check(
-    backends: Annotated[list[str], typer.Argument(help="Backends to check (one tiny request each).")],
+    backends: Annotated[list[str], typer.Argument(metavar="BACKEND...", help="Backends to check (one tiny request each).")],
     agent: Annotated[Optional[str], typer.Option(help="Whose first task to send (default: the first agent).")] = None,
     timeout: Annotated[float, typer.Option(parser=number(float, gt=0), help="Seconds to wait for the answers.")] = 120.0,
     as_json: JsonOpt = False,
@@ -64,7 +64,15 @@ def _wait(run_id: str, timeout: float) -> list:
     while True:
         with session_scope() as session:
             rows = list(session.exec(select(Job).where(Job.run_id == run_id).order_by(Job.id)).all())
-        if all(row.status in FINAL for row in rows) or time.monotonic() > deadline:
+        if all(row.status in FINAL for row in rows):
+            return rows
+        if time.monotonic() > deadline:  # no worker answered: a worker that comes later pays nothing
+            from shared.lifecycle import RunAlreadyFinal, cancel_run
+
+            try:
+                cancel_run(run_id)
+            except RunAlreadyFinal:  # its last job finished meanwhile
+                continue
             return rows
         time.sleep(0.3)
 

@@ -155,3 +155,16 @@ def test_check_sends_one_tiny_paid_request_per_backend(genesis, start_worker, si
     assert "openai: model o4-mini FAILED (max_tokens=\"each task's max_tokens\")" in refused.stderr
     assert "refuses the setting 'max_tokens'" in refused.stderr
     print(result.stdout, refused.stdout, refused.stderr)
+
+
+def test_check_without_a_worker_says_so_and_cancels_its_run(genesis, simulator):
+    """No worker consumes the queue: after --timeout, `check` says no worker took the request and
+    cancels its run, so a worker started later pays for nothing."""
+    from shared.progress import run_snapshot
+
+    result = producer("check", "openai", "--timeout", "1", "--json")
+    assert result.exit_code == 1
+    row = json.loads(result.stdout)["backends"][0]
+    assert (row["status"], row["settings_accepted"], row["cost_usd"]) == ("queued", None, None)
+    assert run_snapshot(json.loads(result.stdout)["run_id"])["status"] == "cancelled"
+    assert simulator.stats()["requests_total"] == 0
