@@ -145,16 +145,21 @@ def test_check_sends_one_tiny_paid_request_per_backend(genesis, start_worker, si
     assert sorted(e.backend for e in ledger) == ["anthropic", "mistral-base", "openai"]
     assert {e.backend: e.cost_usd for e in ledger} == {b: row["cost_usd"] for b, row in rows.items()}
     assert simulator.stats()["requests_total"] == 3
+    print(result.stdout)
 
+
+def test_check_names_a_setting_the_model_refuses(genesis, start_worker, simulator, monkeypatch, tmp_path):
+    """An o-series model sent `max_tokens` (an older server's field): exit 1 and its one line."""
     use_toml(genesis, monkeypatch, tmp_path, SHIPPED.replace(
         OPENAI_BLOCK, 'model = "o4-mini"\nmax_tokens_field = "max_tokens"\n'
                       '[pricing."o4-mini"]\ninput_per_mtok = 1.10\noutput_per_mtok = 4.40\n'))
-    start_worker("w2", concurrency=2)
+    start_worker("w1", concurrency=2)
     refused = producer("check", "openai")
     assert refused.exit_code == 1
     assert "openai: model o4-mini FAILED (max_tokens=\"each task's max_tokens\")" in refused.stderr
     assert "refuses the setting 'max_tokens'" in refused.stderr
-    print(result.stdout, refused.stdout, refused.stderr)
+    assert simulator.stats()["by_model_status"]["o4-mini"] == {"400": 1}
+    print(refused.stdout, refused.stderr)
 
 
 def test_check_without_a_worker_says_so_and_cancels_its_run(genesis, simulator):
