@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 BACKENDS = {  # name: (provider, model, quality)
     "mistral-ft": ("mistral", "ft:open-mistral-7b:{agent}", 0.80),
     "mistral-base": ("mistral", "open-mistral-7b", 0.65),
-    "openai": ("openai", "gpt-4o-mini", 0.75),
-    "anthropic": ("anthropic", "claude-3-5-haiku-latest", 0.78),
+    "openai": ("openai", "gpt-5-mini", 0.75),
+    "anthropic": ("anthropic", "claude-haiku-4-5", 0.78),
 }
 AGENTS = ["qa", "content", "legal", "support", "analyst"]
 

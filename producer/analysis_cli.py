@@ -19,7 +19,8 @@ from shared.db import migrate, session_scope
 from shared.models import Job
 
 EXPORT_COLUMNS = ("run_id", "agent", "task_id", "epoch", "difficulty", "backend", "provider", "model", "status",
-                  "score", "latency_ms", "input_tokens", "output_tokens", "cost_usd", "attempts", "error_type", "worker")
+                  "score", "latency_ms", "input_tokens", "output_tokens", "reasoning_tokens", "truncated", "cost_usd",
+                  "attempts", "error_type", "worker")
 
 
 def report(

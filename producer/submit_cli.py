@@ -4,6 +4,7 @@ when a command runs, not when `producer` starts."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Optional
 
 import typer
@@ -99,7 +100,7 @@ def _dry_run(settings, selection, as_json: bool) -> None:
     from producer import submit as submitting
     from producer.plan import decision_power, power_lines
     from shared.budget import BudgetGuard, estimate_run_cost
-    from shared.calls import judge_worst_case
+    from shared.calls import backend_settings, judge_worst_case
 
     estimate = estimate_run_cost(settings, selection.suite, selection.agents, selection.backends, selection.limit,
                                  epochs=selection.epochs)
@@ -113,6 +114,7 @@ def _dry_run(settings, selection, as_json: bool) -> None:
         estimate["estimated_cost_usd"] = round(estimate["estimated_cost_usd"] + judged["cost_usd"], 6)
         estimate["within_budget"] = estimate["estimated_cost_usd"] <= estimate["remaining_usd"]
     estimate["decision_power"] = decision_power(settings, selection)
+    estimate["settings"] = {name: backend_settings(settings, name) for name in selection.backends}
     try:
         remaining = BudgetGuard.from_settings(settings).status()["remaining_usd"]
         estimate["remaining_usd"] = remaining
@@ -133,6 +135,11 @@ def _dry_run(settings, selection, as_json: bool) -> None:
         table.add_row(label, str(row["jobs"]), *reused, str(row["input_tokens"]), str(row["output_tokens"]),
                       f"{row['cost_usd']:.4f}")
     console.print(table)
+    console.print("settings each backend sends (besides its messages; unset ones take the provider's default):",
+                  highlight=False, soft_wrap=True)
+    for name, sent in estimate["settings"].items():
+        console.print(f"  {name}: " + ", ".join(f"{key}={json.dumps(value)}" for key, value in sent.items()),
+                      highlight=False, soft_wrap=True, markup=False)
     if "reuse" in estimate:
         saved = estimate["reuse"]
         console.print(f"reuse: {saved['calls_saved']} of {estimate['jobs']} calls take an earlier answer, saving "

@@ -176,15 +176,15 @@ def finish_ok(job: ClaimedJob, result: PaidResult, *, final: bool = True, call_i
             conn.execute(_RECORD_COST, {
                 "at": now, "run_id": job.run_id, "job_id": job.id, "agent": job.agent, "backend": job.backend,
                 "model": job.model, "operation": "inference", "input_tokens": result.input_tokens,
-                "output_tokens": result.output_tokens, "cost_usd": result.cost_usd, "source": result.source,
-                "call_id": call_id,
+                "output_tokens": result.output_tokens, "reasoning_tokens": result.reasoning_tokens,
+                "cost_usd": result.cost_usd, "source": result.source, "call_id": call_id,
             })
             conn.execute(_RECORD_OK, {
                 "job_id": job.id, "status": JobStatus.ok if final else JobStatus.running, "output": result.output,
                 "score": result.score, "scorer_detail": result.detail, "latency_ms": result.latency_ms,
                 "input_tokens": result.input_tokens, "output_tokens": result.output_tokens,
                 "cost_usd": result.cost_usd, "error_type": None, "error_message": None, "finished_at": now,
-                "simulated": result.simulated,
+                "simulated": result.simulated, "reasoning_tokens": result.reasoning_tokens, "truncated": result.truncated,
             })
         return True
     except IntegrityError:

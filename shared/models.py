@@ -89,7 +89,9 @@ class Job(SQLModel, table=True):
     scorer_detail: str | None = Field(default=None, sa_column=Column(Text))
     latency_ms: float | None = None
     input_tokens: int | None = None
-    output_tokens: int | None = None
+    output_tokens: int | None = None  # reasoning or thinking included, as billed
+    reasoning_tokens: int | None = None  # of output_tokens, spent reasoning (never shown)
+    truncated: bool | None = None  # the answer was cut off by its output allowance
     cost_usd: float | None = None
     attempts: int = 0
     error_type: str | None = None
@@ -212,7 +214,8 @@ class CostEntry(SQLModel, table=True):
     model: str | None = None
     operation: str = "inference"  # inference | judge | fine_tuning | manual | ...
     input_tokens: int = 0
-    output_tokens: int = 0
+    output_tokens: int = 0  # reasoning or thinking included, as the providers bill them
+    reasoning_tokens: int = Field(default=0, sa_column_kwargs={"server_default": "0"})  # of output_tokens
     cost_usd: float = Field(default=0.0, sa_type=LedgerCost)
     source: str = "api"  # api (usage the provider returned) | manual | a fine-tuning job's id | outcome unknown | ...
     # The paid call this entry is for (worker/paid_call.py): its reservation, journal entry and

@@ -27,6 +27,7 @@ class Payment:
     output_tokens: int
     cost_usd: float
     source: str = "api"
+    reasoning_tokens: int = 0  # of output_tokens
 
     def entry(self, job: "ClaimedJob", *, attached: bool = True, why: str | None = None) -> CostEntry:
         """Its ledger row: the job's own (attached), or a cost without a job link (the job's
@@ -36,7 +37,8 @@ class Payment:
         return CostEntry(
             run_id=job.run_id, job_id=job.id if attached else None, agent=job.agent, backend=job.backend,
             model=self.model, operation=self.operation, input_tokens=self.input_tokens,
-            output_tokens=self.output_tokens, cost_usd=self.cost_usd, call_id=self.call_id,
+            output_tokens=self.output_tokens, reasoning_tokens=self.reasoning_tokens, cost_usd=self.cost_usd,
+            call_id=self.call_id,
             source=f"{self.source} ({why})" if why else self.source,
         )
 
@@ -65,3 +67,5 @@ class PaidResult:
     cost_usd: float
     source: str = "api"  # the ledger's `source`: usage the provider returned, or how it was estimated
     simulated: bool = False  # the genesis simulator answered (its header)
+    reasoning_tokens: int = 0  # of output_tokens, spent reasoning or thinking
+    truncated: bool = False  # cut off by its output allowance

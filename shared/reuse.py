@@ -3,7 +3,8 @@ instead of paying again. The one rule for what may be reused lives here, for the
 takes an answer when it claims a job) and `submit --dry-run --reuse` (which counts the savings).
 
 What counts as an earlier answer: a job with the same request key (provider, model, system,
-prompt, max_tokens, temperature, and the epoch past the first: shared.calls), status `ok`, that paid for its own answer (not
+prompt, max_tokens, every generation setting, and the epoch past the first: shared.calls), status `ok`, that
+paid for its own answer (not
 itself reused, so reuse never chains), finished within `max_age_days`, as simulated as the
 newest answer of the backend asking (a simulator's answer is never a real model's; whether an
 endpoint is the simulator is learnt from its answers, never asked). A new fine-tune has a new

@@ -96,6 +96,10 @@ def simulator_command(
     batch_corrupt_rate: Annotated[
         float, typer.Option(help="Share of batch result lines cut short (not JSON); billed all the same.")
     ] = 0.0,
+    reasoning_tokens: Annotated[
+        int, typer.Option(help="Tokens a reasoning model (o-series, gpt-5*; Anthropic thinking) spends per request "
+                               "at effort low (x2 medium, x4 high).")
+    ] = DEFAULTS["reasoning_tokens"],
     seed: Annotated[int, typer.Option(help="Seed of answers and fault draws.")] = DEFAULTS["seed"],
     sampling: Annotated[str, typer.Option(
         help="request: sampled above temperature 0 (absent: the provider's default); always: every answer a "
@@ -130,6 +134,7 @@ def simulator_command(
         "batch_create_lost_rate": batch_create_lost_rate,
         "batch_create_lost_as": batch_create_lost_as,
         "batch_corrupt_rate": batch_corrupt_rate,
+        "reasoning_tokens": reasoning_tokens,
         "seed": seed,
         "sampling": sampling,
         "suite": suite,

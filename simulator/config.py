@@ -50,6 +50,8 @@ class SimulatorConfig(BaseModel):
       one above 0 (or without one: the provider's default) is a fresh draw (simulator/sampling.py);
       `always`: every request is a fresh draw whatever its temperature; `never`: every request is
       answered deterministically (to compare two paths that must give the same answers).
+    - reasoning_tokens: what a reasoning model (OpenAI o-series and GPT-5 ids; Anthropic with
+      thinking enabled) spends reasoning per request at effort "low" (simulator/reasoning.py).
     - suite: the suites whose answers it knows, comma-separated names or folders.
     - fine_tunes: the Mistral fine-tuning jobs it lists (and the models they made), see
       simulator/finetune.py.
@@ -73,6 +75,7 @@ class SimulatorConfig(BaseModel):
     judge_garbage_rate: float = Rate
     empty_choices_rate: float = Rate
     default_max_tokens: int = Field(default=1024, gt=0)
+    reasoning_tokens: int = Field(default=64, ge=0)  # per request at effort "low" (simulator/reasoning.py)
     batch_delay_s: float = Field(default=2.0, ge=0.0)
     batch_error_rate: float = Rate
     batch_expire_rate: float = Rate

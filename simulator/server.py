@@ -29,6 +29,7 @@ from simulator.batches import BatchStore
 from simulator.config import SimulatorConfig, one_line
 from simulator.finetune import fine_tuning_route
 from simulator.ratelimit import Admission, RateLimiter
+from simulator.reasoning import reasoning_spend, refusal, thinking_text
 from simulator.sampling import Sampler
 from simulator.stats import ServedStats
 from simulator.text import truncate_to_tokens
@@ -105,6 +106,8 @@ class Simulator:
             request = parse_chat_request(api, json.loads(raw_body or b"null"))
         except (ValueError, BadRequest) as error:
             return error_reply(api, 400, str(error))
+        if (refused := refusal(request)) is not None:  # a setting the model does not take
+            return error_reply(api, 400, refused[0], request.model, **refused[1])
         max_tokens = request.max_tokens or config.default_max_tokens
         admission = limiter.admit(api_key(headers), request.model, request.prompt_tokens + max_tokens)
         limit_headers = rate_limit_headers(api, admission)
@@ -140,9 +143,12 @@ class Simulator:
         answer = oracle.answer(request.last_user_text, request.model, config.quality_for(request.model), config.seed,
                                judge_garbage=self._judge_garbage(config), fixed=config.answer_for(request.model),
                                sample=self._sampler.draw_key(request, config.sampling))
-        text, output_tokens, truncated = truncate_to_tokens(answer, max_tokens)
-        billed = (round(request.prompt_tokens * config.usage_scale), round(output_tokens * config.usage_scale))
-        completion = Completion(text, *billed, truncated)
+        reasoning = reasoning_spend(request, config.reasoning_tokens, max_tokens)
+        text, output_tokens, truncated = truncate_to_tokens(answer, max_tokens - reasoning)
+        scale = config.usage_scale
+        completion = Completion(text, round(request.prompt_tokens * scale), round((reasoning + output_tokens) * scale),
+                                truncated or reasoning >= max_tokens, reasoning_tokens=round(reasoning * scale),
+                                thinking=thinking_text(reasoning) if request.api is Api.ANTHROPIC else "")
         return completion_body(request, completion), completion
 
     def _rate_limited(self, request: ChatRequest, admission: Admission, limit_headers: dict[str, str]) -> Reply:
@@ -206,8 +212,9 @@ def api_key(headers: dict[str, str]) -> str:
     return headers.get("x-api-key") or ANONYMOUS_KEY
 
 
-def error_reply(api: Api, status: int, message: str, model: str = "unknown") -> Reply:
-    body = json.dumps(error_body(api, status, message)).encode()
+def error_reply(api: Api, status: int, message: str, model: str = "unknown", **fields: str) -> Reply:
+    """`fields`: the error object's own `param` and `code` (OpenAI's and Mistral's bodies)."""
+    body = json.dumps(error_body(api, status, message, **fields)).encode()
     return Reply(status, body, model, request_id_header(api))
 
 

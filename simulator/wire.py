@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -34,14 +34,19 @@ class ChatRequest:
     # As the SDK sent them (None: absent, the provider's default applies; simulator.sampling).
     temperature: float | None = None
     seed: int | None = None  # OpenAI `seed`, Mistral `random_seed`
+    # The generation settings as sent (simulator/reasoning.py judges them): the request's own
+    # keys among temperature, top_p, max_tokens, max_completion_tokens, reasoning_effort, thinking.
+    settings: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Completion:
     text: str
     input_tokens: int
-    output_tokens: int
+    output_tokens: int  # reasoning or thinking included, as the providers bill them
     truncated: bool
+    reasoning_tokens: int = 0
+    thinking: str = ""  # an Anthropic thinking block's text
 
 
 def text_of(content: object) -> str:
@@ -86,16 +91,22 @@ def parse_chat_request(api: Api, body: object) -> ChatRequest:
         max_tokens=max_tokens,
         temperature=None if temperature is None else float(temperature),
         seed=seed,
+        settings={key: body[key] for key in SETTINGS if key in body},
     )
+
+
+SETTINGS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "reasoning_effort", "thinking")
 
 
 def completion_body(request: ChatRequest, completion: Completion) -> dict:
     if request.api is Api.ANTHROPIC:
+        thinking = ([{"type": "thinking", "thinking": completion.thinking, "signature": uuid.uuid4().hex}]
+                    if completion.thinking else [])
         return {
             "id": f"msg_{uuid.uuid4().hex[:24]}",
             "type": "message",
             "role": "assistant",
-            "content": [{"type": "text", "text": completion.text}],
+            "content": [*thinking, {"type": "text", "text": completion.text}],
             "model": request.model,
             "stop_reason": "max_tokens" if completion.truncated else "end_turn",
             "stop_sequence": None,
@@ -119,6 +130,8 @@ def completion_body(request: ChatRequest, completion: Completion) -> dict:
             "prompt_tokens": completion.input_tokens,
             "completion_tokens": completion.output_tokens,
             "total_tokens": completion.input_tokens + completion.output_tokens,
+            **({"completion_tokens_details": {"reasoning_tokens": completion.reasoning_tokens}}
+               if completion.reasoning_tokens else {}),
         },
     }
 
@@ -149,17 +162,17 @@ MISTRAL_ERROR_TYPES = {
 }
 
 
-def error_body(api: Api, status: int, message: str) -> dict:
+def error_body(api: Api, status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
     if api is Api.ANTHROPIC:
         kind = ANTHROPIC_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
         return {"type": "error", "error": {"type": kind, "message": message}}
     fallback = "server_error" if status >= 500 else "invalid_request_error"
     if api is Api.MISTRAL:
         kind = MISTRAL_ERROR_TYPES.get(status, fallback)
-        return {"object": "error", "message": message, "type": kind, "param": None, "code": str(status)}
+        return {"object": "error", "message": message, "type": kind, "param": param, "code": code or str(status)}
     kind = OPENAI_ERROR_TYPES.get(status, fallback)
-    code = "rate_limit_exceeded" if status == 429 else None
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    code = code or ("rate_limit_exceeded" if status == 429 else None)
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def request_id_header(api: Api) -> dict[str, str]:

@@ -59,7 +59,7 @@ def test_a_run_against_another_openai_compatible_server(genesis, start_worker, m
     finally:
         server.shutdown()
     assert snap["by_status"]["ok"] == 4
-    assert OpenAICompatible.served == ["gpt-4o-mini"] * 4
+    assert OpenAICompatible.served == ["gpt-5-mini"] * 4
     report = json.loads(open(snap["report"].replace("report.md", "report.json")).read())
     assert report["simulated"] is False
     assert report["backends"][0]["input_tokens"] == 4 * 30

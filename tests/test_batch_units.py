@@ -23,14 +23,16 @@ def settings(monkeypatch, tmp_path):
 
 
 def test_a_batch_backend_is_priced_and_reserved_at_its_discount(settings):
-    from shared.budget import call_cost, task_worst_case
+    from shared.budget import call_cost, max_output_tokens, task_worst_case, worst_case_cost
     from shared.suite import load_suite
+    from shared.tokens import estimate_prompt_tokens
 
     task = load_suite(settings.suite).tasks_for("qa", 1)[0]
-    assert call_cost(settings, "gpt-4o-mini", 1000, 1000, batch=True) == pytest.approx(
-        0.5 * call_cost(settings, "gpt-4o-mini", 1000, 1000))
-    realtime = task_worst_case(settings, task, "anthropic", "gpt-4o-mini")  # same model, realtime backend
-    assert task_worst_case(settings, task, "openai", "gpt-4o-mini") == pytest.approx(0.5 * realtime)
+    assert call_cost(settings, "gpt-5-mini", 1000, 1000, batch=True) == pytest.approx(
+        0.5 * call_cost(settings, "gpt-5-mini", 1000, 1000))
+    realtime = worst_case_cost(settings, "gpt-5-mini", estimate_prompt_tokens(task.prompt, task.system),
+                               max_output_tokens(settings, "openai", task.max_tokens))  # the same call, realtime
+    assert task_worst_case(settings, task, "openai", "gpt-5-mini") == pytest.approx(0.5 * realtime)
     assert settings.batch_limits("openai") == (3, settings.batch.max_wait_s)  # the backend's own max jobs
     assert settings.is_batch("openai") and not settings.is_batch("mistral-base")
 
@@ -53,7 +55,7 @@ def test_batch_knobs_refuse_nonsense(monkeypatch, settings):
 _made = iter(range(10**6))
 
 
-def _running_jobs(n: int, model: str = "gpt-4o-mini") -> list[int]:
+def _running_jobs(n: int, model: str = "gpt-5-mini") -> list[int]:
     from shared.db import session_scope
     from shared.models import Job, Run
 
@@ -76,7 +78,7 @@ def test_jobs_fill_one_open_batch_per_backend_and_model_then_the_next(settings):
     now = datetime.now(timezone.utc)
     ids = _running_jobs(4)
     other = _running_jobs(1, model="gpt-4o")
-    got = [batches.enrol(j, "openai", "openai", "gpt-4o-mini", now, 3, 30) for j in ids]
+    got = [batches.enrol(j, "openai", "openai", "gpt-5-mini", now, 3, 30) for j in ids]
     assert [(e.new, e.full) for e in got] == [(True, False), (False, False), (False, True), (True, False)]
     assert len({e.batch_id for e in got[:3]}) == 1 and got[3].batch_id != got[0].batch_id
     assert batches.enrol(other[0], "openai", "openai", "gpt-4o", now, 3, 30).batch_id not in {e.batch_id for e in got}
@@ -85,7 +87,7 @@ def test_jobs_fill_one_open_batch_per_backend_and_model_then_the_next(settings):
     # a batch being submitted takes no more jobs; without leave to open one, none is opened
     assert batches.take_for_submit(got[3].batch_id, now)
     late = _running_jobs(1)[0]
-    assert batches.enrol(late, "openai", "openai", "gpt-4o-mini", now, 3, 30, may_open=False) is None
+    assert batches.enrol(late, "openai", "openai", "gpt-5-mini", now, 3, 30, may_open=False) is None
     assert not batches.take_for_submit(got[3].batch_id, now)  # one submitter only
 
     moved = batches.leave([ids[0]], got[0].batch_id, error_type="BatchErrored", error_message="500: boom")
@@ -103,7 +105,7 @@ def test_jobs_in_a_batch_are_not_stale_however_long_they_wait(settings):
 
     now = datetime.now(timezone.utc)
     batched, alone = _running_jobs(1)[0], _running_jobs(1)[0]
-    batches.enrol(batched, "openai", "openai", "gpt-4o-mini", now, 3, 30)
+    batches.enrol(batched, "openai", "openai", "gpt-5-mini", now, 3, 30)
     with get_engine().begin() as conn:
         conn.execute(update(Job).values(started_at=now - timedelta(hours=5), worker="dead@host"))
     lost = lifecycle.requeue_lost(now, 60, {"dead@host"}, set())
@@ -138,9 +140,9 @@ def test_the_report_counts_what_batch_mode_saved_against_realtime_prices():
     from shared.report.costs import batch_saved_usd, run_costs
 
     snapshot = {"backends": {"openai": {"mode": "batch"}, "mistral-base": {"mode": "realtime"}},
-                "pricing": {"gpt-4o-mini": {"input_per_mtok": 0.15, "output_per_mtok": 0.6},
+                "pricing": {"gpt-5-mini": {"input_per_mtok": 0.15, "output_per_mtok": 0.6},
                             "open-*": {"input_per_mtok": 0.2, "output_per_mtok": 0.2, "batch_discount": 0.25}}}
-    jobs = [SimpleNamespace(backend="openai", model="gpt-4o-mini", cost_usd=0.002, reused_from_job_id=None),
+    jobs = [SimpleNamespace(backend="openai", model="gpt-5-mini", cost_usd=0.002, reused_from_job_id=None),
             SimpleNamespace(backend="mistral-base", model="open-mistral-7b", cost_usd=0.004, reused_from_job_id=None)]
     assert batch_saved_usd(jobs, snapshot) == pytest.approx(0.002)  # 0.002 at half of 0.004
     costs = run_costs(jobs, {}, 0.006, snapshot)

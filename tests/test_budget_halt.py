@@ -213,8 +213,8 @@ def assert_nothing_written(genesis: dict[str, str]) -> None:
 @pytest.mark.parametrize(
     ("replace", "args", "message"),
     [
-        ({'model = "gpt-4o-mini"': 'model = "gpt-unpriced"'}, ["--all-agents"], "'gpt-unpriced' has no price"),
-        ({'model = "gpt-4o-mini"': 'model = "gpt-unpriced"'}, ["--all-agents", "--dry-run", "--json"],
+        ({'model = "gpt-5-mini"': 'model = "gpt-unpriced"'}, ["--all-agents"], "'gpt-unpriced' has no price"),
+        ({'model = "gpt-5-mini"': 'model = "gpt-unpriced"'}, ["--all-agents", "--dry-run", "--json"],
          "'gpt-unpriced' has no price"),
         ({"warning = 0.25": "warning = 0.60"}, ["--all-agents"], "thresholds"),
     ],

@@ -403,7 +403,7 @@ def test_budget_export_csv_round_trips_with_the_budget_sum(env, tmp_path):
     with target.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["id", "at", "run_id", "job_id", "agent", "backend", "model", "operation",
-                             "input_tokens", "output_tokens", "cost_usd", "source"]
+                             "input_tokens", "output_tokens", "reasoning_tokens", "cost_usd", "source"]
     assert [int(r["id"]) for r in rows] == sorted(int(r["id"]) for r in rows)
     assert [r["operation"] for r in rows] == ["inference", "judge", "manual", "fine_tuning"]
     assert rows[1]["model"] == 'gpt "4o", mini\nx' and rows[3]["source"] == "job-9"

@@ -19,7 +19,7 @@ from tests.support.waiting import wait_for
 SELECTION = ["--suite", "genesis-judge", "--agent", "content", "--agent", "legal",
              "--backend", "mistral-ft", "--backend", "mistral-base", "--limit", "2"]
 JOBS = 2 * 2 * 2
-JUDGE_MODEL = "gpt-4o-mini"  # [judge] backend = "openai"
+JUDGE_MODEL = "gpt-5-mini"  # [judge] backend = "openai"
 
 
 def rows(run_id: str):

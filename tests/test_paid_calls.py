@@ -22,7 +22,7 @@ from tests.support.waiting import wait_for
 pytestmark = pytest.mark.integration
 
 JUDGED = ["--suite", "genesis-judge", "--agent", "content", "--agent", "legal", "--backend", "mistral-ft"]
-JUDGE_MODEL = "gpt-4o-mini"
+JUDGE_MODEL = "gpt-5-mini"
 
 
 def jobs_of(run_id: str):

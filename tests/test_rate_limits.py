@@ -88,7 +88,7 @@ def test_a_429_with_retry_after_delays_the_retry(monkeypatch, start_worker, simu
     simulator.update(error_rates={})
     # the 429 set a shared blocked-until for the bucket, seen by every worker
     client = redis.Redis.from_url(redis_url)
-    key = "genesis:rl:{openai:gpt-4o-mini}"
+    key = "genesis:rl:{openai:gpt-5-mini}"
 
     def blocked_for_s() -> float:
         blocked = float(client.hget(key, "blocked") or 0)

@@ -140,7 +140,7 @@ def test_usage_scale_bills_more_tokens_than_served_and_omit_usage_drops_the_bloc
     assert bare.usage is None and bare.choices[0].message.content
     lenient = anthropic.Anthropic(api_key="x", base_url=sim.url, max_retries=0)  # as the workers build it
     message = lenient.messages.create(
-        model="claude-3-5-haiku-latest", max_tokens=50, messages=[{"role": "user", "content": "hi"}])
+        model="claude-haiku-4-5", max_tokens=50, messages=[{"role": "user", "content": "hi"}])
     assert getattr(message, "usage", None) is None and message.content[0].text
 
 

@@ -127,7 +127,8 @@ def write_results(batch, results: list[Result], now: datetime, budget: BudgetGua
             scored = score_answer(suite_task, response.text)
             paid = PaidResult(output=response.text, score=scored.score, detail=scored.detail, latency_ms=waited_ms,
                               input_tokens=tokens[0], output_tokens=tokens[1], cost_usd=cost,
-                              source=f"{source} (batch)", simulated=response.simulated)
+                              source=f"{source} (batch)", simulated=response.simulated,
+                              reasoning_tokens=response.reasoning_tokens, truncated=response.truncated)
             money.record(job, paid, final=suite_task.scorer.local)
             if not suite_task.scorer.local:  # recorded now or by an earlier read of these results
                 judge_next.append(job)

@@ -58,6 +58,7 @@ from shared.payments import Payment
 from shared.limiter import Permit, RateLimiter
 from shared.providers import ChatRequest, ChatResponse, ProviderError, complete
 from shared.providers.deadline import helper_threads
+from shared.providers.errors import refused_setting_line
 from shared.retry import backoff_delay, retry_after_from_headers
 from worker import unreleased
 from worker.halt import halt_on_refusal
@@ -341,6 +342,8 @@ def _failed(task: Any, spec: PaidCall, err: ProviderError) -> str:
         svc.limiter.block(spec.limit_scope, spec.model, retry_after or settings.retry.backoff_base_s)
     counters.count_failure(svc.redis, spec.provider, err.kind, err.status)
     detail = f"{err.kind}{f' {err.status}' if err.status else ''}: {err}"
+    if err.kind == "refused_setting":  # the backend's configuration, not the call, is at fault
+        detail = refused_setting_line(job.backend, spec.model, err)
     if spec.what != "call":
         detail = f"{spec.what} failed ({detail.replace(': ', '): ', 1)}"
     return _retry_or_fail(task, job, err.error_type, detail, retryable=err.retryable, retry_after=retry_after)
@@ -373,7 +376,8 @@ def _payment(spec: PaidCall, held: "_Holds", response: ChatResponse) -> tuple[Ch
     response = replace(response, input_tokens=input_tokens, output_tokens=output_tokens)
     held.release_permit(input_tokens + output_tokens)
     cost = call_cost(get_settings(), spec.model, input_tokens, output_tokens)
-    return response, Payment(held.call_id, spec.operation, spec.model, input_tokens, output_tokens, cost, source)
+    return response, Payment(held.call_id, spec.operation, spec.model, input_tokens, output_tokens, cost, source,
+                             reasoning_tokens=response.reasoning_tokens)
 
 
 def _acquire(limiter: RateLimiter, provider: str, model: str, tokens: int) -> Permit | float:

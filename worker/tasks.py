@@ -110,11 +110,13 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
 
 def _answer(suite_task, response: ChatResponse, payment: Payment) -> Recording:
     """The job's answer, scored here (a local scorer) or left for its judge (`final` False)."""
-    scored = score_answer(suite_task, response.text)
-    result = PaidResult(output=response.text, score=scored.score, detail=scored.detail,
+    scored = score_answer(suite_task, response.text)  # a cut-off answer is scored as it stands
+    detail = f"{scored.detail} (cut off by its output allowance)" if response.truncated else scored.detail
+    result = PaidResult(output=response.text, score=scored.score, detail=detail,
                         latency_ms=response.latency_ms, input_tokens=payment.input_tokens,
                         output_tokens=payment.output_tokens, cost_usd=payment.cost_usd, source=payment.source,
-                        simulated=response.simulated)
+                        simulated=response.simulated, reasoning_tokens=payment.reasoning_tokens,
+                        truncated=response.truncated)
     return Recording("answer", {"result": asdict(result), "final": suite_task.scorer.local})
 
 

@@ -13,7 +13,7 @@ from shared.db import session_scope
 from shared.models import CostEntry, iso
 
 LEDGER_COLUMNS = ("id", "at", "run_id", "job_id", "agent", "backend", "model", "operation", "input_tokens",
-                  "output_tokens", "cost_usd", "source")
+                  "output_tokens", "reasoning_tokens", "cost_usd", "source")  # reasoning: of output_tokens
 CHUNK = 1000
 
 

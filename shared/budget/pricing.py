@@ -41,8 +41,13 @@ def worst_case_cost(settings: Settings, model: str, input_tokens: int, max_token
 
 
 def max_output_tokens(settings: Settings, backend: str, task_max_tokens: int) -> int:
-    """The task's max_tokens, capped by the backend's when it sets one."""
-    cap = settings.backends[backend].max_tokens
+    """A call's whole output allowance (reasoning or thinking included, all billed as output):
+    the backend's `params.max_output_tokens` when set (it wins: a task's max_tokens is sized for
+    a visible answer), else the task's max_tokens capped by the backend's `max_tokens`."""
+    config = settings.backends[backend]
+    if config.params.max_output_tokens is not None:
+        return config.params.max_output_tokens
+    cap = config.max_tokens
     return min(task_max_tokens, cap) if cap else task_max_tokens
 
 

@@ -12,6 +12,7 @@ import os
 import tomllib
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import field_validator
@@ -27,6 +28,9 @@ from shared.config.tables import (AgentsConfig, BackendConfig, BatchConfig, Budg
                                   RetryConfig, ReuseConfig, WorkerConfig)
 from shared.numbers import FINITE
 from shared.providers.registry import PROVIDER_NAMES
+
+if TYPE_CHECKING:
+    from shared.providers.params import Generation
 
 DEFAULT_CONFIG_PATH = "config/genesis.toml"
 
@@ -122,6 +126,13 @@ class Settings(BaseSettings):
         """(max jobs, max wait in seconds) of a batch backend's batches."""
         b = self.backends[backend]
         return b.batch_max_jobs or self.batch.max_jobs, b.batch_max_wait_s or self.batch.max_wait_s
+
+    def generation(self, backend: str) -> "Generation":
+        """A backend's generation settings as its requests carry them (shared.providers.params)."""
+        from shared.providers.params import Generation
+
+        b = self.backends[backend]
+        return Generation(**b.params.model_dump(exclude={"max_output_tokens"}), allowance_field=b.max_tokens_field)
 
     def model_for(self, backend: str, agent: str) -> str:
         """The model id a backend uses for an agent (fine-tuned ids differ per agent)."""

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.numbers import FINITE, LIMIT_USD, MAX_SECONDS, SECONDS, USD
+from shared.providers.params import ALLOWANCE_FIELDS, MIN_THINKING_BUDGET, REASONING_EFFORTS, problems
 from shared.providers.registry import PROVIDER_NAMES
 
 Provider = Literal[PROVIDER_NAMES]  # type: ignore[valid-type]  # derived from the provider registry
@@ -44,6 +45,18 @@ class AgentsConfig(Strict):
         return names
 
 
+class GenerationParams(Strict):
+    """A backend's generation settings, in our own vocabulary (shared.providers.params maps
+    them to each API). Unset: not sent, the provider's default applies."""
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = Field(default=None, ge=0)
+    reasoning_effort: Literal[REASONING_EFFORTS] | None = None  # type: ignore[valid-type]
+    reasoning_budget_tokens: int | None = Field(default=None, ge=MIN_THINKING_BUDGET)  # Anthropic's thinking
+    max_output_tokens: int | None = Field(default=None, gt=0)  # the whole allowance; wins over a task's max_tokens
+
+
 class BackendConfig(Strict):
     provider: Provider
     role: Literal["candidate", "baseline", "reference"] = "reference"
@@ -51,7 +64,10 @@ class BackendConfig(Strict):
     model: str | None = None
     models: dict[str, str] = {}
     model_id_file: str | None = None
-    max_tokens: int | None = None  # caps every task's own max_tokens when set
+    max_tokens: int | None = Field(default=None, gt=0)  # caps every task's own max_tokens when set
+    params: GenerationParams = GenerationParams()
+    # OpenAI wire format: the allowance's field; "max_tokens" for a server that predates max_completion_tokens
+    max_tokens_field: Literal[ALLOWANCE_FIELDS] | None = None  # type: ignore[valid-type]
     enabled: bool = True
     # Its own endpoint (a local OpenAI-compatible server, a gateway), in the form the provider's
     # SDK takes; else the provider's *_BASE_URL, else the provider's own. With one, the backend
@@ -72,6 +88,12 @@ class BackendConfig(Strict):
             _key_variable(self.api_key_env)
         if self.model_id_file is not None:
             _agent_template(self.model_id_file)
+        if self.max_tokens_field is not None and self.provider != "openai":
+            raise ValueError("max_tokens_field is for backends that speak the openai wire format")
+        wrong = problems(self.provider, self.params.model_dump(exclude={"max_output_tokens"}),
+                         self.params.max_output_tokens)
+        if wrong:
+            raise ValueError(f"params: {'; '.join(wrong)}")
         if self.role == "candidate" and not self.baseline:
             raise ValueError("a candidate needs `baseline = \"<backend name>\"`")
         return self
@@ -102,6 +124,9 @@ def _agent_template(template: str) -> None:
 class Price(Strict):
     input_per_mtok: float = Field(**USD)
     output_per_mtok: float = Field(**USD)
+    # Input tokens the provider served from its prompt cache (usage reports them), per million;
+    # None: it has no cached price, and cached tokens cost the input price.
+    cached_input_per_mtok: float | None = Field(default=None, **USD)
     # Fine-tuning a model based on this one, per million trained tokens: what a fine-tuning job
     # is ledgered at when the provider reports its trained tokens but no cost.
     training_per_mtok: float | None = Field(default=None, **USD)

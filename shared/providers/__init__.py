@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from typing import Callable
 
-from shared.providers.adapters import TEMPERATURE, ChatRequest, ChatResponse
+from shared.providers.adapters import ChatRequest, ChatResponse
 from shared.providers.clients import client_for, close_thread_clients
 from shared.providers.deadline import DeadlineExceeded, within
 from shared.providers.errors import DEADLINE_EXCEEDED, RETRYABLE_KINDS, ProviderError, classify, scrub_secrets
 from shared.providers.registry import PROVIDER_NAMES, PROVIDER_QUEUES, PROVIDERS, ProviderSpec, queue_for
 
 __all__ = [
-    "PROVIDERS", "PROVIDER_NAMES", "PROVIDER_QUEUES", "RETRYABLE_KINDS", "TEMPERATURE", "ChatRequest", "ChatResponse",
+    "PROVIDERS", "PROVIDER_NAMES", "PROVIDER_QUEUES", "RETRYABLE_KINDS", "ChatRequest", "ChatResponse",
     "ProviderError", "ProviderSpec", "classify", "complete", "key_env", "queue_for", "scrub_secrets",
 ]
 

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
 
-from shared.providers.adapters import SIMULATOR_HEADER, TEMPERATURE, ChatRequest, ChatResponse, _messages
+from shared.providers.adapters import SIMULATOR_HEADER, ChatRequest, ChatResponse, _messages, thinking_tokens
 from shared.providers.batch_names import (SCAN_LIMIT, CreateUnanswered, LostSubmission, Undecided, named_request,
                                          refused_for_certain)
+from shared.providers.params import anthropic_arguments, mistral_arguments, openai_arguments
 from shared.providers.errors import ProviderError, classify
 
 ENDPOINT = "/v1/chat/completions"
@@ -95,8 +96,7 @@ def _jsonl(lines: Iterable[dict]) -> bytes:
 
 def _openai_line(cid: str, req: ChatRequest) -> dict:
     return {"custom_id": cid, "method": "POST", "url": ENDPOINT,
-            "body": {"model": req.model, "messages": _messages(req), "max_tokens": req.max_tokens,
-                     "temperature": TEMPERATURE}}
+            "body": {"model": req.model, "messages": _messages(req), **openai_arguments(req.max_tokens, req.params)}}
 
 
 def _simulator_mark(headers: Any) -> dict[str, str]:
@@ -116,10 +116,12 @@ def _chat_result(cid: str, line: dict, mark: dict[str, str]) -> Result:
         if not isinstance(content, str):
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
         usage = body.get("usage")
+        details = (usage or {}).get("completion_tokens_details") or {}
         return Result(cid, "succeeded", ChatResponse(
             text=content, input_tokens=(usage or {}).get("prompt_tokens") or 0,
             output_tokens=(usage or {}).get("completion_tokens") or 0, latency_ms=0.0,
-            finish_reason=choice.get("finish_reason"), headers=mark, usage_reported=usage is not None))
+            finish_reason=choice.get("finish_reason"), headers=mark, usage_reported=usage is not None,
+            reasoning_tokens=(details.get("reasoning_tokens") or 0) if isinstance(details, dict) else 0))
     error = line.get("error") or (body or {}).get("error") or body or "no answer"
     message = error.get("message") if isinstance(error, dict) else str(error)
     return Result(cid, "errored", error=f"{response.get('status_code') or 'error'}: {message}"[:500])
@@ -200,8 +202,9 @@ class OpenAIBatches:
 
 class MistralBatches:
     def submit(self, cli: Any, model: str, lines: list[tuple[str, ChatRequest]], metadata: dict[str, str]) -> str:
-        data = _jsonl({"custom_id": cid, "body": {"messages": _messages(req), "max_tokens": req.max_tokens,
-                                                   "temperature": TEMPERATURE}} for cid, req in lines)
+        data = _jsonl({"custom_id": cid, "body": {"messages": _messages(req),
+                                                   **mistral_arguments(req.max_tokens, req.params)}}
+                      for cid, req in lines)
         uploaded = _sdk(lambda: cli.files.upload(file={"file_name": "batch.jsonl", "content": data},
                                                  purpose="batch", retries=None))
         job = _create(lambda: cli.batch.jobs.create(endpoint=ENDPOINT, input_files=[uploaded.id], model=model,
@@ -247,7 +250,7 @@ class MistralBatches:
 
 class AnthropicBatches:
     def submit(self, cli: Any, model: str, lines: list[tuple[str, ChatRequest]], metadata: dict[str, str]) -> str:
-        requests = [{"custom_id": cid, "params": {"model": req.model, "max_tokens": req.max_tokens,
+        requests = [{"custom_id": cid, "params": {"model": req.model, **anthropic_arguments(req.max_tokens, req.params),
                                                   "messages": [{"role": "user", "content": req.prompt}],
                                                   **({"system": req.system} if req.system else {})}}
                     for cid, req in lines]
@@ -295,7 +298,8 @@ def _anthropic_result(entry: dict, mark: dict[str, str]) -> Result:
         return Result(str(entry["custom_id"]), "succeeded", ChatResponse(
             text="".join(block.get("text") or "" for block in message["content"]),
             input_tokens=(usage or {}).get("input_tokens") or 0, output_tokens=(usage or {}).get("output_tokens") or 0,
-            latency_ms=0.0, finish_reason=message.get("stop_reason"), headers=mark, usage_reported=usage is not None))
+            latency_ms=0.0, finish_reason=message.get("stop_reason"), headers=mark, usage_reported=usage is not None,
+            reasoning_tokens=thinking_tokens(message["content"], (usage or {}).get("output_tokens") or 0)))
     if result["type"] == "errored":
         error = result["error"]["error"]
         return Result(str(entry["custom_id"]), "errored", error=f"{error['type']}: {error['message']}"[:500])

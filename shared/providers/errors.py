@@ -3,9 +3,10 @@ policy understands; keys are scrubbed from whatever an error echoes."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from typing import Mapping
+from typing import Any, Mapping
 
 DEADLINE_EXCEEDED = "DeadlineExceeded"
 RETRYABLE_KINDS = frozenset({"rate_limit", "server", "timeout", "connection", "malformed"})
@@ -13,7 +14,9 @@ RETRYABLE_KINDS = frozenset({"rate_limit", "server", "timeout", "connection", "m
 
 class ProviderError(Exception):
     """A failed call, classified: rate_limit | server | timeout | connection | malformed |
-    client | auth | config. Only the first five are worth retrying."""
+    client | auth | config | refused_setting (a 400 naming a generation setting the model does
+    not take, in `param`: a configuration error of the backend). Only the first five are worth
+    retrying."""
 
     def __init__(
         self,
@@ -25,6 +28,7 @@ class ProviderError(Exception):
         error_type: str | None = None,
         billed: tuple[int, int] | None = None,
         usage_reported: bool = True,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.kind = kind
@@ -34,6 +38,7 @@ class ProviderError(Exception):
         self.status = status
         self.headers = dict(headers or {})
         self.error_type = error_type or kind
+        self.param = param
 
     @property
     def retryable(self) -> bool:
@@ -44,6 +49,30 @@ class ProviderError(Exception):
         """The call was abandoned at its deadline and goes on: its outcome comes to `on_late`."""
         return self.error_type == DEADLINE_EXCEEDED
 
+
+
+# The error codes OpenAI's (and compatible servers') 400s give a setting a model does not take.
+REFUSED_SETTING_CODES = frozenset({"unsupported_parameter", "unsupported_value"})
+
+
+def refused_setting_line(backend: str, model: str, err: ProviderError) -> str:
+    """The one line a user reads when a backend's model refuses one of its settings."""
+    return (f"backend {backend!r}: model {model!r} refuses the setting {err.param!r} "
+            f"(a configuration error: change [backends.{backend}]; not retried): {err}")
+
+
+def _error_fields(exc: BaseException) -> dict[str, Any]:
+    """The provider's error object (`param`, `code`, ...) from an SDK exception, if it has one."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, (str, bytes)):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return {}
+    if isinstance(body, dict):
+        inner = body.get("error")
+        return inner if isinstance(inner, dict) else body
+    return {}
 
 
 def _kind_for_status(status: int) -> str:
@@ -92,6 +121,11 @@ def classify(exc: BaseException) -> ProviderError:
     elif getattr(exc, "headers", None) is not None:
         headers = {k.lower(): v for k, v in dict(exc.headers).items()}
 
+    if status == 400:
+        fields = _error_fields(exc)
+        if fields.get("code") in REFUSED_SETTING_CODES and isinstance(fields.get("param"), str):
+            return ProviderError("refused_setting", message, status=status, headers=headers, error_type=name,
+                                 param=fields["param"])
     if isinstance(status, int) and status >= 400:
         return ProviderError(_kind_for_status(status), message, status=status, headers=headers, error_type=name)
     lowered = name.lower()

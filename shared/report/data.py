@@ -26,7 +26,7 @@ JOB_COLUMNS = (
     Job.id, Job.agent, Job.task_id, Job.epoch, Job.difficulty, Job.cluster, Job.backend, Job.model, Job.status,
     Job.score,
     Job.latency_ms, Job.input_tokens, Job.output_tokens, Job.cost_usd, Job.error_type,
-    Job.reused_from_job_id, Job.reused_from_run_id, Job.simulated,
+    Job.reused_from_job_id, Job.reused_from_run_id, Job.simulated, Job.reasoning_tokens, Job.truncated,
 )
 _IN_CHUNK = 500  # ids per IN (...) when fetching outputs
 
@@ -150,6 +150,8 @@ def backend_row(agent: str, backend: str, jobs: list[Any], config: dict[str, dic
         "latency_p95_ms": percentile(latencies, 95) if latencies else None,
         "input_tokens": sum(j.input_tokens or 0 for j in jobs),
         "output_tokens": sum(j.output_tokens or 0 for j in jobs),
+        "reasoning_tokens": sum(j.reasoning_tokens or 0 for j in jobs),  # of output_tokens
+        "truncated": sum(bool(j.truncated) for j in ok),  # answers cut off by their allowance
         "reused": sum(is_reused(j) for j in jobs),
         "cost_usd": cost,
         "judge_cost_usd": judge.usd,

@@ -131,14 +131,15 @@ def _comparison_table(data: dict) -> tuple:
 def _backend_table(rows: list[dict]) -> tuple:
     return (
         "table",
-        ["Agent", "Backend", "Model", "Role", "n", "Reused", "Errors", "Halted", "Accuracy", "p50", "p95",
-         "Input tok.", "Output tok.", "Cost (inference)", "Judge", "Total", "Cost / paid request"],
+        ["Agent", "Backend", "Model", "Role", "n", "Reused", "Errors", "Halted", "Cut off", "Accuracy", "p50", "p95",
+         "Input tok.", "Output tok.", "of which reasoning", "Cost (inference)", "Judge", "Total", "Cost / paid request"],
         [[b["agent"], _name(b), b["model"], b["role"] or "", str(b["n"]), str(b["reused"]), str(b["errors"]),
-          str(b["halted"]), fmt.pct(b["accuracy"]), fmt.ms(b["latency_p50_ms"]), fmt.ms(b["latency_p95_ms"]),
-          f"{b['input_tokens']:,}", f"{b['output_tokens']:,}", fmt.usd(b["cost_usd"]),
+          str(b["halted"]), str(b.get("truncated", 0)), fmt.pct(b["accuracy"]), fmt.ms(b["latency_p50_ms"]),
+          fmt.ms(b["latency_p95_ms"]), f"{b['input_tokens']:,}", f"{b['output_tokens']:,}",
+          f"{b.get('reasoning_tokens', 0):,}", fmt.usd(b["cost_usd"]),
           fmt.usd(b["judge_cost_usd"]), fmt.usd(b["total_cost_usd"]), fmt.usd(b["cost_per_request_usd"])]
          for b in rows],
-        "llll" + "r" * 13,
+        "llll" + "r" * 15,
     )
 
 
