@@ -42,6 +42,7 @@ class TaskMean:
     # Per epoch, in epoch order: the value the mean counts (a candidate error is 0.0), None when
     # the epoch is left out.
     epoch_scores: tuple[float | None, ...]
+    cluster: str | None = None  # the task's suite family (shared.report.decision.family)
 
 
 def task_means(jobs: Iterable[Any], *, errors_count_as_zero: bool) -> dict[str, TaskMean]:
@@ -72,7 +73,8 @@ def _reduce(task: str, epochs: list[Any], errors_count_as_zero: bool) -> TaskMea
     else:  # never attempted: as missing as its first epoch says
         status, score = epochs[0].status, None
     models = {j.model for j in epochs if getattr(j, "model", None)}
-    return TaskMean(task, ", ".join(sorted(models)) or None, status, score, tuple(values))
+    return TaskMean(task, ", ".join(sorted(models)) or None, status, score, tuple(values),
+                    getattr(epochs[0], "cluster", None))
 
 
 def _pooled_within(tasks: Sequence[Sequence[float]]) -> float | None:
