@@ -69,6 +69,10 @@ class ClaimedJob:
     model: str
     attempts: int
     suite: str
+    # Who took it, as the claim stored it in `Job.worker`: with `attempts`, what every later
+    # transition of this claim checks (`_held_by`). "" (a journal entry written before this
+    # field existed) holds nothing.
+    worker: str = ""
 
 
 class Claim:
@@ -92,7 +96,8 @@ _TAKE = (
             attempts=_JOBS.c.attempts + 1, provider_batch_id=None)  # a resumed job's old batch no longer holds it
     .returning(_JOBS.c.id, _JOBS.c.run_id, _JOBS.c.agent, _JOBS.c.task_id, _JOBS.c.backend, _JOBS.c.provider,
                _JOBS.c.model, _JOBS.c.attempts,
-               select(_RUNS.c.suite).where(_RUNS.c.id == _JOBS.c.run_id).scalar_subquery().label("suite"))
+               select(_RUNS.c.suite).where(_RUNS.c.id == _JOBS.c.run_id).scalar_subquery().label("suite"),
+               _JOBS.c.worker)
 )
 # conditional, so a concurrent cancel still wins
 _RUN_STARTS = (update(_RUNS).where(_RUNS.c.id == bindparam("run_id"), _RUNS.c.status == RunStatus.queued)
@@ -120,44 +125,47 @@ def claim(job_id: int, worker: str, now: datetime, lease_s: float) -> tuple[str,
         return (Claim.BUSY if busy else Claim.DONE), job
 
 
-def _update_running(job_id: int, **values) -> None:
-    """Change a job this delivery is running; a job no longer running (finished by another
-    delivery, or `ok`) is left as it is."""
+def _held_by(job: ClaimedJob):
+    """The one holder check (design §12): the claim that took the job still holds it, i.e. it
+    is running under the same runner and attempt. A transition from a claim that no longer holds
+    it (the sweep handed the job back, another delivery took it) matches no row: it changes nothing."""
+    return ((_JOBS.c.id == job.id) & (_JOBS.c.status == JobStatus.running)
+            & (_JOBS.c.worker == job.worker) & (_JOBS.c.attempts == job.attempts))
+
+
+def _update_held(job: ClaimedJob, **values) -> bool:
+    """Change a job this claim holds; False (nothing changed) when it no longer holds it."""
     with get_engine().begin() as conn:
-        conn.execute(update(_JOBS).where(_JOBS.c.id == job_id, _JOBS.c.status == JobStatus.running).values(**values))
+        return conn.execute(update(_JOBS).where(_held_by(job)).values(**values)).rowcount == 1
 
 
-def renew_lease(job: ClaimedJob, worker: str, now: datetime) -> bool:
+def renew_lease(job: ClaimedJob, now: datetime) -> bool:
     """Before each paid call of a job: its lease starts again, so a job of two calls (answer,
     then judge) is never taken from a live runner. False when this claim no longer holds the
     job (another delivery took it past its lease, or it is final): make no call."""
-    with get_engine().begin() as conn:
-        return conn.execute(
-            update(_JOBS).where(_JOBS.c.id == job.id, _JOBS.c.status == JobStatus.running,
-                                _JOBS.c.worker == worker, _JOBS.c.attempts == job.attempts)
-            .values(started_at=now)
-        ).rowcount == 1
+    return _update_held(job, started_at=now)
 
 
-def requeue(job_id: int, *, error_type: str | None = None, error_message: str | None = None,
-            uncount: bool = False) -> None:
+def requeue(job: ClaimedJob, *, error_type: str | None = None, error_message: str | None = None,
+            uncount: bool = False) -> bool:
     """Hand the job back (a retry is scheduled), keeping the last error for `status`."""
     values: dict = {"status": JobStatus.queued, "error_type": error_type, "error_message": error_message}
     if uncount:
         values["attempts"] = _JOBS.c.attempts - 1
-    _update_running(job_id, **values)
+    return _update_held(job, **values)
 
 
-def finish_error(job_id: int, error_type: str, error_message: str) -> None:
-    """Only a running job can fail: an `ok` result is never overwritten."""
-    _update_running(job_id, status=JobStatus.error, error_type=error_type, error_message=error_message,
-                    finished_at=_clock())
+def finish_error(job: ClaimedJob, error_type: str, error_message: str) -> bool:
+    """Only a running job can fail, and only at its holder's hand: an `ok` result, or another
+    delivery's run of the job, is never overwritten."""
+    return _update_held(job, status=JobStatus.error, error_type=error_type, error_message=error_message,
+                        finished_at=_clock())
 
 
-def finish_halted(job_id: int, reason: str) -> None:
+def finish_halted(job: ClaimedJob, reason: str) -> bool:
     """Skipped by the budget guard after this delivery claimed it (no call: not an attempt)."""
-    _update_running(job_id, status=JobStatus.halted, error_type="BudgetHalt", error_message=reason,
-                    attempts=_JOBS.c.attempts - 1, finished_at=_clock())
+    return _update_held(job, status=JobStatus.halted, error_type="BudgetHalt", error_message=reason,
+                        attempts=_JOBS.c.attempts - 1, finished_at=_clock())
 
 
 def finish_ok(job: ClaimedJob, result: PaidResult, *, final: bool = True, call_id: str | None = None) -> bool:
@@ -195,8 +203,8 @@ def recorded_answer(job_id: int) -> str | None:
 def finish_reused(job: ClaimedJob, source: Any, *, score: float | None, detail: str, final: bool) -> None:
     """Take an earlier job's answer (shared.reuse): no call, no ledger entry, $0, and the
     source named; `final=False` leaves it running for its judge, like finish_ok."""
-    _update_running(
-        job.id, status=JobStatus.ok if final else JobStatus.running, output=source.output, score=score,
+    _update_held(
+        job, status=JobStatus.ok if final else JobStatus.running, output=source.output, score=score,
         scorer_detail=detail, latency_ms=source.latency_ms, input_tokens=source.input_tokens,
         output_tokens=source.output_tokens, cost_usd=0.0, reused_from_job_id=source.job_id,
         reused_from_run_id=source.run_id, simulated=source.simulated, error_type=None, error_message=None,

@@ -163,19 +163,19 @@ def pay(task: Any, spec: PaidCall) -> Outcome:
     svc, job = services(), spec.job
     node = task.request.hostname or "local"
     key = call_key(job.id, spec.operation)
-    if not jobs.renew_lease(job, node, fleet.redis_now(svc.redis)):
+    if not jobs.renew_lease(job, fleet.redis_now(svc.redis)):
         log.warning("job %s: no longer held by this delivery; %s not made", job.id, spec.what)
         return Outcome("lost")
     try:
         call_id = svc.budget.reserve(key, spec.worst_case_usd, run_id=job.run_id, holder=f"{node}|{spec.model}")
     except BudgetWait:  # room held by calls in flight: no call, not an attempt, no halt
-        retry = task.hand_back(job.id, BUDGET_WAIT_S + random.uniform(0, BUDGET_WAIT_S), uncount=True)
+        retry = task.hand_back(job, BUDGET_WAIT_S + random.uniform(0, BUDGET_WAIT_S), uncount=True)
         _best_effort(svc.budget.maybe_reconcile)  # a dead worker's reservation must not hold it forever
         raise retry
     except BudgetRefused as refused:
         status = halt_on_refusal(app, svc.budget, job, refused, spec.what)
         if status is None:  # a `budget resume` made room since the refusal: try again, nothing halted
-            raise task.hand_back(job.id, BUDGET_WAIT_S, uncount=True)
+            raise task.hand_back(job, BUDGET_WAIT_S, uncount=True)
         return Outcome(status)
 
     held = _Holds(svc, key, call_id)
@@ -183,7 +183,7 @@ def pay(task: Any, spec: PaidCall) -> Outcome:
         permit = _acquire(svc.limiter, spec.limit_scope, spec.model, spec.tokens)
         if not isinstance(permit, Permit):
             held.release()
-            raise task.hand_back(job.id, permit + random.uniform(0, 0.25), uncount=True)  # no call: not an attempt
+            raise task.hand_back(job, permit + random.uniform(0, 0.25), uncount=True)  # no call: not an attempt
         held.permit = permit
         try:
             response = spec.call(_LateAnswer(spec, held))
@@ -349,10 +349,10 @@ def _retry_or_fail(task: Any, job: jobs.ClaimedJob, error_type: str, detail: str
         delay = backoff_delay(job.attempts - 1, retry_after=retry_after, base=retry.backoff_base_s,
                               cap=retry.backoff_max_s)
         log.info("job %s attempt %s failed (%s); retrying in %.1fs", job.id, job.attempts, detail, delay)
-        raise task.hand_back(job.id, delay, error_type=error_type, error_message=detail)
+        raise task.hand_back(job, delay, error_type=error_type, error_message=detail)
     reason = f"after {job.attempts} attempt(s): {detail}" if retryable else detail
     log.warning("job %s failed for good: %s", job.id, reason)
-    jobs.finish_error(job.id, error_type, reason)
+    jobs.finish_error(job, error_type, reason)
     return "error"
 
 

@@ -47,7 +47,7 @@ def sweep(client: redis.Redis, settings: Settings) -> dict[str, int]:
     done = {"replayed": replayed.count}
     dead, by_run = _jobs_of_dead_runners(client, settings, grace_s)
     for job in replayed.needs_judge:  # its answer is recorded now: a delivery runs its judge (once: the claim decides)
-        lifecycle.requeue(job.id)
+        lifecycle.requeue(job)
         by_run[job.run_id].append((job.id, job.provider, job.backend))
     done["requeued"] = sum(len(jobs) for jobs in by_run.values())
     for run_id, why in _runs_without_messages(client, grace_s, dead).items():

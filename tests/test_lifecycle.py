@@ -1,0 +1,82 @@
+"""Job transitions from a claim that no longer holds its job (design §12): A claimed the job, the
+sweep judged A dead and handed the job back, B claimed it. A's late failure, hand-back or halt
+must change nothing on B's live run of it. The real shared.lifecycle functions, on SQLite."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from tests.support.env import ROOT, SCRATCH_REDIS_URL, use_config
+
+
+@pytest.fixture
+def one_queued_job(monkeypatch, tmp_path) -> int:
+    from shared.db import migrate, session_scope
+    from shared.models import Job, Run, RunStatus
+
+    use_config(monkeypatch, tmp_path, (ROOT / "config" / "genesis.toml").read_text(), SCRATCH_REDIS_URL)
+    migrate()
+    with session_scope() as session:
+        session.add(Run(id="r1", suite="genesis-custom", status=RunStatus.queued, total_jobs=1))
+        session.flush()
+        job = Job(run_id="r1", agent="qa", task_id="qa-001", backend="openai", provider="openai",
+                  model="gpt-4o-mini", status="queued")
+        session.add(job)
+        session.flush()
+        return job.id
+
+
+def stored(job_id: int):
+    from shared.db import session_scope
+    from shared.models import Job
+
+    with session_scope() as session:
+        return session.get(Job, job_id)
+
+
+def a_handed_over(job_id: int, *, b_name: str = "B@host"):
+    """A claims, the sweep hands A's job back (A judged dead), B claims: (A's claim, B's)."""
+    from shared import lifecycle
+    from shared.models import utcnow
+
+    now = utcnow()
+    taken, by_a = lifecycle.claim(job_id, "A@host", now, 60)
+    assert taken == lifecycle.Claim.TAKEN
+    assert lifecycle.requeue_lost(now, 60, {"A@host"}, set()) == [("r1", job_id, "openai", "openai")]
+    taken, by_b = lifecycle.claim(job_id, b_name, now + timedelta(seconds=1), 60)
+    assert taken == lifecycle.Claim.TAKEN
+    return by_a, by_b
+
+
+@pytest.mark.parametrize("stale_transition", ["finish_error", "requeue", "finish_halted"])
+def test_a_transition_from_a_claim_that_lost_its_job_changes_nothing(one_queued_job, stale_transition):
+    from shared import lifecycle
+
+    by_a, by_b = a_handed_over(one_queued_job)
+    before = stored(one_queued_job)
+    stale = {"finish_error": lambda: lifecycle.finish_error(by_a, "ProviderError", "A's late failure"),
+             "requeue": lambda: lifecycle.requeue(by_a, error_type="timeout", error_message="A hands back"),
+             "finish_halted": lambda: lifecycle.finish_halted(by_a, "A's refused reservation")}[stale_transition]
+
+    assert stale() is False
+    after = stored(one_queued_job)
+    assert (after.status, after.worker, after.attempts, after.error_type, after.finished_at) == \
+        ("running", "B@host", 2, None, None) == (before.status, before.worker, before.attempts, None, None)
+    assert lifecycle.renew_lease(by_a, after.started_at) is False  # and A makes no further call
+    assert lifecycle.renew_lease(by_b, after.started_at) is True
+    assert lifecycle.finish_error(by_b, "ProviderError", "B's own failure") is True  # the holder still can
+    assert stored(one_queued_job).status == "error"
+
+
+def test_the_same_runner_name_on_a_later_attempt_is_another_holder(one_queued_job):
+    """A node name lives on across a restart (`-n`, a container's hostname): the attempt tells
+    the claims apart."""
+    from shared import lifecycle
+
+    by_a, again = a_handed_over(one_queued_job, b_name="A@host")
+    assert lifecycle.requeue(by_a, uncount=True) is False
+    assert (stored(one_queued_job).status, stored(one_queued_job).attempts) == ("running", 2)
+    assert lifecycle.requeue(again, uncount=True) is True
+    assert (stored(one_queued_job).status, stored(one_queued_job).attempts) == ("queued", 1)
