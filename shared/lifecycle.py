@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
-from sqlalchemy import bindparam, func, insert, or_, update
+from sqlalchemy import bindparam, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from shared.db import get_engine, session_scope
 from shared.models import FINAL_RUN_STATUSES, CostEntry, Job, JobStatus, Run, RunStatus, utcnow
-from shared.payments import PaidResult
+from shared.payments import Ledgered, PaidResult, cost_row, write_cost_row
 
 IN_FLIGHT_RUNS = (RunStatus.queued, RunStatus.running)
 UNFINISHED_JOBS = (JobStatus.queued, JobStatus.running)
@@ -102,8 +102,6 @@ _TAKE = (
 # conditional, so a concurrent cancel still wins
 _RUN_STARTS = (update(_RUNS).where(_RUNS.c.id == bindparam("run_id"), _RUNS.c.status == RunStatus.queued)
                .values(status=RunStatus.running))
-_RECORD_COST = insert(CostEntry.__table__)
-_RECORD_OK = update(_JOBS).where(_JOBS.c.id == bindparam("job_id"))
 
 
 def claim(job_id: int, worker: str, now: datetime, lease_s: float) -> tuple[str, ClaimedJob | Job | None]:
@@ -168,29 +166,51 @@ def finish_halted(job: ClaimedJob, reason: str) -> bool:
                         attempts=_JOBS.c.attempts - 1, finished_at=_clock())
 
 
-def finish_ok(job: ClaimedJob, result: PaidResult, *, final: bool = True, call_id: str | None = None) -> bool:
-    """Store the result and its ledger entry in one transaction. Returns False when the
-    ledger already had this job (a redelivery): nothing is written twice. `final=False` keeps
-    the job running: its paid answer is recorded and waits for its judge (finish_judged)."""
+def finish_ok(job: ClaimedJob, result: PaidResult, *, final: bool = True, call_id: str | None = None) -> Ledgered:
+    """Store the result and its ledger entry in one transaction. False when the job does not
+    take it (nothing written): the ledger already has this job's answer (a redelivery), or the
+    job is final. `final=False` keeps the job running: its paid answer is recorded and waits for
+    its judge (finish_judged).
+
+    A paid answer that outlived its claim (its node was judged dead while alive, the sweep handed
+    the job back) is still the job's if no answer was recorded and the job is not final: it is
+    kept (`ok`, or for a judged task the answer alone, for whoever holds the job to grade), so the
+    job is not paid for again; a delivery running it meanwhile finds the answer recorded and
+    ledgers its own without a job link. Its call's `outcome unknown` row becomes this one."""
     now = _clock()
+    answer = {"output": result.output, "score": result.score, "scorer_detail": result.detail,
+              "latency_ms": result.latency_ms, "input_tokens": result.input_tokens,
+              "output_tokens": result.output_tokens, "cost_usd": result.cost_usd, "error_type": None,
+              "error_message": None, "finished_at": now, "simulated": result.simulated}
+    status = {"status": JobStatus.ok if final else JobStatus.running}
+    return _record_paid(job, answer, status, final, {
+        "at": now, "run_id": job.run_id, "job_id": job.id, "agent": job.agent, "backend": job.backend,
+        "model": job.model, "operation": "inference", "input_tokens": result.input_tokens,
+        "output_tokens": result.output_tokens, "cost_usd": result.cost_usd, "source": result.source,
+        "call_id": call_id,
+    })
+
+
+def _record_paid(job: ClaimedJob, values: dict, status: dict, final: bool, cost: dict) -> Ledgered:
+    """A paid result and its ledger row, in one transaction: by the claim that holds the job,
+    else (the claim outlived) into a job not yet final, where `final` results move it to `ok`
+    and others change no status."""
     try:
         with get_engine().begin() as conn:
-            conn.execute(_RECORD_COST, {
-                "at": now, "run_id": job.run_id, "job_id": job.id, "agent": job.agent, "backend": job.backend,
-                "model": job.model, "operation": "inference", "input_tokens": result.input_tokens,
-                "output_tokens": result.output_tokens, "cost_usd": result.cost_usd, "source": result.source,
-                "call_id": call_id,
-            })
-            conn.execute(_RECORD_OK, {
-                "job_id": job.id, "status": JobStatus.ok if final else JobStatus.running, "output": result.output,
-                "score": result.score, "scorer_detail": result.detail, "latency_ms": result.latency_ms,
-                "input_tokens": result.input_tokens, "output_tokens": result.output_tokens,
-                "cost_usd": result.cost_usd, "error_type": None, "error_message": None, "finished_at": now,
-                "simulated": result.simulated,
-            })
-        return True
-    except IntegrityError:
-        return False
+            taken = conn.execute(update(_JOBS).where(_held_by(job)).values(**values, **status)).rowcount
+            if not taken:
+                unfinished = (_JOBS.c.id == job.id) & _JOBS.c.status.in_(UNFINISHED_JOBS)
+                kept = {**values, **(status if final else {})}
+                taken = conn.execute(update(_JOBS).where(unfinished).values(**kept)).rowcount
+            if not taken:
+                raise _NotTaken
+            return Ledgered(True, write_cost_row(conn, cost)[1])
+    except (IntegrityError, _NotTaken):
+        return Ledgered(False)
+
+
+class _NotTaken(Exception):
+    """The job is final: the paid result is not its (rolls the transaction back)."""
 
 
 def recorded_answer(job_id: int) -> str | None:
@@ -212,21 +232,13 @@ def finish_reused(job: ClaimedJob, source: Any, *, score: float | None, detail: 
     )
 
 
-def finish_judged(job: ClaimedJob, entry: CostEntry, *, score: float, detail: str) -> bool:
+def finish_judged(job: ClaimedJob, entry: CostEntry, *, score: float, detail: str) -> Ledgered:
     """The judge's grade and its ledger entry (operation `judge`) in one transaction; False
-    when this job's judge call is already ledgered (a redelivery): nothing is written twice."""
-    try:
-        with session_scope() as session:
-            session.add(entry)
-            session.execute(
-                update(Job).where(Job.id == job.id, Job.status == JobStatus.running).values(
-                    status=JobStatus.ok, score=score, scorer_detail=detail, error_type=None, error_message=None,
-                    finished_at=_clock(),
-                )
-            )
-        return True
-    except IntegrityError:
-        return False
+    when this job's judge call is already ledgered (a redelivery) or the job is final: nothing
+    is written twice. Kept like `finish_ok`'s answer when it outlived its claim."""
+    grade = {"score": score, "scorer_detail": detail, "error_type": None, "error_message": None,
+             "finished_at": _clock()}
+    return _record_paid(job, grade, {"status": JobStatus.ok}, True, cost_row(entry))
 
 
 def running_workers() -> set[str]:

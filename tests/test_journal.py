@@ -27,7 +27,7 @@ def a_running_job(monkeypatch, tmp_path):
         session.flush()
         job_id = job.id
     return ClaimedJob(id=job_id, run_id="r1", agent="qa", task_id="qa-001", backend="openai", provider="openai",
-                      model="gpt-4o-mini", attempts=1, suite="genesis-custom")
+                      model="gpt-4o-mini", attempts=1, suite="genesis-custom", worker="w1@host")
 
 
 def journaled_answer(redis_client, job, call_id: str, *, final: bool = True, output: str = "42"):

@@ -227,3 +227,63 @@ def test_a_halt_refused_under_the_old_limit_does_not_halt_again_after_resume_wit
                                 at=resumed_at - timedelta(milliseconds=5)))
     redis_client.flushdb()
     assert guard.status()["halted"] is False and guard.status()["limit_usd"] == 5.0
+
+
+def budget_spent(redis_url: str) -> int:
+    """What the budget counters say was spent, in micro-dollars."""
+    from shared.budget.lua import BudgetKeys
+
+    return int(redis.Redis.from_url(redis_url).hget(BudgetKeys.under("genesis:budget").state, "spent"))
+
+
+def ledger_micro(entries) -> int:
+    from shared.budget import to_micro
+
+    return sum(to_micro(e.cost_usd) for e in entries)
+
+
+def test_a_paid_answer_of_a_node_judged_dead_while_alive_replaces_its_worst_case_entry(
+        fast_recovery, monkeypatch, genesis, start_worker, simulator, redis_url):
+    """A paused worker (a VM or container paused, a host cut off from Redis) is judged dead: its
+    job is handed back and its call in flight ledgered as outcome unknown. Its answer, which
+    the provider billed, arrives within the deadline once it runs again: the job keeps it, and
+    the ledger holds one row for the call, at its real cost (budget counters moved alike)."""
+    import os
+    import signal
+
+    from shared.config import get_settings
+    from worker.app import app
+
+    monkeypatch.setenv("GENESIS_RETRY__CALL_TIMEOUT_S", "30")  # the pause stays within the deadline
+    genesis["GENESIS_RETRY__CALL_TIMEOUT_S"] = "30"
+    get_settings.cache_clear()
+    simulator.update(latency_ms=1000)
+    paused = start_worker("wa", concurrency=1)  # the only consumer of the job's queue
+    start_worker("wb", concurrency=1, queues="reports")  # sweeps: it judges wa dead
+    run_id = submit("--agent", "qa", "--backend", "openai", "--limit", "1")
+    wait_for(lambda: simulator.stats()["in_flight"] == 1, timeout=30, interval=0.05, what="wa's call in flight")
+
+    os.killpg(paused.proc.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: [e.source for e in entries_of(run_id)] == [
+                     e.source for e in entries_of(run_id) if e.source.startswith("outcome unknown")] != []
+                 and jobs_of(run_id)[0].status == "queued",
+                 timeout=30, interval=0.2, what="wa judged dead: its job handed back, its call ledgered at worst")
+        [unknown] = entries_of(run_id)
+        assert budget_spent(redis_url) == ledger_micro([unknown])
+    finally:
+        os.killpg(paused.proc.pid, signal.SIGCONT)
+
+    snap = wait_until_reported(run_id, timeout=60)
+    [job] = jobs_of(run_id)
+    assert snap["by_status"]["ok"] == 1 and job.output and job.attempts == 1
+    stats = settled_sim(simulator)
+    no_reservation_left(redis_url)
+    entries = entries_of(run_id)
+    figures = paid_call_figures(run_id, simulator, app)
+    print_fault_row("worker paused past its heartbeat, answer within the deadline", figures)
+    assert len(entries) == figures["served"] == stats["completions_ok"] == 1
+    [entry] = entries
+    assert (entry.call_id, entry.job_id) == (unknown.call_id, job.id) and entry.source == "api"
+    assert entry.cost_usd == job.cost_usd < unknown.cost_usd  # its real cost, not the worst case
+    assert budget_spent(redis_url) == ledger_micro(entries)

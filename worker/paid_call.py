@@ -30,7 +30,10 @@ The money rules this module owns:
   and exits (shared.providers.deadline);
 - a billed reply that cannot be used (a 200 without choices, an unparseable grade) is ledgered
   before the retry;
-- a payment whose result cannot be stored is ledgered without a job link, never dropped.
+- a payment whose result cannot be stored is ledgered without a job link, never dropped;
+- a call already ledgered as `outcome unknown` (its worker judged dead while it was alive) whose
+  answer arrives after all: its real cost replaces that entry (shared.payments.write_cost_row)
+  and the budget counters move by the difference.
 """
 
 from __future__ import annotations
@@ -50,11 +53,10 @@ from sqlalchemy import exc as sql_errors
 from shared import counters, fleet, journal
 from shared import lifecycle as jobs
 from shared.budget import BudgetGuard, BudgetRefused, BudgetWait, billed_usage, call_cost
-from shared.budget.reconcile import OUTCOME_UNKNOWN
 from shared.budget.recorded import call_key
 from shared.config import get_settings
 from shared.messaging import app
-from shared.payments import Payment
+from shared.payments import OUTCOME_UNKNOWN, Payment
 from shared.limiter import Permit, RateLimiter
 from shared.providers import ChatRequest, ChatResponse, ProviderError, complete
 from shared.providers.deadline import helper_threads
@@ -234,7 +236,7 @@ def _record(spec: PaidCall, held: "_Holds", payment: Payment, recording: Recordi
     if not recorded:  # another delivery's result is the job's: this call is still a real cost
         _ledger_unattached(spec, held, payment, f"duplicate {spec.what} for an already recorded job")
         return "duplicate"
-    held.settle(payment.cost_usd)
+    held.settle(payment.cost_usd, recorded.replaced_usd)
     return recording.status
 
 
@@ -312,8 +314,8 @@ class _Holds:
         if permit is not None:
             _best_effort(self.svc.limiter.release, permit, actual_tokens)
 
-    def settle(self, cost: float) -> None:
-        self.svc.budget.settle(self.key, cost, self.call_id)
+    def settle(self, cost: float, replaced_usd: float | None = None) -> None:
+        self.svc.budget.settle(self.key, cost, self.call_id, replaced_usd)
         self.done = True
 
     def release(self, *, by_late_handler: bool = False) -> None:

@@ -90,8 +90,10 @@ return {1, spent, reserved, limit}
 """
 
 # ARGV: call key ('' for none), reservation id ('' for every reservation of the key), ledger
-# member, amount, config limit, emergency ratio.
-# Counted once per member. Drops only its own reservation (or, when that id is not held, one a
+# member, amount, config limit, emergency ratio, replaced amount ('' for none: see below).
+# Counted once per member. A paid call whose `outcome unknown` entry (counted at its worst case,
+# the replaced amount) its real cost replaced moves spent by the difference, once (member
+# `<member>:replaced`); if the worst case was never counted, the real cost is counted instead. Drops only its own reservation (or, when that id is not held, one a
 # rebuild made for the key). A call that cost more than it reserved is counted as an overrun;
 # spend past the cap (an under-estimate, a manual entry) sets the halt flag.
 SETTLE = PRELUDE + """
@@ -111,6 +113,8 @@ if counted == 1 then
     redis.call('HINCRBY', KEYS[1], 'overruns', 1)
     redis.call('HINCRBY', KEYS[1], 'overrun', amount - previous)
   end
+elseif ARGV[7] and ARGV[7] ~= '' and redis.call('SADD', KEYS[4], ARGV[3] .. ':replaced') == 1 then
+  spent = redis.call('HINCRBY', KEYS[1], 'spent', amount - tonumber(ARGV[7]))
 end
 local limit = limit_of(ARGV[5])
 if spent > cap_of(limit, tonumber(ARGV[6])) then redis.call('HSET', KEYS[1], 'halted', '1') end
