@@ -406,7 +406,22 @@ def test_malformed_body_fails_each_sdks_parsing(sim: SimulatorHandle) -> None:
     with pytest.raises(ResponseValidationError):
         Mistral(api_key="x", server_url=sim.url).chat.complete(model="m", messages=[{"role": "user", "content": "hi"}])
     stats = sim.stats()
-    assert stats["faults"] == {"malformed": 3} and stats["completions_ok"] == 0
+    assert stats["faults"] == {"malformed": 3}
+    assert stats["completions_ok"] == stats["by_status"]["200"] == 3  # billed, as a provider bills what it generated
+
+
+def test_a_dropped_connection_fails_each_sdk_and_is_billed(sim: SimulatorHandle) -> None:
+    """Fault `drop`: the request was taken and answered, then the connection closed with no reply."""
+    sim.update(drop_rate=1.0)
+    with pytest.raises(openai.APIConnectionError):
+        ask_openai(openai_client(sim), "hi")
+    with pytest.raises(anthropic.APIConnectionError):
+        anthropic_client(sim).messages.create(model="c", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(Exception, match="disconnected"):
+        Mistral(api_key="x", server_url=sim.url).chat.complete(model="m", messages=[{"role": "user", "content": "hi"}])
+    stats = sim.stats()
+    assert stats["faults"] == {"drop": 3} and stats["completions_ok"] == stats["by_status"]["200"] == 3
+    assert stats["input_tokens"] > 0
 
 
 # --- counters, concurrency, live config -----------------------------------------------------

@@ -25,11 +25,13 @@ id, the journal's recorders, settle by id.)
 
 The money rules this module owns:
 - a late answer (after the deadline) keeps its reservation and its permit until it arrives, and
-  is then ledgered (unattached: the job has been retried); one that never comes is ledgered at
-  its worst case as `outcome unknown`; the abandoned helper thread then closes its connection
-  and exits (shared.providers.deadline);
+  is then ledgered (unattached: the job has been retried); the abandoned helper thread then
+  closes its connection and exits (shared.providers.deadline);
 - a billed reply that cannot be used (a 200 without choices, an unparseable grade) is ledgered
   before the retry;
+- a failed call the provider may have billed (`ProviderError.outcome_unknown`: a 200 that cannot
+  be parsed, a connection lost after sending, in or past the deadline alike) is ledgered at its
+  worst case as `outcome unknown` (`_unbilled_or_ledgered`, the one rule);
 - a payment whose result cannot be stored is ledgered without a job link, never dropped;
 - a call already ledgered as `outcome unknown` (its worker judged dead while it was alive) whose
   answer arrives after all: its real cost replaces that entry (shared.payments.write_cost_row)
@@ -255,14 +257,19 @@ def _ledger_unattached(spec: PaidCall, held: "_Holds", payment: Payment, why: st
 
 
 def _unbilled_or_ledgered(spec: PaidCall, held: "_Holds", err: ProviderError) -> None:
-    """A failed call: its reservation is released, unless the provider billed it anyway."""
-    if err.billed is None:
+    """The one rule for a failed call, in or past its deadline: billed with its usage known (a
+    200 without choices) → ledgered at that cost; possibly billed (`outcome_unknown`) → ledgered
+    at its worst case as `outcome unknown`; else not billed → its reservation is released."""
+    if err.billed is not None:
+        tokens_in, tokens_out, source = billed_usage(spec.request, *err.billed, err.usage_reported, "")
+        cost = call_cost(get_settings(), spec.model, tokens_in, tokens_out)
+        payment = Payment(held.call_id, spec.operation, spec.model, tokens_in, tokens_out, cost, source)
+        _best_effort(_ledger_unattached, spec, held, payment, f"billed failure: {err}")
+    elif err.outcome_unknown:
+        payment = Payment(held.call_id, spec.operation, spec.model, 0, 0, spec.worst_case_usd, OUTCOME_UNKNOWN)
+        _best_effort(_ledger_unattached, spec, held, payment, f"no usable reply, {err.kind}: {err}")
+    else:
         held.release()
-        return
-    tokens_in, tokens_out, source = billed_usage(spec.request, *err.billed, err.usage_reported, "")
-    cost = call_cost(get_settings(), spec.model, tokens_in, tokens_out)
-    payment = Payment(held.call_id, spec.operation, spec.model, tokens_in, tokens_out, cost, source)
-    _best_effort(_ledger_unattached, spec, held, payment, f"billed failure: {err}")
 
 
 class _LateAnswer:
@@ -274,22 +281,16 @@ class _LateAnswer:
 
     def __call__(self, outcome: ChatResponse | ProviderError) -> None:
         spec, held = self.spec, self.held
+        held.late = False  # this handler holds them now: settled, ledgered or released here
         try:
             if isinstance(outcome, ChatResponse):
                 _paid_late(spec, held, outcome)
-            elif outcome.billed is not None:
+            else:
                 held.release_permit()
                 _unbilled_or_ledgered(spec, held, outcome)
-            elif outcome.status is None:  # no HTTP answer after it was sent: it may have been billed
-                held.release_permit()
-                payment = Payment(held.call_id, spec.operation, spec.model, 0, 0, spec.worst_case_usd,
-                                  OUTCOME_UNKNOWN)
-                _ledger_unattached(spec, held, payment, f"no answer after its deadline: {outcome.kind}")
-            else:  # an HTTP error: not billed
-                held.release(by_late_handler=True)
         except Exception:  # noqa: BLE001 - on a helper thread: nothing above it to tell
             log.exception("job %s: late %s could not be ledgered", spec.job.id, spec.what)
-            held.release(by_late_handler=True)
+            held.release()
 
 
 def _paid_late(spec: PaidCall, held: "_Holds", response: ChatResponse) -> None:
@@ -318,8 +319,8 @@ class _Holds:
         self.svc.budget.settle(self.key, cost, self.call_id, replaced_usd)
         self.done = True
 
-    def release(self, *, by_late_handler: bool = False) -> None:
-        if self.late and not by_late_handler:  # the late answer's handler ends them
+    def release(self) -> None:
+        if self.late:  # the late answer's handler ends them
             return
         self.release_permit()
         if not self.done:
