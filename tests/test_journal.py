@@ -9,23 +9,14 @@ import time
 from sqlmodel import select
 
 from tests.support.env import ROOT, SCRATCH_REDIS_URL, use_config
+from tests.support.runs import one_job_run
 
 
 def a_running_job(monkeypatch, tmp_path):
-    from shared.db import migrate, session_scope
     from shared.lifecycle import ClaimedJob
-    from shared.models import Job, Run, RunStatus
 
     use_config(monkeypatch, tmp_path, (ROOT / "config" / "genesis.toml").read_text(), SCRATCH_REDIS_URL)
-    migrate()
-    with session_scope() as session:
-        session.add(Run(id="r1", suite="genesis-custom", status=RunStatus.running, total_jobs=1))
-        session.flush()
-        job = Job(run_id="r1", agent="qa", task_id="qa-001", backend="openai", provider="openai",
-                  model="gpt-4o-mini", status="running", attempts=1, worker="w1@host")
-        session.add(job)
-        session.flush()
-        job_id = job.id
+    job_id = one_job_run(attempts=1, worker="w1@host")
     return ClaimedJob(id=job_id, run_id="r1", agent="qa", task_id="qa-001", backend="openai", provider="openai",
                       model="gpt-4o-mini", attempts=1, suite="genesis-custom", worker="w1@host")
 

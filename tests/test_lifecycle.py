@@ -9,23 +9,13 @@ from datetime import timedelta
 import pytest
 
 from tests.support.env import ROOT, SCRATCH_REDIS_URL, use_config
+from tests.support.runs import one_job_run
 
 
 @pytest.fixture
 def one_queued_job(monkeypatch, tmp_path) -> int:
-    from shared.db import migrate, session_scope
-    from shared.models import Job, Run, RunStatus
-
     use_config(monkeypatch, tmp_path, (ROOT / "config" / "genesis.toml").read_text(), SCRATCH_REDIS_URL)
-    migrate()
-    with session_scope() as session:
-        session.add(Run(id="r1", suite="genesis-custom", status=RunStatus.queued, total_jobs=1))
-        session.flush()
-        job = Job(run_id="r1", agent="qa", task_id="qa-001", backend="openai", provider="openai",
-                  model="gpt-4o-mini", status="queued")
-        session.add(job)
-        session.flush()
-        return job.id
+    return one_job_run(status="queued")
 
 
 def stored(job_id: int):
