@@ -70,7 +70,7 @@ class ClaimedJob:
     attempts: int
     suite: str
     # Who took it, as the claim stored it in `Job.worker`: with `attempts`, what every later
-    # transition of this claim checks (`_held_by`). "" (a journal entry written before this
+    # transition of this claim checks (`_HELD`). "" (a journal entry written before this
     # field existed) holds nothing.
     worker: str = ""
 
@@ -123,18 +123,24 @@ def claim(job_id: int, worker: str, now: datetime, lease_s: float) -> tuple[str,
         return (Claim.BUSY if busy else Claim.DONE), job
 
 
-def _held_by(job: ClaimedJob):
-    """The one holder check (design §12): the claim that took the job still holds it, i.e. it
-    is running under the same runner and attempt. A transition from a claim that no longer holds
-    it (the sweep handed the job back, another delivery took it) matches no row: it changes nothing."""
-    return ((_JOBS.c.id == job.id) & (_JOBS.c.status == JobStatus.running)
-            & (_JOBS.c.worker == job.worker) & (_JOBS.c.attempts == job.attempts))
+# The one holder check (design §12), the claim bound per call (`_holder`): the claim that took
+# the job still holds it, i.e. it is running under the same runner and attempt. A transition
+# from a claim that no longer holds it (the sweep handed the job back, another delivery took it)
+# matches no row: it changes nothing.
+_HELD = ((_JOBS.c.id == bindparam("held_id")) & (_JOBS.c.status == JobStatus.running)
+         & (_JOBS.c.worker == bindparam("held_worker")) & (_JOBS.c.attempts == bindparam("held_attempts")))
+_RECORD_HELD = update(_JOBS).where(_HELD)
+_RECORD_UNFINISHED = update(_JOBS).where(_JOBS.c.id == bindparam("held_id"), _JOBS.c.status.in_(UNFINISHED_JOBS))
+
+
+def _holder(job: ClaimedJob) -> dict:
+    return {"held_id": job.id, "held_worker": job.worker, "held_attempts": job.attempts}
 
 
 def _update_held(job: ClaimedJob, **values) -> bool:
     """Change a job this claim holds; False (nothing changed) when it no longer holds it."""
     with get_engine().begin() as conn:
-        return conn.execute(update(_JOBS).where(_held_by(job)).values(**values)).rowcount == 1
+        return conn.execute(update(_JOBS).where(_HELD).values(**values), _holder(job)).rowcount == 1
 
 
 def renew_lease(job: ClaimedJob, now: datetime) -> bool:
@@ -197,11 +203,10 @@ def _record_paid(job: ClaimedJob, values: dict, status: dict, final: bool, cost:
     and others change no status."""
     try:
         with get_engine().begin() as conn:
-            taken = conn.execute(update(_JOBS).where(_held_by(job)).values(**values, **status)).rowcount
+            taken = conn.execute(_RECORD_HELD, {**_holder(job), **values, **status}).rowcount
             if not taken:
-                unfinished = (_JOBS.c.id == job.id) & _JOBS.c.status.in_(UNFINISHED_JOBS)
                 kept = {**values, **(status if final else {})}
-                taken = conn.execute(update(_JOBS).where(unfinished).values(**kept)).rowcount
+                taken = conn.execute(_RECORD_UNFINISHED, {"held_id": job.id, **kept}).rowcount
             if not taken:
                 raise _NotTaken
             return Ledgered(True, write_cost_row(conn, cost)[1])

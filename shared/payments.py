@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from shared.db import get_engine
@@ -49,6 +49,11 @@ OUTCOME_UNKNOWN = "outcome unknown"
 
 _COSTS = CostEntry.__table__
 _COST_COLUMNS = tuple(column.name for column in _COSTS.columns if column.name != "id")
+# Built once (every paid call runs them; see shared/lifecycle.py on why), values bound per call.
+_UNKNOWN = _COSTS.c.source.startswith(OUTCOME_UNKNOWN, autoescape=True)
+_FIND_UNKNOWN = select(_COSTS.c.id, _COSTS.c.cost_usd).where(_COSTS.c.call_id == bindparam("unknown_call"), _UNKNOWN)
+_REPLACE_UNKNOWN = update(_COSTS).where(_COSTS.c.id == bindparam("unknown_id"), _UNKNOWN)
+_INSERT = insert(_COSTS)
 
 
 @dataclass(frozen=True)
@@ -77,13 +82,10 @@ def write_cost_row(conn: Any, values: dict[str, Any]) -> tuple[int, float | None
     None). Raises IntegrityError when the row is there already otherwise (a replay, a duplicate)."""
     call_id, source = values.get("call_id"), str(values.get("source") or "")
     if call_id and not source.startswith(OUTCOME_UNKNOWN):
-        unknown = _COSTS.c.source.startswith(OUTCOME_UNKNOWN, autoescape=True)
-        found = conn.execute(select(_COSTS.c.id, _COSTS.c.cost_usd)
-                             .where(_COSTS.c.call_id == call_id, unknown)).one_or_none()
-        if found is not None and conn.execute(
-                update(_COSTS).where(_COSTS.c.id == found.id, unknown).values(**values)).rowcount == 1:
+        found = conn.execute(_FIND_UNKNOWN, {"unknown_call": call_id}).one_or_none()
+        if found is not None and conn.execute(_REPLACE_UNKNOWN, {"unknown_id": found.id, **values}).rowcount == 1:
             return found.id, found.cost_usd
-    return conn.execute(insert(_COSTS).values(**values)).inserted_primary_key[0], None
+    return conn.execute(_INSERT, values).inserted_primary_key[0], None
 
 
 def record_payment(entry: CostEntry) -> Ledgered:
