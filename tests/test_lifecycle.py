@@ -70,3 +70,56 @@ def test_the_same_runner_name_on_a_later_attempt_is_another_holder(one_queued_jo
     assert (stored(one_queued_job).status, stored(one_queued_job).attempts) == ("running", 2)
     assert lifecycle.requeue(again, uncount=True) is True
     assert (stored(one_queued_job).status, stored(one_queued_job).attempts) == ("queued", 1)
+
+
+def an_answer(output: str):
+    from shared.payments import PaidResult
+
+    return PaidResult(output=output, score=1.0, detail="exact", latency_ms=9.0, input_tokens=30, output_tokens=4,
+                      cost_usd=0.0001)
+
+
+def ledger():
+    from sqlmodel import select
+
+    from shared.db import session_scope
+    from shared.models import CostEntry
+
+    with session_scope() as session:
+        return [(e.job_id, e.call_id, e.cost_usd) for e in session.exec(select(CostEntry).order_by(CostEntry.id))]
+
+
+def test_a_paid_answer_that_outlived_its_claim_is_kept_by_a_job_not_yet_answered(one_queued_job):
+    """A was judged dead while alive and its job handed back: its answer, paid for, is the job's."""
+    from shared import lifecycle
+    from shared.models import utcnow
+
+    now = utcnow()
+    _, by_a = lifecycle.claim(one_queued_job, "A@host", now, 60)
+    lifecycle.requeue_lost(now, 60, {"A@host"}, set())
+    assert lifecycle.finish_ok(by_a, an_answer("A's"), call_id="a1")
+    job = stored(one_queued_job)
+    assert (job.status, job.output, job.attempts) == ("ok", "A's", 1)
+    assert ledger() == [(one_queued_job, "a1", 0.0001)]
+    assert lifecycle.claim(one_queued_job, "B@host", now, 60)[0] == lifecycle.Claim.DONE  # not paid again
+
+
+def test_the_first_answer_recorded_is_the_jobs_and_a_final_job_is_never_changed(one_queued_job):
+    """B answered first: A's late answer is not the job's (its caller ledgers it without a job
+    link). Had B failed for good instead, the `error` stands too."""
+    from shared import lifecycle
+
+    by_a, by_b = a_handed_over(one_queued_job)
+    assert lifecycle.finish_ok(by_b, an_answer("B's"), call_id="b1")
+    assert not lifecycle.finish_ok(by_a, an_answer("A's"), call_id="a1")
+    assert (stored(one_queued_job).status, stored(one_queued_job).output) == ("ok", "B's")
+    assert ledger() == [(one_queued_job, "b1", 0.0001)]
+
+
+def test_a_job_that_failed_for_good_keeps_its_error(one_queued_job):
+    from shared import lifecycle
+
+    by_a, by_b = a_handed_over(one_queued_job)
+    assert lifecycle.finish_error(by_b, "ProviderError", "after 5 attempt(s)")
+    assert not lifecycle.finish_ok(by_a, an_answer("A's"), call_id="a1")
+    assert (stored(one_queued_job).status, stored(one_queued_job).output, ledger()) == ("error", None, [])
