@@ -173,16 +173,12 @@ def finish_halted(job: ClaimedJob, reason: str) -> bool:
 
 
 def finish_ok(job: ClaimedJob, result: PaidResult, *, final: bool = True, call_id: str | None = None) -> Ledgered:
-    """Store the result and its ledger entry in one transaction. False when the job does not
-    take it (nothing written): the ledger already has this job's answer (a redelivery), or the
-    job is final. `final=False` keeps the job running: its paid answer is recorded and waits for
-    its judge (finish_judged).
-
-    A paid answer that outlived its claim (its node was judged dead while alive, the sweep handed
-    the job back) is still the job's if no answer was recorded and the job is not final: it is
-    kept (`ok`, or for a judged task the answer alone, for whoever holds the job to grade), so the
-    job is not paid for again; a delivery running it meanwhile finds the answer recorded and
-    ledgers its own without a job link. Its call's `outcome unknown` row becomes this one."""
+    """Store the result and its ledger entry in one transaction; false (nothing written) when the
+    ledger already has this job's answer (a redelivery) or the job is final. `final=False` keeps
+    the job running: its answer waits for its judge (finish_judged). An answer that outlived its
+    claim (its node judged dead while alive) is still kept by a job not yet final (`ok`, or the
+    answer alone for a judged task), so the job is not paid for again; a delivery running it
+    meanwhile finds the answer recorded. Its call's `outcome unknown` row becomes this one."""
     now = _clock()
     answer = {"output": result.output, "score": result.score, "scorer_detail": result.detail,
               "latency_ms": result.latency_ms, "input_tokens": result.input_tokens,
@@ -215,7 +211,7 @@ def _record_paid(job: ClaimedJob, values: dict, status: dict, final: bool, cost:
 
 
 class _NotTaken(Exception):
-    """The job is final: the paid result is not its (rolls the transaction back)."""
+    """The job is final: the paid result is not its (the transaction rolls back)."""
 
 
 def recorded_answer(job_id: int) -> str | None:

@@ -33,7 +33,8 @@ class GenesisTask(Task):
         The retry is published before the job is handed back in SQL: if publishing fails, the
         job is still this delivery's (it ends `error`), never `queued` without a message."""
         retry = self.retry(countdown=countdown, throw=False)
-        jobs.requeue(job, **requeue_values)
+        if not jobs.requeue(job, **requeue_values):  # that message will find the job busy or done
+            log.info("job %s: no longer held by this delivery; not handed back", job.id)
         return retry
 
 
