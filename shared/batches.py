@@ -153,7 +153,7 @@ def jobs_of(batch_id: int) -> list[ClaimedJob]:
     with session_scope() as session:
         rows = session.exec(
             select(Job.id, Job.run_id, Job.agent, Job.task_id, Job.backend, Job.provider, Job.model, Job.attempts,
-                   Run.suite)
+                   Run.suite, Job.holder)
             .join(Run, col(Run.id) == col(Job.run_id))
             .where(Job.provider_batch_id == batch_id, Job.status == JobStatus.running).order_by(Job.id)
         ).all()

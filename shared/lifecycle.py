@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
-from sqlalchemy import bindparam, func, insert, or_, update
+from sqlalchemy import bindparam, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from shared.db import get_engine, session_scope
 from shared.models import FINAL_RUN_STATUSES, CostEntry, Job, JobStatus, Run, RunStatus, utcnow
-from shared.payments import PaidResult
+from shared.payments import Ledgered, PaidResult, cost_row, write_cost_row
 
 IN_FLIGHT_RUNS = (RunStatus.queued, RunStatus.running)
 UNFINISHED_JOBS = (JobStatus.queued, JobStatus.running)
@@ -69,7 +69,10 @@ class ClaimedJob:
     model: str
     attempts: int
     suite: str
-    holder: str = ""  # the process incarnation that claimed it (shared.fleet.incarnation)
+    # The process incarnation that claimed it (shared.fleet.incarnation): with `attempts`, what
+    # every later transition of this claim checks (`_HELD`). "" (a journal entry written before
+    # this field existed) holds nothing.
+    holder: str = ""
 
 
 class Claim:
@@ -100,8 +103,6 @@ _TAKE = (
 # conditional, so a concurrent cancel still wins
 _RUN_STARTS = (update(_RUNS).where(_RUNS.c.id == bindparam("run_id"), _RUNS.c.status == RunStatus.queued)
                .values(status=RunStatus.running))
-_RECORD_COST = insert(CostEntry.__table__)
-_RECORD_OK = update(_JOBS).where(_JOBS.c.id == bindparam("job_id"))
 
 
 def claim(job_id: int, worker: str, now: datetime, lease_s: float,
@@ -126,69 +127,96 @@ def claim(job_id: int, worker: str, now: datetime, lease_s: float,
         return (Claim.BUSY if busy else Claim.DONE), job
 
 
-def _update_running(job_id: int, **values) -> None:
-    """Change a job this delivery is running; a job no longer running (finished by another
-    delivery, or `ok`) is left as it is."""
+# The one holder check (design §12), the claim bound per call (`_holder`): the claim that took
+# the job still holds it, i.e. it is running under the same runner and attempt. A transition
+# from a claim that no longer holds it (the sweep handed the job back, another delivery took it)
+# matches no row: it changes nothing.
+_HELD = ((_JOBS.c.id == bindparam("held_id")) & (_JOBS.c.status == JobStatus.running)
+         & (_JOBS.c.holder == bindparam("held_holder")) & (_JOBS.c.attempts == bindparam("held_attempts")))
+_RECORD_HELD = update(_JOBS).where(_HELD)
+_RECORD_UNFINISHED = update(_JOBS).where(_JOBS.c.id == bindparam("held_id"), _JOBS.c.status.in_(UNFINISHED_JOBS))
+
+
+def _holder(job: ClaimedJob) -> dict:
+    return {"held_id": job.id, "held_holder": job.holder, "held_attempts": job.attempts}
+
+
+def _update_held(job: ClaimedJob, **values) -> bool:
+    """Change a job this claim holds; False (nothing changed) when it no longer holds it."""
     with get_engine().begin() as conn:
-        conn.execute(update(_JOBS).where(_JOBS.c.id == job_id, _JOBS.c.status == JobStatus.running).values(**values))
+        return conn.execute(update(_JOBS).where(_HELD).values(**values), _holder(job)).rowcount == 1
 
 
-def renew_lease(job: ClaimedJob, holder: str, now: datetime) -> bool:
+def renew_lease(job: ClaimedJob, now: datetime) -> bool:
     """Before each paid call of a job: its lease starts again, so a job of two calls (answer,
     then judge) is never taken from a live runner. False when this claim no longer holds the
     job (another delivery took it past its lease, or it is final): make no call."""
-    with get_engine().begin() as conn:
-        return conn.execute(
-            update(_JOBS).where(_JOBS.c.id == job.id, _JOBS.c.status == JobStatus.running,
-                                _JOBS.c.holder == holder, _JOBS.c.attempts == job.attempts)
-            .values(started_at=now)
-        ).rowcount == 1
+    return _update_held(job, started_at=now)
 
 
-def requeue(job_id: int, *, error_type: str | None = None, error_message: str | None = None,
-            uncount: bool = False) -> None:
+def requeue(job: ClaimedJob, *, error_type: str | None = None, error_message: str | None = None,
+            uncount: bool = False) -> bool:
     """Hand the job back (a retry is scheduled), keeping the last error for `status`."""
     values: dict = {"status": JobStatus.queued, "error_type": error_type, "error_message": error_message}
     if uncount:
         values["attempts"] = _JOBS.c.attempts - 1
-    _update_running(job_id, **values)
+    return _update_held(job, **values)
 
 
-def finish_error(job_id: int, error_type: str, error_message: str) -> None:
-    """Only a running job can fail: an `ok` result is never overwritten."""
-    _update_running(job_id, status=JobStatus.error, error_type=error_type, error_message=error_message,
-                    finished_at=_clock())
+def finish_error(job: ClaimedJob, error_type: str, error_message: str) -> bool:
+    """Only a running job can fail, and only at its holder's hand: an `ok` result, or another
+    delivery's run of the job, is never overwritten."""
+    return _update_held(job, status=JobStatus.error, error_type=error_type, error_message=error_message,
+                        finished_at=_clock())
 
 
-def finish_halted(job_id: int, reason: str) -> None:
+def finish_halted(job: ClaimedJob, reason: str) -> bool:
     """Skipped by the budget guard after this delivery claimed it (no call: not an attempt)."""
-    _update_running(job_id, status=JobStatus.halted, error_type="BudgetHalt", error_message=reason,
-                    attempts=_JOBS.c.attempts - 1, finished_at=_clock())
+    return _update_held(job, status=JobStatus.halted, error_type="BudgetHalt", error_message=reason,
+                        attempts=_JOBS.c.attempts - 1, finished_at=_clock())
 
 
-def finish_ok(job: ClaimedJob, result: PaidResult, *, final: bool = True, call_id: str | None = None) -> bool:
-    """Store the result and its ledger entry in one transaction. Returns False when the
-    ledger already had this job (a redelivery): nothing is written twice. `final=False` keeps
-    the job running: its paid answer is recorded and waits for its judge (finish_judged)."""
+def finish_ok(job: ClaimedJob, result: PaidResult, *, final: bool = True, call_id: str | None = None) -> Ledgered:
+    """Store the result and its ledger entry in one transaction; false (nothing written) when the
+    ledger already has this job's answer (a redelivery) or the job is final. `final=False` keeps
+    the job running: its answer waits for its judge (finish_judged). An answer that outlived its
+    claim (its node judged dead while alive) is still kept by a job not yet final (`ok`, or the
+    answer alone for a judged task), so the job is not paid for again; a delivery running it
+    meanwhile finds the answer recorded. Its call's `outcome unknown` row becomes this one."""
     now = _clock()
+    answer = {"output": result.output, "score": result.score, "scorer_detail": result.detail,
+              "latency_ms": result.latency_ms, "input_tokens": result.input_tokens,
+              "output_tokens": result.output_tokens, "cost_usd": result.cost_usd, "error_type": None,
+              "error_message": None, "finished_at": now, "simulated": result.simulated,
+              "reasoning_tokens": result.reasoning_tokens, "truncated": result.truncated}
+    status = {"status": JobStatus.ok if final else JobStatus.running}
+    return _record_paid(job, answer, status, final, {
+        "at": now, "run_id": job.run_id, "job_id": job.id, "agent": job.agent, "backend": job.backend,
+        "model": job.model, "operation": "inference", "input_tokens": result.input_tokens,
+        "output_tokens": result.output_tokens, "reasoning_tokens": result.reasoning_tokens,
+        "cost_usd": result.cost_usd, "source": result.source, "call_id": call_id,
+    })
+
+
+def _record_paid(job: ClaimedJob, values: dict, status: dict, final: bool, cost: dict) -> Ledgered:
+    """A paid result and its ledger row, in one transaction: by the claim that holds the job,
+    else (the claim outlived) into a job not yet final, where `final` results move it to `ok`
+    and others change no status."""
     try:
         with get_engine().begin() as conn:
-            conn.execute(_RECORD_COST, {
-                "at": now, "run_id": job.run_id, "job_id": job.id, "agent": job.agent, "backend": job.backend,
-                "model": job.model, "operation": "inference", "input_tokens": result.input_tokens,
-                "output_tokens": result.output_tokens, "reasoning_tokens": result.reasoning_tokens,
-                "cost_usd": result.cost_usd, "source": result.source, "call_id": call_id,
-            })
-            conn.execute(_RECORD_OK, {
-                "job_id": job.id, "status": JobStatus.ok if final else JobStatus.running, "output": result.output,
-                "score": result.score, "scorer_detail": result.detail, "latency_ms": result.latency_ms,
-                "input_tokens": result.input_tokens, "output_tokens": result.output_tokens,
-                "cost_usd": result.cost_usd, "error_type": None, "error_message": None, "finished_at": now,
-                "simulated": result.simulated, "reasoning_tokens": result.reasoning_tokens, "truncated": result.truncated,
-            })
-        return True
-    except IntegrityError:
-        return False
+            taken = conn.execute(_RECORD_HELD, {**_holder(job), **values, **status}).rowcount
+            if not taken:
+                kept = {**values, **(status if final else {})}
+                taken = conn.execute(_RECORD_UNFINISHED, {"held_id": job.id, **kept}).rowcount
+            if not taken:
+                raise _NotTaken
+            return Ledgered(True, write_cost_row(conn, cost)[1])
+    except (IntegrityError, _NotTaken):
+        return Ledgered(False)
+
+
+class _NotTaken(Exception):
+    """The job is final: the paid result is not its (the transaction rolls back)."""
 
 
 RUN_CANCELLED = "RunCancelled"
@@ -220,8 +248,8 @@ def recorded_answer(job_id: int) -> str | None:
 def finish_reused(job: ClaimedJob, source: Any, *, score: float | None, detail: str, final: bool) -> None:
     """Take an earlier job's answer (shared.reuse): no call, no ledger entry, $0, and the
     source named; `final=False` leaves it running for its judge, like finish_ok."""
-    _update_running(
-        job.id, status=JobStatus.ok if final else JobStatus.running, output=source.output, score=score,
+    _update_held(
+        job, status=JobStatus.ok if final else JobStatus.running, output=source.output, score=score,
         scorer_detail=detail, latency_ms=source.latency_ms, input_tokens=source.input_tokens,
         output_tokens=source.output_tokens, cost_usd=0.0, reused_from_job_id=source.job_id,
         reused_from_run_id=source.run_id, simulated=source.simulated, error_type=None, error_message=None,
@@ -229,21 +257,13 @@ def finish_reused(job: ClaimedJob, source: Any, *, score: float | None, detail: 
     )
 
 
-def finish_judged(job: ClaimedJob, entry: CostEntry, *, score: float, detail: str) -> bool:
+def finish_judged(job: ClaimedJob, entry: CostEntry, *, score: float, detail: str) -> Ledgered:
     """The judge's grade and its ledger entry (operation `judge`) in one transaction; False
-    when this job's judge call is already ledgered (a redelivery): nothing is written twice."""
-    try:
-        with session_scope() as session:
-            session.add(entry)
-            session.execute(
-                update(Job).where(Job.id == job.id, Job.status == JobStatus.running).values(
-                    status=JobStatus.ok, score=score, scorer_detail=detail, error_type=None, error_message=None,
-                    finished_at=_clock(),
-                )
-            )
-        return True
-    except IntegrityError:
-        return False
+    when this job's judge call is already ledgered (a redelivery) or the job is final: nothing
+    is written twice. Kept like `finish_ok`'s answer when it outlived its claim."""
+    grade = {"score": score, "scorer_detail": detail, "error_type": None, "error_message": None,
+             "finished_at": _clock()}
+    return _record_paid(job, grade, {"status": JobStatus.ok}, True, cost_row(entry))
 
 
 def running_holders() -> set[str]:

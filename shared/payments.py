@@ -4,11 +4,12 @@ model, tokens, cost) and, for a job's answer, the scored result `finish_ok` stor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from shared.db import session_scope
+from shared.db import get_engine
 from shared.models import CostEntry
 
 if TYPE_CHECKING:
@@ -43,15 +44,60 @@ class Payment:
         )
 
 
-def record_payment(entry: CostEntry) -> bool:
-    """A ledger row of its own (an unattached payment); True also when this paid call's row is
-    already there (a replay)."""
+# The ledger source of a paid call whose outcome is unknown (its worker judged dead mid-call, no
+# usable reply to a request the provider received): ledgered at its worst case, as the provider
+# may have billed it, until its real outcome replaces it (`write_cost_row`).
+OUTCOME_UNKNOWN = "outcome unknown"
+
+_COSTS = CostEntry.__table__
+_COST_COLUMNS = tuple(column.name for column in _COSTS.columns if column.name != "id")
+# Built once (every paid call runs them; see shared/lifecycle.py on why), values bound per call.
+_UNKNOWN = _COSTS.c.source.startswith(OUTCOME_UNKNOWN, autoescape=True)
+_FIND_UNKNOWN = select(_COSTS.c.id, _COSTS.c.cost_usd).where(_COSTS.c.call_id == bindparam("unknown_call"), _UNKNOWN)
+_REPLACE_UNKNOWN = update(_COSTS).where(_COSTS.c.id == bindparam("unknown_id"), _UNKNOWN)
+_INSERT = insert(_COSTS)
+
+
+@dataclass(frozen=True)
+class Ledgered:
+    """What writing a paid call's ledger row did: written or not (false: the ledger already held
+    this job's payment for the operation, another delivery's), and the worst case of the
+    `outcome unknown` row it replaced, if it replaced one (the budget counters then move by the
+    difference: BudgetGuard.settle's `replaced_usd`)."""
+
+    written: bool
+    replaced_usd: float | None = None
+
+    def __bool__(self) -> bool:
+        return self.written
+
+
+def cost_row(entry: CostEntry) -> dict[str, Any]:
+    """An entry's column values, for `write_cost_row`."""
+    return {name: getattr(entry, name) for name in _COST_COLUMNS}
+
+
+def write_cost_row(conn: Any, values: dict[str, Any]) -> tuple[int, float | None]:
+    """The one write of a ledger row, inside the caller's transaction: one row per paid call id.
+    When the call is already ledgered as `outcome unknown` (at its worst case) and this is its
+    real outcome, that row becomes this one. Returns (the row's id, the worst case it replaced or
+    None). Raises IntegrityError when the row is there already otherwise (a replay, a duplicate)."""
+    call_id, source = values.get("call_id"), str(values.get("source") or "")
+    if call_id and not source.startswith(OUTCOME_UNKNOWN):
+        found = conn.execute(_FIND_UNKNOWN, {"unknown_call": call_id}).one_or_none()
+        if found is not None and conn.execute(_REPLACE_UNKNOWN, {"unknown_id": found.id, **values}).rowcount == 1:
+            return found.id, found.cost_usd
+    return conn.execute(_INSERT, values).inserted_primary_key[0], None
+
+
+def record_payment(entry: CostEntry) -> Ledgered:
+    """A ledger row of its own (an unattached payment); not written (false) when this paid
+    call's row is already there (a replay)."""
     try:
-        with session_scope() as session:
-            session.add(entry)
-        return True
+        with get_engine().begin() as conn:
+            return Ledgered(True, write_cost_row(conn, cost_row(entry))[1])
     except IntegrityError:
-        return False
+        return Ledgered(False)
 
 
 @dataclass(frozen=True)

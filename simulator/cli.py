@@ -66,7 +66,10 @@ def simulator_command(
     timeout_s: Annotated[float, typer.Option(help="How long a held-back answer waits.")] = DEFAULTS[
         "timeout_s"
     ],
-    malformed_rate: Annotated[float, typer.Option(help="Share of 200s with a broken body.")] = 0.0,
+    malformed_rate: Annotated[float, typer.Option(help="Share of 200s with a broken body (billed).")] = 0.0,
+    drop_rate: Annotated[
+        float, typer.Option(help="Share of answers served (billed) whose connection is closed before the reply.")
+    ] = 0.0,
     usage_scale: Annotated[
         float, typer.Option(help="Usage reported (and billed) = tokens served x this; > 1 under-estimates.")
     ] = DEFAULTS["usage_scale"],
@@ -124,6 +127,7 @@ def simulator_command(
         "timeout_rate": timeout_rate,
         "timeout_s": timeout_s,
         "malformed_rate": malformed_rate,
+        "drop_rate": drop_rate,
         "usage_scale": usage_scale,
         "omit_usage_rate": omit_usage_rate,
         "batch_delay_s": batch_delay_s,

@@ -23,7 +23,10 @@ class SimulatorConfig(BaseModel):
     - rpm / tpm: token buckets per (API key, model); None = unlimited.
     - error_rates: `{HTTP status: probability}` of an injected error instead of an answer.
     - timeout_rate: probability the answer is held back `timeout_s` extra so the client times out.
-    - malformed_rate: probability of a 200 whose body is truncated, i.e. not valid JSON.
+    - malformed_rate: probability of a 200 whose body is truncated, i.e. not valid JSON; billed
+      (its usage counted), as a provider bills every answer it generated.
+    - drop_rate: probability the connection is closed, with no reply, after the request was
+      received and answered: billed (its usage counted) and counted as a 200 served, fault `drop`.
     - usage_scale: the usage a 200 reports (and bills) is the tokens served × this; above 1 a
       call costs more than a client's estimate of it.
     - omit_usage_rate: probability of a 200 without a usage block (as some gateways answer).
@@ -70,6 +73,7 @@ class SimulatorConfig(BaseModel):
     timeout_rate: float = Rate
     timeout_s: float = Field(default=30.0, ge=0.0)
     malformed_rate: float = Rate
+    drop_rate: float = Rate
     usage_scale: float = Field(default=1.0, ge=0.0)
     omit_usage_rate: float = Rate
     judge_garbage_rate: float = Rate
@@ -119,13 +123,13 @@ class SimulatorConfig(BaseModel):
         """Every injected fault and its rate, in the order a request's one draw walks them."""
         return [*((str(status), rate) for status, rate in sorted(self.error_rates.items())),
                 ("timeout", self.timeout_rate), ("malformed", self.malformed_rate),
-                ("empty", self.empty_choices_rate)]
+                ("empty", self.empty_choices_rate), ("drop", self.drop_rate)]
 
     @model_validator(mode="after")
     def _fault_rates_fit_in_one(self) -> SimulatorConfig:
         total = sum(rate for _, rate in self.fault_rates())
         if total > 1.0 + 1e-9:
-            raise ValueError(f"error, timeout, malformed and empty-choices rates add up to {total:g}, more than 1")
+            raise ValueError(f"error, timeout, malformed, empty-choices and drop rates add up to {total:g}, more than 1")
         if self.batch_expire_rate + self.batch_fail_rate > 1.0 + 1e-9:
             raise ValueError("batch_expire_rate and batch_fail_rate add up to more than 1")
         return self

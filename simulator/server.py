@@ -6,7 +6,8 @@ requests in flight cost nothing; no new dependency is needed.
 
 Order of work for a chat request: parse (400) -> rate-limit admission (429, answered at once)
 -> fault draw -> latency -> injected error, or the answer (held back `timeout_s` more for a
-timeout fault, truncated to invalid JSON for a malformed one)."""
+timeout fault, truncated to invalid JSON for a malformed one, never sent for a drop: the
+connection is closed instead). A malformed or dropped answer is billed like a whole one."""
 
 from __future__ import annotations
 
@@ -128,10 +129,10 @@ class Simulator:
         reply = Reply(200, body, request.model, {**limit_headers, **request_id_header(api)}, fault=fault)
         if fault == "timeout":
             self.stopping.wait(config.timeout_s)
-        elif fault == "malformed":
+            return reply
+        if fault == "malformed":
             reply.body = body[: len(body) // 2]
-        else:
-            reply.usage = (completion.input_tokens, completion.output_tokens)
+        reply.usage = (completion.input_tokens, completion.output_tokens)  # billed, whatever reaches the client
         return reply
 
     def completion(self, request: ChatRequest, config: SimulatorConfig | None = None,
@@ -286,6 +287,9 @@ class SimulatorHandler(BaseHTTPRequestHandler):
             reply = error_reply(api, 500, "The simulator failed to answer.")
         # counted before sending, so a client holding its answer always finds it in the stats
         simulator.stats.finished(api, reply.model, reply.status, reply.usage, reply.fault)
+        if reply.fault == "drop":  # served and billed, then the connection goes before any reply
+            self.close_connection = True
+            return
         self._send(reply.status, reply.body, reply.headers)
 
     def _update_config(self, simulator: Simulator, raw_body: bytes) -> None:

@@ -41,7 +41,7 @@ class ServedStats:
         fault: str | None = None,
     ) -> None:
         """Record one answered request: `usage` (input, output tokens) only for a completion
-        served whole, `fault` naming an injected one ("500", "timeout", "malformed"...)."""
+        billed (served whole, or malformed or dropped on the way), `fault` naming an injected one ("500", "timeout", "malformed"...)."""
         with self._lock:
             self.in_flight -= 1
             self.requests_total += 1

@@ -655,3 +655,41 @@ def test_counters_left_by_another_ledger_are_rebuilt_from_this_one(settings, red
     ours.reserve(1, 0.02)  # job 1 of this ledger is not "already settled" by the other one
     ours.settle(1, 0.02)
     assert ours.status()["spent_usd"] == pytest.approx(0.02)
+
+
+def _unknown_then_real(guard, *, count_the_worst_case: bool) -> list:
+    """A call ledgered as outcome unknown at its worst case ($0.30; counted, or its writer died
+    between SQL and Redis), then its real outcome ($0.02) arrives, unattached."""
+    call_id = guard.reserve(9, 0.30, holder="dead@host|gpt-4o-mini")
+    unknown = CostEntry(operation="inference", cost_usd=0.30, call_id=call_id, source="outcome unknown (job 9)")
+    if count_the_worst_case:
+        guard.record_entry(unknown, key=9)
+    else:
+        with session_scope(guard.database_url) as session:
+            session.add(unknown)
+    guard.record_entry(CostEntry(operation="inference", cost_usd=0.02, call_id=call_id, input_tokens=40,
+                                 output_tokens=9, source="api (answered after its deadline, job 9)"), key=9)
+    with session_scope(guard.database_url) as session:
+        return session.exec(select(CostEntry)).all()
+
+
+@pytest.mark.parametrize("count_the_worst_case", [True, False])
+def test_a_real_cost_replaces_its_calls_outcome_unknown_entry_and_spent_follows(guard, count_the_worst_case):
+    [entry] = _unknown_then_real(guard, count_the_worst_case=count_the_worst_case)
+    assert (entry.cost_usd, entry.source) == (0.02, "api (answered after its deadline, job 9)")
+    status = guard.status()
+    assert (status["spent_usd"], status["reserved_usd"]) == (pytest.approx(0.02), 0)
+    guard.settle(9, 0.02, entry.call_id, 0.30)  # the same correction again (a retried settle): once
+    assert guard.status()["spent_usd"] == pytest.approx(0.02)
+    guard.redis.delete(*guard.keys.all())
+    assert guard.status()["spent_usd"] == pytest.approx(0.02)  # a rebuild from SQL agrees
+
+
+def test_an_outcome_unknown_entry_for_a_call_already_ledgered_is_that_entry(guard):
+    """Reconcile racing the live answer: the real row came first; the worst case is not added."""
+    call_id = guard.reserve(9, 0.30, holder="dead@host|gpt-4o-mini")
+    guard.record_entry(CostEntry(operation="inference", cost_usd=0.02, call_id=call_id, source="api"), key=9)
+    kept = guard.record_entry(CostEntry(operation="inference", cost_usd=0.30, call_id=call_id,
+                                        source="outcome unknown (job 9)"), key=9)
+    assert (kept.cost_usd, kept.source) == (0.02, "api")
+    assert guard.status()["spent_usd"] == pytest.approx(0.02)

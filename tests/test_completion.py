@@ -27,12 +27,13 @@ def test_report_is_requested_once_when_the_last_job_is_final(genesis, redis_url)
 
     *first, last = [job_id for job_id, *_ in queued]
     for job_id in first:
-        assert jobs.claim(job_id, "test", utcnow(), 300)[0] == jobs.Claim.TAKEN
-        jobs.finish_error(job_id, "Boom", "failed for good")
+        taken, claimed = jobs.claim(job_id, "test", utcnow(), 300)
+        assert taken == jobs.Claim.TAKEN
+        jobs.finish_error(claimed, "Boom", "failed for good")
         assert completion.finished_run(job_id) is None  # the last job is still queued
-    jobs.claim(last, "test", utcnow(), 300)
+    _, claimed = jobs.claim(last, "test", utcnow(), 300)
     assert completion.finished_run(last) is None  # ... then running
-    jobs.finish_error(last, "Boom", "failed for good")
+    jobs.finish_error(claimed, "Boom", "failed for good")
     assert completion.finished_run(last) == run_id
 
     assert request_report(run_id)

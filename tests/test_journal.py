@@ -16,28 +16,19 @@ from sqlmodel import select
 
 from tests.support.env import ROOT, SCRATCH_REDIS_URL, use_config
 from tests.support.postgres import postgres_outage
-from tests.support.runs import (ledger_rows, paid_call_figures, print_fault_row, producer, run_jobs, served_ok, submit,
+from tests.support.runs import (ledger_rows, paid_call_figures, one_job_run, print_fault_row, producer,
+                                run_jobs, served_ok, submit,
                                 wait_until_reported)
 from tests.support.waiting import wait_for
 
 
 def a_running_job(monkeypatch, tmp_path):
-    from shared.db import migrate, session_scope
     from shared.lifecycle import ClaimedJob
-    from shared.models import Job, Run, RunStatus
 
     use_config(monkeypatch, tmp_path, (ROOT / "config" / "genesis.toml").read_text(), SCRATCH_REDIS_URL)
-    migrate()
-    with session_scope() as session:
-        session.add(Run(id="r1", suite="genesis-custom", status=RunStatus.running, total_jobs=1))
-        session.flush()
-        job = Job(run_id="r1", agent="qa", task_id="qa-001", backend="openai", provider="openai",
-                  model="gpt-4o-mini", status="running", attempts=1, worker="w1@host")
-        session.add(job)
-        session.flush()
-        job_id = job.id
+    job_id = one_job_run(attempts=1, worker="w1@host", holder="w1@host")
     return ClaimedJob(id=job_id, run_id="r1", agent="qa", task_id="qa-001", backend="openai", provider="openai",
-                      model="gpt-4o-mini", attempts=1, suite="genesis-custom")
+                      model="gpt-4o-mini", attempts=1, suite="genesis-custom", holder="w1@host")
 
 
 def journaled_answer(redis_client, job, call_id: str, *, final: bool = True, output: str = "42"):
@@ -319,7 +310,7 @@ def test_a_journaled_answer_replayed_into_a_cancelled_run_is_ledgered_and_no_job
     judged_job = a_running_job(monkeypatch, tmp_path)
     with session_scope() as session:
         other = Job(run_id="r1", agent="qa", task_id="qa-002", backend="openai", provider="openai",
-                    model="gpt-4o-mini", status="running", attempts=1, worker="w1@host")
+                    model="gpt-4o-mini", status="running", attempts=1, worker="w1@host", holder="w1@host")
         session.add(other)
         session.flush()
         scored_job = ClaimedJob(**{**judged_job.__dict__, "id": other.id, "task_id": "qa-002"})

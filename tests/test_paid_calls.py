@@ -282,3 +282,113 @@ def test_a_prefork_child_killed_mid_call_while_its_parent_lives_has_that_call_le
     simulator.update(latency_ms=20)
     _one_call_killed(simulator, redis_url, run_id, "prefork child SIGKILLed mid-call, parent alive", app)
     assert worker.proc.poll() is None and worker.pool_children() != parent_children  # a new child took over
+
+def worst_case_of(job) -> float:
+    from shared.budget import task_worst_case
+    from shared.config import get_settings
+    from shared.db import session_scope
+    from shared.models import Run
+    from shared.suite import load_task, run_suite_folder
+
+    with session_scope() as session:
+        suite = session.get(Run, job.run_id).suite
+    return task_worst_case(get_settings(), load_task(run_suite_folder(suite), job.agent, job.task_id), job.backend,
+                           job.model)
+
+
+def budget_spent(redis_url: str) -> int:
+    """What the budget counters say was spent, in micro-dollars."""
+    from shared.budget.lua import BudgetKeys
+
+    return int(redis.Redis.from_url(redis_url).hget(BudgetKeys.under("genesis:budget").state, "spent"))
+
+
+def ledger_micro(entries) -> int:
+    from shared.budget import to_micro
+
+    return sum(to_micro(e.cost_usd) for e in entries)
+
+
+@pytest.mark.parametrize("fault", ["malformed_rate", "drop_rate"])
+def test_a_reply_lost_within_the_deadline_is_ledgered_at_worst_case_like_one_past_it(
+        fault, monkeypatch, genesis, start_worker, simulator, redis_url):
+    """A 200 whose body cannot be parsed, or a connection dropped after the provider took the
+    request: the provider billed it, so each attempt is in the ledger (outcome unknown, at its
+    worst case), one row per request the simulator billed, and the job ends `error` after its
+    attempts."""
+    from shared.config import get_settings
+    from worker.app import app
+
+    for name, value in {"GENESIS_RETRY__MAX_ATTEMPTS": "3", "GENESIS_RETRY__BACKOFF_BASE_S": "0.1",
+                        "GENESIS_RETRY__BACKOFF_MAX_S": "0.2"}.items():
+        genesis[name] = value
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    simulator.update(**{fault: 1.0})
+    start_worker("w1", concurrency=4)
+    run_id = submit("--agent", "qa", "--backend", "openai", "--backend", "mistral-base", "--backend", "anthropic",
+                    "--limit", "2")
+
+    snap = wait_until_reported(run_id, timeout=90)
+    jobs = jobs_of(run_id)
+    assert snap["by_status"]["error"] == len(jobs) == 6 and all(j.attempts == 3 for j in jobs)
+    stats = settled_sim(simulator)
+    no_reservation_left(redis_url)
+    entries = entries_of(run_id)
+    figures = paid_call_figures(run_id, simulator, app)
+    print_fault_row(f"{fault.removesuffix('_rate')} on every reply, 3 attempts", figures)
+    assert stats["faults"] == {fault.removesuffix("_rate"): 18}
+    assert len(entries) == figures["served"] == stats["completions_ok"] == 18  # each billed request, once
+    worst = {job.id: worst_case_of(job) for job in jobs}
+    for job in jobs:
+        paid = [e for e in entries if e.source.endswith(f"job {job.id})")]
+        assert len(paid) == 3 and all(e.job_id is None and e.source.startswith("outcome unknown") for e in paid)
+        assert all(e.cost_usd == worst[job.id] > 0 for e in paid)
+    assert budget_spent(redis_url) == ledger_micro(entries)
+
+
+def test_a_paid_answer_of_a_node_judged_dead_while_alive_replaces_its_worst_case_entry(
+        fast_recovery, monkeypatch, genesis, start_worker, simulator, redis_url):
+    """A paused worker (a VM or container paused, a host cut off from Redis) is judged dead: its
+    job is handed back and its call in flight ledgered as outcome unknown. Its answer, which
+    the provider billed, arrives within the deadline once it runs again: the job keeps it, and
+    the ledger holds one row for the call, at its real cost (budget counters moved alike)."""
+    import os
+    import signal
+
+    from shared.config import get_settings
+    from worker.app import app
+
+    monkeypatch.setenv("GENESIS_RETRY__CALL_TIMEOUT_S", "30")  # the pause stays within the deadline
+    genesis["GENESIS_RETRY__CALL_TIMEOUT_S"] = "30"
+    get_settings.cache_clear()
+    simulator.update(latency_ms=1000)
+    paused = start_worker("wa", concurrency=1)  # the only consumer of the job's queue
+    start_worker("wb", concurrency=1, queues="reports")  # sweeps: it judges wa dead
+    run_id = submit("--agent", "qa", "--backend", "openai", "--limit", "1")
+    wait_for(lambda: simulator.stats()["in_flight"] == 1, timeout=30, interval=0.05, what="wa's call in flight")
+
+    os.killpg(paused.proc.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: [e.source for e in entries_of(run_id)] == [
+                     e.source for e in entries_of(run_id) if e.source.startswith("outcome unknown")] != []
+                 and jobs_of(run_id)[0].status == "queued",
+                 timeout=30, interval=0.2, what="wa judged dead: its job handed back, its call ledgered at worst")
+        [unknown] = entries_of(run_id)
+        assert budget_spent(redis_url) == ledger_micro([unknown])
+    finally:
+        os.killpg(paused.proc.pid, signal.SIGCONT)
+
+    snap = wait_until_reported(run_id, timeout=60)
+    [job] = jobs_of(run_id)
+    assert snap["by_status"]["ok"] == 1 and job.output and job.attempts == 1
+    stats = settled_sim(simulator)
+    no_reservation_left(redis_url)
+    entries = entries_of(run_id)
+    figures = paid_call_figures(run_id, simulator, app)
+    print_fault_row("worker paused past its heartbeat, answer within the deadline", figures)
+    assert len(entries) == figures["served"] == stats["completions_ok"] == 1
+    [entry] = entries
+    assert (entry.call_id, entry.job_id) == (unknown.call_id, job.id) and entry.source == "api"
+    assert entry.cost_usd == job.cost_usd < unknown.cost_usd  # its real cost, not the worst case
+    assert budget_spent(redis_url) == ledger_micro(entries)

@@ -39,6 +39,53 @@ def test_transport_failures_are_retryable():
         assert classify(exc).kind == "malformed"
 
 
+def _wrapped(transport_error: Exception) -> Exception:
+    """As the SDKs raise it: their connection error, caused by the transport's."""
+    try:
+        try:
+            raise transport_error
+        except Exception as cause:
+            raise openai.APIConnectionError(request=transport_error.request) from cause
+    except openai.APIConnectionError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(("error", "may_be_billed"), [
+    (httpx2.RemoteProtocolError("Server disconnected without sending a response."), True),
+    (httpx2.ReadError("connection reset"), True),
+    (httpx2.ReadTimeout("slow"), True),
+    (httpx2.ConnectError("refused"), False),
+    (httpx2.ConnectTimeout("no route"), False),
+    (httpx2.WriteError("broken pipe"), False),
+])
+def test_a_failure_after_the_request_was_sent_may_have_been_billed(error, may_be_billed):
+    """One rule for "the provider may have billed this" (worker/paid_call.py ledgers it at its
+    worst case): the request reached the provider and no usable reply came back."""
+    error.request = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    assert classify(error).outcome_unknown is may_be_billed
+    assert classify(_wrapped(error)).outcome_unknown is may_be_billed
+    assert classify(_status_error(500)).outcome_unknown is False  # an HTTP error reply: not billed
+
+
+def test_a_200_that_cannot_be_read_may_have_been_billed_and_a_request_refused_locally_not():
+    import json
+
+    from pydantic import BaseModel, ValidationError
+
+    try:
+        json.loads('{"choices": [{"mess')
+    except json.JSONDecodeError as exc:
+        assert (classify(exc).kind, classify(exc).outcome_unknown) == ("malformed", True)
+
+    class Request(BaseModel):
+        max_tokens: int
+
+    try:
+        Request(max_tokens="many")
+    except ValidationError as exc:  # the SDK refused to build the request: nothing was sent
+        assert classify(exc).outcome_unknown is False
+
+
 def test_a_bug_is_not_retried_as_a_provider_fault():
     assert classify(TypeError("unexpected keyword argument")).retryable is False
 

@@ -397,17 +397,24 @@ def test_timeout_fault_makes_the_sdks_time_out(sim: SimulatorHandle) -> None:
     assert sim.stats()["faults"] == {"timeout": 2}
 
 
-def test_malformed_body_fails_each_sdks_parsing(sim: SimulatorHandle) -> None:
-    sim.update(malformed_rate=1.0)
+@pytest.mark.parametrize(("knob", "fault", "errors"), [
     # openai and anthropic let the JSON decode error through; mistral wraps it
-    with pytest.raises(json.JSONDecodeError):
+    ("malformed_rate", "malformed", (json.JSONDecodeError, json.JSONDecodeError, ResponseValidationError)),
+    # the request was taken and answered, then the connection closed with no reply
+    ("drop_rate", "drop", (openai.APIConnectionError, anthropic.APIConnectionError, Exception)),
+])
+def test_a_reply_lost_on_the_way_fails_each_sdk_and_is_billed(sim: SimulatorHandle, knob, fault, errors) -> None:
+    sim.update(**{knob: 1.0})
+    openai_error, anthropic_error, mistral_error = errors
+    with pytest.raises(openai_error):
         ask_openai(openai_client(sim), "hi")
-    with pytest.raises(json.JSONDecodeError):
+    with pytest.raises(anthropic_error):
         anthropic_client(sim).messages.create(model="c", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
-    with pytest.raises(ResponseValidationError):
+    with pytest.raises(mistral_error):
         Mistral(api_key="x", server_url=sim.url).chat.complete(model="m", messages=[{"role": "user", "content": "hi"}])
     stats = sim.stats()
-    assert stats["faults"] == {"malformed": 3} and stats["completions_ok"] == 0
+    assert stats["faults"] == {fault: 3} and stats["input_tokens"] > 0
+    assert stats["completions_ok"] == stats["by_status"]["200"] == 3  # billed, as a provider bills what it generated
 
 
 # --- counters, concurrency, live config -----------------------------------------------------

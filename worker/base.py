@@ -28,12 +28,13 @@ class GenesisTask(Task):
     max_retries = None
     typing = True
 
-    def hand_back(self, job_id: int, countdown: float, **requeue_values) -> Retry:
+    def hand_back(self, job: jobs.ClaimedJob, countdown: float, **requeue_values) -> Retry:
         """Give a claimed job back for a later delivery; the caller raises what this returns.
         The retry is published before the job is handed back in SQL: if publishing fails, the
         job is still this delivery's (it ends `error`), never `queued` without a message."""
         retry = self.retry(countdown=countdown, throw=False)
-        jobs.requeue(job_id, **requeue_values)
+        if not jobs.requeue(job, **requeue_values):  # that message will find the job busy or done
+            log.info("job %s: no longer held by this delivery; not handed back", job.id)
         return retry
 
 

@@ -136,7 +136,7 @@ def write_results(batch, results: list[Result], now: datetime, budget: BudgetGua
             continue
         money.release([job.id])
         if batch.cancel_requested and (result is None or result.kind in ("canceled", "expired")):
-            jobs.finish_halted(job.id, f"provider batch {batch.provider_batch_id} cancelled by the budget halt")
+            jobs.finish_halted(job, f"provider batch {batch.provider_batch_id} cancelled by the budget halt")
             counts["halted"] += 1
             continue
         counts["errored"] += 1
@@ -157,7 +157,7 @@ def end_without_results(batch, error_type: str, reason: str, budget: BudgetGuard
     for job in sql.jobs_of(batch.id):
         money.release([job.id])
         if batch.cancel_requested:
-            jobs.finish_halted(job.id, f"provider batch {batch.provider_batch_id} cancelled by the budget halt")
+            jobs.finish_halted(job, f"provider batch {batch.provider_batch_id} cancelled by the budget halt")
             counts["halted"] += 1
         else:
             failed.append((job, error_type, reason))
@@ -177,7 +177,7 @@ def send_back_or_fail(batch, failed: list[tuple[ClaimedJob, str, str]]) -> None:
         if job.attempts < max_attempts:
             back[(error_type, detail)].append(job)
         else:
-            jobs.finish_error(job.id, error_type, f"after {job.attempts} attempt(s): {detail}")
+            jobs.finish_error(job, error_type, f"after {job.attempts} attempt(s): {detail}")
     for (error_type, detail), claimed in back.items():
         requeue(batch.id, claimed, error_type, detail)
 

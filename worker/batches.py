@@ -119,7 +119,7 @@ def _flush(batch_id: int) -> str:
         batch_results.requeue(batch_id, waiting[fit:])
     elif halted:  # the settled spend leaves no room: the refused job is halted, and so is the rest
         for job in waiting[fit + 1:]:
-            jobs.finish_halted(job.id, f"batch submission: {denied}")
+            jobs.finish_halted(job, f"batch submission: {denied}")
     if not fit:
         sql.finish(batch_id, BatchState.halted, now, error=str(denied)[:500])
         _complete_runs(batch_id)
@@ -163,7 +163,7 @@ def _submission_failed(batch, waiting: list[jobs.ClaimedJob], err: ProviderError
         log.warning("batch %s: %s; submitting again in %.1fs", batch.id, detail, delay)
         return "retrying"
     for job in waiting:
-        jobs.finish_error(job.id, err.error_type, detail)
+        jobs.finish_error(job, err.error_type, detail)
     sql.finish(batch.id, BatchState.failed, now, errored=len(waiting), error=detail)
     _complete_runs(batch.id)
     return "failed"

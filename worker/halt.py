@@ -39,7 +39,7 @@ def halt_on_refusal(app: Celery, budget: BudgetGuard, job: Any, refused: BudgetR
     if halted is None:
         log.info("job %s: refused under the old limit, but a resume made room since; not halted", job.id)
         return None
-    lifecycle.finish_halted(job.id, str(refused) if what == "call" else f"{what}: {refused}")
+    lifecycle.finish_halted(job, str(refused) if what == "call" else f"{what}: {refused}")
     if halted:
         log.warning("budget emergency threshold reached on a %s: provider queues halted (%s)", what, refused)
     return "halted"

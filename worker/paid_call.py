@@ -25,12 +25,17 @@ id, the journal's recorders, settle by id.)
 
 The money rules this module owns:
 - a late answer (after the deadline) keeps its reservation and its permit until it arrives, and
-  is then ledgered (unattached: the job has been retried); one that never comes is ledgered at
-  its worst case as `outcome unknown`; the abandoned helper thread then closes its connection
-  and exits (shared.providers.deadline);
+  is then ledgered (unattached: the job has been retried); the abandoned helper thread then
+  closes its connection and exits (shared.providers.deadline);
 - a billed reply that cannot be used (a 200 without choices, an unparseable grade) is ledgered
   before the retry;
-- a payment whose result cannot be stored is ledgered without a job link, never dropped.
+- a failed call the provider may have billed (`ProviderError.outcome_unknown`: a 200 that cannot
+  be parsed, a connection lost after sending, in or past the deadline alike) is ledgered at its
+  worst case as `outcome unknown` (`_unbilled_or_ledgered`, the one rule);
+- a payment whose result cannot be stored is ledgered without a job link, never dropped;
+- a call already ledgered as `outcome unknown` (its worker judged dead while it was alive) whose
+  answer arrives after all: its real cost replaces that entry (shared.payments.write_cost_row)
+  and the budget counters move by the difference.
 """
 
 from __future__ import annotations
@@ -50,11 +55,10 @@ from sqlalchemy import exc as sql_errors
 from shared import counters, fleet, journal
 from shared import lifecycle as jobs
 from shared.budget import BudgetGuard, BudgetRefused, BudgetWait, billed_usage, call_cost
-from shared.budget.reconcile import OUTCOME_UNKNOWN
 from shared.budget.recorded import call_key
 from shared.config import get_settings
 from shared.messaging import app
-from shared.payments import Payment
+from shared.payments import OUTCOME_UNKNOWN, Payment
 from shared.limiter import Permit, RateLimiter
 from shared.providers import ChatRequest, ChatResponse, ProviderError, complete
 from shared.providers.deadline import helper_threads
@@ -165,19 +169,19 @@ def pay(task: Any, spec: PaidCall) -> Outcome:
     svc, job = services(), spec.job
     holder = fleet.incarnation(task.request.hostname or "local")  # this process, as the claim named it
     key = call_key(job.id, spec.operation)
-    if not jobs.renew_lease(job, holder, fleet.redis_now(svc.redis)):
+    if not jobs.renew_lease(job, fleet.redis_now(svc.redis)):
         log.warning("job %s: no longer held by this delivery; %s not made", job.id, spec.what)
         return Outcome("lost")
     try:
         call_id = svc.budget.reserve(key, spec.worst_case_usd, run_id=job.run_id, holder=f"{holder}|{spec.model}")
     except BudgetWait:  # room held by calls in flight: no call, not an attempt, no halt
-        retry = task.hand_back(job.id, BUDGET_WAIT_S + random.uniform(0, BUDGET_WAIT_S), uncount=True)
+        retry = task.hand_back(job, BUDGET_WAIT_S + random.uniform(0, BUDGET_WAIT_S), uncount=True)
         _best_effort(svc.budget.maybe_reconcile)  # a dead worker's reservation must not hold it forever
         raise retry
     except BudgetRefused as refused:
         status = halt_on_refusal(app, svc.budget, job, refused, spec.what)
         if status is None:  # a `budget resume` made room since the refusal: try again, nothing halted
-            raise task.hand_back(job.id, BUDGET_WAIT_S, uncount=True)
+            raise task.hand_back(job, BUDGET_WAIT_S, uncount=True)
         return Outcome(status)
 
     held = _Holds(svc, key, call_id)
@@ -185,7 +189,7 @@ def pay(task: Any, spec: PaidCall) -> Outcome:
         permit = _acquire(svc.limiter, spec.limit_scope, spec.model, spec.tokens)
         if not isinstance(permit, Permit):
             held.release()
-            raise task.hand_back(job.id, permit + random.uniform(0, 0.25), uncount=True)  # no call: not an attempt
+            raise task.hand_back(job, permit + random.uniform(0, 0.25), uncount=True)  # no call: not an attempt
         held.permit = permit
         try:
             response = spec.call(_LateAnswer(spec, held))
@@ -236,7 +240,7 @@ def _record(spec: PaidCall, held: "_Holds", payment: Payment, recording: Recordi
     if not recorded:  # another delivery's result is the job's: this call is still a real cost
         _ledger_unattached(spec, held, payment, f"duplicate {spec.what} for an already recorded job")
         return "duplicate"
-    held.settle(payment.cost_usd)
+    held.settle(payment.cost_usd, recorded.replaced_usd)
     return recording.status
 
 
@@ -255,14 +259,19 @@ def _ledger_unattached(spec: PaidCall, held: "_Holds", payment: Payment, why: st
 
 
 def _unbilled_or_ledgered(spec: PaidCall, held: "_Holds", err: ProviderError) -> None:
-    """A failed call: its reservation is released, unless the provider billed it anyway."""
-    if err.billed is None:
+    """The one rule for a failed call, in or past its deadline: billed with its usage known (a
+    200 without choices) → ledgered at that cost; possibly billed (`outcome_unknown`) → ledgered
+    at its worst case as `outcome unknown`; else not billed → its reservation is released."""
+    if err.billed is not None:
+        tokens_in, tokens_out, source = billed_usage(spec.request, *err.billed, err.usage_reported, "")
+        cost = call_cost(get_settings(), spec.model, tokens_in, tokens_out)
+        payment = Payment(held.call_id, spec.operation, spec.model, tokens_in, tokens_out, cost, source)
+        _best_effort(_ledger_unattached, spec, held, payment, f"billed failure: {err}")
+    elif err.outcome_unknown:
+        payment = Payment(held.call_id, spec.operation, spec.model, 0, 0, spec.worst_case_usd, OUTCOME_UNKNOWN)
+        _best_effort(_ledger_unattached, spec, held, payment, f"no usable reply, {err.kind}: {err}")
+    else:
         held.release()
-        return
-    tokens_in, tokens_out, source = billed_usage(spec.request, *err.billed, err.usage_reported, "")
-    cost = call_cost(get_settings(), spec.model, tokens_in, tokens_out)
-    payment = Payment(held.call_id, spec.operation, spec.model, tokens_in, tokens_out, cost, source)
-    _best_effort(_ledger_unattached, spec, held, payment, f"billed failure: {err}")
 
 
 class _LateAnswer:
@@ -274,22 +283,16 @@ class _LateAnswer:
 
     def __call__(self, outcome: ChatResponse | ProviderError) -> None:
         spec, held = self.spec, self.held
+        held.late = False  # this handler holds them now: settled, ledgered or released here
         try:
             if isinstance(outcome, ChatResponse):
                 _paid_late(spec, held, outcome)
-            elif outcome.billed is not None:
+            else:
                 held.release_permit()
                 _unbilled_or_ledgered(spec, held, outcome)
-            elif outcome.status is None:  # no HTTP answer after it was sent: it may have been billed
-                held.release_permit()
-                payment = Payment(held.call_id, spec.operation, spec.model, 0, 0, spec.worst_case_usd,
-                                  OUTCOME_UNKNOWN)
-                _ledger_unattached(spec, held, payment, f"no answer after its deadline: {outcome.kind}")
-            else:  # an HTTP error: not billed
-                held.release(by_late_handler=True)
         except Exception:  # noqa: BLE001 - on a helper thread: nothing above it to tell
             log.exception("job %s: late %s could not be ledgered", spec.job.id, spec.what)
-            held.release(by_late_handler=True)
+            held.release()
 
 
 def _paid_late(spec: PaidCall, held: "_Holds", response: ChatResponse) -> None:
@@ -314,12 +317,12 @@ class _Holds:
         if permit is not None:
             _best_effort(self.svc.limiter.release, permit, actual_tokens)
 
-    def settle(self, cost: float) -> None:
-        self.svc.budget.settle(self.key, cost, self.call_id)
+    def settle(self, cost: float, replaced_usd: float | None = None) -> None:
+        self.svc.budget.settle(self.key, cost, self.call_id, replaced_usd)
         self.done = True
 
-    def release(self, *, by_late_handler: bool = False) -> None:
-        if self.late and not by_late_handler:  # the late answer's handler ends them
+    def release(self) -> None:
+        if self.late:  # the late answer's handler ends them
             return
         self.release_permit()
         if not self.done:
@@ -358,10 +361,10 @@ def _retry_or_fail(task: Any, job: jobs.ClaimedJob, error_type: str, detail: str
         delay = backoff_delay(job.attempts - 1, retry_after=retry_after, base=retry.backoff_base_s,
                               cap=retry.backoff_max_s)
         log.info("job %s attempt %s failed (%s); retrying in %.1fs", job.id, job.attempts, detail, delay)
-        raise task.hand_back(job.id, delay, error_type=error_type, error_message=detail)
+        raise task.hand_back(job, delay, error_type=error_type, error_message=detail)
     reason = f"after {job.attempts} attempt(s): {detail}" if retryable else detail
     log.warning("job %s failed for good: %s", job.id, reason)
-    jobs.finish_error(job.id, error_type, reason)
+    jobs.finish_error(job, error_type, reason)
     return "error"
 
 

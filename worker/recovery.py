@@ -151,7 +151,7 @@ def _to_judge(jobs: list[lifecycle.ClaimedJob], by_run: dict[str, list[tuple[int
     """Replayed answers waiting for their judge: handed back, for a delivery to run the judge
     (once: the claim decides)."""
     for job in jobs:
-        lifecycle.requeue(job.id)
+        lifecycle.requeue(job)
         by_run[job.run_id].append((job.id, job.provider, job.backend))
 
 

@@ -79,7 +79,7 @@ def take_earlier_answer(task: Any, job: jobs.ClaimedJob, suite_task: Any, reques
                 wait, earlier = False, earlier_answer()
     if earlier is None:
         if wait:
-            raise task.hand_back(job.id, TWIN_WAIT_S + random.uniform(0, 0.5), uncount=True)  # no call: not an attempt
+            raise task.hand_back(job, TWIN_WAIT_S + random.uniform(0, 0.5), uncount=True)  # no call: not an attempt
         return None
     log.info("job %s: reusing the answer of job %s (run %s)", job.id, earlier.job_id, earlier.run_id)
     if suite_task.scorer.local:

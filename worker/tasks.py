@@ -40,7 +40,7 @@ class Delivery:
         if self.job is None:
             return "skipped"
         try:
-            jobs.finish_error(self.job_id, type(exc).__name__, scrub_secrets(str(exc))[:500])
+            jobs.finish_error(self.job, type(exc).__name__, scrub_secrets(str(exc))[:500])
         except Exception:  # noqa: BLE001 - best effort; the job stays resumable from SQL
             log.exception("job %s: recording the failure failed", self.job_id)
         return "error"

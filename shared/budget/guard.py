@@ -20,10 +20,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from shared.config import Settings
-from shared.db import session_scope
+from shared.db import get_engine, session_scope
 from shared.lifecycle import mark_runs_halted
 from shared.models import FINE_TUNING, CostEntry
 from shared.numbers import MAX_USD, is_limit
+from shared.payments import cost_row, write_cost_row
 
 from shared.budget import lua
 from shared.budget.events import level_of, record_event
@@ -133,11 +134,13 @@ class BudgetGuard:
         raise denied(amount_usd=amount_usd, spent_usd=to_usd(spent), reserved_usd=to_usd(reserved),
                      limit_usd=to_usd(limit))
 
-    def settle(self, key: int | str, actual_usd: float, call_id: str = "") -> None:
+    def settle(self, key: int | str, actual_usd: float, call_id: str = "", replaced_usd: float | None = None) -> None:
         """Called after the call's CostEntry is committed (or journaled), at its real cost (even
         above what was reserved). With `call_id`: counted once per paid call, dropping only that
-        call's reservation; without: once per call key, dropping every reservation of the key."""
-        self._add_spend(f"call:{call_id}" if call_id else f"job:{key}", key, actual_usd, call_id)
+        call's reservation; without: once per call key, dropping every reservation of the key.
+        `replaced_usd`: the ledger row was the call's `outcome unknown` one, at this worst case,
+        which spent already counts: spent moves by the difference, once."""
+        self._add_spend(f"call:{call_id}" if call_id else f"job:{key}", key, actual_usd, call_id, replaced_usd)
 
     def release(self, key: int | str, call_id: str = "") -> bool:
         """The call was not made, or failed unbilled: its worst case no longer holds budget back.
@@ -230,26 +233,34 @@ class BudgetGuard:
         whose result could not be stored): written to SQL, then counted once under its paid
         call's id (or its entry id), dropping that call's reservation under `key`. A fine-tuning
         job already in the ledger is not added again (SQL refuses a second entry): the one there
-        is returned, not `entry`, and counted in case its writer died first."""
+        is returned, not `entry`, and counted in case its writer died first.
+        A paid call already ledgered is not written twice either: its real cost replaces an
+        `outcome unknown` row of the same call (spent moves by the difference), and an `outcome
+        unknown` entry for a call whose real row is there is that row."""
+        replaced = None
         try:
-            with session_scope(self.database_url) as session:
-                session.add(entry)
+            with get_engine(self.database_url).begin() as conn:
+                entry.id, replaced = write_cost_row(conn, cost_row(entry))
         except IntegrityError:
-            existing = self._same_fine_tuning_job(entry)
+            existing = self._same_paid_call(entry) or self._same_fine_tuning_job(entry)
             if existing is None:
                 raise
             entry = existing
         member = settled_member(entry.id, None, entry.operation, entry.call_id)
-        self._add_spend(member, key if entry.call_id else "", entry.cost_usd, entry.call_id or "")
+        self._add_spend(member, key if entry.call_id else "", entry.cost_usd, entry.call_id or "", replaced)
         return entry
+
+    def _same_paid_call(self, entry: CostEntry) -> CostEntry | None:
+        return self._first(CostEntry.call_id == entry.call_id) if entry.call_id else None
 
     def _same_fine_tuning_job(self, entry: CostEntry) -> CostEntry | None:
         if entry.operation != FINE_TUNING:
             return None
+        return self._first(CostEntry.operation == FINE_TUNING, CostEntry.source == entry.source)
+
+    def _first(self, *where) -> CostEntry | None:
         with session_scope(self.database_url) as session:
-            return session.exec(
-                select(CostEntry).where(CostEntry.operation == FINE_TUNING, CostEntry.source == entry.source)
-            ).first()
+            return session.exec(select(CostEntry).where(*where)).first()
 
     # --- rebuild and reconciliation against SQL ----------------------------------------
 
@@ -340,9 +351,10 @@ class BudgetGuard:
             return recorded
         return "settled spend passed the emergency threshold" if past_cap else "halted by an operator"
 
-    def _add_spend(self, member: str, job_id: int | str, amount_usd: float, call_id: str = "") -> None:
+    def _add_spend(self, member: str, job_id: int | str, amount_usd: float, call_id: str = "",
+                   replaced_usd: float | None = None) -> None:
         args = [job_id, call_id, member, to_micro(amount_usd), self._config_limit_micro(),
-                self.settings.budget.emergency]
+                self.settings.budget.emergency, "" if replaced_usd is None else to_micro(replaced_usd)]
         _, spent, limit, counted, reserved = (int(v) for v in self._run("SETTLE", args))
         if counted and 0 <= reserved < to_micro(amount_usd):
             log.warning("job %s cost $%.6f, more than the $%.6f it reserved: settled at its real cost",

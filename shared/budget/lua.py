@@ -90,9 +90,11 @@ return {1, spent, reserved, limit}
 """
 
 # ARGV: call key ('' for none), reservation id ('' for every reservation of the key), ledger
-# member, amount, config limit, emergency ratio.
+# member, amount, config limit, emergency ratio, replaced amount ('' for none: see below).
 # Counted once per member. Drops only its own reservation (or, when that id is not held, one a
-# rebuild made for the key). A call that cost more than it reserved is counted as an overrun;
+# rebuild made for the key). A paid call whose real cost replaced its `outcome unknown` entry
+# (the replaced amount, its worst case) moves spent by the difference, once (member
+# `<member>:replaced`); if that worst case was never counted, the real cost is counted instead. A call that cost more than it reserved is counted as an overrun;
 # spend past the cap (an under-estimate, a manual entry) sets the halt flag.
 SETTLE = PRELUDE + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
@@ -106,11 +108,14 @@ local amount = tonumber(ARGV[4])
 local spent = tonumber(redis.call('HGET', KEYS[1], 'spent'))
 local counted = redis.call('SADD', KEYS[4], ARGV[3])
 if counted == 1 then
+  if ARGV[7] and ARGV[7] ~= '' then redis.call('SADD', KEYS[4], ARGV[3] .. ':replaced') end
   spent = redis.call('HINCRBY', KEYS[1], 'spent', amount)
   if previous and amount > previous then
     redis.call('HINCRBY', KEYS[1], 'overruns', 1)
     redis.call('HINCRBY', KEYS[1], 'overrun', amount - previous)
   end
+elseif ARGV[7] and ARGV[7] ~= '' and redis.call('SADD', KEYS[4], ARGV[3] .. ':replaced') == 1 then
+  spent = redis.call('HINCRBY', KEYS[1], 'spent', amount - tonumber(ARGV[7]))
 end
 local limit = limit_of(ARGV[5])
 if spent > cap_of(limit, tonumber(ARGV[6])) then redis.call('HSET', KEYS[1], 'halted', '1') end

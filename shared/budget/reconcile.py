@@ -11,13 +11,13 @@ from shared.budget.money import to_usd
 from shared.budget.recorded import call_of, job_outcomes, paid_call_cost
 from shared.db import session_scope
 from shared.models import CostEntry, JobStatus
+from shared.payments import OUTCOME_UNKNOWN  # the ledger source of a call whose outcome is unknown
 
 if TYPE_CHECKING:
     from shared.budget.guard import BudgetGuard
 
 log = logging.getLogger("genesis.budget")
 
-OUTCOME_UNKNOWN = "outcome unknown"  # the ledger source of a call whose worker died mid-call
 REBUILT = "rebuilt"  # the holder of a reservation a rebuild made (lua.INSTALL)
 
 

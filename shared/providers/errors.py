@@ -29,11 +29,15 @@ class ProviderError(Exception):
         billed: tuple[int, int] | None = None,
         usage_reported: bool = True,
         param: str | None = None,
+        outcome_unknown: bool = False,
     ) -> None:
         super().__init__(message)
         self.kind = kind
         # (input, output) tokens of a failure the provider billed anyway (a 200 without choices)
         self.billed = billed
+        # The request reached the provider but no usable reply came back (a 200 that cannot be
+        # parsed, a connection lost after sending): it may have been billed, at an unknown cost.
+        self.outcome_unknown = outcome_unknown
         self.usage_reported = usage_reported
         self.status = status
         self.headers = dict(headers or {})
@@ -104,6 +108,30 @@ def scrub_secrets(text: str) -> str:
     return _KEY_LIKE.sub("[redacted]", text)
 
 
+# Transport failures that happen before a request is wholly sent (refused, unresolved, no
+# connection from the pool, the request's own write failing): the provider never had it.
+_BEFORE_SENDING = ("connecterror", "connecttimeout", "pooltimeout", "writeerror", "writetimeout",
+                   "localprotocolerror", "unsupportedprotocol", "proxyerror", "invalidurl")
+
+
+def _sent(exc: BaseException) -> bool:
+    """Whether a failed call's request may have reached the provider: yes unless the exception or
+    what it wraps (an SDK's connection error wraps the transport's) failed before sending."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__name__.lower() in _BEFORE_SENDING:
+            return False
+        exc = exc.__cause__ or exc.__context__
+    return True
+
+
+def _unreadable_reply(lowered_name: str) -> bool:
+    """A 200 whose body cannot be decoded or validated: the provider answered, so it billed it.
+    (A bare validation error may be the SDK refusing to build a request: nothing was sent.)"""
+    return "decode" in lowered_name or "response" in lowered_name
+
+
 def classify(exc: BaseException) -> ProviderError:
     """Map any SDK or transport exception to a ProviderError, without importing SDKs eagerly."""
     name = type(exc).__name__
@@ -130,11 +158,12 @@ def classify(exc: BaseException) -> ProviderError:
         return ProviderError(_kind_for_status(status), message, status=status, headers=headers, error_type=name)
     lowered = name.lower()
     if "timeout" in lowered:
-        return ProviderError("timeout", message, error_type=name)
-    if "connect" in lowered or "network" in lowered or "remoteprotocol" in lowered or "noresponse" in lowered:
-        return ProviderError("connection", message, error_type=name)
-    if "validation" in lowered or "decode" in lowered:
-        return ProviderError("malformed", message, error_type=name)
+        return ProviderError("timeout", message, error_type=name, outcome_unknown=_sent(exc))
+    if ("connect" in lowered or "network" in lowered or "remoteprotocol" in lowered or "noresponse" in lowered
+            or "readerror" in lowered):  # a connection reset while reading the reply
+        return ProviderError("connection", message, error_type=name, outcome_unknown=_sent(exc))
+    if "validation" in lowered or "decode" in lowered:  # a reply that cannot be read, or a request refused locally
+        return ProviderError("malformed", message, error_type=name, outcome_unknown=_unreadable_reply(lowered))
     if "transport" in lowered or "protocol" in lowered:
-        return ProviderError("connection", message, error_type=name)
+        return ProviderError("connection", message, error_type=name, outcome_unknown=_sent(exc))
     return ProviderError("client", message, error_type=name)

@@ -191,3 +191,20 @@ def print_fault_row(fault: str, figures: dict) -> None:
     """The row `pytest -s tests/test_paid_calls.py` prints for the fault table."""
     print(f"\n| {fault} | {figures['served']} | {figures['entries']} ({figures['unknown']} outcome unknown) | "
           f"{figures['paid_twice']} | {figures['threads_late']} late, {figures['threads']} serving |")
+
+
+def one_job_run(*, status: str = "running", **job_fields) -> int:
+    """A run (genesis-custom, in flight) of one qa/openai job, straight into SQL, for tests of
+    the job transitions and the journal; returns the job's id."""
+    from shared.db import migrate, session_scope
+    from shared.models import Job, Run, RunStatus
+
+    migrate()
+    with session_scope() as session:
+        session.add(Run(id="r1", suite="genesis-custom", status=RunStatus.running, total_jobs=1))
+        session.flush()
+        job = Job(run_id="r1", agent="qa", task_id="qa-001", backend="openai", provider="openai",
+                  model="gpt-4o-mini", status=status, **job_fields)
+        session.add(job)
+        session.flush()
+        return job.id
