@@ -91,7 +91,8 @@ _TAKE = (
     .where(_JOBS.c.run_id.in_(select(_RUNS.c.id).where(_RUNS.c.status != RunStatus.cancelled)))
     .values(status=JobStatus.running, started_at=bindparam("now"), worker=bindparam("worker"),
             holder=bindparam("holder"), attempts=_JOBS.c.attempts + 1,
-            provider_batch_id=None)  # a resumed job's old batch no longer holds it
+            provider_batch_id=None,  # a resumed job's old batch no longer holds it
+            paid_call=None, paid_call_usd=None)  # this claim has made no call yet
     .returning(_JOBS.c.id, _JOBS.c.run_id, _JOBS.c.agent, _JOBS.c.task_id, _JOBS.c.backend, _JOBS.c.provider,
                _JOBS.c.model, _JOBS.c.attempts,
                select(_RUNS.c.suite).where(_RUNS.c.id == _JOBS.c.run_id).scalar_subquery().label("suite"),
@@ -133,15 +134,18 @@ def _update_running(job_id: int, **values) -> None:
         conn.execute(update(_JOBS).where(_JOBS.c.id == job_id, _JOBS.c.status == JobStatus.running).values(**values))
 
 
-def renew_lease(job: ClaimedJob, holder: str, now: datetime) -> bool:
+def renew_lease(job: ClaimedJob, holder: str, now: datetime, paid_call: str | None = None,
+                paid_call_usd: float | None = None) -> bool:
     """Before each paid call of a job: its lease starts again, so a job of two calls (answer,
-    then judge) is never taken from a live runner. False when this claim no longer holds the
-    job (another delivery took it past its lease, or it is final): make no call."""
+    then judge) is never taken from a live runner, and the call about to be reserved
+    (`paid_call`: `<call key>#<call id>`, at `paid_call_usd`) is recorded, for a budget rebuilt
+    after Redis loss (shared.budget.recorded.running_reservations). False when this claim no
+    longer holds the job (another delivery took it past its lease, or it is final): make no call."""
     with get_engine().begin() as conn:
         return conn.execute(
             update(_JOBS).where(_JOBS.c.id == job.id, _JOBS.c.status == JobStatus.running,
                                 _JOBS.c.holder == holder, _JOBS.c.attempts == job.attempts)
-            .values(started_at=now)
+            .values(started_at=now, paid_call=paid_call, paid_call_usd=paid_call_usd)
         ).rowcount == 1
 
 

@@ -282,3 +282,22 @@ def test_a_prefork_child_killed_mid_call_while_its_parent_lives_has_that_call_le
     simulator.update(latency_ms=20)
     _one_call_killed(simulator, redis_url, run_id, "prefork child SIGKILLed mid-call, parent alive", app)
     assert worker.proc.poll() is None and worker.pool_children() != parent_children  # a new child took over
+
+
+def test_a_worker_killed_mid_call_then_redis_flushed_has_that_call_ledgered_and_its_reservation_freed(
+        fast_recovery, start_worker, simulator, redis_url):
+    """Issue #27: Redis loses its data (FLUSHDB, a restart without persistence) right after a
+    worker died mid-call. The budget rebuilt from SQL must still name that call's holder and id,
+    so the sweep ledgers it as outcome unknown exactly as without the flush (design §12)."""
+    from worker.app import app
+
+    simulator.update(latency_ms=6000)
+    doomed = start_worker("w1", concurrency=2)
+    run_id = submit("--agent", "qa", "--backend", "openai", "--limit", "1")
+    wait_for(lambda: simulator.stats()["in_flight"] == 1, timeout=30, what="the call in flight on w1")
+    assert running_on(run_id, doomed.hostname)
+    doomed.kill()
+    redis.Redis.from_url(redis_url).flushdb()  # at once: budget, heartbeats, queues, run markers gone
+    start_worker("w2", concurrency=2)
+    simulator.update(latency_ms=20)
+    _one_call_killed(simulator, redis_url, run_id, "worker SIGKILLed mid-call, then Redis flushed", app)

@@ -39,6 +39,7 @@ import logging
 import os
 import random
 import time
+import uuid
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Callable
@@ -51,7 +52,7 @@ from shared import counters, fleet, journal
 from shared import lifecycle as jobs
 from shared.budget import BudgetGuard, BudgetRefused, BudgetWait, billed_usage, call_cost
 from shared.budget.reconcile import OUTCOME_UNKNOWN
-from shared.budget.recorded import call_key
+from shared.budget.recorded import call_key, reservation_field
 from shared.config import get_settings
 from shared.messaging import app
 from shared.payments import Payment
@@ -163,12 +164,15 @@ def pay(task: Any, spec: PaidCall) -> Outcome:
     that gives the job back (budget wait, rate-limit wait, a retryable failure)."""
     svc, job = services(), spec.job
     holder = fleet.incarnation(task.request.hostname or "local")  # this process, as the claim named it
-    key = call_key(job.id, spec.operation)
-    if not jobs.renew_lease(job, holder, fleet.redis_now(svc.redis)):
+    key, call_id = call_key(job.id, spec.operation), uuid.uuid4().hex
+    # the call is in SQL before its reservation: a budget rebuilt after Redis loss restores it
+    if not jobs.renew_lease(job, holder, fleet.redis_now(svc.redis), reservation_field(key, call_id),
+                            spec.worst_case_usd):
         log.warning("job %s: no longer held by this delivery; %s not made", job.id, spec.what)
         return Outcome("lost")
     try:
-        call_id = svc.budget.reserve(key, spec.worst_case_usd, run_id=job.run_id, holder=f"{holder}|{spec.model}")
+        svc.budget.reserve(key, spec.worst_case_usd, run_id=job.run_id, call_id=call_id,
+                           holder=f"{holder}|{spec.model}")
     except BudgetWait:  # room held by calls in flight: no call, not an attempt, no halt
         retry = task.hand_back(job.id, BUDGET_WAIT_S + random.uniform(0, BUDGET_WAIT_S), uncount=True)
         _best_effort(svc.budget.maybe_reconcile)  # a dead worker's reservation must not hold it forever
