@@ -284,20 +284,36 @@ def test_a_prefork_child_killed_mid_call_while_its_parent_lives_has_that_call_le
     assert worker.proc.poll() is None and worker.pool_children() != parent_children  # a new child took over
 
 
+@pytest.mark.parametrize("call", ["answer", "judge"])
 def test_a_worker_killed_mid_call_then_redis_flushed_has_that_call_ledgered_and_its_reservation_freed(
-        fast_recovery, start_worker, simulator, redis_url):
+        fast_recovery, start_worker, simulator, redis_url, call):
     """Issue #27: Redis loses its data (FLUSHDB, a restart without persistence) right after a
-    worker died mid-call. The budget rebuilt from SQL must still name that call's holder and id,
-    so the sweep ledgers it as outcome unknown exactly as without the flush (design §12)."""
+    worker died mid-call (the job's answer, or its judge's call once the answer is recorded).
+    The budget rebuilt from SQL must still name that call's holder and id, so the sweep ledgers
+    it as outcome unknown exactly as without the flush (design §12)."""
     from worker.app import app
 
-    simulator.update(latency_ms=6000)
+    simulator.update(latency_ms=6000 if call == "answer" else 3000)
     doomed = start_worker("w1", concurrency=2)
-    run_id = submit("--agent", "qa", "--backend", "openai", "--limit", "1")
-    wait_for(lambda: simulator.stats()["in_flight"] == 1, timeout=30, what="the call in flight on w1")
+    if call == "answer":
+        run_id = submit("--agent", "qa", "--backend", "openai", "--limit", "1")
+    else:
+        run_id = submit(*JUDGED[:4], "--backend", "mistral-base", "--limit", "1")
+    answered = 0 if call == "answer" else 1
+    wait_for(lambda: (s := simulator.stats())["in_flight"] == 1 and s["completions_ok"] == answered, timeout=30,
+             interval=0.05, what=f"the {call} call in flight on w1")
     assert running_on(run_id, doomed.hostname)
     doomed.kill()
     redis.Redis.from_url(redis_url).flushdb()  # at once: budget, heartbeats, queues, run markers gone
     start_worker("w2", concurrency=2)
     simulator.update(latency_ms=20)
-    _one_call_killed(simulator, redis_url, run_id, "worker SIGKILLed mid-call, then Redis flushed", app)
+    snap = wait_until_reported(run_id, timeout=90)
+    assert snap["by_status"]["ok"] == 1
+    stats = settled_sim(simulator)
+    entries = entries_of(run_id)
+    print_fault_row(f"worker SIGKILLed mid-{call}, then Redis flushed", paid_call_figures(run_id, simulator, app))
+    unknown = [e for e in entries if e.source.startswith("outcome unknown")]
+    assert len(unknown) == 1 and unknown[0].job_id is None and unknown[0].cost_usd > 0
+    assert unknown[0].operation == ("inference" if call == "answer" else "judge")
+    assert stats["completions_ok"] == len(entries) == 2 + answered  # ledger rows = calls the simulator billed
+    no_reservation_left(redis_url)
