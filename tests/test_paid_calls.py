@@ -231,10 +231,11 @@ def test_a_halt_refused_under_the_old_limit_does_not_halt_again_after_resume_wit
     assert guard.status()["halted"] is False and guard.status()["limit_usd"] == 5.0
 
 
-def _one_call_killed(simulator, redis_url: str, run_id: str, fault: str, app) -> None:
-    """The run of one job whose first call's process was killed mid-call: the provider billed
-    that call and the retry; both are in the ledger, the killed one as outcome unknown at its
-    worst case, and no reservation is left."""
+def _one_call_killed(simulator, redis_url: str, run_id: str, fault: str, app, operation: str = "inference",
+                     billed: int = 2) -> None:
+    """The run of one job whose call (`operation`) was killed mid-call: the provider billed
+    that call, the retry and what came before (`billed` calls); all are in the ledger, the killed
+    one as outcome unknown at its worst case, and no reservation is left."""
     snap = wait_until_reported(run_id, timeout=90)
     assert snap["by_status"]["ok"] == 1
     stats = settled_sim(simulator)
@@ -243,7 +244,8 @@ def _one_call_killed(simulator, redis_url: str, run_id: str, fault: str, app) ->
     print_fault_row(fault, figures)
     unknown = [e for e in entries if e.source.startswith("outcome unknown")]
     assert len(unknown) == 1 and unknown[0].job_id is None and unknown[0].cost_usd > 0
-    assert stats["completions_ok"] == 2 == len(entries)  # ledger rows = calls the simulator billed
+    assert unknown[0].operation == operation
+    assert stats["completions_ok"] == billed == len(entries)  # ledger rows = calls the simulator billed
     no_reservation_left(redis_url)
 
 
@@ -307,13 +309,5 @@ def test_a_worker_killed_mid_call_then_redis_flushed_has_that_call_ledgered_and_
     redis.Redis.from_url(redis_url).flushdb()  # at once: budget, heartbeats, queues, run markers gone
     start_worker("w2", concurrency=2)
     simulator.update(latency_ms=20)
-    snap = wait_until_reported(run_id, timeout=90)
-    assert snap["by_status"]["ok"] == 1
-    stats = settled_sim(simulator)
-    entries = entries_of(run_id)
-    print_fault_row(f"worker SIGKILLed mid-{call}, then Redis flushed", paid_call_figures(run_id, simulator, app))
-    unknown = [e for e in entries if e.source.startswith("outcome unknown")]
-    assert len(unknown) == 1 and unknown[0].job_id is None and unknown[0].cost_usd > 0
-    assert unknown[0].operation == ("inference" if call == "answer" else "judge")
-    assert stats["completions_ok"] == len(entries) == 2 + answered  # ledger rows = calls the simulator billed
-    no_reservation_left(redis_url)
+    _one_call_killed(simulator, redis_url, run_id, f"worker SIGKILLed mid-{call}, then Redis flushed", app,
+                     "inference" if call == "answer" else "judge", billed=2 + answered)
