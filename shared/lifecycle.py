@@ -136,11 +136,10 @@ def _update_running(job_id: int, **values) -> None:
 
 def renew_lease(job: ClaimedJob, holder: str, now: datetime, paid_call: str | None = None,
                 paid_call_usd: float | None = None) -> bool:
-    """Before each paid call of a job: its lease starts again, so a job of two calls (answer,
-    then judge) is never taken from a live runner, and the call about to be reserved
-    (`paid_call`: `<call key>#<call id>`, at `paid_call_usd`) is recorded, for a budget rebuilt
-    after Redis loss (shared.budget.recorded.running_reservations). False when this claim no
-    longer holds the job (another delivery took it past its lease, or it is final): make no call."""
+    """Before each paid call of a job: its lease starts again (a job of two calls is never taken
+    from a live runner) and the call it reserves next is recorded (`<call key>#<call id>`, its
+    worst case), for a budget rebuilt after Redis loss. False when this claim no longer holds the
+    job (another delivery took it past its lease, or it is final): make no call."""
     with get_engine().begin() as conn:
         return conn.execute(
             update(_JOBS).where(_JOBS.c.id == job.id, _JOBS.c.status == JobStatus.running,

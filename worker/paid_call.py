@@ -165,9 +165,8 @@ def pay(task: Any, spec: PaidCall) -> Outcome:
     svc, job = services(), spec.job
     holder = fleet.incarnation(task.request.hostname or "local")  # this process, as the claim named it
     key, call_id = call_key(job.id, spec.operation), uuid.uuid4().hex
-    # the call is in SQL before its reservation: a budget rebuilt after Redis loss restores it
     if not jobs.renew_lease(job, holder, fleet.redis_now(svc.redis), reservation_field(key, call_id),
-                            spec.worst_case_usd):
+                            spec.worst_case_usd):  # in SQL before Redis: a budget rebuild restores it
         log.warning("job %s: no longer held by this delivery; %s not made", job.id, spec.what)
         return Outcome("lost")
     try:
