@@ -94,7 +94,8 @@ _TAKE = (
     .where(_JOBS.c.run_id.in_(select(_RUNS.c.id).where(_RUNS.c.status != RunStatus.cancelled)))
     .values(status=JobStatus.running, started_at=bindparam("now"), worker=bindparam("worker"),
             holder=bindparam("holder"), attempts=_JOBS.c.attempts + 1,
-            provider_batch_id=None)  # a resumed job's old batch no longer holds it
+            provider_batch_id=None,  # a resumed job's old batch no longer holds it
+            paid_call=None, paid_call_usd=None)  # this claim has made no call yet
     .returning(_JOBS.c.id, _JOBS.c.run_id, _JOBS.c.agent, _JOBS.c.task_id, _JOBS.c.backend, _JOBS.c.provider,
                _JOBS.c.model, _JOBS.c.attempts,
                select(_RUNS.c.suite).where(_RUNS.c.id == _JOBS.c.run_id).scalar_subquery().label("suite"),
@@ -147,11 +148,13 @@ def _update_held(job: ClaimedJob, **values) -> bool:
         return conn.execute(update(_JOBS).where(_HELD).values(**values), _holder(job)).rowcount == 1
 
 
-def renew_lease(job: ClaimedJob, now: datetime) -> bool:
-    """Before each paid call of a job: its lease starts again, so a job of two calls (answer,
-    then judge) is never taken from a live runner. False when this claim no longer holds the
+def renew_lease(job: ClaimedJob, now: datetime, paid_call: str | None = None,
+                paid_call_usd: float | None = None) -> bool:
+    """Before each paid call of a job: its lease starts again (a job of two calls is never taken
+    from a live runner) and the call it reserves next is recorded (`<call key>#<call id>`, its
+    worst case), for a budget rebuilt after Redis loss. False when this claim no longer holds the
     job (another delivery took it past its lease, or it is final): make no call."""
-    return _update_held(job, started_at=now)
+    return _update_held(job, started_at=now, paid_call=paid_call, paid_call_usd=paid_call_usd)
 
 
 def requeue(job: ClaimedJob, *, error_type: str | None = None, error_message: str | None = None,

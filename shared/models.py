@@ -100,6 +100,12 @@ class Job(SQLModel, table=True):
     # The process incarnation holding its lease (shared.fleet.incarnation): a worker restarted
     # under the same node name, or another prefork child, is another holder (design §12).
     holder: str | None = Field(default=None, max_length=255)
+    # The paid call its holder is making now, as reserved in the budget (`<call key>#<call id>`,
+    # written before the reservation, cleared by the next claim) and its worst case: a budget
+    # rebuilt after Redis lost its data restores that reservation under its holder and id, so a
+    # dead holder's call is still ledgered as outcome unknown (design §12).
+    paid_call: str | None = Field(default=None, max_length=80)
+    paid_call_usd: float | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
     # What would be sent (shared.calls.request_key): identical keys, identical answers at temperature 0.

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from multiprocessing import get_context
 from pathlib import Path
@@ -443,6 +444,36 @@ def test_rebuild_after_flush_restores_the_reservations_of_running_jobs(guard, se
     guard.settle(2, 0.0001)  # a rebuilt reservation settles like the worker's own
     guard.release(3)
     assert guard.status()["reserved_usd"] == 0
+
+
+def test_a_rebuild_restores_each_running_jobs_paid_call_under_its_holder_and_id(guard, settings, redis_client):
+    """Issue #27: what renew_lease records (job.paid_call) comes back after a flush as the holder
+    reserved it: a live holder's settle by id drops exactly it, a dead holder's call is ledgered
+    as outcome unknown, and a call already in the ledger holds nothing."""
+    from shared import lifecycle
+    from shared.budget.reconcile import OUTCOME_UNKNOWN
+
+    add_jobs(settings, {1: "running", 2: "running", 3: "running"})
+    holders = {1: "w-live/1.aa", 2: "w-dead/2.bb", 3: "w-live/1.aa"}
+    for job_id, holder in holders.items():
+        with session_scope(settings.database_url) as session:
+            session.get(Job, job_id).holder = holder
+        job = lifecycle.ClaimedJob(job_id, "run1", "qa", f"qa-{job_id:03d}", "cheap", "mistral", "cheap-model", 0,
+                                   "genesis-custom", holder)
+        assert lifecycle.renew_lease(job, holder, datetime.now(timezone.utc), f"{job_id}#call{job_id}", 0.05)
+        guard.reserve(job_id, 0.05, call_id=f"call{job_id}", holder=f"{holder}|cheap-model")
+    ledger(settings, 3, 0.01, operation="inference", call_id="call3")  # job 3's answer is in, its settle was not
+    redis_client.flushdb()
+
+    assert guard.status()["reserved_usd"] == pytest.approx(0.10)  # jobs 1 and 2; job 3's call is in the ledger
+    assert redis_client.hget(guard.keys.reservation_holders, "2#call2") == b"w-dead/2.bb|cheap-model"
+    guard.settle(1, 0.02, "call1")  # the live holder's answer arrives
+    done = guard.reconcile({"w-dead/2.bb"})
+    assert done.unknown == ["2"] and guard.status()["reserved_usd"] == 0
+    with session_scope(settings.database_url) as session:
+        unknown = session.exec(select(CostEntry).where(CostEntry.call_id == "call2")).one()
+    assert unknown.source.startswith(OUTCOME_UNKNOWN) and unknown.cost_usd == pytest.approx(0.05)
+    assert guard.status()["spent_usd"] == pytest.approx(0.01 + 0.02 + 0.05)
 
 
 def test_reconcile_releases_or_settles_what_sql_says_is_not_running(guard, settings):

@@ -231,10 +231,11 @@ def test_a_halt_refused_under_the_old_limit_does_not_halt_again_after_resume_wit
     assert guard.status()["halted"] is False and guard.status()["limit_usd"] == 5.0
 
 
-def _one_call_killed(simulator, redis_url: str, run_id: str, fault: str, app) -> None:
-    """The run of one job whose first call's process was killed mid-call: the provider billed
-    that call and the retry; both are in the ledger, the killed one as outcome unknown at its
-    worst case, and no reservation is left."""
+def _one_call_killed(simulator, redis_url: str, run_id: str, fault: str, app, operation: str = "inference",
+                     billed: int = 2) -> None:
+    """The run of one job whose call (`operation`) was killed mid-call: the provider billed
+    that call, the retry and what came before (`billed` calls); all are in the ledger, the killed
+    one as outcome unknown at its worst case, and no reservation is left."""
     snap = wait_until_reported(run_id, timeout=90)
     assert snap["by_status"]["ok"] == 1
     stats = settled_sim(simulator)
@@ -243,7 +244,8 @@ def _one_call_killed(simulator, redis_url: str, run_id: str, fault: str, app) ->
     print_fault_row(fault, figures)
     unknown = [e for e in entries if e.source.startswith("outcome unknown")]
     assert len(unknown) == 1 and unknown[0].job_id is None and unknown[0].cost_usd > 0
-    assert stats["completions_ok"] == 2 == len(entries)  # ledger rows = calls the simulator billed
+    assert unknown[0].operation == operation
+    assert stats["completions_ok"] == billed == len(entries)  # ledger rows = calls the simulator billed
     no_reservation_left(redis_url)
 
 
@@ -282,6 +284,7 @@ def test_a_prefork_child_killed_mid_call_while_its_parent_lives_has_that_call_le
     simulator.update(latency_ms=20)
     _one_call_killed(simulator, redis_url, run_id, "prefork child SIGKILLed mid-call, parent alive", app)
     assert worker.proc.poll() is None and worker.pool_children() != parent_children  # a new child took over
+
 
 def worst_case_of(job) -> float:
     from shared.budget import task_worst_case
@@ -392,3 +395,30 @@ def test_a_paid_answer_of_a_node_judged_dead_while_alive_replaces_its_worst_case
     assert (entry.call_id, entry.job_id) == (unknown.call_id, job.id) and entry.source == "api"
     assert entry.cost_usd == job.cost_usd < unknown.cost_usd  # its real cost, not the worst case
     assert budget_spent(redis_url) == ledger_micro(entries)
+
+
+@pytest.mark.parametrize("call", ["answer", "judge"])
+def test_a_worker_killed_mid_call_then_redis_flushed_has_that_call_ledgered_and_its_reservation_freed(
+        fast_recovery, start_worker, simulator, redis_url, call):
+    """Issue #27: Redis loses its data (FLUSHDB, a restart without persistence) right after a
+    worker died mid-call (the job's answer, or its judge's call once the answer is recorded).
+    The budget rebuilt from SQL must still name that call's holder and id, so the sweep ledgers
+    it as outcome unknown exactly as without the flush (design §12)."""
+    from worker.app import app
+
+    simulator.update(latency_ms=6000 if call == "answer" else 3000)
+    doomed = start_worker("w1", concurrency=2)
+    if call == "answer":
+        run_id = submit("--agent", "qa", "--backend", "openai", "--limit", "1")
+    else:
+        run_id = submit(*JUDGED[:4], "--backend", "mistral-base", "--limit", "1")
+    answered = 0 if call == "answer" else 1
+    wait_for(lambda: (s := simulator.stats())["in_flight"] == 1 and s["completions_ok"] == answered, timeout=30,
+             interval=0.05, what=f"the {call} call in flight on w1")
+    assert running_on(run_id, doomed.hostname)
+    doomed.kill()
+    redis.Redis.from_url(redis_url).flushdb()  # at once: budget, heartbeats, queues, run markers gone
+    start_worker("w2", concurrency=2)
+    simulator.update(latency_ms=20)
+    _one_call_killed(simulator, redis_url, run_id, f"worker SIGKILLed mid-{call}, then Redis flushed", app,
+                     "inference" if call == "answer" else "judge", billed=2 + answered)

@@ -44,6 +44,7 @@ import logging
 import os
 import random
 import time
+import uuid
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Callable
@@ -55,7 +56,7 @@ from sqlalchemy import exc as sql_errors
 from shared import counters, fleet, journal
 from shared import lifecycle as jobs
 from shared.budget import BudgetGuard, BudgetRefused, BudgetWait, billed_usage, call_cost
-from shared.budget.recorded import call_key
+from shared.budget.recorded import call_key, reservation_field
 from shared.config import get_settings
 from shared.messaging import app
 from shared.payments import OUTCOME_UNKNOWN, Payment
@@ -168,12 +169,14 @@ def pay(task: Any, spec: PaidCall) -> Outcome:
     that gives the job back (budget wait, rate-limit wait, a retryable failure)."""
     svc, job = services(), spec.job
     holder = fleet.incarnation(task.request.hostname or "local")  # this process, as the claim named it
-    key = call_key(job.id, spec.operation)
-    if not jobs.renew_lease(job, fleet.redis_now(svc.redis)):
+    key, call_id = call_key(job.id, spec.operation), uuid.uuid4().hex
+    if not jobs.renew_lease(job, fleet.redis_now(svc.redis), reservation_field(key, call_id),
+                            spec.worst_case_usd):  # in SQL before Redis: a budget rebuild restores it
         log.warning("job %s: no longer held by this delivery; %s not made", job.id, spec.what)
         return Outcome("lost")
     try:
-        call_id = svc.budget.reserve(key, spec.worst_case_usd, run_id=job.run_id, holder=f"{holder}|{spec.model}")
+        svc.budget.reserve(key, spec.worst_case_usd, run_id=job.run_id, call_id=call_id,
+                           holder=f"{holder}|{spec.model}")
     except BudgetWait:  # room held by calls in flight: no call, not an attempt, no halt
         retry = task.hand_back(job, BUDGET_WAIT_S + random.uniform(0, BUDGET_WAIT_S), uncount=True)
         _best_effort(svc.budget.maybe_reconcile)  # a dead worker's reservation must not hold it forever

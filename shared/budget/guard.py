@@ -266,7 +266,8 @@ class BudgetGuard:
 
     def rebuild(self) -> None:
         """Counters from SQL: the ledger's spend, the recorded limit, halt and tiers, and a
-        reservation for every job SQL says is running. Safe to race: the first state wins."""
+        reservation for every job SQL says is running, under its paid call's id and holder
+        (recorded.running_reservations). Safe to race: the first state wins."""
         with session_scope(self.database_url) as session:
             spent, members = ledger_members(session)
             recorded = recorded_budget_state(session)
@@ -275,14 +276,16 @@ class BudgetGuard:
         limit_override = str(to_micro(recorded.limit_usd)) if recorded.limit_usd is not None else ""
 
         token = uuid.uuid4().hex
-        staged = [f"{key}:staged:{token}" for key in (self.keys.settled, self.keys.tiers, self.keys.reservations)]
+        staged = [f"{key}:staged:{token}" for key in (self.keys.settled, self.keys.tiers, self.keys.reservations,
+                                                       self.keys.reservation_holders)]
         pipe = self.redis.pipeline(transaction=False)
         for start in range(0, len(members), 1000):
             pipe.sadd(staged[0], *members[start : start + 1000])
         if recorded.fired:
             pipe.sadd(staged[1], *recorded.fired)
         if held:
-            pipe.hset(staged[2], mapping=held)
+            pipe.hset(staged[2], mapping={field: amount for field, (amount, _) in held.items()})
+            pipe.hset(staged[3], mapping={field: holder for field, (_, holder) in held.items()})
         for key in staged:
             pipe.expire(key, STAGED_TTL_S)
         pipe.execute()

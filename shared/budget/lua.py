@@ -2,10 +2,11 @@
 host can push settled + reserved past the cap. Amounts are integer micro-dollars.
 
 Every script takes the same KEYS (see `BudgetKeys`): state (a hash: spent, reserved, limit,
-halted, announced, ledger, generation, waits, overruns, overrun), reservations
+halted, announced, ledger, waits, overruns, overrun), reservations
 (`<call key>#<reservation id>` → amount: one per paid call, so two deliveries of one job never
 drop each other's), reservation holders (same field → `<incarnation>|<model>` of the process making the
-call, `rebuilt` for one a rebuild made: what reconcile needs to ledger a dead worker's call),
+call, as a rebuild restores it from SQL: what reconcile needs to ledger a dead worker's call;
+`rebuilt` for one a rebuild made for a job naming no call),
 settled (members already counted in spent), tiers (warning / critical fired). The steps they
 share (the cap, dropping a job's reservation) are written once, in PRELUDE.
 """
@@ -162,32 +163,29 @@ end
 return {1, now_us()}
 """
 
-# KEYS: the five, then staged settled, staged tiers, staged reservations.
+# KEYS: the five, then staged settled, staged tiers, staged reservations, staged holders.
 # ARGV: spent, limit override ('' for none), halted ('1' or ''), ledger id.
-# Installs a rebuilt state only if no other process installed one first.
+# Installs a rebuilt state only if no other process installed one first. The staged
+# reservations are the running jobs' (shared.budget.recorded.running_reservations), each under
+# its own field and holder.
 INSTALL = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('DEL', KEYS[6], KEYS[7], KEYS[8])
+  redis.call('DEL', KEYS[6], KEYS[7], KEYS[8], KEYS[9])
   return 0
 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
-redis.call('HSET', KEYS[1], 'spent', ARGV[1], 'reserved', 0, 'ledger', ARGV[4], 'generation', 0)
+redis.call('HSET', KEYS[1], 'spent', ARGV[1], 'reserved', 0, 'ledger', ARGV[4])
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'limit', ARGV[2]) end
 if ARGV[3] == '1' then redis.call('HSET', KEYS[1], 'halted', '1', 'announced', '1') end
-for staged, live in pairs({[KEYS[6]] = KEYS[4], [KEYS[7]] = KEYS[5]}) do
+for staged, live in pairs({[KEYS[6]] = KEYS[4], [KEYS[7]] = KEYS[5], [KEYS[8]] = KEYS[2], [KEYS[9]] = KEYS[3]}) do
   if redis.call('EXISTS', staged) == 1 then
     redis.call('RENAME', staged, live)
     redis.call('PERSIST', live)
   end
 end
-local held = redis.call('HGETALL', KEYS[8])
-for i = 1, #held, 2 do
-  local field = held[i] .. '#rebuilt-' .. redis.call('HINCRBY', KEYS[1], 'generation', 1)
-  redis.call('HSET', KEYS[2], field, held[i + 1])
-  redis.call('HSET', KEYS[3], field, 'rebuilt')
-  redis.call('HINCRBY', KEYS[1], 'reserved', tonumber(held[i + 1]))
-end
-redis.call('DEL', KEYS[8])
+local reserved = 0
+for _, amount in ipairs(redis.call('HVALS', KEYS[2])) do reserved = reserved + tonumber(amount) end
+redis.call('HSET', KEYS[1], 'reserved', reserved)
 return 1
 """
 

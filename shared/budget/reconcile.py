@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from shared.budget.money import to_usd
-from shared.budget.recorded import call_of, job_outcomes, paid_call_cost
+from shared.budget.recorded import REBUILT, call_of, job_outcomes, paid_call_cost
 from shared.db import session_scope
 from shared.models import CostEntry, JobStatus
 from shared.payments import OUTCOME_UNKNOWN  # the ledger source of a call whose outcome is unknown
@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("genesis.budget")
 
-REBUILT = "rebuilt"  # the holder of a reservation a rebuild made (lua.INSTALL)
 
 
 @dataclass
@@ -33,16 +32,25 @@ class Reconciled:
 
 
 def holder_parts(holder: str) -> tuple[str, str]:
-    """(incarnation, model) of a reservation's holder (`<incarnation>|<model>`); ("", "") for a
-    rebuild's or one reserved without a holder."""
+    """(incarnation, model) of a reservation's holder (`<incarnation>|<model>`); ("", "") for one
+    rebuilt for a job naming no paid call, or reserved without a holder (a batch's)."""
     if holder == REBUILT:
         return "", ""
     incarnation, _, model = holder.partition("|")
     return incarnation, model
 
 
+def _rebuilt_if_lost(guard: "BudgetGuard") -> None:
+    """Redis lost the budget: rebuild it from SQL now, while the jobs of a dead holder still show
+    `running` with their paid calls (the sweep hands them back next), so their reservations
+    come back under that holder and reconcile ledgers them (issue #27)."""
+    if not guard.redis.exists(guard.keys.state):
+        guard.rebuild()
+
+
 def reservation_holders(guard: "BudgetGuard") -> set[str]:
     """The incarnations holding a reservation now (the sweep checks that each is alive)."""
+    _rebuilt_if_lost(guard)
     return {incarnation for holder in guard.redis.hvals(guard.keys.reservation_holders)
             if (incarnation := holder_parts(holder.decode())[0])}
 
@@ -53,10 +61,13 @@ def reconcile(guard: "BudgetGuard", dead_nodes: set[str] = frozenset()) -> Recon
     period) was a call in flight when its
     worker died: settled from the ledger if its entry got there, else ledgered at its worst
     case as `outcome unknown` (the provider may have billed it), never released. A live
-    holder's reservation is its call's to settle (a late answer may still come). One without
-    a holder (a rebuild's, or reserved without one) whose job SQL does not say is running is
+    holder's reservation is its call's to settle (a late answer may still come). A rebuild
+    after Redis loss restores each running job's call under its holder and id, so both hold
+    after a flush too. One without a holder (rebuilt for a job naming no call, or a batch's)
+    whose job SQL does not say is running is
     settled from the ledger when the job's entry is there, else released. A reservation made
     after this looked is left alone."""
+    _rebuilt_if_lost(guard)
     held = {field.decode(): holder.decode()
             for field, holder in guard.redis.hgetall(guard.keys.reservation_holders).items()}
     amounts = {field.decode(): int(amount) for field, amount in guard.redis.hgetall(guard.keys.reservations).items()}

@@ -116,24 +116,51 @@ def _sound(entries: list) -> list:
     return sound
 
 
-def running_reservations(session: Session, settings: Settings) -> dict[int, int]:
-    """job id → its worst case in micro-dollars, for every job SQL says is running: what their
-    workers reserved, so a rebuild after Redis loss keeps the room their calls may still use."""
+REBUILT = "rebuilt"  # the holder and id of a reservation rebuilt for a job whose paid call SQL does not name
+
+
+def reservation_field(key: str, call_id: str) -> str:
+    """A paid call's reservation in the budget (lua.RESERVE names it so): `<call key>#<call id>`."""
+    return f"{key}#{call_id}"
+
+
+def running_reservations(session: Session, settings: Settings) -> dict[str, tuple[int, str]]:
+    """reservation field → (worst case in micro-dollars, holder) for every job SQL says is
+    running: what their holders reserved, so a rebuild after Redis loss keeps the room their
+    calls may still use, and a dead holder's call is still ledgered as outcome unknown. A job
+    names its paid call in flight (`job.paid_call`, written before it was reserved): rebuilt
+    under that id and the job's holder (`<incarnation>|<model>`), unless its call is in the
+    ledger already. One that names none (a provider batch's, one not yet calling) gets its
+    job's worst case under `<job id>#rebuilt`, holder `rebuilt`: the first reservation of its
+    key replaces it."""
     from shared.suite import load_task, run_suite_folder  # lazily: the suite loader is heavy
 
     rows = session.exec(
-        select(Job.id, Job.agent, Job.task_id, Job.backend, Job.model, Run.suite)
+        select(Job.id, Job.agent, Job.task_id, Job.backend, Job.model, Run.suite, Job.holder, Job.paid_call,
+               Job.paid_call_usd)
         .join(Run, col(Run.id) == col(Job.run_id))
         .where(Job.status == JobStatus.running)
     ).all()
-    held: dict[int, int] = {}
-    for job_id, agent, task_id, backend, model, suite in rows:
+    ledgered = paid_call_cost(session, [row.paid_call.rpartition("#")[2] for row in rows if row.paid_call])
+    held: dict[str, tuple[int, str]] = {}
+    for row in rows:
         try:
-            task = load_task(run_suite_folder(suite), agent, task_id)
-            held[job_id] = to_micro(task_worst_case(settings, task, backend, model))
+            if row.paid_call and row.paid_call_usd is not None:
+                key, _, call_id = row.paid_call.rpartition("#")
+                if call_id not in ledgered:
+                    held[row.paid_call] = (to_micro(row.paid_call_usd), f"{row.holder}|{_model_of(settings, row, key)}")
+            else:
+                task = load_task(run_suite_folder(row.suite), row.agent, row.task_id)
+                held[reservation_field(call_key(row.id), REBUILT)] = (
+                    to_micro(task_worst_case(settings, task, row.backend, row.model)), REBUILT)
         except (ConfigError, KeyError) as exc:  # its worker could not have reserved it either
-            log.warning("job %s: no reservation rebuilt (%s)", job_id, exc)
+            log.warning("job %s: no reservation rebuilt (%s)", row.id, exc)
     return held
+
+
+def _model_of(settings: Settings, job: Any, key: str) -> str:
+    """The model a job's paid call went to: its own, or its judge's."""
+    return job.model if call_of(key)[1] == "inference" else settings.judge_model(job.agent)[1]
 
 
 @dataclass(frozen=True)
