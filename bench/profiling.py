@@ -20,7 +20,7 @@ from pathlib import Path
 # (part, substrings of a frame). Checked in this order against every frame of a sample; the
 # first part with a matching frame gets the sample. Our own modules come first, so e.g. the
 # Redis client called by the budget guard counts as "budget", and SQLAlchemy called by
-# shared/lifecycle.py as "SQL (job state)".
+# shared/lifecycle/ as "SQL (job state)".
 PARTS: list[tuple[str, tuple[str, ...]]] = [
     ("logging", ("logging/__init__.py", "celery/utils/log.py")),
     ("report (completion step)", ("shared/report/", "shared/runs.py", "shared/stats.py")),
@@ -29,7 +29,7 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
     ("SDK call (providers)", ("shared/providers/adapters.py", "shared/providers/clients.py",
                               "shared/providers/mistral_models.py")),
     ("call deadline (thread hand-off)", ("concurrent/futures/_base.py", "shared/providers/deadline.py")),
-    ("SQL (job state)", ("shared/lifecycle.py",)),
+    ("SQL (job state)", ("shared/lifecycle/",)),
     ("reuse and judge checks", ("worker/reuse.py", "shared/reuse.py", "worker/judge.py", "shared/calls.py")),
     ("completion check (SQL)", ("worker/completion.py",)),
     ("recovery (heartbeat, sweep, journal)", ("worker/recovery.py", "shared/fleet.py", "shared/journal.py")),

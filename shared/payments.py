@@ -51,7 +51,7 @@ OUTCOME_UNKNOWN = "outcome unknown"
 
 _COSTS = CostEntry.__table__
 _COST_COLUMNS = tuple(column.name for column in _COSTS.columns if column.name != "id")
-# Built once (every paid call runs them; see shared/lifecycle.py on why), values bound per call.
+# Built once (every paid call runs them; see shared/lifecycle/jobs.py on why), values bound per call.
 _UNKNOWN = _COSTS.c.source.startswith(OUTCOME_UNKNOWN, autoescape=True)
 _FIND_UNKNOWN = select(_COSTS.c.id, _COSTS.c.cost_usd).where(_COSTS.c.call_id == bindparam("unknown_call"), _UNKNOWN)
 _REPLACE_UNKNOWN = update(_COSTS).where(_COSTS.c.id == bindparam("unknown_id"), _UNKNOWN)

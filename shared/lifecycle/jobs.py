@@ -1,6 +1,6 @@
-"""Every Run and Job state transition, in one place: short, conditional UPDATEs, so that any
-number of workers, redeliveries, sweeps and producers agree on who runs a job, record it once,
-and never overwrite a final outcome (a cancel always wins, an `ok` is never undone).
+"""Every Job state transition: short, conditional UPDATEs, so that any number of workers,
+redeliveries, sweeps and producers agree on who runs a job, record it once, and never overwrite
+a final outcome (a cancel always wins, an `ok` is never undone).
 
 Leases are judged on one clock: callers pass `now` read from Redis (`shared.fleet.redis_now`),
 never a host's own clock. No transaction here is held open across a provider call (design §8).
@@ -12,26 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
-from sqlalchemy import bindparam, func, or_, update
+from sqlalchemy import bindparam, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from shared.db import get_engine, session_scope
-from shared.models import FINAL_RUN_STATUSES, CostEntry, Job, JobStatus, Run, RunStatus, utcnow
+from shared.lifecycle.rules import UNFINISHED_JOBS, in_flight_run_ids, running_claimed_before, stale_running
+from shared.models import CostEntry, Job, JobStatus, Run, RunStatus, utcnow
 from shared.payments import Ledgered, PaidResult, cost_row, write_cost_row
-
-IN_FLIGHT_RUNS = (RunStatus.queued, RunStatus.running)
-UNFINISHED_JOBS = (JobStatus.queued, JobStatus.running)
-LEASE_MARGIN_S = 30.0  # claim, budget, limiter and the SQL write around a call's deadline
-
-
-def lease_seconds(settings) -> float:
-    """How long a claim holds a job: a call's total duration is bounded by call_timeout_s, so a
-    job running longer than this has a dead or stuck runner."""
-    if settings.recovery.lease_s is not None:
-        return settings.recovery.lease_s
-    return settings.retry.call_timeout_s + LEASE_MARGIN_S
-
 
 _JOBS, _RUNS = Job.__table__, Run.__table__
 
@@ -43,19 +31,6 @@ _clock: Callable[[], datetime] = utcnow
 def use_clock(clock: Callable[[], datetime]) -> None:
     global _clock
     _clock = clock
-
-
-def running_claimed_before(moment):
-    """The one "running but stale" rule: claimed before `moment` (a value or a bound parameter).
-    A job waiting in a provider batch is not stale however long it waits: its batch answers for
-    it (shared.batches), and the recovery sweep resumes the batch's polling instead."""
-    return ((_JOBS.c.status == JobStatus.running) & (_JOBS.c.started_at < moment)
-            & _JOBS.c.provider_batch_id.is_(None))
-
-
-def stale_running(now: datetime, lease_s: float):
-    """Claimed longer ago than the lease."""
-    return running_claimed_before(now - timedelta(seconds=lease_s))
 
 
 @dataclass(frozen=True)
@@ -82,8 +57,6 @@ class Claim:
     BUSY = "busy"  # another delivery is running it now
     DONE = "done"  # already final, halted, or its run was cancelled
 
-
-# --- jobs -------------------------------------------------------------------------------------
 
 # Statements built once: building and hashing a statement costs more CPU than SQLite takes to
 # run it (~0.4 ms against ~0.05 ms here); the values are bound per call.
@@ -274,7 +247,7 @@ def running_holders() -> set[str]:
     with session_scope() as session:
         rows = session.exec(
             select(Job.holder).distinct()
-            .where(Job.status == JobStatus.running, Job.run_id.in_(_in_flight_run_ids()))
+            .where(Job.status == JobStatus.running, Job.run_id.in_(in_flight_run_ids()))
         ).all()
     return {w for w in rows if w}
 
@@ -290,7 +263,7 @@ def requeue_lost(now: datetime, lease_s: float, dead_holders: set[str],
                        & col(Job.provider_batch_id).is_(None))
     with session_scope() as session:
         rows = session.exec(
-            select(Job.run_id, Job.id, Job.provider, Job.backend).where(lost, Job.run_id.in_(_in_flight_run_ids()))
+            select(Job.run_id, Job.id, Job.provider, Job.backend).where(lost, Job.run_id.in_(in_flight_run_ids()))
         ).all()
         handed_back = []
         for run_id, job_id, provider, backend in rows:
@@ -312,115 +285,3 @@ def queued_jobs(run_id: str) -> list[tuple[int, str, str]]:
             .where(Job.run_id == run_id, Job.status == JobStatus.queued).order_by(Job.id)
         ).all()
     return [tuple(row) for row in rows]
-
-
-# --- runs -------------------------------------------------------------------------------------
-
-
-def _in_flight_run_ids():
-    return select(Run.id).where(col(Run.status).in_(IN_FLIGHT_RUNS))
-
-
-def runs_in_flight() -> list[str]:
-    with session_scope() as session:
-        return list(session.exec(select(Run.id).where(col(Run.status).in_(IN_FLIGHT_RUNS))).all())
-
-
-def runs_with_queued_jobs(run_ids: set[str]) -> set[str]:
-    """Of `run_ids`, the runs that hold at least one queued job (one query for them all)."""
-    if not run_ids:
-        return set()
-    with session_scope() as session:
-        return set(session.exec(select(Job.run_id).distinct().where(
-            col(Job.run_id).in_(run_ids), Job.status == JobStatus.queued)).all())
-
-
-def runs_without_unfinished_jobs() -> list[str]:
-    """Runs in flight whose every job is final: only their report (the completion step) is left."""
-    with session_scope() as session:
-        unfinished = select(Job.run_id).where(col(Job.status).in_(UNFINISHED_JOBS))
-        return list(session.exec(
-            select(Run.id).where(col(Run.status).in_(IN_FLIGHT_RUNS), col(Run.id).not_in(unfinished))
-        ).all())
-
-
-def job_counts(run_id: str) -> dict[str, int]:
-    with session_scope() as session:
-        rows = session.exec(
-            select(Job.status, func.count()).where(Job.run_id == run_id).group_by(Job.status)
-        ).all()
-    return {status: n for status, n in rows}
-
-
-def settle_run_status(run_id: str) -> str:
-    """completed when every job is final; halted when the budget guard skipped some; a
-    cancelled run stays cancelled. Conditional UPDATEs, so a concurrent cancel always wins."""
-    counts = job_counts(run_id)
-    with session_scope() as session:
-        run = session.get(Run, run_id)
-        if run is None:
-            raise KeyError(f"unknown run {run_id!r}")
-        not_cancelled = (Run.id == run_id) & (Run.status != RunStatus.cancelled)
-        if counts.get(JobStatus.halted):
-            session.execute(update(Run).where(not_cancelled).values(status=RunStatus.halted))
-        elif not any(counts.get(s) for s in UNFINISHED_JOBS):
-            session.execute(
-                update(Run)
-                .where(not_cancelled, Run.status != RunStatus.completed)
-                # report_path cleared until the final report is written (`--wait` watches it)
-                .values(status=RunStatus.completed, finished_at=utcnow(), report_path=None)
-            )
-        session.refresh(run)
-        return run.status
-
-
-def mark_runs_halted(database_url: str | None = None) -> None:
-    """Every run in flight waits on the halted queues, not only the one that hit the cap."""
-    with session_scope(database_url) as session:
-        session.execute(update(Run).where(col(Run.status).in_(IN_FLIGHT_RUNS)).values(status=RunStatus.halted))
-
-
-class UnknownRun(KeyError):
-    pass
-
-
-class RunAlreadyFinal(ValueError):
-    pass
-
-
-def cancel_run(run_id: str) -> None:
-    """Queued jobs stay queued (workers skip them); a finished run cannot be cancelled."""
-    with session_scope() as session:
-        run = session.get(Run, run_id)
-        if run is None:
-            raise UnknownRun(run_id)
-        changed = session.execute(
-            update(Run)
-            .where(Run.id == run_id, col(Run.status).not_in(FINAL_RUN_STATUSES))
-            .values(status=RunStatus.cancelled, finished_at=utcnow())
-        ).rowcount
-        if not changed:
-            session.refresh(run)
-            raise RunAlreadyFinal(run.status)
-
-
-def reopen_run(run_id: str, now: datetime, lease_s: float) -> list[tuple[int, str, str]]:
-    """`producer resume`: every job without a final result (halted, error, or running past its
-    lease) goes back to `queued`; returns the jobs to enqueue. A job that is `ok` is never touched."""
-    with session_scope() as session:
-        if session.get(Run, run_id) is None:
-            raise UnknownRun(run_id)
-        session.execute(
-            update(Job)
-            .where(Job.run_id == run_id)
-            .where(col(Job.status).in_([JobStatus.halted, JobStatus.error]) | stale_running(now, lease_s))
-            .values(status=JobStatus.queued, attempts=0, error_type=None, error_message=None, finished_at=None)
-        )
-        pending = session.exec(
-            select(Job.id, Job.provider, Job.backend)
-            .where(Job.run_id == run_id, col(Job.status).in_(UNFINISHED_JOBS))
-            .order_by(Job.id)
-        ).all()
-        if pending:
-            session.execute(update(Run).where(Run.id == run_id).values(status=RunStatus.queued, finished_at=None))
-        return [tuple(row) for row in pending]
