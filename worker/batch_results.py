@@ -96,7 +96,7 @@ class BatchMoney:
         record_payment(Payment(call_id, "inference", job.model, 0, 0, worst_usd,
                                f"{OUTCOME_UNKNOWN} (batch result unreadable)").entry(job))
         self.budget.settle(key, worst_usd, call_id)
-        jobs.finish_error(job.id, "BatchResultUnreadable", reason)
+        jobs.finish_error(job, "BatchResultUnreadable", reason)
 
 
 def write_results(batch, results: list[Result], now: datetime, budget: BudgetGuard) -> dict[str, int]:
