@@ -13,6 +13,12 @@ Header formats read here (case-insensitive):
 - Anthropic: `anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}`,
   resets as RFC 3339 timestamps.
 Garbled values are ignored, never raised: a header is advice, not a contract.
+
+Back-pressure (a 429, or Anthropic's 529 "overloaded") is not a failure of the job: the provider
+asks us to slow down, not to give up. It sends the job back without spending one of its attempts
+(`[retry] max_attempts` bounds real failures: 5xx, network, malformed); what bounds it instead is
+the time since the job's first refusal (`[retry] rate_limited_max_s`), kept in Redis so every
+worker that takes the job next sees the same clock (`BackPressureClock`).
 """
 
 from __future__ import annotations
@@ -31,6 +37,12 @@ RETRY_AFTER_JITTER_FRACTION = 0.1
 RETRY_AFTER_JITTER_MIN_S = 0.1
 RETRY_AFTER_JITTER_MAX_S = 2.0
 MAX_EXPONENT = 62  # 2.0**62 is finite; beyond it the cap has long since won
+
+# Statuses that mean "slow down", not "this call failed": they do not use up an attempt.
+BACK_PRESSURE_STATUSES = frozenset({429, 529})
+BACK_PRESSURE_KEY = "genesis:backpressure:{job_id}"
+# The clock outlives the bound by this much, then expires by itself (a finished job's is unread).
+BACK_PRESSURE_KEEP_S = 600.0
 
 QUOTA_DIMENSIONS: tuple[str, ...] = ("requests", "tokens", "input-tokens", "output-tokens")
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|us|µs|ns|h|m|s))+")
@@ -54,6 +66,62 @@ def backoff_delay(
         return wait + draw(0.0, spread)
     ceiling = min(cap, base * 2.0 ** min(max(attempt, 0), MAX_EXPONENT))
     return draw(0.0, max(ceiling, 0.0))
+
+
+def is_back_pressure(status: int | None) -> bool:
+    """A refusal that asks us to wait (429 rate limited, 529 overloaded), not a failed call."""
+    return status in BACK_PRESSURE_STATUSES
+
+
+@dataclass(frozen=True)
+class Refusals:
+    """A job's back-pressure so far: how many refusals, over how long since the first."""
+
+    count: int
+    elapsed_s: float
+
+    def exhausted(self, max_s: float) -> bool:
+        return self.elapsed_s >= max_s
+
+    def next_delay(self, retry_after: float | None, retry) -> float:
+        """The provider's retry-after when it gave one, else backoff growing with the refusals
+        (`retry`: the [retry] settings)."""
+        return backoff_delay(self.count - 1, retry_after=retry_after, base=retry.backoff_base_s,
+                             cap=retry.backoff_max_s)
+
+    def describe(self) -> str:
+        return f"rate limited for {self.elapsed_s:.0f} s ({self.count} refusal(s))"
+
+
+# KEYS: the job's clock.  ARGV: keep ms.  Returns {count, ms since the first refusal}.
+_NOTE_REFUSAL = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSETNX', KEYS[1], 'since', now)
+local count = redis.call('HINCRBY', KEYS[1], 'count', 1)
+local since = tonumber(redis.call('HGET', KEYS[1], 'since'))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return {count, now - since}
+"""
+
+
+class BackPressureClock:
+    """Per job, on Redis' clock: when its first refusal came and how many followed. Shared by
+    every worker (the next delivery may run anywhere); rebuilt from nothing if Redis is lost
+    (the bound then starts again, erring towards finishing the job)."""
+
+    def __init__(self, client, max_s: float) -> None:
+        self._client = client
+        self._keep_ms = int((max_s + BACK_PRESSURE_KEEP_S) * 1000)
+        self._note = client.register_script(_NOTE_REFUSAL)
+
+    def note(self, job_id: int) -> Refusals:
+        count, elapsed_ms = self._note(keys=[BACK_PRESSURE_KEY.format(job_id=job_id)], args=[self._keep_ms])
+        return Refusals(int(count), max(int(elapsed_ms), 0) / 1000.0)
+
+    def forget(self, job_id: int) -> None:
+        """The job ended: a later `producer resume` starts its clock afresh."""
+        self._client.delete(BACK_PRESSURE_KEY.format(job_id=job_id))
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ times) is compared with what SQL and the report say."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -99,7 +100,7 @@ def test_a_429_with_retry_after_delays_the_retry(monkeypatch, start_worker, simu
 
     snap = wait_until_reported(run_id, timeout=30)
     (job,) = run_jobs(run_id)
-    assert job.status == "ok" and job.attempts == 2
+    assert job.status == "ok" and job.attempts == 1  # the 429 spent no attempt
     (refused,), (served,) = arrivals.times(429), arrivals.times(200)
     assert served - refused >= 2.0
     assert snap["status"] == "completed"
@@ -163,8 +164,62 @@ def test_under_injected_429s_and_5xx_every_job_ends_ok_and_no_answer_is_paid_twi
     assert len(jobs) == 60 and all(j.status == "ok" for j in jobs)
     assert stats["by_status"]["200"] == stats["completions_ok"] == len(entries) == 60
     assert all(stats["by_status"].get(s, 0) > 0 for s in ("429", "500", "503"))  # faults did happen
-    assert sum(j.attempts for j in jobs) == stats["requests_total"]  # every call was a counted attempt
+    # every call was a counted attempt, except the 429s (back-pressure, not a failure)
+    assert sum(j.attempts for j in jobs) == stats["requests_total"] - stats["by_status"]["429"]
     assert report_json(snap)["complete"] is True
+
+
+def test_429s_and_529s_spend_no_attempt_while_5xx_still_do(monkeypatch, start_worker, simulator):
+    """With 2 attempts and most calls refused, a 429 or 529 counted as a failure would end about
+    half of these jobs `error`; as back-pressure, every job ends ok."""
+    monkeypatch.setattr(sim_server, "INJECTED_429_RETRY_AFTER", "0")
+    monkeypatch.setenv("GENESIS_RETRY__MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("GENESIS_RETRY__BACKOFF_BASE_S", "0.1")
+    simulator.update(error_rates={429: 0.4, 529: 0.3})
+    start_worker("w1", concurrency=8)
+
+    run_id = submit("--agent", "qa", "--agent", "legal", "--backend", "openai", "--backend", "anthropic",
+                    "--limit", "3")
+    wait_until_reported(run_id, timeout=60)
+
+    jobs = run_jobs(run_id)
+    by_status = simulator.stats()["by_status"]
+    assert by_status.get("429", 0) > 0 and by_status.get("529", 0) > 0  # refusals did happen
+    assert [j.status for j in jobs] == ["ok"] * 12
+    assert all(j.attempts == 1 for j in jobs)  # the one call that answered
+
+    simulator.update(error_rates={500: 1.0})  # a real failure still spends its attempts
+    run_id = submit("--agent", "qa", "--backend", "openai", "--limit", "1")
+    wait_until_reported(run_id, timeout=30)
+    (job,) = run_jobs(run_id)
+    assert job.status == "error" and job.attempts == 2 and job.error_message.startswith("after 2 attempt(s)")
+
+
+def test_a_job_refused_past_rate_limited_max_s_ends_error_with_the_providers_reason(
+    monkeypatch, start_worker, simulator, redis_url
+):
+    import redis
+
+    monkeypatch.setattr(sim_server, "INJECTED_429_RETRY_AFTER", "0")
+    monkeypatch.setenv("GENESIS_RETRY__RATE_LIMITED_MAX_S", "1.5")
+    monkeypatch.setenv("GENESIS_RETRY__BACKOFF_BASE_S", "0.1")
+    monkeypatch.setenv("GENESIS_RETRY__BACKOFF_MAX_S", "0.3")
+    simulator.update(error_rates={429: 1.0})
+    start_worker("w1", concurrency=4)
+
+    run_id = submit("--agent", "qa", "--backend", "anthropic", "--limit", "1")
+    snap = wait_until_reported(run_id, timeout=30)
+
+    (job,) = run_jobs(run_id)
+    refusals = simulator.stats()["by_status"]["429"]
+    assert job.status == "error" and job.attempts == 1 and refusals > 5 > job.attempts  # spent no attempts
+    stated = re.match(r"rate limited for (\d+) s \((\d+) refusal\(s\)\), past \[retry\] rate_limited_max_s: "
+                      r"rate_limit 429: ", job.error_message)
+    assert stated and int(stated[1]) >= 2 and int(stated[2]) == refusals
+    assert "Injected 429 error from the simulator." in job.error_message  # the provider's own reason
+    assert job.error_type == "RateLimitError"
+    assert snap["status"] == "completed"
+    assert not redis.Redis.from_url(redis_url).exists(f"genesis:backpressure:{job.id}")  # a resume starts afresh
 
 
 def test_timeouts_and_malformed_answers_are_retried(monkeypatch, start_worker, simulator):

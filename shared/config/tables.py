@@ -163,6 +163,8 @@ class RetryConfig(Strict):
     backoff_base_s: float = Field(default=1.0, ge=0)
     backoff_max_s: float = Field(default=60.0, ge=0)
     call_timeout_s: float = Field(default=60.0, gt=0)
+    # A 429/529 spends no attempt; a job refused for this long since its first refusal ends `error`.
+    rate_limited_max_s: float = Field(default=1800.0, gt=0)
 
 
 class WorkerConfig(Strict):
