@@ -27,7 +27,7 @@ import math
 import random
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
@@ -126,11 +126,12 @@ class BackPressureClock:
 
 @dataclass(frozen=True)
 class Quota:
-    """One dimension of a provider's limit, as a response's headers state it."""
+    """One dimension of a provider's per-minute limit, as a response's headers state it."""
 
     limit: int | None
     remaining: int | None
     reset_s: float | None  # seconds until the provider's bucket is full again
+    source: str = field(default="", compare=False)  # the header that stated the limit
 
     def seconds_until_available(self) -> float | None:
         """How long until the provider has capacity again, if it says it has none left.
@@ -145,21 +146,78 @@ class Quota:
         return self.reset_s
 
 
-def quotas_from_headers(headers: Mapping[str, str] | None) -> dict[str, Quota]:
-    """The provider's view of its limits, by dimension ("requests", "tokens", ...)."""
+@dataclass(frozen=True)
+class QuotaReading:
+    """What a response's rate-limit headers say, by dimension, and the headers not trusted."""
+
+    quotas: dict[str, Quota]
+    bogus: tuple[str, ...] = ()
+
+
+# Each provider's names for (limit, remaining, reset) of a per-minute dimension; None: not sent.
+# OpenAI (platform.openai.com/docs/guides/rate-limits): x-ratelimit-{limit,remaining,reset}-
+# {requests,tokens}, resets as Go durations. Anthropic (docs.anthropic.com/en/api/rate-limits):
+# anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset},
+# resets as RFC 3339. Mistral (what api.mistral.ai sends): x-ratelimit-{limit,remaining}-
+# {req,tokens}-minute, no reset (its -month tokens are a monthly quota, not a rate).
+HEADER_FAMILIES: tuple[tuple[str, tuple[str, str, str | None]], ...] = (
+    *((dim, (f"x-ratelimit-limit-{dim}", f"x-ratelimit-remaining-{dim}", f"x-ratelimit-reset-{dim}"))
+      for dim in ("requests", "tokens")),
+    *((dim, (f"anthropic-ratelimit-{dim}-limit", f"anthropic-ratelimit-{dim}-remaining",
+             f"anthropic-ratelimit-{dim}-reset")) for dim in QUOTA_DIMENSIONS),
+    ("requests", ("x-ratelimit-limit-req-minute", "x-ratelimit-remaining-req-minute", None)),
+    ("tokens", ("x-ratelimit-limit-tokens-minute", "x-ratelimit-remaining-tokens-minute", None)),
+)
+# A per-minute bucket is full again within a minute: a reset further away than this, or further
+# in the past than clock skew explains, is not a reading of one.
+MAX_RESET_S = 3600.0
+MAX_RESET_PAST_S = 60.0
+
+
+def read_quotas(headers: Mapping[str, str] | None, now: datetime | None = None) -> QuotaReading:
+    """The provider's per-minute limits, by dimension ("requests", "tokens", ...). A dimension
+    with any bogus value (a limit of 0, a non-number, remaining above the limit, a reset in the
+    past or hours away) is left out whole and its header named in `bogus`: never trusted."""
     lowered = _lowered(headers)
     quotas: dict[str, Quota] = {}
-    for dim in QUOTA_DIMENSIONS:
-        for prefix, fields in (
-            ("x-ratelimit-", (f"limit-{dim}", f"remaining-{dim}", f"reset-{dim}")),
-            ("anthropic-ratelimit-", (f"{dim}-limit", f"{dim}-remaining", f"{dim}-reset")),
-        ):
-            limit, remaining, reset = (lowered.get(prefix + name) for name in fields)
-            quota = Quota(_count(limit), _count(remaining), seconds_from_now(reset))
-            if quota != Quota(None, None, None):
-                quotas[dim] = quota
-                break
-    return quotas
+    bogus: list[str] = []
+    for dim, names in HEADER_FAMILIES:
+        if dim in quotas:
+            continue
+        limit_name, remaining_name, reset_name = names
+        raw_limit, raw_remaining = lowered.get(limit_name), lowered.get(remaining_name)
+        raw_reset = lowered.get(reset_name) if reset_name else None
+        if raw_limit is None and raw_remaining is None and raw_reset is None:
+            continue
+        limit, remaining = _count(raw_limit), _count(raw_remaining)
+        reset = _reset_seconds(raw_reset, now)
+        wrong = [name for name, raw, ok in (
+            (limit_name, raw_limit, limit is not None and limit > 0),
+            (remaining_name, raw_remaining, remaining is not None and (limit is None or remaining <= limit)),
+            (reset_name, raw_reset, reset is not None),
+        ) if raw is not None and not ok]
+        if wrong:
+            bogus += wrong
+            continue
+        quotas[dim] = Quota(limit, remaining, reset, source=limit_name if raw_limit is not None else "")
+    return QuotaReading(quotas, tuple(bogus))
+
+
+def quotas_from_headers(headers: Mapping[str, str] | None) -> dict[str, Quota]:
+    """The trusted per-minute quotas of a response (see read_quotas)."""
+    return read_quotas(headers).quotas
+
+
+def _reset_seconds(value: str | None, now: datetime | None) -> float | None:
+    """A reset as seconds from now, or None when it is unreadable or no per-minute reset."""
+    if value is None:
+        return None
+    moment = _timestamp(str(value).strip())
+    if moment is not None and _number(value) is None:
+        ahead = (moment - (now or datetime.now(timezone.utc))).total_seconds()
+        return max(ahead, 0.0) if -MAX_RESET_PAST_S <= ahead <= MAX_RESET_S else None
+    seconds = seconds_from_now(value, now)
+    return seconds if seconds is not None and seconds <= MAX_RESET_S else None
 
 
 def retry_after_from_headers(headers: Mapping[str, str] | None) -> float | None:

@@ -56,6 +56,11 @@ def max_excess(times: list[float], burst: int, per_s: float) -> float:
     )
 
 
+# Providers state their limits on every answer, their 429s included: a limit too high to be
+# reached here keeps injected 429s from looking like a silent endpoint's (paced by AIMD).
+STATED_RPM = 100_000
+
+
 def test_limit_holds_across_two_worker_processes(monkeypatch, start_worker, simulator):
     rpm = 60
     monkeypatch.setenv("GENESIS_LIMITS__OPENAI__RPM", str(rpm))
@@ -76,11 +81,35 @@ def test_limit_holds_across_two_worker_processes(monkeypatch, start_worker, simu
     assert {j.worker.split("@")[0] for j in run_jobs(run_id)} == {"w1", "w2"}  # both shared the one limit
 
 
+def test_two_workers_pace_by_the_limit_the_provider_states_not_the_configured_ceiling(start_worker, simulator,
+                                                                                        redis_url):
+    """The shipped ceiling (openai rpm = 500) is far above what this key gets (60): learned from
+    the simulator's OpenAI headers, shared through Redis, both workers keep to 60."""
+    import redis
+
+    rpm = 60
+    simulator.update(rpm=rpm)
+    arrivals = Arrivals(simulator)
+    start_worker("w1", concurrency=8)
+    start_worker("w2", concurrency=8)
+
+    run_id = submit("--all-agents", "--backend", "openai", "--limit", "15")  # 75 jobs
+    snap = wait_until_reported(run_id, timeout=90)
+
+    assert snap["by_status"]["ok"] == 75
+    calls = arrivals.times()
+    assert max_excess(calls, burst=rpm, per_s=rpm / 60) <= 2.0  # the first answer's headers set the pace
+    assert len(arrivals.times(429)) <= 2
+    learned = redis.Redis.from_url(redis_url).hgetall("genesis:rl:{openai:gpt-4o-mini}:learned")
+    assert (learned[b"rpm"], learned[b"rpm_src"]) == (b"60", b"x-ratelimit-limit-requests")
+    assert {j.worker.split("@")[0] for j in run_jobs(run_id)} == {"w1", "w2"}
+
+
 def test_a_429_with_retry_after_delays_the_retry(monkeypatch, start_worker, simulator, redis_url):
     import redis
 
     monkeypatch.setattr(sim_server, "INJECTED_429_RETRY_AFTER", "2")
-    simulator.update(error_rates={429: 1.0})
+    simulator.update(error_rates={429: 1.0}, rpm=STATED_RPM)
     arrivals = Arrivals(simulator)
     start_worker("w1", concurrency=4)
 
@@ -150,7 +179,7 @@ def test_under_injected_429s_and_5xx_every_job_ends_ok_and_no_answer_is_paid_twi
 
     monkeypatch.setenv("GENESIS_RETRY__MAX_ATTEMPTS", "10")
     monkeypatch.setenv("GENESIS_RETRY__BACKOFF_BASE_S", "0.2")
-    simulator.update(error_rates={429: 0.15, 500: 0.10, 503: 0.05})
+    simulator.update(error_rates={429: 0.15, 500: 0.10, 503: 0.05}, rpm=STATED_RPM)
     start_worker("w1", concurrency=8)
     start_worker("w2", concurrency=8)
 
@@ -175,7 +204,7 @@ def test_429s_and_529s_spend_no_attempt_while_5xx_still_do(monkeypatch, start_wo
     monkeypatch.setattr(sim_server, "INJECTED_429_RETRY_AFTER", "0")
     monkeypatch.setenv("GENESIS_RETRY__MAX_ATTEMPTS", "2")
     monkeypatch.setenv("GENESIS_RETRY__BACKOFF_BASE_S", "0.1")
-    simulator.update(error_rates={429: 0.4, 529: 0.3})
+    simulator.update(error_rates={429: 0.4, 529: 0.3}, rpm=STATED_RPM)
     start_worker("w1", concurrency=8)
 
     run_id = submit("--agent", "qa", "--agent", "legal", "--backend", "openai", "--backend", "anthropic",

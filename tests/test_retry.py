@@ -17,6 +17,7 @@ from shared.retry import (
     backoff_delay,
     is_back_pressure,
     quotas_from_headers,
+    read_quotas,
     retry_after_from_headers,
     seconds_from_now,
 )
@@ -155,3 +156,30 @@ def test_the_back_pressure_clock_counts_from_the_first_refusal_on_redis_time(red
     assert clock.note(8).count == 1  # per job
     clock.forget(7)
     assert clock.note(7) == Refusals(1, 0.0)
+
+
+def test_read_quotas_names_the_header_each_limit_came_from_and_mistrals_per_minute_family() -> None:
+    reading = read_quotas({"X-RateLimit-Limit-Req-Minute": "720", "x-ratelimit-remaining-req-minute": "717",
+                           "x-ratelimit-limit-tokens-minute": "5000000",
+                           "x-ratelimit-remaining-tokens-minute": "4999911",
+                           "x-ratelimit-limit-tokens-month": "4000000"})  # a monthly quota: not a rate
+    assert reading.bogus == ()
+    assert reading.quotas == {"requests": Quota(720, 717, None), "tokens": Quota(5000000, 4999911, None)}
+    assert reading.quotas["requests"].source == "x-ratelimit-limit-req-minute"
+
+
+@pytest.mark.parametrize(("headers", "bogus", "trusted"), [
+    ({"x-ratelimit-limit-requests": "0"}, ("x-ratelimit-limit-requests",), set()),
+    ({"x-ratelimit-limit-tokens": "many", "x-ratelimit-limit-requests": "60"}, ("x-ratelimit-limit-tokens",),
+     {"requests"}),
+    ({"x-ratelimit-limit-requests": "60", "x-ratelimit-reset-requests": "87600h"}, ("x-ratelimit-reset-requests",),
+     set()),
+    ({"anthropic-ratelimit-tokens-limit": "10", "anthropic-ratelimit-tokens-reset": "1999-01-01T00:00:00Z"},
+     ("anthropic-ratelimit-tokens-reset",), set()),
+    ({"anthropic-ratelimit-tokens-limit": "10", "anthropic-ratelimit-tokens-remaining": "11"},
+     ("anthropic-ratelimit-tokens-remaining",), set()),
+])
+def test_read_quotas_leaves_out_a_dimension_with_any_bogus_value(headers, bogus, trusted) -> None:
+    reading = read_quotas(headers)
+    assert reading.bogus == bogus
+    assert set(reading.quotas) == trusted

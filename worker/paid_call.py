@@ -335,7 +335,7 @@ def _failed(task: Any, spec: PaidCall, err: ProviderError) -> str:
     retry_after = retry_after_from_headers(err.headers) if err.headers else None
     slow_down = is_back_pressure(err.status)
     if err.kind == "rate_limit" or slow_down:
-        svc.limiter.block(spec.limit_scope, spec.model, retry_after or settings.retry.backoff_base_s)
+        svc.limiter.block(spec.limit_scope, spec.model, retry_after or settings.retry.backoff_base_s, err.headers)
     counters.count_failure(svc.redis, spec.provider, err.kind, err.status)
     detail = f"{err.kind}{f' {err.status}' if err.status else ''}: {err}"
     if spec.what != "call":
