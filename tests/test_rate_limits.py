@@ -105,6 +105,28 @@ def test_two_workers_pace_by_the_limit_the_provider_states_not_the_configured_ce
     assert {j.worker.split("@")[0] for j in run_jobs(run_id)} == {"w1", "w2"}
 
 
+def test_anthropic_and_mistral_limits_are_learned_from_their_own_headers(start_worker, simulator, redis_url):
+    import redis
+
+    simulator.update(rpm=120, tpm=900_000, itpm=400_000, otpm=80_000)
+    start_worker("w1", concurrency=4)
+    run_id = submit("--agent", "qa", "--backend", "anthropic", "--backend", "mistral-base", "--limit", "2")
+    wait_until_reported(run_id, timeout=60)
+
+    client = redis.Redis.from_url(redis_url)
+    learned = {(j.provider, j.model): client.hgetall(f"genesis:rl:{{{j.provider}:{j.model}}}:learned")
+               for j in run_jobs(run_id)}
+    assert {p for p, _ in learned} == {"anthropic", "mistral"}
+    for (provider, _), fields in learned.items():
+        if provider == "anthropic":
+            assert (fields[b"rpm"], fields[b"rpm_src"]) == (b"120", b"anthropic-ratelimit-requests-limit")
+            assert (fields[b"in_tpm"], fields[b"out_tpm"]) == (b"400000", b"80000")
+            assert fields[b"tpm"] == b"900000" and fields[b"tpm_src"] == b"anthropic-ratelimit-tokens-limit"
+        else:
+            assert (fields[b"rpm"], fields[b"rpm_src"]) == (b"120", b"x-ratelimit-limit-req-minute")
+            assert (fields[b"tpm"], fields[b"tpm_src"]) == (b"900000", b"x-ratelimit-limit-tokens-minute")
+
+
 def test_a_429_with_retry_after_delays_the_retry(monkeypatch, start_worker, simulator, redis_url):
     import redis
 
