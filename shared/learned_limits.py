@@ -55,6 +55,13 @@ local function calls_last_minute(rate_key, now)
   local into = (now % 60000) / 60000
   return (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0) * (1 - into)
 end
+-- refusals (429s), per minute, in the same hash as 'r<minute>'
+local function count_refusal(rate_key, now)
+  local minute = math.floor(now / 60000)
+  redis.call('HINCRBY', rate_key, 'r' .. minute, 1)
+  redis.call('HDEL', rate_key, 'r' .. (minute - 2))
+  redis.call('PEXPIRE', rate_key, 180000)
+end
 """
 
 # Lua: what one answer stated (or that it stated nothing), into the learned hash.
@@ -64,6 +71,7 @@ LEARN_LUA = """
 local function learn(learned_key, rate_key, now, a)
   local rpm, tpm, in_tpm, out_tpm = tonumber(a[1]), tonumber(a[2]), tonumber(a[5]), tonumber(a[6])
   local refused, silent, ceil_rpm = tonumber(a[7]), tonumber(a[8]), tonumber(a[9])
+  if refused == 1 then count_refusal(rate_key, now) end
   if rpm > 0 or tpm > 0 then
     if rpm > 0 then redis.call('HSET', learned_key, 'rpm', rpm, 'rpm_src', a[3], 'rpm_at', now) end
     if tpm > 0 then redis.call('HSET', learned_key, 'tpm', tpm, 'tpm_src', a[4], 'tpm_at', now) end
@@ -128,6 +136,18 @@ class Learned:
     output_tpm: int | None
     silent: bool  # the endpoint states no limits: paced by AIMD on its refusals
     aimd_rpm: int | None
+
+
+def last_minute(rate: Mapping[bytes, bytes], now_ms: float) -> tuple[float, float]:
+    """(calls, refusals) of the last minute from a bucket's rate hash: this minute's count plus
+    the part of the last one still inside the window (the scripts' own estimate)."""
+    minute, into = divmod(now_ms, 60_000)
+    fields = {k.decode(): int(v) for k, v in rate.items()}
+
+    def window(prefix: str) -> float:
+        return fields.get(f"{prefix}{int(minute)}", 0) + fields.get(f"{prefix}{int(minute) - 1}", 0) * (1 - into / 60_000)
+
+    return window(""), window("r")
 
 
 def parse_learned(fields: Mapping[bytes, bytes]) -> Learned:

@@ -36,7 +36,8 @@ import redis
 from shared import counters
 from shared.config import Settings
 from shared.config.tables import RateLimit
-from shared.learned_limits import EFFECTIVE_LUA, LEARN_LUA, START_RPM, Learned, learn_args, parse_learned
+from shared.learned_limits import (EFFECTIVE_LUA, LEARN_LUA, START_RPM, Learned, last_minute, learn_args,
+                                   parse_learned)
 from shared.retry import read_quotas
 
 LEASE_MARGIN_S = 30.0  # a slot outlives the call timeout by this much before it is reclaimed
@@ -155,6 +156,27 @@ return 1
 """
 
 
+# KEYS: learned hash.  ARGV: ceiling rpm, ceiling tpm, start rpm.  The rates in force, by the
+# one rule the other scripts use.
+_IN_FORCE = _PRELUDE + """
+local rpm, tpm = effective(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
+return {rpm, tpm}
+"""
+
+
+@dataclass(frozen=True)
+class BucketView:
+    """One bucket as `producer limits` shows it."""
+
+    scope: str  # the provider, or a backend with its own endpoint
+    model: str
+    ceiling: RateLimit
+    learned: Learned
+    in_force: tuple[int, int]  # rpm, tpm the limiter paces by now (0: unlimited)
+    calls_last_minute: float
+    refusals_last_minute: float
+
+
 @dataclass(frozen=True)
 class Permit:
     """What acquire() granted; only meaningful in the process that acquired it."""
@@ -183,6 +205,7 @@ class RateLimiter:
         self._acquire = redis.register_script(_ACQUIRE)
         self._release = redis.register_script(_RELEASE)
         self._observe = redis.register_script(_OBSERVE)
+        self._in_force = redis.register_script(_IN_FORCE)
 
     def acquire(self, provider: str, model: str, tokens: int) -> Permit | float:
         """A Permit, or the seconds to wait (> 0) before capacity exists. Never sleeps."""
@@ -242,6 +265,24 @@ class RateLimiter:
     def learned(self, provider: str, model: str) -> Learned:
         """What the fleet has learned of this bucket's limits."""
         return parse_learned(self._redis.hgetall(self._keys(provider, model)[2]))
+
+    def buckets(self) -> list[BucketView]:
+        """Every bucket the fleet has used or learned of (`producer limits`), by scope and model."""
+        seconds, micros = self._redis.time()
+        now_ms = seconds * 1000 + micros / 1000
+        names = set()
+        for key in self._redis.scan_iter(match=f"{self._prefix}:{{*}}:*", count=500):
+            tag = key.decode()[len(self._prefix) + 2:].rsplit("}:", 1)[0]
+            names.add(tuple(tag.split(":", 1)))
+        views = []
+        for scope, model in sorted(n for n in names if len(n) == 2):
+            _, _, learned, rate = self._keys(scope, model)
+            calls, refusals = last_minute(self._redis.hgetall(rate), now_ms)
+            ceiling = self._limit(scope, model)
+            rpm, tpm = self._in_force(keys=[learned], args=[ceiling.rpm or 0, ceiling.tpm or 0, START_RPM])
+            views.append(BucketView(scope, model, ceiling, parse_learned(self._redis.hgetall(learned)),
+                                    (int(rpm), int(tpm)), calls, refusals))
+        return views
 
     def _limit(self, provider: str, model: str) -> RateLimit:
         key = (provider, model)
