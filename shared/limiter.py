@@ -139,9 +139,21 @@ if block > 0 then
   local blocked = tonumber(redis.call('HGET', KEYS[1], 'blocked')) or 0
   redis.call('HSET', KEYS[1], 'blocked', math.max(blocked, now + block))
 end
+local ceil_rpm, ceil_tpm, start_rpm = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local was_rpm, was_tpm = effective(KEYS[2], ceil_rpm, ceil_tpm, start_rpm)
 learn(KEYS[2], KEYS[3], now, {ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14],
                              ARGV[15]})
-local rpm, tpm = effective(KEYS[2], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
+local rpm, tpm = effective(KEYS[2], ceil_rpm, ceil_tpm, start_rpm)
+-- a new rate keeps the units already used: the TAT's lead over now is rescaled, so a bucket that
+-- started at START_RPM and learns more admits the difference at once; one lowered stays used (at
+-- most empty: a debt beyond one window would outlast the new limit's own bucket)
+for i, field in ipairs({'req', 'tok'}) do
+  local was, is = ({was_rpm, was_tpm})[i], ({rpm, tpm})[i]
+  local tat = tonumber(redis.call('HGET', KEYS[1], field))
+  if was > 0 and is > 0 and was ~= is and tat and tat > now then
+    redis.call('HSET', KEYS[1], field, now + math.min((tat - now) * was / is, 60000))  -- at most empty
+  end
+end
 for i, field in ipairs({'req', 'tok'}) do
   local remaining = tonumber(ARGV[1 + i])
   local capacity = ({rpm, tpm})[i]

@@ -327,6 +327,26 @@ def test_a_stated_limit_moves_the_bucket_up_and_down(make_limiter) -> None:
     assert isinstance(wait, float) and 1.9 < wait <= 2.0  # one call per 2 s, the new limit's pace
 
 
+def test_a_new_limit_keeps_the_calls_already_made(make_limiter) -> None:
+    """START_RPM calls made, then the first answer says 60: 10 more at once (what the provider
+    has left), not a fresh burst of 60 nor a wait for a bucket drawn at the old pace."""
+    limiter = make_limiter({})
+    assert all(isinstance(limiter.acquire("openai", "m", 1), Permit) for _ in range(START_RPM))
+    limiter.observe("openai", "m", {"x-ratelimit-limit-requests": "60"})
+    assert _admits_at_once(limiter, "openai", "m", 60 - START_RPM)
+
+
+def test_a_lowered_limit_leaves_the_bucket_at_most_empty(make_limiter) -> None:
+    """60 calls at 60 rpm, then the provider says 15: the next call waits one interval of the
+    new limit (4 s), not four minutes of the old calls repaid at the new pace."""
+    limiter = make_limiter({})
+    limiter.observe("openai", "m", {"x-ratelimit-limit-requests": "60"})
+    assert all(isinstance(limiter.acquire("openai", "m", 1), Permit) for _ in range(60))
+    limiter.observe("openai", "m", {"x-ratelimit-limit-requests": "15"})
+    wait = limiter.acquire("openai", "m", 1)
+    assert isinstance(wait, float) and 3.0 < wait <= 4.0
+
+
 def test_a_configured_limit_is_a_ceiling_the_stated_one_never_passes(make_limiter) -> None:
     limiter = make_limiter({"openai": {"rpm": 60}})
     limiter.observe("openai", "m", {"x-ratelimit-limit-requests": "600"})

@@ -226,6 +226,7 @@ def test_429s_and_529s_spend_no_attempt_while_5xx_still_do(monkeypatch, start_wo
     monkeypatch.setattr(sim_server, "INJECTED_429_RETRY_AFTER", "0")
     monkeypatch.setenv("GENESIS_RETRY__MAX_ATTEMPTS", "2")
     monkeypatch.setenv("GENESIS_RETRY__BACKOFF_BASE_S", "0.1")
+    monkeypatch.setenv("GENESIS_RETRY__BACKOFF_MAX_S", "0.5")  # a job refused many times backs off this much at most
     simulator.update(error_rates={429: 0.4, 529: 0.3}, rpm=STATED_RPM)
     start_worker("w1", concurrency=8)
 
