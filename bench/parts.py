@@ -36,8 +36,8 @@ def open_limits(max_in_flight: int, providers=PROVIDERS) -> dict[str, str]:
 class SimulatorProcess:
     """`python -m simulator` in a subprocess, so its CPU is not counted as ours."""
 
-    def __init__(self, latency_ms: float, rpm: int | None) -> None:
-        args = [sys.executable, "-m", "simulator", "--port", "0", "--latency-ms", str(latency_ms)]
+    def __init__(self, latency_ms: float, rpm: int | None, port: int = 0) -> None:
+        args = [sys.executable, "-m", "simulator", "--port", str(port), "--latency-ms", str(latency_ms)]
         if rpm:
             args += ["--rpm", str(rpm)]
         self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, text=True,
@@ -57,6 +57,10 @@ class SimulatorProcess:
 
     def reset(self) -> None:
         self._call("/_sim/reset", data=b"")
+
+    def update(self, **knobs) -> dict:
+        """Change knobs live (`POST /_sim/config`): e.g. the provider lowering its limit mid-run."""
+        return self._call("/_sim/config", data=json.dumps(knobs).encode())
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -128,7 +132,7 @@ class System:
 @contextmanager
 def running_system(key: str, redis_url: str, *, latency_ms: float, sim_rpm: int | None,
                    limits: dict[str, dict[str, int]], workers: int, concurrency: int,
-                   queues: list[str | None] | None = None) -> Iterator[System]:
+                   queues: list[str | None] | None = None, sim_port: int = 0) -> Iterator[System]:
     """The simulator, SQLite in a temp dir, a flushed Redis db, and `workers` celery workers
     (worker i consumes `queues[i]`, every queue when None), with this process (the producer)
     pointed at them; all stopped and flushed afterwards."""
@@ -137,7 +141,7 @@ def running_system(key: str, redis_url: str, *, latency_ms: float, sim_rpm: int 
     ensure_redis(redis_url)
     redis.Redis.from_url(redis_url).flushdb()
     tmp = Path(tempfile.mkdtemp(prefix=f"genesis-bench-{key}-"))
-    sim = SimulatorProcess(latency_ms, sim_rpm)
+    sim = SimulatorProcess(latency_ms, sim_rpm, sim_port)
     started: list[WorkerProcess] = []
     try:
         env = genesis_env(database_url=f"sqlite:///{tmp / 'genesis.db'}", redis_url=redis_url,

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from producer import analysis_cli, check_cli, runs_cli, submit_cli
+from producer import analysis_cli, check_cli, limits_cli, runs_cli, submit_cli
 from producer.errors import OneLineErrors
 from producer.output import err_console
 from shared.config import ConfigError
@@ -50,6 +50,7 @@ def _register_commands() -> None:
     runs_cli.register(app)  # status, runs, resume, cancel, metrics
     analysis_cli.register(app)  # report [--gate], export, compare
     check_cli.register(app)  # check
+    limits_cli.register(app)  # limits
     app.add_typer(budget_app, name="budget", help="Spend, limits, ledger and the halt.")
     app.add_typer(finetune_app, name="finetune", help="Fine-tuned Mistral models, their jobs and their cost.")
     app.command("simulator", help="Run the provider simulator (OpenAI, Anthropic, Mistral wire formats).")(simulator_command)

@@ -18,6 +18,9 @@ EVENTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                      "Limiter checks answered 'wait' (a call that waits twice counts twice).", ()),
     "rate_limited": ("genesis_provider_rate_limited", "Provider answers 429 (rate limited).", ()),
     "provider_error": ("genesis_provider_errors", "Failed provider calls, by kind of failure.", ("kind",)),
+    "bogus_limit_header": ("genesis_bogus_limit_headers",
+                           "Rate-limit headers ignored as bogus (a limit of 0, a non-number, a reset "
+                           "in the past or hours away), by header.", ("header",)),
 }
 
 

@@ -59,6 +59,8 @@ def simulator_command(
     ] = DEFAULTS["default_quality"],
     rpm: Annotated[int | None, typer.Option(help="Requests per minute per (API key, model).")] = None,
     tpm: Annotated[int | None, typer.Option(help="Tokens per minute per (API key, model).")] = None,
+    itpm: Annotated[int | None, typer.Option(help="Anthropic's input tokens per minute per (API key, model).")] = None,
+    otpm: Annotated[int | None, typer.Option(help="Anthropic's output tokens per minute per (API key, model).")] = None,
     error_rate: Annotated[
         list[str] | None, typer.Option(help="STATUS=P: answer STATUS with probability P; repeatable.")
     ] = None,
@@ -123,6 +125,8 @@ def simulator_command(
         "default_quality": default_quality,
         "rpm": rpm,
         "tpm": tpm,
+        "itpm": itpm,
+        "otpm": otpm,
         "error_rates": parse_error_rates(error_rate or []),
         "timeout_rate": timeout_rate,
         "timeout_s": timeout_s,

@@ -20,7 +20,9 @@ class SimulatorConfig(BaseModel):
       [-latency_jitter_ms, +latency_jitter_ms] (never below 0).
     - quality: `{fnmatch pattern: probability of a correct answer}`, first match wins (insertion
       order), `default_quality` for models no pattern matches.
-    - rpm / tpm: token buckets per (API key, model); None = unlimited.
+    - rpm / tpm: token buckets per (API key, model); None = unlimited. itpm / otpm: Anthropic's
+      separate input and output tokens per minute (Messages API calls only). Changed live
+      (`POST /_sim/config`), they start fresh buckets: a provider changing its limits mid-run.
     - error_rates: `{HTTP status: probability}` of an injected error instead of an answer.
     - timeout_rate: probability the answer is held back `timeout_s` extra so the client times out.
     - malformed_rate: probability of a 200 whose body is truncated, i.e. not valid JSON; billed
@@ -69,6 +71,8 @@ class SimulatorConfig(BaseModel):
     answers: dict[str, str] = Field(default_factory=dict)
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
+    itpm: int | None = Field(default=None, gt=0)
+    otpm: int | None = Field(default=None, gt=0)
     error_rates: dict[int, float] = Field(default_factory=dict)
     timeout_rate: float = Rate
     timeout_s: float = Field(default=30.0, ge=0.0)

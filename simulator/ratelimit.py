@@ -32,6 +32,9 @@ class Admission:
     retry_after_s: float
     requests: LimitState | None
     tokens: LimitState | None
+    # Anthropic's separate input and output token limits (itpm / otpm), when set
+    input_tokens: LimitState | None = None
+    output_tokens: LimitState | None = None
 
     @property
     def retry_after_header(self) -> str:
@@ -62,39 +65,37 @@ class TokenBucket:
 
 
 class RateLimiter:
-    """Thread-safe buckets keyed by (API key, model); None limits mean unlimited."""
+    """Thread-safe buckets keyed by (API key, model); None limits mean unlimited. `itpm` / `otpm`
+    (input and output tokens per minute, Anthropic's) apply only to calls admitted with `split`:
+    the prompt is charged to input, max_tokens to output."""
 
     def __init__(
-        self, rpm: int | None, tpm: int | None, clock: Callable[[], float] = time.monotonic
+        self, rpm: int | None, tpm: int | None, clock: Callable[[], float] = time.monotonic,
+        *, itpm: int | None = None, otpm: int | None = None,
     ) -> None:
-        self.rpm = rpm
-        self.tpm = tpm
+        self.limits = {"requests": rpm, "tokens": tpm, "input_tokens": itpm, "output_tokens": otpm}
         self.clock = clock
         self._buckets: dict[tuple[str, str, str], TokenBucket] = {}
         self._lock = threading.Lock()
 
-    def admit(self, api_key: str, model: str, tokens: int) -> Admission:
-        if self.rpm is None and self.tpm is None:
+    def admit(self, api_key: str, model: str, tokens: int, *, input_tokens: int | None = None) -> Admission:
+        """`input_tokens` given (an Anthropic call): the split limits apply too."""
+        charges = {"requests": 1, "tokens": tokens}
+        if input_tokens is not None:
+            charges.update(input_tokens=input_tokens, output_tokens=tokens - input_tokens)
+        if all(self.limits[dim] is None for dim in charges):
             return UNLIMITED
         with self._lock:
             now = self.clock()
-            requests = self._bucket(api_key, model, "requests", self.rpm, now)
-            token_bucket = self._bucket(api_key, model, "tokens", self.tpm, now)
-            waits = [
-                bucket.seconds_until(amount)
-                for bucket, amount in ((requests, 1), (token_bucket, tokens))
-                if bucket is not None and bucket.level < amount
-            ]
+            buckets = {dim: self._bucket(api_key, model, dim, self.limits[dim], now) for dim in charges}
+            waits = [bucket.seconds_until(charges[dim]) for dim, bucket in buckets.items()
+                     if bucket is not None and bucket.level < charges[dim]]
             if not waits:
-                for bucket, amount in ((requests, 1), (token_bucket, tokens)):
+                for dim, bucket in buckets.items():
                     if bucket is not None:
-                        bucket.level -= amount
-            return Admission(
-                allowed=not waits,
-                retry_after_s=max(waits, default=0.0),
-                requests=requests.state() if requests else None,
-                tokens=token_bucket.state() if token_bucket else None,
-            )
+                        bucket.level -= charges[dim]
+            states = {dim: bucket.state() if bucket else None for dim, bucket in buckets.items()}
+            return Admission(allowed=not waits, retry_after_s=max(waits, default=0.0), **states)
 
     def _bucket(
         self, api_key: str, model: str, kind: str, per_minute: int | None, now: float

@@ -71,7 +71,7 @@ class Simulator:
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._oracle = Oracle(config.suite)
-        self._limiter = RateLimiter(config.rpm, config.tpm)
+        self._limiter = limiter_for(config)
         self._rng = random.Random(config.seed)
         self._sampler = Sampler()
         self.batches = BatchStore(self)
@@ -82,8 +82,8 @@ class Simulator:
         oracle = Oracle(new.suite) if new.suite != self.config.suite else self._oracle
         with self._lock:
             old, self.config, self._oracle = self.config, new, oracle
-            if (new.rpm, new.tpm) != (old.rpm, old.tpm):
-                self._limiter = RateLimiter(new.rpm, new.tpm)
+            if limits_of(new) != limits_of(old):  # a provider changing its limits mid-run
+                self._limiter = limiter_for(new)
             if new.seed != old.seed:
                 self._rng = random.Random(new.seed)
         return new
@@ -91,7 +91,7 @@ class Simulator:
     def reset(self) -> None:
         """Zero the counters, refill every rate-limit bucket, restart the fault RNG and forget every batch."""
         with self._lock:
-            self._limiter = RateLimiter(self.config.rpm, self.config.tpm)
+            self._limiter = limiter_for(self.config)
             self._rng = random.Random(self.config.seed)
         self._sampler.reset()
         self.stats.reset()
@@ -110,7 +110,8 @@ class Simulator:
         if (refused := refusal(request)) is not None:  # a setting the model does not take
             return error_reply(api, 400, refused[0], request.model, **refused[1])
         max_tokens = request.max_tokens or config.default_max_tokens
-        admission = limiter.admit(api_key(headers), request.model, request.prompt_tokens + max_tokens)
+        admission = limiter.admit(api_key(headers), request.model, request.prompt_tokens + max_tokens,
+                                  input_tokens=request.prompt_tokens if api is Api.ANTHROPIC else None)
         limit_headers = rate_limit_headers(api, admission)
         if not admission.allowed:
             return self._rate_limited(request, admission, limit_headers)
@@ -195,6 +196,14 @@ def draw_latency_s(config: SimulatorConfig, rng: random.Random) -> float:
         return config.latency_ms / 1000
     jitter = rng.uniform(-config.latency_jitter_ms, config.latency_jitter_ms)
     return max(0.0, config.latency_ms + jitter) / 1000
+
+
+def limits_of(config: SimulatorConfig) -> tuple:
+    return config.rpm, config.tpm, config.itpm, config.otpm
+
+
+def limiter_for(config: SimulatorConfig) -> RateLimiter:
+    return RateLimiter(config.rpm, config.tpm, itpm=config.itpm, otpm=config.otpm)
 
 
 def injected_error_reply(request: ChatRequest, status: int, limit_headers: dict[str, str]) -> Reply:

@@ -182,11 +182,22 @@ def request_id_header(api: Api) -> dict[str, str]:
 
 
 def rate_limit_headers(api: Api, admission: Admission) -> dict[str, str]:
-    """The provider's own rate-limit headers for each limited dimension (none when unlimited)."""
+    """The provider's own rate-limit headers for each limited dimension (none when unlimited):
+    OpenAI's x-ratelimit-{limit,remaining,reset}-{requests,tokens}; Anthropic's
+    anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset};
+    Mistral's x-ratelimit-{limit,remaining}-{req,tokens}-minute (it sends no reset)."""
     headers: dict[str, str] = {}
-    for dimension, state in (("requests", admission.requests), ("tokens", admission.tokens)):
+    dimensions = [("requests", admission.requests), ("tokens", admission.tokens)]
+    if api is Api.ANTHROPIC:
+        dimensions += [("input-tokens", admission.input_tokens), ("output-tokens", admission.output_tokens)]
+    for dimension, state in dimensions:
         if state is not None:
             headers.update(_dimension_headers(api, dimension, state))
+    if api is Api.ANTHROPIC and admission.tokens is None and (admission.input_tokens or admission.output_tokens):
+        # its documented `tokens-*`: the most restrictive of the token limits in force
+        tightest = min((s for s in (admission.input_tokens, admission.output_tokens) if s is not None),
+                       key=lambda s: s.remaining)
+        headers.update(_dimension_headers(api, "tokens", tightest))
     return headers
 
 
@@ -198,6 +209,12 @@ def _dimension_headers(api: Api, dimension: str, state: LimitState) -> dict[str,
             f"{prefix}-limit": str(state.limit),
             f"{prefix}-remaining": str(state.remaining),
             f"{prefix}-reset": reset_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        }
+    if api is Api.MISTRAL:
+        name = "req" if dimension == "requests" else dimension
+        return {
+            f"x-ratelimit-limit-{name}-minute": str(state.limit),
+            f"x-ratelimit-remaining-{name}-minute": str(state.remaining),
         }
     return {
         f"x-ratelimit-limit-{dimension}": str(state.limit),

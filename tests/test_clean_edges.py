@@ -135,3 +135,10 @@ def test_a_failing_webhook_is_logged_without_its_url(caplog):
     with caplog.at_level(logging.WARNING, logger="genesis.budget"):
         post_webhook(f"http://127.0.0.1:1/hook?token={SECRET}", event)
     assert "webhook failed" in caplog.text and SECRET not in caplog.text
+
+
+@pytest.mark.sockets
+def test_limits_with_redis_away_is_one_line_without_its_password(cli_env, tmp_path):
+    cli_env(f"sqlite:///{tmp_path / 'fresh.db'}", f"redis://:{SECRET}@127.0.0.1:1/0")
+    line = one_line_error(producer("limits"), 1)
+    assert "Redis is not answering" in line and SECRET not in line

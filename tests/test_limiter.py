@@ -14,6 +14,8 @@ import pytest
 import redis
 
 from shared.config import Settings
+from shared import counters
+from shared.learned_limits import START_RPM
 from shared.limiter import IN_FLIGHT_POLL_S, Permit, RateLimiter
 from tests.support.env import SCRATCH_REDIS_URL as REDIS_URL
 
@@ -247,13 +249,15 @@ def test_model_override_merges_over_provider_limits(make_limiter) -> None:
     assert isinstance(limiter.acquire("mistral", "open-mistral-7b", 1), float)
 
 
-def test_unlimited_costs_no_state(make_limiter, r) -> None:
+def test_no_ceiling_and_nothing_heard_starts_at_start_rpm_and_a_silent_endpoint_is_unlimited(make_limiter, r) -> None:
     limiter = make_limiter({})
-    permit = limiter.acquire("openai", "gpt-4o-mini", 10**9)
-    assert isinstance(permit, Permit) and permit.slot_id is None
-    limiter.release(permit, actual_tokens=5)
-    limiter.observe("openai", "gpt-4o-mini", {"x-ratelimit-remaining-requests": "3"})
-    assert r.dbsize() == 0
+    granted = [limiter.acquire("openai", "gpt-4o-mini", 10**9) for _ in range(START_RPM)]
+    assert all(isinstance(p, Permit) and p.slot_id is None for p in granted)
+    assert isinstance(limiter.acquire("openai", "gpt-4o-mini", 1), float)  # conservative until told
+    limiter.observe("openai", "gpt-4o-mini", {})  # an answer that states no limit: a gateway, a local server
+    assert all(isinstance(limiter.acquire("openai", "gpt-4o-mini", 10**9), Permit) for _ in range(500))
+    assert limiter.learned("openai", "gpt-4o-mini").silent
+    assert all(r.pttl(key) > 0 for key in r.keys("genesis:rl:*"))  # nothing kept forever
 
 
 def test_bucket_keys_expire_once_they_no_longer_matter(make_limiter, r) -> None:
@@ -261,7 +265,130 @@ def test_bucket_keys_expire_once_they_no_longer_matter(make_limiter, r) -> None:
     permit = limiter.acquire("openai", "gpt-4o-mini", 1)
     assert isinstance(permit, Permit)
     ttls = [r.pttl(key) for key in r.keys("*")]
-    assert len(ttls) == 2 and all(0 < ttl <= 100_000 for ttl in ttls)
+    assert len(ttls) == 3 and all(0 < ttl <= 180_000 for ttl in ttls)  # state, slots, calls per minute
+
+
+def _admits_at_once(limiter: RateLimiter, provider: str, model: str, limit: int) -> bool:
+    """The bucket admits `limit` calls right now, one after another, and no more than what it
+    refilled meanwhile at that limit's pace (one more per 60/limit s, plus one of slack)."""
+    started = time.monotonic()
+    for n in range(limit * 2 + 10):
+        if not isinstance(limiter.acquire(provider, model, 1), Permit):
+            refilled = limit / 60 * (time.monotonic() - started)
+            return limit <= n <= limit + refilled + 1
+    return False
+
+
+# Each provider's headers as its documentation shows them (OpenAI: platform.openai.com/docs/guides/
+# rate-limits; Anthropic: docs.anthropic.com/en/api/rate-limits; Mistral: what api.mistral.ai sends).
+OPENAI_HEADERS = {"x-ratelimit-limit-requests": "120", "x-ratelimit-limit-tokens": "150000",
+                  "x-ratelimit-remaining-requests": "120", "x-ratelimit-remaining-tokens": "150000",
+                  "x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "6m0s"}
+MISTRAL_HEADERS = {"x-ratelimit-limit-req-minute": "120", "x-ratelimit-remaining-req-minute": "120",
+                   "x-ratelimit-limit-tokens-minute": "500000", "x-ratelimit-remaining-tokens-minute": "500000",
+                   "x-ratelimit-limit-tokens-month": "4000000", "x-ratelimit-remaining-tokens-month": "3950246",
+                   "x-ratelimit-tokens-query-cost": "52"}
+
+
+def anthropic_headers(rpm: int = 120) -> dict[str, str]:
+    reset = (datetime.now(timezone.utc) + timedelta(seconds=1)).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return {"anthropic-ratelimit-requests-limit": str(rpm), "anthropic-ratelimit-requests-remaining": str(rpm),
+            "anthropic-ratelimit-requests-reset": reset,
+            "anthropic-ratelimit-input-tokens-limit": "40000", "anthropic-ratelimit-input-tokens-remaining": "40000",
+            "anthropic-ratelimit-input-tokens-reset": reset,
+            "anthropic-ratelimit-output-tokens-limit": "8000", "anthropic-ratelimit-output-tokens-remaining": "8000",
+            "anthropic-ratelimit-output-tokens-reset": reset}
+
+
+@pytest.mark.parametrize(("provider", "headers", "rpm_source", "tpm", "tpm_source"), [
+    ("openai", OPENAI_HEADERS, "x-ratelimit-limit-requests", 150000, "x-ratelimit-limit-tokens"),
+    ("mistral", MISTRAL_HEADERS, "x-ratelimit-limit-req-minute", 500000, "x-ratelimit-limit-tokens-minute"),
+    ("anthropic", None, "anthropic-ratelimit-requests-limit", 8000,
+     "anthropic-ratelimit-input-tokens-limit+anthropic-ratelimit-output-tokens-limit"),
+])
+def test_each_providers_headers_set_the_bucket_for_every_limiter(make_limiter, provider, headers, rpm_source,
+                                                                 tpm, tpm_source) -> None:
+    """One answer, observed by one worker's limiter, paces another worker's (two instances)."""
+    seen_by, other = make_limiter({}), make_limiter({})
+    seen_by.observe(provider, "m", headers or anthropic_headers())
+    learned = other.learned(provider, "m")
+    assert (learned.rpm, learned.rpm_source, learned.tpm, learned.tpm_source) == (120, rpm_source, tpm, tpm_source)
+    assert _admits_at_once(other, provider, "m", 120)  # not START_RPM: the provider's own limit
+
+
+def test_a_stated_limit_moves_the_bucket_up_and_down(make_limiter) -> None:
+    limiter = make_limiter({})
+    limiter.observe("openai", "up", {"x-ratelimit-limit-requests": "600"})
+    assert _admits_at_once(limiter, "openai", "up", 600)
+    limiter.observe("openai", "down", {"x-ratelimit-limit-requests": "600"})
+    limiter.observe("openai", "down", {"x-ratelimit-limit-requests": "30"})  # the provider lowered it
+    assert _admits_at_once(limiter, "openai", "down", 30)
+    wait = limiter.acquire("openai", "down", 1)
+    assert isinstance(wait, float) and 1.9 < wait <= 2.0  # one call per 2 s, the new limit's pace
+
+
+def test_a_new_limit_keeps_the_calls_already_made(make_limiter) -> None:
+    """START_RPM calls made, then the first answer says 60: 10 more at once (what the provider
+    has left), not a fresh burst of 60 nor a wait for a bucket drawn at the old pace."""
+    limiter = make_limiter({})
+    assert all(isinstance(limiter.acquire("openai", "m", 1), Permit) for _ in range(START_RPM))
+    limiter.observe("openai", "m", {"x-ratelimit-limit-requests": "60"})
+    assert _admits_at_once(limiter, "openai", "m", 60 - START_RPM)
+
+
+def test_a_lowered_limit_leaves_the_bucket_at_most_empty(make_limiter) -> None:
+    """60 calls at 60 rpm, then the provider says 15: the next call waits one interval of the
+    new limit (4 s), not four minutes of the old calls repaid at the new pace."""
+    limiter = make_limiter({})
+    limiter.observe("openai", "m", {"x-ratelimit-limit-requests": "60"})
+    assert all(isinstance(limiter.acquire("openai", "m", 1), Permit) for _ in range(60))
+    limiter.observe("openai", "m", {"x-ratelimit-limit-requests": "15"})
+    wait = limiter.acquire("openai", "m", 1)
+    assert isinstance(wait, float) and 3.0 < wait <= 4.0
+
+
+def test_a_configured_limit_is_a_ceiling_the_stated_one_never_passes(make_limiter) -> None:
+    limiter = make_limiter({"openai": {"rpm": 60}})
+    limiter.observe("openai", "m", {"x-ratelimit-limit-requests": "600"})
+    assert limiter.learned("openai", "m").rpm == 600  # learned, shown
+    assert _admits_at_once(limiter, "openai", "m", 60)  # but the ceiling holds
+    limiter.observe("openai", "low", {"x-ratelimit-limit-requests": "20"})
+    assert _admits_at_once(limiter, "openai", "low", 20)  # below the ceiling: the provider's
+
+
+@pytest.mark.parametrize("headers", [
+    {"x-ratelimit-limit-requests": "0"},
+    {"x-ratelimit-limit-requests": "lots"},
+    {"x-ratelimit-limit-requests": "nan"},
+    {"x-ratelimit-limit-requests": "-5"},
+    {"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "9000"},
+    {"x-ratelimit-limit-requests": "600", "x-ratelimit-reset-requests": "87600h"},  # ten years away
+    {"anthropic-ratelimit-requests-limit": "600", "anthropic-ratelimit-requests-reset": "2020-01-01T00:00:00Z"},
+    {"x-ratelimit-limit-req-minute": "0", "x-ratelimit-remaining-req-minute": "0"},  # Mistral, no allowance
+])
+def test_bogus_headers_are_counted_never_trusted(make_limiter, r, headers) -> None:
+    limiter = make_limiter({})
+    limiter.observe("openai", "m", headers)
+    learned = limiter.learned("openai", "m")
+    assert learned.rpm is None and not learned.silent
+    assert _admits_at_once(limiter, "openai", "m", START_RPM)  # nothing learned, nothing blocked
+    bogus = {tuple(labels): n for event, labels, n in counters.read(r) if event == "bogus_limit_header"}
+    assert sum(bogus.values()) >= 1 and all(provider == "openai" and header in headers
+                                            for provider, header in bogus)
+
+
+def test_without_headers_a_refusal_halves_the_rate_and_successes_add_back(make_limiter) -> None:
+    limiter = make_limiter({"openai": {"rpm": 1000}})  # a ceiling above what the gateway takes
+    limiter.observe("openai", "gw", {})
+    assert all(isinstance(limiter.acquire("openai", "gw", 1), Permit) for _ in range(400))
+    limiter.block("openai", "gw", 0.0, {"retry-after": "1"})  # a 429 stating no limit
+    learned = limiter.learned("openai", "gw")
+    assert learned.silent and learned.rpm is None and 190 <= learned.aimd_rpm <= 200  # half of the last minute's
+    for _ in range(5):
+        limiter.observe("openai", "gw", {})
+    assert limiter.learned("openai", "gw").aimd_rpm == learned.aimd_rpm + 5
+    limiter.observe("openai", "gw", {"x-ratelimit-limit-requests": "300"})  # it speaks after all
+    assert (limiter.learned("openai", "gw").rpm, limiter.learned("openai", "gw").aimd_rpm) == (300, None)
 
 
 def _benchmark(seconds: float = 3.0) -> None:

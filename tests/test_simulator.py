@@ -337,6 +337,46 @@ def test_token_bucket_refills_at_limit_per_minute() -> None:
     assert limiter.admit("other-key", "m", 10).allowed
 
 
+@pytest.mark.parametrize(("api", "expected"), [
+    ("openai", {"requests": (60, "x-ratelimit-limit-requests"), "tokens": (5000, "x-ratelimit-limit-tokens")}),
+    ("mistral", {"requests": (60, "x-ratelimit-limit-req-minute"), "tokens": (5000, "x-ratelimit-limit-tokens-minute")}),
+    ("anthropic", {"requests": (60, "anthropic-ratelimit-requests-limit"),
+                   "tokens": (5000, "anthropic-ratelimit-tokens-limit"),
+                   "input-tokens": (4000, "anthropic-ratelimit-input-tokens-limit"),
+                   "output-tokens": (800, "anthropic-ratelimit-output-tokens-limit")}),
+])
+def test_each_api_states_its_limits_in_its_own_headers_which_the_workers_read(api, expected) -> None:
+    from shared.retry import read_quotas
+    from simulator.wire import Api, rate_limit_headers
+
+    limiter = RateLimiter(rpm=60, tpm=5000, itpm=4000, otpm=800)
+    admission = limiter.admit("k", "m", 300, input_tokens=100 if api == "anthropic" else None)
+    reading = read_quotas(rate_limit_headers(Api(api), admission))
+    assert reading.bogus == ()
+    assert {dim: (q.limit, q.source) for dim, q in reading.quotas.items()} == expected
+    if api == "anthropic":  # the prompt counted as input, max_tokens as output, each in its own bucket
+        assert (reading.quotas["input-tokens"].remaining, reading.quotas["output-tokens"].remaining) == (3900, 600)
+
+
+def test_anthropic_output_tokens_limit_refuses_on_its_own() -> None:
+    limiter = RateLimiter(rpm=None, tpm=None, itpm=None, otpm=500, clock=lambda: 0.0)
+    assert limiter.admit("k", "m", 100, input_tokens=100).allowed  # no output asked: within any otpm
+    assert limiter.admit("k", "m", 500, input_tokens=100).allowed  # 400 of 500 output
+    refused = limiter.admit("k", "m", 300, input_tokens=100)  # 200 more: only 100 left
+    assert not refused.allowed and refused.output_tokens.remaining == 100
+    assert limiter.admit("k", "m", 10**6).allowed  # an OpenAI-format call: no split limits
+
+
+def test_limits_changed_mid_run_start_fresh_buckets_at_the_new_limit() -> None:
+    from simulator.server import Simulator
+
+    sim = Simulator(SimulatorConfig(rpm=100, suite=None))
+    sim.update(rpm=10)
+    limiter = sim._limiter
+    assert [limiter.admit("k", "m", 1).allowed for _ in range(11)] == [True] * 10 + [False]
+    assert limiter.admit("k", "m", 1).requests.limit == 10
+
+
 # --- faults --------------------------------------------------------------------------------
 
 

@@ -53,7 +53,7 @@ from shared.limiter import Permit, RateLimiter
 from shared.providers import ChatResponse, ProviderError
 from shared.providers.deadline import helper_threads
 from shared.providers.errors import refused_setting_line
-from shared.retry import backoff_delay, retry_after_from_headers
+from shared.retry import BackPressureClock, backoff_delay, is_back_pressure, retry_after_from_headers
 from worker.halt import halt_on_refusal
 from worker.paid_holds import (  # noqa: F401 - DATABASE_AWAY, Services: the public names callers import from here
     DATABASE_AWAY,
@@ -104,7 +104,8 @@ def _services(pid: int) -> Services:  # keyed by pid: a forked child builds its 
     settings = get_settings()
     client = redis.Redis.from_url(settings.redis_url)
     jobs.use_clock(lambda: fleet.redis_now(client))  # finished_at on the clock started_at and leases use
-    return Services(redis=client, limiter=RateLimiter(client, settings), budget=BudgetGuard(client, settings))
+    return Services(redis=client, limiter=RateLimiter(client, settings), budget=BudgetGuard(client, settings),
+                    back_pressure=BackPressureClock(client, settings.retry.rate_limited_max_s))
 
 
 def services() -> Services:
@@ -209,15 +210,24 @@ def _record(spec: PaidCall, held: _Holds, payment: Payment, recording: Recording
 def _failed(task: Any, spec: PaidCall, err: ProviderError) -> str:
     svc, settings, job = services(), get_settings(), spec.job
     retry_after = retry_after_from_headers(err.headers) if err.headers else None
-    if err.kind == "rate_limit":
-        svc.limiter.block(spec.limit_scope, spec.model, retry_after or settings.retry.backoff_base_s)
+    slow_down = is_back_pressure(err.status)
+    if err.kind == "rate_limit" or slow_down:
+        svc.limiter.block(spec.limit_scope, spec.model, retry_after or settings.retry.backoff_base_s, err.headers)
     counters.count_failure(svc.redis, spec.provider, err.kind, err.status)
     detail = f"{err.kind}{f' {err.status}' if err.status else ''}: {err}"
     if err.kind == "refused_setting":  # the backend's configuration, not the call, is at fault
         detail = refused_setting_line(job.backend, spec.model, err)
     if spec.what != "call":
         detail = f"{spec.what} failed ({detail.replace(': ', '): ', 1)}"
-    return _retry_or_fail(task, job, err.error_type, detail, retryable=err.retryable, retry_after=retry_after)
+    if slow_down:  # back-pressure (shared.retry): no attempt spent, bounded by time instead
+        refusals = svc.back_pressure.note(job.id)
+        if not refusals.exhausted(settings.retry.rate_limited_max_s):
+            raise task.hand_back(job, refusals.next_delay(retry_after, settings.retry), uncount=True,
+                                 error_type=err.error_type, error_message=detail)
+        _best_effort(svc.back_pressure.forget, job.id)
+        detail = f"{refusals.describe()}, past [retry] rate_limited_max_s: {detail}"
+    return _retry_or_fail(task, job, err.error_type, detail, retryable=err.retryable and not slow_down,
+                          retry_after=retry_after)
 
 
 def _retry_or_fail(task: Any, job: jobs.ClaimedJob, error_type: str, detail: str, *, retryable: bool,

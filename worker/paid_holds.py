@@ -32,6 +32,7 @@ from shared import lifecycle as jobs
 from shared.budget import BudgetGuard, billed_usage, call_cost
 from shared.config import get_settings
 from shared.limiter import Permit, RateLimiter
+from shared.retry import BackPressureClock
 from shared.payments import OUTCOME_UNKNOWN, Payment
 from shared.providers import ChatRequest, ChatResponse, ProviderError, complete
 from worker import unreleased
@@ -81,6 +82,7 @@ class Services:
     redis: redis.Redis
     limiter: RateLimiter
     budget: BudgetGuard
+    back_pressure: BackPressureClock  # how long each job has met 429s (shared.retry)
 
 
 def _ledger_unattached(spec: PaidCall, held: "_Holds", payment: Payment, why: str) -> None:

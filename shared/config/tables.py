@@ -247,6 +247,8 @@ class RetryConfig(Strict):
     backoff_base_s: float = Field(default=1.0, ge=0, le=MAX_SECONDS)
     backoff_max_s: float = Field(default=60.0, ge=0, le=MAX_SECONDS)
     call_timeout_s: float = Field(default=60.0, **SECONDS)
+    # A 429/529 spends no attempt; a job refused for this long since its first refusal ends `error`.
+    rate_limited_max_s: float = Field(default=1800.0, **SECONDS)
 
 
 class WorkerConfig(Strict):

@@ -1,0 +1,86 @@
+"""`producer limits`: what the fleet's rate limiter knows, per provider (or endpoint) and model:
+the limits the provider stated (which header, when), the configured ceiling, the rate in force,
+calls and 429s of the last minute; and a note wherever a ceiling holds the fleet below what the
+provider allows. Read from Redis, so it covers every worker on every host."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import redis
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from producer.output import JsonOpt, console, emit_json
+from shared.config import get_settings
+
+
+def register(app: typer.Typer) -> None:
+    app.command("limits")(limits)
+
+
+def limits(as_json: JsonOpt = False) -> None:
+    """Learned rate limits, ceilings, current rates and 429s per provider and model."""
+    from shared.limiter import RateLimiter
+
+    settings = get_settings()
+    views = RateLimiter(redis.Redis.from_url(settings.redis_url), settings).buckets()
+    rows = [_row(view) for view in views]
+    if as_json:
+        emit_json({"buckets": rows})
+        return
+    if not rows:
+        console.print("No limits learned yet: no call has been made since Redis started.")
+        return
+    table = Table("provider", "model", "stated rpm/tpm", "ceiling rpm/tpm", "in force rpm/tpm", "calls/min",
+                  "429s/min")
+    for row in rows:
+        stated, ceiling, in_force = row["stated"], row["ceiling"], row["in_force"]
+        table.add_row(escape(row["scope"]), escape(row["model"]), f"{stated['rpm'] or '-'}/{stated['tpm'] or '-'}",
+                      f"{ceiling['rpm'] or '-'}/{ceiling['tpm'] or '-'}",
+                      f"{in_force['rpm'] or 'unlimited'}/{in_force['tpm'] or 'unlimited'}",
+                      f"{row['calls_last_minute']:.0f}", f"{row['rate_limited_last_minute']:.0f}")
+    console.print(table)
+    for row in rows:
+        said = [_stated(row, unit) for unit in ("rpm", "tpm") if row["stated"][unit]]
+        for line in ([f"stated {'; '.join(said)}"] if said else []) + row["notes"]:
+            console.print(escape(f"{row['scope']} {row['model']}: {line}"), highlight=False, soft_wrap=True)
+
+
+def _row(view) -> dict:
+    learned, ceiling = view.learned, view.ceiling
+    notes = []
+    for unit, stated, capped in (("rpm", learned.rpm, ceiling.rpm), ("tpm", learned.tpm, ceiling.tpm)):
+        if stated and capped and capped < stated:
+            notes.append(f"the ceiling {unit} = {capped} is below the {stated} the provider allows "
+                         f"(raise or remove [limits.\"{view.scope}\"] {unit})")
+    if learned.silent:
+        notes.append("the endpoint states no limits: paced by its 429s (AIMD)"
+                     + (f", now {learned.aimd_rpm} rpm" if learned.aimd_rpm else ""))
+    return {
+        "scope": view.scope,
+        "model": view.model,
+        "pool": None,
+        "stated": {
+            "rpm": learned.rpm, "rpm_header": learned.rpm_source or None, "rpm_at": _at(learned.rpm_at_ms),
+            "tpm": learned.tpm, "tpm_header": learned.tpm_source or None, "tpm_at": _at(learned.tpm_at_ms),
+            "input_tpm": learned.input_tpm, "output_tpm": learned.output_tpm,
+        },
+        "silent": learned.silent,
+        "aimd_rpm": learned.aimd_rpm,
+        "ceiling": {"rpm": ceiling.rpm, "tpm": ceiling.tpm, "max_in_flight": ceiling.max_in_flight},
+        "in_force": {"rpm": view.in_force[0] or None, "tpm": view.in_force[1] or None},
+        "calls_last_minute": round(view.calls_last_minute, 1),
+        "rate_limited_last_minute": round(view.refusals_last_minute, 1),
+        "notes": notes,
+    }
+
+
+def _stated(row: dict, unit: str) -> str:
+    stated = row["stated"]
+    return f"{unit} {stated[unit]} by {stated[unit + '_header']} at {stated[unit + '_at'][11:19]} UTC"
+
+
+def _at(ms: int | None) -> str | None:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds") if ms else None
