@@ -180,7 +180,8 @@ def main() -> None:
                                   tmp=tmp / f"seed{seed}"))
             print(f"{HEADER}\n{row_line(rows[-1])}", flush=True)  # kept should a later seed fail
             if rows[-1]["workers_died"]:
-                print(f"  seed {seed}: {rows[-1]['workers_died']} worker(s) exited by themselves (logs in {tmp})")
+                print(f"  seed {seed}: {rows[-1]['workers_died']} worker(s) exited by themselves and were started "
+                      f"again by the bench's supervisor, as compose or systemd would (logs in {tmp})")
     finally:
         simulator.stop()
         print(f"  (worker logs in {tmp})")

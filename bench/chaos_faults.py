@@ -97,6 +97,11 @@ class Chaos:
         self.workers: list[WorkerProcess] = []
         self.generations = [0] * len(SLOTS)
         self.outages: list[threading.Thread] = []
+        # A worker that exits by itself is started again under its name, as its supervisor would
+        # (compose's `restart: unless-stopped`, systemd's Restart=); counted, never hidden.
+        self.restarted_by_supervisor = 0
+        self.lock = threading.Lock()  # a kill's own restart and the supervisor's never race
+        self.stopping = threading.Event()
 
     def __enter__(self) -> "Chaos":
         self.saved_environ = dict(os.environ)
@@ -118,10 +123,19 @@ class Chaos:
             self.workers = [self._start(slot) for slot in range(len(SLOTS))]
             for worker in self.workers:
                 self._wait_ready(worker)
+            threading.Thread(target=self._supervise, name="chaos-supervisor", daemon=True).start()
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
+
+    def _supervise(self) -> None:
+        while not self.stopping.wait(1.0):
+            with self.lock:
+                for slot, worker in enumerate(self.workers):
+                    if worker.proc.poll() is not None:
+                        self.restarted_by_supervisor += 1
+                        self.workers[slot] = self._start(slot)
 
     def _wait_ready(self, worker: WorkerProcess, attempts: int = 3) -> None:
         """Ping until it answers; a connection this process held across a Redis restart fails
@@ -177,6 +191,10 @@ class Chaos:
     # --- the faults --------------------------------------------------------------------
 
     def inject(self, fault: Fault) -> None:
+        with self.lock:
+            self._inject(fault)
+
+    def _inject(self, fault: Fault) -> None:
         kind = fault.kind
         if kind in ("worker SIGKILL", "SIGKILL same name"):
             slot = self.rng.randrange(len(SLOTS))
@@ -269,9 +287,12 @@ class Chaos:
                 "paid_twice": len(paid_twice), "paid_twice_beyond": len(paid_twice - self.in_flight),
                 "in_flight": len(self.in_flight), "reservations": reservations(),
                 "not_completed": sum(1 for _, status, _ in runs if not status.endswith("completed")),
-                "runs": len(runs), "workers_died": sum(1 for w in self.workers if w.proc.poll() is not None)}
+                "runs": len(runs), "workers_died": self.restarted_by_supervisor}
 
     def __exit__(self, *_exc) -> None:
+        self.stopping.set()
+        with self.lock:  # the supervisor starts nothing more
+            pass
         for worker in self.workers:
             worker.stop(timeout=30)
         for outage in self.outages:

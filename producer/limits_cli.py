@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-import redis
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -22,6 +21,8 @@ def register(app: typer.Typer) -> None:
 
 def limits(as_json: JsonOpt = False) -> None:
     """Learned rate limits, ceilings, current rates and 429s per provider and model."""
+    import redis  # here, not at import: `producer runs` and `status` load no Redis client
+
     from shared.limiter import RateLimiter
 
     settings = get_settings()

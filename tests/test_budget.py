@@ -460,7 +460,7 @@ def test_a_rebuild_restores_each_running_jobs_paid_call_under_its_holder_and_id(
             session.get(Job, job_id).holder = holder
         job = lifecycle.ClaimedJob(job_id, "run1", "qa", f"qa-{job_id:03d}", "cheap", "mistral", "cheap-model", 0,
                                    "genesis-custom", holder)
-        assert lifecycle.renew_lease(job, holder, datetime.now(timezone.utc), f"{job_id}#call{job_id}", 0.05)
+        assert lifecycle.renew_lease(job, datetime.now(timezone.utc), f"{job_id}#call{job_id}", 0.05)
         guard.reserve(job_id, 0.05, call_id=f"call{job_id}", holder=f"{holder}|cheap-model")
     ledger(settings, 3, 0.01, operation="inference", call_id="call3")  # job 3's answer is in, its settle was not
     redis_client.flushdb()

@@ -24,7 +24,7 @@ def test_limits_shows_the_stated_limit_its_header_the_ceiling_below_it_and_the_4
     result = producer("limits", "--json")
     assert result.exit_code == 0, result.output
     (row,) = [b for b in json.loads(result.stdout)["buckets"] if b["scope"] == "openai"]
-    assert row["model"] == "gpt-4o-mini"
+    assert row["model"] == "gpt-5-mini"  # the shipped openai backend's model
     assert (row["stated"]["rpm"], row["stated"]["rpm_header"]) == (600, "x-ratelimit-limit-requests")
     assert row["stated"]["rpm_at"].endswith("+00:00")
     assert row["ceiling"]["rpm"] == 300 and row["in_force"]["rpm"] == 300

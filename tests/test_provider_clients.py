@@ -53,6 +53,7 @@ def test_mistral_wrapper_classes_are_built_once_per_type_and_still_validate() ->
 def test_mistral_calls_answer_alike_before_and_after_their_wrappers_are_cached(simulator, monkeypatch) -> None:
     monkeypatch.setenv("MISTRAL_API_KEY", "sim-key")
     monkeypatch.setenv("MISTRAL_BASE_URL", simulator.url)
+    simulator.update(sampling="never")  # no temperature sent is Mistral's default (0.7): alike only unsampled
     request = ChatRequest(model="mistral-small-latest", prompt="What is the capital of France?",
                           system="Answer briefly.", max_tokens=40, timeout_s=10)
     answers = [complete("mistral", request) for _ in range(3)]

@@ -100,7 +100,7 @@ def test_two_workers_pace_by_the_limit_the_provider_states_not_the_configured_ce
     calls = arrivals.times()
     assert max_excess(calls, burst=rpm, per_s=rpm / 60) <= 2.0  # the first answer's headers set the pace
     assert len(arrivals.times(429)) <= 2
-    learned = redis.Redis.from_url(redis_url).hgetall("genesis:rl:{openai:gpt-4o-mini}:learned")
+    learned = redis.Redis.from_url(redis_url).hgetall("genesis:rl:{openai:gpt-5-mini}:learned")
     assert (learned[b"rpm"], learned[b"rpm_src"]) == (b"60", b"x-ratelimit-limit-requests")
     assert {j.worker.split("@")[0] for j in run_jobs(run_id)} == {"w1", "w2"}
 

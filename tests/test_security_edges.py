@@ -229,7 +229,7 @@ def test_a_base_url_reaches_sql_without_its_credentials(monkeypatch, tmp_path, r
     use_config(monkeypatch, tmp_path, (ROOT / "config" / "genesis.toml").read_text() + """
 [backends.gateway]
 provider = "openai"
-model = "gpt-4o-mini"
+model = "gpt-5-mini"
 base_url = "https://gw-user:gw-s3cret@gateway.example/v1?api_key=q-s3cret"
 api_key_env = "GATEWAY_KEY"
 """, SCRATCH_REDIS_URL)
