@@ -22,7 +22,6 @@ covers the true difference at every look at once with at least 1 - 2 alpha.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import lru_cache
 from statistics import NormalDist
 from typing import Sequence
@@ -131,30 +130,6 @@ def look_alpha(fractions: Sequence[float], alpha: float) -> float:
     this level."""
     b = boundaries(fractions, alpha)[-1]
     return 0.0 if math.isinf(b) else float(_upper_tail(np.array([b]))[0])
-
-
-def information_fraction(paired: int, planned: int, *, last: bool) -> float:
-    """The look's information fraction: pairs observed over pairs planned (errors and missing
-    answers make it unplanned), 1 at the last look (it spends what is left)."""
-    if last or planned <= 0:
-        return 1.0
-    return min(max(paired / planned, 1e-6), 1.0)
-
-
-@dataclass(frozen=True)
-class Look:
-    """One look of a comparison: its fraction, boundary and the level its interval holds at."""
-
-    fraction: float
-    boundary: float
-    alpha_at_look: float
-
-
-def looks_for(fractions: Sequence[float], alpha: float) -> list[Look]:
-    """Each look's boundary and nominal level, for reports and the bench."""
-    bounds = boundaries(fractions, alpha)
-    return [Look(t, b, 0.0 if math.isinf(b) else float(_upper_tail(np.array([b]))[0]))
-            for t, b in zip(fractions, bounds)]
 
 
 def repeated_interval(candidate: Sequence[float], baseline: Sequence[float], fractions: Sequence[float],

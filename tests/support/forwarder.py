@@ -34,10 +34,6 @@ class TcpForwarder:
         with self._lock:
             self._armed += [marker] * count
 
-    def pending_drops(self) -> int:
-        with self._lock:
-            return len(self._armed)
-
     def _claim_drop(self, request: bytes) -> str | None:
         """The request line of `request` when an armed drop matches it (and is used up)."""
         with self._lock:
