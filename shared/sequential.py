@@ -137,3 +137,10 @@ def repeated_interval(candidate: Sequence[float], baseline: Sequence[float], fra
     """The comparison at the latest of these looks: the score test and its repeated confidence
     interval, each end holding at 1 - alpha at every look at once (Jennison & Turnbull ch. 9)."""
     return paired_score_test(candidate, baseline, alpha_each=look_alpha(fractions, alpha))
+
+
+def look_alpha_each(fractions: Sequence[float], alpha: float):
+    """What shared.report.decision.compare takes as `alpha_each` for a verdict at the latest of
+    these looks (a verdict's share `alpha` of the run's error, spent by the design): the one
+    seam between the design's boundaries and the decision's rule."""
+    return look_alpha(fractions, alpha)

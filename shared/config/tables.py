@@ -173,6 +173,14 @@ class DecisionConfig(Strict):
     # the bar (the candidate is better; the bar is met on the estimate only); "bar" = the
     # interval's lower end clears the bar (the bar is met with the run's confidence).
     go: Literal["better", "bar"] = "better"
+    # When to judge (issue #28): "fixed" judges once, when every task has run; "sequential" (or
+    # `submit --sequential`) releases each agent's tasks in `looks` slices, judges at every look
+    # with error-spending boundaries (shared.sequential) and stops paying for an agent once its
+    # verdict is settled. `references`: "follow" = reference backends run with their agent's
+    # looks; "full" = they run every task to the end (their full accuracy, at full price).
+    design: Literal["fixed", "sequential"] = "fixed"
+    looks: int = Field(default=5, ge=1, le=20)
+    references: Literal["follow", "full"] = "follow"
     # Power before paying (submit --dry-run, the report): the baseline accuracy assumed when no
     # earlier run of that baseline model is in SQL, and the share of the baseline's right answers
     # a candidate is assumed to get wrong (a fine-tune mostly agrees with its base).
