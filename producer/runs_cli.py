@@ -16,7 +16,7 @@ from shared.config import ConfigError, get_settings
 from shared.db import migrate, read_migrating, session_scope
 from shared.models import JobStatus, Run
 from shared.numbers import PORT, number
-from shared.progress import run_snapshot
+from shared.progress import looks_line, run_snapshot
 
 
 def status(
@@ -50,6 +50,8 @@ def status(
         table.add_row(name, *(str(row.get(s, 0)) for s in statuses))
     table.add_row("[bold]total[/bold]", *(str(snapshot["by_status"].get(s, 0)) for s in statuses))
     console.print(table)
+    if line := looks_line(snapshot.get("looks")):
+        console.print(line, highlight=False, soft_wrap=True)
     for batch in snapshot["batches"]:
         jobs = ", ".join(f"{n} {status}" for status, n in sorted(batch["jobs"].items()))
         provider_id = shown(batch["provider_batch_id"] or "not sent yet")  # the provider's text
@@ -107,6 +109,11 @@ def resume(run_id: str, as_json: JsonOpt = False) -> None:
         raise bad_input(f"unknown run {run_id!r}") from None
     if pending:
         submitting.enqueue(run_id, pending)
+    elif lifecycle.has_waiting(run_id):  # between two looks: the look step releases the next one
+        from shared.messaging import request_look
+
+        request_look(run_id)
+        console.print(f"run {run_id}: look step requested (later looks wait)")
     if as_json:
         emit_json({"run_id": run_id, "jobs": len(pending)})
     else:

@@ -98,10 +98,13 @@ def record_run(settings: Settings, selection: Selection) -> tuple[str, list[tupl
         for task in selection.suite.tasks_for(agent, selection.limit)
         for backend in selection.backends
     ]
+    sequential = settings.decision.design == "sequential"
+    if sequential:
+        in_looks(settings, selection, jobs)
     with session_scope() as session:
         session.add(Run(
             id=run_id, suite=suite_reference(selection.suite), agents=selection.agents, backends=selection.backends,
-            status=RunStatus.queued, config=config, total_jobs=len(jobs),
+            status=RunStatus.queued, config=config, total_jobs=len(jobs), look=1 if sequential else None,
         ))
         session.flush()
         # One multi-row INSERT ... RETURNING per batch (Core, no ORM objects): 10,000 jobs in
@@ -111,7 +114,25 @@ def record_run(settings: Settings, selection: Selection) -> tuple[str, list[tupl
             insert(table).returning(table.c.id, table.c.provider, table.c.backend, sort_by_parameter_order=True),
             jobs,
         ).all()
-        return run_id, [tuple(row) for row in rows]
+        # Only the queued ones are sent (a sequential run's later looks wait in SQL).
+        return run_id, [tuple(row) for row, job in zip(rows, jobs) if job["status"] == JobStatus.queued]
+
+
+def in_looks(settings: Settings, selection: Selection, jobs: list[dict]) -> None:
+    """A sequential run (design §13): each job gets its task's look (shared.looks.task_looks:
+    the agent's tasks in the run's seeded order, cut into `looks` slices); look 1 is queued, the
+    others wait. Reference backends follow their agent's looks unless [decision] references =
+    "full" (then all their jobs are queued at once)."""
+    from shared.looks import task_looks
+
+    rule = settings.decision
+    looks = {agent: task_looks([t.id for t in selection.suite.tasks_for(agent, selection.limit)], rule.looks,
+                               rule.seed, agent) for agent in selection.agents}
+    full = {b for b in selection.backends if rule.references == "full" and settings.backends[b].role == "reference"}
+    for job in jobs:
+        job["look"] = looks[job["agent"]][job["task_id"]]
+        if job["look"] > 1 and job["backend"] not in full:
+            job["status"] = JobStatus.waiting
 
 
 def new_job(settings: Settings, run_id: str, agent: str, task, backend: str, model: str, epoch: int = 1) -> dict:
@@ -121,6 +142,19 @@ def new_job(settings: Settings, run_id: str, agent: str, task, backend: str, mod
             "cluster": task.cluster, "backend": backend, "epoch": epoch, "provider": provider, "model": model,
             "status": JobStatus.queued, "attempts": 0,
             "request_key": request_key(provider, job_request(settings, backend, model, task), epoch)}
+
+
+def with_design(settings: Settings, sequential: bool, looks: int | None) -> Settings:
+    """`submit --sequential [--looks K]`: the run's config snapshot says so (its look step and
+    report read the design from there). `--looks` alone is refused unless the config's design
+    is already sequential."""
+    decision = settings.decision
+    if looks is not None and not sequential and decision.design != "sequential":
+        raise ConfigError('--looks needs --sequential (or [decision] design = "sequential")')
+    update: dict = {"design": "sequential"} if sequential else {}
+    if looks is not None:
+        update["looks"] = looks
+    return settings.model_copy(update={"decision": decision.model_copy(update=update)}) if update else settings
 
 
 def with_reuse(settings: Settings) -> Settings:
@@ -146,3 +180,10 @@ def enqueue(run_id: str, jobs: list[tuple[int, str, str | None]]) -> None:
     from shared.messaging import publish_jobs
 
     publish_jobs(run_id, jobs)
+
+
+def recorded_jobs(run_id: str) -> int:
+    """The run's recorded jobs (a sequential run sends only its first look's at submit)."""
+    with session_scope() as session:
+        run = session.get(Run, run_id)
+        return run.total_jobs if run is not None else 0

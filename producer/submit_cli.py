@@ -32,6 +32,12 @@ def submit(
         help="Run each job K times, each its own paid call; a task scores its epochs' mean "
              "(default: [decision] epochs).",
     )] = None,
+    sequential: Annotated[bool, typer.Option(
+        "--sequential", help="Release each agent's tasks in looks and stop paying once its verdict is settled "
+                             "(default: [decision] design).")] = False,
+    looks: Annotated[Optional[int], typer.Option(
+        parser=number(int, ge=1, le=20), help="The largest number of looks of a sequential run (default: [decision] looks).",
+    )] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Enqueue one job per (agent, task, backend, epoch) and print the run id."""
@@ -43,6 +49,7 @@ def submit(
             settings = submitting.with_reuse(settings)
         if epochs is not None:
             settings = submitting.with_epochs(settings, epochs)
+        settings = submitting.with_design(settings, sequential, looks)
         selection = submitting.select_work(
             settings, agents=agent or [], all_agents=all_agents, backends=backend or [], suite=suite, limit=limit,
             check_keys=not dry_run,
@@ -60,20 +67,24 @@ def submit(
         err_console.print(f"[red]error:[/red] could not enqueue run {run_id} ({exc}); "
                           f"once the broker answers: producer resume {run_id}")
         raise typer.Exit(1) from None
+    design = settings.decision.design
+    recorded = submitting.recorded_jobs(run_id)
     if as_json and not wait:
-        emit_json({"run_id": run_id, "jobs": len(jobs)})
+        emit_json({"run_id": run_id, "jobs": recorded, "enqueued": len(jobs), "design": design})
         return
     if not as_json:
         per_epoch = f" × {_count(selection.epochs, 'epoch')}" if selection.epochs > 1 else ""
-        console.print(f"run [bold]{run_id}[/bold]: {len(jobs)} jobs enqueued "
+        looked = (f"; sequential: {len(jobs)} of them enqueued (look 1 of {settings.decision.looks}), the rest "
+                  "wait for their look" if design == "sequential" else "")
+        console.print(f"run [bold]{run_id}[/bold]: {recorded} jobs {'recorded' if looked else 'enqueued'} "
                       f"({_count(len(selection.agents), 'agent')} × {_count(len(selection.backends), 'backend')}"
-                      f"{per_epoch})")
+                      f"{per_epoch}){looked}")
     if wait:
         from producer.watch import wait_for_report
 
         final = wait_for_report(run_id, quiet=as_json)
         if as_json:
-            emit_json({"run_id": run_id, "jobs": len(jobs), **final})
+            emit_json({"run_id": run_id, "jobs": recorded, **final})
         raise typer.Exit(0 if final["status"] == RunStatus.completed else 1)
 
 

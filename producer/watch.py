@@ -17,7 +17,7 @@ from shared.config import get_settings
 from shared.db import session_scope
 from shared.models import FINAL_RUN_STATUSES, Job, JobStatus, RunStatus
 from shared.batches import batched_by_backend
-from shared.progress import run_snapshot
+from shared.progress import looks_line, run_snapshot
 from shared.report import fetch_report
 
 
@@ -29,6 +29,7 @@ def wait_for_report(run_id: str, *, quiet: bool) -> dict[str, Any]:
         TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=err_console, disable=quiet,
     )
     bars: dict[str, int] = {}
+    said_looks = None
     watch = StallWatch(run_id, get_settings())
     with progress:
         while True:
@@ -46,10 +47,15 @@ def wait_for_report(run_id: str, *, quiet: bool) -> dict[str, Any]:
             if snapshot is None:
                 time.sleep(0.5)
                 continue
+            if (line := looks_line(snapshot.get("looks"))) and line != said_looks and not quiet:
+                progress.console.print(line, highlight=False, soft_wrap=True)  # a look released, an agent stopped
+                said_looks = line
             batched = batched_by_backend(snapshot["batches"])
             for name, row in snapshot["by_backend"].items():
-                done = row.get("ok", 0) + row.get("error", 0) + row.get("halted", 0)
+                done = row.get("ok", 0) + row.get("error", 0) + row.get("halted", 0) + row.get("not_needed", 0)
                 detail = f"ok {row.get('ok', 0)} err {row.get('error', 0)} halted {row.get('halted', 0)}"
+                if row.get("not_needed") or row.get("waiting"):
+                    detail += f" not needed {row.get('not_needed', 0)} waiting {row.get('waiting', 0)}"
                 if name in batched:  # a batch backend: where its jobs are
                     detail += " | batch: enrolled {enrolled} submitted {submitted} done {done}".format(**batched[name])
                 if name not in bars:

@@ -1,6 +1,7 @@
 """Everything about genesis-bench's messages, in one module both sides import: the Celery app and
-its configuration, the queue and task names, the routes, and the two ways work is sent,
-`publish_jobs` (a run_job message per job) and `request_report` (a run's build_report, once).
+its configuration, the queue and task names, the routes, and the ways work is sent,
+`publish_jobs` (a run_job message per job), `request_report` (a run's build_report, once) and
+`request_look` (a sequential run's look step).
 
 The producer imports this module and nothing of `worker/`; the worker adds its bootsteps and
 signal handlers to this same app in worker/app.py (the app `celery -A worker.app` loads).
@@ -23,6 +24,7 @@ from shared.providers.registry import PROVIDER_QUEUES, PROVIDERS, queue_for
 
 RUN_JOB = "genesis.run_job"
 BUILD_REPORT = "genesis.build_report"
+ADVANCE_LOOK = "genesis.advance_look"  # a sequential run's look step (worker/looks.py)
 FLUSH_BATCH = "genesis.flush_batch"
 POLL_BATCH = "genesis.poll_batch"
 CANCEL_BATCHES = "genesis.cancel_batches"
@@ -31,7 +33,7 @@ REPORTS_QUEUE = "reports"
 # budget halt, which stops those, leaves it running (cancelled batches are still read).
 BATCHES_QUEUE = "batches"
 # Imported by a worker only (by name: nothing here imports worker/).
-TASK_MODULES = ["worker.tasks", "worker.batches"]
+TASK_MODULES = ["worker.tasks", "worker.batches", "worker.looks"]
 REPORT_MARKER_TTL_S = 7 * 24 * 3600
 PUBLISH_BATCH = 1000  # messages per pipelined Redis round trip
 
@@ -93,7 +95,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_queues": [Queue(name) for name in all_queues(settings)],
         "task_default_queue": REPORTS_QUEUE,
         # run_job goes to the queue publish_jobs names (its provider's or its endpoint's).
-        "task_routes": {BUILD_REPORT: {"queue": REPORTS_QUEUE},
+        "task_routes": {BUILD_REPORT: {"queue": REPORTS_QUEUE}, ADVANCE_LOOK: {"queue": REPORTS_QUEUE},
                         **{name: {"queue": BATCHES_QUEUE} for name in (FLUSH_BATCH, POLL_BATCH, CANCEL_BATCHES)}},
         "task_time_limit": settings.worker.task_time_limit_s,
         "task_soft_time_limit": max(settings.worker.task_time_limit_s - 30, 10),
@@ -219,6 +221,12 @@ def request_report(run_id: str) -> bool:
         client.delete(marker)  # not sent: the next final delivery (or `resume`) tries again
         raise
     return True
+
+
+def request_look(run_id: str) -> None:
+    """Send a sequential run's look step (worker/looks.py) to the `reports` queue. No marker:
+    the step's own claim (a conditional UPDATE of the run's look) makes duplicates harmless."""
+    app.send_task(ADVANCE_LOOK, args=(run_id,), ignore_result=True)
 
 
 def stop_provider_consumers(celery_app: Celery = app) -> None:

@@ -41,7 +41,12 @@ class JobStatus(StrEnum):
     ok = "ok"
     error = "error"
     halted = "halted"
-
+    # A sequential run's job recorded but not yet released (its look is still to come): never
+    # claimed, never sent, and not unfinished for the completion check (design §13).
+    waiting = "waiting"
+    # A sequential run's job its agent's verdict did not need (settled before its look): never
+    # sent, never paid; neither missing, halted nor an error.
+    not_needed = "not_needed"
 
 
 class Run(SQLModel, table=True):
@@ -58,6 +63,11 @@ class Run(SQLModel, table=True):
     finished_at: datetime | None = None
     report_path: str | None = None
     config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # A sequential run's latest released look, 1..looks (NULL: a fixed run). Its design, looks
+    # and seed are in `config` (the snapshot the run was submitted under, as every rule is); the
+    # current look is a column because advancing it is the look step's claim: a conditional
+    # UPDATE from look k to k + 1 that one caller wins (shared.lifecycle.looks).
+    look: int | None = None
 
 
 class Job(SQLModel, table=True):
@@ -81,6 +91,9 @@ class Job(SQLModel, table=True):
     # Which repeated trial of its (agent, task, backend) this job is, 1..k (submit --epochs k):
     # each its own paid call; the decision pairs the task's mean over its epochs.
     epoch: int = Field(default=1, sa_column_kwargs={"server_default": text("1")})
+    # A sequential run's look that releases this job, 1..looks (NULL: a fixed run): every
+    # backend and epoch of an agent's task shares it.
+    look: int | None = None
     provider: str
     model: str
     status: str = Field(default=JobStatus.queued, index=True)

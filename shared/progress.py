@@ -35,6 +35,7 @@ def run_snapshot(run_id: str) -> dict[str, Any]:
         report = run.report_path if run.report_path and Path(run.report_path).exists() else None
         report_ready = run.report_path is not None  # possibly on another host: SQL holds it
         batches = run_batches(session, run_id)
+        looks = _agent_looks(session, run_id) if run.look is not None else None
     by_status = {s.value: 0 for s in JobStatus}
     by_backend: dict[str, dict[str, int]] = {}
     for backend, status, n, _, _ in rows:
@@ -49,4 +50,35 @@ def run_snapshot(run_id: str) -> dict[str, Any]:
         "by_status": by_status, "by_backend": by_backend,
         "spent_usd": round(float(spent), 6), "report": report, "report_ready": report_ready, "jobs_per_s": round(rate, 2),
         "eta_s": round(remaining / rate, 1) if rate and remaining else None, "active": remaining > 0,
+        "looks": looks,
     }
+
+
+_UNRELEASED = (JobStatus.waiting, JobStatus.not_needed)
+
+
+def _agent_looks(session, run_id: str) -> dict[str, Any]:
+    """A sequential run: the run's look, the largest number of looks, and per agent the look it
+    is on (the latest released to it), whether it stopped (jobs not needed) and those jobs."""
+    run = session.get(Run, run_id)
+    rows = session.exec(
+        select(Job.agent, func.max(Job.look)).where(Job.run_id == run_id, Job.status.not_in(_UNRELEASED))
+        .group_by(Job.agent)
+    ).all()
+    skipped = dict(session.exec(
+        select(Job.agent, func.count()).where(Job.run_id == run_id, Job.status == JobStatus.not_needed)
+        .group_by(Job.agent)
+    ).all())
+    planned = int(((run.config or {}).get("decision") or {}).get("looks") or 1)
+    return {"look": run.look, "looks": planned,
+            "agents": {agent: {"look": look, "stopped": agent in skipped, "not_needed": skipped.get(agent, 0)}
+                       for agent, look in sorted(rows)}}
+
+
+def looks_line(looks: dict[str, Any] | None) -> str | None:
+    """`look 2 of 5: qa look 1 (stopped, 8 not needed), legal look 2, ...` (None: a fixed run)."""
+    if not looks:
+        return None
+    agents = ", ".join(f"{agent} look {a['look']}" + (f" (stopped, {a['not_needed']} not needed)" if a["stopped"] else "")
+                       for agent, a in looks["agents"].items())
+    return f"look {looks['look']} of {looks['looks']}: {agents}"

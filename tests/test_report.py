@@ -235,7 +235,7 @@ def test_backend_rows_counts_budget_and_warnings(mixed_run):
     assert legal_openai["accuracy"] == pytest.approx(mean(OPENAI[2:]))
     assert legal_openai["cost_usd"] == pytest.approx(0.008)
 
-    assert data["counts"] == {"queued": 0, "running": 0, "ok": 57, "error": 2, "halted": 1}
+    assert data["counts"] == {"queued": 0, "running": 0, "ok": 57, "error": 2, "halted": 1, "waiting": 0, "not_needed": 0}
     assert data["complete"] is False and data["simulated"] is True and data["status"] == "completed"
 
     cells = {(r["agent"], r["backend"], r["difficulty"]): r for r in data["by_difficulty"]}

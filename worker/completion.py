@@ -7,6 +7,11 @@ one indexed SQL statement asks whether any job of that run is still queued or ru
 delivery that sees none claims the run's report with a Redis SET NX and sends `build_report`.
 SQL stays the truth, so duplicate deliveries, `producer resume` and a Redis that lost
 everything all end the same way: the report is built when the last job finishes.
+
+A sequential run (design §13) whose jobs of the current look are all final but that still has
+jobs `waiting` for a later look gets its look step instead (worker/looks.py, on the `reports`
+queue): it judges every verdict at that look and releases the next one, or stops the run; the
+report is requested once nothing waits.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import logging
 from sqlalchemy import bindparam, exists, select
 
 from shared.db import get_engine
-from shared.messaging import RUN_JOB, request_report
+from shared.lifecycle.looks import has_waiting
+from shared.messaging import RUN_JOB, request_look, request_report
 from shared.models import Job, JobStatus
 
 log = logging.getLogger("genesis.worker")
@@ -54,5 +60,10 @@ def complete_run_of(job_id: int, how: str = "") -> None:
     """The completion step after a job became final (a run_job delivery, or a batch's results):
     the run's report is requested once no job of it is left queued or running."""
     run_id = finished_run(job_id)
-    if run_id is not None and request_report(run_id):
+    if run_id is None:
+        return
+    if has_waiting(run_id):  # a sequential run's look is done: its look step decides what comes next
+        request_look(run_id)
+        log.info("run %s: look final%s, look step requested", run_id, how)
+    elif request_report(run_id):
         log.info("run %s: last job final%s, report requested", run_id, how)

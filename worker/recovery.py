@@ -9,7 +9,8 @@ design §12) and takes its turn at a periodic sweep (one sweeper per interval ac
    Redis' one-hour visibility timeout);
 3. re-publishes the queued jobs of runs whose messages Redis lost (no run marker);
 4. builds the report of runs whose every job is final but that nobody completed (the last
-   job's completion step failed, e.g. the database was away at that moment);
+   job's completion step failed, e.g. the database was away at that moment), or, for a
+   sequential run whose later looks wait, takes its look step (worker/looks.py);
 5. sends again the flush or poll message of provider batches that lost theirs (worker/batches.py);
 6. reconciles the budget's reservations with SQL (a dead worker's call in flight is settled
    from the ledger when its answer was recorded, else ledgered at its worst case as `outcome
@@ -189,7 +190,12 @@ def _report_finished_runs(client: redis.Redis, busy: set[str], grace_s: float) -
     reported = fleet.lasting(client, "report", finished, grace_s)
     if reported:
         from shared.runs import publish_report
+        from worker.looks import take_look
     for run_id in reported:
+        if lifecycle.has_waiting(run_id):  # a sequential run between looks: its look step, not its report
+            log.info("run %s: look final; look step by the recovery sweep: %s", run_id, take_look(run_id))
+            fleet.forget(client, "report", run_id)
+            continue
         publish_report(run_id)
         fleet.forget(client, "report", run_id)
         log.info("run %s: every job final; report built by the recovery sweep", run_id)

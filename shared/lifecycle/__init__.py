@@ -2,8 +2,8 @@
 that any number of workers, redeliveries, sweeps and producers agree on who runs a job, record it
 once, and never overwrite a final outcome (a cancel always wins, an `ok` is never undone).
 
-Split along its two levels: `jobs` (claim, lease, requeue, finish) and `runs` (settle, halt,
-cancel, reopen, and the run queries), both judging by `rules`. Callers keep `lifecycle.X`.
+Split along its levels: `jobs` (claim, lease, requeue, finish), `runs` (settle, halt,
+cancel, reopen, and the run queries) and `looks` (a sequential run's releases), judging by `rules`. Callers keep `lifecycle.X`.
 """
 
 from shared.lifecycle.jobs import (
@@ -25,6 +25,7 @@ from shared.lifecycle.jobs import (
     running_holders,
     use_clock,
 )
+from shared.lifecycle.looks import advance_look, has_waiting, look_state
 from shared.lifecycle.rules import (
     IN_FLIGHT_RUNS,
     LEASE_MARGIN_S,

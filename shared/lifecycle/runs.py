@@ -45,8 +45,8 @@ def job_counts(run_id: str) -> dict[str, int]:
 
 
 def settle_run_status(run_id: str) -> str:
-    """completed when every job is final; halted when the budget guard skipped some; a
-    cancelled run stays cancelled. Conditional UPDATEs, so a concurrent cancel always wins."""
+    """completed when every job is final and none waits for its look; halted when the budget
+    guard skipped some; a cancelled run stays cancelled. Conditional UPDATEs, so a concurrent cancel always wins."""
     counts = job_counts(run_id)
     with session_scope() as session:
         run = session.get(Run, run_id)
@@ -55,7 +55,7 @@ def settle_run_status(run_id: str) -> str:
         not_cancelled = (Run.id == run_id) & (Run.status != RunStatus.cancelled)
         if counts.get(JobStatus.halted):
             session.execute(update(Run).where(not_cancelled).values(status=RunStatus.halted))
-        elif not any(counts.get(s) for s in UNFINISHED_JOBS):
+        elif not any(counts.get(s) for s in (*UNFINISHED_JOBS, JobStatus.waiting)):  # waiting: a look to come
             session.execute(
                 update(Run)
                 .where(not_cancelled, Run.status != RunStatus.completed)
@@ -98,7 +98,8 @@ def cancel_run(run_id: str) -> None:
 
 def reopen_run(run_id: str, now: datetime, lease_s: float) -> list[tuple[int, str, str]]:
     """`producer resume`: every job without a final result (halted, error, or running past its
-    lease) goes back to `queued`; returns the jobs to enqueue. A job that is `ok` is never touched."""
+    lease) goes back to `queued`; returns the jobs to enqueue. A job that is `ok` is never touched,
+    nor a sequential run's `waiting` jobs (their look is released by the look step)."""
     with session_scope() as session:
         if session.get(Run, run_id) is None:
             raise UnknownRun(run_id)
@@ -113,6 +114,8 @@ def reopen_run(run_id: str, now: datetime, lease_s: float) -> list[tuple[int, st
             .where(Job.run_id == run_id, col(Job.status).in_(UNFINISHED_JOBS))
             .order_by(Job.id)
         ).all()
-        if pending:
-            session.execute(update(Run).where(Run.id == run_id).values(status=RunStatus.queued, finished_at=None))
+        waiting = session.exec(select(func.count()).where(Job.run_id == run_id, Job.status == JobStatus.waiting)).one()
+        if pending or waiting:  # a sequential run's later looks wait: its look step goes on (worker/looks.py)
+            session.execute(update(Run).where(Run.id == run_id, Run.status != RunStatus.cancelled)
+                            .values(status=RunStatus.queued, finished_at=None))
         return [tuple(row) for row in pending]

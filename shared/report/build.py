@@ -3,10 +3,12 @@ The result is JSON-ready and is what every renderer, the SQL copy and the CLI re
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from sqlmodel import Session
 
+from shared.looks import is_sequential, judge_looks, sequential_run, summary_lines
 from shared.models import JobStatus, iso, utcnow
 from shared.report import data as facts_
 from shared.report import decision as rule_
@@ -14,6 +16,7 @@ from shared.report.costs import NOTHING, run_costs
 from shared.report.drilldown import disagreements
 from shared.report.epochs import epochs_section
 from shared.report.history import earlier_decisions
+from shared.report.sequential_types import SequentialRun
 from shared.report.warnings import warnings
 
 
@@ -25,7 +28,7 @@ def build_report_data(session: Session, run_id: str, *, partial: bool = False) -
     counts = facts_.status_counts(jobs)
     rule = rule_.decision_config(facts)
     backend_config = facts.snapshot.get("backends", {})
-    comparisons = rule_.comparisons(facts, rule)
+    comparisons, sequential = _judged(facts, rule)
     decision = rule_.decide(facts.agents, comparisons)
     budget = facts_.budget_facts(session, run, jobs)
     costs = run_costs(jobs, facts.judge, budget["run_cost_usd"], facts.snapshot)
@@ -38,7 +41,7 @@ def build_report_data(session: Session, run_id: str, *, partial: bool = False) -
         # before that column existed keep what their submit found.
         "simulated": any(j.simulated for j in jobs) or bool(run.simulated and not any(j.simulated is not None for j in jobs)),
         "simulated_answers": sum(1 for j in jobs if j.simulated),
-        "complete": in_flight + counts[JobStatus.halted] == 0,
+        "complete": in_flight + counts[JobStatus.halted] + counts[JobStatus.waiting] == 0,
         "partial": partial,
         "created_at": iso(run.created_at),
         "finished_at": iso(run.finished_at) if run.finished_at else None,
@@ -63,4 +66,16 @@ def build_report_data(session: Session, run_id: str, *, partial: bool = False) -
         "budget": budget,
         "costs": costs,
         "warnings": warnings(facts, comparisons, decision, budget, costs),
+        # A sequential run's looks (shared.report.sequential_types.SequentialRun as a dict); None: fixed.
+        "sequential": asdict(sequential) if sequential else None,
+        "sequential_summary": summary_lines(sequential) if sequential else [],
     }
+
+
+def _judged(facts: facts_.RunFacts, rule) -> tuple[list[dict], SequentialRun | None]:
+    """The verdicts the report shows: a fixed run's comparisons; a sequential run's are the
+    design's, each at the look it stopped at (or its last), with its repeated interval."""
+    if not is_sequential(facts.snapshot) or facts.run.look is None:
+        return rule_.comparisons(facts, rule), None
+    judged = judge_looks(facts, rule, facts.run.look, plan=True)
+    return [j.rows[-1] for j in judged if j.rows], sequential_run(facts, rule, judged)

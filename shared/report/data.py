@@ -26,7 +26,7 @@ JOB_COLUMNS = (
     Job.id, Job.agent, Job.task_id, Job.epoch, Job.difficulty, Job.cluster, Job.backend, Job.model, Job.status,
     Job.score,
     Job.latency_ms, Job.input_tokens, Job.output_tokens, Job.cost_usd, Job.error_type,
-    Job.reused_from_job_id, Job.reused_from_run_id, Job.simulated, Job.reasoning_tokens, Job.truncated,
+    Job.reused_from_job_id, Job.reused_from_run_id, Job.simulated, Job.reasoning_tokens, Job.truncated, Job.look,
 )
 _IN_CHUNK = 500  # ids per IN (...) when fetching outputs
 

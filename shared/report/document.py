@@ -40,6 +40,7 @@ def document(data: dict) -> list[tuple]:
         ("h2", "Decision"),
         ("decision", decision["overall"], data["headlines"] or ["No candidate/baseline pair ran: no verdict."],
          _combined_verdicts(data)),
+        *_sequential_blocks(data),
         ("p", "Rule: " + data["decision_rule"]),
         *_decision_detail(data),
         ("chart", "forest"),
@@ -73,6 +74,13 @@ def document(data: dict) -> list[tuple]:
         ("list", data["warnings"]) if data["warnings"] else ("p", "None."),
     ]
     return blocks
+
+
+def _sequential_blocks(data: dict) -> list[tuple]:
+    """A sequential run's looks: where each verdict stopped and what stopping saved (the lines
+    are shared.looks.summary_lines'; reports of fixed runs, and older ones, have none)."""
+    lines = data.get("sequential_summary") or []
+    return [("h2", "Looks (sequential design)"), ("list", lines)] if lines else []
 
 
 def _decision_detail(data: dict) -> list[tuple]:
