@@ -4,7 +4,7 @@ still wait; also run by the recovery sweep for a run left in that state, and sen
 resume`. It runs on the `reports` queue (it reads every job of the run and judges, as
 build_report does), never in the task_postrun hook.
 
-At look k: every verdict is judged from SQL (shared.looks, the report's own decision code); the
+At look k: every verdict is judged from SQL (shared.report.looks, the report's own decision code); the
 agents whose verdict is settled get their waiting jobs `not_needed`, the others' slice k + 1 is
 released (`queued`), in one transaction claimed by a conditional UPDATE of the run's look
 (shared.lifecycle.looks), and only then published (shared.messaging.publish_jobs: record
@@ -65,13 +65,14 @@ def take_look(run_id: str) -> str:
 def judge(run_id: str, look: int) -> tuple[list[str], list[str]]:
     """(agents to release, agents settled) at this look, from SQL."""
     from shared import looks
+    from shared.report import looks as judging
     from shared.report.data import load_facts
     from shared.report.decision import decision_config
 
     with session_scope() as session:
         facts = load_facts(session, run_id, partial=True)
     rule = decision_config(facts)
-    verdicts = looks.agent_verdicts(looks.judge_looks(facts, rule, look), facts.agents)
+    verdicts = judging.agent_verdicts(judging.judge_looks(facts, rule, look), facts.agents)
     if look >= rule.looks:
         return [], list(facts.agents)
     release = [a for a in facts.agents if not looks.settled(verdicts[a])]

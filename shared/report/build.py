@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from shared.looks import is_sequential, judge_looks, sequential_run, summary_lines
+from shared.looks import is_sequential
 from shared.models import JobStatus, iso, utcnow
 from shared.report import data as facts_
 from shared.report import decision as rule_
@@ -16,6 +16,7 @@ from shared.report.costs import NOTHING, run_costs
 from shared.report.drilldown import disagreements
 from shared.report.epochs import epochs_section
 from shared.report.history import earlier_decisions
+from shared.report.looks import judge_looks, sequential_run, summary_lines
 from shared.report.sequential_types import SequentialRun
 from shared.report.warnings import warnings
 

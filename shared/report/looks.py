@@ -1,0 +1,179 @@
+"""A sequential run's verdicts judged at each look (issue #28, design §13), with the report's
+own decision code: used by the look step (worker/looks.py) to decide what to release, and by
+the report (shared.report.build) for the verdicts it shows and the SequentialRun it carries.
+The arithmetic that needs no report code (task order, slices, information fractions) is
+shared.looks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Sequence
+
+from shared.config.tables import DecisionConfig
+from shared.epochs import task_means
+from shared.looks import METHOD, UNRELEASED, fraction_at
+from shared.models import JobStatus
+from shared.report import decision as rule_
+from shared.report.data import RunFacts
+from shared.report.sequential_types import LookPoint, SequentialRun, VerdictPath
+from shared.sequential import look_alpha_each
+
+
+@dataclass
+class Judged:
+    """One verdict (a candidate of an agent, or pooled) across the looks it was judged at."""
+
+    agent: str
+    candidate: str
+    baseline: str
+    planned: int
+    share: float  # its share of the run's error (shared.report.decision.error_shares)
+    points: list[LookPoint] = field(default_factory=list)
+    fractions: list[float] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)  # compare()'s row at each point
+    stopped_at: int | None = None
+
+    @property
+    def verdict(self) -> str:
+        return self.rows[-1]["decision"] if self.rows else rule_.INCONCLUSIVE
+
+
+def _released(jobs: list[Any], look: int) -> list[Any]:
+    return [j for j in jobs if j.look is not None and j.look <= look and j.status not in UNRELEASED]
+
+
+def _specs(facts: RunFacts) -> list[tuple[str, str, str, list[Any], list[Any]]]:
+    """(agent or POOLED, candidate, baseline, candidate jobs, baseline jobs), in the order of
+    shared.report.decision.comparisons."""
+    specs = []
+    for candidate, baseline in rule_.candidate_pairs(facts):
+        pooled_c: list[Any] = []
+        pooled_b: list[Any] = []
+        for agent in facts.agents:
+            cand = facts.by_pair.get((agent, candidate), [])
+            if not cand:
+                continue
+            base = facts.by_pair.get((agent, baseline), [])
+            specs.append((agent, candidate, baseline, cand, base))
+            pooled_c += cand
+            pooled_b += base
+        if pooled_c:
+            specs.append((rule_.POOLED, candidate, baseline, pooled_c, pooled_b))
+    return specs
+
+
+def _keyed(agent: str, jobs: list[Any], *, errors_count_as_zero: bool) -> dict[Hashable, Any]:
+    means = task_means(jobs, errors_count_as_zero=errors_count_as_zero)
+    if agent != rule_.POOLED:
+        return dict(means)
+    by_agent: dict[str, list[Any]] = {}
+    for job in jobs:
+        by_agent.setdefault(job.agent, []).append(job)
+    return {(a, task): mean for a, group in by_agent.items()
+            for task, mean in task_means(group, errors_count_as_zero=errors_count_as_zero).items()}
+
+
+def judge_looks(facts: RunFacts, rule: DecisionConfig, upto: int, *, plan: bool = False) -> list[Judged]:
+    """Every verdict at looks 1..upto from the run's jobs. `plan`: the last row of each verdict
+    carries the power figures (the report's), the others never do (they do not change a verdict)."""
+    looks = rule.looks
+    specs = _specs(facts)
+    pooled = sum(spec[0] == rule_.POOLED for spec in specs)
+    per_agent, per_pooled = rule_.error_shares(len(specs) - pooled, pooled, rule.confidence)
+    judged = []
+    for agent, candidate, baseline, cand_jobs, base_jobs in specs:
+        planned = len({(j.agent, j.task_id) for j in cand_jobs})
+        path = Judged(agent, candidate, baseline, planned, per_pooled if agent == rule_.POOLED else per_agent)
+        last_inputs = None
+        for look in range(1, upto + 1):
+            if path.stopped_at is not None:
+                break
+            cand = _keyed(agent, _released(cand_jobs, look), errors_count_as_zero=True)
+            base = _keyed(agent, _released(base_jobs, look), errors_count_as_zero=False)
+            pairs = len(rule_.pairing(cand, base)["pairs"])
+            if pairs <= (path.points[-1].pairs if path.points else 0):
+                continue  # nothing new at this look (not released, or all failed): the verdict stands
+            fraction = fraction_at(pairs, planned, look, looks)
+            if fraction <= (path.fractions[-1] if path.fractions else 0.0):
+                continue
+            fractions = [*path.fractions, fraction]
+            alpha = look_alpha_each(fractions, path.share)
+            row = rule_.compare(agent, candidate, baseline, cand, base, rule, alpha_each=alpha, plan=False)
+            path.fractions = fractions
+            path.rows.append(row)
+            path.points.append(_point(look, fraction, row, rule))
+            last_inputs = (cand, base, alpha)
+            if row["decision"] in (rule_.GO, rule_.NO_GO):
+                path.stopped_at = look
+        if plan and last_inputs is not None:
+            cand, base, alpha = last_inputs
+            row = rule_.compare(agent, candidate, baseline, cand, base, rule, alpha_each=alpha, plan=True)
+            row["epochs"] = rule_._epochs(row, cand, base)
+            path.rows[-1] = row
+        judged.append(path)
+    return judged
+
+
+def _point(look: int, fraction: float, row: dict, rule: DecisionConfig) -> LookPoint:
+    low, high = row["ci95_abs"] if row.get("ci95_abs") else (None, None)
+    bar = row.get("threshold_abs") or 0.0
+    return LookPoint(look=look, fraction=fraction, pairs=row["n"], estimate=row.get("improvement_abs"), low=low,
+                     high=high, go_line=bar if rule.go == "bar" else 0.0, no_go_line=bar, verdict=row["decision"])
+
+
+def agent_verdicts(judged: list[Judged], agents: Sequence[str]) -> dict[str, str]:
+    """Each agent's verdict as its comparisons stand (several candidates: GO if any is)."""
+    return {agent: rule_.combine([j.verdict for j in judged if j.agent == agent]) for agent in agents}
+
+
+def reason(path: Judged, looks: int, current: int) -> str:
+    """One line: why the verdict's path ended where it did."""
+    if path.stopped_at is not None:
+        point = path.points[-1]
+        if path.verdict == rule_.GO:
+            line = "the bar" if point.go_line else "0"
+            return f"GO at look {path.stopped_at} (lower end {_pp(point.low)} pp above {line})"
+        return f"NO-GO at look {path.stopped_at} (upper end {_pp(point.high)} pp below the bar {_pp(point.no_go_line)} pp)"
+    if not path.points:
+        return "nothing paired yet"
+    if current >= looks:
+        return f"tasks ran out at look {looks} (open at the last look)"
+    return f"open at look {path.points[-1].look} (the run did not reach look {looks})"
+
+
+def _pp(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:+.1f}"
+
+
+def sequential_run(facts: RunFacts, rule: DecisionConfig, judged: list[Judged]) -> SequentialRun:
+    """The design's side of the report: each verdict's path, where it stopped, and what stopping
+    saved (not-needed calls at their backend's mean cost per paid call in this run)."""
+    current = facts.run.look or 1
+    paths = tuple(VerdictPath(comparison=j.agent, candidate=j.candidate, baseline=j.baseline,
+                              bar=j.points[-1].no_go_line if j.points else 0.0, points=tuple(j.points),
+                              stopped_at=j.stopped_at, reason=reason(j, rule.looks, current)) for j in judged)
+    paid = [j for j in facts.jobs if j.status in (JobStatus.ok, JobStatus.error) and j.reused_from_job_id is None]
+    mean_cost: dict[str, float] = {}
+    for backend in {j.backend for j in paid}:
+        costs = [j.cost_usd for j in paid if j.backend == backend and j.cost_usd]
+        mean_cost[backend] = sum(costs) / len(costs) if costs else 0.0
+    not_needed = [j for j in facts.jobs if j.status == JobStatus.not_needed]
+    return SequentialRun(
+        looks=rule.looks, seed=rule.seed, method=METHOD, current_look=current, paths=paths,
+        paid_calls=len(paid), planned_calls=len(facts.jobs), paid_usd=sum(j.cost_usd or 0.0 for j in facts.jobs),
+        saved_usd=sum(mean_cost.get(j.backend, 0.0) for j in not_needed), not_needed_jobs=len(not_needed),
+    )
+
+
+def summary_lines(run: SequentialRun) -> list[str]:
+    """The minimal text of a sequential run (report.md; the charts are the HTML renderer's)."""
+    lines = [f"Sequential design: {run.method}; up to {run.looks} looks, task order seed {run.seed}; "
+             f"the run reached look {run.current_look}.",
+             f"Paid {run.paid_calls} of {run.planned_calls} planned calls (saved ${run.saved_usd:.4f} against the "
+             f"fixed design; {run.not_needed_jobs} job(s) not needed)."]
+    for path in run.paths:
+        who = "all agents pooled" if path.comparison == rule_.POOLED else path.comparison
+        trail = ", ".join(f"look {p.look}: {p.verdict} ({p.pairs} pairs, {_pp(p.low)}..{_pp(p.high)} pp)"
+                          for p in path.points)
+        lines.append(f"{who} ({path.candidate} vs {path.baseline}): {path.reason}; {trail or 'no look judged'}")
+    return lines
