@@ -42,7 +42,7 @@ def status(
         return
     epochs = f" ({snapshot['epochs']} epochs per task)" if snapshot.get("epochs", 1) > 1 else ""
     table = Table(title=f"run {run_id}: {snapshot['status']}{epochs}")
-    statuses = [s.value for s in JobStatus]
+    statuses = [s.value for s in JobStatus if s.value in snapshot["by_status"]]  # a fixed run: no look statuses
     table.add_column("backend")
     for s in statuses:
         table.add_column(s, justify="right")

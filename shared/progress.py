@@ -36,7 +36,8 @@ def run_snapshot(run_id: str) -> dict[str, Any]:
         report_ready = run.report_path is not None  # possibly on another host: SQL holds it
         batches = run_batches(session, run_id)
         looks = _agent_looks(session, run_id) if run.look is not None else None
-    by_status = {s.value: 0 for s in JobStatus}
+    # A fixed run has no looks: its statuses are the five it always had.
+    by_status = {s.value: 0 for s in JobStatus if looks is not None or s not in _UNRELEASED}
     by_backend: dict[str, dict[str, int]] = {}
     for backend, status, n, _, _ in rows:
         by_status[status] = by_status.get(status, 0) + n

@@ -10,18 +10,14 @@ import json
 from pathlib import Path
 
 import pytest
-import redis
 from sqlalchemy import func
 from sqlmodel import select
 
-from shared.messaging import REPORTS_QUEUE
-from shared.providers import PROVIDER_QUEUES as _PROVIDER_QUEUES
 from tests.support.env import ROOT
+from tests.support.halts import QUEUES, halt_settled, queue_lengths, wait_consuming
 from tests.support.runs import producer
 from tests.support.waiting import wait_for
 
-PROVIDER_QUEUES = set(_PROVIDER_QUEUES)
-QUEUES = (*_PROVIDER_QUEUES, REPORTS_QUEUE)
 BACKENDS = ("mistral-base", "mistral-ft")  # 5 agents × 20 tasks × 2 backends = 200 jobs on `mistral`
 CALLS_COVERED = 30
 SHAPES = {8: (1, 8), 24: (3, 8), 48: (3, 16)}  # calls in flight: (workers, threads each)
@@ -38,36 +34,6 @@ def worst_case_costs(settings, backend: str, limit: int | None = None) -> list[f
         for agent in settings.agents.names
         for task in suite.tasks_for(agent, limit)
     ]
-
-
-def consumed_queues(hostnames: list[str]) -> dict[str, set[str]]:
-    """Each worker's queues as it reports them over Celery remote control."""
-    from worker.app import app
-
-    replies = app.control.inspect(destination=hostnames, timeout=2.0).active_queues() or {}
-    return {host: {q["name"] for q in queues} for host, queues in replies.items()}
-
-
-def wait_consuming(hostnames: list[str], *, providers: bool, timeout: float = 15) -> dict[str, set[str]]:
-    def settled():
-        queues = consumed_queues(hostnames)
-        if set(queues) != set(hostnames):
-            return None
-        ok = all(bool(q & PROVIDER_QUEUES) == providers and "reports" in q for q in queues.values())
-        return queues if ok else None
-
-    return wait_for(settled, timeout=timeout, interval=0.2, what=f"workers consuming provider queues={providers}")
-
-
-def queue_lengths(redis_url: str) -> dict[str, int]:
-    client = redis.Redis.from_url(redis_url)
-    return {name: client.llen(name) for name in QUEUES}
-
-
-def jobs_by_status(run_id: str) -> dict[str, int]:
-    from shared.lifecycle import job_counts
-
-    return {str(status): n for status, n in job_counts(run_id).items()}
 
 
 def served_ok(simulator) -> int:
@@ -95,16 +61,8 @@ def halt_a_run(monkeypatch, simulator, start_worker, redis_url, in_flight: int =
     run_id = json.loads(result.stdout)["run_id"]
     assert json.loads(result.stdout)["jobs"] == len(costs) == 200
 
-    def halt_settled():
-        """Halted, nothing running, and every job still queued has its message in the broker."""
-        counts = jobs_by_status(run_id)
-        if counts.get("running") or simulator.stats()["in_flight"]:
-            return None
-        if counts.get("queued", 0) != queue_lengths(redis_url)["mistral"]:
-            return None
-        return counts if counts.get("halted") else None
-
-    counts = wait_for(halt_settled, timeout=90, interval=0.3, what="the run to halt and settle")
+    counts = wait_for(lambda: halt_settled(run_id, simulator, redis_url), timeout=90, interval=0.3,
+                      what="the run to halt and settle")
     return {"run_id": run_id, "counts": counts, "limit_usd": limit_usd, "hostnames": hostnames,
             "cap_usd": limit_usd * settings.budget.emergency, "worst_usd": max(costs)}
 

@@ -9,6 +9,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from sqlmodel import select
 
 from tests.support.runs import producer, run_jobs, submit, wait_until_reported
@@ -68,3 +69,143 @@ def test_a_5x400_run_stops_each_agent_once_its_verdict_is_known(start_worker, si
     print(f"\n5x400 sequential: looks per verdict "
           f"{ {a: (p['stopped_at'], p['points'][-1]['verdict']) for a, p in paths.items()} }; "
           f"paid {seq['paid_calls']} of {seq['planned_calls']} planned calls, saved ${seq['saved_usd']:.4f}")
+
+
+def small_run(tmp_path, simulator, per_agent: int, agents: tuple[str, ...] = ("qa", "legal"), **sim) -> Path:
+    suite = generate_suite(tmp_path / "suite", per_agent, agents)
+    simulator.update(suite=str(suite), **{"latency_ms": 2, "quality": QUALITY, **sim})
+    return suite
+
+
+def agent_args(agents: tuple[str, ...]) -> list[str]:
+    return [arg for agent in agents for arg in ("--agent", agent)]
+
+
+def test_a_budget_halt_mid_look_leaves_later_looks_waiting_and_resume_continues_the_look(
+        monkeypatch, simulator, start_worker, redis_url, tmp_path):
+    """A budget covering ~30 calls halts look 1 (80 jobs): the later looks wait, untouched;
+    lifted and resumed, the run finishes its looks without paying for anything twice."""
+    from shared.budget import task_worst_case
+    from shared.config import get_settings
+    from shared.suite import load_suite
+    from tests.support.runs import inference_entries
+    from tests.support.waiting import wait_for
+    from tests.support.halts import halt_settled, wait_consuming
+
+    # at the bar everywhere: no verdict settles early, every look runs
+    suite = small_run(tmp_path, simulator, 60, quality={"ft:*": 0.70, "open-mistral-7b": 0.65}, latency_ms=100)
+    settings = get_settings()
+    loaded = load_suite(str(suite))
+    costs = [task_worst_case(settings, t, b, settings.model_for(b, a)) for a in ("qa", "legal")
+             for t in loaded.tasks_for(a) for b in ("mistral-ft", "mistral-base")]
+    limit_usd = round(30 * (sum(costs) / len(costs)) / settings.budget.emergency, 6)
+    monkeypatch.setenv("GENESIS_BUDGET__LIMIT_USD", str(limit_usd))
+    monkeypatch.setenv("GENESIS_LIMITS__MISTRAL__MAX_IN_FLIGHT", "64")
+    get_settings.cache_clear()
+    hostnames = [start_worker("w1", concurrency=8).hostname]
+    run_id = submit(*agent_args(("qa", "legal")), "--suite", str(suite), *PAIR, "--sequential", "--looks", "3")
+
+    counts = wait_for(lambda: halt_settled(run_id, simulator, redis_url), timeout=90, interval=0.3,
+                      what="the run to halt and settle")
+    assert counts["waiting"] == 2 * 40 * 2 and not counts.get("not_needed")  # looks 2 and 3 untouched
+    assert producer("status", run_id, "--json").exit_code == 0
+    result = producer("budget", "resume", "--limit", str(round(limit_usd * 100, 6)), "--json")
+    assert result.exit_code == 0, result.output
+    wait_consuming(hostnames, providers=True)
+    assert producer("resume", run_id).exit_code == 0
+    snap = wait_until_reported(run_id, timeout=180)
+    assert snap["status"] == "completed"
+    jobs = run_jobs(run_id)
+    assert {j.status for j in jobs} <= {"ok", "error", "not_needed"}
+    entries = inference_entries(run_id)
+    assert all(n == 1 for n in entries.values())  # nothing paid twice
+    paid = sum(j.status in ("ok", "error") for j in jobs)
+    assert simulator.stats()["requests_total"] == len(entries) == paid
+    assert report_of(snap)["sequential"]["current_look"] == 3
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+def test_a_crash_between_the_release_and_its_publish_is_recovered_by_the_sweep(
+        fast_recovery, simulator, start_worker, tmp_path, database_url):
+    """The look step's SQL release done, its publish lost (the worker died in between): the
+    released jobs are queued without messages; the recovery sweep publishes them and the run
+    goes on to its report."""
+    from producer import submit as submitting
+    from shared import lifecycle
+    from shared.config import get_settings
+    from shared.models import utcnow
+
+    suite = small_run(tmp_path, simulator, 30, agents=("qa",), quality={"ft:*": 0.70, "open-mistral-7b": 0.65})
+    settings = submitting.with_design(get_settings(), True, 3)
+    selection = submitting.select_work(settings, agents=["qa"], all_agents=False, backends=["mistral-ft", "mistral-base"],
+                                       suite=str(suite), limit=None)
+    run_id, first_look = submitting.record_run(settings, selection)  # recorded, never published
+    assert len(first_look) == 20
+    for job_id, *_ in first_look:  # look 1 ends (as failures: no pair, the verdict stays open)
+        _, claimed = lifecycle.claim(job_id, "test", utcnow(), 300)
+        lifecycle.finish_error(claimed, "Boom", "failed for good")
+    assert lifecycle.advance_look(run_id, 1, ["qa"], [])  # the release ...
+    assert not lifecycle.advance_look(run_id, 1, ["qa"], [])  # ... claimed once
+    assert len(lifecycle.queued_jobs(run_id)) == 20  # ... and no publish: the crash
+    start_worker("w1", concurrency=8)
+    snap = wait_until_reported(run_id, timeout=120)
+    assert snap["status"] == "completed"
+    jobs = run_jobs(run_id)
+    assert Counter(j.status for j in jobs if j.look > 1) == {"ok": 40}
+    assert simulator.stats()["requests_total"] == 40  # each released job called once
+
+
+def test_batch_backends_submit_each_released_look_as_its_own_batches(
+        monkeypatch, batch_knobs, simulator, start_worker, tmp_path):
+    from tests.support.env import batch_mode
+    from tests.support.runs import batch_rows
+
+    batch_mode(monkeypatch, "mistral-ft", "mistral-base")
+    suite = small_run(tmp_path, simulator, 100, agents=("qa",), batch_delay_s=0.2)
+    start_worker("w1", concurrency=8)
+    run_id = submit("--agent", "qa", "--suite", str(suite), *PAIR, "--sequential", "--looks", "4")
+    snap = wait_until_reported(run_id, timeout=180)
+    assert snap["status"] == "completed"
+    report = report_of(snap)
+    jobs = run_jobs(run_id)
+    look_of = {j.id: j.look for j in jobs}
+    batches = batch_rows(run_id)
+    from shared.db import session_scope
+    from shared.models import Job
+
+    with session_scope() as session:  # each answered job keeps the batch that answered it
+        rows = session.exec(select(Job.id, Job.provider_batch_id).where(Job.run_id == run_id)).all()
+    assert batches and report["decision"]["by_agent"]["qa"] == "GO"
+    stop = paths_by_agent(report)["qa"]["stopped_at"]
+    assert stop is not None and stop < 4
+    assert all(j.status == "not_needed" for j in jobs if j.look > stop)
+    assert all(j.status == "ok" for j in jobs if j.look <= stop)
+    # every batch holds the jobs of one look only: a look is sent as its own batches
+    by_batch: dict[int, set[int]] = {}
+    for job_id, batch_id in rows:
+        if batch_id is not None:
+            by_batch.setdefault(batch_id, set()).add(look_of[job_id])
+    assert {job_id for job_id, batch_id in rows if batch_id is not None} == {j.id for j in jobs if j.status == "ok"}
+    assert len(by_batch) >= 2 and all(len(looks) == 1 for looks in by_batch.values())
+    assert sum(b.job_count for b in batches) == sum(j.status == "ok" for j in jobs)
+    markdown = (Path(snap["report"]).parent / "report.md").read_text()
+    assert "Looks (sequential design)" in markdown
+    assert f"Paid {report['sequential']['paid_calls']} of {len(jobs)} planned calls" in markdown
+
+
+def test_reused_answers_are_free_pairs(start_worker, simulator, tmp_path):
+    """A second sequential run of the same tasks with --reuse takes every answer it needs from
+    the first: the same looks and verdicts, no call, nothing paid."""
+    suite = small_run(tmp_path, simulator, 100, agents=("qa", "legal"))
+    start_worker("w1", concurrency=16)
+    args = (*agent_args(("qa", "legal")), "--suite", str(suite), *PAIR, "--sequential")
+    first = report_of(wait_until_reported(submit(*args), timeout=180))
+    calls = simulator.stats()["requests_total"]
+    second_id = submit(*args, "--reuse")
+    second = report_of(wait_until_reported(second_id, timeout=180))
+    assert simulator.stats()["requests_total"] == calls  # no call at all
+    assert second["decision"] == first["decision"]
+    assert ({a: p["stopped_at"] for a, p in paths_by_agent(second).items()}
+            == {a: p["stopped_at"] for a, p in paths_by_agent(first).items()})
+    assert second["sequential"]["paid_calls"] == 0 and second["sequential"]["paid_usd"] == 0
+    assert all(j.reused_from_job_id is not None for j in run_jobs(second_id) if j.status == "ok")

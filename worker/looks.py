@@ -21,6 +21,7 @@ from shared import lifecycle
 from shared.db import session_scope
 from shared.lifecycle.rules import IN_FLIGHT_RUNS
 from shared.messaging import ADVANCE_LOOK, publish_jobs, request_report
+from shared.models import RunStatus
 from worker.base import GenesisTask, genesis_task
 
 log = logging.getLogger("genesis.worker")
@@ -41,8 +42,10 @@ def take_look(run_id: str) -> str:
             return "not sequential"
         if busy:
             return "busy"  # a look is still running: its last job asks again
-        if status not in IN_FLIGHT_RUNS:
-            return str(status)  # halted or cancelled: waiting jobs stay waiting; resume continues
+        if status not in IN_FLIGHT_RUNS:  # halted or cancelled: waiting jobs stay waiting; resume continues
+            if status == RunStatus.halted:
+                request_report(run_id)  # the report of what finished, as a fixed run's halt gets
+            return str(status)
         if halted or not lifecycle.has_waiting(run_id):
             request_report(run_id)  # nothing left to release (or a halted look): the report, as today
             return "report"

@@ -1,0 +1,239 @@
+"""A sequential run's look arithmetic (shared.looks), its judging at each look
+(shared.report.looks) on runs built in memory, and its look transitions (shared.lifecycle.looks)
+on SQLite."""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import pytest
+
+from tests.support.env import ROOT, SCRATCH_REDIS_URL, use_config
+
+SNAPSHOT = {"backends": {"ft": {"role": "candidate", "baseline": "base"}, "base": {"role": "baseline"}},
+            "decision": {"design": "sequential", "looks": 5}}
+
+
+def test_each_agents_tasks_are_cut_into_even_seeded_slices():
+    from shared.looks import task_looks
+
+    tasks = [f"t{i:03d}" for i in range(400)]
+    looks = task_looks(tasks, 5, 20261201, "qa")
+    assert set(looks) == set(tasks)
+    assert sorted(looks.values()) == [k for k in range(1, 6) for _ in range(80)]
+    assert task_looks(list(reversed(tasks)), 5, 20261201, "qa") == looks  # the order given does not matter
+    assert task_looks(tasks, 5, 7, "qa") != looks and task_looks(tasks, 5, 20261201, "legal") != looks
+    uneven = task_looks(tasks[:7], 3, 1, "qa")
+    assert sorted(uneven.values()) == [1, 1, 1, 2, 2, 3, 3]
+    assert set(task_looks(tasks[:3], 5, 1, "qa").values()) <= {1, 2, 3, 4, 5}  # fewer tasks than looks
+
+
+def test_the_information_fraction_is_pairs_over_planned_and_one_at_the_last_look():
+    from shared.looks import fraction_at
+
+    assert fraction_at(40, 200, 1, 5) == 0.2
+    assert fraction_at(35, 200, 2, 5) == 0.175  # errors: fewer pairs than planned
+    assert fraction_at(150, 200, 5, 5) == 1.0  # the last look spends what is left
+    assert fraction_at(0, 0, 1, 5) == 0.0
+
+
+def job(agent, task, backend, score, look, status="ok", cost=0.001):
+    return SimpleNamespace(agent=agent, task_id=task, backend=backend, model=f"m-{backend}", epoch=1, cluster=None,
+                           status=status, score=score if status == "ok" else None, look=look, cost_usd=cost,
+                           reused_from_job_id=None)
+
+
+def facts_of(candidate_accuracy: dict[str, float], base_accuracy: float, tasks: int, released: int,
+             looks: int = 5, seed: int = 3):
+    """A run of agents x tasks on (ft, base), looks 1..released released and answered, the rest waiting."""
+    from shared.looks import task_looks
+    from shared.report.data import RunFacts
+
+    rng = random.Random(seed)
+    jobs = []
+    for agent, accuracy in candidate_accuracy.items():
+        order = task_looks([f"{agent}-{i}" for i in range(tasks)], looks, seed, agent)
+        for task, look in order.items():
+            status = "ok" if look <= released else "waiting"
+            jobs.append(job(agent, task, "ft", float(rng.random() < accuracy), look, status))
+            jobs.append(job(agent, task, "base", float(rng.random() < base_accuracy), look, status))
+    run = SimpleNamespace(id="r", config={**SNAPSHOT, "decision": {**SNAPSHOT["decision"], "looks": looks}},
+                          look=released)
+    by_pair: dict = {}
+    for j in jobs:
+        by_pair.setdefault((j.agent, j.backend), []).append(j)
+    return RunFacts(run=run, jobs=jobs, agents=list(candidate_accuracy), backends=["ft", "base"], by_pair=by_pair)
+
+
+def rule_of(facts):
+    from shared.report.decision import decision_config
+
+    return decision_config(facts)
+
+
+def test_a_large_gain_settles_early_and_its_path_ends_there():
+    from shared.report.looks import agent_verdicts, judge_looks
+
+    facts = facts_of({"qa": 0.95, "legal": 0.70}, 0.5, 400, released=5)
+    judged = {j.agent: j for j in judge_looks(facts, rule_of(facts), 5)}
+    qa = judged["qa"]
+    assert qa.verdict == "GO" and qa.stopped_at in (1, 2)
+    assert len(qa.points) == qa.stopped_at and qa.points[-1].verdict == "GO"
+    assert qa.points[0].fraction == pytest.approx(0.2)
+    assert agent_verdicts(list(judged.values()), ["qa", "legal"])["qa"] == "GO"
+
+
+def test_a_loss_settles_no_go_and_no_gain_never_says_go():
+    from shared.report.looks import judge_looks
+
+    facts = facts_of({"legal": 0.40, "support": 0.65}, 0.65, 400, released=5)
+    judged = {j.agent: j for j in judge_looks(facts, rule_of(facts), 5)}
+    assert judged["legal"].verdict == "NO-GO" and judged["legal"].stopped_at < 5
+    assert all(p.verdict != "GO" for p in judged["support"].points)
+    support = judged["support"]
+    if support.stopped_at is None:  # ran to the end: the last look spent all that was left
+        assert support.fractions[-1] == 1.0 and support.points[-1].look == 5
+
+
+def test_the_interval_at_a_look_is_the_designs_repeated_one_wider_than_the_fixed():
+    from shared.report import decision as rule_
+    from shared.report.looks import judge_looks
+
+    facts = facts_of({"qa": 0.70}, 0.65, 400, released=2)
+    rule = rule_of(facts)
+    path = next(j for j in judge_looks(facts, rule, 2) if j.agent == "qa")
+    fixed = next(c for c in rule_.comparisons(facts_of({"qa": 0.70}, 0.65, 400, released=2), rule, plan=False)
+                 if c["agent"] == "qa")  # the fixed rule on the same released pairs (waiting ones missing)
+    seq_low, seq_high = path.rows[-1]["ci95_abs"]
+    assert path.rows[-1]["n"] == 160
+    assert seq_high - seq_low > fixed["ci95_abs"][1] - fixed["ci95_abs"][0]
+
+
+def test_what_stopping_saved_is_the_not_needed_calls_at_their_backends_mean_cost():
+    from shared.report.looks import judge_looks, sequential_run
+
+    facts = facts_of({"qa": 0.95}, 0.5, 100, released=2)
+    for j in facts.jobs:
+        if j.status == "waiting":
+            j.status = "not_needed"
+    rule = rule_of(facts)
+    run = sequential_run(facts, rule, judge_looks(facts, rule, 2))
+    assert run.planned_calls == 200 and run.paid_calls == 80 and run.not_needed_jobs == 120
+    assert run.saved_usd == pytest.approx(120 * 0.001) and run.current_look == 2
+    assert {p.comparison for p in run.paths} == {"qa", "ALL"}
+
+
+@pytest.fixture
+def sequential_run_in_sql(monkeypatch, tmp_path):
+    """A run at look 1 in SQL: qa and legal, 2 tasks each per look over 3 looks, one backend."""
+    from shared.db import migrate, session_scope
+    from shared.models import Job, Run, RunStatus
+
+    use_config(monkeypatch, tmp_path, (ROOT / "config" / "genesis.toml").read_text(), SCRATCH_REDIS_URL)
+    migrate()
+    with session_scope() as session:
+        session.add(Run(id="r1", suite="genesis-custom", status=RunStatus.running, total_jobs=12, look=1))
+        session.flush()
+        for agent in ("qa", "legal"):
+            for look in (1, 2, 3):
+                for i in range(2):
+                    session.add(Job(run_id="r1", agent=agent, task_id=f"{agent}-{look}-{i}", backend="openai",
+                                    provider="openai", model="m", look=look,
+                                    status="ok" if look == 1 else "waiting"))
+    return "r1"
+
+
+def statuses(run_id: str) -> dict[tuple[str, int], set[str]]:
+    from sqlmodel import select
+
+    from shared.db import session_scope
+    from shared.models import Job
+
+    found: dict[tuple[str, int], set[str]] = {}
+    with session_scope() as session:
+        for agent, look, status in session.exec(select(Job.agent, Job.look, Job.status).where(Job.run_id == run_id)):
+            found.setdefault((agent, look), set()).add(status)
+    return found
+
+
+def test_a_look_is_released_once_for_open_agents_and_settled_ones_are_not_needed(sequential_run_in_sql):
+    from shared import lifecycle
+
+    run_id = sequential_run_in_sql
+    assert lifecycle.has_waiting(run_id)
+    assert lifecycle.look_state(run_id) == (1, "running", False, False)
+    assert lifecycle.advance_look(run_id, 1, ["legal"], ["qa"]) is True
+    assert lifecycle.advance_look(run_id, 1, ["legal"], ["qa"]) is False  # a duplicate step: the claim is taken
+    found = statuses(run_id)
+    assert found[("qa", 2)] == found[("qa", 3)] == {"not_needed"}
+    assert found[("legal", 2)] == {"queued"} and found[("legal", 3)] == {"waiting"}
+    assert lifecycle.look_state(run_id)[0] == 2 and lifecycle.look_state(run_id)[2] is True  # look 2 running
+    assert lifecycle.job_counts(run_id)["not_needed"] == 4
+
+
+def test_stopping_marks_every_waiting_job_not_needed_and_a_cancelled_run_never_advances(sequential_run_in_sql):
+    from shared import lifecycle
+
+    run_id = sequential_run_in_sql
+    lifecycle.cancel_run(run_id)
+    assert lifecycle.advance_look(run_id, 1, ["qa", "legal"], []) is False  # cancel wins: waiting stays waiting
+    assert statuses(run_id)[("qa", 2)] == {"waiting"}
+    assert lifecycle.settle_run_status(run_id) == "cancelled"
+
+
+def test_a_run_with_waiting_jobs_is_not_completed_and_stopping_completes_it(sequential_run_in_sql):
+    from shared import lifecycle
+
+    run_id = sequential_run_in_sql
+    assert lifecycle.settle_run_status(run_id) == "running"  # looks to come: not completed
+    assert lifecycle.advance_look(run_id, 1, [], ["qa", "legal"]) is True  # every verdict settled: stop
+    assert all(s == {"not_needed"} for (agent, look), s in statuses(run_id).items() if look > 1)
+    assert lifecycle.look_state(run_id)[0] == 1
+    assert lifecycle.settle_run_status(run_id) == "completed"
+
+
+@pytest.mark.parametrize("references", ["follow", "full"])
+def test_submit_records_every_job_and_queues_look_one_references_following_unless_full(monkeypatch, tmp_path,
+                                                                                         references):
+    from producer import submit as submitting
+    from shared.config import get_settings
+    from shared.db import migrate, session_scope
+    from sqlmodel import select
+
+    from shared.models import Job, Run
+
+    use_config(monkeypatch, tmp_path, (ROOT / "config" / "genesis.toml").read_text(), SCRATCH_REDIS_URL)
+    monkeypatch.setenv("GENESIS_DECISION__REFERENCES", references)
+    get_settings.cache_clear()
+    migrate()
+    settings = submitting.with_design(get_settings(), True, 4)
+    selection = submitting.select_work(settings, agents=["qa"], all_agents=False,
+                                       backends=["mistral-ft", "mistral-base", "openai"], suite=None, limit=20,
+                                       check_keys=False)
+    run_id, sent = submitting.record_run(settings, selection)
+    with session_scope() as session:
+        run = session.get(Run, run_id)
+        jobs = session.exec(select(Job).where(Job.run_id == run_id)).all()
+        assert (run.look, run.total_jobs, run.config["decision"]["design"]) == (1, 60, "sequential")
+        assert run.config["decision"]["looks"] == 4 and run.config["decision"]["seed"] == settings.decision.seed
+        by_task = {}
+        for j in jobs:
+            by_task.setdefault(j.task_id, set()).add(j.look)
+        assert all(len(v) == 1 for v in by_task.values())  # every backend of a task shares its look
+        queued = {j.id for j in jobs if j.status == "queued"}
+        assert {job_id for job_id, *_ in sent} == queued  # only the queued ones are sent
+        for j in jobs:
+            full = references == "full" and j.backend == "openai"
+            assert j.status == ("queued" if j.look == 1 or full else "waiting")
+    assert len(queued) == (5 * 3 if references == "follow" else 5 * 2 + 20)
+
+
+def test_looks_without_sequential_is_refused(monkeypatch, tmp_path):
+    from producer import submit as submitting
+    from shared.config import ConfigError, get_settings
+
+    use_config(monkeypatch, tmp_path, (ROOT / "config" / "genesis.toml").read_text(), SCRATCH_REDIS_URL)
+    with pytest.raises(ConfigError, match="--looks needs --sequential"):
+        submitting.with_design(get_settings(), False, 3)
+    assert submitting.with_design(get_settings(), False, None).decision.design == "fixed"
