@@ -209,3 +209,21 @@ def test_reused_answers_are_free_pairs(start_worker, simulator, tmp_path):
             == {a: p["stopped_at"] for a, p in paths_by_agent(first).items()})
     assert second["sequential"]["paid_calls"] == 0 and second["sequential"]["paid_usd"] == 0
     assert all(j.reused_from_job_id is not None for j in run_jobs(second_id) if j.status == "ok")
+
+
+def test_cancel_leaves_later_looks_waiting_never_sent(genesis, simulator, tmp_path):
+    """Cancelled before any worker ran: the first look's queued jobs stay queued (workers skip
+    them, as for any cancelled run), the later looks stay waiting and no look step sends them."""
+    from worker.looks import take_look
+
+    suite = small_run(tmp_path, simulator, 20, agents=("qa",))
+    run_id = submit("--agent", "qa", "--suite", str(suite), *PAIR, "--sequential", "--looks", "4")
+    result = producer("cancel", run_id, "--json")
+    assert result.exit_code == 0, result.output
+    assert take_look(run_id) == "cancelled"
+    counts = Counter(j.status for j in run_jobs(run_id))
+    assert counts == {"queued": 10, "waiting": 30}
+    report = json.loads((Path(json.loads(result.stdout)["report"]).parent / "report.json").read_text())
+    assert report["status"] == "cancelled" and report["complete"] is False
+    assert report["counts"]["waiting"] == 30 and report["sequential"]["paid_calls"] == 0
+    assert simulator.stats()["requests_total"] == 0

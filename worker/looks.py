@@ -40,9 +40,11 @@ def take_look(run_id: str) -> str:
         look, status, busy, halted = lifecycle.look_state(run_id)
         if look is None:
             return "not sequential"
+        if status == RunStatus.cancelled:
+            return str(status)  # waiting jobs stay waiting, never sent (queued ones stay queued, skipped)
         if busy:
             return "busy"  # a look is still running: its last job asks again
-        if status not in IN_FLIGHT_RUNS:  # halted or cancelled: waiting jobs stay waiting; resume continues
+        if status not in IN_FLIGHT_RUNS:  # halted (or completed): waiting jobs stay waiting; resume continues
             if status == RunStatus.halted:
                 request_report(run_id)  # the report of what finished, as a fixed run's halt gets
             return str(status)

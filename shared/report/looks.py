@@ -63,9 +63,9 @@ def _specs(facts: RunFacts) -> list[tuple[str, str, str, list[Any], list[Any]]]:
 
 
 def _keyed(agent: str, jobs: list[Any], *, errors_count_as_zero: bool) -> dict[Hashable, Any]:
-    means = task_means(jobs, errors_count_as_zero=errors_count_as_zero)
+    """Task means keyed as shared.report.decision.comparisons keys them: by task, pooled by (agent, task)."""
     if agent != rule_.POOLED:
-        return dict(means)
+        return dict(task_means(jobs, errors_count_as_zero=errors_count_as_zero))
     by_agent: dict[str, list[Any]] = {}
     for job in jobs:
         by_agent.setdefault(job.agent, []).append(job)
@@ -168,7 +168,9 @@ def sequential_run(facts: RunFacts, rule: DecisionConfig, judged: list[Judged]) 
 def summary_lines(run: SequentialRun) -> list[str]:
     """The minimal text of a sequential run (report.md; the charts are the HTML renderer's)."""
     lines = [f"Sequential design: {run.method}; up to {run.looks} looks, task order seed {run.seed}; "
-             f"the run reached look {run.current_look}.",
+             f"the run reached look {run.current_look}. Each verdict above is the design's, judged at the look it "
+             "stopped at (else its last), with the design's repeated interval at that look (wider than the fixed "
+             "design's: it holds at every look at once).",
              f"Paid {run.paid_calls} of {run.planned_calls} planned calls (saved ${run.saved_usd:.4f} against the "
              f"fixed design; {run.not_needed_jobs} job(s) not needed)."]
     for path in run.paths:
