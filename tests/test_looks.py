@@ -96,6 +96,23 @@ def test_a_loss_settles_no_go_and_no_gain_never_says_go():
         assert support.fractions[-1] == 1.0 and support.points[-1].look == 5
 
 
+def test_an_agent_with_two_candidates_is_settled_once_one_says_go():
+    from shared.report.looks import agent_verdicts, judge_looks
+
+    facts = facts_of({"qa": 0.95}, 0.5, 400, released=2)
+    facts.run.config = {**facts.run.config, "backends": {**SNAPSHOT["backends"],
+                                                         "ft2": {"role": "candidate", "baseline": "base"}}}
+    for j in [j for j in facts.jobs if j.backend == "base"]:  # ft2: no better than its baseline
+        twin = job(j.agent, j.task_id, "ft2", j.score, j.look, j.status)
+        facts.jobs.append(twin)
+        facts.by_pair.setdefault((j.agent, "ft2"), []).append(twin)
+    facts.backends.append("ft2")
+    judged = judge_looks(facts, rule_of(facts), 2)
+    by = {(j.agent, j.candidate): j for j in judged}
+    assert by[("qa", "ft")].verdict == "GO" and by[("qa", "ft2")].verdict != "GO"
+    assert agent_verdicts(judged, ["qa"]) == {"qa": "GO"}  # GO if any candidate is: qa releases no more
+
+
 def test_the_interval_at_a_look_is_the_designs_repeated_one_wider_than_the_fixed():
     from shared.report import decision as rule_
     from shared.report.looks import judge_looks

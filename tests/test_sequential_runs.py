@@ -227,3 +227,5 @@ def test_cancel_leaves_later_looks_waiting_never_sent(genesis, simulator, tmp_pa
     assert report["status"] == "cancelled" and report["complete"] is False
     assert report["counts"]["waiting"] == 30 and report["sequential"]["paid_calls"] == 0
     assert simulator.stats()["requests_total"] == 0
+    watched = producer("status", run_id, "--watch")
+    assert "look 1 of 4: qa look 1" in watched.output  # the look each agent is on
