@@ -1,5 +1,6 @@
 """report.html as a reader gets it: a real run's page opened in real headless Chromium, with
-no console errors, charts of non-zero size and a screenshot that is not blank."""
+no console errors, charts of non-zero size, no table wider than the page, the verdicts' chart
+before the rule's text, and a screenshot that is not blank."""
 
 from __future__ import annotations
 
@@ -26,8 +27,15 @@ def test_the_checks_can_fail(tmp_path):
     bad.write_text('<!DOCTYPE html><html><body><script>console.error("broken chart")</script></body></html>')
     seen = open_in_chromium(bad, tmp_path / "bad")
     assert any("broken chart" in line for line in seen["errors"])
-    assert seen["probe"] == {"charts": []}
+    assert seen["probe"]["charts"] == []
     assert png_varied_rows(seen["screenshot"])[2] == 0.0  # blank
+
+    # A table that runs off the page, and the rule's text before the first chart.
+    wide = tmp_path / "wide.html"
+    wide.write_text('<!DOCTYPE html><html><body><p>Rule: GO when ...</p><table><tr>'
+                    + "<td>cell</td>" * 400 + '</tr></table><svg class="chart" data-chart="late"></svg></body></html>')
+    layout = open_in_chromium(wide, tmp_path / "wide")["probe"]["layout"]
+    assert layout["scrollWidth"] > layout["viewport"] and layout["chartBeforeRule"] is False
 
 
 def test_a_real_runs_report_renders_in_chromium(fast_limits, simulator, start_worker, tmp_path):
@@ -45,6 +53,15 @@ def test_a_real_runs_report_renders_in_chromium(fast_limits, simulator, start_wo
     assert set(charts) == CHARTS
     for chart in charts.values():
         assert chart["width"] > 100 and chart["height"] > 50 and chart["marks"] > 0, chart
+    assert_laid_out(seen)
     width, height, varied = png_varied_rows(seen["screenshot"])
     assert (width, height) == (1280, 1800)
     assert varied > 0.2  # text, bars and lines on a fifth of the rows at least
+
+
+def assert_laid_out(seen: dict) -> None:
+    """No table widens the page (they scroll in their own box), and the verdicts' chart comes
+    before the rule's text."""
+    layout = seen["probe"]["layout"]
+    assert layout["scrollWidth"] <= layout["viewport"], layout
+    assert layout["chartBeforeRule"], layout

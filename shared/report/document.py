@@ -2,7 +2,8 @@
 A block is a tuple: ("title"|"h2"|"p"|"banner", text), ("decision", overall, headlines, combined)
 (`combined`: {agent: verdict} for agents with several candidates, else empty),
 ("list", items), ("table", headers, rows, align) with align one of "l"/"r" per column,
-("chart", name) (HTML only; shared.report.charts draws it), ("drilldown", rows)."""
+("chart", name) (HTML only; shared.report.charts draws it), ("drilldown", rows). The verdicts'
+chart comes right under the verdicts, the rule's text after it."""
 
 from __future__ import annotations
 
@@ -40,9 +41,9 @@ def document(data: dict) -> list[tuple]:
         ("h2", "Decision"),
         ("decision", decision["overall"], data["headlines"] or ["No candidate/baseline pair ran: no verdict."],
          _combined_verdicts(data)),
+        ("chart", "forest"),
         ("p", "Rule: " + data["decision_rule"]),
         *_decision_detail(data),
-        ("chart", "forest"),
         ("h2", "Candidate vs baseline"),
         _comparison_table(data),
         *_epochs_blocks(data.get("epochs")),

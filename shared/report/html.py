@@ -32,7 +32,8 @@ svg .tick { fill: #57606a; font-size: 11px; }
 svg .axis { stroke: #8c959f; } svg .zero { stroke: #57606a; stroke-width: 1.5; }
 svg .threshold { stroke: #bc4c00; stroke-width: 2; stroke-dasharray: 3 2; }
 .drilldown td { max-width: 28rem; white-space: normal; }
-.scroll { overflow-x: auto; }
+p, li { overflow-wrap: anywhere; }
+.scroll { overflow-x: auto; max-width: 100%; }
 </style>
 </head>
 <body>
