@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.browser import chromium, open_in_chromium, png_varied_rows
+from shared.report import render_html
 from tests.support.runs import producer
+from tests.support.sequential_runs import HOSTILE_AGENT, go_at_look_2, no_go_at_look_1, sequential_run, to_the_end
 
 pytestmark = [
     pytest.mark.browser,
@@ -57,6 +59,20 @@ def test_a_real_runs_report_renders_in_chromium(fast_limits, simulator, start_wo
     width, height, varied = png_varied_rows(seen["screenshot"])
     assert (width, height) == (1280, 1800)
     assert varied > 0.2  # text, bars and lines on a fifth of the rows at least
+
+    # The same run drawn as a sequential one (issue #28): a chart per verdict, hostile names
+    # kept as text, the same layout (a name of 300 letters wraps instead of widening the page).
+    data = json.loads(page.with_name("report.json").read_text())
+    data["sequential"] = sequential_run(go_at_look_2(), no_go_at_look_1(HOSTILE_AGENT), to_the_end(),
+                                        go_at_look_2("x" * 300))
+    sequential = tmp_path / "sequential.html"
+    sequential.write_text(render_html(data), encoding="utf-8")
+    seen = open_in_chromium(sequential, tmp_path / "chromium-sequential")
+    assert seen["errors"] == [], seen["errors"]
+    drawn = [c for c in seen["probe"]["charts"] if c["name"] == "sequential"]
+    assert len(drawn) == 4 and all(c["width"] > 100 and c["height"] > 100 and c["marks"] > 10 for c in drawn), drawn
+    assert seen["probe"]["scripts"] == 1  # the probe's own: the hostile agent name stayed text
+    assert_laid_out(seen)
 
 
 def assert_laid_out(seen: dict) -> None:
