@@ -34,6 +34,10 @@ LIMIT_USD: dict[str, float] = {"gt": 0, "le": MAX_USD}  # a budget limit
 MAX_SECONDS = 366 * 24 * 3600
 SECONDS: dict[str, float] = {"gt": 0, "le": MAX_SECONDS}  # a duration in the config
 MAX_TASKS = 1_000_000  # `submit --limit`: a count of tasks, not an arbitrary-precision integer
+# An answer's token allowance (a task's max_tokens, a backend's cap): ten times the largest output
+# any provider offers today (128k), yet a typo of 10**12 tokens no longer reserves a fortune.
+MAX_TOKENS = 1_000_000
+TOKENS: dict[str, int] = {"gt": 0, "le": MAX_TOKENS}
 
 
 def number(kind: type = float, **bounds: float) -> Callable[[str], Any]:

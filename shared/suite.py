@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.config import ConfigError
+from shared.numbers import MAX_TOKENS, TOKENS
 from shared.scoring import BaseScorer, Scorer, parse_scorer, reference_answer, score
 
 SUITES_DIR = Path(__file__).parent / "suites"
@@ -48,7 +49,7 @@ class SuiteTask(BaseModel):
     # A family of tasks that share a source (one document, one template): their results move
     # together, so the decision's interval and power treat the family as one unit of evidence.
     cluster: str | None = Field(default=None, pattern=_NAME_PATTERN, max_length=100)
-    max_tokens: int = Field(default=256, gt=0, strict=True)
+    max_tokens: int = Field(default=256, strict=True, **TOKENS)
     scorer: Scorer
 
     @field_validator("scorer", mode="before")
@@ -336,7 +337,7 @@ def _describe(exc: ValidationError) -> str:
     if name == "cluster":
         return f"cluster must be a name of letters, digits, '.', '_' or '-' (got {error['input']!r})"
     if name == "max_tokens":
-        return f"max_tokens must be a positive integer (got {error['input']!r})"
+        return f"max_tokens must be a whole number from 1 to {MAX_TOKENS:,} (got {error['input']!r})"
     if name == "scorer" and kind == "value_error":
         return f"bad scorer: {error['ctx']['error']}"
     return f"field {name!r}: {error['msg']}"

@@ -110,11 +110,13 @@ def test_a_bad_number_in_the_environment_is_one_line_and_writes_nothing(world, m
     ("[limits.x-provider]\nrpm = 0", "limits.x-provider.rpm: Input should be greater than 0"),
     ("limit_usd = -inf", "budget.limit_usd: Input should be a finite number"),
     ("limit_usd = nan", "budget.limit_usd: Input should be a finite number"),
+    ("max_tokens = 1000000000000", "judge.max_tokens: Input should be less than or equal to 1000000"),
 ])
 def test_a_bad_number_in_the_toml_is_one_line(tmp_path, monkeypatch, redis_client, added, named):
     """TOML itself has inf and nan literals."""
-    edited = (CONFIG.replace("limit_usd = 30.0", added, 1) if added.startswith("limit_usd")
-              else f"{CONFIG}\n{added}\n")
+    replaced = next((line for line in ("limit_usd = 30.0", "max_tokens = 200")
+                     if added.split(" =")[0] == line.split(" =")[0]), None)
+    edited = CONFIG.replace(replaced, added, 1) if replaced else f"{CONFIG}\n{added}\n"
     assert edited != CONFIG
     use_config(monkeypatch, tmp_path, edited, SCRATCH_REDIS_URL)
     with pytest.raises(ConfigError) as refused:

@@ -206,7 +206,7 @@ def test_a_release_that_failed_under_a_live_worker_is_retried_at_its_next_heartb
     from shared.budget import BudgetGuard
     from shared.budget.recorded import call_key
     from shared.config import get_settings
-    from worker.paid_call import Services, _Holds
+    from worker.paid_call import Services, Holds
     from worker.recovery import Recovery
 
     client = redis.Redis.from_url(redis_url)
@@ -219,7 +219,7 @@ def test_a_release_that_failed_under_a_live_worker_is_retried_at_its_next_heartb
         raise redis.ConnectionError("Connection reset by peer")
 
     monkeypatch.setattr(BudgetGuard, "release", blip)
-    _Holds(Services(redis=client, limiter=None, budget=budget, back_pressure=None), key, call_id).release()  # a call not made
+    Holds(Services(redis=client, limiter=None, budget=budget, back_pressure=None), key, call_id).release()  # a call not made
     assert _held_reservations(client) == 1  # best effort: the job went on
     with pytest.raises(redis.ConnectionError):  # its loop logs it; kept for the next beat
         Recovery("w1@host")._beat()

@@ -337,7 +337,7 @@ def test_generate_report_writes_the_files(mixed_run, tmp_path):
     page = paths["html"].read_text()
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "SIMULATED" in page and 'class="inconclusive">INCONCLUSIVE<' in page
-    assert page.index("Overall:") < page.index("Rule:") < page.index("<svg")  # the decision first
+    assert page.index("Overall:") < page.index("<svg") < page.index("Rule:")  # the decision, its chart, the rule
     assert '<td class="num">' in page
     assert "http" not in page.split("<body>")[0].lower()  # no external assets in the head
     assert not list((tmp_path / "reports").rglob("*.tmp"))

@@ -157,6 +157,7 @@ def test_a_crash_between_the_release_and_its_publish_is_recovered_by_the_sweep(
 
 def test_batch_backends_submit_each_released_look_as_its_own_batches(
         monkeypatch, batch_knobs, simulator, start_worker, tmp_path):
+    from shared.report.sequential_section import LOOKS_TITLE
     from tests.support.env import batch_mode
     from tests.support.runs import batch_rows
 
@@ -189,8 +190,8 @@ def test_batch_backends_submit_each_released_look_as_its_own_batches(
     assert len(by_batch) >= 2 and all(len(looks) == 1 for looks in by_batch.values())
     assert sum(b.job_count for b in batches) == sum(j.status == "ok" for j in jobs)
     markdown = (Path(snap["report"]).parent / "report.md").read_text()
-    assert "Looks (sequential design)" in markdown
-    assert f"Paid {report['sequential']['paid_calls']} of {len(jobs)} planned calls" in markdown
+    assert LOOKS_TITLE in markdown
+    assert f"paid {report['sequential']['paid_calls']:,} of {len(jobs):,} planned calls" in markdown
 
 
 def test_reused_answers_are_free_pairs(start_worker, simulator, tmp_path):

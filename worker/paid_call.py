@@ -57,15 +57,15 @@ from shared.retry import BackPressureClock, backoff_delay, is_back_pressure, ret
 from worker.halt import halt_on_refusal
 from worker.paid_holds import (  # noqa: F401 - DATABASE_AWAY, Services: the public names callers import from here
     DATABASE_AWAY,
+    Holds,
+    LateAnswer,
     PaidCall,
     Recording,
     Services,
-    _best_effort,
-    _Holds,
-    _LateAnswer,
-    _ledger_unattached,
-    _payment,
-    _unbilled_or_ledgered,
+    best_effort,
+    ledger_unattached,
+    payment_of,
+    unbilled_or_ledgered,
 )
 
 log = logging.getLogger("genesis.paid_call")
@@ -136,7 +136,7 @@ def pay(task: Any, spec: PaidCall) -> Outcome:
                            holder=f"{holder}|{spec.model}")
     except BudgetWait:  # room held by calls in flight: no call, not an attempt, no halt
         retry = task.hand_back(job, BUDGET_WAIT_S + random.uniform(0, BUDGET_WAIT_S), uncount=True)
-        _best_effort(svc.budget.maybe_reconcile)  # a dead worker's reservation must not hold it forever
+        best_effort(svc.budget.maybe_reconcile)  # a dead worker's reservation must not hold it forever
         raise retry
     except BudgetRefused as refused:
         status = halt_on_refusal(app, svc.budget, job, refused, spec.what)
@@ -144,7 +144,7 @@ def pay(task: Any, spec: PaidCall) -> Outcome:
             raise task.hand_back(job, BUDGET_WAIT_S, uncount=True)
         return Outcome(status)
 
-    held = _Holds(svc, key, call_id)
+    held = Holds(svc, key, call_id)
     try:
         permit = _acquire(svc.limiter, spec.limit_scope, spec.model, spec.tokens)
         if not isinstance(permit, Permit):
@@ -152,13 +152,13 @@ def pay(task: Any, spec: PaidCall) -> Outcome:
             raise task.hand_back(job, permit + random.uniform(0, 0.25), uncount=True)  # no call: not an attempt
         held.permit = permit
         try:
-            response = spec.call(_LateAnswer(spec, held))
+            response = spec.call(LateAnswer(spec, held))
         except ProviderError as err:
             if err.past_deadline:  # the call goes on: the late answer's handler keeps and ends the holds
                 held.late = True
             else:
                 held.release_permit()
-                _unbilled_or_ledgered(spec, held, err)
+                unbilled_or_ledgered(spec, held, err)
             return Outcome(_failed(task, spec, err))
     except BaseException:
         held.release()
@@ -166,23 +166,23 @@ def pay(task: Any, spec: PaidCall) -> Outcome:
     return _paid(task, spec, held, response)
 
 
-def _paid(task: Any, spec: PaidCall, held: _Holds, response: ChatResponse) -> Outcome:
+def _paid(task: Any, spec: PaidCall, held: Holds, response: ChatResponse) -> Outcome:
     """Billed from here on: record it before anything else can fail."""
     svc, job = held.svc, spec.job
-    response, payment = _payment(spec, held, response)
-    _best_effort(svc.limiter.observe, spec.limit_scope, spec.model, response.headers)
+    response, payment = payment_of(spec, held, response)
+    best_effort(svc.limiter.observe, spec.limit_scope, spec.model, response.headers)
     try:
         recording = spec.result(response, payment)
     except UnusableReply as bad:
-        _ledger_unattached(spec, held, payment, bad.why)
+        ledger_unattached(spec, held, payment, bad.why)
         return Outcome(_retry_or_fail(task, job, bad.error_type, bad.detail, retryable=True))
     except BaseException:
-        _best_effort(_ledger_unattached, spec, held, payment, "result not stored")
+        best_effort(ledger_unattached, spec, held, payment, "result not stored")
         raise
     return Outcome(_record(spec, held, payment, recording), response)
 
 
-def _record(spec: PaidCall, held: _Holds, payment: Payment, recording: Recording) -> str:
+def _record(spec: PaidCall, held: Holds, payment: Payment, recording: Recording) -> str:
     """In SQL now, or through the journal once the database is back (the job then stays
     `running` and the sweep leaves it alone); settled by the call's id either way."""
     svc, job = held.svc, spec.job
@@ -195,10 +195,10 @@ def _record(spec: PaidCall, held: _Holds, payment: Payment, recording: Recording
         held.settle(payment.cost_usd)
         return "journaled"
     except BaseException:
-        _best_effort(_ledger_unattached, spec, held, payment, "result not stored")
+        best_effort(ledger_unattached, spec, held, payment, "result not stored")
         raise
     if not recorded:  # another delivery's result is the job's: this call is still a real cost
-        _ledger_unattached(spec, held, payment, f"duplicate {spec.what} for an already recorded job")
+        ledger_unattached(spec, held, payment, f"duplicate {spec.what} for an already recorded job")
         return "duplicate"
     held.settle(payment.cost_usd, recorded.replaced_usd)
     return recording.status
@@ -224,7 +224,7 @@ def _failed(task: Any, spec: PaidCall, err: ProviderError) -> str:
         if not refusals.exhausted(settings.retry.rate_limited_max_s):
             raise task.hand_back(job, refusals.next_delay(retry_after, settings.retry), uncount=True,
                                  error_type=err.error_type, error_message=detail)
-        _best_effort(svc.back_pressure.forget, job.id)
+        best_effort(svc.back_pressure.forget, job.id)
         detail = f"{refusals.describe()}, past [retry] rate_limited_max_s: {detail}"
     return _retry_or_fail(task, job, err.error_type, detail, retryable=err.retryable and not slow_down,
                           retry_after=retry_after)

@@ -1,6 +1,6 @@
 """What one paid call is and what it holds while it is made (worker/paid_call.py's `pay()` is the
 one path that makes it): the caller's description (`PaidCall`, `Recording`), the worker's
-connections (`Services`), the call's reservation and permit (`_Holds`), and the money rules that
+connections (`Services`), the call's reservation and permit (`Holds`), and the money rules that
 give them back.
 
 The money rules this module owns:
@@ -11,7 +11,7 @@ The money rules this module owns:
   before the retry;
 - a failed call the provider may have billed (`ProviderError.outcome_unknown`: a 200 that cannot
   be parsed, a connection lost after sending, in or past the deadline alike) is ledgered at its
-  worst case as `outcome unknown` (`_unbilled_or_ledgered`, the one rule);
+  worst case as `outcome unknown` (`unbilled_or_ledgered`, the one rule);
 - a payment whose result cannot be stored is ledgered without a job link, never dropped;
 - a call already ledgered as `outcome unknown` (its worker judged dead while it was alive) whose
   answer arrives after all: its real cost replaces that entry (shared.payments.write_cost_row)
@@ -85,7 +85,7 @@ class Services:
     back_pressure: BackPressureClock  # how long each job has met 429s (shared.retry)
 
 
-def _ledger_unattached(spec: PaidCall, held: "_Holds", payment: Payment, why: str) -> None:
+def ledger_unattached(spec: PaidCall, held: "Holds", payment: Payment, why: str) -> None:
     """A paid call that is not (or no longer) the job's recorded result still costs money: in
     the ledger without a job link, or journaled as such while the database is away."""
     svc, job = held.svc, spec.job
@@ -99,7 +99,7 @@ def _ledger_unattached(spec: PaidCall, held: "_Holds", payment: Payment, why: st
     held.done = True
 
 
-def _unbilled_or_ledgered(spec: PaidCall, held: "_Holds", err: ProviderError) -> None:
+def unbilled_or_ledgered(spec: PaidCall, held: "Holds", err: ProviderError) -> None:
     """The one rule for a failed call, in or past its deadline: billed with its usage known (a
     200 without choices) → ledgered at that cost; possibly billed (`outcome_unknown`) → ledgered
     at its worst case as `outcome unknown`; else not billed → its reservation is released."""
@@ -107,19 +107,19 @@ def _unbilled_or_ledgered(spec: PaidCall, held: "_Holds", err: ProviderError) ->
         tokens_in, tokens_out, source = billed_usage(spec.request, *err.billed, err.usage_reported, "")
         cost = call_cost(get_settings(), spec.model, tokens_in, tokens_out)
         payment = Payment(held.call_id, spec.operation, spec.model, tokens_in, tokens_out, cost, source)
-        _best_effort(_ledger_unattached, spec, held, payment, f"billed failure: {err}")
+        best_effort(ledger_unattached, spec, held, payment, f"billed failure: {err}")
     elif err.outcome_unknown:
         payment = Payment(held.call_id, spec.operation, spec.model, 0, 0, spec.worst_case_usd, OUTCOME_UNKNOWN)
-        _best_effort(_ledger_unattached, spec, held, payment, f"no usable reply, {err.kind}: {err}")
+        best_effort(ledger_unattached, spec, held, payment, f"no usable reply, {err.kind}: {err}")
     else:
         held.release()
 
 
-class _LateAnswer:
+class LateAnswer:
     """Handed to the call as `on_late`: receives the outcome of a call abandoned at its
     deadline, on the helper thread, and ends the call's holds then."""
 
-    def __init__(self, spec: PaidCall, held: "_Holds") -> None:
+    def __init__(self, spec: PaidCall, held: "Holds") -> None:
         self.spec, self.held = spec, held
 
     def __call__(self, outcome: ChatResponse | ProviderError) -> None:
@@ -130,19 +130,19 @@ class _LateAnswer:
                 _paid_late(spec, held, outcome)
             else:
                 held.release_permit()
-                _unbilled_or_ledgered(spec, held, outcome)
+                unbilled_or_ledgered(spec, held, outcome)
         except Exception:  # noqa: BLE001 - on a helper thread: nothing above it to tell
             log.exception("job %s: late %s could not be ledgered", spec.job.id, spec.what)
             held.release()
 
 
-def _paid_late(spec: PaidCall, held: "_Holds", response: ChatResponse) -> None:
-    _, payment = _payment(spec, held, response)
-    _ledger_unattached(spec, held, payment, "answered after its deadline")
+def _paid_late(spec: PaidCall, held: "Holds", response: ChatResponse) -> None:
+    _, payment = payment_of(spec, held, response)
+    ledger_unattached(spec, held, payment, "answered after its deadline")
 
 
 @dataclass
-class _Holds:
+class Holds:
     """What one paid call holds: its reservation (by id) and its limiter permit. Each is given
     back once: settled, released, or handed to the late answer's handler."""
 
@@ -156,7 +156,7 @@ class _Holds:
     def release_permit(self, actual_tokens: int | None = None) -> None:
         permit, self.permit = self.permit, None
         if permit is not None:
-            _best_effort(self.svc.limiter.release, permit, actual_tokens)
+            best_effort(self.svc.limiter.release, permit, actual_tokens)
 
     def settle(self, cost: float, replaced_usd: float | None = None) -> None:
         self.svc.budget.settle(self.key, cost, self.call_id, replaced_usd)
@@ -176,7 +176,7 @@ class _Holds:
             self.done = True
 
 
-def _payment(spec: PaidCall, held: "_Holds", response: ChatResponse) -> tuple[ChatResponse, Payment]:
+def payment_of(spec: PaidCall, held: "Holds", response: ChatResponse) -> tuple[ChatResponse, Payment]:
     """A billed answer's payment (a response without usage is still billed: its tokens estimated
     from its text, flagged), its permit given back with the tokens it really took."""
     input_tokens, output_tokens, source = billed_usage(spec.request, response.input_tokens, response.output_tokens,
@@ -187,7 +187,7 @@ def _payment(spec: PaidCall, held: "_Holds", response: ChatResponse) -> tuple[Ch
     return response, Payment(held.call_id, spec.operation, spec.model, input_tokens, output_tokens, cost, source,
                              reasoning_tokens=response.reasoning_tokens)
 
-def _best_effort(call, *args) -> None:
+def best_effort(call, *args) -> None:
     """Bookkeeping (limiter pacing, budget reconciliation): losing it never costs a job."""
     try:
         call(*args)

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared.numbers import FINITE, LIMIT_USD, MAX_SECONDS, SECONDS, USD
+from shared.numbers import FINITE, LIMIT_USD, MAX_SECONDS, SECONDS, TOKENS, USD
 from shared.providers.params import ALLOWANCE_FIELDS, MIN_THINKING_BUDGET, REASONING_EFFORTS, problems
 from shared.providers.registry import PROVIDER_NAMES
 
@@ -54,7 +54,7 @@ class GenerationParams(Strict):
     seed: int | None = Field(default=None, ge=0)
     reasoning_effort: Literal[REASONING_EFFORTS] | None = None  # type: ignore[valid-type]
     reasoning_budget_tokens: int | None = Field(default=None, ge=MIN_THINKING_BUDGET)  # Anthropic's thinking
-    max_output_tokens: int | None = Field(default=None, gt=0)  # the whole allowance; wins over a task's max_tokens
+    max_output_tokens: int | None = Field(default=None, **TOKENS)  # the whole allowance; wins over a task's max_tokens
 
 
 class BackendConfig(Strict):
@@ -64,7 +64,7 @@ class BackendConfig(Strict):
     model: str | None = None
     models: dict[str, str] = {}
     model_id_file: str | None = None
-    max_tokens: int | None = Field(default=None, gt=0)  # caps every task's own max_tokens when set
+    max_tokens: int | None = Field(default=None, **TOKENS)  # caps every task's own max_tokens when set
     params: GenerationParams = GenerationParams()
     # OpenAI wire format: the allowance's field; "max_tokens" for a server that predates max_completion_tokens
     max_tokens_field: Literal[ALLOWANCE_FIELDS] | None = None  # type: ignore[valid-type]
@@ -210,7 +210,7 @@ class JudgeConfig(Strict):
 
     backend: str = "openai"
     model: str | None = None
-    max_tokens: int = Field(default=200, gt=0)
+    max_tokens: int = Field(default=200, **TOKENS)
 
 
 class FinetuneConfig(Strict):

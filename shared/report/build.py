@@ -16,7 +16,7 @@ from shared.report.costs import NOTHING, run_costs
 from shared.report.drilldown import disagreements
 from shared.report.epochs import epochs_section
 from shared.report.history import earlier_decisions
-from shared.report.looks import judge_looks, sequential_run, summary_lines
+from shared.report.looks import judge_looks, sequential_run
 from shared.report.sequential_types import SequentialRun
 from shared.report.warnings import warnings
 
@@ -34,7 +34,7 @@ def build_report_data(session: Session, run_id: str, *, partial: bool = False) -
     budget = facts_.budget_facts(session, run, jobs)
     costs = run_costs(jobs, facts.judge, budget["run_cost_usd"], facts.snapshot)
     in_flight = counts[JobStatus.queued] + counts[JobStatus.running]
-    return {
+    data = {
         "run_id": run.id,
         "suite": run.suite,
         "status": run.status,
@@ -67,10 +67,10 @@ def build_report_data(session: Session, run_id: str, *, partial: bool = False) -
         "budget": budget,
         "costs": costs,
         "warnings": warnings(facts, comparisons, decision, budget, costs),
-        # A sequential run's looks (shared.report.sequential_types.SequentialRun as a dict); None: fixed.
-        "sequential": asdict(sequential) if sequential else None,
-        "sequential_summary": summary_lines(sequential) if sequential else [],
     }
+    if sequential is not None:  # a sequential run's looks (SequentialRun as the dict report.json holds); fixed: no key
+        data["sequential"] = asdict(sequential)
+    return data
 
 
 def _judged(facts: facts_.RunFacts, rule) -> tuple[list[dict], SequentialRun | None]:

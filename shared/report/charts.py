@@ -21,7 +21,7 @@ JUDGE_COLOUR = "#8c959f"
 PALETTE = ("#0969da", "#8250df", "#bf3989", "#1a7f37", "#bc4c00", "#6e7781")
 
 
-def _svg(name: str, title: str, height: float, body: list[str]) -> str:
+def svg_chart(name: str, title: str, height: float, body: list[str]) -> str:
     return (
         f'<svg class="chart" data-chart="{name}" role="img" '
         f'width="{WIDTH}" height="{height:.0f}" viewBox="0 0 {WIDTH} {height:.0f}" aria-label="{escape(title)}">'
@@ -41,12 +41,16 @@ class _Scale:
         return self.left + (value - self.low) / (self.high - self.low) * (self.right - self.left)
 
     def ticks(self, count: int = 6) -> list[float]:
-        """Round values (1, 2 or 5 times a power of ten apart) inside [low, high]."""
-        raw = (self.high - self.low) / count
-        magnitude = 10 ** math.floor(math.log10(raw))
-        step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
-        first = math.ceil(self.low / step - 1e-9) * step
-        return [first + i * step for i in range(int((self.high - first) / step + 1e-9) + 1)]
+        return round_ticks(self.low, self.high, count)
+
+
+def round_ticks(low: float, high: float, count: int = 6) -> list[float]:
+    """Round values (1, 2 or 5 times a power of ten apart) inside [low, high] (high > low)."""
+    raw = (high - low) / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(low / step - 1e-9) * step
+    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
 
 
 def _axis(scale: _Scale, y: float, label) -> list[str]:
@@ -99,8 +103,8 @@ def forest(data: dict) -> str | None:
         f'<text x="{LABEL_W + 378}" y="{legend_y}" class="tick">no difference</text>',
     ]
     level = f"{data['confidence']:.0%}"
-    return _svg("forest", f"Improvement over the baseline (candidate - baseline, points) with its {level} family-wise interval",
-                height, body)
+    return svg_chart("forest", "Improvement over the baseline (candidate - baseline, points) with its "
+                     f"{level} family-wise interval", height, body)
 
 
 def _bars(name: str, title: str, items: list[tuple[str, list[tuple[float, str]], str]],
@@ -127,7 +131,7 @@ def _bars(name: str, title: str, items: list[tuple[str, list[tuple[float, str]],
         x = LABEL_W + 180 * i
         body += [f'<rect x="{x}" y="{legend_y - 10}" width="12" height="12" fill="{colour}"/>',
                  f'<text x="{x + 18}" y="{legend_y}" class="tick">{escape(text)}</text>']
-    return _svg(name, title, height, body)
+    return svg_chart(name, title, height, body)
 
 
 def _colours(names: list[str]) -> dict[str, str]:
@@ -165,7 +169,7 @@ def latency(data: dict) -> str | None:
             f'<text x="{WIDTH - 8}" y="{y + 4}" text-anchor="end" class="value">p50 {escape(fmt.ms(q["p50"]))}</text>',
         ]
     body += _axis(scale, height - BOTTOM + 4, lambda v: f"{v:,.0f} ms")
-    return _svg("latency", "Latency per backend (box p25-p75, bar median, whiskers to p95, dot slowest)", height, body)
+    return svg_chart("latency", "Latency per backend (box p25-p75, bar median, whiskers to p95, dot slowest)", height, body)
 
 
 def cost(data: dict) -> list[str]:

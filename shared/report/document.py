@@ -1,14 +1,17 @@
 """One document model, two renderers (markdown, HTML): they can never say different things.
-A block is a tuple: ("title"|"h2"|"p"|"banner", text), ("decision", overall, headlines, combined)
+A block is a tuple: ("title"|"h2"|"h3"|"p"|"banner", text), ("decision", overall, headlines, combined)
 (`combined`: {agent: verdict} for agents with several candidates, else empty),
 ("list", items), ("table", headers, rows, align) with align one of "l"/"r" per column,
-("chart", name) (HTML only; shared.report.charts draws it), ("drilldown", rows)."""
+("chart", name) (HTML only; shared.report.charts draws it), ("drilldown", rows), ("looks", path)
+(a sequential verdict's VerdictPath: its chart and table in HTML, its table in markdown). The
+verdicts' chart comes right under the verdicts, the rule's text after it."""
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 
 from shared.report import format as fmt
+from shared.report.sequential_section import as_sequential_run, sequential_section
 
 DRILLDOWN_ANSWER_CHARS = 160
 
@@ -40,10 +43,10 @@ def document(data: dict) -> list[tuple]:
         ("h2", "Decision"),
         ("decision", decision["overall"], data["headlines"] or ["No candidate/baseline pair ran: no verdict."],
          _combined_verdicts(data)),
+        ("chart", "forest"),
         *_sequential_blocks(data),
         ("p", "Rule: " + data["decision_rule"]),
         *_decision_detail(data),
-        ("chart", "forest"),
         ("h2", "Candidate vs baseline"),
         _comparison_table(data),
         *_epochs_blocks(data.get("epochs")),
@@ -77,10 +80,10 @@ def document(data: dict) -> list[tuple]:
 
 
 def _sequential_blocks(data: dict) -> list[tuple]:
-    """A sequential run's looks: where each verdict stopped and what stopping saved (the lines
-    are shared.looks.summary_lines'; reports of fixed runs, and older ones, have none)."""
-    lines = data.get("sequential_summary") or []
-    return [("h2", "Looks (sequential design)"), ("list", lines)] if lines else []
+    """A sequential run's looks under the verdicts' chart (fixed runs, and reports built before
+    the design existed, have none)."""
+    run = as_sequential_run(data.get("sequential"))
+    return [] if run is None else sequential_section(run)
 
 
 def _decision_detail(data: dict) -> list[tuple]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from shared.files import replacing, writable_folder
 from shared.report.html import render_html
 from shared.report.markdown import render_markdown
+from shared.report.sequential_section import sequential_json
 
 LATEST_REPORT_NAME = "finetuning_quality_report.md"
 _MARKER = re.compile(r"run_id=(\S+) created_at=(\S+) -->")
@@ -44,6 +45,10 @@ class PublishedReport:
 
 
 def render(data: dict) -> RenderedReport:
+    """A sequential run's SequentialRun becomes the plain dict report.json holds, before anything
+    reads the data, so a rebuilt and a stored report say the same."""
+    if data.get("sequential") is not None:
+        data = {**data, "sequential": sequential_json(data["sequential"])}
     return RenderedReport(data, json.dumps(data, indent=2, ensure_ascii=False) + "\n",
                           render_markdown(data), render_html(data))
 

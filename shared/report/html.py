@@ -8,6 +8,8 @@ from string import Template
 
 from shared.report.charts import chart
 from shared.report.document import COMBINED_VERDICTS, document, drilldown_table
+from shared.report.sequential_chart import look_chart
+from shared.report.sequential_section import look_table
 
 _PAGE = Template("""<!DOCTYPE html>
 <html lang="en">
@@ -32,7 +34,10 @@ svg .tick { fill: #57606a; font-size: 11px; }
 svg .axis { stroke: #8c959f; } svg .zero { stroke: #57606a; stroke-width: 1.5; }
 svg .threshold { stroke: #bc4c00; stroke-width: 2; stroke-dasharray: 3 2; }
 .drilldown td { max-width: 28rem; white-space: normal; }
-.scroll { overflow-x: auto; }
+svg .boundary { stroke-dasharray: 6 3; }
+p, li { overflow-wrap: anywhere; }
+.scroll { overflow-x: auto; max-width: 100%; }
+details { margin: -1rem 0 1.5rem; } summary { color: #57606a; cursor: pointer; }
 </style>
 </head>
 <body>
@@ -65,6 +70,8 @@ def render_html(data: dict) -> str:
                 parts.append(f"<h1>{escape(text)}</h1>")
             case ("h2", text):
                 parts.append(f"<h2>{escape(text)}</h2>")
+            case ("h3", text):
+                parts.append(f"<h3>{escape(text)}</h3>")
             case ("p", text):
                 parts.append(f"<p>{escape(text)}</p>")
             case ("banner", text):
@@ -85,5 +92,8 @@ def render_html(data: dict) -> str:
                     parts.append(_table(*drilldown_table(rows)[1:], css="drilldown"))
             case ("chart", name):
                 parts.extend(chart(name, data))
+            case ("looks", path):
+                parts.append(look_chart(path) + "<details><summary>The values at each look</summary>"
+                             + _table(*look_table(path)[1:]) + "</details>")
     title = f"Fine-tuning quality report: run {data['run_id']}"
     return _PAGE.substitute(title=escape(title), body="\n".join(parts))

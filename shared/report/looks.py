@@ -163,19 +163,3 @@ def sequential_run(facts: RunFacts, rule: DecisionConfig, judged: list[Judged]) 
         paid_calls=len(paid), planned_calls=len(facts.jobs), paid_usd=sum(j.cost_usd or 0.0 for j in facts.jobs),
         saved_usd=sum(mean_cost.get(j.backend, 0.0) for j in not_needed), not_needed_jobs=len(not_needed),
     )
-
-
-def summary_lines(run: SequentialRun) -> list[str]:
-    """The minimal text of a sequential run (report.md; the charts are the HTML renderer's)."""
-    lines = [f"Sequential design: {run.method}; up to {run.looks} looks, task order seed {run.seed}; "
-             f"the run reached look {run.current_look}. Each verdict above is the design's, judged at the look it "
-             "stopped at (else its last), with the design's repeated interval at that look (wider than the fixed "
-             "design's: it holds at every look at once).",
-             f"Paid {run.paid_calls} of {run.planned_calls} planned calls (saved ${run.saved_usd:.4f} against the "
-             f"fixed design; {run.not_needed_jobs} job(s) not needed)."]
-    for path in run.paths:
-        who = "all agents pooled" if path.comparison == rule_.POOLED else path.comparison
-        trail = ", ".join(f"look {p.look}: {p.verdict} ({p.pairs} pairs, {_pp(p.low)}..{_pp(p.high)} pp)"
-                          for p in path.points)
-        lines.append(f"{who} ({path.candidate} vs {path.baseline}): {path.reason}; {trail or 'no look judged'}")
-    return lines

@@ -1,4 +1,4 @@
-"""The document as markdown (charts are in report.html only)."""
+"""The document as markdown (charts are in report.html only; a sequential verdict's looks are a table)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import re
 
 from shared.terminal import without_controls
 from shared.report.document import COMBINED_VERDICTS, document, drilldown_table
+from shared.report.sequential_section import look_table, path_title
 
 
 # Every character with a meaning in CommonMark or GitHub's markdown: links and images ([ ] !),
@@ -58,6 +59,8 @@ def render_markdown(data: dict) -> str:
                 lines += [f"# {md(text)}", ""]
             case ("h2", text):
                 lines += [f"## {md(text)}", ""]
+            case ("h3", text):
+                lines += [f"### {md(text)}", ""]
             case ("p", text):
                 lines += [md(text), ""]
             case ("banner", text):
@@ -74,6 +77,8 @@ def render_markdown(data: dict) -> str:
             case ("drilldown", rows):
                 if rows:
                     lines += _table(*drilldown_table(rows)[1:])
+            case ("looks", path):
+                lines += [f"**{md(path_title(path))}**", ""] + _table(*look_table(path)[1:])
             case ("chart", _):
                 pass
     return "\n".join(lines)

@@ -17,6 +17,7 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--enable-logging=stderr", "--v=0",
 ]
+WINDOW = "1280,1800"  # the probe's viewport and the screenshot's size
 # Appended to a copy of the page: measures every chart and records script errors in the DOM,
 # where --dump-dom shows them (the report itself has no script).
 _PROBE = """<pre id="probe"></pre><script>
@@ -26,7 +27,16 @@ _PROBE = """<pre id="probe"></pre><script>
     return {name: svg.getAttribute("data-chart"), width: box.width, height: box.height,
             marks: svg.querySelectorAll("rect, circle, line").length};
   });
-  document.getElementById("probe").textContent = JSON.stringify({charts: charts});
+  // Layout: how wide the page scrolls against the viewport (a table wider than the page must
+  // scroll in its own box), and whether the first chart comes before the rule's text.
+  var rule = Array.prototype.find.call(document.querySelectorAll("p"), function (p) {
+    return p.textContent.indexOf("Rule: ") === 0;
+  });
+  var chart = document.querySelector("svg.chart");
+  var layout = {scrollWidth: document.documentElement.scrollWidth, viewport: document.documentElement.clientWidth,
+                chartBeforeRule: !!(rule && chart && (chart.compareDocumentPosition(rule) & Node.DOCUMENT_POSITION_FOLLOWING))};
+  document.getElementById("probe").textContent = JSON.stringify({charts: charts, layout: layout,
+                                                    scripts: document.scripts.length});
 })();
 </script>"""
 
@@ -48,15 +58,16 @@ def console_errors(log: str) -> list[str]:
 
 def open_in_chromium(page: Path, workdir: Path) -> dict:
     """Opens `page` in headless Chromium twice (a fresh profile each time): once with a probe
-    for chart sizes (--dump-dom), once for a screenshot. Returns charts, console lines, PNG path."""
+    for chart sizes and layout (--dump-dom), once for a screenshot. Returns the probe ({"charts": [...],
+    "layout": {"scrollWidth", "viewport", "chartBeforeRule"}, "scripts": n}), console lines, PNG path."""
     workdir.mkdir(parents=True, exist_ok=True)
     probed = workdir / "probed.html"
     probed.write_text(page.read_text(encoding="utf-8").replace("</body>", _PROBE + "</body>"), encoding="utf-8")
-    dumped = _run_chromium(["--dump-dom", probed.as_uri()], workdir / "profile-dom")
+    dumped = _run_chromium([f"--window-size={WINDOW}", "--dump-dom", probed.as_uri()], workdir / "profile-dom")
     found = re.search(r'<pre id="probe">(.*?)</pre>', dumped.stdout, re.S)
     probe = json.loads(html.unescape(found.group(1))) if found and found.group(1) else None
     screenshot = workdir / "report.png"
-    shot = _run_chromium([f"--screenshot={screenshot}", "--window-size=1280,1800", "--hide-scrollbars",
+    shot = _run_chromium([f"--screenshot={screenshot}", f"--window-size={WINDOW}", "--hide-scrollbars",
                           page.as_uri()], workdir / "profile-shot")
     return {"probe": probe, "dom_log": dumped.stderr, "errors": console_errors(dumped.stderr + shot.stderr),
             "screenshot": screenshot if screenshot.exists() else None}

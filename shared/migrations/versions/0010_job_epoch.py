@@ -1,7 +1,7 @@
 """job.epoch: repeated trials (submit --epochs k), one job per (run, agent, task, backend, epoch)
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 
 Earlier jobs are epoch 1 (a run of one epoch, as every run was).
 """

@@ -1,7 +1,7 @@
 """job.holder: the process incarnation holding a running job's lease (design §12)
 
 Revision ID: 0011
-Revises: 0008
+Revises: 0010
 
 `job.worker` keeps the Celery node name for people; the lease is held by one process of that
 node (`<node>/<pid>.<token>`, shared.fleet.incarnation), so a same-name restart or another

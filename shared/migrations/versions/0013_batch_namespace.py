@@ -2,7 +2,7 @@
 provider_batch.result_reads (reads of a results file with unreadable lines, bounded)
 
 Revision ID: 0013
-Revises: 0008
+Revises: 0011
 """
 from typing import Sequence, Union
 

@@ -1,7 +1,7 @@
 """job.cluster: the suite task's family (tasks that share a source), for cluster-robust decisions
 
 Revision ID: 0018
-Revises: 0008
+Revises: 0013
 
 NULL for every earlier job: each task is its own cluster, as before.
 """

@@ -3,7 +3,7 @@ reservation `<call key>#<call id>`) and its worst case, so a budget rebuilt afte
 restores it under its holder and id (issue #27, design §12)
 
 Revision ID: 0019
-Revises: 0008
+Revises: 0018
 """
 from typing import Sequence, Union
 
