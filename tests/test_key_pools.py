@@ -187,3 +187,14 @@ def test_a_run_whose_every_key_is_refused_fails_its_jobs_with_that_reason(monkey
         assert "every key refused: OPENAI_API_KEY (auth 401); OPENAI_API_KEY_B (auth 401)" in job.error_message
     # each job meets each key's 401 at most once (a refused key is benched before the job goes back)
     assert 2 <= simulator.stats()["by_status"].get("401", 0) <= 4 * 2
+
+
+def test_the_reports_cost_section_shows_each_keys_calls_and_cost_when_a_backend_used_several() -> None:
+    from shared.report.costs import Spend, run_costs
+    from shared.report.document import _cost_lines
+
+    one = run_costs([], {}, 0.0, {}, {("openai", "OPENAI_API_KEY"): Spend(0.5, 3)})
+    assert one["keys"] == [{"backend": "openai", "key_env": "OPENAI_API_KEY", "calls": 3, "usd": 0.5}]
+    assert not any(line.startswith("by key") for line in _cost_lines(one))  # one key: nothing to tell apart
+    two = run_costs([], {}, 0.0, {}, {("openai", "B_KEY"): Spend(0.25, 2), ("openai", "A_KEY"): Spend(0.5, 3)})
+    assert _cost_lines(two)[-1] == "by key (openai A_KEY: 3 calls, $0.500000; openai B_KEY: 2 calls, $0.250000)"
