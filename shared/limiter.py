@@ -83,6 +83,7 @@ class Refused:
     """acquire()'s answer when every key of the call's pools was refused (401/403) this run."""
 
     reason: str
+    error_type: str  # the first refusal's (the SDK's error class)
 
 
 class RateLimiter:
@@ -125,7 +126,7 @@ class RateLimiter:
             variable = reply[3].decode() if isinstance(reply[3], bytes) else str(reply[3])
             return Permit(provider, model, int(reply[1]), slot_id, pools[int(reply[2]) - 1].name, variable or None)
         if verdict == -1:
-            return Refused(self.refusal_reason(run_id, [v for pool in pools for v in pool.variables]))
+            return self.refused(run_id, [v for pool in pools for v in pool.variables])
         counters.count(self._redis, "limiter_wait", provider)
         return int(reply[1]) / 1_000_000
 
@@ -141,9 +142,11 @@ class RateLimiter:
         """The variables refused in a run, with why."""
         return {k.decode(): v.decode() for k, v in self._redis.hgetall(self._benched_key(run_id)).items()}
 
-    def refusal_reason(self, run_id: str, variables: list[str]) -> str:
+    def refused(self, run_id: str, variables: list[str]) -> Refused:
+        """Why a call has no key left: each variable's refusal (`<error type>, <kind> <status>`)."""
         why = self.benched(run_id)
-        return "every key refused: " + "; ".join(f"{v} ({why.get(v, 'refused')})" for v in variables)
+        reason = "every key refused: " + "; ".join(f"{v} ({why.get(v, 'refused')})" for v in variables)
+        return Refused(reason, next((why[v].split(",")[0] for v in variables if v in why), "auth"))
 
     def release(self, permit: Permit, actual_tokens: int | None = None) -> None:
         """Frees the in-flight slot and charges (or refunds) actual − estimated tokens."""

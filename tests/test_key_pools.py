@@ -108,6 +108,7 @@ def test_each_pool_is_its_own_bucket_under_the_ceiling_and_a_call_takes_the_one_
     keys = {k.decode() for k in redis_client.keys("genesis:rl:*")}
     assert {"genesis:rl:{openai:m#A_KEY}", "genesis:rl:{openai:m#B_KEY}"} <= keys
     assert "genesis:rl:{openai:m}" not in keys  # the single-key bucket is untouched
+    assert {(v.scope, v.model, v.pool) for v in limiter.buckets()} == {("openai", "m", "A_KEY"), ("openai", "m", "B_KEY")}
 
 
 def test_keys_declared_one_pool_share_one_bucket_and_take_turns(limiter) -> None:
@@ -127,15 +128,16 @@ def test_each_pool_learns_its_own_limits(limiter) -> None:
 
 
 def test_a_benched_key_is_never_chosen_and_a_run_whose_every_key_is_benched_is_refused(limiter) -> None:
-    assert limiter.bench("run", "B_KEY", "auth 401") is True
-    assert limiter.bench("run", "B_KEY", "auth 401") is False  # the first says so, once
+    assert limiter.bench("run", "B_KEY", "AuthenticationError, auth 401") is True
+    assert limiter.bench("run", "B_KEY", "AuthenticationError, auth 401") is False  # the first says so, once
     chosen = [limiter.acquire("openai", "m", 10, POOLS, "run") for _ in range(3)]
     assert [p.key_env for p in chosen] == ["A_KEY"] * 3
     assert isinstance(limiter.acquire("openai", "m", 10, POOLS, "other-run"), Permit)  # benched for that run only
-    limiter.bench("run", "A_KEY", "auth 403")
+    limiter.bench("run", "A_KEY", "PermissionDeniedError, auth 403")
     refused = limiter.acquire("openai", "m", 10, POOLS, "run")
-    assert isinstance(refused, Refused)
-    assert refused.reason == "every key refused: A_KEY (auth 403); B_KEY (auth 401)"
+    assert isinstance(refused, Refused) and refused.error_type == "PermissionDeniedError"
+    assert refused.reason == ("every key refused: A_KEY (PermissionDeniedError, auth 403); "
+                              "B_KEY (AuthenticationError, auth 401)")
 
 
 # --- a revoked key, with real workers --------------------------------------------------------
@@ -182,9 +184,11 @@ def test_a_run_whose_every_key_is_refused_fails_its_jobs_with_that_reason(monkey
 
     jobs = run_jobs(run_id)
     assert [j.status for j in jobs] == ["error"] * 4
-    for job in jobs:
-        assert job.error_type == "auth"
-        assert "every key refused: OPENAI_API_KEY (auth 401); OPENAI_API_KEY_B (auth 401)" in job.error_message
+    for job in jobs:  # the last key's refusal in the provider's words, or (no call made) every key's
+        assert job.error_type == "AuthenticationError" and job.attempts == 1
+        assert "auth 401" in job.error_message
+    assert any("every key refused: OPENAI_API_KEY (AuthenticationError, auth 401); OPENAI_API_KEY_B "
+               "(AuthenticationError, auth 401)" in job.error_message for job in jobs)
     # each job meets each key's 401 at most once (a refused key is benched before the job goes back)
     assert 2 <= simulator.stats()["by_status"].get("401", 0) <= 4 * 2
 

@@ -1,8 +1,9 @@
 """Every paid provider call goes through `pay()`: one guarded path, so no payment is lost or
 made twice whatever fails around it (design §7, §10).
 
-    lease renewed → budget reserved (its id kept) → rate-limit permit (brief in-slot wait) →
-    call within the deadline → ledger (SQL) or journal (Redis, database away) → settle by id
+    lease renewed → budget reserved (its id kept) → rate-limit permit (brief in-slot wait), on
+    the key pool with the most headroom → call within the deadline, with that pool's key →
+    ledger (SQL) or journal (Redis, database away) → settle by id
 
 with one retry decision (one BUDGET_WAIT, one failure count, one backoff). What a caller
 supplies, as a `PaidCall`:
@@ -147,9 +148,10 @@ def pay(task: Any, spec: PaidCall) -> Outcome:
     held = _Holds(svc, key, call_id)
     try:
         permit = _acquire(svc.limiter, spec, job.run_id)
-        if isinstance(permit, Refused):  # every key of the backend refused (401/403) this run
+        if isinstance(permit, Refused):  # every key of the backend refused (401/403) this run: no call
             held.release()
-            jobs.finish_error(job, "auth", permit.reason)
+            log.warning("job %s failed for good: %s", job.id, permit.reason)
+            jobs.finish_error(job, permit.error_type, permit.reason)
             return Outcome("error")
         if not isinstance(permit, Permit):
             held.release()
@@ -221,10 +223,9 @@ def _failed(task: Any, spec: PaidCall, err: ProviderError, permit: Permit) -> st
     if err.kind == "rate_limit" or slow_down:
         svc.limiter.block(spec.limit_scope, spec.model, retry_after or settings.retry.backoff_base_s, err.headers,
                           pool=permit.pool)
-    if err.kind == "auth" and permit.key_env:  # that key is refused: benched for the run, the others go on
-        counters.count_failure(svc.redis, spec.provider, err.kind, err.status)
-        _bench(svc, spec, err, permit.key_env)
-        raise task.hand_back(job, random.uniform(0, 0.25), uncount=True)  # not the job's fault: no attempt
+    if err.kind == "auth" and permit.key_env and _bench(svc, spec, err, permit.key_env):
+        counters.count_failure(svc.redis, spec.provider, err.kind, err.status)  # another key is left: the
+        raise task.hand_back(job, random.uniform(0, 0.25), uncount=True)  # job goes on there, no attempt spent
     counters.count_failure(svc.redis, spec.provider, err.kind, err.status)
     detail = f"{err.kind}{f' {err.status}' if err.status else ''}: {err}"
     if err.kind == "refused_setting":  # the backend's configuration, not the call, is at fault
@@ -261,13 +262,17 @@ def _retry_or_fail(task: Any, job: jobs.ClaimedJob, error_type: str, detail: str
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _bench(svc: Services, spec: PaidCall, err: ProviderError, variable: str) -> None:
-    """One line for the fleet, by whoever benches the variable first; never the key."""
+def _bench(svc: Services, spec: PaidCall, err: ProviderError, variable: str) -> bool:
+    """A key refused: benched for the run, with one line for the fleet (by whoever benches it
+    first; never the key). True when another key of the call's pools is left to use."""
     status = f" {err.status}" if err.status else ""
-    if svc.limiter.bench(spec.job.run_id, variable, f"{err.kind}{status}"):
-        others = [v for pool in spec.pools for v in pool.variables if v != variable]
+    first = svc.limiter.bench(spec.job.run_id, variable, f"{err.error_type}, {err.kind}{status}")
+    benched = svc.limiter.benched(spec.job.run_id)
+    others = [v for pool in spec.pools for v in pool.variables if v not in benched]
+    if first:
         log.error("key %s refused by %s (%s%s): benched for run %s; %s", variable, spec.provider, err.kind, status,
                   spec.job.run_id, f"its calls go to {', '.join(others)}" if others else "no other key to use")
+    return bool(others)
 
 
 def _pool_of(spec: PaidCall, variable: str | None) -> str:
