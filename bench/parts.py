@@ -36,8 +36,8 @@ def open_limits(max_in_flight: int, providers=PROVIDERS) -> dict[str, str]:
 class SimulatorProcess:
     """`python -m simulator` in a subprocess, so its CPU is not counted as ours."""
 
-    def __init__(self, latency_ms: float, rpm: int | None, port: int = 0) -> None:
-        args = [sys.executable, "-m", "simulator", "--port", str(port), "--latency-ms", str(latency_ms)]
+    def __init__(self, latency_ms: float, rpm: int | None, port: int = 0, extra_args: tuple[str, ...] = ()) -> None:
+        args = [sys.executable, "-m", "simulator", "--port", str(port), "--latency-ms", str(latency_ms), *extra_args]
         if rpm:
             args += ["--rpm", str(rpm)]
         self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, text=True,
@@ -67,8 +67,9 @@ class SimulatorProcess:
         self.proc.wait(10)
 
 
-def config_file(directory: Path, limits: dict[str, dict[str, int]]) -> Path:
-    """The shipped TOML with its [limits.*] replaced, and model id files made absolute."""
+def config_file(directory: Path, limits: dict[str, dict[str, int]], extra_toml: str = "") -> Path:
+    """The shipped TOML with its [limits.*] replaced, model id files made absolute, and
+    `extra_toml` (tables of its own, e.g. [keys.openai]) at its end."""
     kept, skipping = [], False
     for line in (ROOT / "config" / "genesis.toml").read_text().splitlines():
         if line.startswith("["):
@@ -77,6 +78,7 @@ def config_file(directory: Path, limits: dict[str, dict[str, int]]) -> Path:
             kept.append(line.replace('model_id_file = "models/', f'model_id_file = "{ROOT}/models/'))
     for name, values in limits.items():
         kept += ["", f'[limits."{name}"]', *(f"{k} = {v}" for k, v in values.items())]
+    kept += ["", extra_toml] if extra_toml else []
     path = directory / "genesis.toml"
     path.write_text("\n".join(kept) + "\n")
     return path
@@ -132,21 +134,23 @@ class System:
 @contextmanager
 def running_system(key: str, redis_url: str, *, latency_ms: float, sim_rpm: int | None,
                    limits: dict[str, dict[str, int]], workers: int, concurrency: int,
-                   queues: list[str | None] | None = None, sim_port: int = 0) -> Iterator[System]:
-    """The simulator, SQLite in a temp dir, a flushed Redis db, and `workers` celery workers
-    (worker i consumes `queues[i]`, every queue when None), with this process (the producer)
-    pointed at them; all stopped and flushed afterwards."""
+                   queues: list[str | None] | None = None, sim_port: int = 0, sim_args: tuple[str, ...] = (),
+                   extra_toml: str = "", extra_env: dict[str, str] | None = None) -> Iterator[System]:
+    """The simulator (with `sim_args`), SQLite in a temp dir, a flushed Redis db, and `workers`
+    celery workers (worker i consumes `queues[i]`, every queue when None; `extra_env` in their
+    environment and this one's), with this process (the producer) pointed at them; all stopped
+    and flushed afterwards."""
     import redis
 
     ensure_redis(redis_url)
     redis.Redis.from_url(redis_url).flushdb()
     tmp = Path(tempfile.mkdtemp(prefix=f"genesis-bench-{key}-"))
-    sim = SimulatorProcess(latency_ms, sim_rpm, sim_port)
+    sim = SimulatorProcess(latency_ms, sim_rpm, sim_port, sim_args)
     started: list[WorkerProcess] = []
     try:
         env = genesis_env(database_url=f"sqlite:///{tmp / 'genesis.db'}", redis_url=redis_url,
                           reports_dir=tmp / "reports", simulator_url=sim.url,
-                          extra={"GENESIS_CONFIG": str(config_file(tmp, limits))})
+                          extra={"GENESIS_CONFIG": str(config_file(tmp, limits, extra_toml)), **(extra_env or {})})
         app = prepare_this_process(env)
         started = [WorkerProcess(env, name=f"bench{key}{i}", concurrency=concurrency, log_path=tmp / f"worker{i}.log",
                                  queues=(queues or [None] * workers)[i])

@@ -85,15 +85,15 @@ def _agents(settings: Settings, wanted: list[str] | None) -> list[str]:
 def _client(settings: Settings, backend: str) -> tuple[Any, str]:
     """The SDK client, with the key and endpoint of the backend (its own `api_key_env` and
     `base_url` where the config has them, else MISTRAL_API_KEY and MISTRAL_BASE_URL)."""
-    from shared.providers import PROVIDERS, key_env as key_variable
+    from shared.providers import PROVIDERS
     from shared.providers.clients import client_for, credentials
 
     config, spec = settings.backends[backend], PROVIDERS["mistral"]
-    key, base_url = credentials(spec, config.base_url, config.api_key_env)
+    variable = settings.key_variables(backend)[0]
+    key, base_url = credentials(spec, config.base_url, variable)
     if not key:
-        raise ConfigError(f"{key_variable('mistral', config.api_key_env)} is not set: "
-                          "`finetune status` asks the Mistral API from this host")
-    client = client_for(spec, settings.retry.call_timeout_s, config.base_url, config.api_key_env)
+        raise ConfigError(f"{variable} is not set: `finetune status` asks the Mistral API from this host")
+    client = client_for(spec, settings.retry.call_timeout_s, config.base_url, variable)
     return client, redacted_url(base_url or DEFAULT_ENDPOINT)
 
 

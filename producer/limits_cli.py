@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
 
 
 def limits(as_json: JsonOpt = False) -> None:
-    """Learned rate limits, ceilings, current rates and 429s per provider and model."""
+    """Learned rate limits, ceilings, current rates and 429s per provider, model and key pool."""
     import redis  # here, not at import: `producer runs` and `status` load no Redis client
 
     from shared.limiter import RateLimiter
@@ -34,11 +34,12 @@ def limits(as_json: JsonOpt = False) -> None:
     if not rows:
         console.print("No limits learned yet: no call has been made since Redis started.")
         return
-    table = Table("provider", "model", "stated rpm/tpm", "ceiling rpm/tpm", "in force rpm/tpm", "calls/min",
+    table = Table("provider", "model", "pool", "stated rpm/tpm", "ceiling rpm/tpm", "in force rpm/tpm", "calls/min",
                   "429s/min")
     for row in rows:
         stated, ceiling, in_force = row["stated"], row["ceiling"], row["in_force"]
-        table.add_row(escape(row["scope"]), escape(row["model"]), f"{stated['rpm'] or '-'}/{stated['tpm'] or '-'}",
+        table.add_row(escape(row["scope"]), escape(row["model"]), escape(row["pool"] or "-"),
+                      f"{stated['rpm'] or '-'}/{stated['tpm'] or '-'}",
                       f"{ceiling['rpm'] or '-'}/{ceiling['tpm'] or '-'}",
                       f"{in_force['rpm'] or 'unlimited'}/{in_force['tpm'] or 'unlimited'}",
                       f"{row['calls_last_minute']:.0f}", f"{row['rate_limited_last_minute']:.0f}")
@@ -46,7 +47,8 @@ def limits(as_json: JsonOpt = False) -> None:
     for row in rows:
         said = [_stated(row, unit) for unit in ("rpm", "tpm") if row["stated"][unit]]
         for line in ([f"stated {'; '.join(said)}"] if said else []) + row["notes"]:
-            console.print(escape(f"{row['scope']} {row['model']}: {line}"), highlight=False, soft_wrap=True)
+            pool = f" pool {row['pool']}" if row["pool"] else ""
+            console.print(escape(f"{row['scope']} {row['model']}{pool}: {line}"), highlight=False, soft_wrap=True)
 
 
 def _row(view) -> dict:
@@ -62,7 +64,7 @@ def _row(view) -> dict:
     return {
         "scope": view.scope,
         "model": view.model,
-        "pool": None,
+        "pool": view.pool or None,  # the key pool (None: the backend's single key)
         "stated": {
             "rpm": learned.rpm, "rpm_header": learned.rpm_source or None, "rpm_at": _at(learned.rpm_at_ms),
             "tpm": learned.tpm, "tpm_header": learned.tpm_source or None, "tpm_at": _at(learned.tpm_at_ms),

@@ -13,7 +13,6 @@ from shared.calls import job_request, request_key
 from shared.config import ConfigError, Settings
 from shared.db import session_scope
 from shared.models import Job, JobStatus, Run, RunStatus, utcnow
-from shared.providers import key_env
 from shared.suite import SUITES_DIR, Suite, load_suite
 
 
@@ -56,7 +55,7 @@ def select_work(
     for backend in chosen_backends:
         if backend not in settings.backends:
             raise ConfigError(f"unknown backend {backend!r} (known: {', '.join(settings.backends)})")
-    needed_keys = {key_env(settings.backends[b].provider, settings.backends[b].api_key_env) for b in chosen_backends}
+    needed_keys = {variable for b in chosen_backends for variable in settings.key_variables(b)}  # every key of every pool
     missing_keys = sorted(var for var in needed_keys if var not in os.environ)
     if check_keys and missing_keys:
         raise ConfigError(
@@ -68,11 +67,12 @@ def select_work(
             settings.price_for(settings.model_for(backend, agent))  # raises on a missing id or price
     judged = [a for a in chosen_agents if any(not t.scorer.local for t in loaded.tasks_for(a, limit))]
     for agent in judged:  # the judge backend must exist, be priced and have its key
-        provider, model = settings.judge_model(agent)
+        _, model = settings.judge_model(agent)
         settings.price_for(model)
-        variable = key_env(provider, settings.backends[settings.judge.backend].api_key_env)
-        if check_keys and variable not in os.environ:
-            raise ConfigError(f"missing {variable} in the environment for the judge backend {settings.judge.backend!r}")
+        missing = [v for v in settings.key_variables(settings.judge.backend) if v not in os.environ]
+        if check_keys and missing:
+            raise ConfigError(f"missing {', '.join(missing)} in the environment for the judge backend "
+                              f"{settings.judge.backend!r}")
     return Selection(loaded, chosen_agents, chosen_backends, limit, settings.decision.epochs)
 
 

@@ -21,7 +21,7 @@ def job_request(settings: Settings, backend: str, model: str, task: Any) -> Chat
     return ChatRequest(
         model=model, prompt=task.prompt, system=task.system,
         max_tokens=max_output_tokens(settings, backend, task.max_tokens), timeout_s=settings.retry.call_timeout_s,
-        base_url=config.base_url, key_env=config.api_key_env, params=settings.generation(backend),
+        base_url=config.base_url, key_env=settings.key_variables(backend)[0], params=settings.generation(backend),
     )
 
 
@@ -51,7 +51,8 @@ def judge_request(settings: Settings, agent: str, task: Any, answer: str) -> tup
     return provider, ChatRequest(
         model=model, prompt=task.scorer.prompt(task.prompt, answer), system=JUDGE_SYSTEM,
         max_tokens=config.params.max_output_tokens or settings.judge.max_tokens, timeout_s=settings.retry.call_timeout_s,
-        base_url=config.base_url, key_env=config.api_key_env, params=settings.generation(settings.judge.backend),
+        base_url=config.base_url, key_env=settings.key_variables(settings.judge.backend)[0],
+        params=settings.generation(settings.judge.backend),
     )
 
 

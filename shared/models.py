@@ -110,6 +110,7 @@ class Job(SQLModel, table=True):
     error_type: str | None = None
     error_message: str | None = Field(default=None, sa_column=Column(Text))
     worker: str | None = None  # the Celery node name that ran it (for people: reports, export)
+    key_env: str | None = Field(default=None, max_length=100)  # the key variable of its answer's call (never the key)
     # The process incarnation holding its lease (shared.fleet.incarnation): a worker restarted
     # under the same node name, or another prefork child, is another holder (design §12).
     holder: str | None = Field(default=None, max_length=255)
@@ -240,6 +241,8 @@ class CostEntry(SQLModel, table=True):
     # The paid call this entry is for (worker/paid_call.py): its reservation, journal entry and
     # settled member carry the same id, so one payment is never ledgered or counted twice.
     call_id: str | None = Field(default=None, max_length=32, unique=True, index=True)
+    # The variable whose key made the call (design §14's key pools): its name, never the key.
+    key_env: str | None = Field(default=None, max_length=100)
 
 
 class BudgetEvent(SQLModel, table=True):

@@ -29,6 +29,7 @@ class Payment:
     cost_usd: float
     source: str = "api"
     reasoning_tokens: int = 0  # of output_tokens
+    key_env: str | None = None  # the variable whose key made the call (its name: never the key)
 
     def entry(self, job: "ClaimedJob", *, attached: bool = True, why: str | None = None) -> CostEntry:
         """Its ledger row: the job's own (attached), or a cost without a job link (the job's
@@ -39,7 +40,7 @@ class Payment:
             run_id=job.run_id, job_id=job.id if attached else None, agent=job.agent, backend=job.backend,
             model=self.model, operation=self.operation, input_tokens=self.input_tokens,
             output_tokens=self.output_tokens, reasoning_tokens=self.reasoning_tokens, cost_usd=self.cost_usd,
-            call_id=self.call_id,
+            call_id=self.call_id, key_env=self.key_env,
             source=f"{self.source} ({why})" if why else self.source,
         )
 
@@ -115,3 +116,4 @@ class PaidResult:
     simulated: bool = False  # the genesis simulator answered (its header)
     reasoning_tokens: int = 0  # of output_tokens, spent reasoning or thinking
     truncated: bool = False  # cut off by its output allowance
+    key_env: str | None = None  # the variable whose key made the call (its name: never the key)

@@ -42,6 +42,20 @@ def parse_error_rates(items: list[str]) -> dict[int, float]:
     return {int(status): rate for status, rate in rates.items()}
 
 
+def parse_key_values(items: list[str], option: str, kind: type) -> dict:
+    """KEY=VALUE options (a key's rpm, its organisation) into a dict."""
+    pairs = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        try:
+            pairs[key] = kind(value)
+        except ValueError:
+            separator = ""
+        if not separator or not key or not value:
+            raise typer.BadParameter(f"{item!r} must be KEY=VALUE", param_hint=option)
+    return pairs
+
+
 def simulator_command(
     port: Annotated[int, typer.Option(parser=number(int, **PORT), help="Port to listen on (0 picks a free one).")] = 8900,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
@@ -61,6 +75,16 @@ def simulator_command(
     tpm: Annotated[int | None, typer.Option(help="Tokens per minute per (API key, model).")] = None,
     itpm: Annotated[int | None, typer.Option(help="Anthropic's input tokens per minute per (API key, model).")] = None,
     otpm: Annotated[int | None, typer.Option(help="Anthropic's output tokens per minute per (API key, model).")] = None,
+    key_rpm: Annotated[
+        list[str] | None, typer.Option(help="KEY=RPM: that API key's own requests per minute; repeatable.")
+    ] = None,
+    key_org: Annotated[
+        list[str] | None, typer.Option(help="KEY=ORG: keys of one organisation share its limits; repeatable.")
+    ] = None,
+    revoke_key: Annotated[
+        list[str] | None, typer.Option(help="An API key answered 401 from --revoke-key-after on; repeatable.")
+    ] = None,
+    revoke_key_after: Annotated[int, typer.Option(min=0, help="Requests answered before --revoke-key keys are refused.")] = 0,
     error_rate: Annotated[
         list[str] | None, typer.Option(help="STATUS=P: answer STATUS with probability P; repeatable.")
     ] = None,
@@ -127,6 +151,10 @@ def simulator_command(
         "tpm": tpm,
         "itpm": itpm,
         "otpm": otpm,
+        "key_rpm": parse_key_values(key_rpm or [], "--key-rpm", int),
+        "key_orgs": parse_key_values(key_org or [], "--key-org", str),
+        "revoked_keys": list(revoke_key or []),
+        "revoke_after": revoke_key_after,
         "error_rates": parse_error_rates(error_rate or []),
         "timeout_rate": timeout_rate,
         "timeout_s": timeout_s,

@@ -23,6 +23,11 @@ class SimulatorConfig(BaseModel):
     - rpm / tpm: token buckets per (API key, model); None = unlimited. itpm / otpm: Anthropic's
       separate input and output tokens per minute (Messages API calls only). Changed live
       (`POST /_sim/config`), they start fresh buckets: a provider changing its limits mid-run.
+    - key_rpm: `{API key: rpm}`, that key's own requests per minute (else `rpm`); key_orgs:
+      `{API key: organisation}`, keys of one organisation share its buckets (a provider limits the
+      organisation, not the key), the first key's rpm is the organisation's.
+    - revoked_keys: API keys answered 401 (the provider's own error format) once `revoke_after`
+      requests have been answered: a key revoked mid-run.
     - error_rates: `{HTTP status: probability}` of an injected error instead of an answer.
     - timeout_rate: probability the answer is held back `timeout_s` extra so the client times out.
     - malformed_rate: probability of a 200 whose body is truncated, i.e. not valid JSON; billed
@@ -73,6 +78,10 @@ class SimulatorConfig(BaseModel):
     tpm: int | None = Field(default=None, gt=0)
     itpm: int | None = Field(default=None, gt=0)
     otpm: int | None = Field(default=None, gt=0)
+    key_rpm: dict[str, int] = Field(default_factory=dict)
+    key_orgs: dict[str, str] = Field(default_factory=dict)
+    revoked_keys: list[str] = Field(default_factory=list)
+    revoke_after: int = Field(default=0, ge=0)
     error_rates: dict[int, float] = Field(default_factory=dict)
     timeout_rate: float = Rate
     timeout_s: float = Field(default=30.0, ge=0.0)
@@ -103,6 +112,14 @@ class SimulatorConfig(BaseModel):
         for pattern, quality in value.items():
             if not 0.0 <= quality <= 1.0:
                 raise ValueError(f"quality for {pattern!r} must be between 0 and 1, got {quality}")
+        return value
+
+    @field_validator("key_rpm")
+    @classmethod
+    def _key_limits_are_positive(cls, value: dict[str, int]) -> dict[str, int]:
+        for key, rpm in value.items():
+            if rpm <= 0:
+                raise ValueError(f"the rpm of a key must be above 0, got {rpm}")
         return value
 
     @field_validator("error_rates")

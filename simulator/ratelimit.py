@@ -1,5 +1,6 @@
 """Rate limits modelled as Anthropic documents its own: a token bucket per (API key, model) for
-requests and one for tokens, full at start and refilled continuously at limit/60 per second.
+requests and one for tokens (per organisation when keys are grouped into one; a key may have its
+own requests per minute), full at start and refilled continuously at limit/60 per second.
 
 A request is admitted only if both buckets can pay: 1 request, and its prompt tokens plus its
 max_tokens (charged in full at admission and never refunded — simple, and the worst case a
@@ -71,9 +72,12 @@ class RateLimiter:
 
     def __init__(
         self, rpm: int | None, tpm: int | None, clock: Callable[[], float] = time.monotonic,
-        *, itpm: int | None = None, otpm: int | None = None,
+        *, itpm: int | None = None, otpm: int | None = None, key_rpm: dict[str, int] | None = None,
+        key_orgs: dict[str, str] | None = None,
     ) -> None:
         self.limits = {"requests": rpm, "tokens": tpm, "input_tokens": itpm, "output_tokens": otpm}
+        self.key_rpm = dict(key_rpm or {})  # a key's own requests per minute, over `rpm`
+        self.key_orgs = dict(key_orgs or {})  # keys of one organisation share its buckets
         self.clock = clock
         self._buckets: dict[tuple[str, str, str], TokenBucket] = {}
         self._lock = threading.Lock()
@@ -83,11 +87,13 @@ class RateLimiter:
         charges = {"requests": 1, "tokens": tokens}
         if input_tokens is not None:
             charges.update(input_tokens=input_tokens, output_tokens=tokens - input_tokens)
-        if all(self.limits[dim] is None for dim in charges):
+        limits = {**self.limits, "requests": self.key_rpm.get(api_key, self.limits["requests"])}
+        if all(limits[dim] is None for dim in charges):
             return UNLIMITED
         with self._lock:
             now = self.clock()
-            buckets = {dim: self._bucket(api_key, model, dim, self.limits[dim], now) for dim in charges}
+            owner = self.key_orgs.get(api_key, api_key)
+            buckets = {dim: self._bucket(owner, model, dim, limits[dim], now) for dim in charges}
             waits = [bucket.seconds_until(charges[dim]) for dim, bucket in buckets.items()
                      if bucket is not None and bucket.level < charges[dim]]
             if not waits:

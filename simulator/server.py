@@ -109,6 +109,9 @@ class Simulator:
             return error_reply(api, 400, str(error))
         if (refused := refusal(request)) is not None:  # a setting the model does not take
             return error_reply(api, 400, refused[0], request.model, **refused[1])
+        if api_key(headers) in config.revoked_keys and self.stats.requests_total >= config.revoke_after:
+            return error_reply(api, 401, "Incorrect API key provided: the key was revoked.", request.model,
+                               code="invalid_api_key")
         max_tokens = request.max_tokens or config.default_max_tokens
         admission = limiter.admit(api_key(headers), request.model, request.prompt_tokens + max_tokens,
                                   input_tokens=request.prompt_tokens if api is Api.ANTHROPIC else None)
@@ -199,11 +202,12 @@ def draw_latency_s(config: SimulatorConfig, rng: random.Random) -> float:
 
 
 def limits_of(config: SimulatorConfig) -> tuple:
-    return config.rpm, config.tpm, config.itpm, config.otpm
+    return config.rpm, config.tpm, config.itpm, config.otpm, config.key_rpm, config.key_orgs
 
 
 def limiter_for(config: SimulatorConfig) -> RateLimiter:
-    return RateLimiter(config.rpm, config.tpm, itpm=config.itpm, otpm=config.otpm)
+    return RateLimiter(config.rpm, config.tpm, itpm=config.itpm, otpm=config.otpm, key_rpm=config.key_rpm,
+                       key_orgs=config.key_orgs)
 
 
 def injected_error_reply(request: ChatRequest, status: int, limit_headers: dict[str, str]) -> Reply:

@@ -724,3 +724,15 @@ def test_an_outcome_unknown_entry_for_a_call_already_ledgered_is_that_entry(guar
                                         source="outcome unknown (job 9)"), key=9)
     assert (kept.cost_usd, kept.source) == (0.02, "api")
     assert guard.status()["spent_usd"] == pytest.approx(0.02)
+
+
+def test_a_reservation_names_the_key_its_call_was_given_and_reconcile_still_reads_its_model(guard, redis_client):
+    from shared.budget.reconcile import holder_parts
+
+    guard.reserve(7, 0.05, call_id="c7", holder="w/1.aa|cheap-model")
+    guard.name_key(7, "c7", "OPENAI_API_KEY_B")  # the limiter chose that variable's pool after the reservation
+    assert redis_client.hget(guard.keys.reservation_holders, "7#c7") == b"w/1.aa|cheap-model|OPENAI_API_KEY_B"
+    assert holder_parts("w/1.aa|cheap-model|OPENAI_API_KEY_B") == ("w/1.aa", "cheap-model")
+    guard.settle(7, 0.01, "c7")
+    guard.name_key(7, "c7", "OPENAI_API_KEY")  # settled: the reservation stays gone
+    assert redis_client.hget(guard.keys.reservation_holders, "7#c7") is None

@@ -306,7 +306,8 @@ def _adopt_or_reopen(batch, now, *, may_reopen: bool = True) -> bool:
 
 
 def _client(settings, batch) -> Any:
-    """The SDK client of a batch's backend: its endpoint and key variable, as its realtime calls'."""
+    """The SDK client of a batch's backend: its endpoint and its first key variable (a provider
+    batch is one submission, polled by its id with the key that made it: no pool choice)."""
     config = settings.backends.get(batch.backend)
     return client_for(PROVIDERS[batch.provider], settings.retry.call_timeout_s, config and config.base_url,
-                      config and config.api_key_env)
+                      settings.key_variables(batch.backend)[0] if config else None)

@@ -41,7 +41,7 @@ def grade(task: Any, job: jobs.ClaimedJob, suite_task: Any, answer: str) -> str:
         job=job, operation="judge", provider=provider, model=request.model, request=request,
         worst_case_usd=worst_case_cost(settings, request.model, prompt_tokens, request.max_tokens),
         tokens=prompt_tokens + request.max_tokens, result=_grade, what="judge call",
-        limits=settings.limit_scope(settings.judge.backend, provider),
+        limits=settings.limit_scope(settings.judge.backend, provider), pools=settings.key_pools(settings.judge.backend),
     )).status
 
 

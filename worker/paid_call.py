@@ -1,8 +1,9 @@
 """Every paid provider call goes through `pay()`: one guarded path, so no payment is lost or
 made twice whatever fails around it (design §7, §10).
 
-    lease renewed → budget reserved (its id kept) → rate-limit permit (brief in-slot wait) →
-    call within the deadline → ledger (SQL) or journal (Redis, database away) → settle by id
+    lease renewed → budget reserved (its id kept) → rate-limit permit (brief in-slot wait), on
+    the key pool with the most headroom → call within the deadline, with that pool's key →
+    ledger (SQL) or journal (Redis, database away) → settle by id
 
 with one retry decision (one BUDGET_WAIT, one failure count, one backoff). What a caller
 supplies, as a `PaidCall`:
@@ -36,7 +37,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import redis
@@ -49,7 +50,7 @@ from shared.budget.recorded import call_key, reservation_field
 from shared.config import get_settings
 from shared.messaging import app
 from shared.payments import Payment
-from shared.limiter import Permit, RateLimiter
+from shared.limiter import Permit, RateLimiter, Refused
 from shared.providers import ChatResponse, ProviderError
 from shared.providers.deadline import helper_threads
 from shared.providers.errors import refused_setting_line
@@ -146,20 +147,27 @@ def pay(task: Any, spec: PaidCall) -> Outcome:
 
     held = Holds(svc, key, call_id)
     try:
-        permit = _acquire(svc.limiter, spec.limit_scope, spec.model, spec.tokens)
+        permit = _acquire(svc.limiter, spec, job.run_id)
+        if isinstance(permit, Refused):  # every key of the backend refused (401/403) this run: no call
+            held.release()
+            log.warning("job %s failed for good: %s", job.id, permit.reason)
+            jobs.finish_error(job, permit.error_type, permit.reason)
+            return Outcome("error")
         if not isinstance(permit, Permit):
             held.release()
             raise task.hand_back(job, permit + random.uniform(0, 0.25), uncount=True)  # no call: not an attempt
-        held.permit = permit
+        held.permit, held.key_env = permit, permit.key_env
+        if permit.key_env:
+            best_effort(svc.budget.name_key, key, call_id, permit.key_env)
         try:
-            response = spec.call(LateAnswer(spec, held))
+            response = spec.call(LateAnswer(spec, held), permit.key_env)
         except ProviderError as err:
             if err.past_deadline:  # the call goes on: the late answer's handler keeps and ends the holds
                 held.late = True
             else:
                 held.release_permit()
                 unbilled_or_ledgered(spec, held, err)
-            return Outcome(_failed(task, spec, err))
+            return Outcome(_failed(task, spec, err, permit))
     except BaseException:
         held.release()
         raise
@@ -170,7 +178,8 @@ def _paid(task: Any, spec: PaidCall, held: Holds, response: ChatResponse) -> Out
     """Billed from here on: record it before anything else can fail."""
     svc, job = held.svc, spec.job
     response, payment = payment_of(spec, held, response)
-    best_effort(svc.limiter.observe, spec.limit_scope, spec.model, response.headers)
+    best_effort(partial(svc.limiter.observe, pool=_pool_of(spec, held.key_env)), spec.limit_scope, spec.model,
+                 response.headers)
     try:
         recording = spec.result(response, payment)
     except UnusableReply as bad:
@@ -207,12 +216,16 @@ def _record(spec: PaidCall, held: Holds, payment: Payment, recording: Recording)
 # --- the one retry decision --------------------------------------------------------------------
 
 
-def _failed(task: Any, spec: PaidCall, err: ProviderError) -> str:
+def _failed(task: Any, spec: PaidCall, err: ProviderError, permit: Permit) -> str:
     svc, settings, job = services(), get_settings(), spec.job
     retry_after = retry_after_from_headers(err.headers) if err.headers else None
     slow_down = is_back_pressure(err.status)
     if err.kind == "rate_limit" or slow_down:
-        svc.limiter.block(spec.limit_scope, spec.model, retry_after or settings.retry.backoff_base_s, err.headers)
+        svc.limiter.block(spec.limit_scope, spec.model, retry_after or settings.retry.backoff_base_s, err.headers,
+                          pool=permit.pool)
+    if err.kind == "auth" and permit.key_env and _bench(svc, spec, err, permit.key_env):
+        counters.count_failure(svc.redis, spec.provider, err.kind, err.status)  # another key is left: the
+        raise task.hand_back(job, random.uniform(0, 0.25), uncount=True)  # job goes on there, no attempt spent
     counters.count_failure(svc.redis, spec.provider, err.kind, err.status)
     detail = f"{err.kind}{f' {err.status}' if err.status else ''}: {err}"
     if err.kind == "refused_setting":  # the backend's configuration, not the call, is at fault
@@ -249,12 +262,29 @@ def _retry_or_fail(task: Any, job: jobs.ClaimedJob, error_type: str, detail: str
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _acquire(limiter: RateLimiter, provider: str, model: str, tokens: int) -> Permit | float:
+def _bench(svc: Services, spec: PaidCall, err: ProviderError, variable: str) -> bool:
+    """A key refused: benched for the run, with one line for the fleet (by whoever benches it
+    first; never the key). True when another key of the call's pools is left to use."""
+    status = f" {err.status}" if err.status else ""
+    first = svc.limiter.bench(spec.job.run_id, variable, f"{err.error_type}, {err.kind}{status}")
+    benched = svc.limiter.benched(spec.job.run_id)
+    others = [v for pool in spec.pools for v in pool.variables if v not in benched]
+    if first:
+        log.error("key %s refused by %s (%s%s): benched for run %s; %s", variable, spec.provider, err.kind, status,
+                  spec.job.run_id, f"its calls go to {', '.join(others)}" if others else "no other key to use")
+    return bool(others)
+
+
+def _pool_of(spec: PaidCall, variable: str | None) -> str:
+    return next((pool.name for pool in spec.pools if variable in pool.variables), "")
+
+
+def _acquire(limiter: RateLimiter, spec: PaidCall, run_id: str) -> Permit | Refused | float:
     """Wait briefly in the slot for capacity; return the remaining wait if it is longer."""
     deadline = time.monotonic() + MAX_INLINE_WAIT_S
     while True:
-        granted = limiter.acquire(provider, model, tokens)
-        if isinstance(granted, Permit):
+        granted = limiter.acquire(spec.limit_scope, spec.model, spec.tokens, spec.pools, run_id)
+        if isinstance(granted, (Permit, Refused)):
             return granted
         if time.monotonic() + granted > deadline:
             return granted

@@ -31,6 +31,7 @@ from shared import journal
 from shared import lifecycle as jobs
 from shared.budget import BudgetGuard, billed_usage, call_cost
 from shared.config import get_settings
+from shared.keypools import KeyPool
 from shared.limiter import Permit, RateLimiter
 from shared.retry import BackPressureClock
 from shared.payments import OUTCOME_UNKNOWN, Payment
@@ -68,13 +69,16 @@ class PaidCall:
     request: ChatRequest
     what: str = "call"  # how halts and failures name it ("judge call")
     limits: str = ""  # whose rate limits it counts against (Settings.limit_scope); "": its provider's
+    pools: tuple[KeyPool, ...] = ()  # its backend's key pools (Settings.key_pools); (): the provider's key
 
     @property
     def limit_scope(self) -> str:
         return self.limits or self.provider
 
-    def call(self, on_late: Callable[[ChatResponse | ProviderError], None]) -> ChatResponse:
-        return complete(self.provider, self.request, on_late=on_late)
+    def call(self, on_late: Callable[[ChatResponse | ProviderError], None], key_env: str | None = None) -> ChatResponse:
+        """The call, with the key of `key_env` (the variable the limiter chose) when given."""
+        request = replace(self.request, key_env=key_env) if key_env else self.request
+        return complete(self.provider, request, on_late=on_late)
 
 
 @dataclass(frozen=True)
@@ -106,10 +110,12 @@ def unbilled_or_ledgered(spec: PaidCall, held: "Holds", err: ProviderError) -> N
     if err.billed is not None:
         tokens_in, tokens_out, source = billed_usage(spec.request, *err.billed, err.usage_reported, "")
         cost = call_cost(get_settings(), spec.model, tokens_in, tokens_out)
-        payment = Payment(held.call_id, spec.operation, spec.model, tokens_in, tokens_out, cost, source)
+        payment = Payment(held.call_id, spec.operation, spec.model, tokens_in, tokens_out, cost, source,
+                          key_env=held.key_env)
         best_effort(ledger_unattached, spec, held, payment, f"billed failure: {err}")
     elif err.outcome_unknown:
-        payment = Payment(held.call_id, spec.operation, spec.model, 0, 0, spec.worst_case_usd, OUTCOME_UNKNOWN)
+        payment = Payment(held.call_id, spec.operation, spec.model, 0, 0, spec.worst_case_usd, OUTCOME_UNKNOWN,
+                          key_env=held.key_env)
         best_effort(ledger_unattached, spec, held, payment, f"no usable reply, {err.kind}: {err}")
     else:
         held.release()
@@ -150,6 +156,7 @@ class Holds:
     key: str
     call_id: str
     permit: Permit | None = None
+    key_env: str | None = None  # the variable whose key made the call (the permit's), for the ledger
     done: bool = False  # the reservation is settled or released
     late: bool = False  # past its deadline: the late answer's handler ends the holds
 
@@ -185,7 +192,7 @@ def payment_of(spec: PaidCall, held: "Holds", response: ChatResponse) -> tuple[C
     held.release_permit(input_tokens + output_tokens)
     cost = call_cost(get_settings(), spec.model, input_tokens, output_tokens)
     return response, Payment(held.call_id, spec.operation, spec.model, input_tokens, output_tokens, cost, source,
-                             reasoning_tokens=response.reasoning_tokens)
+                             reasoning_tokens=response.reasoning_tokens, key_env=held.key_env)
 
 def best_effort(call, *args) -> None:
     """Bookkeeping (limiter pacing, budget reconciliation): losing it never costs a job."""

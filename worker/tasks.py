@@ -99,6 +99,7 @@ def _run_job(task: GenesisTask, delivery: Delivery) -> str:
     paid = pay(task, PaidCall(
         job=job, operation="inference", provider=job.provider, model=job.model, request=request,
         limits=settings.limit_scope(job.backend, job.provider),  # a backend's own endpoint has its own
+        pools=settings.key_pools(job.backend),
         worst_case_usd=task_worst_case(settings, suite_task, job.backend, job.model),
         tokens=estimate_prompt_tokens(suite_task.prompt, suite_task.system) + request.max_tokens,
         result=lambda response, payment: _answer(suite_task, response, payment),
@@ -116,7 +117,7 @@ def _answer(suite_task, response: ChatResponse, payment: Payment) -> Recording:
                         latency_ms=response.latency_ms, input_tokens=payment.input_tokens,
                         output_tokens=payment.output_tokens, cost_usd=payment.cost_usd, source=payment.source,
                         simulated=response.simulated, reasoning_tokens=payment.reasoning_tokens,
-                        truncated=response.truncated)
+                        truncated=response.truncated, key_env=payment.key_env)
     return Recording("answer", {"result": asdict(result), "final": suite_task.scorer.local})
 
 

@@ -35,6 +35,7 @@ from shared.budget.recorded import (
     ledger_id,
     ledger_members,
     recorded_budget_state,
+    reservation_field,
     running_reservations,
     settled_member,
 )
@@ -107,7 +108,8 @@ class BudgetGuard:
         self.state_key = self.keys.state
         self.reconcile_lock_key = f"{prefix}:reconcile-lock"
         self._scripts = {name: redis.register_script(getattr(lua, name))
-                         for name in ("RESERVE", "SETTLE", "RELEASE", "HALT", "RESUME", "INSTALL")}
+                         for name in ("RESERVE", "SETTLE", "RELEASE", "HALT", "RESUME", "INSTALL",
+                                                                 "NAME_KEY")}
         self._ledger_checked = False
 
     @classmethod
@@ -133,6 +135,12 @@ class BudgetGuard:
         denied = BudgetWait if verdict == lua.WAIT else BudgetRefused
         raise denied(amount_usd=amount_usd, spent_usd=to_usd(spent), reserved_usd=to_usd(reserved),
                      limit_usd=to_usd(limit))
+
+    def name_key(self, key: int | str, call_id: str, key_env: str) -> None:
+        """The reservation names the key variable its call was given (`<holder>|<variable>`), once
+        the limiter chose one (after the reservation): never the key. A reservation already
+        settled or released is left gone."""
+        self._scripts["NAME_KEY"](keys=[self.keys.reservation_holders], args=[reservation_field(key, call_id), key_env])
 
     def settle(self, key: int | str, actual_usd: float, call_id: str = "", replaced_usd: float | None = None) -> None:
         """Called after the call's CostEntry is committed (or journaled), at its real cost (even

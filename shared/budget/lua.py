@@ -190,6 +190,15 @@ return 1
 """
 
 
+# KEYS: reservation holders.  ARGV: reservation field, key variable.  The holder names the key
+# its call was given; a reservation already gone stays gone.
+NAME_KEY = """
+local holder = redis.call('HGET', KEYS[1], ARGV[1])
+if holder then redis.call('HSET', KEYS[1], ARGV[1], holder .. '|' .. ARGV[2]) end
+return 1
+"""
+
+
 class BudgetKeys(NamedTuple):
     """The Redis keys of one budget, in the order every script takes them."""
 

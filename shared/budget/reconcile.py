@@ -32,12 +32,13 @@ class Reconciled:
 
 
 def holder_parts(holder: str) -> tuple[str, str]:
-    """(incarnation, model) of a reservation's holder (`<incarnation>|<model>`); ("", "") for one
-    rebuilt for a job naming no paid call, or reserved without a holder (a batch's)."""
+    """(incarnation, model) of a reservation's holder (`<incarnation>|<model>`, then `|<key
+    variable>` once the limiter chose its key); ("", "") for one rebuilt for a job naming no paid
+    call, or reserved without a holder (a batch's)."""
     if holder == REBUILT:
         return "", ""
     incarnation, _, model = holder.partition("|")
-    return incarnation, model
+    return incarnation, model.partition("|")[0]
 
 
 def _rebuilt_if_lost(guard: "BudgetGuard") -> None:

@@ -24,10 +24,11 @@ from pydantic_settings import (
 )
 
 from shared.config.tables import (AgentsConfig, BackendConfig, BatchConfig, BudgetConfig, DecisionConfig,
-                                  FinetuneConfig, JudgeConfig, Price, RateLimit, RecoveryConfig,
+                                  FinetuneConfig, JudgeConfig, KeysConfig, Price, RateLimit, RecoveryConfig,
                                   RetryConfig, ReuseConfig, WorkerConfig)
+from shared.keypools import KeyPool, pools_of
 from shared.numbers import FINITE
-from shared.providers.registry import PROVIDER_NAMES
+from shared.providers.registry import PROVIDER_NAMES, PROVIDERS
 
 if TYPE_CHECKING:
     from shared.providers.params import Generation
@@ -52,6 +53,7 @@ class Settings(BaseSettings):
     backends: dict[str, BackendConfig] = {}
     pricing: dict[str, Price] = {}
     limits: dict[str, RateLimit] = {}
+    keys: dict[str, KeysConfig] = {}  # [keys.<provider>]: its backends' key variables and pools
     budget: BudgetConfig = BudgetConfig()
     decision: DecisionConfig = DecisionConfig()
     retry: RetryConfig = RetryConfig()
@@ -91,6 +93,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"backend {name!r} has its own base_url, so its limits are [limits.\"{name}\"]: "
                                  "give it a name that is not a provider's and has no ':'")
         return backends
+
+    @field_validator("keys")
+    @classmethod
+    def _keys_of_providers(cls, keys: dict[str, KeysConfig]) -> dict[str, KeysConfig]:
+        for name in keys:
+            if name not in PROVIDER_NAMES:
+                raise ValueError(f"[keys.{name}]: not a provider (known: {', '.join(PROVIDER_NAMES)})")
+        return keys
 
     @classmethod
     def settings_customise_sources(
@@ -175,6 +185,19 @@ class Settings(BaseSettings):
         the others share their provider's."""
         config = self.backends.get(backend)
         return backend if config is not None and config.base_url else provider
+
+    def key_pools(self, backend: str) -> tuple[KeyPool, ...]:
+        """The key pools a backend's calls may use (design §14): its own `api_key_env`, else
+        [keys.<provider>]'s, else the provider's variable (one pool named "", the bucket of old)."""
+        config = self.backends[backend]
+        declared = config if config.api_key_env is not None else self.keys.get(config.provider)
+        if declared is None:
+            return pools_of(PROVIDERS[config.provider].key_env, {})
+        return pools_of(declared.api_key_env, declared.pools)
+
+    def key_variables(self, backend: str) -> list[str]:
+        """Every variable a backend's key may be read from, in the order configured."""
+        return [variable for pool in self.key_pools(backend) for variable in pool.variables]
 
     def limit_for(self, provider: str, model: str | None = None) -> RateLimit:
         """Per-model override ([limits."mistral:model"]) merged over the provider's limits."""

@@ -73,7 +73,11 @@ class BackendConfig(Strict):
     # SDK takes; else the provider's *_BASE_URL, else the provider's own. With one, the backend
     # gets its own queue and rate limits ([limits."<backend>"]): a local server's are not OpenAI's.
     base_url: str | None = None
-    api_key_env: str | None = None  # the variable holding its key (else the provider's); never the key
+    # The variable holding its key (else [keys.<provider>]'s, else the provider's); never the key.
+    # A list names several keys: each is its own pool of the provider's limits unless `pools`
+    # groups some (keys of one organisation or workspace share its limits): design §14.
+    api_key_env: str | list[str] | None = None
+    pools: dict[str, list[str]] = {}
     mode: Literal["realtime", "batch"] = "realtime"  # design §11
     batch_max_jobs: int | None = Field(default=None, gt=0)  # None: [batch] max_jobs
     batch_max_wait_s: float | None = Field(default=None, **SECONDS)  # None: [batch] max_wait_s
@@ -84,8 +88,7 @@ class BackendConfig(Strict):
             raise ValueError("needs one of model, models or model_id_file")
         if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https:// (got {self.base_url!r})")
-        if self.api_key_env is not None:
-            _key_variable(self.api_key_env)
+        check_key_pools(self.api_key_env, self.pools)
         if self.model_id_file is not None:
             _agent_template(self.model_id_file)
         if self.max_tokens_field is not None and self.provider != "openai":
@@ -97,6 +100,45 @@ class BackendConfig(Strict):
         if self.role == "candidate" and not self.baseline:
             raise ValueError("a candidate needs `baseline = \"<backend name>\"`")
         return self
+
+
+class KeysConfig(Strict):
+    """[keys.<provider>]: the key variables every backend of a provider uses unless it names its
+    own (`api_key_env` on the backend), with the same `pools`."""
+
+    api_key_env: str | list[str]
+    pools: dict[str, list[str]] = {}
+
+    @model_validator(mode="after")
+    def _valid(self) -> "KeysConfig":
+        check_key_pools(self.api_key_env, self.pools)
+        return self
+
+
+def check_key_pools(api_key_env: str | list[str] | None, pools: dict[str, list[str]]) -> None:
+    """Every variable a key variable, none twice; each pool a plain name grouping variables of
+    `api_key_env`, each variable in at most one pool."""
+    variables = [api_key_env] if isinstance(api_key_env, str) else list(api_key_env or [])
+    if isinstance(api_key_env, list) and not variables:
+        raise ValueError("api_key_env is an empty list: name at least one variable")
+    for name in variables:
+        _key_variable(name)
+    if len(set(variables)) != len(variables):
+        raise ValueError(f"api_key_env names a variable twice ({', '.join(variables)})")
+    if pools and api_key_env is None:
+        raise ValueError("pools group the variables of api_key_env: name them there too")
+    pooled: set[str] = set()
+    for pool, members in pools.items():
+        if not PLAIN_NAME.fullmatch(pool):
+            raise ValueError(f"pool name {pool!r} is not a plain name (letters, digits, - and _)")
+        if not members:
+            raise ValueError(f"pool {pool!r} is empty")
+        for name in members:
+            if name not in variables:
+                raise ValueError(f"pool {pool!r} names {name!r}, which is not in api_key_env")
+            if name in pooled:
+                raise ValueError(f"{name!r} is in two pools: a key's limits are one organisation's")
+            pooled.add(name)
 
 
 def _key_variable(name: str) -> None:

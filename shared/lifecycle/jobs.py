@@ -164,13 +164,13 @@ def finish_ok(job: ClaimedJob, result: PaidResult, *, final: bool = True, call_i
               "latency_ms": result.latency_ms, "input_tokens": result.input_tokens,
               "output_tokens": result.output_tokens, "cost_usd": result.cost_usd, "error_type": None,
               "error_message": None, "finished_at": now, "simulated": result.simulated,
-              "reasoning_tokens": result.reasoning_tokens, "truncated": result.truncated}
+              "reasoning_tokens": result.reasoning_tokens, "truncated": result.truncated, "key_env": result.key_env}
     status = {"status": JobStatus.ok if final else JobStatus.running}
     return _record_paid(job, answer, status, final, {
         "at": now, "run_id": job.run_id, "job_id": job.id, "agent": job.agent, "backend": job.backend,
         "model": job.model, "operation": "inference", "input_tokens": result.input_tokens,
         "output_tokens": result.output_tokens, "reasoning_tokens": result.reasoning_tokens,
-        "cost_usd": result.cost_usd, "source": result.source, "call_id": call_id,
+        "cost_usd": result.cost_usd, "source": result.source, "call_id": call_id, "key_env": result.key_env,
     })
 
 

@@ -32,7 +32,7 @@ def build_report_data(session: Session, run_id: str, *, partial: bool = False) -
     comparisons, sequential = _judged(facts, rule)
     decision = rule_.decide(facts.agents, comparisons)
     budget = facts_.budget_facts(session, run, jobs)
-    costs = run_costs(jobs, facts.judge, budget["run_cost_usd"], facts.snapshot)
+    costs = run_costs(jobs, facts.judge, budget["run_cost_usd"], facts.snapshot, facts.keys)
     in_flight = counts[JobStatus.queued] + counts[JobStatus.running]
     data = {
         "run_id": run.id,

@@ -41,6 +41,17 @@ def judge_spend(session: Session, run_id: str) -> dict[tuple[str | None, str | N
     return {(agent, backend): Spend(float(usd or 0.0), int(calls)) for agent, backend, usd, calls in rows}
 
 
+def key_spend(session: Session, run_id: str) -> dict[tuple[str | None, str], Spend]:
+    """The run's paid calls per (backend, key variable) that made them (key pools, design §14):
+    the variable's name, as the ledger holds it; calls ledgered before pools existed name none."""
+    rows = session.exec(
+        select(CostEntry.backend, CostEntry.key_env, func.sum(CostEntry.cost_usd), func.count())
+        .where(CostEntry.run_id == run_id, CostEntry.key_env.is_not(None))
+        .group_by(CostEntry.backend, CostEntry.key_env)
+    )
+    return {(backend, key): Spend(float(usd or 0.0), int(calls)) for backend, key, usd, calls in rows}
+
+
 def total(spends: Iterable[Spend]) -> Spend:
     return sum(spends, NOTHING)
 
@@ -83,9 +94,9 @@ def batch_saved_usd(jobs: list[Any], snapshot: dict, batch: Iterable[str] | None
 
 
 def run_costs(jobs: list[Any], judge: dict[tuple[str | None, str | None], Spend], ledger_usd: float,
-              snapshot: dict | None = None) -> dict:
-    """The run's cost split: inference as its jobs recorded it, judge from the ledger, and what
-    batch mode saved against realtime prices."""
+              snapshot: dict | None = None, keys: dict[tuple[str | None, str], Spend] | None = None) -> dict:
+    """The run's cost split: inference as its jobs recorded it, judge from the ledger, what
+    batch mode saved against realtime prices, and the calls and cost of each key variable."""
     snapshot = snapshot or {}
     inference = sum(j.cost_usd or 0.0 for j in jobs)
     judged = total(judge.values())
@@ -102,5 +113,7 @@ def run_costs(jobs: list[Any], judge: dict[tuple[str | None, str | None], Spend]
         "batch_backends": batch,
         "batch_usd": sum(j.cost_usd or 0.0 for j in jobs if j.backend in batch),
         "batch_saved_usd": batch_saved_usd(jobs, snapshot, batch),
+        "keys": [{"backend": backend, "key_env": key, "calls": spend.calls, "usd": spend.usd}
+                 for (backend, key), spend in sorted((keys or {}).items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))],
     }
 

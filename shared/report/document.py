@@ -211,7 +211,18 @@ def _cost_lines(costs: dict) -> list[str]:
         *([f"batch mode ({', '.join(costs['batch_backends'])}): {fmt.usd(costs['batch_usd'])} at the batch price, "
            f"{fmt.usd(costs['batch_saved_usd'])} less than the same answers at realtime prices; their latency "
            "(a batch's turnaround) is left out of the latency figures"] if costs.get("batch_backends") else []),
+        *([f"by key ({'; '.join(_key_spend(k) for k in costs['keys'])})"] if _several_keys(costs.get("keys")) else []),
     ]
+
+
+def _several_keys(keys: list[dict] | None) -> bool:
+    """Worth a line when some backend's calls went through more than one key variable."""
+    backends = [k["backend"] for k in keys or []]
+    return len(backends) != len(set(backends))
+
+
+def _key_spend(key: dict) -> str:
+    return f"{key['backend']} {key['key_env']}: {key['calls']} calls, {fmt.usd(key['usd'])}"
 
 
 def _budget_blocks(budget: dict) -> list[tuple]:
