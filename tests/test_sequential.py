@@ -176,3 +176,57 @@ def test_go_chance_is_the_conditional_power_under_the_trend():
     assert go_within_reach(dict(row, improvement_abs=0.12), 0.8, "bar", 0.005)
     assert not go_within_reach(dict(row, improvement_abs=0.05), 0.8, "bar", 0.005)  # clears 0, not the bar
     assert go_within_reach({"n": 0, "improvement_abs": None}, 0.8, "better", 0.005)
+
+
+def test_expected_stop_pays_less_the_further_the_truth_is_from_the_bar():
+    from shared.sequential_plan import difference_sd, expected_stop
+
+    def stop(difference, go="better"):
+        return expected_stop(400, 0.55, difference, min_improvement=0.08, go=go, alpha=0.005)
+
+    bar = 0.08 * 0.55
+    none, at_bar, above, loss = stop(0.0), stop(bar), stop(bar + 0.12), stop(bar - 0.12)
+    assert stop(0.0) == none  # seeded: the same figure every time
+    assert all(0.2 <= s["share"] <= 1.0 for s in (none, at_bar, above, loss))
+    assert loss["share"] == pytest.approx(0.2) and loss["no_go"] == 1.0  # a clear loss stops at the first look
+    assert above["share"] < at_bar["share"] and none["share"] < at_bar["share"]
+    assert above["go"] > 0.99 and none["go"] < 0.01 and at_bar["no_go"] < 0.01
+    assert stop(bar, "bar")["go"] < 0.01  # "bar": GO at the bar is the error it keeps within alpha
+    assert difference_sd(0.5, 0.0, 0.1) == pytest.approx(math.sqrt(0.1))
+    assert expected_stop(0, 0.5, 0.0, min_improvement=0.08, go="better", alpha=0.005)["share"] == 0.0
+
+
+@pytest.mark.sockets  # the dry run asks a refused Redis port for the budget left
+def test_dry_run_shows_the_sequential_designs_expected_cost_beside_the_fixed_one(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from producer.cli import app
+    from shared.config import get_settings
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("GENESIS_CONFIG", str(repo / "config" / "genesis.toml"))
+    monkeypatch.setenv("GENESIS_DATABASE_URL", f"sqlite:///{tmp_path}/g.db")
+    monkeypatch.setenv("GENESIS_REDIS_URL", "redis://127.0.0.1:1/0")
+    args = ["submit", "--all-agents", "--backend", "mistral-ft", "--backend", "mistral-base", "--dry-run"]
+    get_settings.cache_clear()
+    try:
+        import json
+
+        fixed = json.loads(CliRunner().invoke(app, [*args, "--json"], catch_exceptions=False).stdout)
+        assert "sequential" not in fixed["decision_power"]  # the fixed design: nothing to expect
+        monkeypatch.setenv("GENESIS_DECISION__DESIGN", "sequential")
+        get_settings.cache_clear()
+        result = CliRunner().invoke(app, [*args, "--json"], catch_exceptions=False)
+        sequential = json.loads(result.stdout)["decision_power"]["sequential"]
+        assert sequential["fixed"]["calls"] == fixed["jobs"] == 200
+        assert sequential["fixed"]["usd"] == pytest.approx(fixed["estimated_cost_usd"], abs=1e-6)
+        names = [s["name"] for s in sequential["scenarios"]]
+        assert names == ["no gain", "at the bar", "at the design alternative"]
+        for s in sequential["scenarios"]:
+            assert 0 < s["calls"] <= 200 and 0 < s["usd"] <= sequential["fixed"]["usd"]
+        text = CliRunner().invoke(app, args, catch_exceptions=False).stdout
+        assert "sequential design (5 looks)" in text and "no gain:" in " ".join(text.split())
+    finally:
+        get_settings.cache_clear()
