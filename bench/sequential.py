@@ -9,8 +9,9 @@ verdicts come from the decision's own rule (shared.report.decision.settled) on s
 score interval, at the fixed design's level or at each look's levels from
 shared.sequential.look_alpha_each (GO side O'Brien-Fleming-like, NO-GO side Hwang-Shih-DeCani).
 The sequential rule is bench/sequential_sim.py's (the orchestration's): an agent releases its
-next slice iff its own verdict is open; the pooled verdict is judged at each look over the pairs
-released so far; the run stops when every agent's verdict is settled or the last look is done.
+next slice iff its own verdict is open and, once the pooled verdict is settled, its GO is still
+within reach (shared.sequential.go_within_reach); the pooled verdict is judged at each look over
+the pairs released so far; the run stops when no agent releases or the last look is done.
 
 Scenarios (the candidate's accuracy net of its errors): none (= its baseline), loss (12 points
 below the bar), bar (exactly the required improvement), bar+5 and bar+12 (points above it),

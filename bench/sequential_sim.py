@@ -10,9 +10,10 @@ runs (issue #28):
   planned look's is 1 (it spends what is left);
 - the run stops when every agent's verdict is settled or the last look is done; a pooled verdict
   still open then stays INCONCLUSIVE (nothing is spent at an unplanned stop);
-- and (non-binding futility, shared.sequential.go_within_reach) an open agent whose chance of
-  GO by its last look under the current trend is below FUTILITY releases no more either: its
-  verdict stays INCONCLUSIVE. Without it a candidate with no gain at n = 400 per agent costs 91%
+- and (non-binding futility, shared.sequential.go_within_reach) once the pooled verdict is
+  settled, an open agent whose chance of GO by its last look under the current trend is below
+  FUTILITY (and of NO-GO below FUTILITY_NO_GO) releases no more either: its verdict stays
+  INCONCLUSIVE. Without it a candidate with no gain at n = 400 per agent costs 91%
   of the fixed design's calls (half its agents cannot settle NO-GO even at the last look).
 
 Fractions before the last look are rounded to FRACTION_STEP to share the boundary computation
@@ -28,7 +29,7 @@ import numpy as np
 
 from shared.config.tables import DecisionConfig
 from shared.report.decision import MIN_PAIRED_COVERAGE, settled
-from shared.sequential import FUTILITY, go_chance, look_alpha_each, needed_z, planned_fractions
+from shared.sequential import FUTILITY, futile, go_chance, no_go_chance, look_alpha_each, needed_z, planned_fractions
 from shared.stats import bounds
 
 GO_CODE, NO_GO_CODE = 1, -1
@@ -210,6 +211,7 @@ def sequential_design(runs: Runs, alphas: tuple[float, float], rule: DecisionCon
         released = np.where(releasing, end, released)
         stopped_at = np.where(releasing, k, stopped_at)
         before = pairs.copy()
+        out_of_reach = np.zeros((count, agents), bool)
         pairs = np.where(released > 0, np.take_along_axis(cumulative, np.maximum(released - 1, 0)[:, :, None],
                                                           axis=2)[:, :, 0], 0)
         for a in range(agents):
@@ -225,9 +227,10 @@ def sequential_design(runs: Runs, alphas: tuple[float, float], rule: DecisionCon
             by_agent[rows, a] = code
             reach = np.ones(rows.size, bool)
             if futility is not None and not last:
-                reach = go_chance(measures["improvement"], measures["threshold"], measures["sd"], measures["n"],
-                                  fraction[rows], final_z) >= futility
-            agent_open[rows, a] = (code == 0) & (not last) & reach
+                trend = (measures["improvement"], measures["threshold"], measures["sd"], measures["n"], fraction[rows])
+                reach = ~futile(go_chance(*trend, final_z), no_go_chance(*trend, alphas[0], looks))
+            agent_open[rows, a] = (code == 0) & (not last)
+            out_of_reach[rows, a] = ~reach
         rows = np.flatnonzero(pooled_open & live & (pairs.sum(axis=1) > before.sum(axis=1)))
         if rows.size:
             fraction = np.ones(count) if last else pairs.sum(axis=1) / (agents * tasks)
@@ -237,6 +240,8 @@ def sequential_design(runs: Runs, alphas: tuple[float, float], rule: DecisionCon
                             mask.sum(axis=1), go, no_go, rule, labels, runs.step)
             overall[rows] = code
             pooled_open[rows] = (code == 0) & (not last)
+        # futility stops an agent only once the pooled verdict is settled: the pooled one needs its pairs
+        agent_open &= ~(out_of_reach & ~pooled_open[:, None])
     return {"by_agent": by_agent, "overall": overall, "released": released, "looks": looks_taken,
             "stopped_at": stopped_at}
 

@@ -1,24 +1,33 @@
 """The sequential design's statistics: when a comparison may stop early, and the interval it
 reports at the stop, with the run's error rates holding whenever it stops.
 
-An error-spending group-sequential design (Lan & DeMets 1983) with O'Brien-Fleming-like spending,
-alpha(t) = 2 - 2 Phi(z_{alpha/2} / sqrt(t)): almost nothing is spent at the first looks (so an
-early stop needs overwhelming evidence) and nearly the fixed design's level is left for the last.
-Each verdict is a one-sided test with its own share alpha of the run's error (as in the fixed
-design, shared.report.decision.error_shares): GO tests "no better than 0 (or the bar)", NO-GO
-tests "at least the bar", and both use the same boundaries (by symmetry) on the score statistic
-of shared.stats. Each boundary is non-binding for the other verdict: stopping for one verdict only
-removes chances of the other, so each error stays at most its alpha at any stopping time.
+An error-spending group-sequential design (Lan & DeMets 1983). Each verdict is a one-sided test
+with its own share alpha of the run's error (as in the fixed design,
+shared.report.decision.error_shares): GO tests "no better than 0 (or the bar)", NO-GO tests "at
+least the bar", on the score statistic of shared.stats, and each side spends its alpha with its
+own function (Levels: the interval's lower end at the GO side's level, the upper at the NO-GO
+side's). GO: O'Brien-Fleming-like, alpha(t) = 2 - 2 Phi(z_{alpha/2} / sqrt(t)): almost nothing
+at the first looks, nearly the fixed level at the last, so GO power stays the fixed design's.
+NO-GO: Hwang, Shih & DeCani (1990) with gamma 1 (close to Pocock's), alpha (1 - e^{-t}) / (1 -
+e^{-1}): a clear loss stops at the first looks. Each boundary is non-binding for the other
+verdict: stopping for one verdict only removes chances of the other, so each error stays at most
+its alpha at any stopping time.
 
 The boundaries come from the information actually observed at each look (pairs so far / pairs
 planned), not a fixed schedule: the crossing probability of look k, given no crossing before,
 equals alpha(t_k) - alpha(t_{k-1}), computed by recursive numerical integration of the
 standardized statistic's density over the continuation region (Armitage, McPherson & Rowe 1969;
 Jennison & Turnbull 2000, ch. 19). The last look spends what is left (t = 1). The repeated
-confidence interval at look k is the score interval whose ends each hold at 1 - Phi(b_k): it
-covers the true difference at every look at once with at least 1 - 2 alpha.
-"""
+confidence interval at look k is the score interval whose ends hold at 1 - Phi(b_k) of their
+side: it covers the true difference at every look at once with at least 1 - 2 alpha.
 
+Futility (go_within_reach): once the pooled verdict is settled, an open agent whose chance of GO
+by its last look under the current trend is below FUTILITY and of NO-GO below FUTILITY_NO_GO
+(from FUTILITY_FROM of its tasks on) releases no more; its verdict stays INCONCLUSIVE. Non-binding: it makes no verdict and only
+removes chances of GO, so neither error rate can grow. Without it, at no gain and 400 tasks per
+agent, half the agents cannot settle NO-GO even at their last look and the design pays 91% of
+the fixed design's calls for any NO-GO spending (bench/sequential.py).
+"""
 from __future__ import annotations
 
 import math
@@ -192,6 +201,7 @@ def look_alpha_each(fractions: Sequence[float], alpha: float) -> Levels:
 
 
 FUTILITY = 0.05  # an agent whose chance of GO by its last look falls below this stops (INCONCLUSIVE)
+FUTILITY_NO_GO = 0.5  # ... and its chance of NO-GO below this
 FUTILITY_FROM = 0.6  # ... from this information fraction on (earlier trends are too noisy: GO power)
 
 
@@ -219,6 +229,13 @@ def go_chance(improvement, threshold, sd, n, fraction, needed_z=0.0):
     return float(chance) if chance.ndim == 0 else chance
 
 
+def no_go_chance(improvement, threshold, sd, n, fraction, alpha: float, looks: int = LOOKS):
+    """The chance of NO-GO by the last look if the current trend holds (as go_chance, for the
+    statistic of "below the bar" against the planned last look's NO-GO boundary)."""
+    z = boundaries(planned_fractions(looks), alpha, NO_GO_GAMMA)[-1]
+    return go_chance(-np.asarray(improvement, dtype=float), -np.asarray(threshold, dtype=float), sd, n, fraction, z)
+
+
 def needed_z(go: str, alpha: float, looks: int = LOOKS) -> float:
     """What go_chance asks of the final statistic: 0 under "better", the planned last look's GO
     z under "bar" (the bar's interval must clear it)."""
@@ -226,11 +243,18 @@ def needed_z(go: str, alpha: float, looks: int = LOOKS) -> float:
 
 
 def go_within_reach(row: dict, fraction: float, go: str, alpha: float, looks: int = LOOKS) -> bool:
-    """Whether an open verdict's agent releases its next slice (shared.report.decision.compare's
+    """Whether an open verdict's agent may release its next slice (shared.report.decision.compare's
     row at this look, its information fraction, the run's GO rule, the verdict's share of the
-    error): False when its chance of GO by the last look is below FUTILITY."""
+    error): False when its chance of GO by the last look is below FUTILITY and of NO-GO below
+    FUTILITY_NO_GO. The rule: an agent
+    releases its next slice iff its own verdict is open and (this is True or the pooled verdict
+    is still open: the pooled verdict needs its pairs)."""
     if not row.get("n") or row.get("improvement_abs") is None:
         return True
-    chance = go_chance(row["improvement_abs"], row["threshold_abs"], row["sd_difference"], row["n"], fraction,
-                       needed_z(go, alpha, looks))
-    return chance >= FUTILITY
+    measures = (row["improvement_abs"], row["threshold_abs"], row["sd_difference"], row["n"], fraction)
+    return not futile(go_chance(*measures, needed_z(go, alpha, looks)), no_go_chance(*measures, alpha, looks))
+
+
+def futile(go_chance_, no_go_chance_):
+    """Stop for futility: GO out of reach and NO-GO unlikely too (a likely NO-GO is worth its pairs)."""
+    return (np.asarray(go_chance_) < FUTILITY) & (np.asarray(no_go_chance_) < FUTILITY_NO_GO)

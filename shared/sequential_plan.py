@@ -4,7 +4,7 @@ at the bar and at the design alternative, beside the fixed design's).
 
 A small seeded simulation of the comparison's statistic on the design's own boundaries
 (shared.sequential: GO side O'Brien-Fleming-like, NO-GO side Hwang-Shih-DeCani, the futility
-stop from FUTILITY_FROM), in the normal approximation: at look k the mean paired difference is
+stop from FUTILITY_FROM, taking the pooled verdict as settled), in the normal approximation: at look k the mean paired difference is
 the true one plus Brownian noise of variance sigma^2 / n_k, sigma^2 that of one paired
 difference when the candidate misses `loss_share` of the baseline's right answers and fixes
 enough of its misses to make the difference (2 L p + delta - delta^2). Every slice is taken as
@@ -17,7 +17,8 @@ import math
 
 import numpy as np
 
-from shared.sequential import FUTILITY, GO_GAMMA, LOOKS, NO_GO_GAMMA, boundaries, go_chance, needed_z, planned_fractions
+from shared.sequential import (GO_GAMMA, LOOKS, NO_GO_GAMMA, boundaries, futile, go_chance, needed_z, no_go_chance,
+                               planned_fractions)
 
 PATHS = 4000
 
@@ -64,7 +65,8 @@ def expected_stop(tasks: int, baseline_accuracy: float, difference: float, *, mi
         outcome[settled & no_go_now] = -1
         stop = settled.copy()
         if k < looks - 1:
-            stop |= running & (go_chance(d, threshold, sd, sizes[k], fractions[k], final_z) < FUTILITY)
+            trend = (d, threshold, sd, sizes[k], fractions[k])
+            stop |= running & futile(go_chance(*trend, final_z), no_go_chance(*trend, alpha, looks))
         released[stop] = sizes[k]
         stopped_at[stop] = k + 1
         running &= ~stop

@@ -230,3 +230,12 @@ def test_dry_run_shows_the_sequential_designs_expected_cost_beside_the_fixed_one
         assert "sequential design (5 looks)" in text and "no gain:" in " ".join(text.split())
     finally:
         get_settings.cache_clear()
+
+
+def test_futility_keeps_an_agent_whose_no_go_is_likely():
+    from shared.sequential import futile, go_within_reach, no_go_chance
+
+    row = {"n": 225, "improvement_abs": -0.08, "threshold_abs": 0.04, "sd_difference": 0.3}
+    assert no_go_chance(-0.08, 0.04, 0.3, 225, 0.8, 0.005) > 0.99
+    assert go_within_reach(row, 0.8, "better", 0.005)  # GO is out of reach, but NO-GO is near: keep paying
+    assert list(futile([0.01, 0.01, 0.2], [0.1, 0.9, 0.1])) == [True, False, False]
