@@ -123,7 +123,7 @@ def test_the_benchs_vectorised_verdicts_are_the_reports(kind):
 
     from bench.sequential_sim import GO_CODE, NO_GO_CODE, verdicts
     from shared.report.decision import GO, INCONCLUSIVE, NO_GO, compare
-    from tests.support.sequential_runs import grid_runs
+    from tests.support.sequential_grid import grid_runs
 
     names = {GO_CODE: GO, NO_GO_CODE: NO_GO, 0: INCONCLUSIVE}
     level = Levels(0.01, 0.03)

@@ -16,7 +16,7 @@ import pytest
 from bench.sequential_sim import fixed_design, sequential_design, summary
 from shared.config.tables import DecisionConfig
 from shared.report.decision import error_shares
-from tests.support.sequential_runs import grid_runs
+from tests.support.sequential_grid import grid_runs
 
 RUNS = 600
 LIMIT = 0.05 + 3 * math.sqrt(0.05 * 0.95 / RUNS)
