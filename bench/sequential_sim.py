@@ -30,7 +30,7 @@ import numpy as np
 from shared.config.tables import DecisionConfig
 from shared.report.decision import MIN_PAIRED_COVERAGE, settled
 from shared.sequential import FUTILITY, futile, go_chance, no_go_chance, look_alpha_each, needed_z, planned_fractions
-from shared.stats import bounds
+from shared.stats import SMALLEST_ALPHA, bounds
 
 GO_CODE, NO_GO_CODE = 1, -1
 FRACTION_STEP = 0.01
@@ -90,7 +90,7 @@ def _widened(alpha, inflation: np.ndarray) -> np.ndarray:
     alpha = np.broadcast_to(np.asarray(alpha, dtype=float), inflation.shape)
     z = np.array([_Z(a) for a in alpha]) * np.sqrt(np.where(np.isfinite(inflation), inflation, 1.0))
     level = 0.5 * np.array([math.erfc(x / math.sqrt(2.0)) for x in z])
-    return np.clip(level, 1e-300, 0.49)
+    return np.clip(level, SMALLEST_ALPHA, 0.49)
 
 
 def _Z(alpha: float) -> float:

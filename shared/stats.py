@@ -130,11 +130,15 @@ def ends(alpha_each) -> tuple[float, float]:
     return float(low), float(high)
 
 
+SMALLEST_ALPHA = 1e-15  # z = 7.94: a smaller error (an early look, widened for families) is taken as this
+
+
 def _quantiles(alpha, rows: int) -> np.ndarray:
-    """z_{1 - alpha} for every row: alpha one float or one per row."""
+    """z_{1 - alpha} for every row: alpha one float or one per row (at least SMALLEST_ALPHA, where
+    1 - alpha still differs from 1)."""
     if np.ndim(alpha) == 0:
-        return np.full(rows, _NORMAL.inv_cdf(1.0 - float(alpha)))
-    return np.array([_NORMAL.inv_cdf(1.0 - float(a)) for a in np.asarray(alpha, dtype=float)])
+        return np.full(rows, _NORMAL.inv_cdf(1.0 - max(float(alpha), SMALLEST_ALPHA)))
+    return np.array([_NORMAL.inv_cdf(1.0 - max(float(a), SMALLEST_ALPHA)) for a in np.asarray(alpha, dtype=float)])
 
 
 def bounds(values: np.ndarray, counts: np.ndarray, alpha_each,
@@ -277,7 +281,7 @@ def clustered_score_test(candidate: Sequence[float], baseline: Sequence[float], 
     inflation = design_effect(differences, clusters) * families / (families - 1.0)
 
     def widened(level: float) -> float:
-        return upper_tail(_NORMAL.inv_cdf(1.0 - level) * math.sqrt(inflation))
+        return max(SMALLEST_ALPHA, upper_tail(_NORMAL.inv_cdf(1.0 - level) * math.sqrt(inflation)))
 
     test = paired_score_test(candidate, baseline, alpha_each=tuple(map(widened, alpha_each)) if isinstance(
         alpha_each, tuple) else widened(alpha_each))
