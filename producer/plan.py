@@ -2,7 +2,9 @@
 selected suite can confirm at 80% power, at the same error shares the report will use, from
 the baseline model's accuracy in its last run in SQL (or the configured assumption), and
 whether the suite can reach GO at all; with --epochs k, what k epochs buy, from the within-task
-variance share of the candidate's newest run with epochs in SQL (or the configured assumption)."""
+variance share of the candidate's newest run with epochs in SQL (or the configured assumption).
+Under [decision] design = "sequential": the calls and dollars the design is expected to pay
+under no gain, at the bar and at the design alternative, beside the fixed design's."""
 
 from __future__ import annotations
 
@@ -114,10 +116,74 @@ def decision_power(settings: Settings, selection) -> dict[str, Any]:
         rows.append(_row(POOLED, candidate, baseline, total, pooled_accuracy,
                          "assumed" if sources == {"assumed"} else "task-weighted over the agents", per_pooled, rule,
                          selection.epochs, within))
-    return {"power": POWER, "confidence": rule.confidence, "assumed_loss_share": rule.assumed_loss_share,
-            "assumed_baseline_accuracy": rule.assumed_baseline_accuracy, "epochs": selection.epochs,
-            "assumed_within_share": rule.assumed_within_share, "go": rule.go,
-            "go_promise": go_promise(rule.go, 1 - rule.confidence), "rows": rows}
+    power = {"power": POWER, "confidence": rule.confidence, "assumed_loss_share": rule.assumed_loss_share,
+             "assumed_baseline_accuracy": rule.assumed_baseline_accuracy, "epochs": selection.epochs,
+             "assumed_within_share": rule.assumed_within_share, "go": rule.go,
+             "go_promise": go_promise(rule.go, 1 - rule.confidence), "rows": rows}
+    if rule.design == "sequential" and rows:
+        power["sequential"] = sequential_expectation(settings, selection, rows, per_agent)
+    return power
+
+
+SCENARIOS = ("no gain", "at the bar", "at the design alternative")
+
+
+def sequential_expectation(settings: Settings, selection, rows: list[dict], alpha_each: float) -> dict[str, Any]:
+    """Expected calls and dollars of the sequential design (shared.sequential_plan.expected_stop)
+    per scenario, beside the fixed design's worst case: an agent pays for the share of its
+    tasks it is expected to release (several candidates: the largest share, it releases while
+    any verdict is open); reference backends kept to the end ([decision] references = "full")
+    pay in full. The design alternative: the improvement the fixed design confirms at 80% power."""
+    from shared.budget import estimate_run_cost
+    from shared.sequential_plan import expected_stop
+
+    rule = settings.decision
+    full = [b for b in selection.backends
+            if rule.references == "full" and settings.backends[b].role == "reference"]
+    totals = {name: {"calls": 0.0, "usd": 0.0, "go": 0.0, "no_go": 0.0} for name in SCENARIOS}
+    fixed = {"calls": 0, "usd": 0.0}
+    agent_rows = [r for r in rows if r["agent"] != POOLED]
+    for agent in selection.agents:
+        cost = estimate_run_cost(settings, selection.suite, [agent], selection.backends, selection.limit,
+                                 epochs=selection.epochs)
+        fixed["calls"] += cost["jobs"]
+        fixed["usd"] += cost["estimated_cost_usd"]
+        kept = {"calls": sum(cost["by_backend"][b]["jobs"] for b in full),
+                "usd": sum(cost["by_backend"][b]["cost_usd"] for b in full)}
+        mine = [r for r in agent_rows if r["agent"] == agent and r["baseline_accuracy"] is not None]
+        for name in SCENARIOS:
+            stops = []
+            for r in mine:
+                threshold = rule.min_improvement * r["baseline_accuracy"]
+                difference = {"no gain": 0.0, "at the bar": threshold,
+                              "at the design alternative": r["smallest_confirmable_abs"]}[name]
+                if difference is None:
+                    difference = threshold
+                stops.append(expected_stop(r["tasks"], r["baseline_accuracy"], difference,
+                                           min_improvement=rule.min_improvement, go=rule.go, alpha=alpha_each,
+                                           looks=rule.looks, loss_share=rule.assumed_loss_share))
+            share = max((s["share"] for s in stops), default=1.0)
+            totals[name]["calls"] += kept["calls"] + share * (cost["jobs"] - kept["calls"])
+            totals[name]["usd"] += kept["usd"] + share * (cost["estimated_cost_usd"] - kept["usd"])
+            totals[name]["go"] += max((s["go"] for s in stops), default=0.0) / len(selection.agents)
+            totals[name]["no_go"] += min((s["no_go"] for s in stops), default=0.0) / len(selection.agents)
+    return {"looks": rule.looks, "fixed": {"calls": fixed["calls"], "usd": round(fixed["usd"], 6)},
+            "scenarios": [{"name": name, "calls": round(t["calls"]), "usd": round(t["usd"], 6),
+                           "share": t["calls"] / fixed["calls"] if fixed["calls"] else 0.0,
+                           "agent_go": t["go"], "agent_no_go": t["no_go"]} for name, t in totals.items()]}
+
+
+def sequential_lines(sequential: dict) -> list[str]:
+    """The sequential design's expected cost in plain words, beside the fixed design's."""
+    fixed = sequential["fixed"]
+    lines = [f"sequential design ({sequential['looks']} looks): expected calls and dollars against the fixed "
+             f"design's {fixed['calls']} calls, ${fixed['usd']:.4f} (normal approximation at the assumed loss share; the "
+             "design alternative: the improvement the fixed design confirms at 80% power, the bar where it confirms "
+             "none):"]
+    for s in sequential["scenarios"]:
+        lines.append(f"{s['name']}: {s['calls']} calls ({s['share']:.0%}), ${s['usd']:.4f}; per agent GO "
+                     f"{s['agent_go']:.0%}, NO-GO {s['agent_no_go']:.0%}")
+    return lines
 
 
 def _row(agent, candidate, baseline, tasks, accuracy, source, alpha_each, rule, epochs: int = 1,
@@ -155,6 +221,8 @@ def power_lines(power: dict) -> list[str]:
         else:
             lines.append(f"{head}): confirms at 80% power {by_rule_text(r['smallest_confirmable_by_go'], power['go'])}; "
                          f"{accuracy}" + _epochs_words(r.get("with_epochs"), r["smallest_confirmable_abs"]))
+    if power.get("sequential"):
+        lines.extend(sequential_lines(power["sequential"]))
     return lines
 
 

@@ -120,12 +120,35 @@ def upper_tail(z: float) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2.0))
 
 
-def bounds(values: np.ndarray, counts: np.ndarray, alpha_each: float,
+def ends(alpha_each) -> tuple[float, float]:
+    """(lower end's, upper end's) error from an `alpha_each`: one float for both ends, or a pair
+    (a sequential look's GO and NO-GO levels, shared.sequential.Levels); each in (0, 0.5)."""
+    low, high = (alpha_each, alpha_each) if np.ndim(alpha_each) == 0 else tuple(alpha_each)
+    for level in (low, high):
+        if not 0.0 < level < 0.5:
+            raise ValueError(f"the error allowed at each end must be in (0, 0.5) (got {alpha_each})")
+    return float(low), float(high)
+
+
+SMALLEST_ALPHA = 1e-15  # z = 7.94: a smaller error (an early look, widened for families) is taken as this
+
+
+def _quantiles(alpha, rows: int) -> np.ndarray:
+    """z_{1 - alpha} for every row: alpha one float or one per row (at least SMALLEST_ALPHA, where
+    1 - alpha still differs from 1)."""
+    if np.ndim(alpha) == 0:
+        return np.full(rows, _NORMAL.inv_cdf(1.0 - max(float(alpha), SMALLEST_ALPHA)))
+    return np.array([_NORMAL.inv_cdf(1.0 - max(float(a), SMALLEST_ALPHA)) for a in np.asarray(alpha, dtype=float)])
+
+
+def bounds(values: np.ndarray, counts: np.ndarray, alpha_each,
            continuity: float = CONTINUITY) -> tuple[np.ndarray, np.ndarray]:
-    """Lower and upper bound, each holding with probability >= 1 - alpha_each: the deltas
-    where the one-sided test's statistic crosses z. counts: (R, k); returns two (R,) arrays."""
-    z = _NORMAL.inv_cdf(1.0 - alpha_each)
+    """Lower and upper bound, each holding with probability >= 1 - its error: the deltas where
+    the one-sided test's statistic crosses z. `alpha_each`: one error for both ends, or (lower
+    end's, upper end's), each a float or one per row. counts: (R, k); returns two (R,) arrays."""
     rows = counts.shape[0]
+    low_alpha, high_alpha = alpha_each if isinstance(alpha_each, tuple) else (alpha_each, alpha_each)
+    z = np.concatenate([_quantiles(low_alpha, rows), _quantiles(high_alpha, rows)])
     n = counts.sum(axis=1)
     mean = counts @ values / n
     both = np.vstack([counts, counts])
@@ -176,7 +199,7 @@ class PairedComparison:
     ci: tuple[float, float] | None  # None when there is no pair
     p_above_zero: float | None  # one-sided: "the candidate is no better", small when it is
     p_below_zero: float | None  # one-sided: "the candidate is no worse"
-    alpha_each: float
+    alpha_each: float | tuple[float, float]  # one error for both ends, or (lower end's, upper end's)
     method: str = "score"
 
     @property
@@ -186,13 +209,12 @@ class PairedComparison:
         return min(1.0, 2.0 * min(self.p_above_zero, self.p_below_zero))
 
 
-def paired_score_test(candidate: Sequence[float], baseline: Sequence[float], *, alpha_each: float) -> PairedComparison:
+def paired_score_test(candidate: Sequence[float], baseline: Sequence[float], *, alpha_each) -> PairedComparison:
     """Score test of mean(candidate - baseline) and the interval whose ends each hold with
-    probability 1 - alpha_each. Scores must lie in [0, 1]."""
+    probability 1 - alpha_each (a float, or (lower end's, upper end's)). Scores must lie in [0, 1]."""
     if len(candidate) != len(baseline):
         raise ValueError(f"paired samples differ in length ({len(candidate)} vs {len(baseline)})")
-    if not 0.0 < alpha_each < 0.5:
-        raise ValueError(f"the error allowed at each end must be in (0, 0.5) (got {alpha_each})")
+    alpha_each = ends(alpha_each) if np.ndim(alpha_each) else ends(alpha_each)[0]
     differences = np.asarray(candidate, dtype=float) - np.asarray(baseline, dtype=float)
     if differences.size == 0:
         return PairedComparison(0, 0.0, 0.0, None, None, None, alpha_each)
@@ -237,7 +259,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def clustered_score_test(candidate: Sequence[float], baseline: Sequence[float], clusters: Sequence,
-                         *, alpha_each: float) -> PairedComparison:
+                         *, alpha_each) -> PairedComparison:
     """The score test and interval of mean(candidate - baseline) when tasks come in families
     (`clusters`, one label per pair) whose results move together: the score statistic divided by
     the square root of the observed design effect (Rao & Scott 1992: the families' variance of
@@ -247,8 +269,7 @@ def clustered_score_test(candidate: Sequence[float], baseline: Sequence[float], 
     families: nothing can be said (the interval is [-1, 1])."""
     if len(candidate) != len(baseline) or len(candidate) != len(clusters):
         raise ValueError("candidate, baseline and clusters differ in length")
-    if not 0.0 < alpha_each < 0.5:
-        raise ValueError(f"the error allowed at each end must be in (0, 0.5) (got {alpha_each})")
+    alpha_each = ends(alpha_each) if np.ndim(alpha_each) else ends(alpha_each)[0]
     differences = np.asarray(candidate, dtype=float) - np.asarray(baseline, dtype=float)
     families = len(set(clusters))
     if differences.size == 0 or families < 2:
@@ -258,8 +279,12 @@ def clustered_score_test(candidate: Sequence[float], baseline: Sequence[float], 
         return PairedComparison(plain.n, plain.mean_difference, plain.sd_difference, ci, p, p, alpha_each,
                                 method="clustered score")
     inflation = design_effect(differences, clusters) * families / (families - 1.0)
-    widened = upper_tail(_NORMAL.inv_cdf(1.0 - alpha_each) * math.sqrt(inflation))
-    test = paired_score_test(candidate, baseline, alpha_each=widened)
+
+    def widened(level: float) -> float:
+        return max(SMALLEST_ALPHA, upper_tail(_NORMAL.inv_cdf(1.0 - level) * math.sqrt(inflation)))
+
+    test = paired_score_test(candidate, baseline, alpha_each=tuple(map(widened, alpha_each)) if isinstance(
+        alpha_each, tuple) else widened(alpha_each))
     values, counts = support(differences)
     at_zero = float(statistic(values, counts[None, :], np.zeros(1))[0]) / math.sqrt(inflation)
     return PairedComparison(n=test.n, mean_difference=test.mean_difference, sd_difference=test.sd_difference,

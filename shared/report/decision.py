@@ -27,6 +27,7 @@ from shared.models import JobStatus
 from shared.power import Truth, tasks_needed
 from shared.report.data import RunFacts, answered
 from shared.report.decision_power import power_figures
+from shared.sequential import Levels, interval_levels, levels
 from shared.stats import clustered_score_test, design_effect, paired_score_test
 
 GO, NO_GO, INCONCLUSIVE = "GO", "NO-GO", "INCONCLUSIVE"
@@ -152,11 +153,14 @@ def _model(jobs: dict) -> str | None:
 
 def compare(
     agent: str, candidate: str, baseline: str, candidate_jobs: dict, baseline_jobs: dict,
-    rule: DecisionConfig, *, alpha_each: float | None = None, plan: bool = True,
+    rule: DecisionConfig, *, alpha_each: float | Levels | None = None, plan: bool = True,
 ) -> dict:
     """One comparison; `alpha_each` is its share of the run's error rate (default: a lone
-    comparison, 1 - confidence)."""
-    alpha_each = alpha_each if alpha_each is not None else 1.0 - rule.confidence
+    comparison, 1 - confidence), or at a sequential look the design's Levels (GO side, NO-GO
+    side: shared.sequential.look_alpha_each). `alpha_each` in the row is the GO side's level,
+    `alpha_no_go` the NO-GO side's."""
+    level = levels(alpha_each if alpha_each is not None else 1.0 - rule.confidence)
+    alpha_each = interval_levels(level)
     paired = pairing(candidate_jobs, baseline_jobs)
     pairs = paired["pairs"]
     row: dict[str, Any] = {
@@ -166,7 +170,8 @@ def compare(
         "candidate_errors": paired["candidate_errors"], "baseline_errors": paired["baseline_errors"],
         "both_errors": paired["both_errors"], "missing": paired["missing"],
         "paired_coverage": len(pairs) / paired["tasks"] if paired["tasks"] else 0.0,
-        "confidence": rule.confidence, "alpha_each": alpha_each, "method": "score", "go_rule": rule.go,
+        "confidence": rule.confidence, "alpha_each": level.go, "alpha_no_go": level.no_go, "method": "score",
+        "go_rule": rule.go,
     }
     labels = paired["clusters"]
     families = len(set(labels))
@@ -191,18 +196,22 @@ def compare(
     row["answered_only"] = answered_only
     answered_set = set(paired["answered"])
     both_ok = [(c, b) for key, c, b in pairs if key in answered_set]
-    row["power"] = power_figures(row, rule, alpha_each, both_ok) if plan else None
+    row["power"] = power_figures(row, rule, level.go, both_ok) if plan else None
     if agent != POOLED:
         row["pairs"] = [{"task_id": k, "candidate_score": c, "baseline_score": b} for k, c, b in pairs]
     row["headline"] = headline(row)
     return row
 
 
-def _measure(candidate: list[float], baseline: list[float], rule: DecisionConfig, alpha_each: float,
+def _measure(candidate: list[float], baseline: list[float], rule: DecisionConfig, alpha_each,
              clusters: list | None = None) -> dict:
     """Accuracies, improvement, threshold, the interval and the p-value (None without pairs).
+    `alpha_each`: one level, or (GO side's, NO-GO side's) for the interval's lower and upper end.
     `p_value`: one-sided, "the candidate is no better", multiplied by the run's share factor
-    (Bonferroni), so GO needs it <= 1 - confidence exactly when the interval is above 0."""
+    (Bonferroni; at a look, the GO side's level), so GO needs it <= 1 - confidence exactly when
+    the interval is above 0."""
+    alpha_each = interval_levels(alpha_each)
+    go_level = levels(alpha_each).go
     row: dict[str, Any] = dict.fromkeys(
         ("candidate_accuracy", "baseline_accuracy", "improvement_rel", "improvement_abs", "threshold_abs",
          "ci95_abs", "p_value", "p_value_unadjusted", "sd_difference", "bar_margin_low"))
@@ -215,28 +224,31 @@ def _measure(candidate: list[float], baseline: list[float], rule: DecisionConfig
         candidate_accuracy=candidate_accuracy, baseline_accuracy=baseline_accuracy, improvement_abs=improvement,
         improvement_rel=improvement / baseline_accuracy if baseline_accuracy else None,
         threshold_abs=rule.min_improvement * baseline_accuracy, ci95_abs=list(test.ci),
-        p_value=min(1.0, test.p_above_zero * (1.0 - rule.confidence) / alpha_each),
+        p_value=min(1.0, test.p_above_zero * (1.0 - rule.confidence) / go_level),
         p_value_unadjusted=test.p_above_zero, sd_difference=test.sd_difference,
     )
     if rule.go == "bar":
-        row["bar_margin_low"] = bar_margin_low(candidate, baseline, rule.min_improvement, alpha_each, clusters)
+        row["bar_margin_low"] = bar_margin_low(candidate, baseline, rule.min_improvement, go_level, clusters)
     return row
 
 
-def _test(candidate: list[float], baseline: list[float], alpha_each: float, clusters: list | None):
-    """The score test, cluster-robust when the tasks come in families."""
+def _test(candidate: list[float], baseline: list[float], alpha_each, clusters: list | None):
+    """The score test, cluster-robust when the tasks come in families (`alpha_each`: one level,
+    or (lower end's, upper end's), or Levels)."""
+    alpha_each = interval_levels(alpha_each)
     if clusters is None:
         return paired_score_test(candidate, baseline, alpha_each=alpha_each)
     return clustered_score_test(candidate, baseline, clusters, alpha_each=alpha_each)
 
 
-def bar_margin_low(candidate: list[float], baseline: list[float], min_improvement: float, alpha_each: float,
+def bar_margin_low(candidate: list[float], baseline: list[float], min_improvement: float, alpha_each,
                    clusters: list | None = None) -> float:
     """The lower end of the interval of mean(candidate - (1 + min_improvement) x baseline): above 0
     when the candidate clears the relative bar with the comparison's confidence. The bar moves with
     the measured baseline accuracy, so "the difference's lower end above the measured bar" would
     say GO at the bar more often than promised (6-8% for 5%); this tests the bar itself."""
     scale = 1.0 + min_improvement
+    alpha_each = levels(alpha_each).go  # only the lower end counts: the GO side's level
     return _test([c / scale for c in candidate], baseline, alpha_each, clusters).ci[0] * scale
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from shared.config.tables import DecisionConfig
 from shared.power import Failures, can_ever_go, confirmable_by_rule
+from shared.sequential import levels
 
 
 def observed_failures(c: dict, both_ok: list[tuple[float, float]], rule: DecisionConfig) -> Failures:
@@ -23,10 +24,12 @@ def observed_failures(c: dict, both_ok: list[tuple[float, float]], rule: Decisio
                     loss_share=max(rule.assumed_loss_share, lost / right if right > 0 else 0.0))
 
 
-def power_figures(c: dict, rule: DecisionConfig, alpha_each: float, both_ok: list[tuple[float, float]]) -> dict[str, Any]:
+def power_figures(c: dict, rule: DecisionConfig, alpha_each, both_ok: list[tuple[float, float]]) -> dict[str, Any]:
     """What this many tasks can confirm at 80% power, from this run's baseline accuracy, with
     this run's failures (candidate errors, tasks left out, loss share) and design effect (task
-    families: as many fewer independent tasks), under each GO rule."""
+    families: as many fewer independent tasks), under each GO rule (at the GO side's level when
+    `alpha_each` is a sequential look's Levels)."""
+    alpha_each = levels(alpha_each).go
     tasks = c["tasks"]
     accuracy = c["baseline_accuracy"]
     failures = observed_failures(c, both_ok, rule)
