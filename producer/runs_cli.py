@@ -107,6 +107,9 @@ def resume(run_id: str, as_json: JsonOpt = False) -> None:
         pending = lifecycle.reopen_run(run_id, now, lifecycle.lease_seconds(settings))
     except lifecycle.UnknownRun:
         raise bad_input(f"unknown run {run_id!r}") from None
+    except lifecycle.RunAlreadyFinal as final:
+        raise bad_input(f"run {run_id} is {final}: a cancelled run is not resumed (submit again; --reuse takes "
+                        "the answers it has)") from None
     if pending:
         submitting.enqueue(run_id, pending)
     elif lifecycle.has_waiting(run_id):  # between two looks: the look step releases the next one

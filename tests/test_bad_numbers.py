@@ -17,7 +17,7 @@ from shared.config import ConfigError, load_settings
 from shared.db import session_scope
 from shared.models import BudgetEvent, CostEntry
 from tests.support.env import ROOT, SCRATCH_REDIS_URL, use_config
-from tests.support.runs import producer
+from tests.support.runs import one_line_error, producer
 
 CONFIG = (ROOT / "config" / "genesis.toml").read_text()
 
@@ -41,12 +41,6 @@ def written(redis_client) -> tuple:
     return entries, events, keys
 
 
-def one_line_error(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 @pytest.mark.parametrize(("args", "named"), [

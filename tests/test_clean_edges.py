@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 
 from tests.support.env import ROOT
-from tests.support.runs import producer
+from tests.support.runs import one_line_error, producer
 
 SECRET = "hunter2-s3cret"
 COMMANDS = [
@@ -38,12 +38,6 @@ def cli_env(monkeypatch, tmp_path):
     get_settings.cache_clear()
 
 
-def one_line_error(result, code: int) -> str:
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 @pytest.mark.parametrize("command", [c for c in COMMANDS if c[0] in ("status", "report", "resume", "cancel")])

@@ -11,7 +11,7 @@ import redis
 from sqlalchemy import func
 from sqlmodel import select
 
-from tests.support.runs import producer, submit, wait_until_reported
+from tests.support.runs import one_line_error, producer, submit, wait_until_reported
 from tests.support.waiting import wait_for
 
 
@@ -70,6 +70,11 @@ def test_cancel_stops_a_run_and_reports_what_finished(start_worker, simulator):
     assert served_at_cancel <= snap["by_status"]["ok"] + 1  # at most the call in flight at cancel time
     report = json.loads((Path(snap["report"]).parent / "report.json").read_text())
     assert report["complete"] is False and report["status"] == "cancelled"
+
+    resumed = producer("resume", run_id)  # a cancel is final: nothing queued for workers that skip it
+    assert "a cancelled run is not resumed" in one_line_error(resumed)
+    after = json.loads(producer("status", run_id, "--json").stdout)
+    assert after["status"] == "cancelled" and after["by_status"] == snap["by_status"]
 
 
 def test_a_run_recorded_while_the_broker_was_long_idle_is_not_taken_for_lost_before_its_own_grace(genesis,

@@ -99,10 +99,14 @@ def cancel_run(run_id: str) -> None:
 def reopen_run(run_id: str, now: datetime, lease_s: float) -> list[tuple[int, str, str]]:
     """`producer resume`: every job without a final result (halted, error, or running past its
     lease) goes back to `queued`; returns the jobs to enqueue. A job that is `ok` is never touched,
-    nor a sequential run's `waiting` jobs (their look is released by the look step)."""
+    nor a sequential run's `waiting` jobs (their look is released by the look step). A cancelled
+    run is final (RunAlreadyFinal): its jobs would be queued for workers that skip them."""
     with session_scope() as session:
-        if session.get(Run, run_id) is None:
+        run = session.get(Run, run_id)
+        if run is None:
             raise UnknownRun(run_id)
+        if run.status == RunStatus.cancelled:
+            raise RunAlreadyFinal(run.status)
         session.execute(
             update(Job)
             .where(Job.run_id == run_id)
@@ -116,6 +120,6 @@ def reopen_run(run_id: str, now: datetime, lease_s: float) -> list[tuple[int, st
         ).all()
         waiting = session.exec(select(func.count()).where(Job.run_id == run_id, Job.status == JobStatus.waiting)).one()
         if pending or waiting:  # a sequential run's later looks wait: its look step goes on (worker/looks.py)
-            session.execute(update(Run).where(Run.id == run_id, Run.status != RunStatus.cancelled)
+            session.execute(update(Run).where(Run.id == run_id, Run.status != RunStatus.cancelled)  # a cancel meanwhile wins
                             .values(status=RunStatus.queued, finished_at=None))
         return [tuple(row) for row in pending]

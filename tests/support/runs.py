@@ -208,3 +208,12 @@ def one_job_run(*, status: str = "running", **job_fields) -> int:
         session.add(job)
         session.flush()
         return job.id
+
+
+def one_line_error(result, code: int = 2) -> str:
+    """A refused command's whole message: exit `code`, one `error:` line on stderr, no traceback."""
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
