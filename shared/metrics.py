@@ -37,7 +37,7 @@ class GenesisCollector(Collector):
         self.budget = BudgetGuard(self.redis, settings)
 
     def collect(self) -> Iterator[Metric]:
-        for source in (self._budget, self._worker_counters, self._journal, self._jobs):
+        for source in (self._budget, self._worker_counters, self._journal, self._jobs, self._limits):
             up = GaugeMetricFamily(f"genesis_scrape_{source.__name__.strip('_')}_ok",
                                    "1 when this part of the scrape could be read.")
             try:
@@ -101,6 +101,33 @@ class GenesisCollector(Collector):
         yield jobs
         yield runs
         yield self._batches()
+
+    def _limits(self) -> Iterator[Metric]:
+        """Each limiter bucket as `producer limits` shows it: what the provider stated (learned),
+        the configured ceiling, what the fleet paces by now, and the last minute's calls and 429s."""
+        from shared.limiter import RateLimiter
+
+        labels = ["scope", "model", "pool", "kind"]
+        learned = GaugeMetricFamily("genesis_rate_limit_learned", "Limit the provider stated in its headers "
+                                    "(per minute; kind rpm or tpm).", labels=[*labels, "header"])
+        ceiling = GaugeMetricFamily("genesis_rate_limit_ceiling", "The [limits] ceiling (per minute).", labels=labels)
+        in_force = GaugeMetricFamily("genesis_rate_limit_in_force", "The rate the fleet paces by now (per minute; "
+                                     "0 = unlimited).", labels=labels)
+        recent = GaugeMetricFamily("genesis_rate_limit_last_minute", "Calls and provider refusals (429/529) "
+                                   "in the last minute.", labels=["scope", "model", "pool", "what"])
+        for view in RateLimiter(self.redis, self.settings).buckets():
+            names = [view.scope, view.model, view.pool]
+            for kind, stated, header, cap, pace in (
+                    ("rpm", view.learned.rpm, view.learned.rpm_source, view.ceiling.rpm, view.in_force[0]),
+                    ("tpm", view.learned.tpm, view.learned.tpm_source, view.ceiling.tpm, view.in_force[1])):
+                if stated:
+                    learned.add_metric([*names, kind, header], stated)
+                if cap:
+                    ceiling.add_metric([*names, kind], cap)
+                in_force.add_metric([*names, kind], pace)
+            recent.add_metric([*names, "calls"], view.calls_last_minute)
+            recent.add_metric([*names, "refusals"], view.refusals_last_minute)
+        yield from (learned, ceiling, in_force, recent)
 
     def _batches(self) -> Metric:
         from shared.batches import open_batch_counts

@@ -3,6 +3,7 @@ job figures that agree with SQL, Redis and what the simulator served, across wor
 
 from __future__ import annotations
 
+import json
 import urllib.request
 
 import pytest
@@ -70,6 +71,19 @@ def test_metrics_endpoint_reports_what_workers_did(monkeypatch, start_worker, si
     assert sum(errors.values()) == served["429"] + served["500"]  # every failed call, by kind
     assert sum(errors_by_provider.values()) == served["500"]  # only the 500s ended jobs
     assert samples[("genesis_limiter_waits_total", (("provider", "openai"),))] > 0
+    assert samples[("genesis_scrape_limits_ok", ())] == 1
+    # the limits the simulator stated, learned from its headers, as `producer limits` shows them
+    limits = json.loads(producer("limits", "--json").stdout)
+    stated = {(name, dict(labels)["model"], dict(labels)["kind"]): value for (name, labels), value in samples.items()
+              if name == "genesis_rate_limit_learned" and dict(labels)["scope"] == "openai"}
+    assert stated and set(stated.values()) >= {100_000}
+    assert {v for (_, _, kind), v in stated.items() if kind == "rpm"} == {100_000}
+    shown = {(row["scope"], row["model"]): row["stated"]["rpm"] for row in limits["buckets"]}
+    assert {(scope, model): 100_000 for (_, model, kind) in stated if kind == "rpm" for scope in ["openai"]}.items() \
+        <= shown.items()  # the metrics and `producer limits` say the same
+    calls = sum(v for (name, labels), v in samples.items()
+                if name == "genesis_rate_limit_last_minute" and dict(labels)["what"] == "calls")
+    assert calls >= served.get("200", 0)  # every call of this (short) run fell within the last minute
 
 
 @pytest.mark.sockets
