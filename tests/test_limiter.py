@@ -300,19 +300,20 @@ def anthropic_headers(rpm: int = 120) -> dict[str, str]:
             "anthropic-ratelimit-output-tokens-reset": reset}
 
 
-@pytest.mark.parametrize(("provider", "headers", "rpm_source", "tpm", "tpm_source"), [
-    ("openai", OPENAI_HEADERS, "x-ratelimit-limit-requests", 150000, "x-ratelimit-limit-tokens"),
-    ("mistral", MISTRAL_HEADERS, "x-ratelimit-limit-req-minute", 500000, "x-ratelimit-limit-tokens-minute"),
-    ("anthropic", None, "anthropic-ratelimit-requests-limit", 8000,
-     "anthropic-ratelimit-input-tokens-limit+anthropic-ratelimit-output-tokens-limit"),
+@pytest.mark.parametrize(("provider", "headers", "rpm_source", "tpm", "tpm_source", "split"), [
+    ("openai", OPENAI_HEADERS, "x-ratelimit-limit-requests", 150000, "x-ratelimit-limit-tokens", (None, None)),
+    ("mistral", MISTRAL_HEADERS, "x-ratelimit-limit-req-minute", 500000, "x-ratelimit-limit-tokens-minute",
+     (None, None)),
+    ("anthropic", None, "anthropic-ratelimit-requests-limit", None, "", (40000, 8000)),  # input, output apart
 ])
 def test_each_providers_headers_set_the_bucket_for_every_limiter(make_limiter, provider, headers, rpm_source,
-                                                                 tpm, tpm_source) -> None:
+                                                                 tpm, tpm_source, split) -> None:
     """One answer, observed by one worker's limiter, paces another worker's (two instances)."""
     seen_by, other = make_limiter({}), make_limiter({})
     seen_by.observe(provider, "m", headers or anthropic_headers())
     learned = other.learned(provider, "m")
     assert (learned.rpm, learned.rpm_source, learned.tpm, learned.tpm_source) == (120, rpm_source, tpm, tpm_source)
+    assert (learned.input_tpm, learned.output_tpm) == split
     assert _admits_at_once(other, provider, "m", 120)  # not START_RPM: the provider's own limit
 
 
