@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 from shared.learned_limits import learn_args
 from shared.retry import read_quotas
 
 # Anthropic's headers as docs.anthropic.com/en/api/rate-limits shows them: requests, input and
 # output tokens apart, and `tokens` (the most restrictive of the token limits in force).
+RESET = (datetime.now(timezone.utc) + timedelta(minutes=1)).isoformat(timespec="seconds").replace("+00:00", "Z")
 ANTHROPIC = {
     "anthropic-ratelimit-requests-limit": "4000", "anthropic-ratelimit-requests-remaining": "3999",
-    "anthropic-ratelimit-requests-reset": "2026-12-07T19:20:00Z",
+    "anthropic-ratelimit-requests-reset": RESET,
     "anthropic-ratelimit-input-tokens-limit": "400000", "anthropic-ratelimit-input-tokens-remaining": "399000",
-    "anthropic-ratelimit-input-tokens-reset": "2026-12-07T19:20:00Z",
+    "anthropic-ratelimit-input-tokens-reset": RESET,
     "anthropic-ratelimit-output-tokens-limit": "80000", "anthropic-ratelimit-output-tokens-remaining": "79000",
-    "anthropic-ratelimit-output-tokens-reset": "2026-12-07T19:20:00Z",
+    "anthropic-ratelimit-output-tokens-reset": RESET,
 }
 
 
@@ -31,7 +34,7 @@ def test_anthropics_input_and_output_limits_become_two_limits_not_one_token_rate
 
 def test_anthropics_tokens_header_is_still_read_as_the_token_rate() -> None:
     args = _args({**ANTHROPIC, "anthropic-ratelimit-tokens-limit": "80000",
-                  "anthropic-ratelimit-tokens-remaining": "79000", "anthropic-ratelimit-tokens-reset": "2026-12-07T19:20:00Z"})
+                  "anthropic-ratelimit-tokens-remaining": "79000", "anthropic-ratelimit-tokens-reset": RESET})
     assert (args["tpm"], args["tpm_src"]) == (80_000, "anthropic-ratelimit-tokens-limit")
     assert (args["input_tpm"], args["output_tpm"]) == (400_000, 80_000)
 
