@@ -49,3 +49,21 @@ def test_only_one_of_the_two_stated_is_learned_alone_and_openai_states_neither()
 def test_a_bogus_output_limit_is_not_learned() -> None:
     args = _args({**ANTHROPIC, "anthropic-ratelimit-output-tokens-limit": "0"})
     assert (args["input_tpm"], args["output_tpm"]) == (400_000, -1)
+
+
+def test_producer_limits_shows_the_input_and_output_limits_stated_capped_and_in_force() -> None:
+    from producer.limits_cli import _row
+    from shared.config.tables import RateLimit
+    from shared.learned_limits import Learned
+    from shared.limiter import BucketView
+
+    learned = Learned(rpm=4000, tpm=None, rpm_source="anthropic-ratelimit-requests-limit", tpm_source="",
+                      rpm_at_ms=None, tpm_at_ms=None, input_tpm=400_000, output_tpm=80_000, silent=False,
+                      aimd_rpm=None)
+    view = BucketView("anthropic", "claude-haiku-4-5", "", RateLimit(otpm=40_000), learned, (4000, 0, 400_000, 40_000),
+                      0.0, 0.0)
+    row = _row(view)
+    assert (row["stated"]["input_tpm"], row["stated"]["output_tpm"]) == (400_000, 80_000)
+    assert row["in_force"] == {"rpm": 4000, "tpm": None, "itpm": 400_000, "otpm": 40_000}
+    assert (row["ceiling"]["itpm"], row["ceiling"]["otpm"]) == (None, 40_000)
+    assert any("ceiling otpm = 40000 is below the 80000" in note for note in row["notes"])
