@@ -18,6 +18,10 @@ allows N calls to take: a full bucket (L at once), then L/60 a second: (N - L) *
   gives each its own R: only our limiter holds the pair to R (the steady rate must not pass R).
 - revoked: two pools; the simulator answers OPENAI_API_KEY_B's key 401 from its 20th request on:
   every job must end ok on the other key, and the workers' logs hold one line naming the variable.
+- anthropic-split (`--case anthropic-split`, not in the default set): anthropic jobs, the simulator
+  limiting input and output tokens apart (ITPM, OTPM; no rpm). The floor is the slower of the two
+  buckets (input: the prompts the simulator counted; output: the jobs' max tokens, which it
+  charges in full); "one rate" is the floor of one token rate at min(ITPM, OTPM) (before the split).
 
 Prints one table: floor, span (first start to last finish, from SQL), span/floor, 429s, calls,
 and the steady rate (jobs finished a minute once the first burst is spent, from SQL).
@@ -67,6 +71,7 @@ CASES = {
     "one-pool": Case("one-pool", sim_rpm=60, ceiling=None, tasks_per_agent=20, keys=2, one_pool=True),
     "revoked": Case("revoked", sim_rpm=60, ceiling=None, tasks_per_agent=20, keys=2, revoke_after=20),
 }
+SPLIT = {"itpm": 2000, "otpm": 1000, "tasks_per_agent": 10}  # anthropic-split: small enough that input binds
 SECOND_KEY = ("OPENAI_API_KEY_B", "sk-sim-second")  # the second variable and its (simulated) key
 
 
@@ -132,6 +137,43 @@ def run_case(case: Case, redis_url: str, sim_port: int) -> dict:
             "steady_rpm": steady, "notes": notes, "refusal_lines": refusals, **after}
 
 
+def run_split_case(redis_url: str, sim_port: int) -> dict:
+    itpm, otpm = SPLIT["itpm"], SPLIT["otpm"]
+    scenario = Scenario("anthropic-split", "anthropic-split", backends=["anthropic"], workers=WORKERS,
+                        concurrency=THREADS, latency_ms=LATENCY_MS, limit=SPLIT["tasks_per_agent"])
+    with running_system("limits-anthropic-split", redis_url, latency_ms=LATENCY_MS, sim_rpm=None, limits={},
+                        workers=WORKERS, concurrency=THREADS, sim_port=sim_port,
+                        sim_args=("--itpm", str(itpm), "--otpm", str(otpm))) as system:
+        result = submit_and_wait(scenario, timeout=900)
+        stats = system.sim.stats()
+        allowance = _max_tokens_served(result["run_id"])
+    calls, refused = stats["requests_total"], stats["by_status"].get("429", 0)
+    ok_in = stats["input_tokens"]  # the prompts of the answered calls, as the simulator counted them
+    floor = max(floor_s(ok_in, itpm), floor_s(allowance, otpm))
+    one_rate = floor_s(ok_in + allowance, min(itpm, otpm))
+    return {"case": "anthropic-split", "R": f"itpm {itpm} otpm {otpm}", "ceiling": "-", "keys": "1",
+            "jobs": result["jobs"], "ok": result["by_status"].get("ok", 0), "floor_s": floor, "span_s": result["span_s"],
+            "ratio": result["span_s"] / floor if floor else float("nan"), "429s": refused, "401s": 0, "calls": calls,
+            "share_429": refused / calls, "steady_rpm": float("nan"), "refusal_lines": [], "notes": [],
+            "split": [f"input {ok_in} tokens, output allowance {allowance}: floor input {floor_s(ok_in, itpm):.1f} s, "
+                      f"output {floor_s(allowance, otpm):.1f} s; one token rate at {min(itpm, otpm)} would floor at "
+                      f"{one_rate:.1f} s"]}
+
+
+def _max_tokens_served(run_id: str) -> int:
+    """The output allowance (max tokens) of a run's jobs, as their requests asked it."""
+    from sqlmodel import select
+
+    from shared.db import session_scope
+    from shared.models import Job, Run
+    from shared.suite import load_task, run_suite_folder
+
+    with session_scope() as session:
+        suite = run_suite_folder(session.get(Run, run_id).suite)
+        return sum(load_task(suite, job.agent, job.task_id).max_tokens
+                   for job in session.exec(select(Job).where(Job.run_id == run_id)).all())
+
+
 def _finished_times(run_id: str) -> list[float]:
     from datetime import timezone
 
@@ -189,11 +231,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--redis-url", default=os.environ.get("GENESIS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/9"))
     parser.add_argument("--sim-port", type=int, default=0, help="the simulator's port (0: any free one)")
-    parser.add_argument("--case", choices=sorted(CASES), action="append", help="repeatable; default: all")
+    parser.add_argument("--case", choices=sorted([*CASES, "anthropic-split"]), action="append",
+                        help="repeatable; default: all but anthropic-split")
     args = parser.parse_args()
     rows = []
     for name in args.case or list(CASES):
-        rows.append(run_case(CASES[name], args.redis_url, args.sim_port))
+        rows.append(run_split_case(args.redis_url, args.sim_port) if name == "anthropic-split"
+                    else run_case(CASES[name], args.redis_url, args.sim_port))
         print(f"  {name}: {rows[-1]}", flush=True)
     print(f"\n{WORKERS} workers x {THREADS} threads, {LATENCY_MS} ms answers, openai jobs; R = the simulator's rpm "
           "per key")
@@ -217,6 +261,8 @@ def main() -> None:
             for line in r["refusal_lines"]:
                 print(f"  {line}")
     for r in rows:
+        for note in r.get("split", []):
+            print(f"{r['case']}: {note}")
         for note in r["notes"]:
             print(f"{r['case']}: producer limits: {note}")
         if "new_limit" in r:

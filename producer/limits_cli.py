@@ -39,9 +39,10 @@ def limits(as_json: JsonOpt = False) -> None:
     for row in rows:
         stated, ceiling, in_force = row["stated"], row["ceiling"], row["in_force"]
         table.add_row(escape(row["scope"]), escape(row["model"]), escape(row["pool"] or "-"),
-                      f"{stated['rpm'] or '-'}/{stated['tpm'] or '-'}",
-                      f"{ceiling['rpm'] or '-'}/{ceiling['tpm'] or '-'}",
-                      f"{in_force['rpm'] or 'unlimited'}/{in_force['tpm'] or 'unlimited'}",
+                      f"{stated['rpm'] or '-'}/{stated['tpm'] or '-'}{_split(stated['input_tpm'], stated['output_tpm'])}",
+                      f"{ceiling['rpm'] or '-'}/{ceiling['tpm'] or '-'}{_split(ceiling['itpm'], ceiling['otpm'])}",
+                      f"{in_force['rpm'] or 'unlimited'}/{in_force['tpm'] or 'unlimited'}"
+                      f"{_split(in_force['itpm'], in_force['otpm'])}",
                       f"{row['calls_last_minute']:.0f}", f"{row['rate_limited_last_minute']:.0f}")
     console.print(table)
     for row in rows:
@@ -54,7 +55,8 @@ def limits(as_json: JsonOpt = False) -> None:
 def _row(view) -> dict:
     learned, ceiling = view.learned, view.ceiling
     notes = []
-    for unit, stated, capped in (("rpm", learned.rpm, ceiling.rpm), ("tpm", learned.tpm, ceiling.tpm)):
+    for unit, stated, capped in (("rpm", learned.rpm, ceiling.rpm), ("tpm", learned.tpm, ceiling.tpm),
+                                 ("itpm", learned.input_tpm, ceiling.itpm), ("otpm", learned.output_tpm, ceiling.otpm)):
         if stated and capped and capped < stated:
             notes.append(f"the ceiling {unit} = {capped} is below the {stated} the provider allows "
                          f"(raise or remove [limits.\"{view.scope}\"] {unit})")
@@ -72,12 +74,19 @@ def _row(view) -> dict:
         },
         "silent": learned.silent,
         "aimd_rpm": learned.aimd_rpm,
-        "ceiling": {"rpm": ceiling.rpm, "tpm": ceiling.tpm, "max_in_flight": ceiling.max_in_flight},
-        "in_force": {"rpm": view.in_force[0] or None, "tpm": view.in_force[1] or None},
+        "ceiling": {"rpm": ceiling.rpm, "tpm": ceiling.tpm, "itpm": ceiling.itpm, "otpm": ceiling.otpm,
+                    "max_in_flight": ceiling.max_in_flight},
+        # itpm / otpm: input and output tokens apart (Anthropic's), which then replace tpm's learned rate
+        "in_force": dict(zip(("rpm", "tpm", "itpm", "otpm"), (rate or None for rate in view.in_force))),
         "calls_last_minute": round(view.calls_last_minute, 1),
         "rate_limited_last_minute": round(view.refusals_last_minute, 1),
         "notes": notes,
     }
+
+
+def _split(input_tpm: int | None, output_tpm: int | None) -> str:
+    """Separate input/output token limits, when there are any: ' in N out M'."""
+    return f" in {input_tpm or '-'} out {output_tpm or '-'}" if input_tpm or output_tpm else ""
 
 
 def _stated(row: dict, unit: str) -> str:

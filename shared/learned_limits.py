@@ -12,8 +12,12 @@ Why it looks like this:
   ceiling until it refuses a call; each refusal halves its rate (half the calls of the last
   minute, or of its rate in force if lower; never below AIMD_MIN_RPM), each success adds one
   call a minute back (AIMD: a minute of successes doubles it), never above the ceiling.
-- Anthropic states input and output tokens apart; the bucket charges both against one token
-  rate, so it takes the stated `tokens` limit, else the smaller of the two (never over either).
+- Anthropic states input and output tokens apart (ITPM, OTPM: often 5:1): a bucket that has
+  learned them paces input and output tokens in two buckets of their own (input: the prompt's
+  estimate; output: the call's max tokens), and no longer by one token rate (Anthropic's `tokens`
+  header is the tighter of the two: an input-heavy run would crawl at the output limit).
+  `[limits]` `itpm` / `otpm` are ceilings on them, by the rule of rpm / tpm; a `tpm` ceiling
+  still caps input + output together.
 - The Lua below is spliced into the limiter's scripts (shared/limiter.py), which run it
   atomically on Redis' clock; this module imports nothing of the limiter's.
 """
@@ -29,18 +33,24 @@ START_RPM = 50  # a bucket nothing has been heard of yet, and no ceiling: its fi
 LEARNED_KEEP_S = 86_400  # a learned limit not restated for a day is forgotten
 AIMD_MIN_RPM = 10  # a silent endpoint's refusals never pace it below this
 
-# Lua: (learned hash, ceiling rpm, ceiling tpm, start rpm) -> rpm, tpm in force (0 = unlimited).
+# Lua: (learned hash, ceiling rpm, tpm, start rpm, ceiling itpm, otpm) -> rpm, tpm, itpm, otpm in
+# force (0 = unlimited). Learned input/output limits replace the learned token rate.
 EFFECTIVE_LUA = """
-local function effective(learned_key, ceil_rpm, ceil_tpm, start_rpm)
-  local l = redis.call('HMGET', learned_key, 'rpm', 'tpm', 'aimd', 'silent')
+local function capped(learned, ceiling)
+  if ceiling > 0 and (learned == 0 or learned > ceiling) then return ceiling end
+  return learned
+end
+local function effective(learned_key, ceil_rpm, ceil_tpm, start_rpm, ceil_itpm, ceil_otpm)
+  local l = redis.call('HMGET', learned_key, 'rpm', 'tpm', 'aimd', 'silent', 'in_tpm', 'out_tpm')
   local rpm = tonumber(l[1]) or tonumber(l[3])
   if not rpm then
     if l[4] or ceil_rpm > 0 then rpm = 0 else rpm = start_rpm end
   end
-  if ceil_rpm > 0 and (rpm == 0 or rpm > ceil_rpm) then rpm = ceil_rpm end
+  rpm = capped(rpm, ceil_rpm)
+  local itpm, otpm = tonumber(l[5]) or 0, tonumber(l[6]) or 0
   local tpm = tonumber(l[2]) or 0
-  if ceil_tpm > 0 and (tpm == 0 or tpm > ceil_tpm) then tpm = ceil_tpm end
-  return rpm, tpm
+  if itpm > 0 or otpm > 0 then tpm = 0 end  -- split: the two buckets pace the tokens
+  return rpm, capped(tpm, ceil_tpm), capped(itpm, ceil_itpm or 0), capped(otpm, ceil_otpm or 0)
 end
 -- calls granted, per minute, in a hash of two fields (this minute and the last)
 local function count_call(rate_key, now)
@@ -72,7 +82,7 @@ local function learn(learned_key, rate_key, now, a)
   local rpm, tpm, in_tpm, out_tpm = tonumber(a[1]), tonumber(a[2]), tonumber(a[5]), tonumber(a[6])
   local refused, silent, ceil_rpm = tonumber(a[7]), tonumber(a[8]), tonumber(a[9])
   if refused == 1 then count_refusal(rate_key, now) end
-  if rpm > 0 or tpm > 0 then
+  if rpm > 0 or tpm > 0 or in_tpm > 0 or out_tpm > 0 then
     if rpm > 0 then redis.call('HSET', learned_key, 'rpm', rpm, 'rpm_src', a[3], 'rpm_at', now) end
     if tpm > 0 then redis.call('HSET', learned_key, 'tpm', tpm, 'tpm_src', a[4], 'tpm_at', now) end
     if in_tpm > 0 then redis.call('HSET', learned_key, 'in_tpm', in_tpm) end
@@ -103,11 +113,7 @@ def learn_args(reading: QuotaReading, *, refused: bool, ceiling_rpm: int | None)
     """The LEARN_LUA arguments for one answer's reading."""
     quotas = reading.quotas
     requests, tokens = quotas.get("requests"), quotas.get("tokens")
-    split = [quotas[d].limit for d in ("input-tokens", "output-tokens") if d in quotas and quotas[d].limit]
     tpm, tpm_src = (tokens.limit, tokens.source) if tokens and tokens.limit else (None, "")
-    if tpm is None and split:
-        tpm, tpm_src = min(split), "+".join(quotas[d].source for d in ("input-tokens", "output-tokens")
-                                            if d in quotas and quotas[d].limit)
     silent = not quotas and not reading.bogus
     return [
         requests.limit if requests and requests.limit else -1, tpm or -1,

@@ -16,7 +16,9 @@ Why it looks like this:
 - acquire() never sleeps; it says how long to wait, so the caller can retry(countdown=...) and
   free its worker slot for other providers' jobs.
 - Tokens are estimated before the call (a request larger than the whole token bucket is charged
-  as a full bucket, or it could never pass) and corrected by release() from the real usage.
+  as a full bucket, or it could never pass) and corrected by release() from the real usage. A
+  bucket with separate input and output token limits (Anthropic's) charges the prompt's estimate
+  to the one and the output allowance (max tokens) to the other, each corrected alike.
 - A 429 or an exhausted provider quota sets a shared "blocked until" for the bucket.
 - The rates in force are learned from the provider's own headers, within the configured
   ceilings (shared/learned_limits.py), read by each script from Redis: one answer re-paces
@@ -61,7 +63,7 @@ class BucketView:
     pool: str  # the key pool ("": a backend's single key)
     ceiling: RateLimit
     learned: Learned
-    in_force: tuple[int, int]  # rpm, tpm the limiter paces by now (0: unlimited)
+    in_force: tuple[int, int, int, int]  # rpm, tpm, itpm, otpm the limiter paces by now (0: unlimited)
     calls_last_minute: float
     refusals_last_minute: float
 
@@ -76,6 +78,8 @@ class Permit:
     slot_id: str | None  # the in-flight lease, when max_in_flight is set
     pool: str = ""  # the key pool whose bucket granted it
     key_env: str | None = None  # the variable whose key makes the call (its name, never the key)
+    input_tokens: int = 0  # input / output token units charged (each capped likewise)
+    output_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -107,10 +111,12 @@ class RateLimiter:
         self._in_force = redis.register_script(IN_FORCE)
 
     def acquire(self, provider: str, model: str, tokens: int, pools: tuple[KeyPool, ...] = (),
-                run_id: str = "") -> Permit | float | Refused:
+                run_id: str = "", output_tokens: int = 0) -> Permit | float | Refused:
         """A Permit (naming the pool and key variable chosen), the seconds to wait (> 0) before
         any pool has capacity, or Refused when every key of `pools` was refused in `run_id`.
-        No pools: the provider's one bucket, with no key named. Never sleeps."""
+        `output_tokens`: the part of `tokens` that is the output allowance (max tokens), for a
+        bucket with separate input/output limits. No pools: the provider's one bucket, with no key
+        named. Never sleeps."""
         limit = self._limit(provider, model)
         slot_id = uuid.uuid4().hex if limit.max_in_flight else None
         pools = pools or (KeyPool("", ("",)),)
@@ -120,11 +126,13 @@ class RateLimiter:
             per_pool += [len(pool.variables), *pool.variables]
         reply = self._acquire(keys=keys, args=[
             limit.rpm or 0, limit.tpm or 0, max(tokens, 0), limit.max_in_flight or 0, slot_id or "",
-            self._lease_ms, IN_FLIGHT_POLL_S * 1000, START_RPM, len(pools), *per_pool])
+            self._lease_ms, IN_FLIGHT_POLL_S * 1000, START_RPM, len(pools), max(output_tokens, 0),
+            limit.itpm or 0, limit.otpm or 0, *per_pool])
         verdict = int(reply[0])
         if verdict == 1:
             variable = reply[3].decode() if isinstance(reply[3], bytes) else str(reply[3])
-            return Permit(provider, model, int(reply[1]), slot_id, pools[int(reply[2]) - 1].name, variable or None)
+            return Permit(provider, model, int(reply[1]), slot_id, pools[int(reply[2]) - 1].name, variable or None,
+                          int(reply[4]), int(reply[5]))
         if verdict == -1:
             return self.refused(run_id, [v for pool in pools for v in pool.variables])
         counters.count(self._redis, "limiter_wait", provider)
@@ -148,14 +156,18 @@ class RateLimiter:
         reason = "every key refused: " + "; ".join(f"{v} ({why.get(v, 'refused')})" for v in variables)
         return Refused(reason, next((why[v].split(",")[0] for v in variables if v in why), "auth"))
 
-    def release(self, permit: Permit, actual_tokens: int | None = None) -> None:
-        """Frees the in-flight slot and charges (or refunds) actual − estimated tokens."""
+    def release(self, permit: Permit, actual_tokens: int | None = None, actual_output: int | None = None) -> None:
+        """Frees the in-flight slot and charges (or refunds) actual − estimated tokens: in all,
+        and input and output apart (`actual_output` of `actual_tokens`; unknown: all input)."""
         delta = actual_tokens - permit.tokens if actual_tokens is not None else 0
-        if permit.slot_id is None and delta == 0:
+        out_delta = actual_output - permit.output_tokens if actual_output is not None else 0
+        in_delta = delta if actual_output is None else actual_tokens - actual_output - permit.input_tokens
+        if permit.slot_id is None and delta == in_delta == out_delta == 0:
             return
         state, slots, learned, _ = self._keys(permit.provider, permit.model, permit.pool)
-        self._release(keys=[state, slots, learned],
-                      args=[permit.slot_id or "", self._limit(permit.provider, permit.model).tpm or 0, delta])
+        limit = self._limit(permit.provider, permit.model)
+        self._release(keys=[state, slots, learned], args=[
+            permit.slot_id or "", limit.tpm or 0, delta, limit.itpm or 0, limit.otpm or 0, in_delta, out_delta])
 
     def block(self, provider: str, model: str, seconds: float, headers: Mapping[str, str] | None = None,
               pool: str = "") -> None:
@@ -175,12 +187,13 @@ class RateLimiter:
         waits = [w for q in reading.quotas.values() if (w := q.seconds_until_available()) is not None]
         block_ms = max([block_s, *waits]) * 1000
         remaining = [q.remaining if (q := reading.quotas.get(dim)) and q.remaining is not None else -1
-                     for dim in ("requests", "tokens")]
+                     for dim in ("requests", "tokens", "input-tokens", "output-tokens")]
         limit = self._limit(provider, model)
         state, _, learned, rate = self._keys(provider, model, pool)
         self._observe(keys=[state, learned, rate], args=[
-            block_ms, *remaining, limit.rpm or 0, limit.tpm or 0, START_RPM,
-            *learn_args(reading, refused=refused, ceiling_rpm=limit.rpm)])
+            block_ms, *remaining[:2], limit.rpm or 0, limit.tpm or 0, START_RPM,
+            *learn_args(reading, refused=refused, ceiling_rpm=limit.rpm), *remaining[2:], limit.itpm or 0,
+            limit.otpm or 0])
 
     def learned(self, provider: str, model: str, pool: str = "") -> Learned:
         """What the fleet has learned of this bucket's limits."""
@@ -200,9 +213,10 @@ class RateLimiter:
             _, _, learned, rate = self._keys(scope, model, pool)
             calls, refusals = last_minute(self._redis.hgetall(rate), now_ms)
             ceiling = self._limit(scope, model)
-            rpm, tpm = self._in_force(keys=[learned], args=[ceiling.rpm or 0, ceiling.tpm or 0, START_RPM])
+            in_force = self._in_force(keys=[learned], args=[ceiling.rpm or 0, ceiling.tpm or 0, START_RPM,
+                                                            ceiling.itpm or 0, ceiling.otpm or 0])
             views.append(BucketView(scope, model, pool, ceiling, parse_learned(self._redis.hgetall(learned)),
-                                    (int(rpm), int(tpm)), calls, refusals))
+                                    tuple(int(r) for r in in_force), calls, refusals))
         return views
 
     def _limit(self, provider: str, model: str) -> RateLimit:

@@ -300,19 +300,20 @@ def anthropic_headers(rpm: int = 120) -> dict[str, str]:
             "anthropic-ratelimit-output-tokens-reset": reset}
 
 
-@pytest.mark.parametrize(("provider", "headers", "rpm_source", "tpm", "tpm_source"), [
-    ("openai", OPENAI_HEADERS, "x-ratelimit-limit-requests", 150000, "x-ratelimit-limit-tokens"),
-    ("mistral", MISTRAL_HEADERS, "x-ratelimit-limit-req-minute", 500000, "x-ratelimit-limit-tokens-minute"),
-    ("anthropic", None, "anthropic-ratelimit-requests-limit", 8000,
-     "anthropic-ratelimit-input-tokens-limit+anthropic-ratelimit-output-tokens-limit"),
+@pytest.mark.parametrize(("provider", "headers", "rpm_source", "tpm", "tpm_source", "split"), [
+    ("openai", OPENAI_HEADERS, "x-ratelimit-limit-requests", 150000, "x-ratelimit-limit-tokens", (None, None)),
+    ("mistral", MISTRAL_HEADERS, "x-ratelimit-limit-req-minute", 500000, "x-ratelimit-limit-tokens-minute",
+     (None, None)),
+    ("anthropic", None, "anthropic-ratelimit-requests-limit", None, "", (40000, 8000)),  # input, output apart
 ])
 def test_each_providers_headers_set_the_bucket_for_every_limiter(make_limiter, provider, headers, rpm_source,
-                                                                 tpm, tpm_source) -> None:
+                                                                 tpm, tpm_source, split) -> None:
     """One answer, observed by one worker's limiter, paces another worker's (two instances)."""
     seen_by, other = make_limiter({}), make_limiter({})
     seen_by.observe(provider, "m", headers or anthropic_headers())
     learned = other.learned(provider, "m")
     assert (learned.rpm, learned.rpm_source, learned.tpm, learned.tpm_source) == (120, rpm_source, tpm, tpm_source)
+    assert (learned.input_tpm, learned.output_tpm) == split
     assert _admits_at_once(other, provider, "m", 120)  # not START_RPM: the provider's own limit
 
 
@@ -408,3 +409,69 @@ def _benchmark(seconds: float = 3.0) -> None:
 
 if __name__ == "__main__":
     _benchmark()
+
+
+def _split_headers(itpm: int, otpm: int) -> dict[str, str]:
+    reset = (datetime.now(timezone.utc) + timedelta(seconds=1)).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return {"anthropic-ratelimit-requests-limit": "10000", "anthropic-ratelimit-requests-remaining": "10000",
+            "anthropic-ratelimit-requests-reset": reset,
+            "anthropic-ratelimit-input-tokens-limit": str(itpm),
+            "anthropic-ratelimit-input-tokens-remaining": str(itpm), "anthropic-ratelimit-input-tokens-reset": reset,
+            "anthropic-ratelimit-output-tokens-limit": str(otpm),
+            "anthropic-ratelimit-output-tokens-remaining": str(otpm), "anthropic-ratelimit-output-tokens-reset": reset,
+            # Anthropic's `tokens`: the tighter of the two; the split buckets pace tokens, not it
+            "anthropic-ratelimit-tokens-limit": str(min(itpm, otpm)),
+            "anthropic-ratelimit-tokens-remaining": str(min(itpm, otpm)), "anthropic-ratelimit-tokens-reset": reset}
+
+
+def _grant_until_refused(limiter: RateLimiter, model: str, prompt: int, max_tokens: int) -> tuple[list[Permit], float]:
+    """Permits for calls of `prompt` input tokens and a `max_tokens` output allowance, one after
+    another until the first wait; and the seconds that took (for the refill allowance)."""
+    started, granted = time.monotonic(), []
+    for _ in range(1000):
+        permit = limiter.acquire("anthropic", model, prompt + max_tokens, output_tokens=max_tokens)
+        if not isinstance(permit, Permit):
+            return granted, time.monotonic() - started
+        granted.append(permit)
+    raise AssertionError("never refused")
+
+
+@pytest.mark.parametrize(("prompt", "max_tokens", "bound_by"), [
+    (1000, 10, "input"),  # input-heavy: 6 calls fill ITPM 6000; OTPM 600 would take 60 of them
+    (10, 100, "output"),  # output-heavy: 6 calls fill OTPM 600; ITPM 6000 would take 600
+])
+def test_input_and_output_tokens_are_paced_by_their_own_limits(make_limiter, prompt, max_tokens, bound_by) -> None:
+    """Anthropic's ITPM high and OTPM low: a stream runs at the limit it uses up, never over either
+    (one token rate at the tighter limit would admit a single 1010-token call)."""
+    itpm, otpm = 6000, 600
+    limiter = make_limiter({})
+    limiter.observe("anthropic", "m", _split_headers(itpm, otpm))
+    granted, took = _grant_until_refused(limiter, "m", prompt, max_tokens)
+    input_in, output_in = sum(p.input_tokens for p in granted), sum(p.output_tokens for p in granted)
+    assert (input_in, output_in) == (prompt * len(granted), max_tokens * len(granted))
+    # never over either limit (plus what refilled meanwhile) ...
+    assert input_in <= itpm + itpm / 60 * took and output_in <= otpm + otpm / 60 * took
+    # ... and up to the one this stream uses up: the next call would pass it
+    used, limit, per_call = (input_in, itpm, prompt) if bound_by == "input" else (output_in, otpm, max_tokens)
+    assert used + per_call > limit
+    assert len(granted) >= 6
+
+
+def test_release_corrects_input_and_output_buckets_apart(make_limiter) -> None:
+    limiter = make_limiter({})
+    limiter.observe("anthropic", "m", _split_headers(6000, 600))
+    granted, _ = _grant_until_refused(limiter, "m", 10, 100)  # output-bound: 6 x 100 reserved
+    assert len(granted) >= 6
+    for permit in granted:  # each answer used 10 of its 100 output tokens: 90 back each
+        limiter.release(permit, 10 + 10, 10)
+    more, _ = _grant_until_refused(limiter, "m", 10, 100)
+    assert len(more) >= 5  # the 540 refunded output tokens admit five more
+
+
+def test_itpm_and_otpm_ceilings_cap_the_learned_split(make_limiter) -> None:
+    limiter = make_limiter({"anthropic": {"itpm": 3000}})
+    limiter.observe("anthropic", "m", _split_headers(6000, 600))
+    granted, took = _grant_until_refused(limiter, "m", 1000, 10)
+    assert 3 <= len(granted) <= 3 + 3000 / 60 * took / 1000
+    (view,) = limiter.buckets()
+    assert view.in_force[2:] == (3000, 600) and view.in_force[1] == 0  # no single token rate

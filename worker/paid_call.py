@@ -283,7 +283,8 @@ def _acquire(limiter: RateLimiter, spec: PaidCall, run_id: str) -> Permit | Refu
     """Wait briefly in the slot for capacity; return the remaining wait if it is longer."""
     deadline = time.monotonic() + MAX_INLINE_WAIT_S
     while True:
-        granted = limiter.acquire(spec.limit_scope, spec.model, spec.tokens, spec.pools, run_id)
+        granted = limiter.acquire(spec.limit_scope, spec.model, spec.tokens, spec.pools, run_id,
+                                  output_tokens=spec.request.max_tokens or 0)
         if isinstance(granted, (Permit, Refused)):
             return granted
         if time.monotonic() + granted > deadline:

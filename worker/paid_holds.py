@@ -64,7 +64,7 @@ class PaidCall:
     provider: str
     model: str
     worst_case_usd: float
-    tokens: int  # estimated prompt + output allowance, for the rate limiter
+    tokens: int  # estimated prompt + output allowance (request.max_tokens), for the rate limiter
     result: Callable[[ChatResponse, Payment], Recording]
     request: ChatRequest
     what: str = "call"  # how halts and failures name it ("judge call")
@@ -160,10 +160,10 @@ class Holds:
     done: bool = False  # the reservation is settled or released
     late: bool = False  # past its deadline: the late answer's handler ends the holds
 
-    def release_permit(self, actual_tokens: int | None = None) -> None:
+    def release_permit(self, actual_tokens: int | None = None, actual_output: int | None = None) -> None:
         permit, self.permit = self.permit, None
         if permit is not None:
-            best_effort(self.svc.limiter.release, permit, actual_tokens)
+            best_effort(self.svc.limiter.release, permit, actual_tokens, actual_output)
 
     def settle(self, cost: float, replaced_usd: float | None = None) -> None:
         self.svc.budget.settle(self.key, cost, self.call_id, replaced_usd)
@@ -189,7 +189,7 @@ def payment_of(spec: PaidCall, held: "Holds", response: ChatResponse) -> tuple[C
     input_tokens, output_tokens, source = billed_usage(spec.request, response.input_tokens, response.output_tokens,
                                                        response.usage_reported, response.text)
     response = replace(response, input_tokens=input_tokens, output_tokens=output_tokens)
-    held.release_permit(input_tokens + output_tokens)
+    held.release_permit(input_tokens + output_tokens, output_tokens)
     cost = call_cost(get_settings(), spec.model, input_tokens, output_tokens)
     return response, Payment(held.call_id, spec.operation, spec.model, input_tokens, output_tokens, cost, source,
                              reasoning_tokens=response.reasoning_tokens, key_env=held.key_env)

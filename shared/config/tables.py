@@ -179,6 +179,8 @@ class Price(Strict):
 class RateLimit(Strict):
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
+    itpm: int | None = Field(default=None, gt=0)  # input / output tokens per minute (Anthropic's split limits)
+    otpm: int | None = Field(default=None, gt=0)
     max_in_flight: int | None = Field(default=None, gt=0)
 
 
