@@ -108,8 +108,8 @@ class GenesisCollector(Collector):
         from shared.limiter import RateLimiter
 
         labels = ["scope", "model", "pool", "kind"]
-        learned = GaugeMetricFamily("genesis_rate_limit_learned", "Limit the provider stated in its headers "
-                                    "(per minute; kind rpm or tpm).", labels=[*labels, "header"])
+        learned = GaugeMetricFamily("genesis_rate_limit_learned", "Limit the provider stated in its headers (per "
+                                    "minute; kind rpm, tpm, itpm/otpm: input/output tokens).", labels=[*labels, "header"])
         ceiling = GaugeMetricFamily("genesis_rate_limit_ceiling", "The [limits] ceiling (per minute).", labels=labels)
         in_force = GaugeMetricFamily("genesis_rate_limit_in_force", "The rate the fleet paces by now (per minute; "
                                      "0 = unlimited).", labels=labels)
@@ -117,9 +117,12 @@ class GenesisCollector(Collector):
                                    "in the last minute.", labels=["scope", "model", "pool", "what"])
         for view in RateLimiter(self.redis, self.settings).buckets():
             names = [view.scope, view.model, view.pool]
+            stated_of, ceiling_of = view.learned, view.ceiling
             for kind, stated, header, cap, pace in (
-                    ("rpm", view.learned.rpm, view.learned.rpm_source, view.ceiling.rpm, view.in_force[0]),
-                    ("tpm", view.learned.tpm, view.learned.tpm_source, view.ceiling.tpm, view.in_force[1])):
+                    ("rpm", stated_of.rpm, stated_of.rpm_source, ceiling_of.rpm, view.in_force[0]),
+                    ("tpm", stated_of.tpm, stated_of.tpm_source, ceiling_of.tpm, view.in_force[1]),
+                    ("itpm", stated_of.input_tpm, "input-tokens", ceiling_of.itpm, view.in_force[2]),
+                    ("otpm", stated_of.output_tpm, "output-tokens", ceiling_of.otpm, view.in_force[3])):
                 if stated:
                     learned.add_metric([*names, kind, header], stated)
                 if cap:
