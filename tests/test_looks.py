@@ -113,6 +113,26 @@ def test_an_agent_with_two_candidates_is_settled_once_one_says_go():
     assert agent_verdicts(judged, ["qa"]) == {"qa": "GO"}  # GO if any candidate is: qa releases no more
 
 
+def test_an_open_agent_with_go_out_of_reach_stops_once_the_pooled_verdict_is_settled():
+    """The release rule bench/sequential_sim.py measures: open AND (GO within reach OR pooled open)."""
+    from shared.report.looks import judge_looks, reason, releases
+    from shared.sequential import go_within_reach
+
+    facts = facts_of({"qa": 0.95, "support": 0.62}, 0.62, 400, released=3, seed=1)
+    rule = rule_of(facts)
+    judged = {j.agent: j for j in judge_looks(facts, rule, 3)}
+    support = judged["support"]
+    assert judged["ALL"].verdict == "GO" and support.verdict == "INCONCLUSIVE"
+    assert not go_within_reach(support.rows[-1], support.fractions[-1], rule.go, support.share, rule.looks)
+    assert support.futile_at == 3 and judged["qa"].futile_at is None
+    assert releases(list(judged.values()), facts.agents, 3, rule.looks) == ([], ["qa", "support"])
+    assert reason(support, rule.looks, 3) == (
+        "stopped at look 3: GO out of reach (chance of GO by the last look under 5%)")
+    # at look 2 (before FUTILITY_FROM) GO is still within reach: support releases look 3
+    early = judge_looks(facts, rule, 2)
+    assert releases(early, facts.agents, 2, rule.looks) == (["support"], ["qa"])
+
+
 def test_the_interval_at_a_look_is_the_designs_repeated_one_wider_than_the_fixed():
     from shared.report import decision as rule_
     from shared.report.looks import judge_looks

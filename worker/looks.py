@@ -68,8 +68,7 @@ def take_look(run_id: str) -> str:
 
 
 def judge(run_id: str, look: int) -> tuple[list[str], list[str]]:
-    """(agents to release, agents settled) at this look, from SQL."""
-    from shared import looks
+    """(agents to release, agents stopped: settled, or stopped for futility) at this look, from SQL."""
     from shared.report import looks as judging
     from shared.report.data import load_facts
     from shared.report.decision import decision_config
@@ -77,8 +76,4 @@ def judge(run_id: str, look: int) -> tuple[list[str], list[str]]:
     with session_scope() as session:
         facts = load_facts(session, run_id, partial=True)
     rule = decision_config(facts)
-    verdicts = judging.agent_verdicts(judging.judge_looks(facts, rule, look), facts.agents)
-    if look >= rule.looks:
-        return [], list(facts.agents)
-    release = [a for a in facts.agents if not looks.settled(verdicts[a])]
-    return release, [a for a in facts.agents if a not in release]
+    return judging.releases(judging.judge_looks(facts, rule, look), facts.agents, look, rule.looks)
