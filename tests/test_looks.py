@@ -230,6 +230,30 @@ def test_a_run_with_waiting_jobs_is_not_completed_and_stopping_completes_it(sequ
     assert lifecycle.settle_run_status(run_id) == "completed"
 
 
+@pytest.mark.redis
+def test_resume_between_two_looks_rearms_the_report_a_halt_sent(sequential_run_in_sql):
+    """Halted at a look boundary (its report of what finished claimed the marker), resumed with
+    nothing pending: the look step that then stops the run must be able to request the report."""
+    import redis
+    from sqlalchemy import update
+
+    from producer.runs_cli import resume
+    from shared.config import get_settings
+    from shared.db import session_scope
+    from shared.messaging import report_marker, request_report
+    from shared.models import Run, RunStatus
+
+    run_id = sequential_run_in_sql
+    client = redis.Redis.from_url(get_settings().redis_url)
+    client.delete(report_marker(run_id))
+    with session_scope() as session:
+        session.execute(update(Run).where(Run.id == run_id).values(status=RunStatus.halted))
+    assert request_report(run_id) is True  # the halted look step's report
+    resume(run_id)
+    assert not client.exists(report_marker(run_id))
+    assert request_report(run_id) is True  # the stop's report is sent
+
+
 @pytest.mark.parametrize("references", ["follow", "full"])
 def test_submit_records_every_job_and_queues_look_one_references_following_unless_full(monkeypatch, tmp_path,
                                                                                          references):
