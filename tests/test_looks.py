@@ -133,6 +133,24 @@ def test_an_open_agent_with_go_out_of_reach_stops_once_the_pooled_verdict_is_set
     assert releases(early, facts.agents, 2, rule.looks) == (["support"], ["qa"])
 
 
+def test_a_verdict_with_no_pair_keeps_its_row_and_warning_in_the_report():
+    """Every baseline answer of legal failed: its verdict has no look with pairs; the report still
+    shows it (INCONCLUSIVE, "no task paired") as the fixed design does."""
+    from shared.report.build import _judged
+    from shared.report.warnings import _comparison_warnings
+
+    facts = facts_of({"qa": 0.95, "legal": 0.70}, 0.5, 100, released=2)
+    for j in facts.jobs:
+        if j.agent == "legal" and j.backend == "base" and j.status == "ok":
+            j.status, j.score = "error", None
+    rule = rule_of(facts)
+    rows, run = _judged(facts, rule)
+    legal = next(r for r in rows if r["agent"] == "legal")
+    assert legal["decision"] == "INCONCLUSIVE" and legal["n"] == 0 and legal["reason"] == "no task paired"
+    assert any("no task paired" in w for w in _comparison_warnings(legal))
+    assert {p.comparison for p in run.paths} >= {"qa", "legal"}
+
+
 def test_the_interval_at_a_look_is_the_designs_repeated_one_wider_than_the_fixed():
     from shared.report import decision as rule_
     from shared.report.looks import judge_looks

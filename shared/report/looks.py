@@ -106,6 +106,11 @@ def judge_looks(facts: RunFacts, rule: DecisionConfig, upto: int, *, plan: bool 
             last_inputs = (cand, base, alpha)
             if row["decision"] in (rule_.GO, rule_.NO_GO):
                 path.stopped_at = look
+        if plan and last_inputs is None:  # never paired: the report keeps its row ("no task paired"), as fixed does
+            cand = _keyed(agent, _released(cand_jobs, upto), errors_count_as_zero=True)
+            base = _keyed(agent, _released(base_jobs, upto), errors_count_as_zero=False)
+            last_inputs = (cand, base, path.share)
+            path.rows.append({})
         if plan and last_inputs is not None:
             cand, base, alpha = last_inputs
             row = rule_.compare(agent, candidate, baseline, cand, base, rule, alpha_each=alpha, plan=True)
