@@ -172,6 +172,9 @@ def test_what_stopping_saved_is_the_not_needed_calls_at_their_backends_mean_cost
     for j in facts.jobs:
         if j.status == "waiting":
             j.status = "not_needed"
+    from shared.report.costs import Spend
+
+    facts.answers = Spend(0.08, 80)  # the ledger's calls for the answers
     rule = rule_of(facts)
     run = sequential_run(facts, rule, judge_looks(facts, rule, 2))
     assert run.planned_calls == 200 and run.paid_calls == 80 and run.not_needed_jobs == 120
@@ -270,6 +273,36 @@ def test_resume_between_two_looks_rearms_the_report_a_halt_sent(sequential_run_i
     resume(run_id)
     assert not client.exists(report_marker(run_id))
     assert request_report(run_id) is True  # the stop's report is sent
+
+
+def test_paid_calls_are_the_ledgers_calls_for_the_answers_and_judge_calls_beside(sequential_run_in_sql):
+    """An errored job counts when its call was ledgered (billed, or outcome unknown), not when it
+    was refused before sending; judge calls are counted beside the answers'."""
+    from sqlmodel import select
+
+    from shared.db import session_scope
+    from shared.models import CostEntry, Job
+    from shared.payments import OUTCOME_UNKNOWN
+    from shared.report.data import load_facts
+    from shared.report.decision import decision_config
+    from shared.report.looks import sequential_run
+
+    run_id = sequential_run_in_sql
+    with session_scope() as session:
+        jobs = {j.task_id: j for j in session.exec(select(Job).where(Job.run_id == run_id, Job.look == 1))}
+        jobs["legal-1-0"].status = "error"  # its call's outcome unknown: ledgered at its worst case
+        jobs["legal-1-1"].status = "error"  # refused before sending: nothing ledgered
+        for task in ("qa-1-0", "qa-1-1"):
+            session.add(CostEntry(run_id=run_id, job_id=jobs[task].id, agent="qa", backend="openai",
+                                  operation="inference", cost_usd=0.01))
+        session.add(CostEntry(run_id=run_id, job_id=jobs["qa-1-0"].id, agent="qa", backend="openai",
+                              operation="judge", cost_usd=0.002))
+        session.add(CostEntry(run_id=run_id, job_id=jobs["legal-1-0"].id, agent="legal", backend="openai",
+                              operation="inference", cost_usd=0.05, source=f"{OUTCOME_UNKNOWN} (test)"))
+    with session_scope() as session:
+        facts = load_facts(session, run_id, partial=True)
+    run = sequential_run(facts, decision_config(facts), [])
+    assert (run.paid_calls, run.planned_calls, run.judge_calls) == (3, 12, 1)
 
 
 @pytest.mark.parametrize("references", ["follow", "full"])

@@ -209,6 +209,7 @@ def sequential_run(facts: RunFacts, rule: DecisionConfig, judged: list[Judged]) 
     not_needed = [j for j in facts.jobs if j.status == JobStatus.not_needed]
     return SequentialRun(
         looks=rule.looks, seed=rule.seed, method=METHOD, current_look=current, paths=paths,
-        paid_calls=len(paid), planned_calls=len(facts.jobs), paid_usd=sum(j.cost_usd or 0.0 for j in facts.jobs),
+        paid_calls=facts.answers.calls, planned_calls=len(facts.jobs), paid_usd=sum(j.cost_usd or 0.0 for j in facts.jobs),
         saved_usd=sum(mean_cost.get(j.backend, 0.0) for j in not_needed), not_needed_jobs=len(not_needed),
+        judge_calls=sum(spend.calls for spend in facts.judge.values()),
     )

@@ -58,7 +58,9 @@ def stop_line(path: VerdictPath) -> str:
 def savings_line(run: SequentialRun) -> str:
     return (f"This run paid {run.paid_calls:,} of {run.planned_calls:,} planned calls (saved "
             f"{fmt.usd(run.saved_usd)} against the fixed design): {fmt.usd(run.paid_usd)} paid, "
-            f"{run.not_needed_jobs:,} job(s) not needed, never sent.")
+            f"{run.not_needed_jobs:,} job(s) not needed, never sent. Calls are the ledger's for the answers "
+            f"(a call billed or of unknown outcome counts, one refused before sending does not)"
+            + (f"; {run.judge_calls:,} judge call(s) beside them." if run.judge_calls else "."))
 
 
 def look_table(path: VerdictPath) -> tuple:
