@@ -50,6 +50,15 @@ def fraction_at(pairs: int, planned: int, look: int, looks: int) -> float:
     return min(1.0, pairs / planned) if planned else 0.0
 
 
+def full_references(snapshot: dict) -> set[str]:
+    """The reference backends kept running to the end ([decision] references = "full"): all their
+    jobs are queued at submit and no look waits for them (only the run's end does)."""
+    if (snapshot.get("decision") or {}).get("references") != "full":
+        return set()
+    return {name for name, backend in (snapshot.get("backends") or {}).items()
+            if (backend or {}).get("role") == "reference"}
+
+
 def settled(verdict: str) -> bool:
     """GO or NO-GO: the verdict's path ends at this look."""
     return verdict in ("GO", "NO-GO")

@@ -8,6 +8,7 @@ import random
 from types import SimpleNamespace
 
 import pytest
+from sqlmodel import select
 
 from tests.support.env import ROOT, SCRATCH_REDIS_URL, use_config
 
@@ -303,6 +304,43 @@ def test_paid_calls_are_the_ledgers_calls_for_the_answers_and_judge_calls_beside
         facts = load_facts(session, run_id, partial=True)
     run = sequential_run(facts, decision_config(facts), [])
     assert (run.paid_calls, run.planned_calls, run.judge_calls) == (3, 12, 1)
+
+
+def test_references_kept_to_the_end_hold_up_no_look_only_the_runs_end(monkeypatch, tmp_path):
+    """[decision] references = "full": the reference's later jobs queued from the start still run;
+    look 1's comparison jobs final -> its look step is due; the report waits for every job."""
+    import worker.completion as completion
+    import worker.looks as looks_step
+    from shared import lifecycle
+    from shared.db import migrate, session_scope
+    from shared.models import Job, Run, RunStatus
+
+    use_config(monkeypatch, tmp_path, (ROOT / "config" / "genesis.toml").read_text(), SCRATCH_REDIS_URL)
+    migrate()
+    config = {"decision": {"design": "sequential", "looks": 2, "references": "full"},
+              "backends": {"ft": {"role": "candidate", "baseline": "base"}, "base": {"role": "baseline"},
+                           "ref": {"role": "reference"}}}
+    with session_scope() as session:
+        session.add(Run(id="r2", suite="genesis-custom", status=RunStatus.running, total_jobs=6, look=1, config=config))
+        session.flush()
+        for backend in ("ft", "base", "ref"):
+            for look in (1, 2):
+                status = ("ok" if look == 1 else "queued") if backend == "ref" else ("ok" if look == 1 else "waiting")
+                session.add(Job(run_id="r2", agent="qa", task_id=f"t{look}", backend=backend, provider="openai",
+                                model="m", look=look, status=status))
+        session.flush()
+        last = session.exec(select(Job.id).where(Job.run_id == "r2", Job.backend == "ft", Job.look == 1)).one()
+    assert lifecycle.look_state("r2")[2] is False  # the reference's look-2 job holds up no look
+    looked, reported = [], []
+    monkeypatch.setattr(completion, "request_look", looked.append)
+    monkeypatch.setattr(completion, "request_report", reported.append)
+    completion.complete_run_of(last)
+    assert looked == ["r2"] and reported == []
+    # the look step that stops the run leaves the report to the references' last job
+    monkeypatch.setattr(looks_step, "request_report", reported.append)
+    monkeypatch.setattr(looks_step, "judge", lambda run_id, look: ([], ["qa"]))
+    assert looks_step.take_look("r2") == "stopped" and reported == []
+    assert completion.finished_run(last) is None and lifecycle.unfinished("r2")
 
 
 @pytest.mark.parametrize("references", ["follow", "full"])

@@ -49,14 +49,14 @@ def take_look(run_id: str) -> str:
                 request_report(run_id)  # the report of what finished, as a fixed run's halt gets
             return str(status)
         if halted or not lifecycle.has_waiting(run_id):
-            request_report(run_id)  # nothing left to release (or a halted look): the report, as today
+            _report_when_final(run_id)  # nothing left to release (or a halted look): the report, as today
             return "report"
         release, settled = judge(run_id, look)
         if not lifecycle.advance_look(run_id, look, release, settled):
             return "taken"  # another look step advanced it (or the run left flight meanwhile)
         if not release:
             log.info("run %s: every verdict settled at look %d; the rest is not needed", run_id, look)
-            request_report(run_id)
+            _report_when_final(run_id)
             return "stopped"
         queued = lifecycle.queued_jobs(run_id)
         log.info("run %s: look %d released for %s (%d jobs); settled: %s", run_id, look + 1, ", ".join(release),
@@ -65,6 +65,13 @@ def take_look(run_id: str) -> str:
             publish_jobs(run_id, queued)
             return f"look {look + 1}"
     return "stepped"
+
+
+def _report_when_final(run_id: str) -> None:
+    """The run's report, unless references kept to the end still run: the last of them asks
+    for it (worker/completion.py), as a fixed run's last job does."""
+    if not lifecycle.unfinished(run_id):
+        request_report(run_id)
 
 
 def judge(run_id: str, look: int) -> tuple[list[str], list[str]]:
