@@ -104,7 +104,7 @@ def judge_looks(facts: RunFacts, rule: DecisionConfig, upto: int, *, plan: bool 
             path.rows.append(row)
             path.points.append(_point(look, fraction, row, rule))
             last_inputs = (cand, base, alpha)
-            if row["decision"] in (rule_.GO, rule_.NO_GO):
+            if settled(row["decision"]):
                 path.stopped_at = look
         if plan and last_inputs is None:  # never paired: the report keeps its row ("no task paired"), as fixed does
             cand = _keyed(agent, _released(cand_jobs, upto), errors_count_as_zero=True)
