@@ -67,7 +67,7 @@ def test_a_5x400_run_stops_each_agent_once_its_verdict_is_known(start_worker, si
     status = producer("status", run_id)
     assert "look 5 of 5" in status.stdout and "qa look" in status.stdout
     print(f"\n5x400 sequential: looks per verdict "
-          f"{ {a: (p['stopped_at'], p['points'][-1]['verdict']) for a, p in paths.items()} }; "
+          f"{ {a: (p['points'][-1]['look'], p['points'][-1]['verdict'], p['reason']) for a, p in paths.items()} }; "
           f"paid {seq['paid_calls']} of {seq['planned_calls']} planned calls, saved ${seq['saved_usd']:.4f}")
 
 
