@@ -116,7 +116,8 @@ def test_an_agent_with_two_candidates_is_settled_once_one_says_go():
 
 def test_an_open_agent_with_go_out_of_reach_stops_once_the_pooled_verdict_is_settled():
     """The release rule bench/sequential_sim.py measures: open AND (GO within reach OR pooled open)."""
-    from shared.report.looks import judge_looks, reason, releases
+    from shared.report.looks import judge_looks, reason, releases, sequential_run
+    from shared.report.sequential_section import stop_line
     from shared.sequential import go_within_reach
 
     facts = facts_of({"qa": 0.95, "support": 0.62}, 0.62, 400, released=3, seed=1)
@@ -129,6 +130,8 @@ def test_an_open_agent_with_go_out_of_reach_stops_once_the_pooled_verdict_is_set
     assert releases(list(judged.values()), facts.agents, 3, rule.looks) == ([], ["qa", "support"])
     assert reason(support, rule.looks, 3) == (
         "stopped at look 3: GO out of reach (chance of GO by the last look under 5%)")
+    line = next(stop_line(p) for p in sequential_run(facts, rule, list(judged.values())).paths if p.comparison == "support")
+    assert line == "support: not settled, stopped at look 3: GO out of reach (chance of GO by the last look under 5%)"
     # at look 2 (before FUTILITY_FROM) GO is still within reach: support releases look 3
     early = judge_looks(facts, rule, 2)
     assert releases(early, facts.agents, 2, rule.looks) == (["support"], ["qa"])

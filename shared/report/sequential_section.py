@@ -52,6 +52,8 @@ def stop_line(path: VerdictPath) -> str:
     if path.stopped_at is not None:
         return f"{who(path)}: stopped at look {path.stopped_at}: {path.reason}"
     last = path.points[-1].look if path.points else 0
+    if path.reason.startswith("stopped at look"):  # a futility stop says where itself
+        return f"{who(path)}: not settled, {path.reason}"
     return f"{who(path)}: not settled at look {last}: {path.reason}"
 
 
