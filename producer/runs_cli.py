@@ -112,9 +112,10 @@ def resume(run_id: str, as_json: JsonOpt = False) -> None:
                         "the answers it has)") from None
     if pending:
         submitting.enqueue(run_id, pending)
-    elif lifecycle.has_waiting(run_id):  # between two looks: the look step releases the next one
-        from shared.messaging import request_look
+    elif lifecycle.has_waiting(run_id):  # between two looks: the look step releases the next one (or stops)
+        from shared.messaging import rearm_report, request_look
 
+        rearm_report(run_id)  # a halt's report was sent: the stop's must be sent again, as a publish re-arms it
         request_look(run_id)
         console.print(f"run {run_id}: look step requested (later looks wait)")
     if as_json:

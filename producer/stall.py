@@ -16,9 +16,8 @@ from sqlmodel import select
 from shared import fleet, journal
 from shared.batches import polled_lately
 from shared.db import session_scope
-from shared.models import Job, JobStatus, utcnow
+from shared.models import DONE_JOBS, Job, JobStatus, utcnow
 
-FINAL = ("ok", "error", "halted")
 STALLED = "stalled"  # what a wait that gave up reports as the run's status
 
 
@@ -33,7 +32,7 @@ class StallWatch:
     def observe(self, by_status: dict[str, int] | None, batches: list[dict] | None = None) -> str | None:
         """Feed one snapshot (None when it could not be read; `batches`: its batches); returns a
         line to show, if any."""
-        done = sum(by_status.get(s, 0) for s in FINAL) if by_status is not None else self.done
+        done = sum(by_status.get(s, 0) for s in DONE_JOBS) if by_status is not None else self.done
         now = time.monotonic()
         if done != self.done or self._at_provider(batches):
             self.done, self.last_progress = done, now

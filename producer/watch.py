@@ -15,7 +15,7 @@ from producer.output import console, decision_line, err_console, shown
 from producer.stall import STALLED, StallWatch
 from shared.config import get_settings
 from shared.db import session_scope
-from shared.models import FINAL_RUN_STATUSES, Job, JobStatus, RunStatus
+from shared.models import DONE_JOBS, FINAL_RUN_STATUSES, Job, JobStatus, RunStatus
 from shared.batches import batched_by_backend
 from shared.progress import looks_line, run_snapshot
 from shared.report import fetch_report
@@ -52,7 +52,7 @@ def wait_for_report(run_id: str, *, quiet: bool) -> dict[str, Any]:
                 said_looks = line
             batched = batched_by_backend(snapshot["batches"])
             for name, row in snapshot["by_backend"].items():
-                done = row.get("ok", 0) + row.get("error", 0) + row.get("halted", 0) + row.get("not_needed", 0)
+                done = sum(row.get(s, 0) for s in DONE_JOBS)
                 detail = f"ok {row.get('ok', 0)} err {row.get('error', 0)} halted {row.get('halted', 0)}"
                 if row.get("not_needed") or row.get("waiting"):
                     detail += f" not needed {row.get('not_needed', 0)} waiting {row.get('waiting', 0)}"

@@ -8,7 +8,9 @@
   fraction is its paired tasks so far over its tasks planned (1 at the design's last look,
   which spends what is left), and its interval ends hold at `shared.sequential.look_alpha_each(fractions so far, its error share)`.
 - A verdict that is GO or NO-GO at a look stops there (its path ends); an agent releases its
-  next slice iff its own verdict (several candidates: combined, GO if any is) is still open.
+  next slice iff its own verdict (several candidates: combined, GO if any is) is still open and
+  (GO is within its reach, shared.sequential.go_within_reach, or a pooled verdict is still
+  open): shared.report.looks.releases, the rule bench/sequential_sim.py measures.
 
 This module holds the arithmetic that needs no report code (the producer's submit imports it);
 the judging at each look, with the decision code, is shared.report.looks.
@@ -21,8 +23,10 @@ from typing import Sequence
 
 from shared.models import JobStatus
 
-METHOD = ("group-sequential, Lan-DeMets error spending with O'Brien-Fleming-like boundaries at the information "
-          "each look reached (shared.sequential)")
+METHOD = ("group-sequential error spending at the information each look reached (shared.sequential): GO "
+          "Lan-DeMets O'Brien-Fleming-like, NO-GO Hwang-Shih-DeCani gamma 1; an open agent stops for futility "
+          "(INCONCLUSIVE) once the pooled verdict is settled and its chance of GO by the last look is under 5% "
+          "and of NO-GO under 50%")
 UNRELEASED = (JobStatus.waiting, JobStatus.not_needed)
 
 
@@ -44,6 +48,15 @@ def fraction_at(pairs: int, planned: int, look: int, looks: int) -> float:
     if look >= looks:
         return 1.0
     return min(1.0, pairs / planned) if planned else 0.0
+
+
+def full_references(snapshot: dict) -> set[str]:
+    """The reference backends kept running to the end ([decision] references = "full"): all their
+    jobs are queued at submit and no look waits for them (only the run's end does)."""
+    if (snapshot.get("decision") or {}).get("references") != "full":
+        return set()
+    return {name for name, backend in (snapshot.get("backends") or {}).items()
+            if (backend or {}).get("role") == "reference"}
 
 
 def settled(verdict: str) -> bool:

@@ -173,8 +173,16 @@ def _redis(url: str) -> redis.Redis:
 
 
 def report_marker(run_id: str) -> str:
-    """Set by the one caller that sends the run's report; cleared by every (re-)publish of its jobs."""
+    """Set by the one caller that sends the run's report; cleared by every (re-)publish of its jobs
+    and by `producer resume` (rearm_report)."""
     return f"genesis:run:{run_id}:report-sent"
+
+
+def rearm_report(run_id: str, client: redis.Redis | None = None) -> None:
+    """The run goes on: its next end sends the report again (a halt's report was of what had
+    finished then). Every (re-)publish of jobs does it; so does `producer resume` of a sequential
+    run halted between two looks, which publishes nothing itself (its look step does, or stops)."""
+    (client or _redis(get_settings().redis_url)).delete(report_marker(run_id))
 
 
 def publish_jobs(run_id: str, jobs: Iterable[tuple[int, str, str | None]]) -> None:
@@ -191,7 +199,7 @@ def publish_jobs(run_id: str, jobs: Iterable[tuple[int, str, str | None]]) -> No
 
     settings = get_settings()
     client = _redis(settings.redis_url)
-    client.delete(report_marker(run_id))
+    rearm_report(run_id, client)
     fleet.mark_run_enqueued(client, run_id)
     try:
         with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH):

@@ -49,6 +49,11 @@ class JobStatus(StrEnum):
     not_needed = "not_needed"
 
 
+# A job done as far as a run's progress goes (nothing more happens to it unless resumed): what
+# `status --watch` counts as done and the stall watch as progress.
+DONE_JOBS = (JobStatus.ok, JobStatus.error, JobStatus.halted, JobStatus.not_needed)
+
+
 class Run(SQLModel, table=True):
     __tablename__ = "run"
 

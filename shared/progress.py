@@ -13,6 +13,7 @@ from sqlmodel import select
 from shared.batches import run_batches
 from shared.config import ConfigError
 from shared.db import session_scope
+from shared.looks import UNRELEASED
 from shared.models import CostEntry, Job, JobStatus, Run
 
 
@@ -37,7 +38,7 @@ def run_snapshot(run_id: str) -> dict[str, Any]:
         batches = run_batches(session, run_id)
         looks = _agent_looks(session, run_id) if run.look is not None else None
     # A fixed run has no looks: its statuses are the five it always had.
-    by_status = {s.value: 0 for s in JobStatus if looks is not None or s not in _UNRELEASED}
+    by_status = {s.value: 0 for s in JobStatus if looks is not None or s not in UNRELEASED}
     by_backend: dict[str, dict[str, int]] = {}
     for backend, status, n, _, _ in rows:
         by_status[status] = by_status.get(status, 0) + n
@@ -55,15 +56,12 @@ def run_snapshot(run_id: str) -> dict[str, Any]:
     }
 
 
-_UNRELEASED = (JobStatus.waiting, JobStatus.not_needed)
-
-
 def _agent_looks(session, run_id: str) -> dict[str, Any]:
     """A sequential run: the run's look, the largest number of looks, and per agent the look it
     is on (the latest released to it), whether it stopped (jobs not needed) and those jobs."""
     run = session.get(Run, run_id)
     rows = session.exec(
-        select(Job.agent, func.max(Job.look)).where(Job.run_id == run_id, Job.status.not_in(_UNRELEASED))
+        select(Job.agent, func.max(Job.look)).where(Job.run_id == run_id, Job.status.not_in(UNRELEASED))
         .group_by(Job.agent)
     ).all()
     skipped = dict(session.exec(

@@ -197,6 +197,18 @@ def test_a_wait_follows_jobs_at_their_provider_while_their_batch_is_polled_and_g
         assert watch.given_up()
 
 
+def test_jobs_a_look_step_marks_not_needed_are_progress_as_status_watch_counts_them(settings):
+    """One rule for "done" (shared.models.DONE_JOBS): the watch's bars and the stall watch agree."""
+    from producer.stall import StallWatch
+
+    watch = StallWatch("run", settings)
+    watch.describe = lambda: "described"
+    assert watch.observe({"ok": 2, "waiting": 8}) is None
+    watch.last_progress -= settings.recovery.give_up_after_s + 1
+    assert watch.observe({"ok": 2, "not_needed": 8}) is None  # the look step stopped the rest: progress
+    assert not watch.given_up()
+
+
 def test_only_a_create_the_provider_certainly_refused_is_sent_again():
     """A failed batch create may have created the batch, unless the provider answered a 4xx with
     its body or no connection was ever made: anything else is looked up before a new submission."""

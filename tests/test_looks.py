@@ -8,6 +8,7 @@ import random
 from types import SimpleNamespace
 
 import pytest
+from sqlmodel import select
 
 from tests.support.env import ROOT, SCRATCH_REDIS_URL, use_config
 
@@ -113,6 +114,47 @@ def test_an_agent_with_two_candidates_is_settled_once_one_says_go():
     assert agent_verdicts(judged, ["qa"]) == {"qa": "GO"}  # GO if any candidate is: qa releases no more
 
 
+def test_an_open_agent_with_go_out_of_reach_stops_once_the_pooled_verdict_is_settled():
+    """The release rule bench/sequential_sim.py measures: open AND (GO within reach OR pooled open)."""
+    from shared.report.looks import judge_looks, reason, releases, sequential_run
+    from shared.report.sequential_section import stop_line
+    from shared.sequential import go_within_reach
+
+    facts = facts_of({"qa": 0.95, "support": 0.62}, 0.62, 400, released=3, seed=1)
+    rule = rule_of(facts)
+    judged = {j.agent: j for j in judge_looks(facts, rule, 3)}
+    support = judged["support"]
+    assert judged["ALL"].verdict == "GO" and support.verdict == "INCONCLUSIVE"
+    assert not go_within_reach(support.rows[-1], support.fractions[-1], rule.go, support.share, rule.looks)
+    assert support.futile_at == 3 and judged["qa"].futile_at is None
+    assert releases(list(judged.values()), facts.agents, 3, rule.looks) == ([], ["qa", "support"])
+    assert reason(support, rule.looks, 3) == (
+        "stopped at look 3: GO out of reach (chance of GO by the last look under 5%)")
+    line = next(stop_line(p) for p in sequential_run(facts, rule, list(judged.values())).paths if p.comparison == "support")
+    assert line == "support: not settled, stopped at look 3: GO out of reach (chance of GO by the last look under 5%)"
+    # at look 2 (before FUTILITY_FROM) GO is still within reach: support releases look 3
+    early = judge_looks(facts, rule, 2)
+    assert releases(early, facts.agents, 2, rule.looks) == (["support"], ["qa"])
+
+
+def test_a_verdict_with_no_pair_keeps_its_row_and_warning_in_the_report():
+    """Every baseline answer of legal failed: its verdict has no look with pairs; the report still
+    shows it (INCONCLUSIVE, "no task paired") as the fixed design does."""
+    from shared.report.build import _judged
+    from shared.report.warnings import _comparison_warnings
+
+    facts = facts_of({"qa": 0.95, "legal": 0.70}, 0.5, 100, released=2)
+    for j in facts.jobs:
+        if j.agent == "legal" and j.backend == "base" and j.status == "ok":
+            j.status, j.score = "error", None
+    rule = rule_of(facts)
+    rows, run = _judged(facts, rule)
+    legal = next(r for r in rows if r["agent"] == "legal")
+    assert legal["decision"] == "INCONCLUSIVE" and legal["n"] == 0 and legal["reason"] == "no task paired"
+    assert any("no task paired" in w for w in _comparison_warnings(legal))
+    assert {p.comparison for p in run.paths} >= {"qa", "legal"}
+
+
 def test_the_interval_at_a_look_is_the_designs_repeated_one_wider_than_the_fixed():
     from shared.report import decision as rule_
     from shared.report.looks import judge_looks
@@ -134,6 +176,9 @@ def test_what_stopping_saved_is_the_not_needed_calls_at_their_backends_mean_cost
     for j in facts.jobs:
         if j.status == "waiting":
             j.status = "not_needed"
+    from shared.report.costs import Spend
+
+    facts.answers = Spend(0.08, 80)  # the ledger's calls for the answers
     rule = rule_of(facts)
     run = sequential_run(facts, rule, judge_looks(facts, rule, 2))
     assert run.planned_calls == 200 and run.paid_calls == 80 and run.not_needed_jobs == 120
@@ -208,6 +253,97 @@ def test_a_run_with_waiting_jobs_is_not_completed_and_stopping_completes_it(sequ
     assert all(s == {"not_needed"} for (agent, look), s in statuses(run_id).items() if look > 1)
     assert lifecycle.look_state(run_id)[0] == 1
     assert lifecycle.settle_run_status(run_id) == "completed"
+
+
+@pytest.mark.redis
+def test_resume_between_two_looks_rearms_the_report_a_halt_sent(sequential_run_in_sql):
+    """Halted at a look boundary (its report of what finished claimed the marker), resumed with
+    nothing pending: the look step that then stops the run must be able to request the report."""
+    import redis
+    from sqlalchemy import update
+
+    from producer.runs_cli import resume
+    from shared.config import get_settings
+    from shared.db import session_scope
+    from shared.messaging import report_marker, request_report
+    from shared.models import Run, RunStatus
+
+    run_id = sequential_run_in_sql
+    client = redis.Redis.from_url(get_settings().redis_url)
+    client.delete(report_marker(run_id))
+    with session_scope() as session:
+        session.execute(update(Run).where(Run.id == run_id).values(status=RunStatus.halted))
+    assert request_report(run_id) is True  # the halted look step's report
+    resume(run_id)
+    assert not client.exists(report_marker(run_id))
+    assert request_report(run_id) is True  # the stop's report is sent
+
+
+def test_paid_calls_are_the_ledgers_calls_for_the_answers_and_judge_calls_beside(sequential_run_in_sql):
+    """An errored job counts when its call was ledgered (billed, or outcome unknown), not when it
+    was refused before sending; judge calls are counted beside the answers'."""
+    from sqlmodel import select
+
+    from shared.db import session_scope
+    from shared.models import CostEntry, Job
+    from shared.payments import OUTCOME_UNKNOWN
+    from shared.report.data import load_facts
+    from shared.report.decision import decision_config
+    from shared.report.looks import sequential_run
+
+    run_id = sequential_run_in_sql
+    with session_scope() as session:
+        jobs = {j.task_id: j for j in session.exec(select(Job).where(Job.run_id == run_id, Job.look == 1))}
+        jobs["legal-1-0"].status = "error"  # its call's outcome unknown: ledgered at its worst case
+        jobs["legal-1-1"].status = "error"  # refused before sending: nothing ledgered
+        for task in ("qa-1-0", "qa-1-1"):
+            session.add(CostEntry(run_id=run_id, job_id=jobs[task].id, agent="qa", backend="openai",
+                                  operation="inference", cost_usd=0.01))
+        session.add(CostEntry(run_id=run_id, job_id=jobs["qa-1-0"].id, agent="qa", backend="openai",
+                              operation="judge", cost_usd=0.002))
+        session.add(CostEntry(run_id=run_id, job_id=jobs["legal-1-0"].id, agent="legal", backend="openai",
+                              operation="inference", cost_usd=0.05, source=f"{OUTCOME_UNKNOWN} (test)"))
+    with session_scope() as session:
+        facts = load_facts(session, run_id, partial=True)
+    run = sequential_run(facts, decision_config(facts), [])
+    assert (run.paid_calls, run.planned_calls, run.judge_calls) == (3, 12, 1)
+
+
+def test_references_kept_to_the_end_hold_up_no_look_only_the_runs_end(monkeypatch, tmp_path):
+    """[decision] references = "full": the reference's later jobs queued from the start still run;
+    look 1's comparison jobs final -> its look step is due; the report waits for every job."""
+    import worker.completion as completion
+    import worker.looks as looks_step
+    from shared import lifecycle
+    from shared.db import migrate, session_scope
+    from shared.models import Job, Run, RunStatus
+
+    use_config(monkeypatch, tmp_path, (ROOT / "config" / "genesis.toml").read_text(), SCRATCH_REDIS_URL)
+    migrate()
+    config = {"decision": {"design": "sequential", "looks": 2, "references": "full"},
+              "backends": {"ft": {"role": "candidate", "baseline": "base"}, "base": {"role": "baseline"},
+                           "ref": {"role": "reference"}}}
+    with session_scope() as session:
+        session.add(Run(id="r2", suite="genesis-custom", status=RunStatus.running, total_jobs=6, look=1, config=config))
+        session.flush()
+        for backend in ("ft", "base", "ref"):
+            for look in (1, 2):
+                status = ("ok" if look == 1 else "queued") if backend == "ref" else ("ok" if look == 1 else "waiting")
+                session.add(Job(run_id="r2", agent="qa", task_id=f"t{look}", backend=backend, provider="openai",
+                                model="m", look=look, status=status))
+        session.flush()
+        last = session.exec(select(Job.id).where(Job.run_id == "r2", Job.backend == "ft", Job.look == 1)).one()
+    assert lifecycle.look_state("r2")[2] is False  # the reference's look-2 job holds up no look
+    looked, reported = [], []
+    monkeypatch.setattr(completion, "request_look", looked.append)
+    monkeypatch.setattr(completion, "request_report", reported.append)
+    completion.complete_run_of(last)
+    assert looked == ["r2"] and reported == []
+    # the look step that stops the run leaves the report to the references' last job
+    monkeypatch.setattr(looks_step, "request_report", reported.append)
+    monkeypatch.setattr(looks_step, "judge", lambda run_id, look: ([], ["qa"]))
+    assert looks_step.take_look("r2") == "stopped" and reported == []
+    assert completion.finished_run(last) is None and lifecycle.unfinished("r2")
 
 
 @pytest.mark.parametrize("references", ["follow", "full"])

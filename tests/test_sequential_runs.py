@@ -67,7 +67,7 @@ def test_a_5x400_run_stops_each_agent_once_its_verdict_is_known(start_worker, si
     status = producer("status", run_id)
     assert "look 5 of 5" in status.stdout and "qa look" in status.stdout
     print(f"\n5x400 sequential: looks per verdict "
-          f"{ {a: (p['stopped_at'], p['points'][-1]['verdict']) for a, p in paths.items()} }; "
+          f"{ {a: (p['points'][-1]['look'], p['points'][-1]['verdict'], p['reason']) for a, p in paths.items()} }; "
           f"paid {seq['paid_calls']} of {seq['planned_calls']} planned calls, saved ${seq['saved_usd']:.4f}")
 
 
@@ -230,3 +230,22 @@ def test_cancel_leaves_later_looks_waiting_never_sent(genesis, simulator, tmp_pa
     assert simulator.stats()["requests_total"] == 0
     watched = producer("status", run_id, "--watch")
     assert "look 1 of 4: qa look 1" in watched.output  # the look each agent is on
+
+
+def test_an_agent_with_go_out_of_reach_stops_once_the_pooled_verdict_is_settled(start_worker, simulator, tmp_path):
+    """The release rule the statistics were measured with (bench/sequential_sim.py): qa's large
+    gain settles the pooled verdict; legal, no better than its base, has GO out of reach from
+    look 3 on and stops there, INCONCLUSIVE, its later looks not needed."""
+    suite = small_run(tmp_path, simulator, 400, quality={**QUALITY, "ft:*legal*": 0.65})
+    start_worker("w1", concurrency=16)
+    run_id = submit(*agent_args(("qa", "legal")), "--suite", str(suite), *PAIR, "--sequential")
+    report = report_of(wait_until_reported(run_id, timeout=600))
+    paths = paths_by_agent(report)
+    assert report["decision"]["by_agent"]["legal"] == "INCONCLUSIVE"
+    assert paths["ALL"]["stopped_at"] is not None and paths["legal"]["stopped_at"] is None
+    stop = paths["legal"]["points"][-1]["look"]
+    assert 3 <= stop < 5 and paths["legal"]["reason"] == (
+        f"stopped at look {stop}: GO out of reach (chance of GO by the last look under 5%)")
+    legal = [j for j in run_jobs(run_id) if j.agent == "legal"]
+    assert all(j.status == "not_needed" for j in legal if j.look > stop)
+    assert all(j.status in ("ok", "error") for j in legal if j.look <= stop)

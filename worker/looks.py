@@ -49,14 +49,14 @@ def take_look(run_id: str) -> str:
                 request_report(run_id)  # the report of what finished, as a fixed run's halt gets
             return str(status)
         if halted or not lifecycle.has_waiting(run_id):
-            request_report(run_id)  # nothing left to release (or a halted look): the report, as today
+            _report_when_final(run_id)  # nothing left to release (or a halted look): the report, as today
             return "report"
         release, settled = judge(run_id, look)
         if not lifecycle.advance_look(run_id, look, release, settled):
             return "taken"  # another look step advanced it (or the run left flight meanwhile)
         if not release:
             log.info("run %s: every verdict settled at look %d; the rest is not needed", run_id, look)
-            request_report(run_id)
+            _report_when_final(run_id)
             return "stopped"
         queued = lifecycle.queued_jobs(run_id)
         log.info("run %s: look %d released for %s (%d jobs); settled: %s", run_id, look + 1, ", ".join(release),
@@ -67,9 +67,15 @@ def take_look(run_id: str) -> str:
     return "stepped"
 
 
+def _report_when_final(run_id: str) -> None:
+    """The run's report, unless references kept to the end still run: the last of them asks
+    for it (worker/completion.py), as a fixed run's last job does."""
+    if not lifecycle.unfinished(run_id):
+        request_report(run_id)
+
+
 def judge(run_id: str, look: int) -> tuple[list[str], list[str]]:
-    """(agents to release, agents settled) at this look, from SQL."""
-    from shared import looks
+    """(agents to release, agents stopped: settled, or stopped for futility) at this look, from SQL."""
     from shared.report import looks as judging
     from shared.report.data import load_facts
     from shared.report.decision import decision_config
@@ -77,8 +83,4 @@ def judge(run_id: str, look: int) -> tuple[list[str], list[str]]:
     with session_scope() as session:
         facts = load_facts(session, run_id, partial=True)
     rule = decision_config(facts)
-    verdicts = judging.agent_verdicts(judging.judge_looks(facts, rule, look), facts.agents)
-    if look >= rule.looks:
-        return [], list(facts.agents)
-    release = [a for a in facts.agents if not looks.settled(verdicts[a])]
-    return release, [a for a in facts.agents if a not in release]
+    return judging.releases(judging.judge_looks(facts, rule, look), facts.agents, look, rule.looks)

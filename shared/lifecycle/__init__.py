@@ -25,7 +25,7 @@ from shared.lifecycle.jobs import (
     running_holders,
     use_clock,
 )
-from shared.lifecycle.looks import advance_look, has_waiting, look_state
+from shared.lifecycle.looks import advance_look, has_waiting, look_done, look_state, unfinished
 from shared.lifecycle.rules import (
     IN_FLIGHT_RUNS,
     LEASE_MARGIN_S,

@@ -10,6 +10,7 @@ from sqlalchemy import exists, select, update
 
 from shared.db import get_engine
 from shared.lifecycle.rules import IN_FLIGHT_RUNS, UNFINISHED_JOBS
+from shared.looks import full_references
 from shared.models import Job, JobStatus, Run
 
 _JOBS, _RUNS = Job.__table__, Run.__table__
@@ -22,15 +23,31 @@ def has_waiting(run_id: str) -> bool:
                                                        _JOBS.c.status == JobStatus.waiting))).scalar())
 
 
-def look_state(run_id: str) -> tuple[int | None, str | None, bool, bool]:
-    """(the run's current look, its status, any released job unfinished, any halted): what the
-    look step reads before judging."""
+def unfinished(run_id: str) -> bool:
+    """Whether any job of the run is queued or running (its report waits for the last)."""
     with get_engine().connect() as conn:
-        row = conn.execute(select(_RUNS.c.look, _RUNS.c.status).where(_RUNS.c.id == run_id)).one_or_none()
+        return bool(conn.execute(select(exists().where(_JOBS.c.run_id == run_id,
+                                                       _JOBS.c.status.in_(UNFINISHED_JOBS)))).scalar())
+
+
+def look_done(run_id: str) -> bool:
+    """A sequential run whose current look's comparison jobs are all final while jobs still wait
+    and only kept references run: its look step is due (worker/completion.py)."""
+    look, status, busy, _ = look_state(run_id)
+    return look is not None and status in IN_FLIGHT_RUNS and not busy and has_waiting(run_id)
+
+
+def look_state(run_id: str) -> tuple[int | None, str | None, bool, bool]:
+    """(the run's current look, its status, any released job of a comparison backend unfinished,
+    any halted): what the look step reads before judging. Reference backends kept to the end
+    ([decision] references = "full") hold up no look, only the run's end (`unfinished`)."""
+    with get_engine().connect() as conn:
+        row = conn.execute(select(_RUNS.c.look, _RUNS.c.status, _RUNS.c.config).where(_RUNS.c.id == run_id)).one_or_none()
         if row is None:
             return None, None, False, False
-        busy = conn.execute(select(exists().where(_JOBS.c.run_id == run_id,
-                                                  _JOBS.c.status.in_(UNFINISHED_JOBS)))).scalar()
+        kept = full_references(row.config or {})
+        busy = conn.execute(select(exists().where(_JOBS.c.run_id == run_id, _JOBS.c.status.in_(UNFINISHED_JOBS),
+                                                  _JOBS.c.backend.not_in(kept)))).scalar()
         halted = conn.execute(select(exists().where(_JOBS.c.run_id == run_id,
                                                     _JOBS.c.status == JobStatus.halted))).scalar()
         return row.look, row.status, bool(busy), bool(halted)

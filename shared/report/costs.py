@@ -15,6 +15,7 @@ from shared.config.tables import Price
 from shared.models import CostEntry
 
 JUDGE_OPERATION = "judge"
+INFERENCE_OPERATION = "inference"
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,17 @@ def judge_spend(session: Session, run_id: str) -> dict[tuple[str | None, str | N
         .group_by(CostEntry.agent, CostEntry.backend)
     )
     return {(agent, backend): Spend(float(usd or 0.0), int(calls)) for agent, backend, usd, calls in rows}
+
+
+def answer_calls(session: Session, run_id: str) -> Spend:
+    """The run's paid calls for its answers (operation `inference`), as the ledger holds them: a
+    job that errored after a billed or outcome-unknown call counts, one refused before sending
+    (no ledger entry) does not, a reused answer (no call) does not; judge calls are judge_spend's."""
+    usd, calls = session.exec(
+        select(func.coalesce(func.sum(CostEntry.cost_usd), 0.0), func.count())
+        .where(CostEntry.run_id == run_id, CostEntry.operation == INFERENCE_OPERATION)
+    ).one()
+    return Spend(float(usd or 0.0), int(calls))
 
 
 def key_spend(session: Session, run_id: str) -> dict[tuple[str | None, str], Spend]:

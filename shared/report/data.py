@@ -16,7 +16,7 @@ from shared.budget.events import level_of
 from shared.config import ConfigError
 from shared.config.tables import BudgetConfig
 from shared.models import BudgetEvent, CostEntry, Job, JobStatus, Run, RunStatus, iso
-from shared.report.costs import NOTHING, Spend, is_batch, is_reused, judge_spend, key_spend, total
+from shared.report.costs import NOTHING, Spend, answer_calls, is_batch, is_reused, judge_spend, key_spend, total
 from shared.stats import mean_or_none, percentile
 
 DIFFICULTY_ORDER = ("easy", "medium", "hard")
@@ -49,6 +49,8 @@ class RunFacts:
     by_pair: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
     # The ledger's judge calls per (agent, backend answered), with or without a job link.
     judge: dict[tuple[str | None, str | None], Spend] = field(default_factory=dict)
+    # The ledger's paid calls for the run's answers (operation inference).
+    answers: Spend = NOTHING
     # The ledger's paid calls per (backend, key variable that made them).
     keys: dict[tuple[str | None, str], Spend] = field(default_factory=dict)
 
@@ -90,6 +92,7 @@ def load_facts(session: Session, run_id: str, *, partial: bool) -> RunFacts:
         agents=_ordered(run.agents, (j.agent for j in jobs)),
         backends=_ordered(run.backends, (j.backend for j in jobs)),
         judge=judge_spend(session, run_id),
+        answers=answer_calls(session, run_id),
         keys=key_spend(session, run_id),
     )
     grouped: dict[tuple[str, str], list[Any]] = defaultdict(list)

@@ -11,12 +11,12 @@ from typing import Any, Hashable, Sequence
 
 from shared.config.tables import DecisionConfig
 from shared.epochs import task_means
-from shared.looks import METHOD, UNRELEASED, fraction_at
+from shared.looks import METHOD, UNRELEASED, fraction_at, settled
 from shared.models import JobStatus
 from shared.report import decision as rule_
 from shared.report.data import RunFacts
 from shared.report.sequential_types import LookPoint, SequentialRun, VerdictPath
-from shared.sequential import look_alpha_each
+from shared.sequential import FUTILITY, go_within_reach, look_alpha_each
 
 
 @dataclass
@@ -31,7 +31,8 @@ class Judged:
     points: list[LookPoint] = field(default_factory=list)
     fractions: list[float] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)  # compare()'s row at each point
-    stopped_at: int | None = None
+    stopped_at: int | None = None  # the look it settled at (GO or NO-GO)
+    futile_at: int | None = None  # the look its agent stopped at for futility (the verdict stays open)
 
     @property
     def verdict(self) -> str:
@@ -103,15 +104,60 @@ def judge_looks(facts: RunFacts, rule: DecisionConfig, upto: int, *, plan: bool 
             path.rows.append(row)
             path.points.append(_point(look, fraction, row, rule))
             last_inputs = (cand, base, alpha)
-            if row["decision"] in (rule_.GO, rule_.NO_GO):
+            if settled(row["decision"]):
                 path.stopped_at = look
+        if plan and last_inputs is None:  # never paired: the report keeps its row ("no task paired"), as fixed does
+            cand = _keyed(agent, _released(cand_jobs, upto), errors_count_as_zero=True)
+            base = _keyed(agent, _released(base_jobs, upto), errors_count_as_zero=False)
+            last_inputs = (cand, base, path.share)
+            path.rows.append({})
         if plan and last_inputs is not None:
             cand, base, alpha = last_inputs
             row = rule_.compare(agent, candidate, baseline, cand, base, rule, alpha_each=alpha, plan=True)
             row["epochs"] = rule_._epochs(row, cand, base)
             path.rows[-1] = row
         judged.append(path)
+    _futility(judged, rule)
     return judged
+
+
+def _futility(judged: list[Judged], rule: DecisionConfig) -> None:
+    """Mark the look each agent stopped at for futility (shared.sequential.go_within_reach, called
+    as bench/sequential_sim.py calls it): at a look before the last where the agent's verdict is
+    open, every open comparison of it judged at that look has GO out of reach, and every pooled
+    verdict is settled by then (the pooled verdicts need its pairs)."""
+    pooled = [j for j in judged if j.agent == rule_.POOLED]
+    for agent in dict.fromkeys(j.agent for j in judged if j.agent != rule_.POOLED):
+        mine = [j for j in judged if j.agent == agent]
+        for look in sorted({p.look for j in mine for p in j.points}):
+            if look >= rule.looks or settled(rule_.combine([_verdict_at(j, look) for j in mine])):
+                break
+            if any(not settled(_verdict_at(j, look)) for j in pooled):
+                continue
+            open_ = [j for j in mine if not settled(_verdict_at(j, look))]
+            at = [(j, i) for j in open_ for i, p in enumerate(j.points) if p.look == look]
+            if len(at) == len(open_) and not any(
+                    go_within_reach(j.rows[i], j.fractions[i], rule.go, j.share, rule.looks) for j, i in at):
+                for j in mine:
+                    j.futile_at = look
+                break
+
+
+def _verdict_at(path: Judged, look: int) -> str:
+    points = [p for p in path.points if p.look <= look]
+    return points[-1].verdict if points else rule_.INCONCLUSIVE
+
+
+def releases(judged: list[Judged], agents: Sequence[str], look: int, looks: int) -> tuple[list[str], list[str]]:
+    """(agents that release their next slice, agents that stop) at this look. The release rule the
+    statistics were measured with (bench/sequential_sim.py): an agent releases iff its own verdict
+    is open and it did not stop for futility (GO within reach, or a pooled verdict still open)."""
+    if look >= looks:
+        return [], list(agents)
+    verdicts = agent_verdicts(judged, agents)
+    futile = {j.agent for j in judged if j.futile_at is not None and j.futile_at <= look}
+    release = [a for a in agents if not settled(verdicts[a]) and a not in futile]
+    return release, [a for a in agents if a not in release]
 
 
 def _point(look: int, fraction: float, row: dict, rule: DecisionConfig) -> LookPoint:
@@ -134,6 +180,9 @@ def reason(path: Judged, looks: int, current: int) -> str:
             line = "the bar" if point.go_line else "0"
             return f"GO at look {path.stopped_at} (lower end {_pp(point.low)} pp above {line})"
         return f"NO-GO at look {path.stopped_at} (upper end {_pp(point.high)} pp below the bar {_pp(point.no_go_line)} pp)"
+    if path.futile_at is not None:
+        return (f"stopped at look {path.futile_at}: GO out of reach (chance of GO by the last look "
+                f"under {FUTILITY:.0%})")
     if not path.points:
         return "nothing paired yet"
     if current >= looks:
@@ -160,6 +209,7 @@ def sequential_run(facts: RunFacts, rule: DecisionConfig, judged: list[Judged]) 
     not_needed = [j for j in facts.jobs if j.status == JobStatus.not_needed]
     return SequentialRun(
         looks=rule.looks, seed=rule.seed, method=METHOD, current_look=current, paths=paths,
-        paid_calls=len(paid), planned_calls=len(facts.jobs), paid_usd=sum(j.cost_usd or 0.0 for j in facts.jobs),
+        paid_calls=facts.answers.calls, planned_calls=len(facts.jobs), paid_usd=sum(j.cost_usd or 0.0 for j in facts.jobs),
         saved_usd=sum(mean_cost.get(j.backend, 0.0) for j in not_needed), not_needed_jobs=len(not_needed),
+        judge_calls=sum(spend.calls for spend in facts.judge.values()),
     )

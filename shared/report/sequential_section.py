@@ -52,13 +52,17 @@ def stop_line(path: VerdictPath) -> str:
     if path.stopped_at is not None:
         return f"{who(path)}: stopped at look {path.stopped_at}: {path.reason}"
     last = path.points[-1].look if path.points else 0
+    if path.reason.startswith("stopped at look"):  # a futility stop says where itself
+        return f"{who(path)}: not settled, {path.reason}"
     return f"{who(path)}: not settled at look {last}: {path.reason}"
 
 
 def savings_line(run: SequentialRun) -> str:
     return (f"This run paid {run.paid_calls:,} of {run.planned_calls:,} planned calls (saved "
             f"{fmt.usd(run.saved_usd)} against the fixed design): {fmt.usd(run.paid_usd)} paid, "
-            f"{run.not_needed_jobs:,} job(s) not needed, never sent.")
+            f"{run.not_needed_jobs:,} job(s) not needed, never sent. Calls are the ledger's for the answers "
+            f"(a call billed or of unknown outcome counts, one refused before sending does not)"
+            + (f"; {run.judge_calls:,} judge call(s) beside them." if run.judge_calls else "."))
 
 
 def look_table(path: VerdictPath) -> tuple:

@@ -45,8 +45,9 @@ class SequentialRun:
     method: str  # one line naming the boundaries, e.g. "Lan-DeMets, O'Brien-Fleming-like spending"
     current_look: int  # the latest look released
     paths: tuple[VerdictPath, ...]
-    paid_calls: int  # calls made (answers, not reuses)
-    planned_calls: int  # calls the fixed design would have made over the same tasks
+    paid_calls: int  # the ledger's calls for the run's answers (an errored job's billed or unknown-outcome call counts)
+    planned_calls: int  # answer calls the fixed design would have made over the same tasks (one per job)
     paid_usd: float
     saved_usd: float  # the not-needed calls at their backend's mean cost per call in this run
     not_needed_jobs: int
+    judge_calls: int = 0  # the ledger's judge calls for the run, beside the answers' (not planned above)
