@@ -4,7 +4,7 @@ A backend (or `[keys.<provider>]`) names one key variable, or a list; `pools = {
 groups variables whose keys belong to one organisation or workspace (a provider limits the
 organisation, not the key). A variable in no pool is a pool of its own, named after it. Each
 pool is its own set of limiter buckets with its own learned limits (shared/limiter.py); a call
-goes to the pool with the most headroom, and to one of its keys not refused (401/403) this run.
+goes to the pool with the most headroom, and to one of its keys not refused this run (401: for every model, 403: for that model).
 A single variable is one pool named "": the limiter's buckets of before pools existed.
 
 Only variable NAMES live here and travel (in permits, the ledger, job rows): never a key."""

@@ -140,6 +140,22 @@ def test_a_benched_key_is_never_chosen_and_a_run_whose_every_key_is_benched_is_r
                               "B_KEY (AuthenticationError, auth 401)")
 
 
+def test_a_key_refused_for_one_model_is_benched_for_that_model_only(limiter) -> None:
+    assert limiter.bench("run", "B_KEY", "PermissionDeniedError, auth 403", ("openai", "m")) is True
+    assert limiter.bench("run", "B_KEY", "PermissionDeniedError, auth 403", ("openai", "m")) is False
+    assert [p.key_env for p in (limiter.acquire("openai", "m", 10, POOLS, "run") for _ in range(3))] == ["A_KEY"] * 3
+    other_model = [limiter.acquire("openai", "m2", 10, POOLS, "run") for _ in range(3)]
+    assert "B_KEY" in {p.key_env for p in other_model}  # the key still serves the run's other models
+    assert "B_KEY" in {p.key_env for p in (limiter.acquire("anthropic", "m", 10, POOLS, "run") for _ in range(3))}
+    assert limiter.benched("run", "openai", "m") == {"B_KEY": "PermissionDeniedError, auth 403"}
+    assert limiter.benched("run", "openai", "m2") == {}
+    limiter.bench("run", "A_KEY", "AuthenticationError, auth 401")  # the key itself: every model
+    refused = limiter.acquire("openai", "m", 10, POOLS, "run")
+    assert isinstance(refused, Refused) and refused.reason == (
+        "every key refused: A_KEY (AuthenticationError, auth 401); B_KEY (PermissionDeniedError, auth 403)")
+    assert [p.key_env for p in (limiter.acquire("openai", "m3", 10, POOLS, "run") for _ in range(2))] == ["B_KEY"] * 2
+
+
 # --- a revoked key, with real workers --------------------------------------------------------
 
 
@@ -155,24 +171,49 @@ def two_keys(monkeypatch) -> dict[str, str]:
     return env
 
 
+def completes_on_the_first_key() -> str:
+    """An 8-job run of the openai backend whose every job and ledger row is OPENAI_API_KEY's."""
+    run_id = submit("--agent", "qa", "--backend", "openai", "--limit", "8")
+    wait_until_reported(run_id, timeout=90)
+    jobs = run_jobs(run_id)
+    assert [j.status for j in jobs] == ["ok"] * 8
+    assert {j.key_env for j in jobs} == {"OPENAI_API_KEY"}
+    assert {row.key_env for row in ledger_rows(run_id)} == {"OPENAI_API_KEY"}
+    return run_id
+
+
 def test_a_revoked_key_is_benched_with_one_line_and_the_run_completes_on_the_other(
         monkeypatch, start_worker, simulator, tmp_path) -> None:
     env = two_keys(monkeypatch)
     simulator.update(revoked_keys=["sk-sim-second-key"])
     start_worker("w1", env=env, concurrency=4)
     start_worker("w2", env=env, concurrency=4)
-    run_id = submit("--agent", "qa", "--backend", "openai", "--limit", "8")
-    wait_until_reported(run_id, timeout=90)
-
-    jobs = run_jobs(run_id)
-    assert [j.status for j in jobs] == ["ok"] * 8
-    assert {j.key_env for j in jobs} == {"OPENAI_API_KEY"}
+    run_id = completes_on_the_first_key()
     assert simulator.stats()["by_status"].get("401", 0) >= 1  # the second key was tried, and refused
-    assert {row.key_env for row in ledger_rows(run_id)} == {"OPENAI_API_KEY"}
     logs = "".join((tmp_path / f"{name}.log").read_text() for name in ("w1", "w2"))
     lines = [line for line in logs.splitlines() if "refused by openai" in line]
     assert len(lines) == 1 and "key OPENAI_API_KEY_B refused by openai (auth 401): benched for run" in lines[0]
     assert "sk-sim-second-key" not in logs
+
+
+def test_a_key_forbidden_one_model_is_benched_for_that_model_with_one_line_saying_so(
+        monkeypatch, start_worker, simulator, redis_url, tmp_path) -> None:
+    import redis
+
+    from shared.config import get_settings
+
+    env = two_keys(monkeypatch)
+    model = get_settings().backends["openai"].model
+    simulator.update(forbidden_models={"sk-sim-second-key": [model]})
+    start_worker("w1", env=env, concurrency=4)
+    run_id = completes_on_the_first_key()
+    assert simulator.stats()["by_status"].get("403", 0) >= 1  # the second key was tried, and refused
+    benched = redis.Redis.from_url(redis_url).hgetall(f"genesis:rl:benched:{run_id}")
+    assert set(benched) == {f"OPENAI_API_KEY_B@openai:{model}".encode()}  # that model's, not the run's
+    lines = [line for line in (tmp_path / "w1.log").read_text().splitlines() if "refused by openai" in line]
+    assert len(lines) == 1, lines
+    assert f"key OPENAI_API_KEY_B refused by openai (auth 403): benched for run {run_id} for model {model} only" \
+        in lines[0]
 
 
 def test_a_run_whose_every_key_is_refused_fails_its_jobs_with_that_reason(monkeypatch, start_worker, simulator) -> None:
