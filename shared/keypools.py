@@ -5,7 +5,9 @@ groups variables whose keys belong to one organisation or workspace (a provider 
 organisation, not the key). A variable in no pool is a pool of its own, named after it. Each
 pool is its own set of limiter buckets with its own learned limits (shared/limiter.py); a call
 goes to the pool with the most headroom, and to one of its keys not refused this run (401: for every model, 403: for that model).
-A single variable is one pool named "": the limiter's buckets of before pools existed.
+A pool's name is a function of its variables alone: the `pools` name grouping them, else the
+variable's own name, however many variables the backend lists, so a key is metered (and learns its
+limits) in one set of buckets whichever backends name it, and two backends' keys never share one.
 
 Only variable NAMES live here and travel (in permits, the ledger, job rows): never a key."""
 
@@ -16,15 +18,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class KeyPool:
-    name: str  # the limiter's bucket suffix; "" for a backend with one key variable
+    name: str  # the limiter's bucket suffix: the `pools` name, else the variable's
     variables: tuple[str, ...]
 
 
 def pools_of(api_key_env: str | list[str], pools: dict[str, list[str]]) -> tuple[KeyPool, ...]:
     """The pools of a (validated) key configuration, in the order its variables are listed."""
     variables = [api_key_env] if isinstance(api_key_env, str) else list(api_key_env)
-    if len(variables) == 1 and not pools:
-        return (KeyPool("", (variables[0],)),)
     named = {variable: name for name, members in pools.items() for variable in members}
     out: dict[str, list[str]] = {}
     for variable in variables:

@@ -25,16 +25,28 @@ def backend(**fields: Any) -> dict:
 # --- the config ------------------------------------------------------------------------------
 
 
-def test_a_single_variable_is_the_one_pool_of_old_and_a_list_is_a_pool_per_key_unless_grouped() -> None:
+def test_each_key_is_a_pool_named_after_its_variable_unless_grouped() -> None:
     settings = Settings(backends={
         "plain": backend(), "own": backend(api_key_env="OWN_KEY"), "two": backend(api_key_env=TWO),
         "grouped": backend(api_key_env=["A_KEY", "B_KEY", "C_KEY"], pools={"team": ["B_KEY", "C_KEY"]}),
     })
-    assert settings.key_pools("plain") == (KeyPool("", ("OPENAI_API_KEY",)),)
-    assert settings.key_pools("own") == (KeyPool("", ("OWN_KEY",)),)
+    assert settings.key_pools("plain") == (KeyPool("OPENAI_API_KEY", ("OPENAI_API_KEY",)),)
+    assert settings.key_pools("own") == (KeyPool("OWN_KEY", ("OWN_KEY",)),)
     assert settings.key_pools("two") == (KeyPool("A_KEY", ("A_KEY",)), KeyPool("B_KEY", ("B_KEY",)))
     assert settings.key_pools("grouped") == (KeyPool("A_KEY", ("A_KEY",)), KeyPool("team", ("B_KEY", "C_KEY")))
     assert settings.key_variables("grouped") == ["A_KEY", "B_KEY", "C_KEY"]
+
+
+def test_a_keys_pool_is_the_same_on_every_backend_naming_it_and_two_single_keys_never_share_one() -> None:
+    settings = Settings(backends={
+        "alone": backend(api_key_env="A_KEY"), "listed": backend(api_key_env=TWO), "other": backend(api_key_env="B_KEY"),
+        "grouped": backend(api_key_env=TWO, pools={"team": TWO}), "also": backend(api_key_env="C_KEY"),
+    })
+    pool_of = {b: {v: p.name for p in settings.key_pools(b) for v in p.variables} for b in settings.backends}
+    assert pool_of["alone"]["A_KEY"] == pool_of["listed"]["A_KEY"] == "A_KEY"  # one key, metered once
+    assert pool_of["other"]["B_KEY"] == pool_of["listed"]["B_KEY"] == "B_KEY"
+    assert pool_of["alone"]["A_KEY"] != pool_of["also"]["C_KEY"]  # two backends' single keys: two pools
+    assert pool_of["grouped"] == {"A_KEY": "team", "B_KEY": "team"}
 
 
 def test_a_providers_keys_serve_its_backends_that_name_none() -> None:

@@ -188,7 +188,7 @@ class Settings(BaseSettings):
 
     def key_pools(self, backend: str) -> tuple[KeyPool, ...]:
         """The key pools a backend's calls may use (design §14): its own `api_key_env`, else
-        [keys.<provider>]'s, else the provider's variable (one pool named "", the bucket of old)."""
+        [keys.<provider>]'s, else the provider's variable (one pool, named after it)."""
         config = self.backends[backend]
         declared = config if config.api_key_env is not None else self.keys.get(config.provider)
         if declared is None:
