@@ -30,3 +30,24 @@ def pools_of(api_key_env: str | list[str], pools: dict[str, list[str]]) -> tuple
     for variable in variables:
         out.setdefault(named.get(variable, variable), []).append(variable)
     return tuple(KeyPool(name, tuple(members)) for name, members in out.items())
+
+
+def pools_disagree(pools_by_user: dict[str, tuple[KeyPool, ...]]) -> str | None:
+    """Why the pools of several users of keys (backends, `[keys.<provider>]`) contradict each other,
+    or None: a variable in different pools on two of them (one key metered twice, or two
+    organisations' keys in one bucket), or a pool named after a key variable (its bucket would be
+    that key's own)."""
+    pool_of: dict[str, tuple[str, str]] = {}
+    for user, pools in pools_by_user.items():
+        for pool in pools:
+            for variable in pool.variables:
+                other = pool_of.setdefault(variable, (pool.name, user))
+                if other[0] != pool.name:
+                    return (f"key variable {variable!r} is in pool {other[0]!r} for {other[1]} but {pool.name!r} "
+                            f"for {user}: a key's limits are one organisation's, so group it the same everywhere")
+    for user, pools in pools_by_user.items():
+        for pool in pools:
+            if pool.name in pool_of and pool.variables != (pool.name,):
+                return (f"pool {pool.name!r} of {user} is named after a key variable: name a pool after its "
+                        "organisation or workspace")
+    return None

@@ -28,25 +28,26 @@ def backend(**fields: Any) -> dict:
 def test_each_key_is_a_pool_named_after_its_variable_unless_grouped() -> None:
     settings = Settings(backends={
         "plain": backend(), "own": backend(api_key_env="OWN_KEY"), "two": backend(api_key_env=TWO),
-        "grouped": backend(api_key_env=["A_KEY", "B_KEY", "C_KEY"], pools={"team": ["B_KEY", "C_KEY"]}),
+        "grouped": backend(api_key_env=["C_KEY", "D_KEY", "E_KEY"], pools={"team": ["D_KEY", "E_KEY"]}),
     })
     assert settings.key_pools("plain") == (KeyPool("OPENAI_API_KEY", ("OPENAI_API_KEY",)),)
     assert settings.key_pools("own") == (KeyPool("OWN_KEY", ("OWN_KEY",)),)
     assert settings.key_pools("two") == (KeyPool("A_KEY", ("A_KEY",)), KeyPool("B_KEY", ("B_KEY",)))
-    assert settings.key_pools("grouped") == (KeyPool("A_KEY", ("A_KEY",)), KeyPool("team", ("B_KEY", "C_KEY")))
-    assert settings.key_variables("grouped") == ["A_KEY", "B_KEY", "C_KEY"]
+    assert settings.key_pools("grouped") == (KeyPool("C_KEY", ("C_KEY",)), KeyPool("team", ("D_KEY", "E_KEY")))
+    assert settings.key_variables("grouped") == ["C_KEY", "D_KEY", "E_KEY"]
 
 
 def test_a_keys_pool_is_the_same_on_every_backend_naming_it_and_two_single_keys_never_share_one() -> None:
     settings = Settings(backends={
         "alone": backend(api_key_env="A_KEY"), "listed": backend(api_key_env=TWO), "other": backend(api_key_env="B_KEY"),
-        "grouped": backend(api_key_env=TWO, pools={"team": TWO}), "also": backend(api_key_env="C_KEY"),
+        "grouped": backend(api_key_env=["D_KEY", "E_KEY"], pools={"team": ["D_KEY", "E_KEY"]}),
+        "also": backend(api_key_env="C_KEY"),
     })
     pool_of = {b: {v: p.name for p in settings.key_pools(b) for v in p.variables} for b in settings.backends}
     assert pool_of["alone"]["A_KEY"] == pool_of["listed"]["A_KEY"] == "A_KEY"  # one key, metered once
     assert pool_of["other"]["B_KEY"] == pool_of["listed"]["B_KEY"] == "B_KEY"
     assert pool_of["alone"]["A_KEY"] != pool_of["also"]["C_KEY"]  # two backends' single keys: two pools
-    assert pool_of["grouped"] == {"A_KEY": "team", "B_KEY": "team"}
+    assert pool_of["grouped"] == {"D_KEY": "team", "E_KEY": "team"}
 
 
 def test_a_providers_keys_serve_its_backends_that_name_none() -> None:
@@ -64,10 +65,38 @@ def test_a_providers_keys_serve_its_backends_that_name_none() -> None:
     ({"api_key_env": TWO, "pools": {"x": ["A_KEY"], "y": ["A_KEY"]}}, "in two pools"),
     ({"api_key_env": TWO, "pools": {"a b": ["A_KEY"]}}, "not a plain name"),
     ({"pools": {"team": TWO}}, "name them there too"),
+    ({"api_key_env": ["K1_KEY", "K2_KEY"], "pools": {"K2_KEY": ["K1_KEY"]}},
+     "pool 'K2_KEY' of backend 'b' is named after a key variable"),
+    ({"api_key_env": TWO, "pools": {"A_KEY": TWO}}, "pool 'A_KEY' of backend 'b' is named after a key variable"),
+    ({"api_key_env": TWO, "mode": "batch"}, r"backend 'b': batch mode takes one key variable \(it has A_KEY, B_KEY\)"),
 ])
 def test_a_bad_key_configuration_is_refused_by_name(fields: dict, named: str) -> None:
     with pytest.raises(ValidationError, match=named):
         Settings(backends={"b": backend(**fields)})
+
+
+@pytest.mark.parametrize("config, named", [
+    ({"backends": {"x": backend(api_key_env=TWO, pools={"team": TWO}), "y": backend(api_key_env="A_KEY")}},
+     "key variable 'A_KEY' is in pool 'team' for backend 'x' but 'A_KEY' for backend 'y'"),
+    ({"keys": {"openai": {"api_key_env": TWO}}, "backends": {"x": backend(mode="batch")}},
+     "backend 'x': batch mode takes one key variable"),
+    ({"keys": {"openai": {"api_key_env": TWO, "pools": {"team": TWO}}}, "backends": {"y": backend(api_key_env="B_KEY")}},
+     r"'B_KEY' is in pool 'team' for \[keys.openai\] but 'B_KEY' for backend 'y'"),
+])
+def test_key_pools_that_contradict_each_other_across_backends_are_refused(config: dict, named: str) -> None:
+    with pytest.raises(ValidationError, match=named):
+        Settings(**config)
+
+
+def test_a_refused_key_configuration_is_one_line_from_the_config_file(monkeypatch, tmp_path) -> None:
+    from shared.config import load_settings
+
+    path = tmp_path / "genesis.toml"
+    path.write_text('[backends.b]\nprovider = "openai"\nmodel = "m"\nmode = "batch"\napi_key_env = ["A_KEY", "B_KEY"]\n')
+    monkeypatch.setenv("GENESIS_CONFIG", str(path))
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert "\n" not in str(refused.value) and "batch mode takes one key variable" in str(refused.value)
 
 
 def test_keys_of_something_not_a_provider_are_refused() -> None:

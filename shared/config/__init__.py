@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,7 +26,7 @@ from pydantic_settings import (
 from shared.config.tables import (AgentsConfig, BackendConfig, BatchConfig, BudgetConfig, DecisionConfig,
                                   FinetuneConfig, JudgeConfig, KeysConfig, Price, RateLimit, RecoveryConfig,
                                   RetryConfig, ReuseConfig, WorkerConfig)
-from shared.keypools import KeyPool, pools_of
+from shared.keypools import KeyPool, pools_disagree, pools_of
 from shared.numbers import FINITE
 from shared.providers.registry import PROVIDER_NAMES, PROVIDERS
 
@@ -101,6 +101,18 @@ class Settings(BaseSettings):
             if name not in PROVIDER_NAMES:
                 raise ValueError(f"[keys.{name}]: not a provider (known: {', '.join(PROVIDER_NAMES)})")
         return keys
+
+    @model_validator(mode="after")
+    def _key_pools_agree(self) -> "Settings":
+        users = {f"[keys.{name}]": pools_of(k.api_key_env, k.pools) for name, k in self.keys.items()}
+        users |= {f"backend {name!r}": self.key_pools(name) for name in self.backends}
+        if (why := pools_disagree(users)) is not None:
+            raise ValueError(why)
+        for name, b in self.backends.items():
+            if b.mode == "batch" and len(variables := self.key_variables(name)) > 1:
+                raise ValueError(f"backend {name!r}: batch mode takes one key variable (it has "
+                                 f"{', '.join(variables)}): a batch is sent with one key, benched or not")
+        return self
 
     @classmethod
     def settings_customise_sources(
