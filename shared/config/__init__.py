@@ -207,6 +207,11 @@ class Settings(BaseSettings):
             return pools_of(PROVIDERS[config.provider].key_env, {})
         return pools_of(declared.api_key_env, declared.pools)
 
+    def batch_key_variable(self, backend: str, provider: str) -> str:
+        """The one variable a backend's provider batches are sent with (`mode = "batch"` takes one);
+        the provider's for a backend no longer configured."""
+        return self.key_variables(backend)[0] if backend in self.backends else PROVIDERS[provider].key_env
+
     def key_variables(self, backend: str) -> list[str]:
         """Every variable a backend's key may be read from, in the order configured."""
         return [variable for pool in self.key_pools(backend) for variable in pool.variables]
