@@ -66,7 +66,7 @@ def _row(view) -> dict:
     return {
         "scope": view.scope,
         "model": view.model,
-        "pool": view.pool or None,  # the key pool (None: the backend's single key)
+        "pool": view.pool or None,  # the key pool: its `pools` name, else its variable's
         "stated": {
             "rpm": learned.rpm, "rpm_header": learned.rpm_source or None, "rpm_at": _at(learned.rpm_at_ms),
             "tpm": learned.tpm, "tpm_header": learned.tpm_source or None, "tpm_at": _at(learned.tpm_at_ms),

@@ -28,7 +28,8 @@ Why it looks like this:
   pool's name in the bucket's key), learning its own limits; `[limits]` ceilings apply to each
   pool. acquire() tries every pool in one script and the one with the most headroom takes the
   call, on a key not refused this run: the choice is atomic, so the fleet never double-books one.
-  A key refused with 401/403 is benched for the run (`bench`), in Redis, for every worker.
+  A key refused is benched for the run (`bench`), in Redis, for every worker: a 401 for every
+  model, a 403 for that (provider, model) only.
 - The scripts' Lua lives in shared/limiter_scripts.py.
 """
 
@@ -53,6 +54,8 @@ LEASE_MARGIN_S = 30.0  # a slot outlives the call timeout by this much before it
 IN_FLIGHT_POLL_S = 0.2  # calls finish in ~seconds: when all slots are taken, look again soon
 BENCHED_KEEP_S = 7 * 86_400  # a run's refused keys are remembered this long (runs take hours, not weeks)
 POOL_MARK = "#"  # between a bucket's model and its pool in its key (pool names are plain names)
+BENCH_MARK = "@"  # between a variable and the (provider, model) it is benched for (a 403)
+
 
 @dataclass(frozen=True)
 class BucketView:
@@ -127,32 +130,37 @@ class RateLimiter:
         reply = self._acquire(keys=keys, args=[
             limit.rpm or 0, limit.tpm or 0, max(tokens, 0), limit.max_in_flight or 0, slot_id or "",
             self._lease_ms, IN_FLIGHT_POLL_S * 1000, START_RPM, len(pools), max(output_tokens, 0),
-            limit.itpm or 0, limit.otpm or 0, *per_pool])
+            limit.itpm or 0, limit.otpm or 0, _for_model("", provider, model), *per_pool])
         verdict = int(reply[0])
         if verdict == 1:
             variable = reply[3].decode() if isinstance(reply[3], bytes) else str(reply[3])
             return Permit(provider, model, int(reply[1]), slot_id, pools[int(reply[2]) - 1].name, variable or None,
                           int(reply[4]), int(reply[5]))
         if verdict == -1:
-            return self.refused(run_id, [v for pool in pools for v in pool.variables])
+            return self.refused(run_id, [v for pool in pools for v in pool.variables], provider, model)
         counters.count(self._redis, "limiter_wait", provider)
         return int(reply[1]) / 1_000_000
 
-    def bench(self, run_id: str, variable: str, why: str) -> bool:
-        """A key refused (401/403): none of this run's calls use `variable` again, on any worker.
-        True for the first to bench it (the one that says so in the log)."""
+    def bench(self, run_id: str, variable: str, why: str, scope: tuple[str, str] | None = None) -> bool:
+        """A key refused: none of this run's calls use `variable` again, on any worker; with
+        `scope` (provider, model), only that model's calls (a 403 is often one model's, a 401 the
+        key's). True for the first to bench it (the one that says so in the log)."""
         key = self._benched_key(run_id)
-        first = bool(self._redis.hsetnx(key, variable, why))
+        first = bool(self._redis.hsetnx(key, _for_model(variable, *scope) if scope else variable, why))
         self._redis.expire(key, BENCHED_KEEP_S)
         return first
 
-    def benched(self, run_id: str) -> dict[str, str]:
-        """The variables refused in a run, with why."""
-        return {k.decode(): v.decode() for k, v in self._redis.hgetall(self._benched_key(run_id)).items()}
+    def benched(self, run_id: str, provider: str, model: str) -> dict[str, str]:
+        """The variables refused in a run for (provider, model)'s calls, with why: those benched
+        for the whole run and those benched for that model alone."""
+        raw = {k.decode(): v.decode() for k, v in self._redis.hgetall(self._benched_key(run_id)).items()}
+        suffix = _for_model("", provider, model)
+        return {name.removesuffix(suffix): why for name, why in raw.items()
+                if BENCH_MARK not in name or name.endswith(suffix)}
 
-    def refused(self, run_id: str, variables: list[str]) -> Refused:
+    def refused(self, run_id: str, variables: list[str], provider: str, model: str) -> Refused:
         """Why a call has no key left: each variable's refusal (`<error type>, <kind> <status>`)."""
-        why = self.benched(run_id)
+        why = self.benched(run_id, provider, model)
         reason = "every key refused: " + "; ".join(f"{v} ({why.get(v, 'refused')})" for v in variables)
         return Refused(reason, next((why[v].split(",")[0] for v in variables if v in why), "auth"))
 
@@ -233,3 +241,8 @@ class RateLimiter:
 
     def _benched_key(self, run_id: str) -> str:
         return f"{self._prefix}:benched:{run_id}"
+
+
+def _for_model(variable: str, provider: str, model: str) -> str:
+    """A benched variable's field when it is refused for one (provider, model) only."""
+    return f"{variable}{BENCH_MARK}{provider}:{model}"

@@ -28,8 +28,9 @@ end
 # KEYS: the run's refused-keys hash, then per pool its state hash, slots zset, learned hash, rate hash.
 # ARGV: ceiling rpm, ceiling tpm (0 = none; each pool's own ceiling), tokens, max in flight (0 =
 # unlimited), slot id, lease ms, in-flight poll ms, start rpm, number of pools, the tokens' output
-# part (max tokens), ceiling itpm, ceiling otpm, then per pool: its number of key variables and their
-# names. A bucket with input/output limits charges tokens - output to the one, output to the other.
+# part (max tokens), ceiling itpm, ceiling otpm, the suffix of a variable refused for this
+# (provider, model) only ("@provider:model", a 403), then per pool: its number of key variables and
+# their names. A bucket with input/output limits charges tokens - output to the one, output to the other.
 # Every pool whose keys are not all refused is tried; the one granting with the most headroom left
 # (the smallest share of its bucket used, over every dimension) takes the call, on one of its keys
 # not refused (round robin). Returns {1, tokens charged, pool index, variable, input charged, output
@@ -77,11 +78,14 @@ local function try_bucket(state, slots, learned)
   return wait, room, tats, {dims[2][4], dims[3][4], dims[4][4]}
 end
 local best, soonest = nil, nil
-local at = 13
+local at = 14
 for p = 1, tonumber(ARGV[9]) do
   local alive = {}
   for v = 1, tonumber(ARGV[at]) do
-    if redis.call('HEXISTS', KEYS[1], ARGV[at + v]) == 0 then table.insert(alive, ARGV[at + v]) end
+    local var = ARGV[at + v]
+    if redis.call('HEXISTS', KEYS[1], var) == 0 and redis.call('HEXISTS', KEYS[1], var .. ARGV[13]) == 0 then
+      table.insert(alive, var)
+    end
   end
   at = at + tonumber(ARGV[at]) + 1
   if #alive > 0 then

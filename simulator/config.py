@@ -28,6 +28,8 @@ class SimulatorConfig(BaseModel):
       organisation, not the key), the first key's rpm is the organisation's.
     - revoked_keys: API keys answered 401 (the provider's own error format) once `revoke_after`
       requests have been answered: a key revoked mid-run.
+    - forbidden_models: `{API key: [models]}` answered 403 (the provider's permission error): a key
+      whose organisation may not use those models (unverified, no access) but may use the others.
     - error_rates: `{HTTP status: probability}` of an injected error instead of an answer.
     - timeout_rate: probability the answer is held back `timeout_s` extra so the client times out.
     - malformed_rate: probability of a 200 whose body is truncated, i.e. not valid JSON; billed
@@ -82,6 +84,7 @@ class SimulatorConfig(BaseModel):
     key_orgs: dict[str, str] = Field(default_factory=dict)
     revoked_keys: list[str] = Field(default_factory=list)
     revoke_after: int = Field(default=0, ge=0)
+    forbidden_models: dict[str, list[str]] = Field(default_factory=dict)
     error_rates: dict[int, float] = Field(default_factory=dict)
     timeout_rate: float = Rate
     timeout_s: float = Field(default=30.0, ge=0.0)

@@ -112,6 +112,9 @@ class Simulator:
         if api_key(headers) in config.revoked_keys and self.stats.requests_total >= config.revoke_after:
             return error_reply(api, 401, "Incorrect API key provided: the key was revoked.", request.model,
                                code="invalid_api_key")
+        if request.model in config.forbidden_models.get(api_key(headers), ()):
+            return error_reply(api, 403, f"Your organization must be verified to use the model {request.model}.",
+                               request.model, code="model_not_found")
         max_tokens = request.max_tokens or config.default_max_tokens
         admission = limiter.admit(api_key(headers), request.model, request.prompt_tokens + max_tokens,
                                   input_tokens=request.prompt_tokens if api is Api.ANTHROPIC else None)

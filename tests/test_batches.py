@@ -19,8 +19,8 @@ from sqlmodel import select
 from tests.support.env import BATCH_BACKENDS as BACKENDS
 from tests.support.env import ROOT, batch_mode
 from tests.support.http_server import free_ports, get_json, http_status
-from tests.support.runs import (all_batched, batch_rows, inference_entries, producer, run_jobs, run_ledger, submit,
-                                wait_until_reported)
+from tests.support.runs import (all_batched, batch_rows, inference_entries, ledger_rows, producer, run_jobs,
+                                run_ledger, submit, wait_until_reported)
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -59,6 +59,9 @@ def test_a_batch_run_answers_as_realtime_at_half_the_ledgered_cost(monkeypatch, 
     entries, cost = run_ledger(batched)
     assert entries == realtime_entries == 60
     assert cost == pytest.approx(realtime_cost * 0.5, rel=1e-6)
+    keys = {(row.backend, row.key_env) for row in ledger_rows(batched)}  # each batch's variable, as realtime
+    assert keys == {(row.backend, row.key_env) for row in ledger_rows(realtime)} and None not in dict(keys).values()
+    assert {(j.backend, j.key_env) for j in run_jobs(batched)} == keys
     stats = simulator.stats()
     assert stats["requests_total"] == served_realtime  # no realtime call for a batch job
     assert stats["batch"]["succeeded"] == stats["batch"]["requests"] == 60
@@ -70,6 +73,7 @@ def test_a_batch_run_answers_as_realtime_at_half_the_ledgered_cost(monkeypatch, 
     assert {b["mode"] for b in data["backends"]} == {"batch"}
     assert all(b["latency_p50_ms"] is None for b in data["backends"])  # a batch's turnaround is no call latency
     assert data["costs"]["batch_saved_usd"] == pytest.approx(cost, rel=1e-6)  # at half price: saved as much
+    assert {(k["backend"], k["key_env"]) for k in data["costs"]["keys"]} == keys  # the per-key cost table
     status = json.loads(producer("status", batched, "--json").stdout)
     assert {b["state"] for b in status["batches"]} == {"ended"}
     assert sum(b["jobs"].get("ok", 0) for b in status["batches"]) == 60

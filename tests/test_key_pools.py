@@ -25,16 +25,29 @@ def backend(**fields: Any) -> dict:
 # --- the config ------------------------------------------------------------------------------
 
 
-def test_a_single_variable_is_the_one_pool_of_old_and_a_list_is_a_pool_per_key_unless_grouped() -> None:
+def test_each_key_is_a_pool_named_after_its_variable_unless_grouped() -> None:
     settings = Settings(backends={
         "plain": backend(), "own": backend(api_key_env="OWN_KEY"), "two": backend(api_key_env=TWO),
-        "grouped": backend(api_key_env=["A_KEY", "B_KEY", "C_KEY"], pools={"team": ["B_KEY", "C_KEY"]}),
+        "grouped": backend(api_key_env=["C_KEY", "D_KEY", "E_KEY"], pools={"team": ["D_KEY", "E_KEY"]}),
     })
-    assert settings.key_pools("plain") == (KeyPool("", ("OPENAI_API_KEY",)),)
-    assert settings.key_pools("own") == (KeyPool("", ("OWN_KEY",)),)
+    assert settings.key_pools("plain") == (KeyPool("OPENAI_API_KEY", ("OPENAI_API_KEY",)),)
+    assert settings.key_pools("own") == (KeyPool("OWN_KEY", ("OWN_KEY",)),)
     assert settings.key_pools("two") == (KeyPool("A_KEY", ("A_KEY",)), KeyPool("B_KEY", ("B_KEY",)))
-    assert settings.key_pools("grouped") == (KeyPool("A_KEY", ("A_KEY",)), KeyPool("team", ("B_KEY", "C_KEY")))
-    assert settings.key_variables("grouped") == ["A_KEY", "B_KEY", "C_KEY"]
+    assert settings.key_pools("grouped") == (KeyPool("C_KEY", ("C_KEY",)), KeyPool("team", ("D_KEY", "E_KEY")))
+    assert settings.key_variables("grouped") == ["C_KEY", "D_KEY", "E_KEY"]
+
+
+def test_a_keys_pool_is_the_same_on_every_backend_naming_it_and_two_single_keys_never_share_one() -> None:
+    settings = Settings(backends={
+        "alone": backend(api_key_env="A_KEY"), "listed": backend(api_key_env=TWO), "other": backend(api_key_env="B_KEY"),
+        "grouped": backend(api_key_env=["D_KEY", "E_KEY"], pools={"team": ["D_KEY", "E_KEY"]}),
+        "also": backend(api_key_env="C_KEY"),
+    })
+    pool_of = {b: {v: p.name for p in settings.key_pools(b) for v in p.variables} for b in settings.backends}
+    assert pool_of["alone"]["A_KEY"] == pool_of["listed"]["A_KEY"] == "A_KEY"  # one key, metered once
+    assert pool_of["other"]["B_KEY"] == pool_of["listed"]["B_KEY"] == "B_KEY"
+    assert pool_of["alone"]["A_KEY"] != pool_of["also"]["C_KEY"]  # two backends' single keys: two pools
+    assert pool_of["grouped"] == {"D_KEY": "team", "E_KEY": "team"}
 
 
 def test_a_providers_keys_serve_its_backends_that_name_none() -> None:
@@ -52,10 +65,38 @@ def test_a_providers_keys_serve_its_backends_that_name_none() -> None:
     ({"api_key_env": TWO, "pools": {"x": ["A_KEY"], "y": ["A_KEY"]}}, "in two pools"),
     ({"api_key_env": TWO, "pools": {"a b": ["A_KEY"]}}, "not a plain name"),
     ({"pools": {"team": TWO}}, "name them there too"),
+    ({"api_key_env": ["K1_KEY", "K2_KEY"], "pools": {"K2_KEY": ["K1_KEY"]}},
+     "pool 'K2_KEY' of backend 'b' is named after a key variable"),
+    ({"api_key_env": TWO, "pools": {"A_KEY": TWO}}, "pool 'A_KEY' of backend 'b' is named after a key variable"),
+    ({"api_key_env": TWO, "mode": "batch"}, r"backend 'b': batch mode takes one key variable \(it has A_KEY, B_KEY\)"),
 ])
 def test_a_bad_key_configuration_is_refused_by_name(fields: dict, named: str) -> None:
     with pytest.raises(ValidationError, match=named):
         Settings(backends={"b": backend(**fields)})
+
+
+@pytest.mark.parametrize("config, named", [
+    ({"backends": {"x": backend(api_key_env=TWO, pools={"team": TWO}), "y": backend(api_key_env="A_KEY")}},
+     "key variable 'A_KEY' is in pool 'team' for backend 'x' but 'A_KEY' for backend 'y'"),
+    ({"keys": {"openai": {"api_key_env": TWO}}, "backends": {"x": backend(mode="batch")}},
+     "backend 'x': batch mode takes one key variable"),
+    ({"keys": {"openai": {"api_key_env": TWO, "pools": {"team": TWO}}}, "backends": {"y": backend(api_key_env="B_KEY")}},
+     r"'B_KEY' is in pool 'team' for \[keys.openai\] but 'B_KEY' for backend 'y'"),
+])
+def test_key_pools_that_contradict_each_other_across_backends_are_refused(config: dict, named: str) -> None:
+    with pytest.raises(ValidationError, match=named):
+        Settings(**config)
+
+
+def test_a_refused_key_configuration_is_one_line_from_the_config_file(monkeypatch, tmp_path) -> None:
+    from shared.config import load_settings
+
+    path = tmp_path / "genesis.toml"
+    path.write_text('[backends.b]\nprovider = "openai"\nmodel = "m"\nmode = "batch"\napi_key_env = ["A_KEY", "B_KEY"]\n')
+    monkeypatch.setenv("GENESIS_CONFIG", str(path))
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert "\n" not in str(refused.value) and "batch mode takes one key variable" in str(refused.value)
 
 
 def test_keys_of_something_not_a_provider_are_refused() -> None:
@@ -140,6 +181,22 @@ def test_a_benched_key_is_never_chosen_and_a_run_whose_every_key_is_benched_is_r
                               "B_KEY (AuthenticationError, auth 401)")
 
 
+def test_a_key_refused_for_one_model_is_benched_for_that_model_only(limiter) -> None:
+    assert limiter.bench("run", "B_KEY", "PermissionDeniedError, auth 403", ("openai", "m")) is True
+    assert limiter.bench("run", "B_KEY", "PermissionDeniedError, auth 403", ("openai", "m")) is False
+    assert [p.key_env for p in (limiter.acquire("openai", "m", 10, POOLS, "run") for _ in range(3))] == ["A_KEY"] * 3
+    other_model = [limiter.acquire("openai", "m2", 10, POOLS, "run") for _ in range(3)]
+    assert "B_KEY" in {p.key_env for p in other_model}  # the key still serves the run's other models
+    assert "B_KEY" in {p.key_env for p in (limiter.acquire("anthropic", "m", 10, POOLS, "run") for _ in range(3))}
+    assert limiter.benched("run", "openai", "m") == {"B_KEY": "PermissionDeniedError, auth 403"}
+    assert limiter.benched("run", "openai", "m2") == {}
+    limiter.bench("run", "A_KEY", "AuthenticationError, auth 401")  # the key itself: every model
+    refused = limiter.acquire("openai", "m", 10, POOLS, "run")
+    assert isinstance(refused, Refused) and refused.reason == (
+        "every key refused: A_KEY (AuthenticationError, auth 401); B_KEY (PermissionDeniedError, auth 403)")
+    assert [p.key_env for p in (limiter.acquire("openai", "m3", 10, POOLS, "run") for _ in range(2))] == ["B_KEY"] * 2
+
+
 # --- a revoked key, with real workers --------------------------------------------------------
 
 
@@ -155,24 +212,49 @@ def two_keys(monkeypatch) -> dict[str, str]:
     return env
 
 
+def completes_on_the_first_key() -> str:
+    """An 8-job run of the openai backend whose every job and ledger row is OPENAI_API_KEY's."""
+    run_id = submit("--agent", "qa", "--backend", "openai", "--limit", "8")
+    wait_until_reported(run_id, timeout=90)
+    jobs = run_jobs(run_id)
+    assert [j.status for j in jobs] == ["ok"] * 8
+    assert {j.key_env for j in jobs} == {"OPENAI_API_KEY"}
+    assert {row.key_env for row in ledger_rows(run_id)} == {"OPENAI_API_KEY"}
+    return run_id
+
+
 def test_a_revoked_key_is_benched_with_one_line_and_the_run_completes_on_the_other(
         monkeypatch, start_worker, simulator, tmp_path) -> None:
     env = two_keys(monkeypatch)
     simulator.update(revoked_keys=["sk-sim-second-key"])
     start_worker("w1", env=env, concurrency=4)
     start_worker("w2", env=env, concurrency=4)
-    run_id = submit("--agent", "qa", "--backend", "openai", "--limit", "8")
-    wait_until_reported(run_id, timeout=90)
-
-    jobs = run_jobs(run_id)
-    assert [j.status for j in jobs] == ["ok"] * 8
-    assert {j.key_env for j in jobs} == {"OPENAI_API_KEY"}
+    run_id = completes_on_the_first_key()
     assert simulator.stats()["by_status"].get("401", 0) >= 1  # the second key was tried, and refused
-    assert {row.key_env for row in ledger_rows(run_id)} == {"OPENAI_API_KEY"}
     logs = "".join((tmp_path / f"{name}.log").read_text() for name in ("w1", "w2"))
     lines = [line for line in logs.splitlines() if "refused by openai" in line]
     assert len(lines) == 1 and "key OPENAI_API_KEY_B refused by openai (auth 401): benched for run" in lines[0]
     assert "sk-sim-second-key" not in logs
+
+
+def test_a_key_forbidden_one_model_is_benched_for_that_model_with_one_line_saying_so(
+        monkeypatch, start_worker, simulator, redis_url, tmp_path) -> None:
+    import redis
+
+    from shared.config import get_settings
+
+    env = two_keys(monkeypatch)
+    model = get_settings().backends["openai"].model
+    simulator.update(forbidden_models={"sk-sim-second-key": [model]})
+    start_worker("w1", env=env, concurrency=4)
+    run_id = completes_on_the_first_key()
+    assert simulator.stats()["by_status"].get("403", 0) >= 1  # the second key was tried, and refused
+    benched = redis.Redis.from_url(redis_url).hgetall(f"genesis:rl:benched:{run_id}")
+    assert set(benched) == {f"OPENAI_API_KEY_B@openai:{model}".encode()}  # that model's, not the run's
+    lines = [line for line in (tmp_path / "w1.log").read_text().splitlines() if "refused by openai" in line]
+    assert len(lines) == 1, lines
+    assert f"key OPENAI_API_KEY_B refused by openai (auth 403): benched for run {run_id} for model {model} only" \
+        in lines[0]
 
 
 def test_a_run_whose_every_key_is_refused_fails_its_jobs_with_that_reason(monkeypatch, start_worker, simulator) -> None:

@@ -100,7 +100,7 @@ def test_two_workers_pace_by_the_limit_the_provider_states_not_the_configured_ce
     calls = arrivals.times()
     assert max_excess(calls, burst=rpm, per_s=rpm / 60) <= 2.0  # the first answer's headers set the pace
     assert len(arrivals.times(429)) <= 2
-    learned = redis.Redis.from_url(redis_url).hgetall("genesis:rl:{openai:gpt-5-mini}:learned")
+    learned = redis.Redis.from_url(redis_url).hgetall("genesis:rl:{openai:gpt-5-mini#OPENAI_API_KEY}:learned")
     assert (learned[b"rpm"], learned[b"rpm_src"]) == (b"60", b"x-ratelimit-limit-requests")
     assert {j.worker.split("@")[0] for j in run_jobs(run_id)} == {"w1", "w2"}
 
@@ -114,7 +114,7 @@ def test_anthropic_and_mistral_limits_are_learned_from_their_own_headers(start_w
     wait_until_reported(run_id, timeout=60)
 
     client = redis.Redis.from_url(redis_url)
-    learned = {(j.provider, j.model): client.hgetall(f"genesis:rl:{{{j.provider}:{j.model}}}:learned")
+    learned = {(j.provider, j.model): client.hgetall(f"genesis:rl:{{{j.provider}:{j.model}#{j.key_env}}}:learned")
                for j in run_jobs(run_id)}
     assert {p for p, _ in learned} == {"anthropic", "mistral"}
     for (provider, _), fields in learned.items():
@@ -140,7 +140,7 @@ def test_a_429_with_retry_after_delays_the_retry(monkeypatch, start_worker, simu
     simulator.update(error_rates={})
     # the 429 set a shared blocked-until for the bucket, seen by every worker
     client = redis.Redis.from_url(redis_url)
-    key = "genesis:rl:{openai:gpt-5-mini}"
+    key = "genesis:rl:{openai:gpt-5-mini#OPENAI_API_KEY}"  # the pool: the key's variable
 
     def blocked_for_s() -> float:
         blocked = float(client.hget(key, "blocked") or 0)

@@ -42,8 +42,9 @@ class BatchMoney:
     realtime calls use): a rebuild after Redis loss restores them from the running jobs at the
     batch price, and reconciliation leaves them alone while their jobs wait in the batch."""
 
-    def __init__(self, budget: BudgetGuard, batch_id: int) -> None:
+    def __init__(self, budget: BudgetGuard, batch_id: int, key_env: str | None = None) -> None:
         self.budget, self.batch_id = budget, batch_id
+        self.key_env = key_env  # the variable whose key sent the batch, for the ledger (never the key)
 
     def call_id(self, job_id: int) -> str:
         """One job's paid call in this batch: the same id for its reservation, its ledger row and
@@ -77,7 +78,7 @@ class BatchMoney:
         second one."""
         key, call_id = call_key(job.id), self.call_id(job.id)
         payment = Payment(call_id, "inference", job.model, result.input_tokens, result.output_tokens,
-                          result.cost_usd, result.source)
+                          result.cost_usd, result.source, key_env=self.key_env)
         data = {"result": asdict(result), "final": final}
         try:
             recorded = journal.RECORDERS["answer"](job, payment, data)
@@ -94,7 +95,7 @@ class BatchMoney:
         `error`; not sent again, which could pay it twice. Written once whatever the re-reads."""
         key, call_id = call_key(job.id), self.call_id(job.id)
         record_payment(Payment(call_id, "inference", job.model, 0, 0, worst_usd,
-                               f"{OUTCOME_UNKNOWN} (batch result unreadable)").entry(job))
+                               f"{OUTCOME_UNKNOWN} (batch result unreadable)", key_env=self.key_env).entry(job))
         self.budget.settle(key, worst_usd, call_id)
         jobs.finish_error(job, "BatchResultUnreadable", reason)
 
@@ -102,7 +103,8 @@ class BatchMoney:
 def write_results(batch, results: list[Result], now: datetime, budget: BudgetGuard) -> dict[str, int]:
     """Every waiting job of the batch gets its outcome; returns counts by outcome."""
     settings = get_settings()
-    money, ours = BatchMoney(budget, batch.id), OurBatch(sql.deployment_id(), batch.id)
+    key_env = settings.batch_key_variable(batch.backend, batch.provider)
+    money, ours = BatchMoney(budget, batch.id, key_env), OurBatch(sql.deployment_id(), batch.id)
     by_job = {ours.job_of(r.custom_id): r for r in results}
     # an unreadable line that names none of its requests may be any job's that has no result
     unnamed = next((r for r in results if r.kind == UNREADABLE and ours.job_of(r.custom_id) is None), None)
@@ -128,7 +130,8 @@ def write_results(batch, results: list[Result], now: datetime, budget: BudgetGua
             paid = PaidResult(output=response.text, score=scored.score, detail=scored.detail, latency_ms=waited_ms,
                               input_tokens=tokens[0], output_tokens=tokens[1], cost_usd=cost,
                               source=f"{source} (batch)", simulated=response.simulated,
-                              reasoning_tokens=response.reasoning_tokens, truncated=response.truncated)
+                              reasoning_tokens=response.reasoning_tokens, truncated=response.truncated,
+                              key_env=key_env)
             money.record(job, paid, final=suite_task.scorer.local)
             if not suite_task.scorer.local:  # recorded now or by an earlier read of these results
                 judge_next.append(job)

@@ -310,4 +310,4 @@ def _client(settings, batch) -> Any:
     batch is one submission, polled by its id with the key that made it: no pool choice)."""
     config = settings.backends.get(batch.backend)
     return client_for(PROVIDERS[batch.provider], settings.retry.call_timeout_s, config and config.base_url,
-                      settings.key_variables(batch.backend)[0] if config else None)
+                      settings.batch_key_variable(batch.backend, batch.provider))

@@ -263,15 +263,19 @@ def _retry_or_fail(task: Any, job: jobs.ClaimedJob, error_type: str, detail: str
 
 
 def _bench(svc: Services, spec: PaidCall, err: ProviderError, variable: str) -> bool:
-    """A key refused: benched for the run, with one line for the fleet (by whoever benches it
-    first; never the key). True when another key of the call's pools is left to use."""
+    """A key refused, with one line for the fleet (by whoever benches it first; never the key):
+    a 401 (the key itself refused) benches it for the run, a 403 (often one model's permission:
+    an unverified organisation, Anthropic's permission_error) for this (provider, model) only.
+    True when another key of the call's pools is left to use."""
     status = f" {err.status}" if err.status else ""
-    first = svc.limiter.bench(spec.job.run_id, variable, f"{err.error_type}, {err.kind}{status}")
-    benched = svc.limiter.benched(spec.job.run_id)
+    scope = (spec.limit_scope, spec.model) if err.status == 403 else None
+    first = svc.limiter.bench(spec.job.run_id, variable, f"{err.error_type}, {err.kind}{status}", scope)
+    benched = svc.limiter.benched(spec.job.run_id, spec.limit_scope, spec.model)
     others = [v for pool in spec.pools for v in pool.variables if v not in benched]
     if first:
-        log.error("key %s refused by %s (%s%s): benched for run %s; %s", variable, spec.provider, err.kind, status,
-                  spec.job.run_id, f"its calls go to {', '.join(others)}" if others else "no other key to use")
+        log.error("key %s refused by %s (%s%s): benched for run %s%s; %s", variable, spec.provider, err.kind,
+                  status, spec.job.run_id, f" for model {spec.model} only" if scope else "",
+                  f"its calls go to {', '.join(others)}" if others else "no other key to use")
     return bool(others)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,7 +26,7 @@ from pydantic_settings import (
 from shared.config.tables import (AgentsConfig, BackendConfig, BatchConfig, BudgetConfig, DecisionConfig,
                                   FinetuneConfig, JudgeConfig, KeysConfig, Price, RateLimit, RecoveryConfig,
                                   RetryConfig, ReuseConfig, WorkerConfig)
-from shared.keypools import KeyPool, pools_of
+from shared.keypools import KeyPool, pools_disagree, pools_of
 from shared.numbers import FINITE
 from shared.providers.registry import PROVIDER_NAMES, PROVIDERS
 
@@ -101,6 +101,18 @@ class Settings(BaseSettings):
             if name not in PROVIDER_NAMES:
                 raise ValueError(f"[keys.{name}]: not a provider (known: {', '.join(PROVIDER_NAMES)})")
         return keys
+
+    @model_validator(mode="after")
+    def _key_pools_agree(self) -> "Settings":
+        users = {f"[keys.{name}]": pools_of(k.api_key_env, k.pools) for name, k in self.keys.items()}
+        users |= {f"backend {name!r}": self.key_pools(name) for name in self.backends}
+        if (why := pools_disagree(users)) is not None:
+            raise ValueError(why)
+        for name, b in self.backends.items():
+            if b.mode == "batch" and len(variables := self.key_variables(name)) > 1:
+                raise ValueError(f"backend {name!r}: batch mode takes one key variable (it has "
+                                 f"{', '.join(variables)}): a batch is sent with one key, benched or not")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -188,12 +200,17 @@ class Settings(BaseSettings):
 
     def key_pools(self, backend: str) -> tuple[KeyPool, ...]:
         """The key pools a backend's calls may use (design §14): its own `api_key_env`, else
-        [keys.<provider>]'s, else the provider's variable (one pool named "", the bucket of old)."""
+        [keys.<provider>]'s, else the provider's variable (one pool, named after it)."""
         config = self.backends[backend]
         declared = config if config.api_key_env is not None else self.keys.get(config.provider)
         if declared is None:
             return pools_of(PROVIDERS[config.provider].key_env, {})
         return pools_of(declared.api_key_env, declared.pools)
+
+    def batch_key_variable(self, backend: str, provider: str) -> str:
+        """The one variable a backend's provider batches are sent with (`mode = "batch"` takes one);
+        the provider's for a backend no longer configured."""
+        return self.key_variables(backend)[0] if backend in self.backends else PROVIDERS[provider].key_env
 
     def key_variables(self, backend: str) -> list[str]:
         """Every variable a backend's key may be read from, in the order configured."""
