@@ -18,7 +18,8 @@ from shared.config import Settings
 from shared.models import Job, JobStatus, Run
 from shared.epochs import epochs_gain, task_means
 from shared.power import POWER, can_ever_go, confirmable_by_rule
-from shared.report.decision import POOLED, by_rule_text, epoch_split, error_shares, go_promise
+from shared.report.decision import POOLED, epoch_split, error_shares
+from shared.report.decision_text import by_rule_text, go_promise
 
 
 def _ask(settings: Settings, read: Callable[[Any], Any]) -> Any:

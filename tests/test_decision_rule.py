@@ -11,10 +11,8 @@ import pytest
 
 from shared.config.tables import DecisionConfig
 from shared.power import Failures, Truth, can_ever_go, go_power, smallest_confirmable, tasks_needed, truth_with_failures
-from shared.report.decision import (
-    GO, INCONCLUSIVE, NO_GO, POOLED, compare, comparisons, decide, error_shares, power_line, rule_text,
-    sensitivity_line,
-)
+from shared.report.decision import GO, INCONCLUSIVE, NO_GO, POOLED, compare, comparisons, decide, error_shares
+from shared.report.decision_text import power_line, rule_text, sensitivity_line
 
 RULE = DecisionConfig()  # min_improvement 0.08, confidence 0.95
 

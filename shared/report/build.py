@@ -12,6 +12,7 @@ from shared.looks import is_sequential
 from shared.models import JobStatus, iso, utcnow
 from shared.report import data as facts_
 from shared.report import decision as rule_
+from shared.report import decision_text as words
 from shared.report.costs import NOTHING, run_costs
 from shared.report.drilldown import disagreements
 from shared.report.epochs import epochs_section
@@ -51,11 +52,11 @@ def build_report_data(session: Session, run_id: str, *, partial: bool = False) -
         "counts": {status.value: count for status, count in counts.items()},
         "min_improvement": rule.min_improvement,
         "confidence": rule.confidence,
-        "decision_rule": rule_.rule_text(rule),
+        "decision_rule": words.rule_text(rule),
         "decision": decision,
         "headlines": [c["headline"] for c in comparisons],
-        "sensitivity": [rule_.sensitivity_line(c) for c in comparisons],
-        "power": [rule_.power_line(c) for c in comparisons],
+        "sensitivity": [words.sensitivity_line(c) for c in comparisons],
+        "power": [words.power_line(c) for c in comparisons],
         "earlier_decisions": earlier_decisions(session, run, comparisons),
         "comparisons": comparisons,
         "epochs": epochs_section(facts, rule, comparisons),
