@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from simulator.batch_wire import (BATCH_FAILURE, Item, SimBatch, anthropic_batch, anthropic_line, file_line,
                                   mistral_batch, openai_batch)
-from simulator.wire import Api, BadRequest, error_body, parse_chat_request
+from simulator.wire import Api, BadRequest, ChatRequest, error_body, parse_chat_request
 
 if TYPE_CHECKING:
     from simulator.server import Simulator

@@ -233,7 +233,8 @@ def test_a_revoked_key_is_benched_with_one_line_and_the_run_completes_on_the_oth
     assert simulator.stats()["by_status"].get("401", 0) >= 1  # the second key was tried, and refused
     logs = "".join((tmp_path / f"{name}.log").read_text() for name in ("w1", "w2"))
     lines = [line for line in logs.splitlines() if "refused by openai" in line]
-    assert len(lines) == 1 and "key OPENAI_API_KEY_B refused by openai (auth 401): benched for run" in lines[0]
+    assert len(lines) == 1
+    assert f"key OPENAI_API_KEY_B refused by openai (auth 401): benched for run {run_id}" in lines[0]
     assert "sk-sim-second-key" not in logs
 
 
