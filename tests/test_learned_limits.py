@@ -9,7 +9,7 @@ from shared.retry import read_quotas
 
 # Anthropic's headers as docs.anthropic.com/en/api/rate-limits shows them: requests, input and
 # output tokens apart, and `tokens` (the most restrictive of the token limits in force).
-RESET = (datetime.now(timezone.utc) + timedelta(minutes=1)).isoformat(timespec="seconds").replace("+00:00", "Z")
+RESET = "reset: a minute from the moment the headers are read (see _args)"
 ANTHROPIC = {
     "anthropic-ratelimit-requests-limit": "4000", "anthropic-ratelimit-requests-remaining": "3999",
     "anthropic-ratelimit-requests-reset": RESET,
@@ -21,6 +21,10 @@ ANTHROPIC = {
 
 
 def _args(headers: dict[str, str]) -> dict[str, object]:
+    """What these headers teach, read as if they had just arrived: each reset a minute from now
+    (a reset fixed at import would be in the past, and bogus, by the time a long suite gets here)."""
+    reset = (datetime.now(timezone.utc) + timedelta(minutes=1)).isoformat(timespec="seconds").replace("+00:00", "Z")
+    headers = {k: reset if v == RESET else v for k, v in headers.items()}
     names = ("rpm", "tpm", "rpm_src", "tpm_src", "input_tpm", "output_tpm", "refused", "silent", "ceiling_rpm")
     return dict(zip(names, learn_args(read_quotas(headers), refused=False, ceiling_rpm=None), strict=True))
 
